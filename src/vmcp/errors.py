@@ -1,0 +1,143 @@
+"""Every error vmcp raises on purpose, and how each one reaches an MCP client.
+
+The tree::
+
+    VmcpError                      root; never raised itself
+    ├── SessionError               the client's session id cannot be served
+    │   ├── SessionNotFound        unknown, expired or ended id            → 404, -32001
+    │   ├── SessionTerminated      a placeholder ended before it was full  → 404, -32001
+    │   └── SessionNotYours        caller is not the session's identity    → 404, -32001
+    ├── InvalidSessionId           malformed id (before any store call)    → 400 (or 404)
+    ├── InvalidMetadata            metadata that is not a dict of str→str  → 500-free: a bug
+    ├── StoreError                 the metadata store could not answer     → 503, -32603
+    │   ├── StoreUnavailable       connection refused / reset, bad reply
+    │   └── StoreTimeout           the call's own deadline passed
+    ├── BackendError               a backend MCP server failed a call      → 200 + JSON-RPC error
+    │   ├── BackendUnavailable     cannot connect
+    │   ├── BackendTimeout         no answer within the per-backend timeout
+    │   ├── BackendProtocolError   an answer that is not MCP
+    │   └── BackendSessionExpired  the backend forgot our session (its 404)
+    ├── SessionClosed              we closed the live session ourselves (not a failure)
+    └── ConfigError                bad configuration; reported at start-up
+
+A session that was ended and one that never existed answer the same way on purpose: the
+404 must not tell a stranger holding a leaked id that the id is real (see
+``SessionNotYours``). "We closed it" (``SessionClosed``) is kept apart from "it broke"
+(``BackendError``) because only the second is worth an alert.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+# JSON-RPC error codes used by vmcp. -32001 is what MCP clients recognise as
+# "session not found" and answer by re-initializing.
+SESSION_NOT_FOUND_CODE = -32001
+INTERNAL_ERROR_CODE = -32603
+INVALID_REQUEST_CODE = -32600
+INVALID_PARAMS_CODE = -32602
+METHOD_NOT_FOUND_CODE = -32601
+PARSE_ERROR_CODE = -32700
+
+
+class VmcpError(Exception):
+    """Root of vmcp's own errors.
+
+    Each subclass names the HTTP status and JSON-RPC code the transport answers with,
+    so that the mapping lives beside the error and not in a table elsewhere.
+    """
+
+    http_status: ClassVar[int] = 500
+    jsonrpc_code: ClassVar[int] = INTERNAL_ERROR_CODE
+    public_message: ClassVar[str] = "Internal error"
+
+
+class SessionError(VmcpError):
+    """The session id in the request cannot be served; the client should re-initialize."""
+
+    http_status = 404
+    jsonrpc_code = SESSION_NOT_FOUND_CODE
+    public_message = "Session not found"
+
+
+class SessionNotFound(SessionError):
+    """No live record for this id: never created, expired, or deleted."""
+
+
+class SessionTerminated(SessionError):
+    """The id names a placeholder that was ended before it became a full session."""
+
+
+class SessionNotYours(SessionError):
+    """The caller is not the identity bound to the session.
+
+    Answered exactly like ``SessionNotFound`` so the status is no oracle; only logs and
+    the security-event counter tell them apart.
+    """
+
+
+class InvalidSessionId(VmcpError):
+    """A session id outside the allowed alphabet or length; refused before any store call."""
+
+    http_status = 400
+    jsonrpc_code = INVALID_REQUEST_CODE
+    public_message = "Invalid session id"
+
+
+class InvalidMetadata(VmcpError, ValueError):
+    """Session metadata that is not a flat dict of strings."""
+
+
+class StoreError(VmcpError):
+    """The session store did not answer; the session may well be alive. Retry later."""
+
+    http_status = 503
+    jsonrpc_code = INTERNAL_ERROR_CODE
+    public_message = "Session store unavailable, retry"
+
+
+class StoreUnavailable(StoreError):
+    """Connection refused or reset, or a reply the store contract does not allow."""
+
+
+class StoreTimeout(StoreError):
+    """The store call's own deadline passed."""
+
+
+class BackendError(VmcpError):
+    """A backend MCP server failed; reported to the client as a JSON-RPC error naming it."""
+
+    jsonrpc_code = INTERNAL_ERROR_CODE
+    public_message = "Backend error"
+
+    def __init__(self, backend: str, message: str) -> None:
+        super().__init__(f"backend {backend!r}: {message}")
+        self.backend = backend
+
+
+class BackendUnavailable(BackendError):
+    """The backend could not be reached."""
+
+
+class BackendTimeout(BackendError):
+    """The backend did not answer within its timeout."""
+
+
+class BackendProtocolError(BackendError):
+    """The backend answered something that is not a valid MCP message."""
+
+
+class BackendSessionExpired(BackendError):
+    """The backend answered 404 for our backend session id: it forgot the session."""
+
+
+class SessionClosed(VmcpError):
+    """A call reached a live session after vmcp closed it (eviction, terminate, shutdown)."""
+
+    http_status = 404
+    jsonrpc_code = SESSION_NOT_FOUND_CODE
+    public_message = "Session not found"
+
+
+class ConfigError(VmcpError):
+    """The configuration is invalid; the message lists every problem with its location."""

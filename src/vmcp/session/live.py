@@ -1,0 +1,54 @@
+"""What the session manager needs of a live session and of whatever builds one.
+
+The real implementation (backend connections, routing table) lives with the gateway;
+the manager depends only on these two protocols, so it can be tested with a small
+recording factory and never imports HTTP or backend code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from vmcp.session.binding import Principal
+
+
+class LiveSession(Protocol):
+    """Process-local state of one MCP session: open backend connections and routes."""
+
+    @property
+    def session_id(self) -> str: ...
+
+    def backend_names(self) -> list[str]:
+        """The backends this session is connected to (stored as the backend-id list)."""
+        ...
+
+    def backend_states(self) -> dict[str, str]:
+        """Per-backend state to store so another replica can re-attach (by backend name)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Wait for in-flight calls, end every upstream session; idempotent, never raises."""
+        ...
+
+
+class SessionFactory(Protocol):
+    """Builds live sessions; the only place that talks to backends."""
+
+    async def open(self, session_id: str, principal: Principal) -> LiveSession:
+        """Connect the backends a new session should have (healthy ones) in parallel."""
+        ...
+
+    async def restore(
+        self,
+        session_id: str,
+        principal: Principal,
+        backends: Sequence[str],
+        states: Mapping[str, str],
+    ) -> LiveSession:
+        """Re-attach to the stored ``backends`` (using ``states``, by backend name).
+
+        Never filtered by health: the session was promised these backends. A backend that
+        cannot be reached is left out, giving a valid partial session.
+        """
+        ...

@@ -1,0 +1,338 @@
+"""The lifecycle of MCP sessions across replicas: create, serve, restore, end.
+
+The store holds the truth; each replica caches live sessions (open backend connections)
+in a ``ValidatingCache``. Two rules keep replicas from disagreeing:
+
+1. No unconditional write. Records are created with set-if-absent and changed only with
+   set-if-present, so a write that races a ``terminate`` on another replica fails
+   instead of bringing the session back.
+2. The store is asked on every request (the cache's liveness check, one round trip that
+   also slides the TTL). A session ended elsewhere answers "not found" here at the next
+   request, and its local copy is closed.
+
+A store that cannot answer is not a dead session: ``StoreError`` propagates (503, retry)
+and a cached session keeps being served while its liveness cannot be checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from vmcp.cache import CacheStatistics, EvictedWhileLoading, ValidatingCache
+from vmcp.errors import SessionNotFound, SessionNotYours, SessionTerminated, VmcpError
+from vmcp.session import metadata as md
+from vmcp.session.binding import Principal, binding_for, check_binding
+from vmcp.session.live import LiveSession, SessionFactory
+from vmcp.store.base import SessionStore, validate_session_id
+
+logger = logging.getLogger(__name__)
+
+# The principal of the request that started a restore. The cache runs the restore in a
+# task of its own (so a cancelled request cannot cancel work others wait on); a task
+# copies the context it was created in, so the restore keeps the caller's identity for
+# outgoing auth without inheriting the caller's cancellation.
+_restoring_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar(
+    "vmcp_restoring_principal"
+)
+
+GENERATE_ATTEMPTS = 2
+
+
+class DecorationError(VmcpError):
+    """A session decorator returned nothing, or a session with another id."""
+
+
+@dataclass(frozen=True, eq=False)
+class _Entry:
+    """A cached live session with the stored facts its liveness check compares against."""
+
+    live: LiveSession
+    binding: str
+    backends: str
+
+
+@dataclass(frozen=True)
+class ManagerStatistics:
+    cache: CacheStatistics
+    security_events: int
+
+
+class SessionManager:
+    """Creates, serves, restores and ends sessions over a ``SessionStore``.
+
+    ``get`` is the request path: one store round trip on a cache hit. Every method that
+    takes a ``Principal`` enforces the session's identity binding before any backend is
+    touched; a mismatch raises ``SessionNotYours`` (answered like an unknown session) and
+    leaves the owner's session alone.
+    """
+
+    def __init__(
+        self, store: SessionStore, factory: SessionFactory, *, cache_capacity: int = 1000
+    ) -> None:
+        self._store = store
+        self._factory = factory
+        self._cache: ValidatingCache[str, _Entry] = ValidatingCache(
+            capacity=cache_capacity, load=self._restore, check=self._is_alive,
+            on_evict=self._close,
+        )
+        self._security_events = 0
+
+    # -- creation -------------------------------------------------------------------
+
+    async def initialize(self, principal: Principal) -> LiveSession:
+        """Serve an ``initialize``: a new id, then a full session bound to ``principal``.
+
+        The binding is computed first, so an unusable identity stores nothing (B40).
+        """
+        binding_for(principal)
+        session_id = await self.generate()
+        return await self.create_session(session_id, principal)
+
+    async def generate(self) -> str:
+        """Reserve a fresh random id with a ``{}`` placeholder (create-if-absent)."""
+        for _ in range(GENERATE_ATTEMPTS):
+            session_id = uuid.uuid4().hex
+            if await self._store.create(session_id, {}):
+                return session_id
+        raise SessionTerminated("could not reserve a unique session id")
+
+    async def create_session(self, session_id: str, principal: Principal) -> LiveSession:
+        """Turn the placeholder ``session_id`` into a full, cached session.
+
+        Backends are contacted only if the placeholder is still there and not ended
+        (B17). If it was ended while backends connected, the new session is closed and
+        nothing is written (B18). If opening fails, the placeholder is marked terminated
+        so the id can never be completed later (B19).
+        """
+        validate_session_id(session_id)
+        binding = binding_for(principal)
+        await self._require_open_placeholder(session_id)
+        try:
+            live = await self._factory.open(session_id, principal)
+        except BaseException:
+            await _shielded(self._mark_terminated(session_id))
+            raise
+        try:
+            await self._require_open_placeholder(session_id)
+            record = {
+                md.IDENTITY: binding,
+                md.BACKENDS: md.backend_list(live.backend_names()),
+                **{md.backend_state_key(k): v for k, v in live.backend_states().items()},
+            }
+            if not await self._store.update(session_id, record):
+                raise SessionNotFound(session_id)
+        except BaseException:
+            await _shielded(live.aclose())
+            raise
+        self._cache.set(session_id, _Entry(live, binding, record[md.BACKENDS]))
+        return live
+
+    async def _require_open_placeholder(self, session_id: str) -> None:
+        record = await self._store.load(session_id)
+        if md.is_terminated(record) or md.IDENTITY in record:
+            raise SessionTerminated(session_id)
+
+    async def _mark_terminated(self, session_id: str) -> None:
+        try:
+            await self._store.update(session_id, {md.TERMINATED: "true"})
+        except Exception:
+            logger.warning("could not mark placeholder terminated",
+                           extra={"session_id": session_id}, exc_info=True)
+
+    # -- the request path -----------------------------------------------------------
+
+    async def get(self, session_id: str, principal: Principal) -> LiveSession:
+        """The live session for a request by ``principal`` (B20, B24, B41-B45).
+
+        Raises ``SessionNotFound`` / ``SessionTerminated`` (404), ``SessionNotYours``
+        (404, counted as a security event), or ``StoreError`` (503).
+        """
+        validate_session_id(session_id)
+        cached = self._cache.peek(session_id)
+        if cached is not None:
+            self._check_caller(session_id, cached.binding, principal)
+        else:
+            # Check the caller before a restore: a stranger must never make this replica
+            # open backend connections, nor fail a flight that the owner shares.
+            record = await self._store.load(session_id)
+            if not md.is_full_session(record):
+                raise SessionNotFound(session_id)
+            self._check_caller(session_id, record.get(md.IDENTITY), principal)
+        token = _restoring_principal.set(principal)
+        try:
+            entry = await self._cache.get(session_id)
+        except EvictedWhileLoading as exc:
+            raise SessionNotFound(session_id) from exc
+        finally:
+            _restoring_principal.reset(token)
+        self._check_caller(session_id, entry.binding, principal)
+        return entry.live
+
+    def _check_caller(self, session_id: str, binding: str | None, principal: Principal) -> None:
+        try:
+            check_binding(binding, principal)
+        except SessionNotYours as exc:
+            self._security_events += 1
+            logger.warning("session identity mismatch: %s", exc,
+                           extra={"session_id": session_id, "security_event": True})
+            raise
+
+    # -- ending ---------------------------------------------------------------------
+
+    async def terminate(self, session_id: str, principal: Principal) -> None:
+        """End a session (DELETE): gone from the store first, then closed here (B21, B22).
+
+        Unknown ids are fine (idempotent). Only the owner may end a full session; a
+        placeholder is marked terminated rather than deleted, so that a ``create_session``
+        still connecting backends sees it and gives up.
+        """
+        validate_session_id(session_id)
+        try:
+            record = await self._store.load(session_id)
+        except SessionNotFound:
+            self._cache.evict(session_id)
+            return
+        if md.IDENTITY in record:
+            self._check_caller(session_id, record[md.IDENTITY], principal)
+            await self._store.delete(session_id)
+        elif not md.is_terminated(record):
+            await self._store.update(session_id, {**record, md.TERMINATED: "true"})
+        self._cache.evict(session_id)
+
+    def evict_local(self, session_id: str) -> bool:
+        """Close this replica's copy now (the session ended elsewhere); True if held."""
+        return self._cache.evict(session_id) is not None
+
+    # -- changes to a live session ----------------------------------------------------
+
+    async def notify_backend_expired(self, session_id: str, backend: str) -> None:
+        """Drop ``backend`` from the stored session (B29).
+
+        Never creates a record and ignores placeholders and ended sessions. Other replicas
+        see the changed backend list at their next check and rebuild their copies.
+        """
+        try:
+            record = await self._store.load(session_id)
+        except SessionNotFound:
+            return
+        if md.is_terminated(record) or md.BACKENDS not in record:
+            return
+        names = md.parse_backend_list(record[md.BACKENDS])
+        if backend not in names:
+            return
+        changed = dict(record)
+        changed[md.BACKENDS] = md.backend_list(n for n in names if n != backend)
+        changed.pop(md.backend_state_key(backend), None)
+        await self._store.update(session_id, changed)
+
+    async def record_backend_state(self, session_id: str, backend: str, state: str) -> bool:
+        """Store a backend's new state (its new session id after a re-initialize, B37).
+
+        Set-if-present: returns False, writing nothing, if the session ended meanwhile.
+        """
+        try:
+            record = await self._store.load(session_id)
+        except SessionNotFound:
+            return False
+        if not md.is_full_session(record):
+            return False
+        if backend not in md.parse_backend_list(record[md.BACKENDS]):
+            return False
+        record[md.backend_state_key(backend)] = state
+        return await self._store.update(session_id, record)
+
+    async def decorate_session(
+        self,
+        session_id: str,
+        decorate: Callable[[LiveSession], Awaitable[LiveSession | None]],
+    ) -> LiveSession:
+        """Replace the cached live session with ``decorate(live)`` and persist it (B30).
+
+        The decorated value usually wraps the original, so the swap does not close the
+        original. If the session ends while decorating, the write-back (set-if-present)
+        fails and the decorated session is closed: nothing is resurrected.
+        """
+        validate_session_id(session_id)
+        entry = self._cache.peek(session_id)
+        if entry is None:
+            raise SessionNotFound(session_id)
+        decorated = await decorate(entry.live)
+        if decorated is None or decorated.session_id != session_id:
+            raise DecorationError(f"decorator must return session {session_id!r}")
+        self._cache.set(session_id, _Entry(decorated, entry.binding, entry.backends),
+                        release_previous=False)
+        try:
+            record = await self._store.load(session_id)
+            states = {md.backend_state_key(k): v for k, v in decorated.backend_states().items()}
+            if not md.is_full_session(record) or not await self._store.update(
+                session_id, {**record, **states}
+            ):
+                raise SessionNotFound(session_id)
+        except SessionNotFound:
+            self._cache.evict(session_id)
+            raise
+        return decorated
+
+    # -- cache callbacks ------------------------------------------------------------
+
+    async def _restore(self, session_id: str) -> _Entry:
+        """Rebuild a session another replica created (cache miss; B23-B27, B44)."""
+        principal = _restoring_principal.get()
+        record = await self._store.load(session_id)
+        if not md.is_full_session(record):
+            raise SessionNotFound(session_id)
+        binding = record[md.IDENTITY]
+        check_binding(binding, principal)
+        live = await self._factory.restore(
+            session_id, principal, md.parse_backend_list(record[md.BACKENDS]),
+            md.backend_states(record),
+        )
+        try:
+            # Keep the stored backend list (the session's promise) and refresh the states
+            # of what re-attached; a changed list would make every replica rebuild.
+            states = {md.backend_state_key(k): v for k, v in live.backend_states().items()}
+            if not await self._store.update(session_id, {**record, **states}):
+                raise SessionNotFound(session_id)
+        except BaseException:
+            await _shielded(live.aclose())
+            raise
+        return _Entry(live, binding, record[md.BACKENDS])
+
+    async def _is_alive(self, session_id: str, entry: _Entry) -> bool:
+        """The liveness check of a cache hit; raises ``StoreError`` if it cannot tell."""
+        try:
+            record = await self._store.load(session_id)
+        except SessionNotFound:
+            return False
+        # Only the backend list counts: per-backend session ids differ between replicas
+        # after a re-initialize, and must not make them evict each other (B28).
+        return md.is_full_session(record) and record[md.BACKENDS] == entry.backends
+
+    async def _close(self, session_id: str, entry: _Entry) -> None:
+        await entry.live.aclose()
+
+    # -- housekeeping ---------------------------------------------------------------
+
+    def is_cached(self, session_id: str) -> bool:
+        return session_id in self._cache
+
+    def statistics(self) -> ManagerStatistics:
+        return ManagerStatistics(self._cache.statistics(), self._security_events)
+
+    async def wait_closed(self) -> None:
+        """Wait until every live session released so far has finished closing."""
+        await self._cache.wait_released()
+
+    async def aclose(self) -> None:
+        """Close every live session of this replica; stored records stay for the others."""
+        await self._cache.aclose()
+
+
+async def _shielded(awaitable: Awaitable[None]) -> None:
+    """Run cleanup to the end even if the caller is being cancelled."""
+    await asyncio.shield(asyncio.ensure_future(awaitable))

@@ -1,0 +1,45 @@
+"""The keys of a stored session record, and how to read them.
+
+A record is a flat dict of strings (the store contract). ``{}`` is a placeholder written
+at ``initialize`` time; the ``identity`` key marks a full session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+IDENTITY = "identity"
+BACKENDS = "backends"
+TERMINATED = "terminated"
+BACKEND_STATE_PREFIX = "backend:"
+
+
+def backend_state_key(backend: str) -> str:
+    return BACKEND_STATE_PREFIX + backend
+
+
+def is_terminated(metadata: Mapping[str, str]) -> bool:
+    return metadata.get(TERMINATED) == "true"
+
+
+def is_full_session(metadata: Mapping[str, str]) -> bool:
+    """A restorable record: bound to an identity, with a backend list, not terminated."""
+    return IDENTITY in metadata and BACKENDS in metadata and not is_terminated(metadata)
+
+
+def backend_list(names: Iterable[str]) -> str:
+    """The canonical form of a backend-id list: sorted, comma-separated."""
+    return ",".join(sorted(names))
+
+
+def parse_backend_list(value: str) -> list[str]:
+    return [name for name in value.split(",") if name]
+
+
+def backend_states(metadata: Mapping[str, str]) -> dict[str, str]:
+    """Per-backend stored state (e.g. the backend's own session id), by backend name."""
+    return {
+        key[len(BACKEND_STATE_PREFIX):]: value
+        for key, value in metadata.items()
+        if key.startswith(BACKEND_STATE_PREFIX)
+    }

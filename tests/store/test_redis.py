@@ -1,0 +1,143 @@
+"""What only the Redis store has: configuration checks, wire format, faults, deadlines."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+import anyio
+import pytest
+import redis.exceptions
+
+from tests.support.redis_server import RedisServer
+from tests.support.tcp_proxy import TcpProxy
+from vmcp.errors import SessionNotFound, StoreError, StoreTimeout, StoreUnavailable
+from vmcp.store import RedisStore, open_store
+from vmcp.store._redis_errors import translated_store_errors
+
+pytestmark = pytest.mark.anyio
+
+
+def make_store(url: str, prefix: str, *, timeout: float = 2.0, ttl: float = 60) -> RedisStore:
+    return RedisStore.from_url(url, key_prefix=prefix, ttl_seconds=ttl, timeout_seconds=timeout)
+
+
+@pytest.mark.parametrize("prefix", ["vmcp", "vmcp:x", ""])
+def test_b6_prefix_must_end_with_colon(prefix: str) -> None:
+    with pytest.raises(ValueError, match="end with ':'"):
+        make_store("redis://127.0.0.1:1/0", prefix)
+
+
+@pytest.mark.parametrize("ttl", [0, -1, -0.5])
+def test_b6_ttl_must_be_positive(ttl: float) -> None:
+    with pytest.raises(ValueError, match="ttl_seconds"):
+        make_store("redis://127.0.0.1:1/0", "p:", ttl=ttl)
+
+
+def test_timeout_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="timeout_seconds"):
+        make_store("redis://127.0.0.1:1/0", "p:", timeout=0)
+
+
+def test_unknown_url_scheme_is_refused() -> None:
+    with pytest.raises(ValueError, match="scheme"):
+        open_store("mongodb://x", key_prefix="p:", ttl_seconds=1, timeout_seconds=1)
+
+
+def test_sentinel_url_needs_a_service_name() -> None:
+    with pytest.raises(ValueError, match="service name"):
+        open_store("redis+sentinel://127.0.0.1:26379", key_prefix="p:", ttl_seconds=1,
+                   timeout_seconds=1)
+
+
+def test_sentinel_url_builds_a_sentinel_backed_client() -> None:
+    sentinel = open_store("redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/mymaster/2",
+                          key_prefix="p:", ttl_seconds=1, timeout_seconds=1)
+    assert type(sentinel.client).__name__ == "Redis"
+    assert type(sentinel.client.connection_pool).__name__ == "SentinelConnectionPool"
+
+
+async def test_records_are_json_under_prefixed_keys(redis_store: RedisStore) -> None:
+    await redis_store.create("abc", {"identity": "unauthenticated"})
+    raw = await redis_store.client.get(redis_store.key("abc"))
+    assert redis_store.key("abc").endswith(":abc")
+    assert json.loads(raw) == {"identity": "unauthenticated"}
+
+
+@pytest.mark.parametrize("garbage", [b"{not json", b"[1,2]", b'{"a": 1}', b"\xff\xfe"])
+async def test_corrupt_record_is_reported_as_store_fault(
+    redis_store: RedisStore, garbage: bytes
+) -> None:
+    await redis_store.client.set(redis_store.key("bad"), garbage)
+    with pytest.raises(StoreUnavailable, match="corrupt"):
+        await redis_store.load("bad")
+
+
+def test_every_redis_exception_is_translated_to_a_store_error() -> None:
+    exported = [
+        obj for _, obj in inspect.getmembers(redis.exceptions, inspect.isclass)
+        if issubclass(obj, redis.exceptions.RedisError)
+    ]
+    assert len(exported) > 20
+    for exc_type in exported:
+        with pytest.raises(StoreError) as caught, translated_store_errors("op"):
+            raise exc_type("1 127.0.0.1:1")  # the one message every constructor parses
+        assert caught.value.__cause__ is not None
+        expected = StoreTimeout if issubclass(exc_type, redis.exceptions.TimeoutError) else (
+            StoreUnavailable)
+        assert isinstance(caught.value, expected), exc_type
+
+
+async def test_stopped_server_gives_store_unavailable_then_service_resumes(
+    tmp_path: Path, key_prefix: str
+) -> None:
+    server = RedisServer(tmp_path / "r", appendonly=True)
+    server.start()
+    store = make_store(server.url, key_prefix, timeout=1.0)
+    try:
+        assert await store.create("s", {"a": "1"})
+        server.stop()
+        for call in (store.load("s"), store.update("s", {}), store.create("t", {}),
+                     store.delete("s"), store.ping()):
+            with pytest.raises(StoreError) as caught:
+                await call
+            assert not isinstance(caught.value, SessionNotFound)
+        server.start()
+        assert await store.load("s") == {"a": "1"}
+    finally:
+        await store.aclose()
+        server.stop()
+
+
+async def test_stalled_server_hits_the_per_call_deadline(
+    redis_server: RedisServer, key_prefix: str
+) -> None:
+    async with TcpProxy(redis_server.port) as proxy:
+        store = make_store(proxy.url, key_prefix, timeout=0.3)
+        try:
+            await store.create("s", {})
+            proxy.stall()
+            with anyio.fail_after(3), pytest.raises(StoreTimeout):
+                await store.load("s")
+            proxy.resume()
+            assert await store.load("s") == {}
+        finally:
+            await store.aclose()
+
+
+async def test_slow_read_does_not_eat_the_next_writes_deadline(
+    redis_server: RedisServer, key_prefix: str
+) -> None:
+    """A read that takes 98% of the deadline, then a write: the write gets its own."""
+    async with TcpProxy(redis_server.port) as proxy:
+        store = make_store(proxy.url, key_prefix, timeout=1.0)
+        try:
+            await store.create("s", {"v": "1"})
+            proxy.delay_once(0.98)
+            assert await store.load("s") == {"v": "1"}
+            proxy.delay_once(0.5)
+            assert await store.update("s", {"v": "2"}) is True
+            assert await store.load("s") == {"v": "2"}
+        finally:
+            await store.aclose()

