@@ -14,7 +14,7 @@ from tests.session.conftest import (
     MALLORY,
     RecordingFactory,
 )
-from vmcp.errors import SessionError, SessionNotFound, SessionNotYours
+from vmcp.errors import SessionError, SessionNotYours
 from vmcp.session import ANONYMOUS, Principal, SessionManager, binding_for, check_binding
 from vmcp.session import metadata as md
 from vmcp.session.binding import InvalidIdentity
@@ -86,7 +86,8 @@ async def test_b41_other_principals_are_refused_and_the_owner_keeps_working(
     with pytest.raises(SessionNotYours) as caught:
         await manager.get(live.session_id, stranger)
     assert isinstance(caught.value, SessionError)  # answered like an unknown session
-    assert caught.value.http_status == 404 and caught.value.jsonrpc_code == -32001
+    assert caught.value.http_status == 404
+    assert caught.value.jsonrpc_code == -32001
     with pytest.raises(SessionNotYours):
         await manager.terminate(live.session_id, stranger)
     assert await manager.get(live.session_id, ALICE) is live

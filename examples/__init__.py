@@ -1,0 +1,1 @@
+"""Runnable examples that sit beside the gateway rather than inside it."""

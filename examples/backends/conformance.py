@@ -1,0 +1,722 @@
+"""A backend that serves the fixtures the official MCP conformance suite asks for.
+
+The suite (``@modelcontextprotocol/conformance``, server mode) expects a server
+with fixed names: ``test_simple_text``, ``test_tool_with_progress``,
+``test://static-text``, ``test_simple_prompt`` and so on. Run directly, this
+backend passes every check of ``--suite all --spec-version 2025-11-25``; put
+behind the gateway, the same run measures what the gateway changes on the way.
+
+It is written against the SDK's low-level ``Server`` rather than ``MCPServer``
+because several fixtures are about the exact wire shape (a raw JSON Schema
+2020-12 input schema, elicitation schemas ``MCPServer`` would not generate,
+``logging/setLevel``, resource subscriptions), which the low-level API states
+directly.
+
+Run it with ``python -m examples.backends.conformance --port 9003``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import itertools
+import json
+import struct
+import wave
+import zlib
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import anyio
+from mcp.server import Server
+from mcp.server.context import ServerRequestContext
+from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
+from mcp.shared.exceptions import MCPError
+from mcp_types import (
+    INVALID_PARAMS,
+    AudioContent,
+    BlobResourceContents,
+    CallToolRequestParams,
+    CallToolResult,
+    ClientCapabilities,
+    CompleteRequestParams,
+    CompleteResult,
+    Completion,
+    ContentBlock,
+    ElicitationCapability,
+    EmbeddedResource,
+    EmptyResult,
+    GetPromptRequestParams,
+    GetPromptResult,
+    ImageContent,
+    JSONRPCMessage,
+    ListPromptsResult,
+    ListResourcesResult,
+    ListResourceTemplatesResult,
+    ListToolsResult,
+    LoggingLevel,
+    PaginatedRequestParams,
+    Prompt,
+    PromptArgument,
+    PromptMessage,
+    PromptReference,
+    ReadResourceRequestParams,
+    ReadResourceResult,
+    Resource,
+    ResourceTemplate,
+    SamplingCapability,
+    SamplingMessage,
+    SetLevelRequestParams,
+    SubscribeRequestParams,
+    TextContent,
+    TextResourceContents,
+    Tool,
+    UnsubscribeRequestParams,
+)
+
+from examples.backends import run_backend
+
+DEFAULT_PORT = 9003
+SERVER_NAME = "vmcp-conformance-fixture"
+
+# Pauses the suite's descriptions ask for between notifications, so a client
+# sees them arrive separately rather than in one burst with the result.
+NOTIFICATION_GAP_SECONDS = 0.05
+# How long test_reconnection keeps working after dropping its SSE stream,
+# which gives the client time to reconnect with Last-Event-ID.
+RECONNECT_GRACE_SECONDS = 0.2
+# Tells clients to reconnect quickly after the server drops an SSE stream.
+SSE_RETRY_MS = 100
+EVENT_HISTORY = 2048
+# Sessions end without telling the handlers, so per-session settings are kept
+# for the most recent sessions only.
+TRACKED_SESSIONS = 1024
+
+LOG_LEVELS: tuple[LoggingLevel, ...] = (
+    "debug",
+    "info",
+    "notice",
+    "warning",
+    "error",
+    "critical",
+    "alert",
+    "emergency",
+)
+
+Ctx = ServerRequestContext[Any, Any]
+
+
+def _png_pixel(red: int, green: int, blue: int) -> bytes:
+    """A 1x1 RGB PNG, built here so the fixture carries no opaque blobs."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+    pixels = zlib.compress(bytes([0, red, green, blue]))
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
+
+
+def _wav_silence(milliseconds: int = 10, rate: int = 8000) -> bytes:
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(b"\x00\x00" * (rate * milliseconds // 1000))
+    return buffer.getvalue()
+
+
+PNG_BYTES = _png_pixel(220, 30, 30)
+PNG_B64 = base64.b64encode(PNG_BYTES).decode()
+WAV_B64 = base64.b64encode(_wav_silence()).decode()
+
+STATIC_TEXT = "This is the content of the static text resource."
+WATCHED_URI = "test://watched-resource"
+TEMPLATE_URI = "test://template/{id}/data"
+TEMPLATE_PREFIX, TEMPLATE_SUFFIX = "test://template/", "/data"
+
+# The tool the json-schema-2020-12 scenario inspects: every keyword here must
+# reach the client unchanged, so the schema is written out rather than derived.
+JSON_SCHEMA_2020_12: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "$defs": {
+        "address": {
+            "$anchor": "addressDef",
+            "type": "object",
+            "properties": {"street": {"type": "string"}, "city": {"type": "string"}},
+        }
+    },
+    "properties": {
+        "name": {"type": "string"},
+        "address": {"$ref": "#/$defs/address"},
+        "contactMethod": {"type": "string", "enum": ["phone", "email"]},
+        "phone": {"type": "string"},
+        "email": {"type": "string"},
+    },
+    "allOf": [{"anyOf": [{"required": ["phone"]}, {"required": ["email"]}]}],
+    "if": {"properties": {"contactMethod": {"const": "phone"}}, "required": ["contactMethod"]},
+    "then": {"required": ["phone"]},
+    "else": {"required": ["email"]},
+    "additionalProperties": False,
+}
+
+SEP1034_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "description": "Your name", "default": "John Doe"},
+        "age": {"type": "integer", "description": "Your age", "default": 30},
+        "score": {"type": "number", "description": "A score", "default": 95.5},
+        "status": {
+            "type": "string",
+            "description": "Account status",
+            "enum": ["active", "inactive", "pending"],
+            "default": "active",
+        },
+        "verified": {"type": "boolean", "description": "Verified account", "default": True},
+    },
+}
+
+SEP1330_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "untitledSingle": {"type": "string", "enum": ["option1", "option2", "option3"]},
+        "titledSingle": {
+            "type": "string",
+            "oneOf": [
+                {"const": "value1", "title": "First Option"},
+                {"const": "value2", "title": "Second Option"},
+                {"const": "value3", "title": "Third Option"},
+            ],
+        },
+        "legacyEnum": {
+            "type": "string",
+            "enum": ["opt1", "opt2", "opt3"],
+            "enumNames": ["Option One", "Option Two", "Option Three"],
+        },
+        "untitledMulti": {
+            "type": "array",
+            "items": {"type": "string", "enum": ["option1", "option2", "option3"]},
+        },
+        "titledMulti": {
+            "type": "array",
+            "items": {
+                "anyOf": [
+                    {"const": "value1", "title": "First Choice"},
+                    {"const": "value2", "title": "Second Choice"},
+                    {"const": "value3", "title": "Third Choice"},
+                ]
+            },
+        },
+    },
+}
+
+CONTACT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "username": {"type": "string", "description": "User's response"},
+        "email": {"type": "string", "description": "User's email address"},
+    },
+    "required": ["username", "email"],
+}
+
+NO_ARGUMENTS: dict[str, Any] = {"type": "object", "properties": {}}
+
+COMPLETION_WORDS: tuple[str, ...] = ("paris", "park", "party", "test", "testing", "tester")
+
+
+class BoundedEventStore(EventStore):
+    """Keeps the latest SSE events in memory so a dropped stream can be resumed.
+
+    Bounded because the fixture may run for a long time behind a gateway; a
+    client resuming from an event that has aged out just gets nothing replayed.
+    """
+
+    def __init__(self, capacity: int = EVENT_HISTORY) -> None:
+        self._events: deque[tuple[int, StreamId, JSONRPCMessage | None]] = deque(maxlen=capacity)
+        self._ids = itertools.count(1)
+
+    async def store_event(self, stream_id: StreamId, message: JSONRPCMessage | None) -> EventId:
+        event_id = next(self._ids)
+        self._events.append((event_id, stream_id, message))
+        return str(event_id)
+
+    async def replay_events_after(
+        self, last_event_id: EventId, send_callback: EventCallback
+    ) -> StreamId | None:
+        if not last_event_id.isdecimal():
+            return None
+        after = int(last_event_id)
+        stream = next((sid for eid, sid, _ in self._events if eid == after), None)
+        if stream is None:
+            return None
+        for event_id, stream_id, message in list(self._events):
+            if stream_id == stream and event_id > after and message is not None:
+                await send_callback(EventMessage(message, str(event_id)))
+        return stream
+
+
+def _text(text: str) -> CallToolResult:
+    return CallToolResult(content=[TextContent(text=text)])
+
+
+def _tool_error(text: str) -> CallToolResult:
+    return CallToolResult(content=[TextContent(text=text)], is_error=True)
+
+
+_V = TypeVar("_V")
+
+
+def _remember(table: dict[str, _V], key: str, value: _V) -> None:
+    """Insert as newest; sessions end without notice, so nothing else ever evicts old entries."""
+    table.pop(key, None)
+    table[key] = value
+    while len(table) > TRACKED_SESSIONS:
+        del table[next(iter(table))]
+
+
+ToolHandler = Callable[[Ctx, Mapping[str, Any]], Awaitable[CallToolResult]]
+
+
+@dataclass(frozen=True)
+class _ToolEntry:
+    tool: Tool
+    handler: ToolHandler
+
+
+@dataclass
+class ConformanceFixture:
+    """The fixture's state: what each client session asked for (log level, subscriptions)."""
+
+    _tools: dict[str, _ToolEntry] = field(default_factory=dict)
+    _log_levels: dict[str, LoggingLevel] = field(default_factory=dict)
+    _subscriptions: dict[str, set[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._add_tool("test_simple_text", "Returns a simple text response", self._simple_text)
+        self._add_tool("test_image_content", "Returns a 1x1 PNG image", self._image_content)
+        self._add_tool("test_audio_content", "Returns a short silent WAV clip", self._audio_content)
+        self._add_tool(
+            "test_embedded_resource", "Returns an embedded text resource", self._embedded_resource
+        )
+        self._add_tool(
+            "test_multiple_content_types",
+            "Returns text, image and resource content",
+            self._multiple_content,
+        )
+        self._add_tool(
+            "test_tool_with_logging",
+            "Sends three info log messages while running",
+            self._with_logging,
+        )
+        self._add_tool(
+            "test_tool_with_progress", "Reports progress 0, 50 and 100 of 100", self._with_progress
+        )
+        self._add_tool(
+            "test_error_handling", "Always fails with an error result", self._error_handling
+        )
+        self._add_tool(
+            "test_sampling",
+            "Asks the client's model to answer a prompt (sampling)",
+            self._sampling,
+            {
+                "type": "object",
+                "properties": {
+                    "prompt": {"type": "string", "description": "The prompt to send to the LLM"}
+                },
+                "required": ["prompt"],
+            },
+        )
+        self._add_tool(
+            "test_elicitation",
+            "Asks the user for a username and email (elicitation)",
+            self._elicitation,
+            {
+                "type": "object",
+                "properties": {
+                    "message": {"type": "string", "description": "The message to show the user"}
+                },
+                "required": ["message"],
+            },
+        )
+        self._add_tool(
+            "test_elicitation_sep1034_defaults",
+            "Elicits fields of every primitive type, each with a default (SEP-1034)",
+            self._elicitation_defaults,
+        )
+        self._add_tool(
+            "test_elicitation_sep1330_enums",
+            "Elicits every enum schema variant (SEP-1330)",
+            self._elicitation_enums,
+        )
+        self._add_tool(
+            "json_schema_2020_12_tool",
+            "Tool with JSON Schema 2020-12 features",
+            self._json_schema_tool,
+            JSON_SCHEMA_2020_12,
+        )
+        self._add_tool(
+            "test_reconnection",
+            "Drops its SSE stream mid-call and answers after the client resumes (SEP-1699)",
+            self._reconnection,
+        )
+
+    def _add_tool(
+        self,
+        name: str,
+        description: str,
+        handler: ToolHandler,
+        input_schema: dict[str, Any] | None = None,
+    ) -> None:
+        tool = Tool(name=name, description=description, input_schema=input_schema or NO_ARGUMENTS)
+        self._tools[name] = _ToolEntry(tool, handler)
+
+    # -- session bookkeeping -------------------------------------------------
+
+    @staticmethod
+    def _session_key(ctx: Ctx) -> str:
+        """Settings are per client session; requests without a session id share the "" entry."""
+        headers = getattr(ctx.request, "headers", None)
+        return str(headers.get("mcp-session-id", "")) if headers is not None else ""
+
+    async def _log(self, ctx: Ctx, level: LoggingLevel, message: str) -> None:
+        threshold = self._log_levels.get(self._session_key(ctx), "debug")
+        if LOG_LEVELS.index(level) < LOG_LEVELS.index(threshold):
+            return
+        await ctx.session.send_log_message(
+            level, message, logger=SERVER_NAME, related_request_id=ctx.request_id
+        )
+
+    # -- tools ---------------------------------------------------------------
+
+    async def list_tools(self, ctx: Ctx, params: PaginatedRequestParams | None) -> ListToolsResult:
+        return ListToolsResult(tools=[entry.tool for entry in self._tools.values()])
+
+    async def call_tool(self, ctx: Ctx, params: CallToolRequestParams) -> CallToolResult:
+        entry = self._tools.get(params.name)
+        if entry is None:
+            raise MCPError(code=INVALID_PARAMS, message=f"Unknown tool: {params.name}")
+        return await entry.handler(ctx, params.arguments or {})
+
+    async def _simple_text(self, ctx: Ctx, args: Mapping[str, Any]) -> CallToolResult:
+        return _text("This is a simple text response for testing.")
+
+    async def _image_content(self, ctx: Ctx, args: Mapping[str, Any]) -> CallToolResult:
+        return CallToolResult(content=[ImageContent(data=PNG_B64, mime_type="image/png")])
+
+    async def _audio_content(self, ctx: Ctx, args: Mapping[str, Any]) -> CallToolResult:
+        return CallToolResult(content=[AudioContent(data=WAV_B64, mime_type="audio/wav")])
+
+    async def _embedded_resource(self, ctx: Ctx, args: Mapping[str, Any]) -> CallToolResult:
+        resource = TextResourceContents(
+            uri="test://embedded-resource",
+            mime_type="text/plain",
+            text="This is an embedded resource content.",
+        )
+        return CallToolResult(content=[EmbeddedResource(type="resource", resource=resource)])
+
+    async def _multiple_content(self, ctx: Ctx, args: Mapping[str, Any]) -> CallToolResult:
+        resource = TextResourceContents(
+            uri="test://mixed-content-resource",
+            mime_type="application/json",
+            text=json.dumps({"test": "data", "value": 123}),
+        )
+        content: list[ContentBlock] = [
+            TextContent(text="Multiple content types test:"),
+            ImageContent(data=PNG_B64, mime_type="image/png"),
+            EmbeddedResource(type="resource", resource=resource),
+        ]
+        return CallToolResult(content=content)
+
+    async def _with_logging(self, ctx: Ctx, args: Mapping[str, Any]) -> CallToolResult:
+        await self._log(ctx, "info", "Tool execution started")
+        await anyio.sleep(NOTIFICATION_GAP_SECONDS)
+        await self._log(ctx, "info", "Tool processing data")
+        await anyio.sleep(NOTIFICATION_GAP_SECONDS)
+        await self._log(ctx, "info", "Tool execution completed")
+        return _text("Tool with logging executed successfully")
+
+    async def _with_progress(self, ctx: Ctx, args: Mapping[str, Any]) -> CallToolResult:
+        for step, progress in enumerate((0, 50, 100)):
+            if step:
+                await anyio.sleep(NOTIFICATION_GAP_SECONDS)
+            await ctx.session.report_progress(progress, 100, f"Completed step {progress} of 100")
+        return _text("Tool with progress executed successfully")
+
+    async def _error_handling(self, ctx: Ctx, args: Mapping[str, Any]) -> CallToolResult:
+        return _tool_error("This tool intentionally returns an error for testing")
+
+    async def _sampling(self, ctx: Ctx, args: Mapping[str, Any]) -> CallToolResult:
+        prompt = args.get("prompt")
+        if not isinstance(prompt, str):
+            return _tool_error("argument 'prompt' must be a string")
+        if not ctx.session.check_client_capability(
+            ClientCapabilities(sampling=SamplingCapability())
+        ):
+            return _tool_error("the client does not support sampling")
+        result = await ctx.session.create_message(
+            [SamplingMessage(role="user", content=TextContent(text=prompt))],
+            max_tokens=100,
+            related_request_id=ctx.request_id,
+        )
+        answer = (
+            result.content.text
+            if isinstance(result.content, TextContent)
+            else f"<{result.content.type}>"
+        )
+        return _text(f"LLM response: {answer}")
+
+    async def _elicit(
+        self, ctx: Ctx, message: str, schema: dict[str, Any], label: str
+    ) -> CallToolResult:
+        if not ctx.session.check_client_capability(
+            ClientCapabilities(elicitation=ElicitationCapability())
+        ):
+            return _tool_error("the client does not support elicitation")
+        result = await ctx.session.elicit_form(message, schema, related_request_id=ctx.request_id)
+        return _text(f"{label}: action={result.action}, content={json.dumps(result.content or {})}")
+
+    async def _elicitation(self, ctx: Ctx, args: Mapping[str, Any]) -> CallToolResult:
+        message = args.get("message")
+        if not isinstance(message, str):
+            return _tool_error("argument 'message' must be a string")
+        return await self._elicit(ctx, message, CONTACT_SCHEMA, "User response")
+
+    async def _elicitation_defaults(self, ctx: Ctx, args: Mapping[str, Any]) -> CallToolResult:
+        message = "Please review these details; every field has a default"
+        return await self._elicit(ctx, message, SEP1034_SCHEMA, "Elicitation completed")
+
+    async def _elicitation_enums(self, ctx: Ctx, args: Mapping[str, Any]) -> CallToolResult:
+        message = "Please choose from each kind of list"
+        return await self._elicit(ctx, message, SEP1330_SCHEMA, "Elicitation completed")
+
+    async def _json_schema_tool(self, ctx: Ctx, args: Mapping[str, Any]) -> CallToolResult:
+        return _text(f"Received: {json.dumps(dict(args), sort_keys=True)}")
+
+    async def _reconnection(self, ctx: Ctx, args: Mapping[str, Any]) -> CallToolResult:
+        await self._log(ctx, "info", "Closing the stream; reconnect to receive the result")
+        if ctx.close_sse_stream is not None:
+            await ctx.close_sse_stream()
+        await anyio.sleep(RECONNECT_GRACE_SECONDS)
+        return _text("Reconnection test completed successfully")
+
+    # -- resources -----------------------------------------------------------
+
+    async def list_resources(
+        self, ctx: Ctx, params: PaginatedRequestParams | None
+    ) -> ListResourcesResult:
+        return ListResourcesResult(
+            resources=[
+                Resource(
+                    uri="test://static-text",
+                    name="static-text",
+                    description="A static text resource",
+                    mime_type="text/plain",
+                ),
+                Resource(
+                    uri="test://static-binary",
+                    name="static-binary",
+                    description="A static binary resource (a PNG image)",
+                    mime_type="image/png",
+                ),
+                Resource(
+                    uri=WATCHED_URI,
+                    name="watched-resource",
+                    description="A resource clients may subscribe to",
+                    mime_type="text/plain",
+                ),
+            ]
+        )
+
+    async def list_resource_templates(
+        self, ctx: Ctx, params: PaginatedRequestParams | None
+    ) -> ListResourceTemplatesResult:
+        return ListResourceTemplatesResult(
+            resource_templates=[
+                ResourceTemplate(
+                    uri_template=TEMPLATE_URI,
+                    name="template-data",
+                    description="JSON data for the id in the URI",
+                    mime_type="application/json",
+                )
+            ]
+        )
+
+    async def read_resource(
+        self, ctx: Ctx, params: ReadResourceRequestParams
+    ) -> ReadResourceResult:
+        uri = params.uri
+        if uri == "test://static-text":
+            contents: TextResourceContents | BlobResourceContents = TextResourceContents(
+                uri=uri, mime_type="text/plain", text=STATIC_TEXT
+            )
+        elif uri == "test://static-binary":
+            contents = BlobResourceContents(uri=uri, mime_type="image/png", blob=PNG_B64)
+        elif uri == WATCHED_URI:
+            contents = TextResourceContents(
+                uri=uri, mime_type="text/plain", text="Watched resource content"
+            )
+        elif (
+            uri.startswith(TEMPLATE_PREFIX)
+            and uri.endswith(TEMPLATE_SUFFIX)
+            and "/" not in (item := uri[len(TEMPLATE_PREFIX) : -len(TEMPLATE_SUFFIX)])
+            and item
+        ):
+            data = {"id": item, "templateTest": True, "data": f"Data for ID: {item}"}
+            contents = TextResourceContents(
+                uri=uri, mime_type="application/json", text=json.dumps(data)
+            )
+        else:
+            raise MCPError(code=INVALID_PARAMS, message="Resource not found", data={"uri": uri})
+        return ReadResourceResult(contents=[contents])
+
+    async def subscribe(self, ctx: Ctx, params: SubscribeRequestParams) -> EmptyResult:
+        key = self._session_key(ctx)
+        _remember(self._subscriptions, key, self._subscriptions.get(key, set()) | {params.uri})
+        return EmptyResult()
+
+    async def unsubscribe(self, ctx: Ctx, params: UnsubscribeRequestParams) -> EmptyResult:
+        self._subscriptions.get(self._session_key(ctx), set()).discard(params.uri)
+        return EmptyResult()
+
+    # -- prompts, completion, logging -----------------------------------------
+
+    async def list_prompts(
+        self, ctx: Ctx, params: PaginatedRequestParams | None
+    ) -> ListPromptsResult:
+        return ListPromptsResult(
+            prompts=[
+                Prompt(name="test_simple_prompt", description="A prompt without arguments"),
+                Prompt(
+                    name="test_prompt_with_arguments",
+                    description="A prompt that substitutes two arguments",
+                    arguments=[
+                        PromptArgument(
+                            name="arg1", description="First test argument", required=True
+                        ),
+                        PromptArgument(
+                            name="arg2", description="Second test argument", required=True
+                        ),
+                    ],
+                ),
+                Prompt(
+                    name="test_prompt_with_embedded_resource",
+                    description="A prompt that embeds a resource",
+                    arguments=[
+                        PromptArgument(
+                            name="resourceUri",
+                            description="URI of the resource to embed",
+                            required=True,
+                        )
+                    ],
+                ),
+                Prompt(name="test_prompt_with_image", description="A prompt that carries an image"),
+            ]
+        )
+
+    async def get_prompt(self, ctx: Ctx, params: GetPromptRequestParams) -> GetPromptResult:
+        args = params.arguments or {}
+
+        def required(name: str) -> str:
+            value = args.get(name)
+            if value is None:
+                raise MCPError(code=INVALID_PARAMS, message=f"Missing required argument: {name}")
+            return value
+
+        messages: list[PromptMessage]
+        if params.name == "test_simple_prompt":
+            messages = [
+                PromptMessage(
+                    role="user", content=TextContent(text="This is a simple prompt for testing.")
+                )
+            ]
+        elif params.name == "test_prompt_with_arguments":
+            text = f"Prompt with arguments: arg1='{required('arg1')}', arg2='{required('arg2')}'"
+            messages = [PromptMessage(role="user", content=TextContent(text=text))]
+        elif params.name == "test_prompt_with_embedded_resource":
+            resource = TextResourceContents(
+                uri=required("resourceUri"),
+                mime_type="text/plain",
+                text="Embedded resource content for testing.",
+            )
+            messages = [
+                PromptMessage(
+                    role="user", content=EmbeddedResource(type="resource", resource=resource)
+                ),
+                PromptMessage(
+                    role="user",
+                    content=TextContent(text="Please process the embedded resource above."),
+                ),
+            ]
+        elif params.name == "test_prompt_with_image":
+            messages = [
+                PromptMessage(
+                    role="user", content=ImageContent(data=PNG_B64, mime_type="image/png")
+                ),
+                PromptMessage(
+                    role="user", content=TextContent(text="Please analyze the image above.")
+                ),
+            ]
+        else:
+            raise MCPError(code=INVALID_PARAMS, message=f"Unknown prompt: {params.name}")
+        return GetPromptResult(messages=messages)
+
+    async def complete(self, ctx: Ctx, params: CompleteRequestParams) -> CompleteResult:
+        values: list[str] = []
+        if (
+            isinstance(params.ref, PromptReference)
+            and params.ref.name == "test_prompt_with_arguments"
+        ):
+            prefix = params.argument.value.casefold()
+            values = [word for word in COMPLETION_WORDS if word.startswith(prefix)]
+        return CompleteResult(
+            completion=Completion(values=values, total=len(values), has_more=False)
+        )
+
+    async def set_logging_level(self, ctx: Ctx, params: SetLevelRequestParams) -> EmptyResult:
+        _remember(self._log_levels, self._session_key(ctx), params.level)
+        return EmptyResult()
+
+    def build_server(self) -> Server[Any]:
+        return Server(
+            SERVER_NAME,
+            version="0.1.0",
+            instructions="Fixtures for the MCP conformance suite.",
+            on_list_tools=self.list_tools,
+            on_call_tool=self.call_tool,
+            on_list_resources=self.list_resources,
+            on_list_resource_templates=self.list_resource_templates,
+            on_read_resource=self.read_resource,
+            on_subscribe_resource=self.subscribe,
+            on_unsubscribe_resource=self.unsubscribe,
+            on_list_prompts=self.list_prompts,
+            on_get_prompt=self.get_prompt,
+            on_completion=self.complete,
+            on_set_logging_level=self.set_logging_level,
+        )
+
+
+def create_server() -> Server[Any]:
+    return ConformanceFixture().build_server()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    run_backend(
+        create_server,
+        description="MCP conformance-suite fixture backend.",
+        default_port=DEFAULT_PORT,
+        argv=argv,
+        event_store=BoundedEventStore(),
+        retry_interval_ms=SSE_RETRY_MS,
+    )
+
+
+if __name__ == "__main__":
+    main()

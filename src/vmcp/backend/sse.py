@@ -1,0 +1,479 @@
+"""Connection to a legacy HTTP+SSE backend (the 2024-11-05 transport).
+
+A GET on the backend URL opens an event stream. Its first ``endpoint`` event names the
+URL that messages are POSTed to. Every answer arrives on that stream, never on the
+POST. The backend's session exists only while this one stream is open. So the session
+cannot be handed to another replica: :meth:`SseBackend.attach` simply opens a fresh
+session, and :meth:`SseBackend.connect` and ``attach`` are the same apart from the
+version they offer. If the stream drops, the session is gone. The next call notices
+and re-initializes, exactly as after a 404.
+
+The stream must be read all the time, whether or not a caller is waiting, and its
+reader must outlive any single call. The connection therefore owns one reader task,
+created on the running asyncio loop (vmcp runs on asyncio; the contract has no
+enclosing task group to put it in). :meth:`SseBackend.aclose` cancels it, so an
+``SseBackend`` must always be closed.
+
+Messages are routed to the waiting call with the matching id. A
+``notifications/progress`` goes to the call whose progress token it names. Any other
+server message goes to the only in-flight call that has a handler, if there is exactly
+one (this transport gives no other way to tell which call it belongs to). Otherwise it
+goes to :meth:`SseBackend.listen`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import anyio
+import httpx2
+from anyio.streams.memory import MemoryObjectSendStream
+from mcp_types import InitializeResult
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from pydantic import ValidationError
+
+from vmcp.backend.connection import (
+    DEFAULT_PROTOCOL_VERSION,
+    EVENT_STREAM,
+    JSON,
+    MAX_MESSAGE_BYTES,
+    TERMINATE_TIMEOUT,
+    BackendState,
+    BackendTarget,
+    BaseBackend,
+    MessageHandler,
+    ReinitializedHook,
+    _SessionGone,
+    decode,
+    encode,
+    error_reply,
+    read_body,
+    result_of,
+    status_error,
+    transport_error,
+)
+from vmcp.errors import (
+    METHOD_NOT_FOUND_CODE,
+    BackendError,
+    BackendProtocolError,
+    BackendSessionExpired,
+    BackendTimeout,
+    BackendUnavailable,
+)
+
+logger = logging.getLogger(__name__)
+
+LISTEN_BUFFER: Final = 256
+"""Messages kept for a slow :meth:`SseBackend.listen` consumer before newer ones are
+dropped. The reader never waits for a consumer, because responses share the stream."""
+
+_SESSION_WIDE: Final = frozenset(
+    {
+        "notifications/tools/list_changed",
+        "notifications/prompts/list_changed",
+        "notifications/resources/list_changed",
+        "notifications/resources/updated",
+    }
+)
+"""Notifications about the session as a whole, never about one call."""
+
+
+@dataclass(slots=True, eq=False)
+class _Waiter:
+    """A call waiting for its response on the stream."""
+
+    inbox: MemoryObjectSendStream[dict[str, Any]]
+    has_handler: bool
+
+
+@dataclass(eq=False)
+class _Stream:
+    """One GET stream, and with it one backend session."""
+
+    opened: anyio.Event
+    endpoint: str | None = None
+    error: BackendError | None = None
+    alive: bool = True
+    task: asyncio.Task[None] | None = None
+    waiters: dict[Any, _Waiter] = field(default_factory=dict)
+    progress_tokens: dict[Any, Any] = field(default_factory=dict)
+
+
+class SseBackend(BaseBackend):
+    """A :class:`~vmcp.backend.connection.BackendConnection` over legacy HTTP+SSE."""
+
+    def __init__(
+        self,
+        target: BackendTarget,
+        http: httpx2.AsyncClient,
+        *,
+        client_info: Mapping[str, Any],
+        capabilities: Mapping[str, Any],
+        timeout: float,
+        on_reinitialized: ReinitializedHook | None,
+        state: BackendState,
+    ) -> None:
+        """Use :meth:`connect` or :meth:`attach`; this only wires the parts together."""
+        super().__init__(
+            target,
+            http,
+            client_info=client_info,
+            capabilities=capabilities,
+            timeout=timeout,
+            on_reinitialized=on_reinitialized,
+            state=state,
+        )
+        # The stream is the session, so it has no read timeout: an idle session is
+        # not a dead one.
+        self._stream_timeout = httpx2.Timeout(None, connect=timeout)
+        self._post_timeout = httpx2.Timeout(timeout)
+        self._get_headers = {
+            **target.headers,
+            "accept": EVENT_STREAM,
+            "cache-control": "no-store",
+        }
+        self._post_headers = {**target.headers, "content-type": JSON}
+        self._stream: _Stream | None = None
+        self._listeners: set[MemoryObjectSendStream[dict[str, Any]]] = set()
+
+    @classmethod
+    async def connect(
+        cls,
+        target: BackendTarget,
+        http: httpx2.AsyncClient,
+        *,
+        client_info: Mapping[str, Any],
+        capabilities: Mapping[str, Any],
+        protocol_version: str = DEFAULT_PROTOCOL_VERSION,
+        timeout: float,  # noqa: ASYNC109 - bounds the handshake, then every call
+        on_reinitialized: ReinitializedHook | None = None,
+    ) -> SseBackend:
+        """Open the stream, learn the POST endpoint, then ``initialize`` and ``initialized``."""
+        connection = cls(
+            target,
+            http,
+            client_info=client_info,
+            capabilities=capabilities,
+            timeout=timeout,
+            on_reinitialized=on_reinitialized,
+            state=BackendState(None, protocol_version, {}),
+        )
+        try:
+            with anyio.fail_after(timeout):
+                state = await connection._handshake(protocol_version)
+        except TimeoutError:
+            raise BackendTimeout(
+                target.name, f"initialize not answered within {timeout:g}s"
+            ) from None
+        connection._install(state)
+        return connection
+
+    @classmethod
+    async def attach(
+        cls,
+        target: BackendTarget,
+        http: httpx2.AsyncClient,
+        state: BackendState,
+        *,
+        client_info: Mapping[str, Any],
+        capabilities: Mapping[str, Any],
+        timeout: float,  # noqa: ASYNC109 - bounds the handshake, then every call
+        on_reinitialized: ReinitializedHook | None = None,
+    ) -> SseBackend:
+        """Open a fresh session, offering the version recorded in ``state``.
+
+        A legacy session lives and dies with its stream, which another process cannot
+        take over. The new connection's :attr:`state` is what the session metadata
+        should store from now on.
+        """
+        return await cls.connect(
+            target,
+            http,
+            client_info=client_info,
+            capabilities=capabilities,
+            protocol_version=state.protocol_version,
+            timeout=timeout,
+            on_reinitialized=on_reinitialized,
+        )
+
+    # -- calls ---------------------------------------------------------------
+
+    async def _call(
+        self,
+        request_id: int,
+        body: bytes,
+        params: dict[str, Any] | None,
+        on_message: MessageHandler | None,
+    ) -> dict[str, Any]:
+        stream = self._stream
+        if stream is None or not stream.alive:
+            raise _SessionGone  # the stream was the session
+        token = None
+        if params is not None and isinstance(meta := params.get("_meta"), dict):
+            token = meta.get("progressToken")
+        return await self._exchange(stream, request_id, body, on_message, token)
+
+    async def _exchange(
+        self,
+        stream: _Stream,
+        request_id: int,
+        body: bytes,
+        on_message: MessageHandler | None,
+        progress_token: Any,
+    ) -> dict[str, Any]:
+        name = self.target.name
+        inbox, outbox = anyio.create_memory_object_stream[dict[str, Any]](math.inf)
+        stream.waiters[request_id] = _Waiter(inbox, on_message is not None)
+        if progress_token is not None:
+            stream.progress_tokens[progress_token] = request_id
+        try:
+            with inbox, outbox:
+                await self._post(stream, body)
+                async for message in outbox:
+                    if "method" not in message:
+                        return result_of(name, message)
+                    if "id" not in message:
+                        await self._deliver(message, on_message)
+                        continue
+                    reply = await self._answer(message, on_message)
+                    try:
+                        await self._post(stream, encode(reply))
+                    except _SessionGone:
+                        raise BackendSessionExpired(
+                            name, "backend forgot the session during the request"
+                        ) from None
+            raise BackendUnavailable(name, "event stream closed before the response")
+        finally:
+            stream.waiters.pop(request_id, None)
+            if progress_token is not None:
+                stream.progress_tokens.pop(progress_token, None)
+
+    async def _send(self, body: bytes) -> None:
+        stream = self._stream
+        if stream is None or not stream.alive:
+            raise _SessionGone
+        await self._post(stream, body)
+
+    async def _post(self, stream: _Stream, body: bytes) -> None:
+        """POST one message to the session's endpoint; the answer comes on the stream."""
+        assert stream.endpoint is not None
+        try:
+            response = await self._http.post(
+                stream.endpoint,
+                content=body,
+                headers=self._post_headers,
+                timeout=self._post_timeout,
+            )
+        except httpx2.HTTPError as exc:
+            raise transport_error(self.target.name, exc) from exc
+        if 200 <= response.status_code < 300:
+            return
+        if response.status_code == 404:
+            raise _SessionGone
+        raise status_error(self.target.name, response, response.content)
+
+    # -- session lifecycle ---------------------------------------------------
+
+    async def _handshake(self, protocol_version: str) -> BackendState:
+        name = self.target.name
+        await self._stop_stream()
+        stream = _Stream(anyio.Event())
+        self._stream = stream
+        stream.task = asyncio.get_running_loop().create_task(
+            self._read(stream), name=f"vmcp-sse-reader:{name}"
+        )
+        try:
+            await stream.opened.wait()
+            if stream.error is not None:
+                raise stream.error
+            request_id = next(self._ids)
+            body = encode(
+                {
+                    "jsonrpc": "2.0",
+                    "id": request_id,
+                    "method": "initialize",
+                    "params": {
+                        "protocolVersion": protocol_version,
+                        "capabilities": self._capabilities,
+                        "clientInfo": self._client_info,
+                    },
+                }
+            )
+            try:
+                result = await self._exchange(stream, request_id, body, None, None)
+                try:
+                    version = InitializeResult.model_validate(
+                        result, by_name=False
+                    ).protocol_version
+                except ValidationError as exc:
+                    raise BackendProtocolError(
+                        name, f"invalid InitializeResult: {exc.error_count()} problem(s)"
+                    ) from None
+                if version not in HANDSHAKE_PROTOCOL_VERSIONS:
+                    raise BackendProtocolError(
+                        name, f"backend chose unsupported protocol version {version!r}"
+                    )
+                await self._post(
+                    stream, encode({"jsonrpc": "2.0", "method": "notifications/initialized"})
+                )
+            except _SessionGone:
+                raise BackendSessionExpired(
+                    name, "backend forgot the session it just opened"
+                ) from None
+        except BaseException:
+            with anyio.move_on_after(TERMINATE_TIMEOUT, shield=True):
+                await self._stop_stream()
+            raise
+        return BackendState(None, version, result)
+
+    async def _terminate(self) -> None:
+        await self._stop_stream()
+
+    async def _stop_stream(self) -> None:
+        """Close the current stream, which ends the backend session with it."""
+        stream, self._stream = self._stream, None
+        if stream is None or stream.task is None or stream.task.done():
+            return
+        stream.task.cancel()
+        await asyncio.wait({stream.task}, timeout=TERMINATE_TIMEOUT)
+
+    # -- the reader ----------------------------------------------------------
+
+    async def _read(self, stream: _Stream) -> None:
+        """Read one stream until it ends; runs as the connection's reader task."""
+        name = self.target.name
+        try:
+            request = self._http.build_request(
+                "GET", self.target.url, headers=self._get_headers, timeout=self._stream_timeout
+            )
+            response = await self._http.send(request, stream=True)
+            try:
+                content_type = response.headers.get("content-type", "").lower()
+                if response.status_code != 200 or not content_type.startswith(EVENT_STREAM):
+                    body = await read_body(name, response)
+                    if response.status_code == 200:
+                        stream.error = BackendProtocolError(
+                            name, f"unexpected content type {content_type!r}"
+                        )
+                    else:
+                        stream.error = status_error(name, response, body)
+                    return
+                async for event in httpx2.EventSource(response, max_event_size=MAX_MESSAGE_BYTES):
+                    if event.event == "endpoint":
+                        if stream.endpoint is None:
+                            stream.endpoint = self._endpoint_url(event.data)
+                            stream.opened.set()
+                        continue
+                    if event.event != "message" or not event.data or stream.endpoint is None:
+                        continue
+                    try:
+                        messages = decode(name, event.data)
+                    except BackendProtocolError as exc:
+                        logger.warning("%s", exc)
+                        continue
+                    for message in messages:
+                        await self._dispatch(stream, message)
+            finally:
+                await response.aclose()
+        except httpx2.HTTPError as exc:
+            stream.error = transport_error(name, exc)
+        except BackendError as exc:
+            stream.error = exc
+        except Exception:
+            logger.exception("backend %r: event stream reader failed", name)
+            stream.error = BackendProtocolError(name, "event stream reader failed")
+        finally:
+            stream.alive = False
+            if stream.error is None and not stream.opened.is_set():
+                stream.error = BackendUnavailable(
+                    name, "event stream closed before the endpoint event"
+                )
+            stream.opened.set()
+            for waiter in stream.waiters.values():
+                waiter.inbox.close()
+            if not self._closed:
+                logger.info("backend %r: event stream ended: %s", name, stream.error or "closed")
+
+    def _endpoint_url(self, data: str) -> str:
+        """The POST URL from an ``endpoint`` event; it must stay on the backend's origin,
+        since every POST carries the target's headers (credentials included)."""
+        base = httpx2.URL(self.target.url)
+        url = base.join(data.strip())
+        if (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port):
+            raise BackendProtocolError(
+                self.target.name, f"endpoint {str(url)!r} is on another origin"
+            )
+        return str(url)
+
+    async def _dispatch(self, stream: _Stream, message: dict[str, Any]) -> None:
+        """Route one message from the stream; never waits on a caller."""
+        if "method" not in message:
+            waiter = stream.waiters.get(message.get("id"))
+            if waiter is not None:
+                _put(waiter.inbox, message)
+            return
+        method = message["method"]
+        if method == "ping" and "id" in message:
+            await self._reply_from_reader(stream, await self._answer(message, None))
+            return
+        if method == "notifications/progress":
+            params = message.get("params")
+            token = params.get("progressToken") if isinstance(params, dict) else None
+            waiter = stream.waiters.get(stream.progress_tokens.get(token))
+            if waiter is not None:
+                _put(waiter.inbox, message)
+                return
+        elif method not in _SESSION_WIDE:
+            with_handler = [waiter for waiter in stream.waiters.values() if waiter.has_handler]
+            if len(with_handler) == 1:
+                _put(with_handler[0].inbox, message)
+                return
+        if self._listeners:
+            for listener in list(self._listeners):
+                try:
+                    listener.send_nowait(message)
+                except anyio.WouldBlock:
+                    logger.warning(
+                        "backend %r: listener too slow, dropped %r", self.target.name, method
+                    )
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    self._listeners.discard(listener)
+            return
+        if "id" in message:
+            reply = error_reply(message["id"], METHOD_NOT_FOUND_CODE, "Method not found")
+            await self._reply_from_reader(stream, reply)
+
+    async def _reply_from_reader(self, stream: _Stream, reply: dict[str, Any]) -> None:
+        with anyio.move_on_after(self._timeout):
+            try:
+                await self._post(stream, encode(reply))
+            except (BackendError, _SessionGone) as exc:
+                logger.debug("backend %r: reply not delivered: %s", self.target.name, exc)
+
+    # -- session-wide messages -----------------------------------------------
+
+    async def listen(self) -> AsyncIterator[dict[str, Any]]:
+        inbox, outbox = anyio.create_memory_object_stream[dict[str, Any]](LISTEN_BUFFER)
+        self._listeners.add(inbox)
+        try:
+            with inbox, outbox:
+                while True:
+                    with self._interruptible() as scope:
+                        message = await outbox.receive()
+                    if scope.cancelled_caught:
+                        return
+                    yield message
+        finally:
+            self._listeners.discard(inbox)
+
+
+def _put(inbox: MemoryObjectSendStream[dict[str, Any]], message: dict[str, Any]) -> None:
+    # A closed inbox means the call finished while this message was in flight.
+    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+        inbox.send_nowait(message)

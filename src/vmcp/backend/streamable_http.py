@@ -1,0 +1,581 @@
+"""Connection to a Streamable HTTP backend (MCP 2025-03-26, 2025-06-18, 2025-11-25).
+
+Every call is one POST. The backend answers with a single ``application/json``
+response, or with a ``text/event-stream`` carrying the request's notifications and
+server-to-client requests, then its response. Server-initiated messages that belong
+to no request arrive on an optional GET stream (:meth:`StreamableHttpBackend.listen`).
+
+The connection holds no background task and no open stream between calls. Its whole
+session is the :class:`BackendState` (session id, protocol version, initialize
+result), so another replica can take it over with :meth:`StreamableHttpBackend.attach`.
+Because a request reads its own response stream, a caller's cancellation or deadline
+reaches exactly that call.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import AsyncExitStack
+from typing import Any, Final, cast
+
+import anyio
+import httpx2
+from mcp_types import InitializeResult
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from pydantic import ValidationError
+
+from vmcp.backend.connection import (
+    DEFAULT_PROTOCOL_VERSION,
+    EVENT_STREAM,
+    JSON,
+    MAX_MESSAGE_BYTES,
+    TERMINATE_TIMEOUT,
+    BackendState,
+    BackendTarget,
+    BaseBackend,
+    MessageHandler,
+    ReinitializedHook,
+    _SessionGone,
+    decode,
+    encode,
+    is_response_to,
+    read_body,
+    result_of,
+    rpc_error_for,
+    status_error,
+    transport_error,
+)
+from vmcp.errors import (
+    BackendError,
+    BackendProtocolError,
+    BackendSessionExpired,
+    BackendTimeout,
+    BackendUnavailable,
+)
+
+logger = logging.getLogger(__name__)
+
+SESSION_HEADER: Final = "mcp-session-id"
+VERSION_HEADER: Final = "mcp-protocol-version"
+LAST_EVENT_ID_HEADER: Final = "last-event-id"
+
+RESUME_ATTEMPTS: Final = 3
+"""Consecutive fruitless reconnections to a request's dropped stream before giving up."""
+
+DEFAULT_RETRY: Final = 1.0
+"""Seconds to wait before reconnecting when the backend gave no SSE ``retry``."""
+
+LISTEN_BACKOFF_MAX: Final = 30.0
+"""Upper bound of the delay between two attempts to reopen the GET stream."""
+
+LISTEN_READ_TIMEOUT: Final = 300.0
+"""Silence after which the GET stream is presumed dead and reopened.
+
+Without it, a half-open TCP connection would end notifications for good.
+"""
+
+
+class StreamableHttpBackend(BaseBackend):
+    """A :class:`~vmcp.backend.connection.BackendConnection` over Streamable HTTP."""
+
+    def __init__(
+        self,
+        target: BackendTarget,
+        http: httpx2.AsyncClient,
+        *,
+        client_info: Mapping[str, Any],
+        capabilities: Mapping[str, Any],
+        timeout: float,
+        on_reinitialized: ReinitializedHook | None,
+        state: BackendState,
+    ) -> None:
+        """Use :meth:`connect` or :meth:`attach`; this only wires the parts together."""
+        super().__init__(
+            target,
+            http,
+            client_info=client_info,
+            capabilities=capabilities,
+            timeout=timeout,
+            on_reinitialized=on_reinitialized,
+            state=state,
+        )
+        # Reads are bounded by each call's own deadline (a tool may legitimately
+        # think for minutes), connects by the connection's timeout.
+        self._call_timeout = httpx2.Timeout(None, connect=timeout)
+        self._listen_timeout = httpx2.Timeout(None, connect=timeout, read=LISTEN_READ_TIMEOUT)
+        self._base_headers: dict[str, str] = {}
+        self._post_headers: dict[str, str] = {}
+        self._set_headers(state)
+
+    @classmethod
+    async def connect(
+        cls,
+        target: BackendTarget,
+        http: httpx2.AsyncClient,
+        *,
+        client_info: Mapping[str, Any],
+        capabilities: Mapping[str, Any],
+        protocol_version: str = DEFAULT_PROTOCOL_VERSION,
+        timeout: float,  # noqa: ASYNC109 - bounds the handshake, then every call
+        on_reinitialized: ReinitializedHook | None = None,
+    ) -> StreamableHttpBackend:
+        """Open a new backend session: ``initialize``, then ``notifications/initialized``.
+
+        The ``InitializeResult`` is validated, and the negotiated version must be one
+        this client speaks. A missing ``Mcp-Session-Id`` means a stateless backend.
+        """
+        connection = cls(
+            target,
+            http,
+            client_info=client_info,
+            capabilities=capabilities,
+            timeout=timeout,
+            on_reinitialized=on_reinitialized,
+            state=BackendState(None, protocol_version, {}),
+        )
+        try:
+            with anyio.fail_after(timeout):
+                state = await connection._handshake(protocol_version)
+        except TimeoutError:
+            raise BackendTimeout(
+                target.name, f"initialize not answered within {timeout:g}s"
+            ) from None
+        connection._install(state)
+        return connection
+
+    @classmethod
+    async def attach(
+        cls,
+        target: BackendTarget,
+        http: httpx2.AsyncClient,
+        state: BackendState,
+        *,
+        client_info: Mapping[str, Any],
+        capabilities: Mapping[str, Any],
+        timeout: float,  # noqa: ASYNC109 - the default deadline of every call
+        on_reinitialized: ReinitializedHook | None = None,
+    ) -> StreamableHttpBackend:
+        """Resume a backend session another connection opened, without wire traffic.
+
+        If the backend has forgotten it, the first call finds out (404) and
+        re-initializes with ``client_info`` and ``capabilities``, offering
+        ``state.protocol_version``.
+        """
+        return cls(
+            target,
+            http,
+            client_info=client_info,
+            capabilities=capabilities,
+            timeout=timeout,
+            on_reinitialized=on_reinitialized,
+            state=state,
+        )
+
+    def _install(self, state: BackendState) -> None:
+        super()._install(state)
+        self._set_headers(state)
+
+    def _set_headers(self, state: BackendState) -> None:
+        headers = dict(self.target.headers)
+        if state.session_id is not None:
+            headers[SESSION_HEADER] = state.session_id
+        headers[VERSION_HEADER] = state.protocol_version
+        self._base_headers = headers
+        self._post_headers = {**headers, "accept": f"{JSON}, {EVENT_STREAM}", "content-type": JSON}
+
+    # -- one POST ------------------------------------------------------------
+
+    async def _call(
+        self,
+        request_id: int,
+        body: bytes,
+        params: dict[str, Any] | None,
+        on_message: MessageHandler | None,
+    ) -> dict[str, Any]:
+        result, _ = await self._post_request(request_id, body, self._post_headers, on_message)
+        return result
+
+    async def _post_request(
+        self,
+        request_id: int,
+        body: bytes,
+        headers: dict[str, str],
+        on_message: MessageHandler | None,
+    ) -> tuple[dict[str, Any], str | None]:
+        """POST one request; returns its result and the ``Mcp-Session-Id`` answered."""
+        name = self.target.name
+        try:
+            request = self._http.build_request(
+                "POST", self.target.url, content=body, headers=headers, timeout=self._call_timeout
+            )
+            response = await self._http.send(request, stream=True)
+            try:
+                status = response.status_code
+                if status >= 300 or status == 202:
+                    await self._refuse(response, request_id, headers)
+                content_type = response.headers.get("content-type", "").lower()
+                if content_type.startswith(JSON):
+                    for message in decode(name, await read_body(name, response)):
+                        if is_response_to(message, request_id):
+                            return result_of(name, message), response.headers.get(SESSION_HEADER)
+                    raise BackendProtocolError(name, "JSON answer does not contain the response")
+                if content_type.startswith(EVENT_STREAM):
+                    cursor = _Cursor()
+                    try:
+                        final = await self._pump(response, request_id, headers, on_message, cursor)
+                    except httpx2.TransportError:
+                        if cursor.last_event_id is None:
+                            raise
+                        final = None
+                    if final is None:
+                        final = await self._resume(request_id, headers, on_message, cursor)
+                    return result_of(name, final), response.headers.get(SESSION_HEADER)
+                raise BackendProtocolError(name, f"unexpected content type {content_type!r}")
+            finally:
+                await response.aclose()
+        except httpx2.HTTPError as exc:
+            raise transport_error(name, exc) from exc
+
+    async def _refuse(
+        self, response: httpx2.Response, request_id: int | None, headers: dict[str, str]
+    ) -> None:
+        """Raise the error for a POST the backend did not answer with a response."""
+        name = self.target.name
+        if response.status_code == 202:
+            raise BackendProtocolError(name, "backend answered a request with 202 Accepted")
+        body = await read_body(name, response)
+        if (
+            request_id is not None
+            and (rpc_error := rpc_error_for(name, body, request_id)) is not None
+        ):
+            raise rpc_error
+        if response.status_code == 404 and SESSION_HEADER in headers:
+            raise _SessionGone
+        raise status_error(name, response, body)
+
+    async def _pump(
+        self,
+        response: httpx2.Response,
+        request_id: int,
+        headers: dict[str, str],
+        on_message: MessageHandler | None,
+        cursor: _Cursor,
+    ) -> dict[str, Any] | None:
+        """Consume one event stream; return the response to ``request_id``, or None if
+        the stream ended first."""
+        name = self.target.name
+        async for event in httpx2.EventSource(response, max_event_size=MAX_MESSAGE_BYTES):
+            if event.id:
+                cursor.last_event_id = event.id
+                cursor.progressed = True
+            if event.retry is not None:
+                cursor.retry = event.retry / 1000
+            if not event.data or event.event != "message":
+                continue  # priming events carry only an id
+            for message in decode(name, event.data):
+                if "method" not in message:
+                    if is_response_to(message, request_id):
+                        return message
+                    continue  # a response to something else: not ours to take
+                if "id" in message:
+                    reply = await self._answer(message, on_message)
+                    await self._post_reply(reply, headers)
+                else:
+                    await self._deliver(message, on_message)
+        return None
+
+    async def _resume(
+        self,
+        request_id: int,
+        headers: dict[str, str],
+        on_message: MessageHandler | None,
+        cursor: _Cursor,
+    ) -> dict[str, Any]:
+        """Reconnect to a response stream the backend closed early (SSE polling).
+
+        A stream that ended without the response can be resumed only if the backend
+        numbered its events. The request has already reached the backend, so a
+        404 here is final: resending the request could run it twice.
+        """
+        name = self.target.name
+        if cursor.last_event_id is None:
+            raise BackendUnavailable(name, "response stream ended before the response")
+        failures = 0
+        while failures < RESUME_ATTEMPTS:
+            await anyio.sleep(DEFAULT_RETRY if cursor.retry is None else cursor.retry)
+            get_headers = {
+                **self._base_headers,
+                "accept": EVENT_STREAM,
+                LAST_EVENT_ID_HEADER: cursor.last_event_id,
+            }
+            request = self._http.build_request(
+                "GET", self.target.url, headers=get_headers, timeout=self._call_timeout
+            )
+            cursor.progressed = False
+            try:
+                response = await self._http.send(request, stream=True)
+                try:
+                    content_type = response.headers.get("content-type", "").lower()
+                    if response.status_code == 404 and SESSION_HEADER in headers:
+                        raise BackendSessionExpired(
+                            name, "backend forgot the session during the request"
+                        )
+                    if response.status_code == 200 and content_type.startswith(EVENT_STREAM):
+                        final = await self._pump(response, request_id, headers, on_message, cursor)
+                        if final is not None:
+                            return final
+                finally:
+                    await response.aclose()
+            except httpx2.TransportError as exc:
+                logger.debug("backend %r: resuming the response stream failed: %s", name, exc)
+            failures = 0 if cursor.progressed else failures + 1
+        raise BackendUnavailable(name, "response stream lost and could not be resumed")
+
+    async def _post_reply(self, reply: dict[str, Any], headers: dict[str, str]) -> None:
+        """Answer a server-to-client request within the session that asked."""
+        try:
+            await self._post(encode(reply), headers)
+        except _SessionGone:
+            raise BackendSessionExpired(
+                self.target.name, "backend forgot the session during the request"
+            ) from None
+
+    async def _send(self, body: bytes) -> None:
+        try:
+            await self._post(body, self._post_headers)
+        except httpx2.HTTPError as exc:
+            raise transport_error(self.target.name, exc) from exc
+
+    async def _post(self, body: bytes, headers: dict[str, str]) -> None:
+        """POST a notification or response; the backend should accept it with 202."""
+        request = self._http.build_request(
+            "POST", self.target.url, content=body, headers=headers, timeout=self._call_timeout
+        )
+        response = await self._http.send(request, stream=True)
+        try:
+            if not 200 <= response.status_code < 300:
+                await self._refuse(response, None, headers)
+        finally:
+            await response.aclose()
+
+    # -- session lifecycle ---------------------------------------------------
+
+    async def _handshake(self, protocol_version: str) -> BackendState:
+        name = self.target.name
+        request_id = next(self._ids)
+        body = encode(
+            {
+                "jsonrpc": "2.0",
+                "id": request_id,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": protocol_version,
+                    "capabilities": self._capabilities,
+                    "clientInfo": self._client_info,
+                },
+            }
+        )
+        # No session and no version yet: initialize is what negotiates them.
+        headers = {**self.target.headers, "accept": f"{JSON}, {EVENT_STREAM}", "content-type": JSON}
+        result, session_id = await self._post_request(request_id, body, headers, None)
+        session_id = session_id or None
+        try:
+            version = _negotiated_version(name, result)
+            if version not in HANDSHAKE_PROTOCOL_VERSIONS:
+                raise BackendProtocolError(
+                    name, f"backend chose unsupported protocol version {version!r}"
+                )
+            state = BackendState(session_id, version, result)
+            initialized = encode({"jsonrpc": "2.0", "method": "notifications/initialized"})
+            try:
+                await self._post(initialized, self._headers_for(state))
+            except httpx2.HTTPError as exc:
+                raise transport_error(name, exc) from exc
+            except _SessionGone:
+                raise BackendSessionExpired(
+                    name, "backend forgot the session it just created"
+                ) from None
+        except BaseException:
+            # Do not leave a half-made session behind on the backend.
+            with anyio.move_on_after(TERMINATE_TIMEOUT, shield=True):
+                await self._delete(session_id, protocol_version)
+            raise
+        return state
+
+    def _headers_for(self, state: BackendState) -> dict[str, str]:
+        headers = {**self.target.headers, "accept": f"{JSON}, {EVENT_STREAM}", "content-type": JSON}
+        if state.session_id is not None:
+            headers[SESSION_HEADER] = state.session_id
+        headers[VERSION_HEADER] = state.protocol_version
+        return headers
+
+    async def _terminate(self) -> None:
+        await self._delete(self._state.session_id, self._state.protocol_version)
+
+    async def _delete(self, session_id: str | None, protocol_version: str) -> None:
+        """End a backend session with DELETE; failures are logged, never raised."""
+        if session_id is None:
+            return
+        name = self.target.name
+        headers = {
+            **self.target.headers,
+            SESSION_HEADER: session_id,
+            VERSION_HEADER: protocol_version,
+        }
+        try:
+            response = await self._http.delete(
+                self.target.url, headers=headers, timeout=min(self._timeout, TERMINATE_TIMEOUT)
+            )
+        except httpx2.HTTPError as exc:
+            logger.warning("backend %r: DELETE of the session failed: %s", name, exc)
+            return
+        if response.status_code in (404, 405):
+            logger.debug("backend %r: DELETE answered %d", name, response.status_code)
+        elif not 200 <= response.status_code < 300:
+            logger.warning("backend %r: DELETE answered HTTP %d", name, response.status_code)
+
+    # -- the GET stream ------------------------------------------------------
+
+    async def listen(self) -> AsyncIterator[dict[str, Any]]:
+        name = self.target.name
+        delay = DEFAULT_RETRY
+        last_event_id: str | None = None
+        recovered = False
+        # A stateless backend has no session to push messages on.
+        while not self._closed and self._state.session_id is not None:
+            generation = self._generation
+            headers = {**self._base_headers, "accept": EVENT_STREAM}
+            if last_event_id is not None:
+                headers[LAST_EVENT_ID_HEADER] = last_event_id
+            async with AsyncExitStack() as stack:
+                with self._interruptible() as scope:
+                    response = await self._open_stream(headers, stack)
+                if scope.cancelled_caught:
+                    return
+                status = 0 if response is None else response.status_code
+                content_type = (
+                    "" if response is None else response.headers.get("content-type", "").lower()
+                )
+                if status == 405:
+                    return  # the backend offers no such stream
+                if status == 404 and not recovered:
+                    # Our session is gone. Run the shared re-initialization, then open the
+                    # new session's stream at once. A second 404 in a row backs off.
+                    last_event_id = None
+                    with self._interruptible() as scope:
+                        recovered = await self._recover_quietly(generation)
+                    if scope.cancelled_caught:
+                        return
+                    if recovered:
+                        continue
+                elif (
+                    response is not None and status == 200 and content_type.startswith(EVENT_STREAM)
+                ):
+                    recovered = False
+                    events = cast(
+                        AsyncGenerator[httpx2.ServerSentEvent, None],
+                        httpx2.EventSource(response, max_event_size=MAX_MESSAGE_BYTES).__aiter__(),
+                    )
+                    stack.push_async_callback(events.aclose)
+                    while True:
+                        with self._interruptible() as scope:
+                            event = await self._next_event(events)
+                        if scope.cancelled_caught:
+                            return
+                        if event is None:
+                            break
+                        delay = DEFAULT_RETRY
+                        if event.id:
+                            last_event_id = event.id
+                        if event.retry is not None:
+                            delay = min(event.retry / 1000, LISTEN_BACKOFF_MAX)
+                        for message in self._server_messages(event):
+                            if message.get("method") == "ping" and "id" in message:
+                                with self._interruptible():
+                                    await self._reply_quietly(await self._answer(message, None))
+                            else:
+                                yield message
+                elif response is not None:
+                    logger.debug("backend %r: GET stream refused with HTTP %d", name, status)
+            with self._interruptible() as scope:
+                await anyio.sleep(delay)
+            if scope.cancelled_caught:
+                return
+            delay = min(delay * 2, LISTEN_BACKOFF_MAX)
+            recovered = False
+
+    async def _open_stream(
+        self, headers: dict[str, str], stack: AsyncExitStack
+    ) -> httpx2.Response | None:
+        """Open the GET stream; None if the backend could not be reached."""
+        request = self._http.build_request(
+            "GET", self.target.url, headers=headers, timeout=self._listen_timeout
+        )
+        try:
+            response = await self._http.send(request, stream=True)
+        except httpx2.HTTPError as exc:
+            logger.debug("backend %r: opening the GET stream failed: %s", self.target.name, exc)
+            return None
+        stack.push_async_callback(response.aclose)
+        return response
+
+    async def _next_event(
+        self, events: AsyncGenerator[httpx2.ServerSentEvent, None]
+    ) -> httpx2.ServerSentEvent | None:
+        """The next event of the GET stream; None once it has ended or broken."""
+        try:
+            return await events.__anext__()
+        except StopAsyncIteration:
+            return None
+        except httpx2.HTTPError as exc:
+            logger.debug("backend %r: GET stream broke: %s", self.target.name, exc)
+            return None
+
+    def _server_messages(self, event: httpx2.ServerSentEvent) -> list[dict[str, Any]]:
+        """The requests and notifications in one event of the GET stream."""
+        if not event.data or event.event != "message":
+            return []
+        try:
+            messages = decode(self.target.name, event.data)
+        except BackendProtocolError as exc:
+            logger.warning("%s", exc)
+            return []
+        return [message for message in messages if "method" in message]
+
+    async def _recover_quietly(self, generation: int) -> bool:
+        try:
+            await self._recover(generation)
+        except BackendError as exc:
+            logger.debug(
+                "backend %r: re-initialization for the GET stream failed: %s", self.target.name, exc
+            )
+            return False
+        return True
+
+    async def _reply_quietly(self, reply: dict[str, Any]) -> None:
+        try:
+            await self._send(encode(reply))
+        except (BackendError, _SessionGone) as exc:
+            logger.debug("backend %r: reply not delivered: %s", self.target.name, exc)
+
+
+class _Cursor:
+    """Where a response stream stands, so that it can be resumed."""
+
+    __slots__ = ("last_event_id", "progressed", "retry")
+
+    def __init__(self) -> None:
+        self.last_event_id: str | None = None
+        self.retry: float | None = None
+        self.progressed = False
+
+
+def _negotiated_version(backend: str, result: dict[str, Any]) -> str:
+    """Validate an ``InitializeResult`` and return the protocol version it names."""
+    try:
+        return InitializeResult.model_validate(result, by_name=False).protocol_version
+    except ValidationError as exc:
+        raise BackendProtocolError(
+            backend, f"invalid InitializeResult: {exc.error_count()} problem(s)"
+        ) from None

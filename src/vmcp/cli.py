@@ -1,0 +1,321 @@
+"""The ``vmcp`` command: check a configuration, serve it, or run a self-contained demo.
+
+A configuration problem always ends in exit status 2 with every problem on stderr, one per
+line, and never a traceback: the person reading it is editing a YAML file, not debugging
+vmcp.
+"""
+
+from __future__ import annotations
+
+import http.client
+import importlib
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any, NoReturn, cast
+
+import typer
+
+from vmcp.config import (
+    BackendConfig,
+    ServerConfig,
+    SessionConfig,
+    VmcpConfig,
+    load_config,
+    redact_url,
+    with_overrides,
+)
+from vmcp.errors import ConfigError
+
+__all__ = ["app", "main"]
+
+EXIT_CONFIG_ERROR = 2
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
+
+DEMO_BACKENDS = ("notes", "weather")
+DEMO_READY_TIMEOUT_SECONDS = 30.0
+_DEMO_POLL_SECONDS = 0.1
+_DEMO_STOP_TIMEOUT_SECONDS = 5.0
+# The MCP Inspector's default origins, so the demo can be explored from it as is.
+_DEMO_ORIGINS = ("http://localhost:6274", "http://127.0.0.1:6274")
+
+app = typer.Typer(
+    name="vmcp",
+    help="A virtual MCP server: one Streamable-HTTP endpoint over many backend MCP servers.",
+    add_completion=False,
+    no_args_is_help=True,
+    # Locals of a crashing frame may hold backend credentials from the configuration.
+    pretty_exceptions_show_locals=False,
+)
+
+
+class LogLevel(StrEnum):
+    critical = "critical"
+    error = "error"
+    warning = "warning"
+    info = "info"
+    debug = "debug"
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+# --------------------------------------------------------------------------- check-config
+
+
+@app.command("check-config")
+def check_config(
+    file: Annotated[Path, typer.Argument(help="The YAML configuration file.", metavar="FILE")],
+) -> None:
+    """Validate FILE (with VMCP_* environment overrides) and summarise it."""
+    config = _load_or_exit(file)
+    typer.echo(f"{file}: configuration OK")
+    for line in _summary(config):
+        typer.echo(f"  {line}")
+
+
+def _load_or_exit(path: Path) -> VmcpConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        _exit_with_problems(exc)
+
+
+def _exit_with_problems(exc: ConfigError) -> NoReturn:
+    problems = str(exc).splitlines()
+    count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+    typer.echo(f"vmcp: invalid configuration ({count}):", err=True)
+    for problem in problems:
+        typer.echo(f"  {problem}", err=True)
+    raise typer.Exit(EXIT_CONFIG_ERROR)
+
+
+def _summary(config: VmcpConfig) -> list[str]:
+    server, session = config.server, config.session
+    lines = [
+        f"listen:      http://{server.host}:{server.port}{server.path}",
+        f"session:     {session.store_kind} store ({redact_url(session.store)}), "
+        f"ttl {session.ttl_seconds:g}s",
+        f"aggregation: conflict {config.aggregation.conflict}, "
+        f"prefix_format {config.aggregation.prefix_format!r}",
+        f"backends:    {len(config.backends)}",
+    ]
+    width = max((len(b.name) for b in config.backends), default=0)
+    lines += [
+        f"  {b.name:<{width}}  {b.transport:<15}  {redact_url(b.url)}" for b in config.backends
+    ]
+    return lines
+
+
+# --------------------------------------------------------------------------- serve
+
+
+@app.command()
+def serve(
+    config_file: Annotated[
+        Path, typer.Option("--config", "-c", help="The YAML configuration file.", metavar="FILE")
+    ],
+    host: Annotated[str | None, typer.Option(help="Override server.host.")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help="Override server.port.")
+    ] = None,
+    log_level: Annotated[
+        LogLevel, typer.Option(case_sensitive=False, help="Logging threshold.")
+    ] = LogLevel.info,
+) -> None:
+    """Serve the gateway described by the configuration file until interrupted."""
+    config = _load_or_exit(config_file)
+    listen = {key: value for key, value in (("host", host), ("port", port)) if value is not None}
+    if listen:
+        try:
+            config = with_overrides(config, {"server": listen}, source="command line")
+        except ConfigError as exc:
+            _exit_with_problems(exc)
+    run = _load_server()
+    _configure_logging(log_level)
+    _run_gateway(run, config)
+
+
+def _configure_logging(level: LogLevel) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("vmcp").setLevel(level.upper())
+
+
+def _load_server() -> Callable[[VmcpConfig], None]:
+    """``vmcp.server.app.serve``, imported only when needed so that ``check-config`` and
+    configuration errors never pay for (or fail on) the server's imports."""
+    try:
+        module = importlib.import_module("vmcp.server.app")
+    except ImportError as exc:
+        typer.echo(f"vmcp: cannot load the server: {exc}", err=True)
+        raise typer.Exit(EXIT_FAILURE) from None
+    return cast(Callable[[VmcpConfig], None], module.serve)
+
+
+def _run_gateway(run: Callable[[VmcpConfig], None], config: VmcpConfig) -> None:
+    try:
+        run(config)
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+# --------------------------------------------------------------------------- demo
+
+
+class _DemoError(Exception):
+    """The demo could not be set up; the message says why, for the person running it."""
+
+
+@dataclass
+class _DemoBackend:
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+
+def _repo_root() -> Path:
+    """The source checkout holding ``examples/`` (``src/vmcp/cli.py`` is two levels down)."""
+    return Path(__file__).resolve().parents[2]
+
+
+@app.command()
+def demo(
+    port: Annotated[
+        int, typer.Option(min=1, max=65535, help="Port for the gateway on 127.0.0.1.")
+    ] = 4483,
+) -> None:
+    """Start the notes and weather example backends and a gateway in front of them."""
+    root = _repo_root()
+    if not (root / "examples" / "backends").is_dir():
+        typer.echo(
+            f"vmcp demo needs a source checkout: {root / 'examples' / 'backends'} not found",
+            err=True,
+        )
+        raise typer.Exit(EXIT_FAILURE)
+    run = _load_server()
+    previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_signal)
+    backends: list[_DemoBackend] = []
+    try:
+        for name, backend_port in zip(DEMO_BACKENDS, _free_ports(len(DEMO_BACKENDS)), strict=True):
+            backends.append(_start_backend(root, name, backend_port))
+        for backend in backends:
+            _wait_until_answering(backend, DEMO_READY_TIMEOUT_SECONDS)
+        config = VmcpConfig(
+            server=ServerConfig(port=port, allowed_origins=_DEMO_ORIGINS),
+            session=SessionConfig(store="memory"),
+            backends=tuple(BackendConfig(name=b.name, url=b.url) for b in backends),
+        )
+        _print_demo_banner(config, backends)
+        _run_gateway(run, config)
+    except _DemoError as exc:
+        typer.echo(f"vmcp demo: {exc}", err=True)
+        raise typer.Exit(EXIT_FAILURE) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    finally:
+        for backend in backends:
+            _stop(backend.process)
+        signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _exit_on_signal(signum: int, frame: FrameType | None) -> NoReturn:
+    # SIGTERM's default action would end the process without running ``finally`` blocks
+    # and leave the backends running; as an exception it unwinds like Ctrl-C does.
+    raise SystemExit(128 + signum)
+
+
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports that were free a moment ago."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _start_backend(root: Path, name: str, port: int) -> _DemoBackend:
+    command = [sys.executable, "-m", f"examples.backends.{name}", "--port", str(port)]
+    # A session of its own, so Ctrl-C reaches only vmcp, which then stops the backends in
+    # order instead of every process racing to print its own interruption.
+    process = subprocess.Popen(command, cwd=root, start_new_session=True)
+    return _DemoBackend(name, port, process)
+
+
+def _wait_until_answering(backend: _DemoBackend, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = backend.process.poll()
+        if status is not None:
+            raise _DemoError(f"backend {backend.name!r} exited with status {status} at start-up")
+        if _answers_http(backend.port):
+            return
+        if time.monotonic() >= deadline:
+            raise _DemoError(
+                f"backend {backend.name!r} did not answer on port {backend.port} "
+                f"within {timeout:g}s"
+            )
+        time.sleep(_DEMO_POLL_SECONDS)
+
+
+def _answers_http(port: int) -> bool:
+    """Whether anything answers HTTP on the port; any status counts as ready."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1.0)
+    try:
+        connection.request("GET", "/mcp")
+        connection.getresponse().close()
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()
+    return True
+
+
+def _stop(process: subprocess.Popen[Any]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=_DEMO_STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    process.wait()
+
+
+def _print_demo_banner(config: VmcpConfig, backends: Sequence[_DemoBackend]) -> None:
+    from mcp_types.version import LATEST_HANDSHAKE_VERSION
+
+    server = config.server
+    url = f"http://{server.host}:{server.port}{server.path}"
+    initialize = (
+        '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"'
+        + LATEST_HANDSHAKE_VERSION
+        + '","capabilities":{},"clientInfo":{"name":"curl","version":"0"}}}'
+    )
+    typer.echo(f"vmcp demo: gateway at {url}")
+    for backend in backends:
+        typer.echo(f"  backend {backend.name}: {backend.url}")
+    typer.echo("Try it:")
+    typer.echo(
+        f"  curl -si {url} -H 'Content-Type: application/json' "
+        f"-H 'Accept: application/json, text/event-stream' -d '{initialize}'"
+    )
+    typer.echo("Press Ctrl-C to stop.")

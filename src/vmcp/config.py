@@ -1,0 +1,934 @@
+"""The gateway's configuration: a YAML file, overridden by ``VMCP_*`` environment variables.
+
+Layout of the file (every key optional except each backend's ``name`` and ``url``)::
+
+    server:      {host, port, path, allowed_origins, allowed_hosts, max_body_bytes, replica_id}
+    session:     {store, key_prefix, ttl_seconds, cache_capacity, store_timeout_seconds,
+                  sweep_interval_seconds}
+    backends:    [{name, url, transport, headers, connect_timeout_seconds, call_timeout_seconds}]
+    aggregation: {conflict, prefix_format, priority_order,
+                  tools: {<backend>: {include, exclude, overrides: {<tool>: {name, description}}}}}
+    limits:      {max_concurrent_backend_connects}
+
+Environment overrides are named ``VMCP_<SECTION>__<KEY>`` (``VMCP_SERVER__PORT=5000``,
+``VMCP_SESSION__STORE=redis://127.0.0.1:6379/0``) and win over the file:
+
+* path segments are separated by ``__`` and lower-cased, so deeper keys work too
+  (``VMCP_AGGREGATION__TOOLS__NOTES__EXCLUDE=delete_note``); a numeric segment addresses an
+  item of a list that the file already has (``VMCP_BACKENDS__0__URL=...``);
+* ``VMCP_<SECTION>`` without ``__`` replaces or deep-merges a whole section given as JSON
+  (``VMCP_BACKENDS='[{"name": "notes", "url": "http://..."}]'``); other ``VMCP_`` names
+  without ``__`` are not configuration and are ignored, so unrelated variables never break
+  start-up;
+* a scalar value is passed as the raw string and converted by validation (``"5000"`` becomes
+  5000; an empty string stays empty, so ``VMCP_AGGREGATION__PREFIX_FORMAT=`` means ``""``);
+  a list of strings is JSON (``["a", "b"]``) or comma-separated (``a,b``); a mapping or a list
+  of mappings is JSON.
+
+The environment is read by hand rather than through pydantic-settings so that a bad variable
+is reported like any other problem - with its location and the variable's name - instead of
+aborting on the first undecodable value.
+
+Every model is frozen: attributes cannot be reassigned and sequences are tuples. Problems are
+collected, not raised one at a time: :func:`load_config` raises one :class:`ConfigError` whose
+message has one problem per line, each starting with its location (``backends[1].url: ...``),
+followed by the file line it came from or the environment variable that set it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import string
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self, TypeAlias
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
+
+from vmcp.errors import ConfigError
+
+__all__ = [
+    "ENV_NESTED_DELIMITER",
+    "ENV_PREFIX",
+    "EXPOSED_NAME_PATTERN",
+    "AggregationConfig",
+    "BackendConfig",
+    "BackendToolsConfig",
+    "ConflictMode",
+    "LimitsConfig",
+    "ServerConfig",
+    "SessionConfig",
+    "StoreKind",
+    "ToolOverride",
+    "Transport",
+    "VmcpConfig",
+    "load_config",
+    "redact_url",
+    "with_overrides",
+]
+
+ENV_PREFIX = "VMCP_"
+ENV_NESTED_DELIMITER = "__"
+
+EXPOSED_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+"""What an MCP tool or prompt name may look like: 1-64 of ``A-Z a-z 0-9 _ . -``."""
+
+_BACKEND_NAME_PATTERN = re.compile(r"^[a-z0-9_-]{1,64}$")
+_REPLICA_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_ORIGIN_PATTERN = re.compile(r"^[a-z][a-z0-9+.-]*://(\[[0-9a-f:.]+\]|[a-z0-9._~-]+)(:[0-9]{1,5})?$")
+_HOST_HEADER_PATTERN = re.compile(r"^(\[[0-9a-f:.]+\]|[a-z0-9._~-]+)(:[0-9]{1,5})?$")
+_HEADER_NAME_PATTERN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_PREFIX_LITERAL_PATTERN = re.compile(r"^[A-Za-z0-9_.-]*$")
+
+# Headers the transport itself sets per request; a configured value would corrupt the protocol.
+_RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "mcp-session-id",
+        "mcp-protocol-version",
+        "last-event-id",
+    }
+)
+
+ConflictMode: TypeAlias = Literal["prefix", "priority", "manual"]
+Transport: TypeAlias = Literal["streamable-http", "sse"]
+StoreKind: TypeAlias = Literal[
+    "memory", "redis", "rediss", "unix", "redis+sentinel", "redis+cluster"
+]
+_STORE_SCHEMES: tuple[StoreKind, ...] = (
+    "redis",
+    "rediss",
+    "unix",
+    "redis+sentinel",
+    "redis+cluster",
+)
+
+# Context flag for ``VmcpConfig.model_validate``: cross-section checks were already run on
+# the raw data (so that they are reported together with field errors), skip them once more.
+_CROSS_CHECKED = "vmcp_cross_checked"
+
+Loc: TypeAlias = tuple[str | int, ...]
+
+
+# --------------------------------------------------------------------------- value checks
+
+
+def _check_origin(value: str) -> str:
+    origin = value.strip().lower().rstrip("/")
+    if not _ORIGIN_PATTERN.match(origin):
+        raise ValueError(
+            f"{value!r} is not an origin; expected scheme://host[:port] such as "
+            "http://localhost:6274, without a path"
+        )
+    return origin
+
+
+def _check_host_header(value: str) -> str:
+    host = value.strip().lower()
+    if not _HOST_HEADER_PATTERN.match(host):
+        raise ValueError(
+            f"{value!r} is not a Host header value; expected host or host:port, "
+            "without scheme or path"
+        )
+    return host
+
+
+def _check_db(text: str, what: str) -> None:
+    if not text.isdigit():
+        raise ValueError(f"{what} must be a database number, got {text!r}")
+
+
+def _check_host_port(item: str, *, port_required: bool, what: str) -> None:
+    if item.startswith("["):
+        host, _, after = item.partition("]")
+        host += "]"
+        if after and not after.startswith(":"):
+            raise ValueError(f"{what} has a malformed host")
+        has_port, port = bool(after), after[1:]
+    elif item.count(":") == 1:
+        host, _, port = item.partition(":")
+        has_port = True
+    elif ":" in item:
+        raise ValueError(f"{what} has an IPv6 address without brackets: use [addr]:port")
+    else:
+        host, port, has_port = item, "", False
+    if host in ("", "[]") or any(c.isspace() or c in "/?#@," for c in host):
+        raise ValueError(f"{what} has an empty or malformed host")
+    if has_port and not (port.isdigit() and 0 < int(port) <= 65535):
+        raise ValueError(f"{what} has an invalid port {port!r}")
+    if port_required and not has_port:
+        raise ValueError(f"{what} needs host:port with an explicit port")
+
+
+def _check_store(value: str) -> str:
+    """Accept ``memory`` or a Redis URL in one of the forms the Redis store can open.
+
+    Messages name the scheme and the part at fault but never echo the URL, which may carry a
+    password.
+    """
+    if value == "memory":
+        return value
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in _STORE_SCHEMES:
+        raise ValueError(
+            "must be 'memory' or a URL: redis://host:port/db, rediss://host:port/db, "
+            "unix:///path, redis+sentinel://host:port[,host:port]/service[/db] or "
+            "redis+cluster://host:port"
+        )
+    if scheme == "unix":
+        parts = urlsplit(value)
+        if parts.netloc.rpartition("@")[2] or not parts.path.startswith("/") or parts.path == "/":
+            raise ValueError("unix:// needs an absolute socket path: unix:///path/to/redis.sock")
+        for db in parse_qs(parts.query).get("db", []):
+            _check_db(db, "unix:// ?db=")
+        return value
+    netloc, _, path = rest.partition("/")
+    path = path.split("?", 1)[0].split("#", 1)[0]
+    hosts = netloc.rpartition("@")[2]
+    segments = [p for p in path.split("/") if p]
+    what = f"{scheme}:// URL"
+    if scheme == "redis+sentinel":
+        if not hosts:
+            raise ValueError(f"{what} needs at least one sentinel host:port")
+        for item in hosts.split(","):
+            _check_host_port(item, port_required=True, what=f"{what} sentinel")
+        if not segments:
+            raise ValueError(f"{what} needs a service name: redis+sentinel://h:p/service[/db]")
+        if len(segments) > 2:
+            raise ValueError(f"{what} path must be /service or /service/db")
+        if len(segments) == 2:
+            _check_db(segments[1], f"{what} db")
+        return value
+    if "," in hosts:
+        raise ValueError(f"{what} takes a single host:port")
+    _check_host_port(hosts, port_required=False, what=what)
+    if len(segments) > 1:
+        raise ValueError(f"{what} path must be empty or /db")
+    if segments:
+        _check_db(segments[0], f"{what} db")
+        if scheme == "redis+cluster" and segments[0] != "0":
+            raise ValueError("redis+cluster:// supports only database 0")
+    return value
+
+
+def _check_backend_url(value: str) -> str:
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    if port == 0:
+        raise ValueError("port 0 is not a port a backend can listen on")
+    if parts.fragment:
+        raise ValueError("must not have a #fragment")
+    return value
+
+
+def _check_exposed_name(value: str) -> str:
+    if not EXPOSED_NAME_PATTERN.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid tool name: 1-64 characters of A-Z a-z 0-9 _ . -"
+        )
+    return value
+
+
+Origin = Annotated[str, AfterValidator(_check_origin)]
+HostHeader = Annotated[str, AfterValidator(_check_host_header)]
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for logs and summaries."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.password is None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    name = user.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))
+
+
+# --------------------------------------------------------------------------- models
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServerConfig(_Frozen):
+    """Where and how the gateway listens.
+
+    ``allowed_origins`` lists browser origins allowed to call the endpoint; empty means only
+    requests without an ``Origin`` header or from the gateway's own host. ``allowed_hosts``
+    lists extra ``Host`` header values accepted besides the loopback names and the bound host
+    (DNS-rebinding protection). Both are lower-cased. An empty ``replica_id`` is replaced by a
+    random 8-hex-digit id, so every replica of a scaled-out deployment is told apart in logs.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=4483, ge=0, le=65535)
+    path: str = "/mcp"
+    allowed_origins: tuple[Origin, ...] = ()
+    allowed_hosts: tuple[HostHeader, ...] = ()
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    replica_id: str = Field(default="", validate_default=True)
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        if not value or any(c.isspace() or c in "/?#@" for c in value):
+            raise ValueError(f"{value!r} is not a host name or address to bind")
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/") or any(c.isspace() or c in "?#" for c in value):
+            raise ValueError(f"{value!r} must be a URL path starting with '/' (no query)")
+        return value
+
+    @field_validator("replica_id")
+    @classmethod
+    def _replica_id(cls, value: str) -> str:
+        if not value:
+            return secrets.token_hex(4)
+        if not _REPLICA_ID_PATTERN.match(value):
+            raise ValueError(f"{value!r} must be 1-64 characters of A-Z a-z 0-9 _ . -")
+        return value
+
+
+class SessionConfig(_Frozen):
+    """Where session metadata lives and for how long.
+
+    ``store`` is ``memory`` (one process only) or a Redis URL - ``redis://``, ``rediss://``,
+    ``unix://``, ``redis+sentinel://host:port[,host:port]/service[/db]`` or
+    ``redis+cluster://host:port`` - which every replica must share. ``ttl_seconds`` is a sliding
+    idle timeout; it is a float so tests can use sub-second values.
+    """
+
+    store: str = "memory"
+    key_prefix: str = "vmcp:session:"
+    ttl_seconds: float = Field(default=1800.0, gt=0, allow_inf_nan=False)
+    cache_capacity: int = Field(default=1000, ge=1)
+    store_timeout_seconds: float = Field(default=2.0, gt=0, allow_inf_nan=False)
+    sweep_interval_seconds: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, value: str) -> str:
+        return _check_store(value)
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _key_prefix(cls, value: str) -> str:
+        if not value.endswith(":") or any(c.isspace() for c in value):
+            raise ValueError(f"{value!r} must end with ':' and contain no whitespace")
+        return value
+
+    @property
+    def store_kind(self) -> StoreKind:
+        """``memory`` or the URL scheme of the Redis store."""
+        if self.store == "memory":
+            return "memory"
+        return typing.cast(StoreKind, self.store.partition("://")[0])
+
+
+class BackendConfig(_Frozen):
+    """One backend MCP server.
+
+    ``name`` (``[a-z0-9_-]``, unique) is what the gateway's prefixes, routes and logs use.
+    ``headers`` are sent with every request to the backend (for example an API key); headers
+    the transport manages itself (``Host``, ``Mcp-Session-Id``, ``MCP-Protocol-Version``, ...)
+    are refused.
+    """
+
+    name: str
+    url: str
+    transport: Transport = "streamable-http"
+    headers: dict[str, str] = Field(default_factory=dict)
+    connect_timeout_seconds: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+    call_timeout_seconds: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _BACKEND_NAME_PATTERN.match(value):
+            raise ValueError(f"{value!r} must be 1-64 characters of a-z 0-9 _ -")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _check_backend_url(value)
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        problems = []
+        for header, text in value.items():
+            if not _HEADER_NAME_PATTERN.match(header):
+                problems.append(f"{header!r} is not a valid header name")
+            elif header.lower() in _RESERVED_HEADERS:
+                problems.append(f"{header!r} is set by the transport and cannot be configured")
+            if any(c in text for c in "\r\n\x00"):
+                problems.append(f"the value of {header!r} contains a line break or NUL")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+
+class ToolOverride(_Frozen):
+    """A new exposed name and/or description for one of a backend's tools."""
+
+    name: Annotated[str, AfterValidator(_check_exposed_name)] | None = None
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Self:
+        if self.name is None and self.description is None:
+            raise ValueError("an override needs a name, a description or both")
+        return self
+
+
+class BackendToolsConfig(_Frozen):
+    """Which of one backend's tools are exposed, and under what names.
+
+    Filters use the backend's own tool names: ``include`` (empty means all) is applied first,
+    then ``exclude``. ``overrides`` is keyed by the backend's own tool name as well.
+    """
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    overrides: dict[str, ToolOverride] = Field(default_factory=dict)
+
+    @field_validator("exclude")
+    @classmethod
+    def _exclude(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        both = sorted(set(value) & set(info.data.get("include", ())))
+        if both:
+            raise ValueError(f"listed in both include and exclude: {', '.join(both)}")
+        return value
+
+    @field_validator("overrides")
+    @classmethod
+    def _overrides(cls, value: dict[str, ToolOverride]) -> dict[str, ToolOverride]:
+        renamed: dict[str, list[str]] = {}
+        for tool, override in value.items():
+            if override.name is not None:
+                renamed.setdefault(override.name, []).append(tool)
+        clashes = [
+            f"{', '.join(sorted(tools))} are all renamed to {new_name!r}"
+            for new_name, tools in sorted(renamed.items())
+            if len(tools) > 1
+        ]
+        if clashes:
+            raise ValueError("; ".join(clashes))
+        return value
+
+
+class AggregationConfig(_Frozen):
+    """How the backends' tools and prompts are merged into one namespace.
+
+    ``conflict``:
+
+    * ``prefix`` - every tool and prompt is exposed as ``prefix_format.format(backend=...)``
+      followed by its name. With more than one backend ``prefix_format`` must contain
+      ``{backend}`` (an empty or constant prefix would make backends shadow each other); with a
+      single backend it may be ``""`` so names pass through unchanged.
+    * ``priority`` - names are exposed bare; a name several backends share goes to the first of
+      them in ``priority_order`` (backends not listed follow in name order) and the others are
+      exposed with their prefix in front (overridden or not), or dropped when
+      ``prefix_format`` is ``""``.
+    * ``manual`` - names are exposed bare and every clash must be resolved by ``overrides``;
+      ``prefix_format`` is only used for prompts, which have no overrides (see
+      :func:`vmcp.aggregate.build_routing_table`).
+
+    ``tools`` is keyed by backend name. Overrides apply before conflicts are resolved; in
+    ``prefix`` mode an override's name is used as given, without the prefix, so it can be
+    chosen freely.
+    """
+
+    conflict: ConflictMode = "prefix"
+    prefix_format: str = "{backend}_"
+    priority_order: tuple[str, ...] = ()
+    tools: dict[str, BackendToolsConfig] = Field(default_factory=dict)
+
+    @field_validator("prefix_format")
+    @classmethod
+    def _prefix_format(cls, value: str) -> str:
+        try:
+            fields = list(string.Formatter().parse(value))
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a format string: {exc}") from None
+        for literal, field, spec, conversion in fields:
+            if field is not None and (field != "backend" or spec or conversion):
+                raise ValueError(f"{value!r} may only use the placeholder {{backend}}")
+            if not _PREFIX_LITERAL_PATTERN.match(literal):
+                raise ValueError(
+                    f"{value!r} may only contain A-Z a-z 0-9 _ . - besides {{backend}}"
+                )
+        return value
+
+    @field_validator("priority_order")
+    @classmethod
+    def _priority_order(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"backends listed more than once: {', '.join(repeated)}")
+        return value
+
+    def prefix_for(self, backend: str) -> str:
+        """The prefix ``prefix_format`` gives ``backend``'s names."""
+        return self.prefix_format.format(backend=backend)
+
+
+class LimitsConfig(_Frozen):
+    """Resource limits."""
+
+    max_concurrent_backend_connects: int = Field(default=8, ge=1)
+
+
+class VmcpConfig(_Frozen):
+    """The whole configuration.
+
+    Besides each section's own checks, backend names must be unique, ``priority_order`` and
+    the keys of ``aggregation.tools`` must name configured backends, and ``prefix`` mode with
+    several backends needs ``{backend}`` in ``prefix_format``.
+    """
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    session: SessionConfig = Field(default_factory=SessionConfig)
+    backends: tuple[BackendConfig, ...] = ()
+    aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+
+    @model_validator(mode="after")
+    def _cross_section(self, info: ValidationInfo) -> Self:
+        if isinstance(info.context, Mapping) and info.context.get(_CROSS_CHECKED):
+            return self
+        problems = _cross_section_problems(self.model_dump())
+        if problems:
+            raise ValueError("; ".join(_format_loc(loc) + ": " + msg for loc, msg in problems))
+        return self
+
+    def backend(self, name: str) -> BackendConfig | None:
+        """The backend called ``name``, if configured."""
+        return next((b for b in self.backends if b.name == name), None)
+
+
+def _cross_section_problems(data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
+    """Checks spanning sections, on raw data so they run even when other fields are invalid.
+
+    References to backends are checked against the entries that have a string name, and
+    only when ``backends`` is a list at all.
+    """
+    problems: list[tuple[Loc, str]] = []
+    backends = data.get("backends", ())
+    first_index: dict[str, int] = {}
+    is_list = isinstance(backends, list | tuple)
+    for index, backend in enumerate(backends if isinstance(backends, list | tuple) else ()):
+        name = backend.get("name") if isinstance(backend, Mapping) else None
+        if not isinstance(name, str):
+            continue
+        if name in first_index:
+            problems.append(
+                (
+                    ("backends", index, "name"),
+                    f"duplicate backend name {name!r} (also backends[{first_index[name]}])",
+                )
+            )
+        else:
+            first_index[name] = index
+    aggregation = data.get("aggregation", {})
+    if not isinstance(aggregation, Mapping):
+        return problems
+    known = ", ".join(sorted(first_index)) or "none configured"
+    if is_list:
+        order = aggregation.get("priority_order", ())
+        for index, name in enumerate(order if isinstance(order, list | tuple) else ()):
+            if isinstance(name, str) and name not in first_index:
+                problems.append(
+                    (
+                        ("aggregation", "priority_order", index),
+                        f"unknown backend {name!r} (backends: {known})",
+                    )
+                )
+        tools = aggregation.get("tools", {})
+        for name in tools if isinstance(tools, Mapping) else ():
+            if name not in first_index:
+                problems.append(
+                    (
+                        ("aggregation", "tools", name),
+                        f"unknown backend {name!r} (backends: {known})",
+                    )
+                )
+    conflict = aggregation.get("conflict", "prefix")
+    prefix_format = aggregation.get("prefix_format", "{backend}_")
+    if conflict == "prefix" and isinstance(prefix_format, str) and len(first_index) > 1:
+        try:
+            fields = {field for _, field, _, _ in string.Formatter().parse(prefix_format)}
+        except ValueError:
+            fields = {"backend"}  # malformed: reported by the field's own check
+        if "backend" not in fields:
+            problems.append(
+                (
+                    ("aggregation", "prefix_format"),
+                    f"{prefix_format!r} must contain {{backend}} when conflict is 'prefix' and "
+                    "there are several backends, or their tools would shadow each other "
+                    "(use conflict: priority or manual for bare names)",
+                )
+            )
+    return problems
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: Path | None, *, environ: Mapping[str, str] | None = None) -> VmcpConfig:
+    """Read ``path`` (YAML) if given, apply ``VMCP_*`` overrides from ``environ`` (default
+    ``os.environ``) and validate.
+
+    Raises :class:`ConfigError` listing every problem found, one per line: unreadable file,
+    YAML syntax error (with line and column), duplicate keys, undecodable environment values,
+    unknown keys, invalid values and cross-section inconsistencies.
+    """
+    env = os.environ if environ is None else environ
+    lines: dict[Loc, int] = {}
+    problems: list[str] = []
+    data: dict[Any, Any] = {}
+    if path is not None:
+        try:
+            loaded, lines, file_problems = _read_yaml(path)
+        except _FatalFileError as exc:
+            raise ConfigError(str(exc)) from None
+        problems += file_problems
+        data = loaded
+    env_sources, env_problems = _apply_env(data, env)
+    return _validate(data, problems + env_problems, lines, env_sources)
+
+
+def with_overrides(
+    config: VmcpConfig, overrides: Mapping[str, Any], *, source: str = "overrides"
+) -> VmcpConfig:
+    """A copy of ``config`` with ``overrides`` (nested like the file, e.g.
+    ``{"server": {"port": 5000}}``) deep-merged in and validated again.
+
+    Raises :class:`ConfigError` like :func:`load_config`; problems with an overridden value
+    end with ``(from <source>)``.
+    """
+    data = config.model_dump()
+    _deep_merge(data, overrides)
+    sources = [(loc, source) for loc in _leaf_locs(overrides, ())]
+    return _validate(data, [], {}, sources)
+
+
+def _leaf_locs(tree: Mapping[str, Any], prefix: Loc) -> list[Loc]:
+    locs: list[Loc] = []
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            locs += _leaf_locs(value, (*prefix, key))
+        else:
+            locs.append((*prefix, key))
+    return locs
+
+
+def _validate(
+    data: dict[Any, Any],
+    problems: list[str],
+    lines: Mapping[Loc, int],
+    sources: Sequence[tuple[Loc, str]],
+) -> VmcpConfig:
+    """Validate ``data``; raise one ConfigError with ``problems`` and every new one."""
+    located: list[tuple[Loc, str]] = list(_cross_section_problems(data))
+    config: VmcpConfig | None
+    try:
+        config = VmcpConfig.model_validate(data, context={_CROSS_CHECKED: True})
+    except ValidationError as exc:
+        located = [_describe_error(error) for error in exc.errors()] + located
+        config = None
+    for loc, message in located:
+        problems.append(_format_loc(loc) + ": " + message + _origin(loc, lines, sources))
+    if problems or config is None:
+        raise ConfigError("\n".join(dict.fromkeys(problems)))
+    return config
+
+
+class _FatalFileError(Exception):
+    """The file cannot be turned into a mapping at all; nothing else is worth checking."""
+
+
+class _LineLoader(yaml.SafeLoader):
+    """The safe loader; a class of its own so nothing registered on it leaks elsewhere."""
+
+
+def _read_yaml(path: Path) -> tuple[dict[Any, Any], dict[Loc, int], list[str]]:
+    """Parse ``path`` into (data, line of every key and list item, duplicate-key problems)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise _FatalFileError(f"{path}: cannot read the configuration file: {reason}") from None
+    loader = _LineLoader(text)
+    lines: dict[Loc, int] = {}
+    problems: list[str] = []
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return {}, lines, problems
+        _index_nodes(node, (), lines, problems, set())
+        data = loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}: line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        detail = " ".join(part for part in (exc.problem, exc.context) if part)
+        detail = detail or str(exc).replace("\n", " ")
+        raise _FatalFileError(f"{where}: YAML syntax error: {detail}") from None
+    except yaml.YAMLError as exc:
+        raise _FatalFileError(f"{path}: YAML error: {exc}".replace("\n", " ")) from None
+    finally:
+        loader.dispose()
+    if data is None:
+        return {}, lines, problems
+    if not isinstance(data, dict):
+        raise _FatalFileError(
+            f"{path}: the top level must be a mapping of sections "
+            f"({', '.join(VmcpConfig.model_fields)}), not {type(data).__name__}"
+        )
+    return data, lines, problems
+
+
+def _index_nodes(
+    node: yaml.Node, loc: Loc, lines: dict[Loc, int], problems: list[str], active: set[int]
+) -> None:
+    if id(node) in active:  # a recursive alias
+        return
+    active.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue
+            key = str(key_node.value)
+            line = key_node.start_mark.line + 1
+            child = (*loc, key)
+            if key in first_line:
+                problems.append(
+                    f"{_format_loc(child)}: duplicate key (first at line {first_line[key]})"
+                    f" (line {line})"
+                )
+            else:
+                first_line[key] = line
+                lines.setdefault(child, line)
+            _index_nodes(value_node, child, lines, problems, active)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            child = (*loc, index)
+            lines.setdefault(child, item.start_mark.line + 1)
+            _index_nodes(item, child, lines, problems, active)
+    active.discard(id(node))
+
+
+def _apply_env(
+    data: dict[Any, Any], environ: Mapping[str, str]
+) -> tuple[list[tuple[Loc, str]], list[str]]:
+    """Merge ``VMCP_*`` overrides into ``data`` in place.
+
+    Returns (location set by each variable, problems). Whole-section variables are applied
+    before keyed ones, so ``VMCP_SERVER__PORT`` wins over a ``port`` inside ``VMCP_SERVER``.
+    """
+    wanted: list[tuple[int, str, list[str]]] = []
+    problems: list[str] = []
+    for var in environ:
+        if not var.upper().startswith(ENV_PREFIX):
+            continue
+        rest = var[len(ENV_PREFIX) :]
+        if ENV_NESTED_DELIMITER not in rest:
+            if rest.lower() in VmcpConfig.model_fields:
+                wanted.append((1, var, [rest.lower()]))
+            continue
+        parts = rest.split(ENV_NESTED_DELIMITER)
+        if not all(parts):
+            problems.append(f"{var}: empty segment between '{ENV_NESTED_DELIMITER}' separators")
+            continue
+        wanted.append((len(parts), var, [part.lower() for part in parts]))
+    sources: list[tuple[Loc, str]] = []
+    for _, var, parts in sorted(wanted):
+        loc, problem = _merge_env_value(data, parts, environ[var], var)
+        if problem is not None:
+            problems.append(problem)
+        else:
+            sources.append((loc, var))
+    return sources, problems
+
+
+def _merge_env_value(
+    data: dict[Any, Any], parts: list[str], raw: str, var: str
+) -> tuple[Loc, str | None]:
+    annotation = _annotation_at(VmcpConfig, parts)
+    try:
+        value = _decode_env_value(raw, annotation)
+    except ValueError as exc:
+        return (), f"{var}: {exc}"
+    node: Any = data
+    loc: list[str | int] = []
+    for depth, part in enumerate(parts):
+        key: str | int
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                return (), (
+                    f"{var}: {_format_loc(tuple(loc))} has no item {part} in the file "
+                    "(list items can only be overridden, not added)"
+                )
+            key = int(part)
+        elif isinstance(node, dict):
+            key = part
+        else:
+            return (), f"{var}: cannot set a key inside {_format_loc(tuple(loc))}, not a mapping"
+        loc.append(key)
+        if depth == len(parts) - 1:
+            current = node[key] if isinstance(key, int) else node.get(key)
+            if isinstance(current, dict) and isinstance(value, dict):
+                _deep_merge(current, value)
+            else:
+                node[key] = value
+            break
+        if isinstance(node, dict) and node.get(key) is None:
+            if _is_sequence(_annotation_at(VmcpConfig, parts[: depth + 1])):
+                return (), (
+                    f"{var}: the file has no {_format_loc(tuple(loc))} to override an item of"
+                )
+            node[key] = {}
+        node = node[key]
+    return tuple(loc), None
+
+
+def _deep_merge(target: dict[Any, Any], update: Mapping[Any, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(target.get(key), dict) and isinstance(value, Mapping):
+            _deep_merge(target[key], value)
+        else:
+            target[key] = value
+
+
+_UnionType = type(int | None)
+
+
+def _unwrap_optional(annotation: Any) -> Any:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, _UnionType) and len(args) == 1:
+        return args[0]
+    return annotation
+
+
+def _annotation_at(model: type[BaseModel], parts: Sequence[str]) -> Any:
+    """The declared type at ``parts`` below ``model``, or None where the path is unknown."""
+    annotation: Any = model
+    for part in parts:
+        annotation = _unwrap_optional(annotation)
+        origin = typing.get_origin(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(part)
+            if field is None:
+                return None
+            annotation = field.annotation
+        elif origin is dict:
+            annotation = typing.get_args(annotation)[1]
+        elif origin in (tuple, list) and part.isdigit():
+            annotation = typing.get_args(annotation)[0]
+        else:
+            return None
+    return _unwrap_optional(annotation)
+
+
+def _is_sequence(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (tuple, list)
+
+
+def _decode_env_value(raw: str, annotation: Any) -> Any:
+    """Turn a variable's text into what validation expects at its location."""
+    origin = typing.get_origin(annotation)
+    is_model = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+    if not (is_model or origin is dict or _is_sequence(annotation)):
+        return raw
+    if _is_sequence(annotation) and not raw.lstrip().startswith("["):
+        item = _unwrap_optional(typing.get_args(annotation)[0])
+        if typing.get_origin(item) is Annotated:
+            item = typing.get_args(item)[0]
+        if item is str:
+            return [piece.strip() for piece in raw.split(",") if piece.strip()]
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        kind = "a JSON list" if _is_sequence(annotation) else "a JSON object"
+        raise ValueError(f"expected {kind}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- reporting
+
+_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
+def _format_loc(loc: Sequence[str | int]) -> str:
+    """``("backends", 1, "url")`` -> ``backends[1].url``; odd keys are quoted in brackets."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif _PLAIN_KEY.match(part):
+            text += ("." if text else "") + part
+        else:
+            text += f"[{json.dumps(part)}]"
+    return text or "(top level)"
+
+
+def _describe_error(error: ErrorDetails) -> tuple[Loc, str]:
+    """A pydantic error as (location, message), worded for someone editing the file."""
+    loc: Loc = tuple(part for part in error["loc"] if part != "[key]")
+    kind = error["type"]
+    if kind == "value_error" and "ctx" in error:
+        return loc, str(error["ctx"]["error"])
+    if kind == "extra_forbidden":
+        parent = _annotation_at(VmcpConfig, [str(p) for p in loc[:-1]])
+        if isinstance(parent, type) and issubclass(parent, BaseModel):
+            return loc, f"unknown key (expected one of: {', '.join(parent.model_fields)})"
+        return loc, "unknown key"
+    if kind == "missing":
+        return loc, "required but missing"
+    return loc, error["msg"].replace("a valid tuple", "a list")
+
+
+def _origin(loc: Loc, lines: Mapping[Loc, int], env_sources: Sequence[tuple[Loc, str]]) -> str:
+    """Where the value at ``loc`` came from: the variable that set it, else its file line."""
+    best: tuple[int, str] | None = None
+    for source_loc, var in env_sources:
+        if loc[: len(source_loc)] == source_loc and (best is None or len(source_loc) > best[0]):
+            best = (len(source_loc), var)
+    if best is not None:
+        return f" (from {best[1]})"
+    for end in range(len(loc), 0, -1):
+        line = lines.get(loc[:end])
+        if line is not None:
+            return f" (line {line})"
+    return ""

@@ -1,0 +1,1 @@
+"""The HTTP face of vmcp: the MCP Streamable-HTTP endpoint and the operational routes."""

@@ -1,0 +1,127 @@
+"""The ASGI application and its lifespan: what one vmcp process runs.
+
+Resources are entered in dependency order by the lifespan and closed in reverse: the
+store, the shared HTTP client for backends, then the session manager (closing it ends
+this replica's backend sessions but keeps the stored records, so other replicas can
+restore them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import httpx2
+import uvicorn
+from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from vmcp import __version__
+from vmcp.config import VmcpConfig
+from vmcp.errors import StoreError
+from vmcp.server.methods import MethodHandler
+from vmcp.server.security import RequestGuard
+from vmcp.server.transport import McpEndpoint
+from vmcp.session import ANONYMOUS, Principal, SessionManager
+from vmcp.session.connector import BackendConnector
+from vmcp.store import open_store
+
+logger = logging.getLogger(__name__)
+
+BACKEND_POOL = httpx2.Limits(max_connections=512, max_keepalive_connections=128)
+
+
+async def anonymous(headers: Headers) -> Principal:
+    """Incoming auth for development: every caller is the same anonymous principal."""
+    return ANONYMOUS
+
+
+class _Endpoint:
+    """Holds the MCP endpoint once the lifespan has built it."""
+
+    def __init__(self) -> None:
+        self.app: McpEndpoint | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.app is None:
+            raise RuntimeError("the MCP endpoint is used before start-up finished")
+        await self.app(scope, receive, send)
+
+
+def create_app(config: VmcpConfig) -> Starlette:
+    """The whole gateway as one ASGI app (also what tests run in-process)."""
+    endpoint = _Endpoint()
+    state: dict[str, object] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        session = config.session
+        store = open_store(session.store, key_prefix=session.key_prefix,
+                           ttl_seconds=session.ttl_seconds,
+                           timeout_seconds=session.store_timeout_seconds,
+                           sweep_interval_seconds=session.sweep_interval_seconds)
+        async with store, httpx2.AsyncClient(limits=BACKEND_POOL) as http:
+            connector = BackendConnector(config, http)
+            manager = SessionManager(store, connector, cache_capacity=session.cache_capacity)
+            connector.set_state_recorder(manager.record_backend_state)
+            endpoint.app = McpEndpoint(
+                manager, MethodHandler(), RequestGuard(config.server), anonymous,
+                max_body_bytes=config.server.max_body_bytes,
+            )
+            state.update(store=store, manager=manager)
+            logger.info("vmcp %s replica %s ready: %d backends, store %s", __version__,
+                        config.server.replica_id, len(config.backends),
+                        config.session.store_kind)
+            try:
+                yield
+            finally:
+                endpoint.app = None
+                await manager.aclose()
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        store = state.get("store")
+        if store is None:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        try:
+            await store.ping()  # type: ignore[attr-defined]
+        except StoreError as exc:
+            return JSONResponse({"status": "store unavailable", "error": str(exc)},
+                                status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    async def status(request: Request) -> Response:
+        manager = state.get("manager")
+        stats = manager.statistics() if isinstance(manager, SessionManager) else None
+        return JSONResponse({
+            "version": __version__,
+            "replica_id": config.server.replica_id,
+            "store": config.session.store_kind,
+            "backends": [{"name": b.name, "url": b.url, "transport": b.transport}
+                         for b in config.backends],
+            "cache": stats.cache.__dict__ if stats else None,
+            "security_events": stats.security_events if stats else 0,
+        })
+
+    routes = [
+        Route(config.server.path, endpoint=endpoint),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/status", status),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def serve(config: VmcpConfig, *, log_level: str = "info") -> None:
+    """Run the gateway until SIGINT/SIGTERM (uvicorn finishes in-flight requests)."""
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(config), host=config.server.host, port=config.server.port,
+                log_level=log_level, lifespan="on", timeout_graceful_shutdown=10)

@@ -1,0 +1,345 @@
+"""The MCP Streamable-HTTP endpoint: POST, GET and DELETE on one path.
+
+Written as a raw ASGI app rather than on the SDK's ``StreamableHTTPSessionManager``:
+that manager keeps sessions in one process's memory, while here every request's session
+comes from the ``SessionManager`` (store-backed, restorable on any replica). Starlette
+still provides the request parsing and the routing around this app.
+
+Status codes (MCP 2025-11-25 transport): 400 bad message or missing session id, 404
+unknown or ended session (body ``-32001``), 405 wrong verb, 406 unacceptable ``Accept``,
+413 body too large, 415 not JSON, 503 session store unavailable (retry).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+from starlette.datastructures import Headers
+from starlette.types import Message, Receive, Scope, Send
+
+from vmcp.errors import (
+    INTERNAL_ERROR_CODE,
+    INVALID_REQUEST_CODE,
+    BackendError,
+    InvalidSessionId,
+    SessionClosed,
+    SessionError,
+    StoreError,
+    VmcpError,
+)
+from vmcp.server import jsonrpc
+from vmcp.server.jsonrpc import Incoming, MessageError
+from vmcp.server.methods import MethodHandler, RpcError
+from vmcp.server.security import RequestGuard
+from vmcp.session import Principal, SessionManager
+from vmcp.session.binding import InvalidIdentity
+from vmcp.session.channel import ClientChannel, Outbound
+from vmcp.session.multisession import MultiSession
+
+logger = logging.getLogger(__name__)
+
+SESSION_HEADER = "mcp-session-id"
+VERSION_HEADER = "mcp-protocol-version"
+HANDSHAKE_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26")
+JSON = "application/json"
+EVENT_STREAM = "text/event-stream"
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache, no-transform"),
+    (b"x-accel-buffering", b"no"),
+]
+
+Authenticate = Callable[[Headers], Awaitable[Principal]]
+
+
+class McpEndpoint:
+    """ASGI app for the MCP endpoint; one instance per process."""
+
+    def __init__(
+        self,
+        manager: SessionManager,
+        methods: MethodHandler,
+        guard: RequestGuard,
+        authenticate: Authenticate,
+        *,
+        max_body_bytes: int,
+    ) -> None:
+        self._manager = manager
+        self._methods = methods
+        self._guard = guard
+        self._authenticate = authenticate
+        self._max_body = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = Headers(scope=scope)
+        refusal = self._guard.check(headers)
+        if refusal is not None:
+            status, reason = refusal
+            await _send_json(send, status, jsonrpc.error(None, INVALID_REQUEST_CODE, reason))
+            return
+        verb = scope["method"]
+        try:
+            if verb == "POST":
+                await self._post(scope, receive, send, headers)
+            elif verb == "GET":
+                await self._get(receive, send, headers)
+            elif verb == "DELETE":
+                await self._delete(send, headers)
+            else:
+                await _send_json(send, 405, jsonrpc.error(
+                    None, INVALID_REQUEST_CODE, "Method not allowed"),
+                    extra=[(b"allow", b"GET, POST, DELETE")])
+        except _Reply as reply:
+            await _send_json(send, reply.status, reply.body, extra=reply.headers)
+
+    # -- POST -----------------------------------------------------------------------
+
+    async def _post(self, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
+        accept = headers.get("accept", "")
+        if not (_accepts(accept, JSON) and _accepts(accept, EVENT_STREAM)):
+            raise _Reply(406, jsonrpc.error(
+                None, INVALID_REQUEST_CODE,
+                "Not Acceptable: Accept must include application/json and text/event-stream"))
+        content_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if content_type != JSON:
+            raise _Reply(415, jsonrpc.error(
+                None, INVALID_REQUEST_CODE, "Unsupported Media Type: use application/json"))
+        body = await self._read_body(receive, headers)
+        try:
+            message = jsonrpc.parse_message(body)
+        except MessageError as exc:
+            raise _Reply(exc.http_status, jsonrpc.error(exc.request_id, exc.code, exc.message)
+                         ) from exc
+        self._check_version(headers, message)
+        principal = await self._principal(headers, message.id)
+        if message.kind == "request" and message.method == "initialize":
+            await self._initialize(send, headers, message, principal)
+            return
+        session = await self._session(headers, principal, message.id)
+        if message.kind == "response":
+            session.deliver_client_response(message.raw)
+            await _send_empty(send, 202)
+        elif message.kind == "notification":
+            await self._methods.notification(session, message)
+            await _send_empty(send, 202)
+        else:
+            await self._request(receive, send, session, message, principal)
+
+    async def _read_body(self, receive: Receive, headers: Headers) -> bytes:
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self._max_body:
+            raise _Reply(413, jsonrpc.error(None, INVALID_REQUEST_CODE, "Request body too large"))
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Reply(400, jsonrpc.error(None, INVALID_REQUEST_CODE, "Client went away"))
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._max_body:
+                raise _Reply(413, jsonrpc.error(
+                    None, INVALID_REQUEST_CODE, "Request body too large"))
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    def _check_version(self, headers: Headers, message: Incoming) -> None:
+        version = headers.get(VERSION_HEADER)
+        if version is None or message.method == "initialize":
+            return
+        if version not in HANDSHAKE_VERSIONS:
+            raise _Reply(400, jsonrpc.error(
+                message.id, INVALID_REQUEST_CODE,
+                f"Unsupported MCP-Protocol-Version {version!r}; "
+                f"supported: {', '.join(HANDSHAKE_VERSIONS)}"))
+
+    async def _principal(self, headers: Headers, request_id: Any) -> Principal:
+        try:
+            return await self._authenticate(headers)
+        except InvalidIdentity as exc:
+            raise _Reply(401, jsonrpc.error(request_id, INVALID_REQUEST_CODE, str(exc))) from exc
+
+    async def _initialize(self, send: Send, headers: Headers, message: Incoming,
+                          principal: Principal) -> None:
+        if headers.get(SESSION_HEADER):
+            raise _Reply(400, jsonrpc.error(
+                message.id, INVALID_REQUEST_CODE,
+                "initialize must not carry Mcp-Session-Id; the session is already initialized"))
+        try:
+            live = await self._manager.initialize(principal)
+        except VmcpError as exc:
+            raise _error_reply(exc, message.id) from exc
+        assert isinstance(live, MultiSession)
+        payload = self._methods.initialize_result(live, message.params)
+        await _send_json(send, 200, jsonrpc.result(message.id, payload),
+                         extra=[(SESSION_HEADER.encode(), live.session_id.encode())])
+
+    async def _session(self, headers: Headers, principal: Principal,
+                       request_id: Any) -> MultiSession:
+        session_id = headers.get(SESSION_HEADER)
+        if not session_id:
+            raise _Reply(400, jsonrpc.error(
+                request_id, INVALID_REQUEST_CODE, "Bad Request: Mcp-Session-Id header required"))
+        try:
+            live = await self._manager.get(session_id, principal)
+        except SessionError as exc:
+            # This replica's copy (if any) is stale: drop it now, not at LRU pressure.
+            self._manager.evict_local(session_id)
+            raise _error_reply(exc, request_id) from exc
+        except VmcpError as exc:
+            raise _error_reply(exc, request_id) from exc
+        assert isinstance(live, MultiSession)
+        return live
+
+    async def _request(self, receive: Receive, send: Send, session: MultiSession,
+                       message: Incoming, principal: Principal) -> None:
+        """Answer with JSON, unless the backend sends something first: then stream SSE.
+
+        Progress, logs and the backend's own requests (sampling, elicitation) can only
+        reach the client on an SSE stream, but most calls have none of them; deciding at
+        the first outbound message keeps the common case a plain JSON response.
+        """
+        outbound_send, outbound = anyio.create_memory_object_stream[Outbound](math.inf)
+        channel = ClientChannel(session.pending, outbound_send, request_id=message.id)
+
+        async def run() -> None:
+            final = await self._answer(session, message, channel, principal)
+            await outbound_send.send(Outbound(final, final=True))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
+            first = await outbound.receive()
+            if first.final:
+                await _send_json(send, 200, first.message)
+                tg.cancel_scope.cancel()
+                return
+            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+            item: Outbound | None = first
+            while item is not None:
+                await send({"type": "http.response.body", "body": _sse(item.message),
+                            "more_body": True})
+                if item.final:
+                    break
+                item = await outbound.receive()
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            tg.cancel_scope.cancel()
+
+    async def _answer(self, session: MultiSession, message: Incoming, channel: ClientChannel,
+                      principal: Principal) -> dict[str, Any]:
+        request_id = message.id
+        try:
+            with session.track_request(request_id):
+                payload = await self._methods.request(session, message, channel, principal)
+            return jsonrpc.result(request_id, payload)
+        except RpcError as exc:
+            return jsonrpc.error(request_id, exc.code, exc.message, exc.data)
+        except SessionClosed:
+            return jsonrpc.error(request_id, SessionClosed.jsonrpc_code, "Session not found")
+        except BackendError as exc:
+            logger.warning("backend call failed: %s", exc,
+                           extra={"session_id": session.session_id, "backend": exc.backend})
+            return jsonrpc.error(request_id, INTERNAL_ERROR_CODE, str(exc),
+                                 {"backend": exc.backend})
+        except VmcpError as exc:
+            return jsonrpc.error(request_id, exc.jsonrpc_code, str(exc) or exc.public_message)
+        except Exception:
+            logger.exception("unexpected error answering %s", message.method,
+                             extra={"session_id": session.session_id})
+            return jsonrpc.error(request_id, INTERNAL_ERROR_CODE, "Internal error")
+
+    # -- GET ------------------------------------------------------------------------
+
+    async def _get(self, receive: Receive, send: Send, headers: Headers) -> None:
+        if not _accepts(headers.get("accept", ""), EVENT_STREAM):
+            raise _Reply(406, jsonrpc.error(
+                None, INVALID_REQUEST_CODE,
+                "Not Acceptable: Accept must include text/event-stream"))
+        principal = await self._principal(headers, None)
+        session = await self._session(headers, principal, None)
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        await send({"type": "http.response.body", "body": b": stream open\n\n",
+                    "more_body": True})
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
+            async with session.subscribe() as messages:
+                async for message in messages:
+                    await send({"type": "http.response.body", "body": _sse(message),
+                                "more_body": True})
+            tg.cancel_scope.cancel()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    # -- DELETE ---------------------------------------------------------------------
+
+    async def _delete(self, send: Send, headers: Headers) -> None:
+        session_id = headers.get(SESSION_HEADER)
+        if not session_id:
+            raise _Reply(400, jsonrpc.error(
+                None, INVALID_REQUEST_CODE, "Bad Request: Mcp-Session-Id header required"))
+        principal = await self._principal(headers, None)
+        try:
+            await self._manager.terminate(session_id, principal)
+        except VmcpError as exc:
+            raise _error_reply(exc, None) from exc
+        await _send_empty(send, 200)
+
+
+class _Reply(Exception):
+    """An early answer (an error status) raised from deep in a request's handling."""
+
+    def __init__(self, status: int, body: dict[str, Any],
+                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        super().__init__(status)
+        self.status = status
+        self.body = body
+        self.headers = headers or []
+
+
+def _error_reply(exc: VmcpError, request_id: Any) -> _Reply:
+    headers = [(b"retry-after", b"1")] if isinstance(exc, StoreError) else []
+    if isinstance(exc, SessionError | SessionClosed | InvalidSessionId):
+        message = exc.public_message
+    else:
+        message = str(exc) or exc.public_message
+    return _Reply(exc.http_status, jsonrpc.error(request_id, exc.jsonrpc_code, message), headers)
+
+
+def _accepts(accept: str, media_type: str) -> bool:
+    for part in accept.split(","):
+        value = part.split(";", 1)[0].strip().lower()
+        if value in (media_type, "*/*") or value == media_type.split("/")[0] + "/*":
+            return True
+    return False
+
+
+def _sse(message: dict[str, Any]) -> bytes:
+    return b"event: message\ndata: " + jsonrpc.dumps(message) + b"\n\n"
+
+
+async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    """Stop the work of a request whose client hung up (backend calls get cancelled)."""
+    while True:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            scope.cancel()
+            return
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any],
+                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    payload = jsonrpc.dumps(body)
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(payload)).encode()), *(extra or [])]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+async def _send_empty(send: Send, status: int) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-length", b"0")]})
+    await send({"type": "http.response.body", "body": b""})

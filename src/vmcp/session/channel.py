@@ -1,0 +1,85 @@
+"""The way back to the client: messages for one request's stream, and awaited answers.
+
+A backend may send notifications (progress, logs) and requests (sampling, elicitation,
+roots) while it serves a call. The gateway relays them on the client's stream under ids
+of its own, so two backends' request ids can never collide, and matches the client's
+answer (a later POST) back to the waiting call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+
+CLIENT_ANSWER_TIMEOUT = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """One message for the client; ``final`` marks the response that ends the stream."""
+
+    message: dict[str, Any]
+    final: bool = False
+
+
+class PendingClientRequests:
+    """Requests relayed to the client that wait for its answer, by gateway-assigned id."""
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+        self._ids = itertools.count(1)
+        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+
+    def open(self) -> tuple[str, asyncio.Future[dict[str, Any]]]:
+        request_id = f"{self._prefix}-{next(self._ids)}"
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = future
+        return request_id, future
+
+    def discard(self, request_id: str) -> None:
+        self._waiting.pop(request_id, None)
+
+    def deliver(self, message: dict[str, Any]) -> bool:
+        """Hand the client's answer to whoever waits for it; False if nobody does."""
+        request_id = message.get("id")
+        future = self._waiting.pop(request_id, None) if isinstance(request_id, str) else None
+        if future is None or future.done():
+            return False
+        future.set_result(message)
+        return True
+
+    def cancel_all(self) -> None:
+        for future in self._waiting.values():
+            future.cancel()
+        self._waiting.clear()
+
+
+class ClientChannel:
+    """What one client request's handler may send back before its final response."""
+
+    def __init__(self, pending: PendingClientRequests,
+                 stream: MemoryObjectSendStream[Outbound], *, request_id: Any) -> None:
+        self._pending = pending
+        self._stream = stream
+        self.request_id = request_id
+
+    async def notify(self, message: dict[str, Any]) -> None:
+        await self._stream.send(Outbound(message))
+
+    async def request(self, method: str, params: dict[str, Any] | None) -> dict[str, Any]:
+        """Ask the client and return its JSON-RPC answer (a ``result`` or an ``error``)."""
+        request_id, answer = self._pending.open()
+        message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+        if params is not None:
+            message["params"] = params
+        try:
+            await self._stream.send(Outbound(message))
+            with anyio.fail_after(CLIENT_ANSWER_TIMEOUT):
+                return await answer
+        finally:
+            self._pending.discard(request_id)

@@ -1,0 +1,191 @@
+"""The session factory with real backends: connect or re-attach, discover, route."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import anyio
+import httpx2
+
+from vmcp import __version__
+from vmcp.aggregate import BackendCatalog, RoutingTable, build_routing_table
+from vmcp.backend import BackendConnection, BackendState, BackendTarget, attach, connect
+from vmcp.config import BackendConfig, VmcpConfig
+from vmcp.errors import BackendError, ConfigError
+from vmcp.session.binding import Principal
+from vmcp.session.multisession import MultiSession
+
+logger = logging.getLogger(__name__)
+
+CLIENT_INFO = {"name": "vmcp", "version": __version__}
+# What vmcp tells backends it can do: it relays these requests to its own client.
+CLIENT_CAPABILITIES: dict[str, Any] = {
+    "sampling": {},
+    "elicitation": {"form": {}, "url": {}},
+    "roots": {"listChanged": True},
+}
+MAX_LIST_PAGES = 100
+
+# Persists a backend's new state (after it re-initialized) into the session's record.
+StateRecorder = Callable[[str, str, str], Awaitable[bool]]
+HealthFilter = Callable[[str], bool]
+
+
+class BackendConnector:
+    """Builds ``MultiSession`` objects: the ``SessionFactory`` of the running gateway.
+
+    New sessions connect every configured backend that the health filter allows, in
+    parallel under a concurrency bound, each within its own timeout; a backend that
+    fails is left out (a partial session, possibly empty). Restores re-attach to the
+    stored backend sessions without any handshake, and are never filtered by health.
+    """
+
+    def __init__(
+        self,
+        config: VmcpConfig,
+        http: httpx2.AsyncClient,
+        *,
+        record_state: StateRecorder | None = None,
+        is_healthy: HealthFilter | None = None,
+    ) -> None:
+        self._config = config
+        self._http = http
+        self._record_state = record_state
+        self._is_healthy = is_healthy
+        self._connect_slots = anyio.Semaphore(config.limits.max_concurrent_backend_connects)
+
+    def set_state_recorder(self, record_state: StateRecorder) -> None:
+        self._record_state = record_state
+
+    async def open(self, session_id: str, principal: Principal) -> MultiSession:
+        backends = [
+            b for b in self._config.backends
+            if self._is_healthy is None or self._is_healthy(b.name)
+        ]
+        connections = await self._gather(session_id, backends, states={})
+        return await self._assemble(session_id, connections)
+
+    async def restore(self, session_id: str, principal: Principal, backends: Sequence[str],
+                      states: Mapping[str, str]) -> MultiSession:
+        configured = []
+        for name in backends:
+            backend = self._config.backend(name)
+            if backend is None:
+                logger.warning("stored backend %s is no longer configured", name,
+                               extra={"session_id": session_id})
+                continue
+            configured.append(backend)
+        connections = await self._gather(session_id, configured, states)
+        return await self._assemble(session_id, connections)
+
+    async def _gather(self, session_id: str, backends: Sequence[BackendConfig],
+                      states: Mapping[str, str]) -> dict[str, BackendConnection]:
+        connections: dict[str, BackendConnection] = {}
+
+        async def one(backend: BackendConfig) -> None:
+            async with self._connect_slots:
+                try:
+                    connections[backend.name] = await self._connect(
+                        session_id, backend, states.get(backend.name))
+                except (BackendError, TimeoutError) as exc:
+                    logger.warning("backend %s left out of session: %s", backend.name, exc,
+                                   extra={"session_id": session_id, "backend": backend.name})
+
+        async with anyio.create_task_group() as tg:
+            for backend in backends:
+                tg.start_soon(one, backend)
+        return connections
+
+    async def _connect(self, session_id: str, backend: BackendConfig,
+                       stored: str | None) -> BackendConnection:
+        target = BackendTarget(backend.name, backend.url, backend.transport, backend.headers)
+        hook = self._reinitialized_hook(session_id, backend.name)
+        with anyio.fail_after(backend.connect_timeout_seconds):
+            if stored is not None:
+                state = BackendState.from_json(stored, backend=backend.name)
+                return await attach(target, self._http, state, client_info=CLIENT_INFO,
+                                    capabilities=CLIENT_CAPABILITIES,
+                                    timeout=backend.call_timeout_seconds, on_reinitialized=hook)
+            return await connect(target, self._http, client_info=CLIENT_INFO,
+                                 capabilities=CLIENT_CAPABILITIES,
+                                 timeout=backend.call_timeout_seconds, on_reinitialized=hook)
+
+    def _reinitialized_hook(self, session_id: str, backend: str
+                            ) -> Callable[[BackendState], Awaitable[None]]:
+        async def record(state: BackendState) -> None:
+            if self._record_state is not None:
+                await self._record_state(session_id, backend, state.to_json())
+
+        return record
+
+    async def _assemble(self, session_id: str,
+                        connections: dict[str, BackendConnection]) -> MultiSession:
+        catalogs: dict[str, BackendCatalog] = {}
+
+        async def one(name: str, connection: BackendConnection) -> None:
+            try:
+                catalogs[name] = await discover(name, connection)
+            except BackendError as exc:
+                logger.warning("discovery on backend %s failed: %s", name, exc,
+                               extra={"session_id": session_id, "backend": name})
+                catalogs[name] = BackendCatalog()
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for name, connection in connections.items():
+                    tg.start_soon(one, name, connection)
+            return MultiSession(session_id, connections, catalogs, rebuild=self.route,
+                                discover=discover)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                for connection in connections.values():
+                    await connection.aclose()
+            raise
+
+    def route(self, catalogs: Mapping[str, BackendCatalog]) -> RoutingTable:
+        try:
+            return build_routing_table(catalogs, self._config.aggregation,
+                                       on_warning=logger.warning)
+        except ConfigError as exc:
+            logger.error("aggregation failed: %s", exc)
+            raise
+
+
+async def discover(name: str, connection: BackendConnection) -> BackendCatalog:
+    """Everything one backend offers, following pagination cursors."""
+    capabilities = connection.state.initialize_result.get("capabilities") or {}
+    tools = resources = templates = prompts = None
+    async with anyio.create_task_group() as tg:
+        results: dict[str, list[dict[str, Any]]] = {}
+
+        async def collect(key: str, method: str, field: str) -> None:
+            results[key] = await _list_all(connection, method, field)
+
+        if "tools" in capabilities:
+            tg.start_soon(collect, "tools", "tools/list", "tools")
+        if "resources" in capabilities:
+            tg.start_soon(collect, "resources", "resources/list", "resources")
+            tg.start_soon(collect, "templates", "resources/templates/list", "resourceTemplates")
+        if "prompts" in capabilities:
+            tg.start_soon(collect, "prompts", "prompts/list", "prompts")
+    tools = results.get("tools", [])
+    resources = results.get("resources", [])
+    templates = results.get("templates", [])
+    prompts = results.get("prompts", [])
+    return BackendCatalog(tools=tools, resources=resources, resource_templates=templates,
+                          prompts=prompts)
+
+
+async def _list_all(connection: BackendConnection, method: str,
+                    field: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    cursor: str | None = None
+    for _ in range(MAX_LIST_PAGES):
+        page = await connection.request(method, {"cursor": cursor} if cursor else None)
+        items.extend(item for item in page.get(field, []) if isinstance(item, dict))
+        cursor = page.get("nextCursor")
+        if not cursor:
+            break
+    return items

@@ -1,0 +1,251 @@
+"""One client session's live state on this replica: backend connections and routes.
+
+It cannot be serialized; each replica builds its own from the stored metadata (see
+``connector``). Closing it ends every backend session it holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from vmcp.aggregate import BackendCatalog, RoutingTable
+from vmcp.backend import BackendConnection
+from vmcp.errors import SessionClosed
+from vmcp.session.channel import ClientChannel, PendingClientRequests
+
+logger = logging.getLogger(__name__)
+
+LIST_CHANGED = {
+    "notifications/tools/list_changed",
+    "notifications/prompts/list_changed",
+    "notifications/resources/list_changed",
+}
+SUBSCRIBER_BUFFER = 256
+
+Rebuild = Callable[[Mapping[str, BackendCatalog]], RoutingTable]
+Discover = Callable[[str, BackendConnection], Awaitable[BackendCatalog]]
+
+
+class MultiSession:
+    """The live session: routes by exposed name to a backend connection.
+
+    Implements ``vmcp.session.live.LiveSession`` for the session manager.
+    """
+
+    def __init__(
+        self,
+        session_id: str,
+        connections: Mapping[str, BackendConnection],
+        catalogs: Mapping[str, BackendCatalog],
+        *,
+        rebuild: Rebuild,
+        discover: Discover,
+    ) -> None:
+        self._session_id = session_id
+        self._connections = dict(connections)
+        self._catalogs = dict(catalogs)
+        self._rebuild = rebuild
+        self._discover = discover
+        self.routing = rebuild(self._catalogs)
+        self.pending = PendingClientRequests(prefix=f"vmcp-{session_id[:8]}")
+        self._requests: dict[Any, anyio.CancelScope] = {}
+        self._subscriber: MemoryObjectSendStream[dict[str, Any]] | None = None
+        self._listeners: anyio.CancelScope | None = None
+        self._closed = False
+
+    @property
+    def session_id(self) -> str:
+        return self._session_id
+
+    def backend_names(self) -> list[str]:
+        return sorted(self._connections)
+
+    def backend_states(self) -> dict[str, str]:
+        return {name: conn.state.to_json() for name, conn in self._connections.items()}
+
+    def connection(self, backend: str) -> BackendConnection:
+        if self._closed:
+            raise SessionClosed(self._session_id)
+        return self._connections[backend]
+
+    def connections(self) -> dict[str, BackendConnection]:
+        return dict(self._connections)
+
+    def initialize_results(self) -> dict[str, dict[str, Any]]:
+        return {name: conn.state.initialize_result for name, conn in self._connections.items()}
+
+    # -- calls ----------------------------------------------------------------------
+
+    async def call(self, backend: str, method: str, params: dict[str, Any] | None,
+                   channel: ClientChannel | None) -> dict[str, Any]:
+        """Forward one request to ``backend``, relaying what it sends meanwhile."""
+        connection = self.connection(backend)
+
+        async def relay(message: dict[str, Any]) -> dict[str, Any] | None:
+            if channel is None:
+                return None
+            if "method" in message and "id" in message:
+                answer = await channel.request(message["method"], message.get("params"))
+                reply = {k: v for k, v in answer.items() if k in ("result", "error")}
+                return {"jsonrpc": "2.0", "id": message["id"], **reply}
+            await channel.notify(message)
+            return None
+
+        return await connection.request(method, params, on_message=relay)
+
+    async def notify_all(self, method: str, params: dict[str, Any] | None) -> None:
+        """Send a notification to every backend; one failing does not stop the others."""
+        async def send(name: str, connection: BackendConnection) -> None:
+            try:
+                await connection.notify(method, params)
+            except Exception as exc:
+                logger.warning("notification %s to %s failed: %s", method, name, exc)
+
+        async with anyio.create_task_group() as tg:
+            for name, connection in self._connections.items():
+                tg.start_soon(send, name, connection)
+
+    @contextlib.contextmanager
+    def track_request(self, request_id: Any) -> Iterator[None]:
+        """Make the running request cancellable by the client's ``notifications/cancelled``."""
+        with anyio.CancelScope() as scope:
+            if request_id is not None:
+                self._requests[request_id] = scope
+            try:
+                yield
+            finally:
+                if self._requests.get(request_id) is scope:
+                    del self._requests[request_id]
+        if scope.cancelled_caught:
+            raise SessionClosed("request cancelled by the client")
+
+    def cancel_request(self, request_id: Any) -> None:
+        scope = self._requests.get(request_id)
+        if scope is not None:
+            scope.cancel()
+
+    def deliver_client_response(self, message: dict[str, Any]) -> bool:
+        return self.pending.deliver(message)
+
+    # -- server-initiated messages ---------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[MemoryObjectReceiveStream[dict[str, Any]]]:
+        """The client's GET stream: backend notifications that belong to no request.
+
+        Only the newest stream receives messages, so none is delivered twice. Backend
+        streams are opened only while a client listens.
+        """
+        send, receive = anyio.create_memory_object_stream[dict[str, Any]](SUBSCRIBER_BUFFER)
+        previous, self._subscriber = self._subscriber, send
+        if previous is not None:
+            previous.close()
+        try:
+            async with anyio.create_task_group() as tg:
+                if self._listeners is None:
+                    self._listeners = tg.cancel_scope
+                    for name, connection in self._connections.items():
+                        tg.start_soon(self._listen, name, connection)
+                try:
+                    yield receive
+                finally:
+                    if self._listeners is tg.cancel_scope:
+                        self._listeners = None
+                    tg.cancel_scope.cancel()
+        finally:
+            if self._subscriber is send:
+                self._subscriber = None
+            send.close()
+
+    async def _listen(self, name: str, connection: BackendConnection) -> None:
+        try:
+            messages = connection.listen()
+            try:
+                async for message in messages:
+                    await self._on_backend_message(name, connection, message)
+            finally:
+                await _aclose_iterator(messages)
+        except SessionClosed:
+            return
+        except Exception as exc:
+            logger.warning("listening to backend %s stopped: %s", name, exc,
+                           extra={"session_id": self._session_id, "backend": name})
+
+    async def _on_backend_message(self, name: str, connection: BackendConnection,
+                                  message: dict[str, Any]) -> None:
+        method = message.get("method")
+        if "id" in message and method is not None:
+            await self._relay_backend_request(connection, message)
+            return
+        if method in LIST_CHANGED:
+            await self.refresh_backend(name)
+        self._publish(message)
+
+    async def _relay_backend_request(self, connection: BackendConnection,
+                                     message: dict[str, Any]) -> None:
+        request_id, answer = self.pending.open()
+        self._publish({**message, "id": request_id})
+        try:
+            with anyio.fail_after(300):
+                reply = await answer
+        except (TimeoutError, asyncio.CancelledError):
+            self.pending.discard(request_id)
+            raise
+        body = {k: v for k, v in reply.items() if k in ("result", "error")}
+        await connection.respond({"jsonrpc": "2.0", "id": message["id"], **body})
+
+    def _publish(self, message: dict[str, Any]) -> None:
+        subscriber = self._subscriber
+        if subscriber is None:
+            return
+        try:
+            subscriber.send_nowait(message)
+        except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            logger.warning("client stream full or gone; dropped %s", message.get("method"),
+                           extra={"session_id": self._session_id})
+
+    async def refresh_backend(self, name: str) -> None:
+        """Re-discover one backend's catalog (after its ``list_changed``) and re-route."""
+        connection = self._connections.get(name)
+        if connection is None:
+            return
+        self._catalogs[name] = await self._discover(name, connection)
+        self.routing = self._rebuild(self._catalogs)
+
+    # -- closing --------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """End every backend session (in parallel); idempotent, never raises."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._listeners is not None:
+            self._listeners.cancel()
+        if self._subscriber is not None:
+            self._subscriber.close()
+        self.pending.cancel_all()
+
+        async def close(name: str, connection: BackendConnection) -> None:
+            try:
+                await connection.aclose()
+            except Exception:
+                logger.warning("closing backend %s failed", name, exc_info=True,
+                               extra={"session_id": self._session_id, "backend": name})
+
+        async with anyio.create_task_group() as tg:
+            for name, connection in self._connections.items():
+                tg.start_soon(close, name, connection)
+
+
+async def _aclose_iterator(iterator: AsyncIterator[Any]) -> None:
+    """Release a backend's stream as soon as its consumer stops (async generators)."""
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        await aclose()
