@@ -550,20 +550,23 @@ def test_routing_table_refuses_duplicate_names() -> None:
 
 # --------------------------------------------------------------------------- property
 
-# Tiny alphabets make cross-backend collisions (backend "a" + tool "_b" against backend "a_"
-# + tool "b") common; the full alphabets and long names cover the rest.
-backend_names = st.from_regex(r"[ab_]{1,3}", fullmatch=True) | st.from_regex(
-    r"[a-z0-9_-]{1,12}", fullmatch=True
+# Sampled names collide once prefixed ("a" + "b_c" against "a_b" + "c" with "{backend}_",
+# "a" + "bc" against "ab" + "c" with "{backend}") or reach the length limit; they are drawn
+# twice as often as the regular expressions, which cover everything else.
+_backend_samples = st.sampled_from(["a", "a_", "a_b", "ab", "a-b", "b"])
+_tool_samples = st.sampled_from(["bc", "b_c", "_c", "c", "b-c", "y" * 59, "z" * 60])
+backend_names = st.one_of(
+    _backend_samples, _backend_samples, st.from_regex(r"[a-z0-9_-]{1,12}", fullmatch=True)
 )
-tool_names = st.from_regex(r"[ab_.]{1,4}", fullmatch=True) | st.from_regex(
-    r"[A-Za-z0-9_.-]{1,62}", fullmatch=True
+tool_names = st.one_of(
+    _tool_samples, _tool_samples, st.from_regex(r"[A-Za-z0-9_.-]{1,62}", fullmatch=True)
 )
 catalog_specs = st.dictionaries(
     backend_names, st.lists(tool_names, unique=True, max_size=6), max_size=5
 )
 
 
-@settings(database=None, max_examples=300, deadline=None)
+@settings(database=None, max_examples=400, deadline=None)
 @given(catalog_specs, st.sampled_from(["{backend}_", "{backend}.", "{backend}", "x{backend}-"]))
 def test_prefix_mode_names_are_unique_and_route_back_to_their_origin(
     spec: dict[str, list[str]], prefix_format: str

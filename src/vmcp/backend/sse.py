@@ -229,11 +229,11 @@ class SseBackend(BaseBackend):
     ) -> dict[str, Any]:
         name = self.target.name
         inbox, outbox = anyio.create_memory_object_stream[dict[str, Any]](math.inf)
-        stream.waiters[request_id] = _Waiter(inbox, on_message is not None)
-        if progress_token is not None:
-            stream.progress_tokens[progress_token] = request_id
-        try:
-            with inbox, outbox:
+        with inbox, outbox:
+            stream.waiters[request_id] = _Waiter(inbox, on_message is not None)
+            if progress_token is not None:
+                stream.progress_tokens[progress_token] = request_id
+            try:
                 await self._post(stream, body)
                 async for message in outbox:
                     if "method" not in message:
@@ -248,11 +248,11 @@ class SseBackend(BaseBackend):
                         raise BackendSessionExpired(
                             name, "backend forgot the session during the request"
                         ) from None
-            raise BackendUnavailable(name, "event stream closed before the response")
-        finally:
-            stream.waiters.pop(request_id, None)
-            if progress_token is not None:
-                stream.progress_tokens.pop(progress_token, None)
+                raise BackendUnavailable(name, "event stream closed before the response")
+            finally:
+                stream.waiters.pop(request_id, None)
+                if progress_token is not None:
+                    stream.progress_tokens.pop(progress_token, None)
 
     async def _send(self, body: bytes) -> None:
         stream = self._stream
@@ -281,10 +281,13 @@ class SseBackend(BaseBackend):
     # -- session lifecycle ---------------------------------------------------
 
     async def _handshake(self, protocol_version: str) -> BackendState:
+        """Open a new stream and initialize its session.
+
+        The new stream becomes current only once initialized, so calls never see a
+        half-open session. The previous stream, if any, is closed at that moment.
+        """
         name = self.target.name
-        await self._stop_stream()
         stream = _Stream(anyio.Event())
-        self._stream = stream
         stream.task = asyncio.get_running_loop().create_task(
             self._read(stream), name=f"vmcp-sse-reader:{name}"
         )
@@ -319,29 +322,25 @@ class SseBackend(BaseBackend):
                     raise BackendProtocolError(
                         name, f"backend chose unsupported protocol version {version!r}"
                     )
-                await self._post(
-                    stream, encode({"jsonrpc": "2.0", "method": "notifications/initialized"})
-                )
+                initialized = encode({"jsonrpc": "2.0", "method": "notifications/initialized"})
+                await self._post(stream, initialized)
             except _SessionGone:
                 raise BackendSessionExpired(
                     name, "backend forgot the session it just opened"
                 ) from None
         except BaseException:
             with anyio.move_on_after(TERMINATE_TIMEOUT, shield=True):
-                await self._stop_stream()
+                await _stop(stream)
             raise
+        previous, self._stream = self._stream, stream
+        if previous is not None:
+            with anyio.move_on_after(TERMINATE_TIMEOUT, shield=True):
+                await _stop(previous)
         return BackendState(None, version, result)
 
     async def _terminate(self) -> None:
-        await self._stop_stream()
-
-    async def _stop_stream(self) -> None:
-        """Close the current stream, which ends the backend session with it."""
-        stream, self._stream = self._stream, None
-        if stream is None or stream.task is None or stream.task.done():
-            return
-        stream.task.cancel()
-        await asyncio.wait({stream.task}, timeout=TERMINATE_TIMEOUT)
+        if self._stream is not None:
+            await _stop(self._stream)
 
     # -- the reader ----------------------------------------------------------
 
@@ -471,6 +470,13 @@ class SseBackend(BaseBackend):
                     yield message
         finally:
             self._listeners.discard(inbox)
+
+
+async def _stop(stream: _Stream) -> None:
+    """Close a stream, which ends the backend session bound to it."""
+    if stream.task is not None and not stream.task.done():
+        stream.task.cancel()
+        await asyncio.wait({stream.task}, timeout=TERMINATE_TIMEOUT)
 
 
 def _put(inbox: MemoryObjectSendStream[dict[str, Any]], message: dict[str, Any]) -> None:

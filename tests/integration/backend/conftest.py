@@ -111,7 +111,9 @@ def build_mcp(probe: Probe) -> MCPServer:
     async def ask(question: str, ctx: Context) -> str:
         request = CreateMessageRequest(
             params=CreateMessageRequestParams(
-                messages=[SamplingMessage(role="user", content=TextContent(type="text", text=question))],
+                messages=[
+                    SamplingMessage(role="user", content=TextContent(type="text", text=question))
+                ],
                 max_tokens=20,
             )
         )

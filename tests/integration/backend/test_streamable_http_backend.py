@@ -40,7 +40,9 @@ def add(a: int, b: int) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("json_response", [False, True], ids=["sse-responses", "json-responses"])
-async def test_connect_list_and_call(start_backend: Any, open_connection: Any, json_response: bool) -> None:
+async def test_connect_list_and_call(
+    start_backend: Any, open_connection: Any, json_response: bool
+) -> None:
     backend = start_backend(json_response=json_response)
     with anyio.fail_after(WAIT):
         connection = await open_connection(backend)
@@ -52,7 +54,9 @@ async def test_connect_list_and_call(start_backend: Any, open_connection: Any, j
         assert state.initialize_result["instructions"] == "Test backend for vmcp."
 
         tools = await connection.request("tools/list", None)
-        assert {"echo", "add", "slow", "progress", "ask"} <= {tool["name"] for tool in tools["tools"]}
+        assert {"echo", "add", "slow", "progress", "ask"} <= {
+            tool["name"] for tool in tools["tools"]
+        }
         result = await connection.request("tools/call", add(2, 3))
         assert result["structuredContent"] == {"result": 5}
         assert result["isError"] is False
@@ -81,7 +85,9 @@ async def test_stateless_backend_has_no_session(start_backend: Any, open_connect
     assert backend.seen.http("DELETE") == []
 
 
-async def test_progress_notifications_reach_on_message(start_backend: Any, open_connection: Any) -> None:
+async def test_progress_notifications_reach_on_message(
+    start_backend: Any, open_connection: Any
+) -> None:
     backend = start_backend()
     received: list[dict[str, Any]] = []
 
@@ -131,7 +137,9 @@ async def test_sampling_request_is_answered_through_on_message(
     assert backend.seen.count(None) == 1  # the POSTed answer has no method
 
 
-async def test_server_request_without_handler_is_refused(start_backend: Any, open_connection: Any) -> None:
+async def test_server_request_without_handler_is_refused(
+    start_backend: Any, open_connection: Any
+) -> None:
     backend = start_backend()
     with anyio.fail_after(WAIT):
         connection = await open_connection(backend)
@@ -143,7 +151,9 @@ async def test_server_request_without_handler_is_refused(start_backend: Any, ope
     assert backend.seen.count(None) == 1  # our refusal, POSTed back
 
 
-async def test_backend_rpc_error_is_relayed_with_its_code(start_backend: Any, open_connection: Any) -> None:
+async def test_backend_rpc_error_is_relayed_with_its_code(
+    start_backend: Any, open_connection: Any
+) -> None:
     backend = start_backend()
     with anyio.fail_after(WAIT):
         connection = await open_connection(backend)
@@ -182,7 +192,9 @@ async def test_attach_resumes_the_session_without_wire_traffic(
             result = await second.request("tools/call", add(20, 22))
             assert result["structuredContent"] == {"result": 42}
             # Both objects drive the one backend session, with distinct request ids.
-            assert (await first.request("tools/call", add(1, 2)))["structuredContent"] == {"result": 3}
+            assert (await first.request("tools/call", add(1, 2)))["structuredContent"] == {
+                "result": 3
+            }
 
     assert backend.seen.count("initialize") == 1
     assert {seen.session_id for seen in backend.seen.seen[1:]} == {first.state.session_id}
@@ -273,7 +285,9 @@ async def test_aclose_lets_in_flight_calls_finish(start_backend: Any, open_conne
 
         async def call() -> None:
             results.append(
-                await connection.request("tools/call", {"name": "slow", "arguments": {"seconds": 0.3}})
+                await connection.request(
+                    "tools/call", {"name": "slow", "arguments": {"seconds": 0.3}}
+                )
             )
 
         async with anyio.create_task_group() as tg:
@@ -296,7 +310,9 @@ async def test_aclose_cancels_in_flight_calls_after_its_grace(
 
         async def call() -> None:
             try:
-                await connection.request("tools/call", {"name": "slow", "arguments": {"seconds": 60}})
+                await connection.request(
+                    "tools/call", {"name": "slow", "arguments": {"seconds": 60}}
+                )
             except SessionClosed as exc:
                 failures.append(exc)
 
@@ -309,7 +325,9 @@ async def test_aclose_cancels_in_flight_calls_after_its_grace(
     assert len(backend.seen.http("DELETE")) == 1
 
 
-async def test_unreachable_backend_raises_unavailable(start_backend: Any, open_connection: Any) -> None:
+async def test_unreachable_backend_raises_unavailable(
+    start_backend: Any, open_connection: Any
+) -> None:
     backend = start_backend()
     with anyio.fail_after(WAIT):
         connection = await open_connection(backend)
@@ -334,7 +352,9 @@ async def test_slow_tool_beyond_timeout_raises_timeout_and_cancels_upstream(
             )
         assert backend.seen.count("notifications/cancelled") == 1
         # The connection is still good for the next call.
-        assert (await connection.request("tools/call", add(1, 1)))["structuredContent"] == {"result": 2}
+        assert (await connection.request("tools/call", add(1, 1)))["structuredContent"] == {
+            "result": 2
+        }
     assert connection.statistics().errors == 1
 
 
