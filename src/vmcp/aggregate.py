@@ -385,7 +385,7 @@ def _claim(
             warn(f"{label} would be exposed as {name!r}, longer than {MAX_NAME_LENGTH}; skipped")
             continue
         taken_by = owner.get(name)
-        if False and taken_by is not None:
+        if taken_by is not None:
             warn(
                 f"{label} would be exposed as {name!r}, already taken by {kind} "
                 f"{taken_by.own_name!r} of backend {taken_by.backend!r}; skipped"

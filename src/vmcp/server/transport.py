@@ -13,7 +13,6 @@ unknown or ended session (body ``-32001``), 405 wrong verb, 406 unacceptable ``A
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -37,8 +36,9 @@ from vmcp.server.methods import MethodHandler, RpcError
 from vmcp.server.security import RequestGuard
 from vmcp.session import Principal, SessionManager
 from vmcp.session.binding import InvalidIdentity
-from vmcp.session.channel import ClientChannel, Outbound
+from vmcp.session.channel import ClientChannel
 from vmcp.session.multisession import MultiSession
+from vmcp.session.streams import Outbound, ResponseStream, parse_event_id
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,8 @@ VERSION_HEADER = "mcp-protocol-version"
 HANDSHAKE_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26")
 JSON = "application/json"
 EVENT_STREAM = "text/event-stream"
+# How soon a client should reconnect to a stream the gateway ended early (SSE ``retry``).
+RECONNECT_MS = 1000
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream"),
     (b"cache-control", b"no-cache, no-transform"),
@@ -202,33 +204,55 @@ class McpEndpoint:
 
         Progress, logs and the backend's own requests (sampling, elicitation) can only
         reach the client on an SSE stream, but most calls have none of them; deciding at
-        the first outbound message keeps the common case a plain JSON response.
+        the first outbound event keeps the common case a plain JSON response. The work
+        runs detached from this connection, so a client that drops the stream can resume
+        it with ``Last-Event-ID`` and nothing is lost.
         """
-        outbound_send, outbound = anyio.create_memory_object_stream[Outbound](math.inf)
-        channel = ClientChannel(session.pending, outbound_send, request_id=message.id)
+        stream = session.streams.open()
+        channel = ClientChannel(session.pending, stream, request_id=message.id)
 
         async def run() -> None:
             final = await self._answer(session, message, channel, principal)
-            await outbound_send.send(Outbound(final, final=True))
+            stream.append(Outbound(final, final=True))
 
+        session.spawn(run())
+        first = (await stream.after(0))[0][1]
+        if first.final and first.message is not None:
+            session.streams.drop(stream.id)
+            await _send_json(send, 200, first.message)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        priming = f"id: {stream.event_id(0)}\nretry: {RECONNECT_MS}\ndata: \n\n".encode()
+        await send({"type": "http.response.body", "body": priming, "more_body": True})
+        await self._write_events(receive, send, session, stream, after=0)
+
+    async def _write_events(self, receive: Receive, send: Send, session: MultiSession,
+                            stream: ResponseStream, *, after: int) -> None:
+        """Write ``stream``'s events past ``after`` until its final one or a pause.
+
+        A client that disconnects only stops the writing; the events stay for a resume.
+        """
         async with anyio.create_task_group() as tg:
-            tg.start_soon(run)
             tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
-            first = await outbound.receive()
-            if first.final:
-                await _send_json(send, 200, first.message)
-                tg.cancel_scope.cancel()
-                return
-            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-            item: Outbound | None = first
-            while item is not None:
-                await send({"type": "http.response.body", "body": _sse(item.message),
-                            "more_body": True})
-                if item.final:
-                    break
-                item = await outbound.receive()
+            position = after
+            done = wrote_final = False
+            while not done:
+                events = await stream.after(position)
+                for position, item in events:
+                    if item.pause_ms is not None:
+                        body = f"retry: {item.pause_ms}\n\n".encode()
+                        done = True
+                    else:
+                        assert item.message is not None
+                        body = _sse(item.message, stream.event_id(position))
+                        done = wrote_final = item.final
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                    if done:
+                        break
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             tg.cancel_scope.cancel()
+        if wrote_final:
+            session.streams.drop(stream.id)
 
     async def _answer(self, session: MultiSession, message: Incoming, channel: ClientChannel,
                       principal: Principal) -> dict[str, Any]:
@@ -262,7 +286,12 @@ class McpEndpoint:
                 "Not Acceptable: Accept must include text/event-stream"))
         principal = await self._principal(headers, None)
         session = await self._session(headers, principal, None)
+        resumed = _resumable(session, headers.get("last-event-id"))
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        if resumed is not None:
+            stream, seq = resumed
+            await self._write_events(receive, send, session, stream, after=seq)
+            return
         await send({"type": "http.response.body", "body": b": stream open\n\n",
                     "more_body": True})
         async with anyio.create_task_group() as tg:
@@ -317,8 +346,22 @@ def _accepts(accept: str, media_type: str) -> bool:
     return False
 
 
-def _sse(message: dict[str, Any]) -> bytes:
-    return b"event: message\ndata: " + jsonrpc.dumps(message) + b"\n\n"
+def _sse(message: dict[str, Any], event_id: str | None = None) -> bytes:
+    head = f"event: message\nid: {event_id}\n".encode() if event_id else b"event: message\n"
+    return head + b"data: " + jsonrpc.dumps(message) + b"\n\n"
+
+
+def _resumable(session: MultiSession, last_event_id: str | None
+               ) -> tuple[ResponseStream, int] | None:
+    """The response stream and position a ``Last-Event-ID`` names, if this session has it."""
+    if not last_event_id:
+        return None
+    parsed = parse_event_id(last_event_id)
+    if parsed is None:
+        return None
+    stream = session.streams.get(parsed[0])
+    return None if stream is None else (stream, parsed[1])
+
 
 
 async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:

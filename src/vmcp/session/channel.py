@@ -10,21 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from anyio.streams.memory import MemoryObjectSendStream
+
+from vmcp.session.streams import Outbound, ResponseStream
 
 CLIENT_ANSWER_TIMEOUT = 300.0
-
-
-@dataclass(frozen=True, slots=True)
-class Outbound:
-    """One message for the client; ``final`` marks the response that ends the stream."""
-
-    message: dict[str, Any]
-    final: bool = False
 
 
 class PendingClientRequests:
@@ -62,14 +54,18 @@ class PendingClientRequests:
 class ClientChannel:
     """What one client request's handler may send back before its final response."""
 
-    def __init__(self, pending: PendingClientRequests,
-                 stream: MemoryObjectSendStream[Outbound], *, request_id: Any) -> None:
+    def __init__(self, pending: PendingClientRequests, stream: ResponseStream, *,
+                 request_id: Any) -> None:
         self._pending = pending
         self._stream = stream
         self.request_id = request_id
 
     async def notify(self, message: dict[str, Any]) -> None:
-        await self._stream.send(Outbound(message))
+        self._stream.append(Outbound(message))
+
+    def pause(self, retry_ms: int) -> None:
+        """Ask the client to drop this stream now and resume it after ``retry_ms``."""
+        self._stream.append(Outbound(None, pause_ms=retry_ms))
 
     async def request(self, method: str, params: dict[str, Any] | None) -> dict[str, Any]:
         """Ask the client and return its JSON-RPC answer (a ``result`` or an ``error``)."""
@@ -78,7 +74,7 @@ class ClientChannel:
         if params is not None:
             message["params"] = params
         try:
-            await self._stream.send(Outbound(message))
+            self._stream.append(Outbound(message))
             with anyio.fail_after(CLIENT_ANSWER_TIMEOUT):
                 return await answer
         finally:

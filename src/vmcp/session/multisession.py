@@ -19,6 +19,7 @@ from vmcp.aggregate import BackendCatalog, RoutingTable
 from vmcp.backend import BackendConnection
 from vmcp.errors import SessionClosed
 from vmcp.session.channel import ClientChannel, PendingClientRequests
+from vmcp.session.streams import ResponseStreams
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,9 @@ class MultiSession:
         self._discover = discover
         self.routing = rebuild(self._catalogs)
         self.pending = PendingClientRequests(prefix=f"vmcp-{session_id[:8]}")
+        self.streams = ResponseStreams()
         self._requests: dict[Any, anyio.CancelScope] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self._subscriber: MemoryObjectSendStream[dict[str, Any]] | None = None
         self._listeners: anyio.CancelScope | None = None
         self._closed = False
@@ -111,6 +114,19 @@ class MultiSession:
         async with anyio.create_task_group() as tg:
             for name, connection in self._connections.items():
                 tg.start_soon(send, name, connection)
+
+    def spawn(self, work: Awaitable[None]) -> None:
+        """Run a request's work detached from its HTTP connection (a client may drop the
+        connection and resume the stream); it ends with the session at the latest."""
+        if self._closed:
+            raise SessionClosed(self._session_id)
+
+        async def run() -> None:
+            await work
+
+        task = asyncio.create_task(run(), name=f"vmcp-request-{self._session_id[:8]}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     @contextlib.contextmanager
     def track_request(self, request_id: Any) -> Iterator[None]:
@@ -231,6 +247,8 @@ class MultiSession:
         if self._subscriber is not None:
             self._subscriber.close()
         self.pending.cancel_all()
+        for task in list(self._tasks):
+            task.cancel()
 
         async def close(name: str, connection: BackendConnection) -> None:
             try:

@@ -1,0 +1,101 @@
+"""What one client request sends back, kept so that a dropped stream can be resumed.
+
+MCP lets a client reconnect to an interrupted response stream (GET with
+``Last-Event-ID``) and lets a server close a stream early, telling the client when to
+come back (SSE ``retry``). Every message a request produces is appended here under a
+sequence number; the HTTP layer writes them out, and after a reconnect writes out what
+the client has not seen yet. The request itself runs on, independent of any connection.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+KEEP_FINISHED_SECONDS = 300.0
+MAX_STREAMS_PER_SESSION = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """One event for the client.
+
+    ``final`` marks the response that ends the stream. ``pause_ms`` (no message) asks the
+    HTTP layer to end the connection now and tell the client to reconnect after that
+    many milliseconds, mirroring a backend that closed its own stream early.
+    """
+
+    message: dict[str, Any] | None
+    final: bool = False
+    pause_ms: int | None = None
+
+
+class ResponseStream:
+    """The ordered events of one request; sequence numbers start at 1."""
+
+    def __init__(self, stream_id: str) -> None:
+        self.id = stream_id
+        self._events: list[Outbound] = []
+        self._changed = anyio.Event()
+        self.finished_at: float | None = None
+
+    def append(self, item: Outbound) -> None:
+        self._events.append(item)
+        if item.final:
+            self.finished_at = time.monotonic()
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_at is not None
+
+    def event_id(self, seq: int) -> str:
+        return f"{self.id}.{seq}"
+
+    async def after(self, seq: int) -> list[tuple[int, Outbound]]:
+        """The events after ``seq``, waiting until there is at least one."""
+        while len(self._events) <= seq:
+            await self._changed.wait()
+        return [(n, self._events[n - 1]) for n in range(seq + 1, len(self._events) + 1)]
+
+
+class ResponseStreams:
+    """A session's response streams, by id; finished ones expire, the number is bounded."""
+
+    def __init__(self) -> None:
+        self._streams: OrderedDict[str, ResponseStream] = OrderedDict()
+        self._next = 1
+
+    def open(self) -> ResponseStream:
+        self._prune()
+        stream = ResponseStream(str(self._next))
+        self._next += 1
+        self._streams[stream.id] = stream
+        return stream
+
+    def get(self, stream_id: str) -> ResponseStream | None:
+        return self._streams.get(stream_id)
+
+    def drop(self, stream_id: str) -> None:
+        self._streams.pop(stream_id, None)
+
+    def _prune(self) -> None:
+        now = time.monotonic()
+        for stream_id, stream in list(self._streams.items()):
+            if stream.finished_at is not None and now - stream.finished_at > KEEP_FINISHED_SECONDS:
+                del self._streams[stream_id]
+        while len(self._streams) >= MAX_STREAMS_PER_SESSION:
+            self._streams.popitem(last=False)
+
+
+def parse_event_id(value: str) -> tuple[str, int] | None:
+    """``"<stream>.<seq>"`` → (stream, seq); None for anything else."""
+    stream_id, _, seq = value.partition(".")
+    if not stream_id or not seq.isdigit():
+        return None
+    return stream_id, int(seq)

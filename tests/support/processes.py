@@ -1,0 +1,299 @@
+"""Real processes for end-to-end tests: ``vmcp serve`` gateways and the example backends.
+
+Every process listens on a free loopback port, writes its output to a log file in the
+test's temporary directory and is stopped with SIGTERM (killed if it does not stop in
+time). Processes that are running are remembered in :data:`RUNNING`, so a failing test
+can show the tail of their logs next to its own traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.support.redis_server import free_port
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+VMCP_EXECUTABLE = Path(sys.executable).parent / "vmcp"
+
+HOST = "127.0.0.1"
+STARTUP_TIMEOUT_SECONDS = 30.0
+STOP_TIMEOUT_SECONDS = 10.0
+LOG_TAIL_LINES = 40
+_POLL_SECONDS = 0.05
+_PORT_ATTEMPTS = 3
+
+NOTES_MODULE = "examples.backends.notes"
+WEATHER_MODULE = "examples.backends.weather"
+CONFORMANCE_MODULE = "examples.backends.conformance"
+
+
+class ProcessStartError(RuntimeError):
+    """A process exited or did not answer in time; the message carries its log tail."""
+
+
+@dataclass
+class ManagedProcess:
+    """One subprocess on ``HOST:port`` whose output goes to ``log_path``."""
+
+    name: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    ready_path: str
+    stopped: bool = field(default=False, repr=False)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The MCP endpoint."""
+        return f"{self.base_url}/mcp"
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.poll()
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            return f"<log {self.log_path} unreadable: {exc}>"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def describe(self) -> str:
+        state = "running" if self.returncode is None else f"exited {self.returncode}"
+        return f"{self.name} on port {self.port} ({state}), log {self.log_path}"
+
+    def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> int:
+        """SIGTERM, then SIGKILL if it has not exited within ``timeout``; the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=timeout)
+        self.stopped = True
+        with contextlib.suppress(ValueError):
+            RUNNING.remove(self)
+        return self.process.returncode
+
+
+RUNNING: list[ManagedProcess] = []
+"""Processes started here and not yet stopped, in start order."""
+
+STARTED: list[ManagedProcess] = []
+"""Every process started here, in start order (for the logs of a failed test)."""
+
+
+def _answers(port: int, path: str) -> bool:
+    """Whether ``GET path`` gets a 2xx answer (any answer if ``path`` is an MCP endpoint)."""
+    connection = http.client.HTTPConnection(HOST, port, timeout=1.0)
+    try:
+        connection.request("GET", path, headers={"Accept": "text/event-stream"})
+        response = connection.getresponse()
+        status = response.status
+        response.close()
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()
+    return path == "/mcp" or 200 <= status < 300
+
+
+def _launch(name: str, command: Sequence[str], port: int, log_path: Path,
+            ready_path: str) -> ManagedProcess:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            list(command), cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    managed = ManagedProcess(name, port, process, log_path, ready_path)
+    RUNNING.append(managed)
+    STARTED.append(managed)
+    return managed
+
+
+def _lost_port_race(managed: ManagedProcess) -> bool:
+    return "address already in use" in managed.log_tail(200).lower()
+
+
+def wait_until_ready(processes: Sequence[ManagedProcess],
+                     timeout: float = STARTUP_TIMEOUT_SECONDS) -> list[ManagedProcess]:
+    """Poll every process until it answers; return those that lost the race for their port.
+
+    Raises :class:`ProcessStartError` (with the log tail) if one exits for another reason
+    or does not answer within ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    waiting = list(processes)
+    lost: list[ManagedProcess] = []
+    while waiting:
+        for managed in list(waiting):
+            if managed.returncode is not None:
+                waiting.remove(managed)
+                managed.stop()
+                if _lost_port_race(managed):
+                    lost.append(managed)
+                    continue
+                raise ProcessStartError(
+                    f"{managed.describe()} exited before it answered:\n{managed.log_tail()}")
+            if _answers(managed.port, managed.ready_path):
+                waiting.remove(managed)
+        if waiting and time.monotonic() > deadline:
+            names = ", ".join(m.describe() for m in waiting)
+            tails = "\n".join(f"--- {m.name}\n{m.log_tail()}" for m in waiting)
+            raise ProcessStartError(f"not answering within {timeout:g}s: {names}\n{tails}")
+        if waiting:
+            time.sleep(_POLL_SECONDS)
+    return lost
+
+
+# -- backends -------------------------------------------------------------------------
+
+
+def _backend_command(module: str, port: int) -> list[str]:
+    return [sys.executable, "-m", module, "--host", HOST, "--port", str(port)]
+
+
+def start_backends(modules: Mapping[str, str], log_dir: Path,
+                   timeout: float = STARTUP_TIMEOUT_SECONDS) -> dict[str, ManagedProcess]:
+    """Start ``{name: module}`` backends at once and wait until all of them answer."""
+    started: dict[str, ManagedProcess] = {}
+    pending = dict(modules)
+    try:
+        for _ in range(_PORT_ATTEMPTS):
+            batch: dict[str, ManagedProcess] = {}
+            for name, module in pending.items():
+                port = free_port()
+                batch[name] = _launch(name, _backend_command(module, port), port,
+                                      log_dir / f"{name}.log", "/mcp")
+            started.update(batch)
+            lost = wait_until_ready(list(batch.values()), timeout)
+            pending = {m.name: modules[m.name] for m in lost}
+            if not pending:
+                return started
+        raise ProcessStartError(f"no free port after {_PORT_ATTEMPTS} attempts: {pending}")
+    except BaseException:
+        for managed in started.values():
+            managed.stop()
+        raise
+
+
+@contextlib.contextmanager
+def running_backends(modules: Mapping[str, str], log_dir: Path) -> Iterator[dict[str,
+                                                                             ManagedProcess]]:
+    """The backends for the duration of the block, stopped on the way out."""
+    backends = start_backends(modules, log_dir)
+    try:
+        yield backends
+    finally:
+        for managed in backends.values():
+            managed.stop()
+
+
+# -- gateways -------------------------------------------------------------------------
+
+
+def gateway_config(backends: Mapping[str, ManagedProcess], **sections: Any) -> dict[str, Any]:
+    """A configuration with one backend per entry; keyword sections are merged in."""
+    config: dict[str, Any] = {
+        "backends": [{"name": name, "url": managed.url} for name, managed in backends.items()],
+    }
+    for section, values in sections.items():
+        config[section] = values
+    return config
+
+
+def write_config(path: Path, config: Mapping[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(dict(config), sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _with_port(config: Mapping[str, Any], port: int) -> dict[str, Any]:
+    copy = dict(config)
+    copy["server"] = {**dict(copy.get("server") or {}), "host": HOST, "port": port}
+    return copy
+
+
+def start_gateways(configs: Mapping[str, Mapping[str, Any]], workdir: Path,
+                   timeout: float = STARTUP_TIMEOUT_SECONDS) -> dict[str, ManagedProcess]:
+    """Start ``vmcp serve`` once per ``{name: config}``, all at once, and wait for ``/healthz``.
+
+    Each configuration is written to ``workdir/<name>.yaml`` with a free port filled in;
+    output goes to ``workdir/<name>.log``.
+    """
+    started: dict[str, ManagedProcess] = {}
+    pending = dict(configs)
+    try:
+        for _ in range(_PORT_ATTEMPTS):
+            batch: dict[str, ManagedProcess] = {}
+            for name, config in pending.items():
+                port = free_port()
+                path = write_config(workdir / f"{name}.yaml", _with_port(config, port))
+                command = [str(VMCP_EXECUTABLE), "serve", "--config", str(path)]
+                batch[name] = _launch(name, command, port, workdir / f"{name}.log", "/healthz")
+            started.update(batch)
+            lost = wait_until_ready(list(batch.values()), timeout)
+            pending = {m.name: configs[m.name] for m in lost}
+            if not pending:
+                return started
+        raise ProcessStartError(f"no free port after {_PORT_ATTEMPTS} attempts: {pending}")
+    except BaseException:
+        for managed in started.values():
+            managed.stop()
+        raise
+
+
+@contextlib.contextmanager
+def running_gateways(configs: Mapping[str, Mapping[str, Any]],
+                     workdir: Path) -> Iterator[dict[str, ManagedProcess]]:
+    """The gateways for the duration of the block, stopped on the way out."""
+    gateways = start_gateways(configs, workdir)
+    try:
+        yield gateways
+    finally:
+        for managed in gateways.values():
+            managed.stop()
+
+
+@contextlib.contextmanager
+def running_gateway(config: Mapping[str, Any], workdir: Path,
+                    name: str = "gateway") -> Iterator[ManagedProcess]:
+    with running_gateways({name: config}, workdir) as gateways:
+        yield gateways[name]
+
+
+__all__ = [
+    "CONFORMANCE_MODULE",
+    "HOST",
+    "NOTES_MODULE",
+    "RUNNING",
+    "STARTED",
+    "WEATHER_MODULE",
+    "ManagedProcess",
+    "ProcessStartError",
+    "gateway_config",
+    "running_backends",
+    "running_gateway",
+    "running_gateways",
+    "start_backends",
+    "start_gateways",
+    "wait_until_ready",
+    "write_config",
+]
