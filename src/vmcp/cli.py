@@ -8,19 +8,17 @@ vmcp.
 from __future__ import annotations
 
 import http.client
-import importlib
-import logging
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any, NoReturn, cast
+from typing import Annotated, Any, NoReturn, Protocol
 
 import typer
 
@@ -142,32 +140,27 @@ def serve(
             config = with_overrides(config, {"server": listen}, source="command line")
         except ConfigError as exc:
             _exit_with_problems(exc)
-    run = _load_server()
-    _configure_logging(log_level)
-    _run_gateway(run, config)
+    _run_gateway(_load_server(), config, log_level)
 
 
-def _configure_logging(level: LogLevel) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("vmcp").setLevel(level.upper())
+class _Serve(Protocol):
+    def __call__(self, config: VmcpConfig, *, log_level: str = ...) -> None: ...
 
 
-def _load_server() -> Callable[[VmcpConfig], None]:
+def _load_server() -> _Serve:
     """``vmcp.server.app.serve``, imported only when needed so that ``check-config`` and
     configuration errors never pay for (or fail on) the server's imports."""
     try:
-        module = importlib.import_module("vmcp.server.app")
+        from vmcp.server.app import serve as run
     except ImportError as exc:
         typer.echo(f"vmcp: cannot load the server: {exc}", err=True)
         raise typer.Exit(EXIT_FAILURE) from None
-    return cast(Callable[[VmcpConfig], None], module.serve)
+    return run
 
 
-def _run_gateway(run: Callable[[VmcpConfig], None], config: VmcpConfig) -> None:
+def _run_gateway(run: _Serve, config: VmcpConfig, log_level: LogLevel) -> None:
     try:
-        run(config)
+        run(config, log_level=log_level.value)
     except KeyboardInterrupt:
         raise typer.Exit(EXIT_INTERRUPTED) from None
 
@@ -200,6 +193,9 @@ def demo(
     port: Annotated[
         int, typer.Option(min=1, max=65535, help="Port for the gateway on 127.0.0.1.")
     ] = 4483,
+    log_level: Annotated[
+        LogLevel, typer.Option(case_sensitive=False, help="Logging threshold.")
+    ] = LogLevel.info,
 ) -> None:
     """Start the notes and weather example backends and a gateway in front of them."""
     root = _repo_root()
@@ -223,7 +219,7 @@ def demo(
             backends=tuple(BackendConfig(name=b.name, url=b.url) for b in backends),
         )
         _print_demo_banner(config, backends)
-        _run_gateway(run, config)
+        _run_gateway(run, config, log_level)
     except _DemoError as exc:
         typer.echo(f"vmcp demo: {exc}", err=True)
         raise typer.Exit(EXIT_FAILURE) from None

@@ -20,6 +20,7 @@ from vmcp.errors import SessionNotFound, SessionNotYours, StoreError
 from vmcp.session import SessionManager
 from vmcp.session import metadata as md
 from vmcp.store import MemoryStore, RedisStore
+from vmcp.store.pubsub import RedisEndedSessionBus
 
 pytestmark = pytest.mark.anyio
 
@@ -132,3 +133,37 @@ async def test_store_outage_keeps_cached_sessions_and_reports_unavailable_for_ot
         await a._store.aclose()  # type: ignore[attr-defined]
         await b._store.aclose()  # type: ignore[attr-defined]
         server.stop()
+
+
+async def test_terminate_is_broadcast_and_other_replicas_close_their_copies_at_once(
+    redis_server: RedisServer, key_prefix: str
+) -> None:
+    """No request needed on B: the ended-session broadcast closes B's copy promptly."""
+    def replica() -> SessionManager:
+        store = RedisStore.from_url(redis_server.url, key_prefix=key_prefix, ttl_seconds=60,
+                                    timeout_seconds=2.0)
+        bus = RedisEndedSessionBus(store.client, key_prefix + "ended", timeout_seconds=2.0)
+        return SessionManager(store, RecordingFactory(), ended_sessions=bus)
+
+    a, b = replica(), replica()
+    channel = key_prefix + "ended"
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(b.follow_ended_sessions)
+            live = await a.initialize(ALICE)
+            on_b = await b.get(live.session_id, ALICE)
+            assert isinstance(on_b, FakeLiveSession)
+            client = a._store.client  # type: ignore[attr-defined]
+            with anyio.fail_after(5):  # pub/sub drops what is sent before B subscribes
+                while (await client.pubsub_numsub(channel))[0][1] < 1:  # noqa: ASYNC110 - server state, no event to await
+                    await anyio.sleep(0.01)
+            await a.terminate(live.session_id, ALICE)
+            with anyio.fail_after(5):
+                await on_b.closed.wait()
+            assert on_b.close_count == 1
+            assert not b.is_cached(live.session_id)
+            tg.cancel_scope.cancel()
+    finally:
+        for manager in (a, b):
+            await manager.aclose()
+            await manager._store.aclose()  # type: ignore[attr-defined]

@@ -66,14 +66,17 @@ ServeCalls = list[VmcpConfig]
 
 @pytest.fixture
 def fake_server(monkeypatch: pytest.MonkeyPatch) -> Callable[..., ServeCalls]:
-    """Install a stand-in ``vmcp.server.app`` whose ``serve`` records its config."""
+    """Install a stand-in ``vmcp.server.app`` whose ``serve`` records its config (and, in
+    the module's ``levels``, the log level it was given)."""
 
     def install(action: Callable[[VmcpConfig], None] | None = None) -> ServeCalls:
         calls: ServeCalls = []
         module = types.ModuleType("vmcp.server.app")
+        module.levels = levels = []  # type: ignore[attr-defined]
 
-        def serve(config: VmcpConfig) -> None:
+        def serve(config: VmcpConfig, *, log_level: str = "info") -> None:
             calls.append(config)
+            levels.append(log_level)
             if action is not None:
                 action(config)
 
@@ -178,10 +181,21 @@ def test_serve_passes_the_config_with_host_and_port_overrides(
 
     result = runner.invoke(
         cli.app,
-        ["serve", "--config", str(write(tmp_path, GOOD)), "--host", "0.0.0.0", "--port", "5000"],
+        [
+            "serve",
+            "--config",
+            str(write(tmp_path, GOOD)),
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "5000",
+            "--log-level",
+            "DEBUG",
+        ],
     )
 
     assert result.exit_code == 0, result.output
+    assert sys.modules["vmcp.server.app"].levels == ["debug"]  # type: ignore[attr-defined]
     [config] = calls
     assert config.server.host == "0.0.0.0"
     assert config.server.port == 5000
@@ -197,6 +211,7 @@ def test_serve_without_overrides_keeps_the_file(
 
     assert result.exit_code == 0, result.output
     assert calls[0].server.port == 4483
+    assert sys.modules["vmcp.server.app"].levels == ["info"]  # type: ignore[attr-defined]
 
 
 def test_serve_reports_a_bad_host_override(

@@ -12,6 +12,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import anyio
 import httpx2
 import uvicorn
 from starlette.applications import Starlette
@@ -29,7 +30,8 @@ from vmcp.server.security import RequestGuard
 from vmcp.server.transport import McpEndpoint
 from vmcp.session import ANONYMOUS, Principal, SessionManager
 from vmcp.session.connector import BackendConnector
-from vmcp.store import open_store
+from vmcp.store import RedisStore, open_store
+from vmcp.store.pubsub import RedisEndedSessionBus
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +67,17 @@ def create_app(config: VmcpConfig) -> Starlette:
                            ttl_seconds=session.ttl_seconds,
                            timeout_seconds=session.store_timeout_seconds,
                            sweep_interval_seconds=session.sweep_interval_seconds)
-        async with store, httpx2.AsyncClient(limits=BACKEND_POOL) as http:
+        ended = (
+            RedisEndedSessionBus(store.client, session.key_prefix + "ended",
+                                 timeout_seconds=session.store_timeout_seconds)
+            if isinstance(store, RedisStore) else None
+        )
+        async with store, httpx2.AsyncClient(limits=BACKEND_POOL) as http, \
+                anyio.create_task_group() as background:
             connector = BackendConnector(config, http)
-            manager = SessionManager(store, connector, cache_capacity=session.cache_capacity)
+            manager = SessionManager(store, connector, cache_capacity=session.cache_capacity,
+                                     ended_sessions=ended)
+            background.start_soon(manager.follow_ended_sessions)
             connector.set_state_recorder(manager.record_backend_state)
             endpoint.app = McpEndpoint(
                 manager, MethodHandler(), RequestGuard(config.server), anonymous,
@@ -82,6 +92,7 @@ def create_app(config: VmcpConfig) -> Starlette:
             finally:
                 endpoint.app = None
                 await manager.aclose()
+                background.cancel_scope.cancel()
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})

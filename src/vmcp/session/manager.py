@@ -24,11 +24,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from vmcp.cache import CacheStatistics, EvictedWhileLoading, ValidatingCache
-from vmcp.errors import SessionNotFound, SessionNotYours, SessionTerminated, VmcpError
+from vmcp.errors import (
+    SessionNotFound,
+    SessionNotYours,
+    SessionTerminated,
+    StoreError,
+    VmcpError,
+)
 from vmcp.session import metadata as md
 from vmcp.session.binding import Principal, binding_for, check_binding
 from vmcp.session.live import LiveSession, SessionFactory
 from vmcp.store.base import SessionStore, validate_session_id
+from vmcp.store.pubsub import EndedSessionBus
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +79,16 @@ class SessionManager:
     """
 
     def __init__(
-        self, store: SessionStore, factory: SessionFactory, *, cache_capacity: int = 1000
+        self,
+        store: SessionStore,
+        factory: SessionFactory,
+        *,
+        cache_capacity: int = 1000,
+        ended_sessions: EndedSessionBus | None = None,
     ) -> None:
         self._store = store
         self._factory = factory
+        self._ended = ended_sessions
         self._cache: ValidatingCache[str, _Entry] = ValidatingCache(
             capacity=cache_capacity, load=self._restore, check=self._is_alive,
             on_evict=self._close,
@@ -203,6 +216,24 @@ class SessionManager:
         elif not md.is_terminated(record):
             await self._store.update(session_id, {**record, md.TERMINATED: "true"})
         self._cache.evict(session_id)
+        if self._ended is not None:
+            try:
+                await self._ended.publish(session_id)
+            except StoreError as exc:
+                # The others still find out at their next request for it (liveness check).
+                logger.warning("could not announce ended session: %s", exc,
+                               extra={"session_id": session_id})
+
+    async def follow_ended_sessions(self) -> None:
+        """Close this replica's copies of sessions ended on any replica, as announced.
+
+        Runs until cancelled (a lifespan task). Without a bus there is nothing to follow.
+        """
+        if self._ended is None:
+            return
+        async for session_id in self._ended.subscribe():
+            if self.evict_local(session_id):
+                logger.info("closed a session ended elsewhere", extra={"session_id": session_id})
 
     def evict_local(self, session_id: str) -> bool:
         """Close this replica's copy now (the session ended elsewhere); True if held."""
