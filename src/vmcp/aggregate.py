@@ -259,8 +259,8 @@ def build_routing_table(
     )
 
 
-def _ignore(message: str) -> None:
-    del message
+def _ignore(_message: str) -> None:
+    """The default ``on_warning``: warnings are dropped."""
 
 
 def _named_items(

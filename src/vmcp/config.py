@@ -46,7 +46,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, TypeAlias
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit
 
 import yaml
 from pydantic import (
@@ -253,21 +253,30 @@ def _check_exposed_name(value: str) -> str:
     return value
 
 
-Origin = Annotated[str, AfterValidator(_check_origin)]
-HostHeader = Annotated[str, AfterValidator(_check_host_header)]
+_Origin = Annotated[str, AfterValidator(_check_origin)]
+_HostHeader = Annotated[str, AfterValidator(_check_host_header)]
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, for logs and summaries."""
+    """``url`` with any password (in the user info or a ``password=`` query parameter)
+    replaced by ``***``, for logs and summaries."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable URL>"
-    if parts.password is None:
+    netloc, query = parts.netloc, parts.query
+    if parts.password is not None:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.partition(':')[0]}:***@{host}"
+    query = re.sub(r"(^|&)(password=)[^&]*", r"\1\2***", query, flags=re.IGNORECASE)
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    user, _, host = parts.netloc.rpartition("@")
-    name = user.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{name}:***@{host}"))
+    # Rebuilt by hand: urlunsplit drops the "//" of an empty authority (unix:///path).
+    return (
+        f"{parts.scheme}://{netloc}{parts.path}"
+        + (f"?{query}" if query else "")
+        + (f"#{parts.fragment}" if parts.fragment else "")
+    )
 
 
 # --------------------------------------------------------------------------- models
@@ -290,8 +299,8 @@ class ServerConfig(_Frozen):
     host: str = "127.0.0.1"
     port: int = Field(default=4483, ge=0, le=65535)
     path: str = "/mcp"
-    allowed_origins: tuple[Origin, ...] = ()
-    allowed_hosts: tuple[HostHeader, ...] = ()
+    allowed_origins: tuple[_Origin, ...] = ()
+    allowed_hosts: tuple[_HostHeader, ...] = ()
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     replica_id: str = Field(default="", validate_default=True)
 

@@ -713,6 +713,7 @@ def test_with_overrides_revalidates_and_names_the_source(tmp_path: Path) -> None
         ("redis://:secret@h:6379/0", "redis://:***@h:6379/0"),
         ("redis://user:secret@h/0", "redis://user:***@h/0"),
         ("http://h/mcp", "http://h/mcp"),
+        ("unix:///run/redis.sock?db=1&password=pw", "unix:///run/redis.sock?db=1&password=***"),
         ("memory", "memory"),
     ],
 )

@@ -31,7 +31,7 @@ from vmcp.server.transport import McpEndpoint
 from vmcp.session import ANONYMOUS, Principal, SessionManager
 from vmcp.session.connector import BackendConnector
 from vmcp.store import RedisStore, open_store
-from vmcp.store.pubsub import RedisEndedSessionBus
+from vmcp.store.pubsub import RedisEndedSessionBus, RedisSessionRelay
 
 logger = logging.getLogger(__name__)
 
@@ -67,17 +67,21 @@ def create_app(config: VmcpConfig) -> Starlette:
                            ttl_seconds=session.ttl_seconds,
                            timeout_seconds=session.store_timeout_seconds,
                            sweep_interval_seconds=session.sweep_interval_seconds)
-        ended = (
-            RedisEndedSessionBus(store.client, session.key_prefix + "ended",
-                                 timeout_seconds=session.store_timeout_seconds)
-            if isinstance(store, RedisStore) else None
-        )
+        ended: RedisEndedSessionBus | None = None
+        relay: RedisSessionRelay | None = None
+        if isinstance(store, RedisStore):
+            ended = RedisEndedSessionBus(store.client, session.key_prefix + "ended",
+                                         timeout_seconds=session.store_timeout_seconds)
+            relay = RedisSessionRelay(store.client, session.key_prefix + "relay:",
+                                      timeout_seconds=session.store_timeout_seconds)
         async with store, httpx2.AsyncClient(limits=BACKEND_POOL) as http, \
                 anyio.create_task_group() as background:
-            connector = BackendConnector(config, http)
+            connector = BackendConnector(config, http, relay=relay)
             manager = SessionManager(store, connector, cache_capacity=session.cache_capacity,
                                      ended_sessions=ended)
             background.start_soon(manager.follow_ended_sessions)
+            if relay is not None:
+                background.start_soon(relay.run)
             connector.set_state_recorder(manager.record_backend_state)
             endpoint.app = McpEndpoint(
                 manager, MethodHandler(), RequestGuard(config.server), anonymous,
@@ -93,6 +97,8 @@ def create_app(config: VmcpConfig) -> Starlette:
                 endpoint.app = None
                 await manager.aclose()
                 background.cancel_scope.cancel()
+                if relay is not None:
+                    await relay.aclose()
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})

@@ -84,19 +84,36 @@ class McpEndpoint:
             await _send_json(send, status, jsonrpc.error(None, INVALID_REQUEST_CODE, reason))
             return
         verb = scope["method"]
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            if verb == "POST":
-                await self._post(scope, receive, send, headers)
-            elif verb == "GET":
-                await self._get(receive, send, headers)
-            elif verb == "DELETE":
-                await self._delete(send, headers)
-            else:
-                await _send_json(send, 405, jsonrpc.error(
-                    None, INVALID_REQUEST_CODE, "Method not allowed"),
-                    extra=[(b"allow", b"GET, POST, DELETE")])
+            await self._dispatch(verb, scope, receive, tracking_send, headers)
         except _Reply as reply:
             await _send_json(send, reply.status, reply.body, extra=reply.headers)
+        except Exception:
+            # The last line of defence: a bug must still answer in JSON-RPC, not crash.
+            logger.exception("unexpected error serving %s", verb)
+            if not started:
+                await _send_json(send, 500, jsonrpc.error(None, INTERNAL_ERROR_CODE,
+                                                          "Internal error"))
+
+    async def _dispatch(self, verb: str, scope: Scope, receive: Receive, send: Send,
+                        headers: Headers) -> None:
+        if verb == "POST":
+            await self._post(scope, receive, send, headers)
+        elif verb == "GET":
+            await self._get(receive, send, headers)
+        elif verb == "DELETE":
+            await self._delete(send, headers)
+        else:
+            await _send_json(send, 405, jsonrpc.error(
+                None, INVALID_REQUEST_CODE, "Method not allowed"),
+                extra=[(b"allow", b"GET, POST, DELETE")])
 
     # -- POST -----------------------------------------------------------------------
 
@@ -123,7 +140,11 @@ class McpEndpoint:
             return
         session = await self._session(headers, principal, message.id)
         if message.kind == "response":
-            session.deliver_client_response(message.raw)
+            if not session.deliver_client_response(message.raw):
+                try:
+                    await session.forward_client_response(message.raw)
+                except StoreError as exc:
+                    raise _error_reply(exc, None) from exc
             await _send_empty(send, 202)
         elif message.kind == "notification":
             await self._methods.notification(session, message)
@@ -209,7 +230,7 @@ class McpEndpoint:
         it with ``Last-Event-ID`` and nothing is lost.
         """
         stream = session.streams.open()
-        channel = ClientChannel(session.pending, stream, request_id=message.id)
+        channel = session.channel(stream, message.id)
 
         async def run() -> None:
             final = await self._answer(session, message, channel, principal)

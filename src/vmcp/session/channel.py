@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any
 
 import anyio
@@ -54,11 +56,18 @@ class PendingClientRequests:
 class ClientChannel:
     """What one client request's handler may send back before its final response."""
 
-    def __init__(self, pending: PendingClientRequests, stream: ResponseStream, *,
-                 request_id: Any) -> None:
+    def __init__(
+        self,
+        pending: PendingClientRequests,
+        stream: ResponseStream,
+        *,
+        request_id: Any,
+        answers_elsewhere: Callable[[], AbstractAsyncContextManager[None]] | None = None,
+    ) -> None:
         self._pending = pending
         self._stream = stream
         self.request_id = request_id
+        self._answers_elsewhere = answers_elsewhere
 
     async def notify(self, message: dict[str, Any]) -> None:
         self._stream.append(Outbound(message))
@@ -73,9 +82,12 @@ class ClientChannel:
         message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
         if params is not None:
             message["params"] = params
+        # The client may POST its answer to any replica: listen before asking.
+        elsewhere = self._answers_elsewhere() if self._answers_elsewhere else nullcontext()
         try:
-            self._stream.append(Outbound(message))
-            with anyio.fail_after(CLIENT_ANSWER_TIMEOUT):
-                return await answer
+            async with elsewhere:
+                self._stream.append(Outbound(message))
+                with anyio.fail_after(CLIENT_ANSWER_TIMEOUT):
+                    return await answer
         finally:
             self._pending.discard(request_id)

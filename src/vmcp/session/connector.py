@@ -16,6 +16,7 @@ from vmcp.config import BackendConfig, VmcpConfig
 from vmcp.errors import BackendError, ConfigError
 from vmcp.session.binding import Principal
 from vmcp.session.multisession import MultiSession
+from vmcp.store.pubsub import SessionRelay
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +50,10 @@ class BackendConnector:
         *,
         record_state: StateRecorder | None = None,
         is_healthy: HealthFilter | None = None,
+        relay: SessionRelay | None = None,
     ) -> None:
         self._config = config
+        self._relay = relay
         self._http = http
         self._record_state = record_state
         self._is_healthy = is_healthy
@@ -137,7 +140,8 @@ class BackendConnector:
                 for name, connection in connections.items():
                     tg.start_soon(one, name, connection)
             return MultiSession(session_id, connections, catalogs, rebuild=self.route,
-                                discover=discover)
+                                discover=discover, relay=self._relay,
+                                replica_id=self._config.server.replica_id)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 for connection in connections.values():
@@ -154,28 +158,40 @@ class BackendConnector:
 
 
 async def discover(name: str, connection: BackendConnection) -> BackendCatalog:
-    """Everything one backend offers, following pagination cursors."""
+    """Everything one backend offers, following pagination cursors.
+
+    The lists are fetched in parallel; the first failure is raised as itself (not as an
+    exception group), so callers can handle a ``BackendError`` like any other.
+    """
     capabilities = connection.state.initialize_result.get("capabilities") or {}
-    tools = resources = templates = prompts = None
+    wanted: list[tuple[str, str]] = []
+    if "tools" in capabilities:
+        wanted.append(("tools/list", "tools"))
+    if "resources" in capabilities:
+        wanted += [("resources/list", "resources"),
+                   ("resources/templates/list", "resourceTemplates")]
+    if "prompts" in capabilities:
+        wanted.append(("prompts/list", "prompts"))
+    results: dict[str, list[dict[str, Any]]] = {}
+    failures: list[BackendError] = []
+
+    async def collect(method: str, field: str) -> None:
+        try:
+            results[field] = await _list_all(connection, method, field)
+        except BackendError as exc:
+            failures.append(exc)
+
     async with anyio.create_task_group() as tg:
-        results: dict[str, list[dict[str, Any]]] = {}
-
-        async def collect(key: str, method: str, field: str) -> None:
-            results[key] = await _list_all(connection, method, field)
-
-        if "tools" in capabilities:
-            tg.start_soon(collect, "tools", "tools/list", "tools")
-        if "resources" in capabilities:
-            tg.start_soon(collect, "resources", "resources/list", "resources")
-            tg.start_soon(collect, "templates", "resources/templates/list", "resourceTemplates")
-        if "prompts" in capabilities:
-            tg.start_soon(collect, "prompts", "prompts/list", "prompts")
-    tools = results.get("tools", [])
-    resources = results.get("resources", [])
-    templates = results.get("templates", [])
-    prompts = results.get("prompts", [])
-    return BackendCatalog(tools=tools, resources=resources, resource_templates=templates,
-                          prompts=prompts)
+        for method, field in wanted:
+            tg.start_soon(collect, method, field)
+    if failures:
+        raise failures[0]
+    return BackendCatalog(
+        tools=results.get("tools", []),
+        resources=results.get("resources", []),
+        resource_templates=results.get("resourceTemplates", []),
+        prompts=results.get("prompts", []),
+    )
 
 
 async def _list_all(connection: BackendConnection, method: str,

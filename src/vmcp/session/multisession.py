@@ -17,9 +17,10 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from vmcp.aggregate import BackendCatalog, RoutingTable
 from vmcp.backend import BackendConnection
-from vmcp.errors import SessionClosed
+from vmcp.errors import SessionClosed, StoreError
 from vmcp.session.channel import ClientChannel, PendingClientRequests
-from vmcp.session.streams import ResponseStreams
+from vmcp.session.streams import ResponseStream, ResponseStreams
+from vmcp.store.pubsub import SessionRelay
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,8 @@ LIST_CHANGED = {
     "notifications/prompts/list_changed",
     "notifications/resources/list_changed",
 }
+# Notifications about the session as a whole, not about the request they arrived with.
+UNSOLICITED = LIST_CHANGED | {"notifications/resources/updated"}
 SUBSCRIBER_BUFFER = 256
 
 Rebuild = Callable[[Mapping[str, BackendCatalog]], RoutingTable]
@@ -48,12 +51,16 @@ class MultiSession:
         *,
         rebuild: Rebuild,
         discover: Discover,
+        relay: SessionRelay | None = None,
+        replica_id: str = "",
     ) -> None:
         self._session_id = session_id
         self._connections = dict(connections)
         self._catalogs = dict(catalogs)
         self._rebuild = rebuild
         self._discover = discover
+        self._relay = relay
+        self._replica_id = replica_id
         self.routing = rebuild(self._catalogs)
         self.pending = PendingClientRequests(prefix=f"vmcp-{session_id[:8]}")
         self.streams = ResponseStreams()
@@ -98,10 +105,36 @@ class MultiSession:
                 answer = await channel.request(message["method"], message.get("params"))
                 reply = {k: v for k, v in answer.items() if k in ("result", "error")}
                 return {"jsonrpc": "2.0", "id": message["id"], **reply}
-            await channel.notify(message)
+            if message.get("method") in UNSOLICITED:
+                await self._announce(backend, message)
+            else:
+                await channel.notify(message)
             return None
 
         return await connection.request(method, params, on_message=relay)
+
+    def channel(self, stream: ResponseStream, request_id: Any) -> ClientChannel:
+        """The way back to the client for one request on ``stream``."""
+        return ClientChannel(self.pending, stream, request_id=request_id,
+                             answers_elsewhere=self.answers_from_other_replicas)
+
+    def answers_from_other_replicas(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """While open, client answers POSTed to other replicas reach ``pending`` here."""
+        if self._relay is None:
+            return contextlib.nullcontext()
+
+        def deliver(payload: dict[str, Any]) -> None:
+            message = payload.get("message")
+            if payload.get("type") == "client-response" and isinstance(message, dict):
+                self.pending.deliver(message)
+
+        return self._relay.listen(self._session_id, deliver)
+
+    async def forward_client_response(self, message: dict[str, Any]) -> None:
+        """A client answer nobody waits for here: hand it to the replica that waits."""
+        if self._relay is not None:
+            await self._relay.publish(self._session_id,
+                                      {"type": "client-response", "message": message})
 
     async def notify_all(self, method: str, params: dict[str, Any] | None) -> None:
         """Send a notification to every backend; one failing does not stop the others."""
@@ -163,8 +196,17 @@ class MultiSession:
         previous, self._subscriber = self._subscriber, send
         if previous is not None:
             previous.close()
+
+        def from_elsewhere(payload: dict[str, Any]) -> None:
+            message = payload.get("message")
+            if (payload.get("type") == "server-message" and isinstance(message, dict)
+                    and payload.get("origin") != self._replica_id):
+                self._publish(message)
+
+        relayed = (self._relay.listen(self._session_id, from_elsewhere)
+                   if self._relay is not None else contextlib.nullcontext())
         try:
-            async with anyio.create_task_group() as tg:
+            async with relayed, anyio.create_task_group() as tg:
                 if self._listeners is None:
                     self._listeners = tg.cancel_scope
                     for name, connection in self._connections.items():
@@ -204,13 +246,27 @@ class MultiSession:
             await self.refresh_backend(name)
         self._publish(message)
 
+    async def _announce(self, backend: str, message: dict[str, Any]) -> None:
+        """A message that belongs to no request: to the client's GET stream, wherever it is."""
+        if message.get("method") in LIST_CHANGED:
+            await self.refresh_backend(backend)
+        self._publish(message)
+        if self._relay is not None:
+            try:
+                await self._relay.publish(self._session_id, {
+                    "type": "server-message", "origin": self._replica_id, "message": message})
+            except StoreError as exc:
+                logger.warning("could not relay %s: %s", message.get("method"), exc,
+                               extra={"session_id": self._session_id})
+
     async def _relay_backend_request(self, connection: BackendConnection,
                                      message: dict[str, Any]) -> None:
         request_id, answer = self.pending.open()
-        self._publish({**message, "id": request_id})
         try:
-            with anyio.fail_after(300):
-                reply = await answer
+            async with self.answers_from_other_replicas():
+                self._publish({**message, "id": request_id})
+                with anyio.fail_after(300):
+                    reply = await answer
         except (TimeoutError, asyncio.CancelledError):
             self.pending.discard(request_id)
             raise

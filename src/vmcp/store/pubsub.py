@@ -8,9 +8,11 @@ message leaves correctness to the per-request check.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
-from collections.abc import AsyncIterator
-from typing import Protocol
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
 
 import anyio
 import redis.asyncio as aioredis
@@ -81,3 +83,123 @@ class RedisEndedSessionBus:
         finally:
             with anyio.CancelScope(shield=True):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+RelayHandler = Callable[[dict[str, Any]], None]
+
+
+class SessionRelay(Protocol):
+    """Messages for one session between replicas: whichever replica holds the client's
+    stream, or the call waiting for the client's answer, receives what another replica
+    was sent for that session."""
+
+    async def publish(self, session_id: str, payload: dict[str, Any]) -> None:
+        """Send ``payload`` (JSON) to every replica listening to ``session_id``."""
+        ...
+
+    def listen(self, session_id: str,
+               handler: RelayHandler) -> contextlib.AbstractAsyncContextManager[None]:
+        """Call ``handler`` with each payload for ``session_id`` while the context is open.
+
+        The subscription is active when the context has been entered: nothing published
+        after that is missed (short of a connection loss).
+        """
+        ...
+
+
+class RedisSessionRelay:
+    """``SessionRelay`` over one pub/sub connection per replica, one channel per session.
+
+    Channels are subscribed while at least one local listener needs them, so the cost
+    is one connection per replica, not per session.
+    """
+
+    def __init__(self, client: aioredis.Redis | RedisCluster, prefix: str,
+                 *, timeout_seconds: float) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._timeout = timeout_seconds
+        self._handlers: dict[str, list[RelayHandler]] = {}
+        self._confirmed: dict[str, anyio.Event] = {}
+        self._pubsub: Any = None
+        self._lock = anyio.Lock()
+
+    def _channel(self, session_id: str) -> str:
+        return self._prefix + validate_session_id(session_id)
+
+    async def publish(self, session_id: str, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload, separators=(",", ":"))
+        with translated_store_errors("publish"), anyio.fail_after(self._timeout):
+            await self._client.publish(self._channel(session_id), data)
+
+    @contextlib.asynccontextmanager
+    async def listen(self, session_id: str, handler: RelayHandler) -> AsyncIterator[None]:
+        channel = self._channel(session_id)
+        handlers = self._handlers.setdefault(channel, [])
+        handlers.append(handler)
+        try:
+            if len(handlers) == 1:
+                confirmed = self._confirmed[channel] = anyio.Event()
+                async with self._lock:
+                    with translated_store_errors("subscribe"), anyio.fail_after(self._timeout):
+                        await self._ensure_pubsub().subscribe(channel)
+            else:
+                confirmed = self._confirmed[channel]
+            with anyio.fail_after(self._timeout):
+                await confirmed.wait()
+            yield
+        finally:
+            handlers.remove(handler)
+            if not handlers:
+                del self._handlers[channel]
+                self._confirmed.pop(channel, None)
+                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                    async with self._lock:
+                        await self._ensure_pubsub().unsubscribe(channel)
+
+    def _ensure_pubsub(self) -> Any:
+        if self._pubsub is None:
+            self._pubsub = self._client.pubsub()
+        return self._pubsub
+
+    async def run(self) -> None:
+        """Deliver incoming payloads to local handlers; a lifespan task, until cancelled."""
+        while True:
+            pubsub = self._pubsub
+            if pubsub is None or not pubsub.subscribed:
+                await anyio.sleep(0.05)
+                continue
+            try:
+                message = await pubsub.get_message(timeout=1.0)
+            except Exception as exc:
+                logger.warning("session relay connection lost: %s", exc)
+                await anyio.sleep(0.5)
+                continue
+            if message is not None:
+                self._dispatch(message)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        channel = message.get("channel")
+        if isinstance(channel, bytes):
+            channel = channel.decode()
+        kind = message.get("type")
+        if kind == "subscribe":
+            event = self._confirmed.get(channel or "")
+            if event is not None:
+                event.set()
+            return
+        if kind != "message":
+            return
+        try:
+            payload = json.loads(message["data"])
+        except (ValueError, TypeError):
+            logger.warning("ignored a malformed relay message")
+            return
+        for handler in list(self._handlers.get(channel or "", ())):
+            handler(payload)
+
+    async def aclose(self) -> None:
+        if self._pubsub is not None:
+            with anyio.CancelScope(shield=True):
+                await self._pubsub.aclose()
+            self._pubsub = None

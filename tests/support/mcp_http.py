@@ -1,0 +1,139 @@
+"""MCP over plain HTTP requests, for tests that assert on the wire: statuses, headers, bodies.
+
+A :class:`RawSession` is one initialized session; it can talk to any replica's URL, so
+tests can move a session between gateway processes by pointing it elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx2
+
+PROTOCOL_VERSION = "2025-11-25"
+ACCEPT_BOTH = "application/json, text/event-stream"
+JSON_TYPE = "application/json"
+EVENT_STREAM = "text/event-stream"
+BASE_HEADERS = {"Accept": ACCEPT_BOTH, "Content-Type": JSON_TYPE}
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+SESSION_NOT_FOUND = -32001
+
+
+def initialize_body(request_id: int = 1) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": PROTOCOL_VERSION,
+            "capabilities": {},
+            "clientInfo": {"name": "raw-http-test", "version": "0"},
+        },
+    }
+
+
+def session_not_found(request_id: int | str) -> dict[str, Any]:
+    """The exact 404 body MCP clients recognise as "re-initialize"."""
+    return {"jsonrpc": "2.0", "id": request_id,
+            "error": {"code": SESSION_NOT_FOUND, "message": "Session not found"}}
+
+
+def error_of(response: httpx2.Response) -> dict[str, Any]:
+    """The JSON-RPC error object of a JSON response, after checking the envelope."""
+    content_type = response.headers.get("content-type", "")
+    assert content_type.startswith(JSON_TYPE), (response.status_code, response.headers,
+                                                response.text)
+    body = response.json()
+    assert body["jsonrpc"] == "2.0", body
+    assert "result" not in body, body
+    error = body["error"]
+    assert isinstance(error["code"], int), body
+    assert isinstance(error["message"], str) and error["message"], body
+    return dict(error)
+
+
+def reply_to(response: httpx2.Response, request_id: int | str) -> dict[str, Any]:
+    """The JSON-RPC reply to ``request_id``, from a JSON body or an SSE stream."""
+    content_type = response.headers.get("content-type", "")
+    if content_type.startswith(JSON_TYPE):
+        body = response.json()
+        assert isinstance(body, dict), body
+        return body
+    assert content_type.startswith(EVENT_STREAM), (response.status_code, response.headers)
+    for block in response.text.replace("\r\n", "\n").split("\n\n"):
+        data = "\n".join(line[5:].lstrip() for line in block.splitlines()
+                         if line.startswith("data:"))
+        if not data:
+            continue
+        message = json.loads(data)
+        if message.get("id") == request_id and ("result" in message or "error" in message):
+            assert isinstance(message, dict)
+            return message
+    raise AssertionError(f"no reply to {request_id!r} in the stream:\n{response.text}")
+
+
+@dataclass
+class RawSession:
+    """An initialized session, spoken to with plain HTTP requests."""
+
+    http: httpx2.Client
+    url: str
+    session_id: str
+    next_id: int = field(default=100)
+
+    @classmethod
+    def open(cls, http: httpx2.Client, url: str) -> RawSession:
+        """``initialize`` then ``notifications/initialized`` on ``url``."""
+        response = http.post(url, json=initialize_body(), headers=BASE_HEADERS)
+        assert response.status_code == 200, response.text
+        session_id = response.headers.get("mcp-session-id")
+        assert session_id, response.headers
+        session = cls(http, url, session_id)
+        notified = session.notify("notifications/initialized")
+        assert notified.status_code == 202, notified.text
+        return session
+
+    def headers(self, **extra: str) -> dict[str, str]:
+        return {**BASE_HEADERS, "Mcp-Session-Id": self.session_id,
+                "MCP-Protocol-Version": PROTOCOL_VERSION, **extra}
+
+    def request_id(self) -> int:
+        self.next_id += 1
+        return self.next_id
+
+    def notify(self, method: str, *, url: str | None = None) -> httpx2.Response:
+        return self.http.post(url or self.url, json={"jsonrpc": "2.0", "method": method},
+                              headers=self.headers())
+
+    def rpc(self, method: str, params: dict[str, Any] | None = None, *, url: str | None = None,
+            **headers: str) -> tuple[int, httpx2.Response]:
+        """Send one request (to ``url``, default this session's); (its id, the response)."""
+        request_id = self.request_id()
+        message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+        if params is not None:
+            message["params"] = params
+        response = self.http.post(url or self.url, json=message, headers=self.headers(**headers))
+        return request_id, response
+
+    def result(self, method: str, params: dict[str, Any] | None = None, *,
+               url: str | None = None) -> dict[str, Any]:
+        """The ``result`` of a request that must succeed."""
+        request_id, response = self.rpc(method, params, url=url)
+        assert response.status_code == 200, (response.status_code, response.text)
+        reply = reply_to(response, request_id)
+        assert "result" in reply, reply
+        result = reply["result"]
+        assert isinstance(result, dict), reply
+        return result
+
+    def tool_names(self, *, url: str | None = None) -> set[str]:
+        return {tool["name"] for tool in self.result("tools/list", url=url)["tools"]}
+
+    def delete(self, *, url: str | None = None) -> httpx2.Response:
+        return self.http.delete(url or self.url, headers=self.headers())
