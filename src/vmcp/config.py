@@ -9,6 +9,11 @@ Layout of the file (every key optional except each backend's ``name`` and ``url`
     aggregation: {conflict, prefix_format, priority_order,
                   tools: {<backend>: {include, exclude, overrides: {<tool>: {name, description}}}}}
     limits:      {max_concurrent_backend_connects}
+    auth:        {resource_url,
+                  incoming: {type: anonymous | oidc | static,
+                             issuer, audience, jwks_url | jwks_file, algorithms, leeway_seconds,
+                             jwks_min_refresh_seconds, jwks_max_age_seconds, jwks_timeout_seconds,
+                             tokens: [{token_sha256 | token_env, issuer, subject}]}}
 
 Environment overrides are named ``VMCP_<SECTION>__<KEY>`` (``VMCP_SERVER__PORT=5000``,
 ``VMCP_SESSION__STORE=redis://127.0.0.1:6379/0``) and win over the file:
@@ -64,16 +69,22 @@ from pydantic_core import ErrorDetails
 from vmcp.errors import ConfigError
 
 __all__ = [
+    "ASYMMETRIC_ALGORITHMS",
+    "DEFAULT_ALGORITHMS",
     "ENV_NESTED_DELIMITER",
     "ENV_PREFIX",
     "EXPOSED_NAME_PATTERN",
     "AggregationConfig",
+    "AuthConfig",
     "BackendConfig",
     "BackendToolsConfig",
     "ConflictMode",
+    "IncomingAuthConfig",
+    "IncomingAuthType",
     "LimitsConfig",
     "ServerConfig",
     "SessionConfig",
+    "StaticTokenConfig",
     "StoreKind",
     "ToolOverride",
     "Transport",
@@ -95,6 +106,16 @@ _ORIGIN_PATTERN = re.compile(r"^[a-z][a-z0-9+.-]*://(\[[0-9a-f:.]+\]|[a-z0-9._~-
 _HOST_HEADER_PATTERN = re.compile(r"^(\[[0-9a-f:.]+\]|[a-z0-9._~-]+)(:[0-9]{1,5})?$")
 _HEADER_NAME_PATTERN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _PREFIX_LITERAL_PATTERN = re.compile(r"^[A-Za-z0-9_.-]*$")
+_SHA256_HEX_PATTERN = re.compile(r"^[0-9a-fA-F]{64}$")
+_ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+ASYMMETRIC_ALGORITHMS = (
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+    "ES256", "ES384", "ES512", "ES256K", "EdDSA",
+)
+"""The JWT signature algorithms incoming auth can accept: public-key ones only."""
+
+DEFAULT_ALGORITHMS = ("RS256", "ES256", "EdDSA")
 
 # Headers the transport itself sets per request; a configured value would corrupt the protocol.
 _RESERVED_HEADERS = frozenset(
@@ -110,6 +131,7 @@ _RESERVED_HEADERS = frozenset(
 )
 
 ConflictMode: TypeAlias = Literal["prefix", "priority", "manual"]
+IncomingAuthType: TypeAlias = Literal["anonymous", "oidc", "static"]
 Transport: TypeAlias = Literal["streamable-http", "sse"]
 StoreKind: TypeAlias = Literal[
     "memory", "redis", "rediss", "unix", "redis+sentinel", "redis+cluster"
@@ -242,6 +264,30 @@ def _check_backend_url(value: str) -> str:
         raise ValueError("port 0 is not a port a backend can listen on")
     if parts.fragment:
         raise ValueError("must not have a #fragment")
+    return value
+
+
+def _check_http_url(value: str, *, allow_query: bool = True) -> str:
+    """An absolute http(s) URL with a host and no fragment, as used for auth endpoints."""
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} must be an http:// or https:// URL with a host")
+    if port == 0 or any(c.isspace() or c in '"\\' for c in value):
+        raise ValueError(f"{value!r} is not a usable URL")
+    if parts.fragment or (parts.query and not allow_query):
+        what = "a #fragment" if allow_query else "a ?query or #fragment"
+        raise ValueError(f"{value!r} must not have {what}")
+    return value
+
+
+def _check_identity_part(value: str) -> str:
+    """An issuer or subject a session can be bound to: non-empty, no control characters."""
+    if not value or any(ord(c) < 0x20 or c == "\x7f" for c in value):
+        raise ValueError("must be non-empty and free of control characters (NUL, line breaks)")
     return value
 
 
@@ -519,6 +565,182 @@ class LimitsConfig(_Frozen):
     max_concurrent_backend_connects: int = Field(default=8, ge=1)
 
 
+class StaticTokenConfig(_Frozen):
+    """One bearer token of ``static`` incoming auth and the identity it stands for.
+
+    The token is given either as ``token_sha256`` (the hex SHA-256 of the token, so the
+    file holds no usable secret) or as ``token_env`` (the name of an environment variable
+    holding the token, read and hashed at start-up); exactly one of the two.
+    """
+
+    token_sha256: str | None = None
+    token_env: str | None = None
+    issuer: Annotated[str, AfterValidator(_check_identity_part)]
+    subject: Annotated[str, AfterValidator(_check_identity_part)]
+
+    @field_validator("token_sha256")
+    @classmethod
+    def _token_sha256(cls, value: str | None) -> str | None:
+        if value is not None and not _SHA256_HEX_PATTERN.match(value):
+            raise ValueError("must be 64 hex digits: the SHA-256 of the token, e.g. "
+                             "from `printf %s \"$TOKEN\" | sha256sum`")
+        return None if value is None else value.lower()
+
+    @field_validator("token_env")
+    @classmethod
+    def _token_env(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME_PATTERN.match(value):
+            raise ValueError(f"{value!r} is not an environment variable name")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.token_sha256 is None) == (self.token_env is None):
+            raise ValueError("give exactly one of token_sha256 and token_env")
+        return self
+
+
+_OIDC_KEYS = (
+    "issuer", "audience", "jwks_url", "jwks_file", "algorithms", "leeway_seconds",
+    "jwks_min_refresh_seconds", "jwks_max_age_seconds", "jwks_timeout_seconds",
+)
+_KEYS_OF_TYPE: dict[str, tuple[str, ...]] = {
+    "anonymous": (),
+    "oidc": _OIDC_KEYS,
+    "static": ("tokens",),
+}
+
+
+class IncomingAuthConfig(_Frozen):
+    """Who may call the gateway, by ``type``.
+
+    * ``anonymous`` (the default, for development) - nobody presents credentials; a request
+      that carries an ``Authorization`` header anyway is refused.
+    * ``oidc`` - a JWT bearer token signed by ``issuer`` with one of its keys, published at
+      ``jwks_url`` or kept in ``jwks_file`` (exactly one), whose ``aud`` names one of
+      ``audience`` (a string or a list). ``algorithms`` may only list public-key
+      algorithms: a symmetric one would let anyone holding the verification key mint tokens.
+      ``leeway_seconds`` is the clock skew tolerated on ``exp``/``nbf``/``iat``. Unknown key
+      ids refetch the key set at most once per ``jwks_min_refresh_seconds``; the set is
+      refetched anyway once older than ``jwks_max_age_seconds``, so a withdrawn key stops
+      being trusted.
+    * ``static`` - ``tokens`` maps fixed bearer tokens to identities (see
+      :class:`StaticTokenConfig`).
+
+    The keys of one type are refused under another (with a non-default value), so a
+    half-edited section cannot silently run with less checking than it seems to ask for.
+    ``issuer`` must match the tokens' ``iss`` exactly, trailing slash included.
+    """
+
+    type: IncomingAuthType = "anonymous"
+    issuer: str | None = None
+    audience: tuple[str, ...] = ()
+    jwks_url: str | None = None
+    jwks_file: str | None = None
+    algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
+    leeway_seconds: float = Field(default=30.0, ge=0, le=600, allow_inf_nan=False)
+    jwks_min_refresh_seconds: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    jwks_max_age_seconds: float = Field(default=600.0, gt=0, allow_inf_nan=False)
+    jwks_timeout_seconds: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    tokens: tuple[StaticTokenConfig, ...] = ()
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, value: str | None) -> str | None:
+        return None if value is None else _check_http_url(value, allow_query=False)
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _jwks_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_http_url(value)
+
+    @field_validator("jwks_file")
+    @classmethod
+    def _jwks_file(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must be a file path")
+        return value
+
+    @field_validator("audience", mode="before")
+    @classmethod
+    def _audience_list(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("audience")
+    @classmethod
+    def _audience(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not item.strip() for item in value):
+            raise ValueError("an audience must not be empty")
+        return value
+
+    @field_validator("algorithms")
+    @classmethod
+    def _algorithms(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("list at least one algorithm")
+        problems = []
+        for name in value:
+            if name.lower() == "none":
+                problems.append("'none' is never accepted: every token must be signed")
+            elif name.upper().startswith("HS"):
+                problems.append(f"{name!r} is symmetric: only public-key algorithms are "
+                                "accepted, so that the keys the gateway holds cannot mint tokens")
+            elif name not in ASYMMETRIC_ALGORITHMS:
+                problems.append(f"unknown algorithm {name!r} "
+                                f"(expected some of: {', '.join(ASYMMETRIC_ALGORITHMS)})")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return tuple(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _complete_for_type(self) -> Self:
+        problems = []
+        for key, field in type(self).model_fields.items():
+            if key == "type" or key in _KEYS_OF_TYPE[self.type]:
+                continue
+            if getattr(self, key) != field.get_default(call_default_factory=True):
+                owner = next(t for t, keys in _KEYS_OF_TYPE.items() if key in keys)
+                problems.append(f"{key} applies only to type {owner!r}, not {self.type!r}")
+        if self.type == "oidc":
+            if self.issuer is None:
+                problems.append("type 'oidc' needs issuer (the tokens' iss)")
+            if not self.audience:
+                problems.append("type 'oidc' needs audience (what the tokens' aud must name)")
+            if (self.jwks_url is None) == (self.jwks_file is None):
+                problems.append("type 'oidc' needs exactly one of jwks_url and jwks_file")
+        elif self.type == "static":
+            if not self.tokens:
+                problems.append("type 'static' needs at least one entry in tokens")
+            for what in ("token_sha256", "token_env"):
+                values = [getattr(t, what) for t in self.tokens if getattr(t, what) is not None]
+                repeated = sorted({v for v in values if values.count(v) > 1})
+                if repeated:
+                    shown = "the same hash" if what == "token_sha256" else ", ".join(repeated)
+                    problems.append(f"tokens list {what} {shown} more than once: "
+                                    "a token must map to one identity")
+        if problems:
+            raise ValueError("; ".join(sorted(problems)))
+        return self
+
+
+class AuthConfig(_Frozen):
+    """How callers authenticate to the gateway.
+
+    ``resource_url`` is the public URL of the MCP endpoint, as clients reach it (through
+    any proxy); it is the ``resource`` of the OAuth protected-resource metadata and what
+    ``resource_metadata`` in a 401 points at. Without it, both are derived from each
+    request's ``Host`` (and ``X-Forwarded-Proto``) and ``server.path``.
+    """
+
+    resource_url: str | None = None
+    incoming: IncomingAuthConfig = Field(default_factory=IncomingAuthConfig)
+
+    @field_validator("resource_url")
+    @classmethod
+    def _resource_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_http_url(value, allow_query=False)
+
+
 class VmcpConfig(_Frozen):
     """The whole configuration.
 
@@ -532,6 +754,7 @@ class VmcpConfig(_Frozen):
     backends: tuple[BackendConfig, ...] = ()
     aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
 
     @model_validator(mode="after")
     def _cross_section(self, info: ValidationInfo) -> Self:

@@ -8,6 +8,9 @@ The tree::
     │   ├── SessionTerminated      a placeholder ended before it was full  → 404, -32001
     │   └── SessionNotYours        caller is not the session's identity    → 404, -32001
     ├── InvalidSessionId           malformed id (before any store call)    → 400 (or 404)
+    ├── AuthenticationError        no, bad or refused credentials          → 401 + WWW-Authenticate
+    │   ├── MalformedCredentials   an Authorization header that is not one Bearer token → 400
+    │   └── AuthenticationUnavailable  the issuer's signing keys cannot be fetched → 503
     ├── InvalidMetadata            metadata that is not a dict of str→str  → 500-free: a bug
     ├── StoreError                 the metadata store could not answer     → 503, -32603
     │   ├── StoreUnavailable       connection refused / reset, bad reply
@@ -82,6 +85,44 @@ class InvalidSessionId(VmcpError):
     http_status = 400
     jsonrpc_code = INVALID_REQUEST_CODE
     public_message = "Invalid session id"
+
+
+class AuthenticationError(VmcpError):
+    """The request's credentials are missing, invalid or refused.
+
+    ``www_authenticate`` is the RFC 6750 challenge the response carries, built by whoever
+    refused the credentials since only it knows the resource and the error code; ``str()``
+    is the description, safe to show the caller (it never contains the token).
+    """
+
+    http_status = 401
+    jsonrpc_code = INVALID_REQUEST_CODE
+    public_message = "Unauthorized"
+
+    def __init__(self, description: str, *, www_authenticate: str) -> None:
+        super().__init__(description)
+        self.www_authenticate = www_authenticate
+
+
+class MalformedCredentials(AuthenticationError):
+    """An ``Authorization`` header that is not exactly one well-formed Bearer token.
+
+    RFC 6750 answers ``invalid_request`` with 400: the client is broken, and a 401 would
+    only send it into an authorization flow that cannot fix the request.
+    """
+
+    http_status = 400
+
+
+class AuthenticationUnavailable(AuthenticationError):
+    """The token could not be checked because the issuer's keys could not be fetched.
+
+    503, not 401: the token may be perfectly good, and telling the client to get a new
+    one would not help while the identity provider is unreachable. Retry later.
+    """
+
+    http_status = 503
+    public_message = "Authentication temporarily unavailable, retry"
 
 
 class InvalidMetadata(VmcpError, ValueError):

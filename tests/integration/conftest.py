@@ -14,6 +14,7 @@ import pytest
 from tests.support import processes
 from tests.support.processes import (
     CONFORMANCE_MODULE,
+    GATEWAY_MAX_BODY_BYTES,
     NOTES_MODULE,
     WEATHER_MODULE,
     ManagedProcess,
@@ -21,8 +22,6 @@ from tests.support.processes import (
     running_backends,
     running_gateway,
 )
-
-GATEWAY_MAX_BODY_BYTES = 64 * 1024
 
 _FIRST_PROCESS = pytest.StashKey[int]()
 
@@ -39,13 +38,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         None, pytest.TestReport, pytest.TestReport]:
     report = yield
     if report.failed:
-        first = item.stash.get(_FIRST_PROCESS, len(processes.STARTED))
-        relevant = list(processes.RUNNING)
-        relevant += [p for p in processes.STARTED[first:] if p not in relevant]
-        for managed in relevant:
+        for managed in _processes_of(item):
             report.sections.append(
                 (f"log tail: {managed.describe()}", managed.log_tail() or "<empty>"))
     return report
+
+
+def _processes_of(item: pytest.Item) -> list[ManagedProcess]:
+    """The processes a test used: those of its fixtures, and any it started itself."""
+    found: list[ManagedProcess] = []
+    values = list(getattr(item, "funcargs", {}).values())
+    for value in values:
+        candidates = value.values() if isinstance(value, dict) else [value]
+        found += [c for c in candidates if isinstance(c, ManagedProcess) and c not in found]
+    first = item.stash.get(_FIRST_PROCESS, len(processes.STARTED))
+    found += [p for p in processes.STARTED[first:] if p not in found]
+    return found
 
 
 @pytest.fixture(scope="session")

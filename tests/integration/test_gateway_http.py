@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import httpx2
 import pytest
 
-from tests.integration.conftest import GATEWAY_MAX_BODY_BYTES
 from tests.support.mcp_http import (
     BASE_HEADERS,
     EVENT_STREAM,
@@ -23,12 +23,15 @@ from tests.support.mcp_http import (
     METHOD_NOT_FOUND,
     PARSE_ERROR,
     PROTOCOL_VERSION,
+    SESSION_NOT_FOUND,
     RawSession,
     error_of,
     initialize_body,
+    is_reply_to,
     session_not_found,
+    sse_messages,
 )
-from tests.support.processes import ManagedProcess
+from tests.support.processes import GATEWAY_MAX_BODY_BYTES, ManagedProcess
 
 UNKNOWN_SESSION_ID = "0" * 32
 
@@ -59,7 +62,8 @@ def test_initialize_answers_200_with_a_session_id_header(
 
     assert response.status_code == 200, response.text
     session_id = response.headers.get("mcp-session-id", "")
-    assert session_id and all("\x21" <= ch <= "\x7e" for ch in session_id), response.headers
+    assert session_id, response.headers
+    assert all("\x21" <= ch <= "\x7e" for ch in session_id), session_id
     body = response.json()
     assert body["id"] == 7
     assert body["result"]["protocolVersion"] == PROTOCOL_VERSION
@@ -127,11 +131,113 @@ def test_tools_call_without_a_name_answers_200_invalid_params(live: RawSession) 
     assert_still_works(live)
 
 
+@pytest.mark.parametrize(
+    "request_id",
+    [
+        pytest.param(None, id="null"),
+        pytest.param(1.5, id="fraction"),
+        pytest.param({"n": 1}, id="object"),
+        pytest.param(True, id="boolean"),
+    ],
+)
+def test_request_id_that_is_not_a_string_or_integer_answers_400_invalid_request(
+    live: RawSession, request_id: Any
+) -> None:
+    # MCP: "Requests MUST include a string or integer ID ... the ID MUST NOT be null".
+    # Served anyway, the answer could not be matched to its request.
+    response = live.http.post(
+        live.url,
+        json={"jsonrpc": "2.0", "id": request_id, "method": "tools/list"},
+        headers=live.headers(),
+    )
+
+    assert response.status_code == 400, response.text[:200]
+    assert error_of(response)["code"] == INVALID_REQUEST
+    assert_still_works(live)
+
+
+def test_advertised_completions_and_subscriptions_are_not_answered_method_not_found(
+    http: httpx2.Client, gateway: ManagedProcess
+) -> None:
+    # Neither demo backend offers completions or resource subscriptions: the gateway
+    # must either not advertise them or serve them, never advertise and then refuse.
+    response = http.post(gateway.url, json=initialize_body(), headers=BASE_HEADERS)
+    capabilities = response.json()["result"]["capabilities"]
+    session = RawSession(http, gateway.url, response.headers["mcp-session-id"])
+    assert session.notify("notifications/initialized").status_code == 202
+    refused: list[str] = []
+
+    if "completions" in capabilities:
+        _, completed = session.rpc(
+            "completion/complete",
+            {
+                "ref": {"type": "ref/prompt", "name": "weather_weather_report"},
+                "argument": {"name": "city", "value": "O"},
+            },
+        )
+        if completed.json().get("error", {}).get("code") == METHOD_NOT_FOUND:
+            refused.append(f"completion/complete -> {completed.text}")
+    if (capabilities.get("resources") or {}).get("subscribe"):
+        _, subscribed = session.rpc("resources/subscribe", {"uri": "notes://index"})
+        if subscribed.json().get("error", {}).get("code") == METHOD_NOT_FOUND:
+            refused.append(f"resources/subscribe -> {subscribed.text}")
+
+    assert not refused, f"advertised {capabilities}, yet: {refused}"
+
+
+# -- cancellation ---------------------------------------------------------------------
+
+
+def test_cancelled_call_is_not_answered_with_session_not_found(live: RawSession) -> None:
+    # 40 steps of 50 ms: two seconds the call will not get to finish.
+    call = live.message(
+        "tools/call",
+        {
+            "name": "weather_slow_count",
+            "arguments": {"n": 40},
+            "_meta": {"progressToken": "cancel-me"},
+        },
+    )
+    with (
+        httpx2.Client(timeout=15.0) as other,
+        live.http.stream("POST", live.url, json=call, headers=live.headers()) as stream,
+    ):
+        assert stream.status_code == 200
+        messages = sse_messages(stream.iter_lines())
+        first = next(messages, None)
+        assert first is not None
+        assert first.get("method") == "notifications/progress", first
+        cancelled = other.post(
+            live.url,
+            json={
+                "jsonrpc": "2.0",
+                "method": "notifications/cancelled",
+                "params": {"requestId": call["id"], "reason": "changed my mind"},
+            },
+            headers=live.headers(),
+        )
+        assert cancelled.status_code == 202, cancelled.text
+        try:
+            rest = list(messages)
+        except httpx2.ReadTimeout as exc:
+            raise AssertionError(
+                "the cancelled call's stream stayed open: a cancelled request's stream must end"
+            ) from exc
+
+    replies = [m for m in rest if is_reply_to(m, call["id"])]
+    # The call really stopped: no result after two seconds' worth of counting.
+    assert not [r for r in replies if "result" in r], replies
+    # MCP says a cancelled request SHOULD get no response; above all, the session is alive,
+    # and -32001 would tell the client to throw it away and initialize again.
+    assert not [r for r in replies if r["error"]["code"] == SESSION_NOT_FOUND], replies
+    assert_still_works(live)
+
+
 # -- bad HTTP -------------------------------------------------------------------------
 
 
 def test_accept_without_event_stream_answers_406(live: RawSession) -> None:
-    _, response = live.rpc("tools/list", Accept=JSON_TYPE)
+    _, response = live.rpc("tools/list", headers={"Accept": JSON_TYPE})
 
     assert response.status_code == 406
     assert error_of(response)["code"] == INVALID_REQUEST
@@ -140,8 +246,9 @@ def test_accept_without_event_stream_answers_406(live: RawSession) -> None:
 
 def test_content_type_other_than_json_answers_415(live: RawSession) -> None:
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
-    response = live.http.post(live.url, content=body.encode(),
-                              headers=live.headers(**{"Content-Type": "text/plain"}))
+    response = live.http.post(
+        live.url, content=body.encode(), headers=live.headers({"Content-Type": "text/plain"})
+    )
 
     assert response.status_code == 415
     assert error_of(response)["code"] == INVALID_REQUEST
@@ -189,7 +296,7 @@ def test_put_answers_405_with_an_allow_header(live: RawSession) -> None:
 
 
 def test_foreign_host_header_answers_421(live: RawSession) -> None:
-    _, response = live.rpc("tools/list", Host="evil.example.com")
+    _, response = live.rpc("tools/list", headers={"Host": "evil.example.com"})
 
     assert response.status_code == 421
     assert error_of(response)["code"] == INVALID_REQUEST
@@ -197,7 +304,7 @@ def test_foreign_host_header_answers_421(live: RawSession) -> None:
 
 
 def test_foreign_origin_answers_403(live: RawSession) -> None:
-    _, response = live.rpc("tools/list", Origin="http://evil.example.com")
+    _, response = live.rpc("tools/list", headers={"Origin": "http://evil.example.com"})
 
     assert response.status_code == 403
     assert error_of(response)["code"] == INVALID_REQUEST
@@ -205,14 +312,14 @@ def test_foreign_origin_answers_403(live: RawSession) -> None:
 
 
 def test_loopback_origin_is_accepted(live: RawSession) -> None:
-    request_id, response = live.rpc("ping", Origin="http://localhost:6274")
+    request_id, response = live.rpc("ping", headers={"Origin": "http://localhost:6274"})
 
     assert response.status_code == 200, response.text
     assert response.json() == {"jsonrpc": "2.0", "id": request_id, "result": {}}
 
 
 def test_unsupported_protocol_version_answers_400(live: RawSession) -> None:
-    request_id, response = live.rpc("tools/list", **{"MCP-Protocol-Version": "1999-01-01"})
+    request_id, response = live.rpc("tools/list", headers={"MCP-Protocol-Version": "1999-01-01"})
 
     assert response.status_code == 400
     assert response.json().get("id") == request_id
@@ -235,10 +342,12 @@ def test_request_without_a_session_id_answers_400(live: RawSession) -> None:
     assert_still_works(live)
 
 
-def test_unknown_session_id_answers_404_with_exactly_session_not_found(
-        live: RawSession) -> None:
-    response = live.http.post(live.url, json={"jsonrpc": "2.0", "id": 42, "method": "tools/list"},
-                              headers=live.headers(**{"Mcp-Session-Id": UNKNOWN_SESSION_ID}))
+def test_unknown_session_id_answers_404_with_exactly_session_not_found(live: RawSession) -> None:
+    response = live.http.post(
+        live.url,
+        json={"jsonrpc": "2.0", "id": 42, "method": "tools/list"},
+        headers=live.headers({"Mcp-Session-Id": UNKNOWN_SESSION_ID}),
+    )
 
     assert response.status_code == 404
     assert response.json() == session_not_found(42)
@@ -257,9 +366,16 @@ def test_unknown_session_id_answers_404_with_exactly_session_not_found(
     ],
 )
 def test_malformed_session_id_answers_400(live: RawSession, session_id: bytes) -> None:
-    headers: dict[str, str | bytes] = {**live.headers(), "Mcp-Session-Id": session_id}
-    response = live.http.post(live.url, json={"jsonrpc": "2.0", "id": 9, "method": "tools/list"},
-                              headers=headers)
+    # Bytes, so that the id reaches the wire exactly as given (not encoded by the client).
+    headers = [
+        (name.encode(), value.encode())
+        for name, value in live.headers().items()
+        if name != "Mcp-Session-Id"
+    ]
+    headers.append((b"Mcp-Session-Id", session_id))
+    response = live.http.post(
+        live.url, json={"jsonrpc": "2.0", "id": 9, "method": "tools/list"}, headers=headers
+    )
 
     assert response.status_code == 400, response.text
     assert error_of(response)["code"] == INVALID_REQUEST
@@ -287,8 +403,9 @@ def test_delete_without_a_session_id_answers_400(live: RawSession) -> None:
 
 
 def test_delete_of_an_unknown_session_leaves_other_sessions_alone(live: RawSession) -> None:
-    response = live.http.delete(live.url,
-                                headers=live.headers(**{"Mcp-Session-Id": UNKNOWN_SESSION_ID}))
+    response = live.http.delete(
+        live.url, headers=live.headers({"Mcp-Session-Id": UNKNOWN_SESSION_ID})
+    )
 
     assert response.status_code in (200, 404), response.text
     assert_still_works(live)
@@ -298,7 +415,8 @@ def test_delete_of_an_unknown_session_leaves_other_sessions_alone(live: RawSessi
 
 
 def test_get_opens_an_event_stream_for_a_live_session(live: RawSession) -> None:
-    with live.http.stream("GET", live.url, headers=live.headers(Accept=EVENT_STREAM)) as stream:
+    headers = live.headers({"Accept": EVENT_STREAM})
+    with live.http.stream("GET", live.url, headers=headers) as stream:
         assert stream.status_code == 200
         assert stream.headers["content-type"].startswith(EVENT_STREAM)
         first = next(stream.iter_bytes())
@@ -307,7 +425,7 @@ def test_get_opens_an_event_stream_for_a_live_session(live: RawSession) -> None:
 
 
 def test_get_without_event_stream_accept_answers_406(live: RawSession) -> None:
-    response = live.http.get(live.url, headers=live.headers(Accept=JSON_TYPE))
+    response = live.http.get(live.url, headers=live.headers({"Accept": JSON_TYPE}))
 
     assert response.status_code == 406
     assert error_of(response)["code"] == INVALID_REQUEST
@@ -315,8 +433,10 @@ def test_get_without_event_stream_accept_answers_406(live: RawSession) -> None:
 
 
 def test_get_with_an_unknown_session_answers_404(live: RawSession) -> None:
-    response = live.http.get(live.url, headers=live.headers(
-        Accept=EVENT_STREAM, **{"Mcp-Session-Id": UNKNOWN_SESSION_ID}))
+    response = live.http.get(
+        live.url,
+        headers=live.headers({"Accept": EVENT_STREAM, "Mcp-Session-Id": UNKNOWN_SESSION_ID}),
+    )
 
     assert response.status_code == 404
     assert error_of(response)["code"] == -32001

@@ -7,6 +7,7 @@ tests can move a session between gateway processes by pointing it elsewhere.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,14 +26,16 @@ INVALID_PARAMS = -32602
 SESSION_NOT_FOUND = -32001
 
 
-def initialize_body(request_id: int = 1) -> dict[str, Any]:
+def initialize_body(
+    request_id: int = 1, capabilities: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     return {
         "jsonrpc": "2.0",
         "id": request_id,
         "method": "initialize",
         "params": {
             "protocolVersion": PROTOCOL_VERSION,
-            "capabilities": {},
+            "capabilities": dict(capabilities or {}),
             "clientInfo": {"name": "raw-http-test", "version": "0"},
         },
     }
@@ -54,8 +57,44 @@ def error_of(response: httpx2.Response) -> dict[str, Any]:
     assert "result" not in body, body
     error = body["error"]
     assert isinstance(error["code"], int), body
-    assert isinstance(error["message"], str) and error["message"], body
+    assert isinstance(error["message"], str), body
+    assert error["message"], body
     return dict(error)
+
+
+def _field_value(line: str, name: str) -> str | None:
+    if not line.startswith(name + ":"):
+        return None
+    value = line[len(name) + 1 :]
+    return value[1:] if value.startswith(" ") else value
+
+
+def sse_messages(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """The JSON-RPC messages in an SSE stream's lines, as they arrive.
+
+    Events without data (a priming event, a comment) carry no message and are skipped.
+    """
+    data: list[str] = []
+    for raw in lines:
+        line = raw.rstrip("\r\n")
+        if line:
+            value = _field_value(line, "data")
+            if value is not None:
+                data.append(value)
+            continue
+        if data and "".join(data).strip():
+            message = json.loads("\n".join(data))
+            assert isinstance(message, dict), message
+            yield message
+        data = []
+    if data and "".join(data).strip():
+        message = json.loads("\n".join(data))
+        assert isinstance(message, dict), message
+        yield message
+
+
+def is_reply_to(message: Mapping[str, Any], request_id: int | str) -> bool:
+    return message.get("id") == request_id and ("result" in message or "error" in message)
 
 
 def reply_to(response: httpx2.Response, request_id: int | str) -> dict[str, Any]:
@@ -66,14 +105,8 @@ def reply_to(response: httpx2.Response, request_id: int | str) -> dict[str, Any]
         assert isinstance(body, dict), body
         return body
     assert content_type.startswith(EVENT_STREAM), (response.status_code, response.headers)
-    for block in response.text.replace("\r\n", "\n").split("\n\n"):
-        data = "\n".join(line[5:].lstrip() for line in block.splitlines()
-                         if line.startswith("data:"))
-        if not data:
-            continue
-        message = json.loads(data)
-        if message.get("id") == request_id and ("result" in message or "error" in message):
-            assert isinstance(message, dict)
+    for message in sse_messages(response.text.splitlines()):
+        if is_reply_to(message, request_id):
             return message
     raise AssertionError(f"no reply to {request_id!r} in the stream:\n{response.text}")
 
@@ -88,9 +121,11 @@ class RawSession:
     next_id: int = field(default=100)
 
     @classmethod
-    def open(cls, http: httpx2.Client, url: str) -> RawSession:
+    def open(
+        cls, http: httpx2.Client, url: str, capabilities: Mapping[str, Any] | None = None
+    ) -> RawSession:
         """``initialize`` then ``notifications/initialized`` on ``url``."""
-        response = http.post(url, json=initialize_body(), headers=BASE_HEADERS)
+        response = http.post(url, json=initialize_body(1, capabilities), headers=BASE_HEADERS)
         assert response.status_code == 200, response.text
         session_id = response.headers.get("mcp-session-id")
         assert session_id, response.headers
@@ -99,27 +134,43 @@ class RawSession:
         assert notified.status_code == 202, notified.text
         return session
 
-    def headers(self, **extra: str) -> dict[str, str]:
-        return {**BASE_HEADERS, "Mcp-Session-Id": self.session_id,
-                "MCP-Protocol-Version": PROTOCOL_VERSION, **extra}
+    def headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The headers of a request on this session, ``extra`` added or replacing."""
+        return {
+            **BASE_HEADERS,
+            "Mcp-Session-Id": self.session_id,
+            "MCP-Protocol-Version": PROTOCOL_VERSION,
+            **(extra or {}),
+        }
 
     def request_id(self) -> int:
         self.next_id += 1
         return self.next_id
 
     def notify(self, method: str, *, url: str | None = None) -> httpx2.Response:
-        return self.http.post(url or self.url, json={"jsonrpc": "2.0", "method": method},
-                              headers=self.headers())
+        return self.http.post(
+            url or self.url, json={"jsonrpc": "2.0", "method": method}, headers=self.headers()
+        )
 
-    def rpc(self, method: str, params: dict[str, Any] | None = None, *, url: str | None = None,
-            **headers: str) -> tuple[int, httpx2.Response]:
-        """Send one request (to ``url``, default this session's); (its id, the response)."""
-        request_id = self.request_id()
-        message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+    def message(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A request with a fresh id."""
+        message: dict[str, Any] = {"jsonrpc": "2.0", "id": self.request_id(), "method": method}
         if params is not None:
             message["params"] = params
-        response = self.http.post(url or self.url, json=message, headers=self.headers(**headers))
-        return request_id, response
+        return message
+
+    def rpc(
+        self,
+        method: str,
+        params: dict[str, Any] | None = None,
+        *,
+        url: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, httpx2.Response]:
+        """Send one request (to ``url``, default this session's); (its id, the response)."""
+        message = self.message(method, params)
+        response = self.http.post(url or self.url, json=message, headers=self.headers(headers))
+        return message["id"], response
 
     def result(self, method: str, params: dict[str, Any] | None = None, *,
                url: str | None = None) -> dict[str, Any]:

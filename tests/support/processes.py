@@ -33,6 +33,9 @@ LOG_TAIL_LINES = 40
 _POLL_SECONDS = 0.05
 _PORT_ATTEMPTS = 3
 
+GATEWAY_MAX_BODY_BYTES = 64 * 1024
+"""``server.max_body_bytes`` of the shared test gateway: small, so a test can exceed it."""
+
 NOTES_MODULE = "examples.backends.notes"
 WEATHER_MODULE = "examples.backends.weather"
 CONFORMANCE_MODULE = "examples.backends.conformance"
@@ -281,6 +284,7 @@ def running_gateway(config: Mapping[str, Any], workdir: Path,
 
 __all__ = [
     "CONFORMANCE_MODULE",
+    "GATEWAY_MAX_BODY_BYTES",
     "HOST",
     "NOTES_MODULE",
     "RUNNING",

@@ -31,7 +31,7 @@ import itertools
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -68,6 +68,12 @@ CANCEL_NOTICE_TIMEOUT: Final = 2.0
 
 TERMINATE_TIMEOUT: Final = 5.0
 """Upper bound on the DELETE (or stream teardown) that ends a backend session."""
+
+DEFAULT_RETRY: Final = 1.0
+"""Seconds to wait before reconnecting a dropped stream when the backend named no ``retry``."""
+
+LISTEN_BACKOFF_MAX: Final = 30.0
+"""Upper bound of the delay between two attempts to reopen a ``listen`` stream."""
 
 JSON: Final = "application/json"
 EVENT_STREAM: Final = "text/event-stream"
@@ -262,10 +268,14 @@ class BackendConnection(Protocol):
         ...
 
     async def respond(self, message: dict[str, Any]) -> None:
-        """Send the answer to a server-to-client request that :meth:`listen` yielded."""
+        """Send the answer to a server-to-client request that :meth:`listen` yielded.
+
+        Never re-initializes: the request belonged to the session that sent it, so if
+        the backend has forgotten that session, this raises ``BackendSessionExpired``.
+        """
         ...
 
-    def listen(self) -> AsyncIterator[dict[str, Any]]:
+    def listen(self) -> AsyncGenerator[dict[str, Any], None]:
         """Server-initiated messages that belong to no request.
 
         Yields notifications such as ``notifications/tools/list_changed``, and requests
@@ -278,7 +288,7 @@ class BackendConnection(Protocol):
 
     def statistics(self) -> BackendStatistics: ...
 
-    async def aclose(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+    async def aclose(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109 - drain bound
         """End the connection. Idempotent; never raises for a backend failure.
 
         New calls are refused at once. In-flight calls may finish for up to
@@ -443,10 +453,10 @@ def result_of(backend: str, message: dict[str, Any]) -> dict[str, Any]:
 class BaseBackend:
     """The part of a backend connection that does not depend on the transport.
 
-    A transport subclass implements the five ``_``-prefixed coroutines below the
-    divider. This class turns them into the :class:`BackendConnection` contract: ids,
-    deadlines, cancellation notices, the singleflight re-initialization, draining on
-    close and the counters.
+    A transport subclass implements ``listen`` and the four ``_``-prefixed coroutines
+    below the divider. This class turns them into the :class:`BackendConnection`
+    contract: ids, deadlines, cancellation notices, the singleflight
+    re-initialization, draining on close and the counters.
     """
 
     def __init__(
@@ -698,6 +708,17 @@ class BaseBackend:
                 # The live connection works either way. Another replica holding the old
                 # state will meet the same 404 and recover by itself.
                 logger.exception("backend %r: on_reinitialized hook failed", self.target.name)
+
+    async def _recover_quietly(self, generation: int) -> bool:
+        """:meth:`_recover` for a ``listen`` stream, which retries later instead of failing."""
+        try:
+            await self._recover(generation)
+        except BackendError as exc:
+            logger.debug(
+                "backend %r: re-initialization for listen failed: %s", self.target.name, exc
+            )
+            return False
+        return True
 
     async def _answer(
         self, message: dict[str, Any], on_message: MessageHandler | None

@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -40,8 +40,10 @@ from pydantic import ValidationError
 
 from vmcp.backend.connection import (
     DEFAULT_PROTOCOL_VERSION,
+    DEFAULT_RETRY,
     EVENT_STREAM,
     JSON,
+    LISTEN_BACKOFF_MAX,
     MAX_MESSAGE_BYTES,
     TERMINATE_TIMEOUT,
     BackendState,
@@ -72,6 +74,9 @@ logger = logging.getLogger(__name__)
 LISTEN_BUFFER: Final = 256
 """Messages kept for a slow :meth:`SseBackend.listen` consumer before newer ones are
 dropped. The reader never waits for a consumer, because responses share the stream."""
+
+_STREAM_ENDED: Final[dict[str, Any]] = {}
+"""Put in each :meth:`SseBackend.listen` inbox when the current stream ends (by identity)."""
 
 _SESSION_WIDE: Final = frozenset(
     {
@@ -396,8 +401,10 @@ class SseBackend(BaseBackend):
             stream.opened.set()
             for waiter in stream.waiters.values():
                 waiter.inbox.close()
-            if not self._closed:
+            if not self._closed and stream is self._stream:
                 logger.info("backend %r: event stream ended: %s", name, stream.error or "closed")
+                for listener in self._listeners:
+                    _put(listener, _STREAM_ENDED)
 
     def _endpoint_url(self, data: str) -> str:
         """The POST URL from an ``endpoint`` event; it must stay on the backend's origin,
@@ -413,7 +420,10 @@ class SseBackend(BaseBackend):
     async def _dispatch(self, stream: _Stream, message: dict[str, Any]) -> None:
         """Route one message from the stream; never waits on a caller."""
         if "method" not in message:
-            waiter = stream.waiters.get(message.get("id"))
+            message_id = message.get("id")
+            waiter = stream.waiters.get(message_id)
+            if waiter is None and isinstance(message_id, str) and message_id.isdigit():
+                waiter = stream.waiters.get(int(message_id))  # an id echoed back as a string
             if waiter is not None:
                 _put(waiter.inbox, message)
             return
@@ -435,14 +445,12 @@ class SseBackend(BaseBackend):
                 return
         if self._listeners:
             for listener in list(self._listeners):
-                try:
-                    listener.send_nowait(message)
-                except anyio.WouldBlock:
+                if listener.statistics().current_buffer_used >= LISTEN_BUFFER:
                     logger.warning(
                         "backend %r: listener too slow, dropped %r", self.target.name, method
                     )
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    self._listeners.discard(listener)
+                else:
+                    _put(listener, message)
             return
         if "id" in message:
             reply = error_reply(message["id"], METHOD_NOT_FOUND_CODE, "Method not found")
@@ -457,19 +465,42 @@ class SseBackend(BaseBackend):
 
     # -- session-wide messages -----------------------------------------------
 
-    async def listen(self) -> AsyncIterator[dict[str, Any]]:
-        inbox, outbox = anyio.create_memory_object_stream[dict[str, Any]](LISTEN_BUFFER)
+    async def listen(self) -> AsyncGenerator[dict[str, Any], None]:
+        inbox, outbox = anyio.create_memory_object_stream[dict[str, Any]](math.inf)
         self._listeners.add(inbox)
         try:
             with inbox, outbox:
                 while True:
+                    if not self._stream_alive():
+                        # The session went with its stream. Open a new one, so that
+                        # session-wide messages keep coming even when no call would.
+                        if not await self._reopen():
+                            return
+                        continue
                     with self._interruptible() as scope:
                         message = await outbox.receive()
                     if scope.cancelled_caught:
                         return
-                    yield message
+                    if message is not _STREAM_ENDED:
+                        yield message
         finally:
             self._listeners.discard(inbox)
+
+    def _stream_alive(self) -> bool:
+        return self._stream is not None and self._stream.alive
+
+    async def _reopen(self) -> bool:
+        """Re-initialize for ``listen`` after its stream ended; False once closed."""
+        delay = DEFAULT_RETRY
+        while not self._stream_alive():
+            generation = self._generation
+            with self._interruptible() as scope:
+                await anyio.sleep(delay)
+                await self._recover_quietly(generation)
+            if scope.cancelled_caught:
+                return False
+            delay = min(delay * 2, LISTEN_BACKOFF_MAX)
+        return True
 
 
 async def _stop(stream: _Stream) -> None:

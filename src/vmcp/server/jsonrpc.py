@@ -65,7 +65,7 @@ class Incoming:
     @property
     def id(self) -> RequestId | None:
         value = self.raw.get("id")
-        return value if isinstance(value, int | str) else None
+        return value if _is_request_id(value) else None
 
     @property
     def method(self) -> str:
@@ -87,7 +87,10 @@ def parse_message(body: bytes) -> Incoming:
         raise MessageError(INVALID_REQUEST_CODE, "Invalid Request: batches are not supported")
     if not isinstance(raw, dict):
         raise MessageError(INVALID_REQUEST_CODE, "Invalid Request: expected a JSON object")
-    request_id = raw.get("id") if isinstance(raw.get("id"), int | str) else None
+    request_id = raw.get("id") if _is_request_id(raw.get("id")) else None
+    if "method" in raw and "id" in raw and request_id is None:
+        raise MessageError(INVALID_REQUEST_CODE,
+                           "Invalid Request: id must be a string or an integer")
     try:
         jsonrpc_message_adapter.validate_python(raw)
     except pydantic.ValidationError as exc:
@@ -104,6 +107,11 @@ def parse_message(body: bytes) -> Incoming:
     if model is not None:
         _validate_params(raw, model, request_id)
     return Incoming("request", raw)
+
+
+def _is_request_id(value: object) -> bool:
+    """MCP ids are strings or integers, never null (and a bool is not an integer here)."""
+    return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
 
 
 def _validate_params(raw: dict[str, Any], model: type[pydantic.BaseModel],

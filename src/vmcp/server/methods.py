@@ -22,13 +22,24 @@ logger = logging.getLogger(__name__)
 
 HANDSHAKE_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26")
 RESOURCE_NOT_FOUND_CODE = -32002
-SERVER_CAPABILITIES: dict[str, Any] = {
+BASE_CAPABILITIES: dict[str, Any] = {
     "tools": {"listChanged": True},
-    "resources": {"subscribe": True, "listChanged": True},
+    "resources": {"listChanged": True},
     "prompts": {"listChanged": True},
     "logging": {},
-    "completions": {},
 }
+
+
+def server_capabilities(backends: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What the gateway can do for this session: lists and logging always; completions
+    and resource subscriptions only if some backend offers them."""
+    capabilities = {key: dict(value) for key, value in BASE_CAPABILITIES.items()}
+    offered = [init.get("capabilities") or {} for init in backends.values()]
+    if any("completions" in c for c in offered):
+        capabilities["completions"] = {}
+    if any((c.get("resources") or {}).get("subscribe") for c in offered):
+        capabilities["resources"]["subscribe"] = True
+    return capabilities
 
 
 class RpcError(Exception):
@@ -52,7 +63,7 @@ class MethodHandler:
         version = requested if requested in HANDSHAKE_VERSIONS else HANDSHAKE_VERSIONS[0]
         result: dict[str, Any] = {
             "protocolVersion": version,
-            "capabilities": SERVER_CAPABILITIES,
+            "capabilities": server_capabilities(session.initialize_results()),
             "serverInfo": self._server_info,
         }
         instructions = [

@@ -37,7 +37,7 @@ from vmcp.server.security import RequestGuard
 from vmcp.session import Principal, SessionManager
 from vmcp.session.binding import InvalidIdentity
 from vmcp.session.channel import ClientChannel
-from vmcp.session.multisession import MultiSession
+from vmcp.session.multisession import MultiSession, RequestCancelled
 from vmcp.session.streams import Outbound, ResponseStream, parse_event_id
 
 logger = logging.getLogger(__name__)
@@ -238,9 +238,14 @@ class McpEndpoint:
 
         session.spawn(run())
         first = (await stream.after(0))[0][1]
-        if first.final and first.message is not None:
+        if first.final:
             session.streams.drop(stream.id)
-            await _send_json(send, 200, first.message)
+            if first.message is not None:
+                await _send_json(send, 200, first.message)
+            else:  # cancelled by the client: no response, just the end of an empty stream
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": SSE_HEADERS})
+                await send({"type": "http.response.body", "body": b""})
             return
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         priming = f"id: {stream.event_id(0)}\nretry: {RECONNECT_MS}\ndata: \n\n".encode()
@@ -263,8 +268,10 @@ class McpEndpoint:
                     if item.pause_ms is not None:
                         body = f"retry: {item.pause_ms}\n\n".encode()
                         done = True
+                    elif item.message is None:  # cancelled by the client: nothing to say
+                        body = b""
+                        done = wrote_final = True
                     else:
-                        assert item.message is not None
                         body = _sse(item.message, stream.event_id(position))
                         done = wrote_final = item.final
                     await send({"type": "http.response.body", "body": body, "more_body": True})
@@ -276,12 +283,14 @@ class McpEndpoint:
             session.streams.drop(stream.id)
 
     async def _answer(self, session: MultiSession, message: Incoming, channel: ClientChannel,
-                      principal: Principal) -> dict[str, Any]:
+                      principal: Principal) -> dict[str, Any] | None:
         request_id = message.id
         try:
             with session.track_request(request_id):
                 payload = await self._methods.request(session, message, channel, principal)
             return jsonrpc.result(request_id, payload)
+        except RequestCancelled:
+            return None
         except RpcError as exc:
             return jsonrpc.error(request_id, exc.code, exc.message, exc.data)
         except SessionClosed:

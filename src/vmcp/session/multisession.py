@@ -33,6 +33,12 @@ LIST_CHANGED = {
 UNSOLICITED = LIST_CHANGED | {"notifications/resources/updated"}
 SUBSCRIBER_BUFFER = 256
 
+
+
+class RequestCancelled(Exception):
+    """The client cancelled the request (``notifications/cancelled``): answer nothing."""
+
+
 Rebuild = Callable[[Mapping[str, BackendCatalog]], RoutingTable]
 Discover = Callable[[str, BackendConnection], Awaitable[BackendCatalog]]
 
@@ -173,7 +179,7 @@ class MultiSession:
                 if self._requests.get(request_id) is scope:
                     del self._requests[request_id]
         if scope.cancelled_caught:
-            raise SessionClosed("request cancelled by the client")
+            raise RequestCancelled(request_id)
 
     def cancel_request(self, request_id: Any) -> None:
         scope = self._requests.get(request_id)

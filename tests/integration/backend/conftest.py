@@ -9,6 +9,7 @@ does.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -52,6 +53,7 @@ class Seen:
     http_method: str
     rpc_method: str | None
     session_id: str | None
+    client_port: int = 0
 
 
 @dataclass
@@ -157,6 +159,8 @@ class Recorder:
         self.forget = forget
         self.refuse_get = refuse_get
         self.seen: list[Seen] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing: anyio.Event | None = None
 
     def count(self, rpc_method: str) -> int:
         return sum(1 for seen in self.seen if seen.rpc_method == rpc_method)
@@ -164,7 +168,19 @@ class Recorder:
     def http(self, http_method: str) -> list[Seen]:
         return [seen for seen in self.seen if seen.http_method == http_method]
 
+    def close_streams(self) -> None:
+        """End every open GET stream the way a server does when it shuts down.
+
+        Left open, uvicorn would cancel them after its grace period, and the SDK's
+        legacy SSE transport leaves memory streams unclosed when cancelled like that.
+        """
+        if self._loop is not None and self._closing is not None:
+            self._loop.call_soon_threadsafe(self._closing.set)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            self._loop = asyncio.get_running_loop()
+            self._closing = anyio.Event()
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -173,12 +189,12 @@ class Recorder:
         session_id = raw_session.decode() if raw_session is not None else None
         method = scope["method"]
         if method != "POST":
-            self.seen.append(Seen(method, None, session_id))
+            self.seen.append(Seen(method, None, session_id, scope["client"][1]))
             if method == "GET" and self.refuse_get:
                 await _respond(send, 405)
                 return
             if method == "GET":
-                await self.app(scope, receive, self._watch_get(send))
+                await self.app(scope, self._until_closing(receive), self._watch_get(send))
                 return
             await self.app(scope, receive, send)
             return
@@ -190,7 +206,7 @@ class Recorder:
                 break
         parsed = json.loads(body) if body else {}
         rpc_method = parsed.get("method") if isinstance(parsed, dict) else None
-        self.seen.append(Seen(method, rpc_method, session_id))
+        self.seen.append(Seen(method, rpc_method, session_id, scope["client"][1]))
         if session_id is not None and rpc_method in self.forget:
             await _respond(send, 404)
             return
@@ -204,6 +220,30 @@ class Recorder:
             return {"type": "http.request", "body": bytes(body), "more_body": False}
 
         await self.app(scope, replay, send)
+
+    def _until_closing(self, receive: Receive) -> Receive:
+        """``receive`` that reports a disconnect once :meth:`close_streams` was called."""
+        closing = self._closing
+        assert closing is not None
+
+        async def receive_until_closing() -> Message:
+            message: Message = {"type": "http.disconnect"}
+            async with anyio.create_task_group() as tg:
+
+                async def real() -> None:
+                    nonlocal message
+                    message = await receive()
+                    tg.cancel_scope.cancel()
+
+                async def stop() -> None:
+                    await closing.wait()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(real)
+                tg.start_soon(stop)
+            return message
+
+        return receive_until_closing
 
     def _watch_get(self, send: Send) -> Send:
         async def watching(message: Message) -> None:
@@ -279,7 +319,7 @@ class Backend:
             loop="asyncio",
             http="h11",
             ws="none",
-            timeout_graceful_shutdown=1,
+            timeout_graceful_shutdown=5,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
@@ -290,6 +330,7 @@ class Backend:
     def stop(self) -> None:
         if self._server is None or self._thread is None:
             return
+        self.seen.close_streams()
         self._server.should_exit = True
         self._thread.join(timeout=10)
         assert not self._thread.is_alive(), "backend did not stop"

@@ -157,6 +157,40 @@ async def test_listen_receives_session_wide_notifications(
     assert [message["method"] for message in received] == ["notifications/tools/list_changed"]
 
 
+async def test_listen_reopens_the_session_after_backend_restart(
+    start_backend: Any, open_connection: Any
+) -> None:
+    backend = start_backend("sse")
+    received: list[dict[str, Any]] = []
+    got_one = anyio.Event()
+    reinitialized = anyio.Event()
+
+    async def on_reinitialized(state: BackendState) -> None:
+        reinitialized.set()
+
+    with anyio.fail_after(WAIT):
+        connection = await open_connection(backend, on_reinitialized=on_reinitialized)
+
+        async def consume() -> None:
+            async with aclosing(connection.listen()) as messages:
+                async for message in messages:
+                    received.append(message)
+                    got_one.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consume)
+            await anyio.wait_all_tasks_blocked()
+            await backend.restart()
+            await reinitialized.wait()  # the listener did it; no call was made
+            assert backend.seen.count("initialize") == 1
+            await connection.request("tools/call", {"name": "announce", "arguments": {}})
+            await got_one.wait()
+            await connection.aclose()
+
+    assert [message["method"] for message in received] == ["notifications/tools/list_changed"]
+    assert connection.statistics().reinitializations == 1
+
+
 async def test_aclose_ends_the_stream_and_refuses_calls(
     start_backend: Any, open_connection: Any
 ) -> None:
@@ -173,6 +207,6 @@ async def test_unreachable_backend_raises_unavailable(
     start_backend: Any, open_connection: Any
 ) -> None:
     backend = start_backend("sse")
-    backend.stop()
+    await anyio.to_thread.run_sync(backend.stop)
     with anyio.fail_after(WAIT), pytest.raises(BackendUnavailable):
         await open_connection(backend)

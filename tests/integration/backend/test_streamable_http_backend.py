@@ -72,6 +72,21 @@ async def test_connect_list_and_call(
     assert connection.statistics().requests == 2
 
 
+@pytest.mark.parametrize("json_response", [False, True], ids=["sse-responses", "json-responses"])
+async def test_calls_reuse_one_http_connection(
+    start_backend: Any, open_connection: Any, json_response: bool
+) -> None:
+    backend = start_backend(json_response=json_response)
+    with anyio.fail_after(WAIT):
+        connection = await open_connection(backend)
+        for i in range(5):
+            await connection.request("tools/call", add(i, i))
+    # A response stream read to its end returns the connection to the pool; one
+    # closed early would cost a new TCP connection per call.
+    calls = [seen for seen in backend.seen.seen if seen.rpc_method == "tools/call"]
+    assert len({seen.client_port for seen in calls}) == 1
+
+
 async def test_stateless_backend_has_no_session(start_backend: Any, open_connection: Any) -> None:
     backend = start_backend(stateless=True, json_response=True)
     with anyio.fail_after(WAIT):
@@ -331,7 +346,7 @@ async def test_unreachable_backend_raises_unavailable(
     backend = start_backend()
     with anyio.fail_after(WAIT):
         connection = await open_connection(backend)
-        backend.stop()
+        await anyio.to_thread.run_sync(backend.stop)
         with pytest.raises(BackendUnavailable):
             await connection.request("tools/list", None)
         assert connection.statistics().errors == 1

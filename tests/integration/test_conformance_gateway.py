@@ -1,0 +1,33 @@
+"""The official MCP conformance suite, run through a gateway in front of the fixture backend.
+
+The fixture backend passes every check on its own (see ``tests/conformance``); the
+gateway passes tool, prompt and resource names through unchanged, so any check failing
+here is something the gateway changed on the way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conformance.harness import run_conformance
+from tests.support.processes import ManagedProcess
+
+SPEC_VERSION = "2025-11-25"
+MIN_PASSED_CHECKS = 80
+
+
+# The first run installs the suite from npm, which can take a while.
+@pytest.mark.timeout(900)
+def test_conformance_suite_passes_through_the_gateway_without_failures(
+    conformance_gateway: ManagedProcess, tmp_path: Path
+) -> None:
+    report = run_conformance(conformance_gateway.url, SPEC_VERSION, tmp_path / "results")
+
+    summary = report.describe()
+    assert report.scenarios, summary
+    assert report.failed == 0, summary
+    assert not report.failed_scenarios, summary
+    assert report.passed >= MIN_PASSED_CHECKS, summary
+    assert report.exit_code == 0, summary
