@@ -131,7 +131,7 @@ class McpHttpSession:
     def __init__(self, client: httpx2.AsyncClient, url: str,
                  headers: Mapping[str, str] | None = None) -> None:
         self._client = client
-        self._url = url
+        self.url = url
         self._extra_headers = dict(headers or {})
         self._next_id = 0
         self.session_id: str | None = None
@@ -150,7 +150,7 @@ class McpHttpSession:
         request_id = self._next_id
         body = json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method,
                            "params": params}).encode()
-        response = await self._client.post(self._url, content=body, headers=self._headers())
+        response = await self._client.post(self.url, content=body, headers=self._headers())
         if response.status_code != 200:
             raise LoadError(f"{method}: HTTP {response.status_code}: {response.text[:200]}")
         message = _response_message(response, request_id)
@@ -164,7 +164,7 @@ class McpHttpSession:
 
     async def notify(self, method: str) -> None:
         body = json.dumps({"jsonrpc": "2.0", "method": method}).encode()
-        response = await self._client.post(self._url, content=body, headers=self._headers())
+        response = await self._client.post(self.url, content=body, headers=self._headers())
         if response.status_code not in (200, 202):
             raise LoadError(f"{method}: HTTP {response.status_code}")
 
@@ -185,7 +185,7 @@ class McpHttpSession:
     async def delete(self) -> None:
         if self.session_id is None:
             return
-        response = await self._client.delete(self._url, headers=self._headers())
+        response = await self._client.delete(self.url, headers=self._headers())
         if response.status_code not in (200, 202, 204, 404, 405):
             raise LoadError(f"DELETE: HTTP {response.status_code}")
         self.session_id = None

@@ -99,10 +99,8 @@ class Processes:
         if proc.popen.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.popen.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                pass
         # The group is the process's own session (start_new_session): its workers too.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)

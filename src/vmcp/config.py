@@ -13,6 +13,7 @@ Layout of the file (every key optional except each backend's ``name`` and ``url`
                   incoming: {type: anonymous | oidc | static,
                              issuer, audience, jwks_url | jwks_file, algorithms, leeway_seconds,
                              jwks_min_refresh_seconds, jwks_max_age_seconds, jwks_timeout_seconds,
+                             extra_issuers: [{issuer, jwks_url | jwks_file}],
                              tokens: [{token_sha256 | token_env, issuer, subject}]}}
 
 Environment overrides are named ``VMCP_<SECTION>__<KEY>`` (``VMCP_SERVER__PORT=5000``,
@@ -87,6 +88,7 @@ __all__ = [
     "StaticTokenConfig",
     "StoreKind",
     "ToolOverride",
+    "TrustedIssuerConfig",
     "Transport",
     "VmcpConfig",
     "load_config",
@@ -600,9 +602,45 @@ class StaticTokenConfig(_Frozen):
         return self
 
 
+class TrustedIssuerConfig(_Frozen):
+    """A further issuer ``oidc`` incoming auth trusts, with its own signing keys.
+
+    Its tokens are checked exactly like the main issuer's (same audience, algorithms and
+    leeway) but only ever against its own keys, chosen by the token's ``iss``.
+    """
+
+    issuer: str
+    jwks_url: str | None = None
+    jwks_file: str | None = None
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, value: str) -> str:
+        return _check_http_url(value, allow_query=False)
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _jwks_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_http_url(value)
+
+    @field_validator("jwks_file")
+    @classmethod
+    def _jwks_file(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must be a file path")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.jwks_url is None) == (self.jwks_file is None):
+            raise ValueError("give exactly one of jwks_url and jwks_file")
+        return self
+
+
 _OIDC_KEYS = (
     "issuer", "audience", "jwks_url", "jwks_file", "algorithms", "leeway_seconds",
     "jwks_min_refresh_seconds", "jwks_max_age_seconds", "jwks_timeout_seconds",
+    "extra_issuers",
 )
 _KEYS_OF_TYPE: dict[str, tuple[str, ...]] = {
     "anonymous": (),
@@ -623,7 +661,9 @@ class IncomingAuthConfig(_Frozen):
       ``leeway_seconds`` is the clock skew tolerated on ``exp``/``nbf``/``iat``. Unknown key
       ids refetch the key set at most once per ``jwks_min_refresh_seconds``; the set is
       refetched anyway once older than ``jwks_max_age_seconds``, so a withdrawn key stops
-      being trusted.
+      being trusted. ``extra_issuers`` lists further issuers to trust, each with its own
+      keys (see :class:`TrustedIssuerConfig`); a session stays bound to issuer *and*
+      subject, so the same ``sub`` from two issuers is two identities.
     * ``static`` - ``tokens`` maps fixed bearer tokens to identities (see
       :class:`StaticTokenConfig`).
 
@@ -642,6 +682,7 @@ class IncomingAuthConfig(_Frozen):
     jwks_min_refresh_seconds: float = Field(default=30.0, gt=0, allow_inf_nan=False)
     jwks_max_age_seconds: float = Field(default=600.0, gt=0, allow_inf_nan=False)
     jwks_timeout_seconds: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    extra_issuers: tuple[TrustedIssuerConfig, ...] = ()
     tokens: tuple[StaticTokenConfig, ...] = ()
 
     @field_validator("issuer")
@@ -708,6 +749,10 @@ class IncomingAuthConfig(_Frozen):
                 problems.append("type 'oidc' needs audience (what the tokens' aud must name)")
             if (self.jwks_url is None) == (self.jwks_file is None):
                 problems.append("type 'oidc' needs exactly one of jwks_url and jwks_file")
+            issuers = [self.issuer, *(extra.issuer for extra in self.extra_issuers)]
+            repeated = sorted({i for i in issuers if i is not None and issuers.count(i) > 1})
+            if repeated:
+                problems.append(f"issuer listed more than once: {', '.join(repeated)}")
         elif self.type == "static":
             if not self.tokens:
                 problems.append("type 'static' needs at least one entry in tokens")

@@ -8,9 +8,9 @@ The tree::
     │   ├── SessionTerminated      a placeholder ended before it was full  → 404, -32001
     │   └── SessionNotYours        caller is not the session's identity    → 404, -32001
     ├── InvalidSessionId           malformed id (before any store call)    → 400 (or 404)
-    ├── AuthenticationError        no, bad or refused credentials          → 401 + WWW-Authenticate
-    │   ├── MalformedCredentials   an Authorization header that is not one Bearer token → 400
-    │   └── AuthenticationUnavailable  the issuer's signing keys cannot be fetched → 503
+    ├── AuthenticationError        missing, invalid or refused credentials → 401, -32600
+    │   ├── MalformedCredentials   not exactly one well-formed Bearer token → 400
+    │   └── AuthenticationUnavailable  the issuer's keys cannot be fetched  → 503
     ├── InvalidMetadata            metadata that is not a dict of str→str  → 500-free: a bug
     ├── StoreError                 the metadata store could not answer     → 503, -32603
     │   ├── StoreUnavailable       connection refused / reset, bad reply
@@ -99,9 +99,13 @@ class AuthenticationError(VmcpError):
     jsonrpc_code = INVALID_REQUEST_CODE
     public_message = "Unauthorized"
 
-    def __init__(self, description: str, *, www_authenticate: str) -> None:
+    def __init__(self, description: str, *, www_authenticate: str | None) -> None:
         super().__init__(description)
         self.www_authenticate = www_authenticate
+
+    def response_headers(self) -> list[tuple[str, str]]:
+        """The headers the refusal is answered with, besides the JSON-RPC error body."""
+        return [("www-authenticate", self.www_authenticate)] if self.www_authenticate else []
 
 
 class MalformedCredentials(AuthenticationError):
@@ -123,6 +127,9 @@ class AuthenticationUnavailable(AuthenticationError):
 
     http_status = 503
     public_message = "Authentication temporarily unavailable, retry"
+
+    def response_headers(self) -> list[tuple[str, str]]:
+        return [*super().response_headers(), ("retry-after", "5")]
 
 
 class InvalidMetadata(VmcpError, ValueError):

@@ -10,6 +10,7 @@ import httpx2
 
 from vmcp.backend.connection import (
     DEFAULT_PROTOCOL_VERSION,
+    STREAM_PAUSED,
     BackendConnection,
     BackendRpcError,
     BackendState,
@@ -23,6 +24,7 @@ from vmcp.backend.streamable_http import StreamableHttpBackend
 
 __all__ = [
     "DEFAULT_PROTOCOL_VERSION",
+    "STREAM_PAUSED",
     "BackendConnection",
     "BackendRpcError",
     "BackendState",

@@ -75,6 +75,11 @@ DEFAULT_RETRY: Final = 1.0
 LISTEN_BACKOFF_MAX: Final = 30.0
 """Upper bound of the delay between two attempts to reopen a ``listen`` stream."""
 
+STREAM_PAUSED: Final = "vmcp/streamPaused"
+"""A pseudo-notification given to ``on_message`` when a backend ends a response stream
+before the response (MCP SSE polling); ``params.retryMs`` says when the call resumes.
+It never comes from the wire (``/`` -namespaced methods there are MCP's own)."""
+
 JSON: Final = "application/json"
 EVENT_STREAM: Final = "text/event-stream"
 

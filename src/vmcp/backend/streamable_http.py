@@ -32,6 +32,7 @@ from vmcp.backend.connection import (
     JSON,
     LISTEN_BACKOFF_MAX,
     MAX_MESSAGE_BYTES,
+    STREAM_PAUSED,
     TERMINATE_TIMEOUT,
     BackendState,
     BackendTarget,
@@ -237,6 +238,13 @@ class StreamableHttpBackend(BaseBackend):
                             raise
                         final = None
                     if final is None:
+                        # The backend ended the stream early (SSE polling): let the caller
+                        # mirror that to its own client before this call resumes.
+                        retry = DEFAULT_RETRY if cursor.retry is None else cursor.retry
+                        await self._deliver(
+                            {"method": STREAM_PAUSED, "params": {"retryMs": int(retry * 1000)}},
+                            on_message,
+                        )
                         final = await self._resume(request_id, headers, on_message, cursor)
                     return result_of(name, final), response.headers.get(SESSION_HEADER)
                 raise BackendProtocolError(name, f"unexpected content type {content_type!r}")

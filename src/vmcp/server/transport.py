@@ -253,10 +253,13 @@ class McpEndpoint:
         await self._write_events(receive, send, session, stream, after=0)
 
     async def _write_events(self, receive: Receive, send: Send, session: MultiSession,
-                            stream: ResponseStream, *, after: int) -> None:
+                            stream: ResponseStream, *, after: int,
+                            stale_pauses: int = 0) -> None:
         """Write ``stream``'s events past ``after`` until its final one or a pause.
 
-        A client that disconnects only stops the writing; the events stay for a resume.
+        Pauses at positions up to ``stale_pauses`` were meant for an earlier connection
+        (the one the client is resuming from) and are skipped. A client that disconnects
+        only stops the writing; the events stay for a resume.
         """
         async with anyio.create_task_group() as tg:
             tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
@@ -266,6 +269,8 @@ class McpEndpoint:
                 events = await stream.after(position)
                 for position, item in events:
                     if item.pause_ms is not None:
+                        if position <= stale_pauses:
+                            continue
                         body = f"retry: {item.pause_ms}\n\n".encode()
                         done = True
                     elif item.message is None:  # cancelled by the client: nothing to say
@@ -320,7 +325,8 @@ class McpEndpoint:
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         if resumed is not None:
             stream, seq = resumed
-            await self._write_events(receive, send, session, stream, after=seq)
+            await self._write_events(receive, send, session, stream, after=seq,
+                                     stale_pauses=len(stream))
             return
         await send({"type": "http.response.body", "body": b": stream open\n\n",
                     "more_body": True})

@@ -16,7 +16,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from vmcp.aggregate import BackendCatalog, RoutingTable
-from vmcp.backend import BackendConnection
+from vmcp.backend import STREAM_PAUSED, BackendConnection
 from vmcp.errors import SessionClosed, StoreError
 from vmcp.session.channel import ClientChannel, PendingClientRequests
 from vmcp.session.streams import ResponseStream, ResponseStreams
@@ -111,7 +111,9 @@ class MultiSession:
                 answer = await channel.request(message["method"], message.get("params"))
                 reply = {k: v for k, v in answer.items() if k in ("result", "error")}
                 return {"jsonrpc": "2.0", "id": message["id"], **reply}
-            if message.get("method") in UNSOLICITED:
+            if message.get("method") == STREAM_PAUSED:
+                channel.pause(int(message["params"]["retryMs"]))
+            elif message.get("method") in UNSOLICITED:
                 await self._announce(backend, message)
             else:
                 await channel.notify(message)

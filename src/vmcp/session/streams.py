@@ -50,6 +50,9 @@ class ResponseStream:
         self._changed.set()
         self._changed = anyio.Event()
 
+    def __len__(self) -> int:
+        return len(self._events)
+
     @property
     def finished(self) -> bool:
         return self.finished_at is not None

@@ -1,0 +1,309 @@
+"""Writing a benchmark run out: ``RESULTS.md``, ``results.png`` and ``results.json``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bench.run import Report
+
+SCENARIO_ORDER = "abcdef"
+OTHER_CPU = ("redis", "nginx")
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _cpu_ms(run: dict[str, Any], label: str) -> float | None:
+    seconds = run["cpu_seconds"].get(label)
+    if seconds is None or not run["calls"]:
+        return None
+    return 1000 * seconds / run["calls"]
+
+
+def _ratio(value: float | None, base: float | None) -> str:
+    if not value or not base:
+        return "-"
+    ratio = value / base
+    return f"{ratio:.2f}" if ratio < 10 else f"{ratio:.0f}"
+
+
+def _table(report: Report, tool: str) -> list[str]:
+    base_a = report.best("a", tool)
+    base_e = report.best("e", tool)
+    lines = [
+        "| scenario | calls | calls/s | p50 ms | p90 ms | p99 ms | gateway CPU ms/call "
+        "| backend CPU ms/call | Redis + nginx CPU ms/call | load generator CPU ms/call "
+        "| throughput ÷ (a) | throughput ÷ (e) |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for key in SCENARIO_ORDER:
+        run = report.best(key, tool)
+        title = f"({key}) {report.titles.get(key, '')}"
+        if run is None:
+            reason = report.skipped.get(key, "no result (see Failures)")
+            lines.append(f"| {title} | {reason} |  |  |  |  |  |  |  |  |  |  |")
+            continue
+        other = [_cpu_ms(run, label) for label in OTHER_CPU]
+        other_ms = sum(v for v in other if v is not None) if any(
+            v is not None for v in other) else None
+        marker = " (time-limited)" if run.get("stopped_by_time_limit") else ""
+        lines.append(
+            f"| {title} | {run['calls']}{marker} | {_fmt(run['calls_per_second'], 0)} "
+            f"| {_fmt(run['p50_ms'])} | {_fmt(run['p90_ms'])} | {_fmt(run['p99_ms'])} "
+            f"| {_fmt(_cpu_ms(run, 'gateway'), 2)} | {_fmt(_cpu_ms(run, 'backend'), 2)} "
+            f"| {_fmt(other_ms, 2)} | {_fmt(_cpu_ms(run, 'load generator'), 2)} "
+            f"| {_ratio(run['calls_per_second'], base_a and base_a['calls_per_second'])} "
+            f"| {_ratio(run['calls_per_second'], base_e and base_e['calls_per_second'])} |")
+    return lines
+
+
+def _headline(report: Report) -> list[str]:
+    out = []
+    a, e = report.best("a", "echo"), report.best("e", "echo")
+    for key in "bcd":
+        run = report.best(key, "echo")
+        if run is None:
+            continue
+        parts = []
+        if a:
+            parts.append(f"{run['calls_per_second'] / a['calls_per_second']:.2f}x the "
+                         "direct throughput")
+        if e:
+            parts.append(f"{run['calls_per_second'] / e['calls_per_second']:.0f}x FastMCP's "
+                         "proxy")
+        gateway = _cpu_ms(run, "gateway")
+        if gateway is not None:
+            parts.append(f"{gateway:.2f} ms of gateway CPU per call")
+        out.append(f"* **({key}) {report.titles[key]}**: " + ", ".join(parts) + ".")
+    return out
+
+
+def _micro(report: Report) -> list[str]:
+    m = report.micro
+    out: list[str] = []
+    per_call = m.get("redis_per_call") or []
+    if per_call:
+        latest = per_call[-1]
+        breakdown = ", ".join(f"`{k}` {v:.2f}" for k, v in sorted(latest["commands_per_call"]
+                                                                   .items()))
+        out.append(f"* **Redis round trips per `tools/call`** (scenario c, calls phase, "
+                   f"{latest['calls']} calls): **{latest['total_per_call']:.2f}** "
+                   f"({breakdown}). All rounds: "
+                   + ", ".join(f"{r['total_per_call']:.2f}" for r in per_call) + ".")
+    idle = m.get("redis_idle_commands_2s")
+    if idle is not None:
+        out.append(f"* Redis commands from 5 idle vmcp processes over 2 s (background noise "
+                   f"in the count above): {sum(idle.values())} {idle or ''}.")
+    life = m.get("redis_per_session_lifecycle")
+    if life:
+        breakdown = ", ".join(f"`{k}` {v:.1f}" for k, v in sorted(
+            life["commands_per_session"].items()))
+        out.append(f"* Redis commands per whole session with no calls (initialize + "
+                   f"initialized + DELETE, {life['sessions']} sessions): "
+                   f"**{life['total_per_session']:.1f}** ({breakdown}).")
+    restore = m.get("restore_latency")
+    if restore:
+        out.append(
+            f"* **Restore on a cold replica vs a cache hit** (two replicas on one Redis, "
+            f"{restore['trials']} sessions, sequential): first call on the other replica "
+            f"p50 **{restore['cold_p50_ms']:.1f} ms** (p90 {restore['cold_p90_ms']:.1f}); "
+            f"later calls there p50 **{restore['hit_p50_ms']:.1f} ms** (p90 "
+            f"{restore['hit_p90_ms']:.1f}); back on the creating replica p50 "
+            f"{restore['creating_replica_p50_ms']:.1f} ms.")
+    mem = m.get("memory_per_session")
+    if mem:
+        out.append(
+            f"* **Memory per live session**: **{mem['gateway_kib_per_session']:.1f} KiB** "
+            f"(RSS of a fresh vmcp process, memory store, {mem['gateway_rss_before_mib']:.1f}"
+            f" → {mem['gateway_rss_after_mib']:.1f} MiB over {mem['sessions']} idle "
+            f"sessions; {mem['gateway_rss_after_delete_mib']:.1f} MiB after deleting them). "
+            f"The backend's own cost per session, for scale: "
+            f"{mem['backend_kib_per_session']:.1f} KiB.")
+    creation = m.get("session_creation")
+    if creation:
+        out.append("* **Session creation** (initialize + notifications/initialized, "
+                   f"{report.plan.sessions} concurrent clients):")
+        out.append("")
+        out.append("  | gateway | sessions | sessions/s | initialize p50 ms | p99 ms "
+                   "| DELETEs/s |")
+        out.append("  |---|--:|--:|--:|--:|--:|")
+        for title, r in creation.items():
+            out.append(f"  | {title} | {r['sessions']} | {r['sessions_per_second']:.0f} "
+                       f"| {r['initialize_p50_ms']:.1f} | {r['initialize_p99_ms']:.1f} "
+                       f"| {r['deletes_per_second']:.0f} |")
+    return out
+
+
+def _profile(report: Report) -> list[str]:
+    p = report.profile
+    if p is None:
+        return ["Not profiled in this run."]
+    total = max(p.samples, 1)
+    out = [f"py-spy, {p.samples} on-CPU samples of the scenario-(c) vmcp process (Redis "
+           f"store) under the echo load; files: "
+           + ", ".join(f"`{f}`" for f in report.profile_files) + ".", "",
+           "Where the CPU went (each sample charged to the innermost frame of a known "
+           "library; standard-library leaves go to their caller):", "",
+           "| part | share |", "|---|--:|"]
+    out += [f"| {name} | {100 * n / total:.1f}% |" for name, n in p.categories]
+    out += ["", "Hottest lines (self time):", "", "| function | where | share |",
+            "|---|---|--:|"]
+    out += [f"| `{f}` | `{w}` | {100 * n / total:.1f}% |" for f, w, n in p.self_lines]
+    out += ["", "vmcp functions, inclusive (time in them and everything they call):", "",
+            "| function | file | share |", "|---|---|--:|"]
+    out += [f"| `{f}` | `{w}` | {100 * n / total:.1f}% |" for f, w, n in p.vmcp_inclusive]
+    out += ["", "vmcp lines charged with everything below them that is not vmcp "
+            "(library calls included):", "", "| function | where | share |", "|---|---|--:|"]
+    out += [f"| `{f}` | `{w}` | {100 * n / total:.1f}% |" for f, w, n in p.vmcp_self_lines]
+    return out
+
+
+def _rounds(report: Report) -> list[str]:
+    out = ["| scenario | run | calls/s per round |", "|---|---|---|"]
+    for key in "abcd":
+        for tool, runs in report.runs.get(key, {}).items():
+            out.append(f"| ({key}) | {tool} | "
+                       + ", ".join(f"{r['calls_per_second']:.0f}" for r in runs) + " |")
+    return out
+
+
+def _modes(report: Report) -> list[str]:
+    if not report.modes:
+        return ["Not measured in this run (`--quick`)."]
+    out = ["| SDK server mode | calls/s | p50 ms | p99 ms | backend CPU ms/call |",
+           "|---|--:|--:|--:|--:|"]
+    for m in report.modes:
+        out.append(f"| {m['mode']} | {m['calls_per_second']:.0f} | {m['p50_ms']:.1f} "
+                   f"| {m['p99_ms']:.1f} | {_fmt(_cpu_ms(m, 'backend'), 2)} |")
+    return out
+
+
+def markdown(report: Report) -> str:
+    plan = report.plan
+    lines = [
+        "# What vmcp costs per call",
+        "",
+        f"Produced by `python -m bench.run{' --quick' if plan.quick else ''}` "
+        f"({report.machine.get('date', report.started)}, {report.seconds:.0f} s). Generated "
+        "file: re-run the command rather than editing it.",
+        "",
+        f"Every scenario runs against the same bench backend process (`bench/backend.py`: "
+        f"official SDK, `echo` and a 5 KiB `blob`). Load: {plan.sessions} concurrent "
+        f"sessions, each `initialize`, {plan.warmup} warm-up calls, then up to "
+        f"{plan.echo_calls} `echo` calls (or {plan.blob_calls} `blob` calls) back to back, "
+        f"then `DELETE`; figures cover the calls phase only. Scenarios (a)-(d) ran "
+        f"{plan.rounds}x interleaved; the round with the best throughput is shown (all "
+        "rounds below). (e) and (f) are bounded by time "
+        f"({plan.slow_time_limit:g} s per run) rather than by count.",
+        "",
+        "## Headline (echo)",
+        "",
+        *_headline(report),
+        "",
+        f"## echo ({plan.sessions} sessions x {plan.echo_calls} calls)",
+        "",
+        *_table(report, "echo"),
+        "",
+        f"## blob, 5 KiB result ({plan.sessions} sessions x {plan.blob_calls} calls)",
+        "",
+        *_table(report, "blob"),
+        "",
+        "CPU columns are CPU seconds (utime + stime from `/proc/<pid>/stat`, 10 ms ticks) "
+        "used during the calls phase divided by the calls made. Gateway = the vmcp "
+        "process(es), FastMCP's or ContextForge's process. All processes share 2 cores, "
+        "so the load generator's and the backend's CPU limit throughput too.",
+        "",
+        "Initialize latency p50 (ms), for reference: "
+        + ", ".join(f"({k}) {_fmt(r['initialize_p50_ms'])}" for k in SCENARIO_ORDER
+                    if (r := report.best(k, "echo")) is not None) + ".",
+        "",
+        "## Micro-figures",
+        "",
+        *_micro(report),
+        "",
+        "## Profile of one vmcp process under load",
+        "",
+        *_profile(report),
+        "",
+        "## Backend response mode",
+        "",
+        "The bench backend serves stateful sessions with `json_response=True`; measured "
+        "direct, same load as the echo run:",
+        "",
+        *_modes(report),
+        "",
+        "## All rounds",
+        "",
+        *_rounds(report),
+        "",
+        "## Skipped and failed",
+        "",
+        *([f"* ({k}) {v}" for k, v in report.skipped.items()]
+          + [f"* {f}" for f in report.failures] or ["Nothing."]),
+        "",
+        "## Machine",
+        "",
+        *[f"* {k}: {v}" for k, v in report.machine.items()],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot(report: Report, path: Path) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install -r bench/requirements.txt)"
+    keys = [k for k in SCENARIO_ORDER if report.best(k, "echo") or report.best(k, "blob")]
+    if not keys:
+        return "no results to plot"
+    labels = [f"({k})\n{report.titles.get(k, '')}".replace(", ", "\n", 1) for k in keys]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.5))
+    width = 0.38
+    xs = list(range(len(keys)))
+    ax = axes[0]
+    for offset, tool in ((-width / 2, "echo"), (width / 2, "blob")):
+        values = [(r["calls_per_second"] if (r := report.best(k, tool)) else 0) for k in keys]
+        bars = ax.bar([x + offset for x in xs], values, width, label=tool)
+        ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax.set_title("throughput (calls/s, higher is better)")
+    ax.set_xticks(xs, labels, fontsize=7)
+    ax.legend()
+    for ax, tool in ((axes[1], "echo"), (axes[2], "blob")):
+        for i, (pct, offset) in enumerate((("p50", -0.27), ("p90", 0), ("p99", 0.27))):
+            values = [(r[f"{pct}_ms"] if (r := report.best(k, tool)) else 0) for k in keys]
+            ax.bar([x + offset for x in xs], values, 0.27, label=pct, color=f"C{i + 2}")
+        ax.set_yscale("log")
+        ax.set_title(f"{tool} latency (ms, log scale, lower is better)")
+        ax.set_xticks(xs, labels, fontsize=7)
+        ax.legend()
+    fig.suptitle(f"vmcp benchmark, {report.plan.sessions} concurrent sessions, "
+                 f"{report.machine.get('nproc', '?')} cores, "
+                 f"{report.machine.get('date', '')}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def write_outputs(report: Report, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    problem = plot(report, out / "results.png")
+    if problem:
+        report.failures.append(f"results.png: {problem}")
+    (out / "RESULTS.md").write_text(markdown(report))
+    data = dataclasses.asdict(report)
+    (out / "results.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
