@@ -31,10 +31,13 @@ from vmcp.server.transport import McpEndpoint
 from vmcp.session import ANONYMOUS, Principal, SessionManager
 from vmcp.session.connector import BackendConnector
 from vmcp.store import RedisStore, open_store
+from vmcp.store.event_log import RedisEventLog
 from vmcp.store.pubsub import RedisEndedSessionBus, RedisSessionRelay
 
 logger = logging.getLogger(__name__)
 
+# How long an interrupted response stream can be resumed on another replica.
+STREAM_EVENTS_TTL = 300.0
 BACKEND_POOL = httpx2.Limits(max_connections=512, max_keepalive_connections=128)
 
 
@@ -69,14 +72,18 @@ def create_app(config: VmcpConfig) -> Starlette:
                            sweep_interval_seconds=session.sweep_interval_seconds)
         ended: RedisEndedSessionBus | None = None
         relay: RedisSessionRelay | None = None
+        event_log: RedisEventLog | None = None
         if isinstance(store, RedisStore):
+            event_log = RedisEventLog(store.client, session.key_prefix + "events:",
+                                      ttl_seconds=STREAM_EVENTS_TTL, max_events=10_000,
+                                      timeout_seconds=session.store_timeout_seconds)
             ended = RedisEndedSessionBus(store.client, session.key_prefix + "ended",
                                          timeout_seconds=session.store_timeout_seconds)
             relay = RedisSessionRelay(store.client, session.key_prefix + "relay:",
                                       timeout_seconds=session.store_timeout_seconds)
         async with store, httpx2.AsyncClient(limits=BACKEND_POOL) as http, \
                 anyio.create_task_group() as background:
-            connector = BackendConnector(config, http, relay=relay)
+            connector = BackendConnector(config, http, relay=relay, event_log=event_log)
             manager = SessionManager(store, connector, cache_capacity=session.cache_capacity,
                                      ended_sessions=ended)
             background.start_soon(manager.follow_ended_sessions)

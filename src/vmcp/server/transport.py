@@ -23,6 +23,7 @@ from starlette.types import Message, Receive, Scope, Send
 from vmcp.errors import (
     INTERNAL_ERROR_CODE,
     INVALID_REQUEST_CODE,
+    AuthenticationError,
     BackendError,
     InvalidSessionId,
     SessionClosed,
@@ -184,6 +185,10 @@ class McpEndpoint:
     async def _principal(self, headers: Headers, request_id: Any) -> Principal:
         try:
             return await self._authenticate(headers)
+        except AuthenticationError as exc:
+            # Before any session lookup, so the answer is the same for every session id.
+            raise _Reply(exc.http_status, jsonrpc.error(request_id, exc.jsonrpc_code, str(exc)),
+                         [(k.encode(), v.encode()) for k, v in exc.response_headers()]) from exc
         except InvalidIdentity as exc:
             raise _Reply(401, jsonrpc.error(request_id, INVALID_REQUEST_CODE, str(exc))) from exc
 
@@ -286,6 +291,32 @@ class McpEndpoint:
             tg.cancel_scope.cancel()
         if wrote_final:
             session.streams.drop(stream.id)
+        else:  # paused, or the client went away: make it resumable on any replica
+            session.persist_stream(stream)
+
+    async def _write_logged_events(self, receive: Receive, send: Send, session: MultiSession,
+                                   stream_id: str, *, after: int) -> None:
+        """Resume a stream another replica runs, from the event log, until its end.
+
+        Pauses recorded there were for earlier connections; this one stays to the end.
+        """
+        assert session.event_log is not None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
+            try:
+                async for position, record in session.event_log.read(
+                        session.session_id, stream_id, after):
+                    message = record.get("m")
+                    if isinstance(message, dict):
+                        await send({"type": "http.response.body", "more_body": True,
+                                    "body": _sse(message, f"{stream_id}.{position}")})
+                    if record.get("final"):
+                        break
+            except StoreError as exc:
+                logger.warning("resuming from the event log failed: %s", exc,
+                               extra={"session_id": session.session_id})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            tg.cancel_scope.cancel()
 
     async def _answer(self, session: MultiSession, message: Incoming, channel: ClientChannel,
                       principal: Principal) -> dict[str, Any] | None:
@@ -321,12 +352,19 @@ class McpEndpoint:
                 "Not Acceptable: Accept must include text/event-stream"))
         principal = await self._principal(headers, None)
         session = await self._session(headers, principal, None)
-        resumed = _resumable(session, headers.get("last-event-id"))
+        last_event_id = parse_event_id(headers.get("last-event-id") or "")
+        local = session.streams.get(last_event_id[0]) if last_event_id else None
+        logged = (last_event_id is not None and local is None
+                  and session.event_log is not None
+                  and await _logged(session, last_event_id[0]))
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-        if resumed is not None:
-            stream, seq = resumed
-            await self._write_events(receive, send, session, stream, after=seq,
-                                     stale_pauses=len(stream))
+        if last_event_id is not None and local is not None:
+            await self._write_events(receive, send, session, local, after=last_event_id[1],
+                                     stale_pauses=len(local))
+            return
+        if last_event_id is not None and logged:
+            await self._write_logged_events(receive, send, session, last_event_id[0],
+                                            after=last_event_id[1])
             return
         await send({"type": "http.response.body", "body": b": stream open\n\n",
                     "more_body": True})
@@ -387,16 +425,13 @@ def _sse(message: dict[str, Any], event_id: str | None = None) -> bytes:
     return head + b"data: " + jsonrpc.dumps(message) + b"\n\n"
 
 
-def _resumable(session: MultiSession, last_event_id: str | None
-               ) -> tuple[ResponseStream, int] | None:
-    """The response stream and position a ``Last-Event-ID`` names, if this session has it."""
-    if not last_event_id:
-        return None
-    parsed = parse_event_id(last_event_id)
-    if parsed is None:
-        return None
-    stream = session.streams.get(parsed[0])
-    return None if stream is None else (stream, parsed[1])
+async def _logged(session: MultiSession, stream_id: str) -> bool:
+    """True if another replica keeps this stream's events in the event log."""
+    assert session.event_log is not None
+    try:
+        return await session.event_log.exists(session.session_id, stream_id)
+    except StoreError:
+        return False
 
 
 

@@ -16,6 +16,7 @@ from vmcp.config import BackendConfig, VmcpConfig
 from vmcp.errors import BackendError, ConfigError
 from vmcp.session.binding import Principal
 from vmcp.session.multisession import MultiSession
+from vmcp.store.event_log import EventLog
 from vmcp.store.pubsub import SessionRelay
 
 logger = logging.getLogger(__name__)
@@ -51,9 +52,11 @@ class BackendConnector:
         record_state: StateRecorder | None = None,
         is_healthy: HealthFilter | None = None,
         relay: SessionRelay | None = None,
+        event_log: EventLog | None = None,
     ) -> None:
         self._config = config
         self._relay = relay
+        self._event_log = event_log
         self._http = http
         self._record_state = record_state
         self._is_healthy = is_healthy
@@ -141,6 +144,7 @@ class BackendConnector:
                     tg.start_soon(one, name, connection)
             return MultiSession(session_id, connections, catalogs, rebuild=self.route,
                                 discover=discover, relay=self._relay,
+                                event_log=self._event_log,
                                 replica_id=self._config.server.replica_id)
         except BaseException:
             with anyio.CancelScope(shield=True):

@@ -20,6 +20,7 @@ from vmcp.backend import STREAM_PAUSED, BackendConnection
 from vmcp.errors import SessionClosed, StoreError
 from vmcp.session.channel import ClientChannel, PendingClientRequests
 from vmcp.session.streams import ResponseStream, ResponseStreams
+from vmcp.store.event_log import EventLog
 from vmcp.store.pubsub import SessionRelay
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class MultiSession:
         rebuild: Rebuild,
         discover: Discover,
         relay: SessionRelay | None = None,
+        event_log: EventLog | None = None,
         replica_id: str = "",
     ) -> None:
         self._session_id = session_id
@@ -66,10 +68,13 @@ class MultiSession:
         self._rebuild = rebuild
         self._discover = discover
         self._relay = relay
+        self.event_log = event_log
+        self._persisted: set[str] = set()
         self._replica_id = replica_id
         self.routing = rebuild(self._catalogs)
         self.pending = PendingClientRequests(prefix=f"vmcp-{session_id[:8]}")
-        self.streams = ResponseStreams()
+        # Stream ids carry the replica id: a client may resume a stream on another replica.
+        self.streams = ResponseStreams(prefix=replica_id or "r")
         self._requests: dict[Any, anyio.CancelScope] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._subscriber: MemoryObjectSendStream[dict[str, Any]] | None = None
@@ -168,6 +173,33 @@ class MultiSession:
         task = asyncio.create_task(run(), name=f"vmcp-request-{self._session_id[:8]}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def persist_stream(self, stream: ResponseStream) -> None:
+        """Copy an interrupted stream's events to the event log, so that the client can
+        resume it on any replica; follows the stream until its final event."""
+        if self.event_log is None or stream.id in self._persisted or self._closed:
+            return
+        self._persisted.add(stream.id)
+        log = self.event_log
+
+        async def copy() -> None:
+            position = 0
+            while True:
+                events = await stream.after(position)
+                for position, item in events:
+                    record: dict[str, Any] = {"m": item.message, "final": item.final}
+                    if item.pause_ms is not None:
+                        record["pause"] = item.pause_ms
+                    try:
+                        await log.append(self._session_id, stream.id, position, record)
+                    except StoreError as exc:
+                        logger.warning("could not persist stream events: %s", exc,
+                                       extra={"session_id": self._session_id})
+                        return
+                    if item.final:
+                        return
+
+        self.spawn(copy())
 
     @contextlib.contextmanager
     def track_request(self, request_id: Any) -> Iterator[None]:

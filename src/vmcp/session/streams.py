@@ -70,13 +70,14 @@ class ResponseStream:
 class ResponseStreams:
     """A session's response streams, by id; finished ones expire, the number is bounded."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
         self._streams: OrderedDict[str, ResponseStream] = OrderedDict()
         self._next = 1
 
     def open(self) -> ResponseStream:
         self._prune()
-        stream = ResponseStream(str(self._next))
+        stream = ResponseStream(f"{self._prefix}-{self._next}")
         self._next += 1
         self._streams[stream.id] = stream
         return stream
@@ -98,7 +99,7 @@ class ResponseStreams:
 
 def parse_event_id(value: str) -> tuple[str, int] | None:
     """``"<stream>.<seq>"`` → (stream, seq); None for anything else."""
-    stream_id, _, seq = value.partition(".")
+    stream_id, _, seq = value.rpartition(".")
     if not stream_id or not seq.isdigit():
         return None
     return stream_id, int(seq)

@@ -1,0 +1,86 @@
+"""Response-stream events kept in Redis Streams, so any replica can resume a stream.
+
+A client whose response stream was interrupted (the gateway paused it, or the connection
+dropped) reconnects with ``Last-Event-ID`` through the load balancer, possibly to another
+replica. The replica running the call copies that stream's events into a Redis stream
+(bounded length, expiring); the replica the client reaches reads them from there.
+Streams that finish on their first connection never touch Redis.
+
+Key: ``prefix + session_id + ":" + stream_id``. Entry ids are ``0-<seq>`` (the event's
+own sequence number), so "after event n" is simply ``XREAD`` from ``0-n``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import anyio
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+
+from vmcp.store._redis_errors import translated_store_errors
+from vmcp.store.base import validate_session_id
+
+BLOCK_MS = 1000
+
+
+class EventLog(Protocol):
+    """Where interrupted response streams wait for their client to come back."""
+
+    async def append(self, session_id: str, stream_id: str, seq: int,
+                     event: dict[str, Any]) -> None:
+        """Record event ``seq`` (1, 2, ...) of a stream; raises ``StoreError``."""
+        ...
+
+    async def exists(self, session_id: str, stream_id: str) -> bool: ...
+
+    def read(self, session_id: str, stream_id: str, after: int) -> AsyncIterator[
+            tuple[int, dict[str, Any]]]:
+        """Events after ``after``, waiting for new ones, forever (the caller stops)."""
+        ...
+
+
+class RedisEventLog:
+    """``EventLog`` on Redis Streams (``XADD`` with ``MAXLEN``, ``XREAD BLOCK``)."""
+
+    def __init__(self, client: aioredis.Redis | RedisCluster, prefix: str, *,
+                 ttl_seconds: float, max_events: int, timeout_seconds: float) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._ttl_ms = max(1, round(ttl_seconds * 1000))
+        self._max_events = max_events
+        self._timeout = timeout_seconds
+
+    def _key(self, session_id: str, stream_id: str) -> str:
+        return f"{self._prefix}{validate_session_id(session_id)}:{stream_id}"
+
+    async def append(self, session_id: str, stream_id: str, seq: int,
+                     event: dict[str, Any]) -> None:
+        key = self._key(session_id, stream_id)
+        data = json.dumps(event, separators=(",", ":"))
+        with translated_store_errors("xadd"), anyio.fail_after(self._timeout):
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.xadd(key, {"e": data}, id=f"0-{seq}", maxlen=self._max_events,
+                          approximate=True)
+                pipe.pexpire(key, self._ttl_ms)
+                await pipe.execute()
+
+    async def exists(self, session_id: str, stream_id: str) -> bool:
+        with translated_store_errors("exists"), anyio.fail_after(self._timeout):
+            return bool(await self._client.exists(self._key(session_id, stream_id)))
+
+    async def read(self, session_id: str, stream_id: str, after: int) -> AsyncIterator[
+            tuple[int, dict[str, Any]]]:
+        key = self._key(session_id, stream_id)
+        last = f"0-{after}"
+        while True:
+            with translated_store_errors("xread"), \
+                    anyio.fail_after(self._timeout + BLOCK_MS / 1000):
+                batches: Any = await self._client.xread({key: last}, block=BLOCK_MS, count=100)
+            for _, entries in batches or []:
+                for entry_id, fields in entries:
+                    last = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+                    raw = fields.get(b"e") or fields.get("e")
+                    yield int(last.split("-", 1)[1]), json.loads(raw)
