@@ -103,7 +103,8 @@ def _micro(report: Report) -> list[str]:
     idle = m.get("redis_idle_commands_2s")
     if idle is not None:
         out.append(f"* Redis commands from 5 idle vmcp processes over 2 s (background noise "
-                   f"in the count above): {sum(idle.values())} {idle or ''}.")
+                   f"in the count above): {sum(idle.values())}"
+                   + (f" {idle}" if idle else "") + ".")
     life = m.get("redis_per_session_lifecycle")
     if life:
         breakdown = ", ".join(f"`{k}` {v:.1f}" for k, v in sorted(

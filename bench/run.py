@@ -539,11 +539,15 @@ def machine_notes() -> dict[str, str]:
         except Exception:
             return "not installed"
 
+    revision = command("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD")
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"],
+                           capture_output=True, text=True, timeout=10).stdout.strip()
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "vmcp revision": revision + (" with uncommitted changes in src/" if dirty else ""),
         "nproc": str(os.cpu_count()),
         "cpu": cpu,
-        "loadavg at start": Path("/proc/loadavg").read_text().split(" ", 3)[:3].__str__(),
+        "load average at start": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
         "python": platform.python_version(),
         "kernel": platform.release(),
         "redis-server": command(shutil.which("redis-server") or "redis-server", "--version"),

@@ -161,6 +161,8 @@ def _load_server() -> _Serve:
 def _run_gateway(run: _Serve, config: VmcpConfig, log_level: LogLevel) -> None:
     try:
         run(config, log_level=log_level.value)
+    except ConfigError as exc:  # what only start-up can check, e.g. a token_env variable
+        _exit_with_problems(exc)
     except KeyboardInterrupt:
         raise typer.Exit(EXIT_INTERRUPTED) from None
 

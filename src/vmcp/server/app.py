@@ -16,20 +16,21 @@ import anyio
 import httpx2
 import uvicorn
 from starlette.applications import Starlette
-from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from vmcp import __version__
+from vmcp.auth.incoming import build_authenticator, metadata_paths
 from vmcp.config import VmcpConfig
 from vmcp.errors import StoreError
 from vmcp.server.methods import MethodHandler
 from vmcp.server.security import RequestGuard
 from vmcp.server.transport import McpEndpoint
-from vmcp.session import ANONYMOUS, Principal, SessionManager
+from vmcp.session import SessionManager
 from vmcp.session.connector import BackendConnector
+from vmcp.session.ledger import UpstreamLedger
 from vmcp.store import RedisStore, open_store
 from vmcp.store.event_log import RedisEventLog
 from vmcp.store.pubsub import RedisEndedSessionBus, RedisSessionRelay
@@ -39,11 +40,6 @@ logger = logging.getLogger(__name__)
 # How long an interrupted response stream can be resumed on another replica.
 STREAM_EVENTS_TTL = 300.0
 BACKEND_POOL = httpx2.Limits(max_connections=512, max_keepalive_connections=128)
-
-
-async def anonymous(headers: Headers) -> Principal:
-    """Incoming auth for development: every caller is the same anonymous principal."""
-    return ANONYMOUS
 
 
 class _Endpoint:
@@ -59,8 +55,13 @@ class _Endpoint:
 
 
 def create_app(config: VmcpConfig) -> Starlette:
-    """The whole gateway as one ASGI app (also what tests run in-process)."""
+    """The whole gateway as one ASGI app (also what tests run in-process).
+
+    Raises ``ConfigError`` if incoming auth cannot be set up (a ``token_env`` variable
+    unset, an unreadable ``jwks_file``), before anything is started.
+    """
     endpoint = _Endpoint()
+    authenticator = build_authenticator(config)
     state: dict[str, object] = {}
 
     @contextlib.asynccontextmanager
@@ -91,10 +92,10 @@ def create_app(config: VmcpConfig) -> Starlette:
                 background.start_soon(relay.run)
             connector.set_state_recorder(manager.record_backend_state)
             endpoint.app = McpEndpoint(
-                manager, MethodHandler(), RequestGuard(config.server), anonymous,
+                manager, MethodHandler(), RequestGuard(config.server), authenticator,
                 max_body_bytes=config.server.max_body_bytes,
             )
-            state.update(store=store, manager=manager)
+            state.update(store=store, manager=manager, ledger=connector.ledger)
             logger.info("vmcp %s replica %s ready: %d backends, store %s", __version__,
                         config.server.replica_id, len(config.backends),
                         config.session.store_kind)
@@ -131,16 +132,35 @@ def create_app(config: VmcpConfig) -> Starlette:
             "backends": [{"name": b.name, "url": b.url, "transport": b.transport}
                          for b in config.backends],
             "cache": stats.cache.__dict__ if stats else None,
+            "live_sessions": stats.cache.size if stats else 0,
+            "upstream_sessions": {
+                name: {"opened": c.opened, "ended": c.ended, "open": c.open}
+                for name, c in ledger.snapshot().items()
+            } if isinstance(ledger := state.get("ledger"), UpstreamLedger) else {},
             "security_events": stats.security_events if stats else 0,
         })
+
+    async def resource_metadata(request: Request) -> Response:
+        """RFC 9728 protected-resource metadata; 404 without an authorization server."""
+        document = authenticator.protected_resource_metadata(request.headers)
+        if document is None:
+            return JSONResponse({"error": "not found"}, status_code=404)
+        # Public by design; browser-based clients fetch it from another origin.
+        return JSONResponse(document, headers={"access-control-allow-origin": "*"})
+
+    @contextlib.asynccontextmanager
+    async def authenticated(app: Starlette) -> AsyncIterator[None]:
+        async with authenticator, lifespan(app):
+            yield
 
     routes = [
         Route(config.server.path, endpoint=endpoint),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/status", status),
+        *(Route(path, resource_metadata, methods=["GET"]) for path in metadata_paths(config)),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=authenticated)
 
 
 def serve(config: VmcpConfig, *, log_level: str = "info") -> None:

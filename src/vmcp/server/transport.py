@@ -7,7 +7,9 @@ still provides the request parsing and the routing around this app.
 
 Status codes (MCP 2025-11-25 transport): 400 bad message or missing session id, 404
 unknown or ended session (body ``-32001``), 405 wrong verb, 406 unacceptable ``Accept``,
-413 body too large, 415 not JSON, 503 session store unavailable (retry).
+413 body too large, 415 not JSON, 503 session store unavailable (retry). Credentials are
+checked before any session is looked up: 401 missing or refused (with ``WWW-Authenticate``),
+400 malformed, 503 signing keys unavailable.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from vmcp.backend import BackendConnection, BackendState, BackendTarget, attach,
 from vmcp.config import BackendConfig, VmcpConfig
 from vmcp.errors import BackendError, ConfigError
 from vmcp.session.binding import Principal
+from vmcp.session.ledger import UpstreamLedger
 from vmcp.session.multisession import MultiSession
 from vmcp.store.event_log import EventLog
 from vmcp.store.pubsub import SessionRelay
@@ -57,6 +58,7 @@ class BackendConnector:
         self._config = config
         self._relay = relay
         self._event_log = event_log
+        self.ledger = UpstreamLedger()
         self._http = http
         self._record_state = record_state
         self._is_healthy = is_healthy
@@ -95,6 +97,7 @@ class BackendConnector:
                 try:
                     connections[backend.name] = await self._connect(
                         session_id, backend, states.get(backend.name))
+                    self.ledger.record_opened(backend.name)
                 except (BackendError, TimeoutError) as exc:
                     logger.warning("backend %s left out of session: %s", backend.name, exc,
                                    extra={"session_id": session_id, "backend": backend.name})
@@ -144,12 +147,13 @@ class BackendConnector:
                     tg.start_soon(one, name, connection)
             return MultiSession(session_id, connections, catalogs, rebuild=self.route,
                                 discover=discover, relay=self._relay,
-                                event_log=self._event_log,
+                                event_log=self._event_log, ledger=self.ledger,
                                 replica_id=self._config.server.replica_id)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                for connection in connections.values():
+                for name, connection in connections.items():
                     await connection.aclose()
+                    self.ledger.record_ended(name)
             raise
 
     def route(self, catalogs: Mapping[str, BackendCatalog]) -> RoutingTable:

@@ -19,6 +19,7 @@ from vmcp.aggregate import BackendCatalog, RoutingTable
 from vmcp.backend import STREAM_PAUSED, BackendConnection
 from vmcp.errors import SessionClosed, StoreError
 from vmcp.session.channel import ClientChannel, PendingClientRequests
+from vmcp.session.ledger import UpstreamLedger
 from vmcp.session.streams import ResponseStream, ResponseStreams
 from vmcp.store.event_log import EventLog
 from vmcp.store.pubsub import SessionRelay
@@ -60,6 +61,7 @@ class MultiSession:
         discover: Discover,
         relay: SessionRelay | None = None,
         event_log: EventLog | None = None,
+        ledger: UpstreamLedger | None = None,
         replica_id: str = "",
     ) -> None:
         self._session_id = session_id
@@ -69,6 +71,7 @@ class MultiSession:
         self._discover = discover
         self._relay = relay
         self.event_log = event_log
+        self._ledger = ledger
         self._persisted: set[str] = set()
         self._replica_id = replica_id
         self.routing = rebuild(self._catalogs)
@@ -352,6 +355,9 @@ class MultiSession:
             except Exception:
                 logger.warning("closing backend %s failed", name, exc_info=True,
                                extra={"session_id": self._session_id, "backend": name})
+            finally:
+                if self._ledger is not None:
+                    self._ledger.record_ended(name)
 
         async with anyio.create_task_group() as tg:
             for name, connection in self._connections.items():

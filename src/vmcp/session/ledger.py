@@ -1,0 +1,42 @@
+"""Counts of upstream (backend) sessions this replica holds, for leak checks and metrics."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class UpstreamCounts:
+    opened: int
+    ended: int
+
+    @property
+    def open(self) -> int:
+        return self.opened - self.ended
+
+
+class UpstreamLedger:
+    """Per backend: connections opened or re-attached here, and connections ended here.
+
+    ``open`` must return to 0 once every client session is gone; anything else is a leak
+    of backend sessions (or of this replica's connections to them).
+    """
+
+    def __init__(self) -> None:
+        self._opened: Counter[str] = Counter()
+        self._ended: Counter[str] = Counter()
+
+    def record_opened(self, backend: str) -> None:
+        self._opened[backend] += 1
+
+    def record_ended(self, backend: str) -> None:
+        self._ended[backend] += 1
+
+    def snapshot(self) -> dict[str, UpstreamCounts]:
+        return {name: UpstreamCounts(self._opened[name], self._ended[name])
+                for name in sorted(set(self._opened) | set(self._ended))}
+
+    @property
+    def open_total(self) -> int:
+        return sum(self._opened.values()) - sum(self._ended.values())

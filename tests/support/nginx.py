@@ -1,0 +1,83 @@
+"""A real nginx, round-robin in front of gateway replicas, with no stickiness."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from tests.support.processes import HOST, ProcessStartError, _answers
+from tests.support.redis_server import free_port
+
+STARTUP_TIMEOUT_SECONDS = 15.0
+
+CONFIG = """
+worker_processes 1;
+pid nginx.pid;
+error_log logs/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log logs/access.log;
+  client_body_temp_path tmp;
+  proxy_temp_path tmp;
+  upstream vmcp {{
+{servers}
+    keepalive 32;
+  }}
+  server {{
+    listen {host}:{port};
+    location / {{
+      proxy_pass http://vmcp;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $http_host;
+      proxy_buffering off;
+      proxy_request_buffering off;
+      proxy_read_timeout 60s;
+      proxy_next_upstream error timeout;
+    }}
+  }}
+}}
+"""
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
+                                       else None)
+    if found is None:
+        raise RuntimeError("nginx not found: install Debian's nginx-light (scripts/bootstrap does)")
+    return found
+
+
+@contextlib.contextmanager
+def running_nginx(upstream_ports: Sequence[int], workdir: Path) -> Iterator[str]:
+    """nginx on a free port in front of ``upstream_ports``; yields its MCP endpoint URL."""
+    (workdir / "logs").mkdir(parents=True, exist_ok=True)
+    (workdir / "tmp").mkdir(exist_ok=True)
+    port = free_port()
+    servers = "\n".join(f"    server {HOST}:{p} max_fails=0;" for p in upstream_ports)
+    (workdir / "nginx.conf").write_text(CONFIG.format(servers=servers, host=HOST, port=port))
+    with (workdir / "logs" / "stdout.log").open("ab") as log:
+        process = subprocess.Popen(
+            [nginx_binary(), "-p", str(workdir), "-c", "nginx.conf", "-g", "daemon off;"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+        while not _answers(port, "/healthz"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                errors = (workdir / "logs" / "error.log")
+                raise ProcessStartError(
+                    f"nginx did not start: {errors.read_text() if errors.exists() else ''}")
+            time.sleep(0.05)
+        yield f"http://{HOST}:{port}/mcp"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
