@@ -28,7 +28,7 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
 def test_delete_on_one_replica_closes_every_replicas_copy_at_once(cluster: Cluster) -> None:
     """B22 through real processes: the other replicas end their upstream sessions without
     waiting for a request (the ended-session broadcast), and all answer 404 afterwards."""
-    first, second, third = cluster.replicas
+    first, _, third = cluster.replicas
     before = [cluster.open_upstream(r) for r in cluster.replicas]
     with httpx2.Client(timeout=10) as http:
         session = RawSession.open(http, first.url)
