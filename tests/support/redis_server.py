@@ -108,6 +108,18 @@ class RedisServer:
             return sock.recv(65536)
 
 
+    def command_value(self, *args: str) -> str:
+        """A command whose reply is a bulk string; its value (decoded)."""
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+        try:
+            value = client.execute_command(*args)
+        finally:
+            client.close()
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def redis_available() -> bool:
     try:
         redis_binary()
