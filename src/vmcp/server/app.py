@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import anyio
 import httpx2
 import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -34,6 +35,7 @@ from vmcp.session.ledger import UpstreamLedger
 from vmcp.store import RedisStore, open_store
 from vmcp.store.event_log import RedisEventLog
 from vmcp.store.pubsub import RedisEndedSessionBus, RedisSessionRelay
+from vmcp.telemetry import InstrumentedStore, Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ def create_app(config: VmcpConfig) -> Starlette:
     endpoint = _Endpoint()
     authenticator = build_authenticator(config)
     state: dict[str, object] = {}
+    metrics = Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -85,15 +88,17 @@ def create_app(config: VmcpConfig) -> Starlette:
         async with store, httpx2.AsyncClient(limits=BACKEND_POOL) as http, \
                 anyio.create_task_group() as background:
             connector = BackendConnector(config, http, relay=relay, event_log=event_log)
-            manager = SessionManager(store, connector, cache_capacity=session.cache_capacity,
+            manager = SessionManager(InstrumentedStore(store, metrics), connector,
+                                     cache_capacity=session.cache_capacity,
                                      ended_sessions=ended)
+            metrics.watch(manager, connector.ledger)
             background.start_soon(manager.follow_ended_sessions)
             if relay is not None:
                 background.start_soon(relay.run)
             connector.set_state_recorder(manager.record_backend_state)
             endpoint.app = McpEndpoint(
                 manager, MethodHandler(), RequestGuard(config.server), authenticator,
-                max_body_bytes=config.server.max_body_bytes,
+                max_body_bytes=config.server.max_body_bytes, metrics=metrics,
             )
             state.update(store=store, manager=manager, ledger=connector.ledger)
             logger.info("vmcp %s replica %s ready: %d backends, store %s", __version__,
@@ -153,7 +158,11 @@ def create_app(config: VmcpConfig) -> Starlette:
         async with authenticator, lifespan(app):
             yield
 
+    async def metrics_route(request: Request) -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
     routes = [
+        Route("/metrics", metrics_route),
         Route(config.server.path, endpoint=endpoint),
         Route("/healthz", healthz),
         Route("/readyz", readyz),

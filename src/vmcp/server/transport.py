@@ -15,6 +15,7 @@ checked before any session is looked up: 401 missing or refused (with ``WWW-Auth
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -42,10 +43,12 @@ from vmcp.session.binding import InvalidIdentity
 from vmcp.session.channel import ClientChannel
 from vmcp.session.multisession import MultiSession, RequestCancelled
 from vmcp.session.streams import Outbound, ResponseStream, parse_event_id
+from vmcp.telemetry import Metrics
 
 logger = logging.getLogger(__name__)
 
 SESSION_HEADER = "mcp-session-id"
+METHOD_KEY = "vmcp.method"  # the JSON-RPC method, kept in the ASGI scope for metrics
 VERSION_HEADER = "mcp-protocol-version"
 HANDSHAKE_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26")
 JSON = "application/json"
@@ -72,12 +75,14 @@ class McpEndpoint:
         authenticate: Authenticate,
         *,
         max_body_bytes: int,
+        metrics: Metrics | None = None,
     ) -> None:
         self._manager = manager
         self._methods = methods
         self._guard = guard
         self._authenticate = authenticate
         self._max_body = max_body_bytes
+        self._metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)
@@ -87,23 +92,27 @@ class McpEndpoint:
             await _send_json(send, status, jsonrpc.error(None, INVALID_REQUEST_CODE, reason))
             return
         verb = scope["method"]
-        started = False
+        began = time.perf_counter()
+        status = 0
 
         async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if self._metrics is not None:
+                    self._metrics.observe_request(scope.get(METHOD_KEY, verb), status, began)
             await send(message)
 
         try:
             await self._dispatch(verb, scope, receive, tracking_send, headers)
         except _Reply as reply:
-            await _send_json(send, reply.status, reply.body, extra=reply.headers)
+            await _send_json(tracking_send, reply.status, reply.body, extra=reply.headers)
         except Exception:
             # The last line of defence: a bug must still answer in JSON-RPC, not crash.
             logger.exception("unexpected error serving %s", verb)
-            if not started:
-                await _send_json(send, 500, jsonrpc.error(None, INTERNAL_ERROR_CODE,
-                                                          "Internal error"))
+            if not status:
+                await _send_json(tracking_send, 500, jsonrpc.error(None, INTERNAL_ERROR_CODE,
+                                                                   "Internal error"))
 
     async def _dispatch(self, verb: str, scope: Scope, receive: Receive, send: Send,
                         headers: Headers) -> None:
@@ -136,6 +145,7 @@ class McpEndpoint:
         except MessageError as exc:
             raise _Reply(exc.http_status, jsonrpc.error(exc.request_id, exc.code, exc.message)
                          ) from exc
+        scope[METHOD_KEY] = _method_label(message)
         self._check_version(headers, message)
         principal = await self._principal(headers, message.id)
         if message.kind == "request" and message.method == "initialize":
@@ -412,6 +422,15 @@ def _error_reply(exc: VmcpError, request_id: Any) -> _Reply:
     else:
         message = str(exc) or exc.public_message
     return _Reply(exc.http_status, jsonrpc.error(request_id, exc.jsonrpc_code, message), headers)
+
+
+def _method_label(message: Incoming) -> str:
+    """The metrics label of a message: MCP's own method names only, so that a client
+    sending made-up methods cannot grow the number of time series without bound."""
+    if message.kind == "response":
+        return "response"
+    known = jsonrpc.REQUEST_MODELS if message.kind == "request" else jsonrpc.NOTIFICATION_MODELS
+    return message.method if message.method in known else "other"
 
 
 def _accepts(accept: str, media_type: str) -> bool:

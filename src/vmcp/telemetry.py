@@ -1,0 +1,136 @@
+"""Prometheus metrics of one vmcp process.
+
+Counters that the code already keeps (cache statistics, the upstream ledger, security
+events) are read at scrape time by a collector, so they cost nothing per request. Only
+request and store timings are observed on the hot path. Each process has its own
+registry (``uvicorn --workers`` gives one per worker, each scraped on its own port).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from vmcp.errors import SessionNotFound, StoreError, StoreTimeout
+from vmcp.session.ledger import UpstreamLedger
+from vmcp.session.manager import SessionManager
+from vmcp.store.base import SessionStore
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                   2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    """The metric objects, registered in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "vmcp_requests", "MCP HTTP requests by JSON-RPC method (or verb) and status.",
+            ["method", "status"], registry=self.registry)
+        self.request_seconds = Histogram(
+            "vmcp_request_duration_seconds", "Time to answer an MCP HTTP request.",
+            ["method"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.store_operations = Counter(
+            "vmcp_store_operations", "Session store calls by operation and outcome.",
+            ["op", "outcome"], registry=self.registry)
+        self.store_seconds = Histogram(
+            "vmcp_store_operation_duration_seconds", "Session store call latency.",
+            ["op"], buckets=LATENCY_BUCKETS, registry=self.registry)
+
+    def watch(self, manager: SessionManager, ledger: UpstreamLedger) -> None:
+        """Expose the manager's and the ledger's own counters at scrape time."""
+        self.registry.register(_StateCollector(manager, ledger))
+
+    def observe_request(self, method: str, status: int, started: float) -> None:
+        self.requests.labels(method, str(status)).inc()
+        self.request_seconds.labels(method).observe(time.perf_counter() - started)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _StateCollector(Collector):
+    def __init__(self, manager: SessionManager, ledger: UpstreamLedger) -> None:
+        self._manager = manager
+        self._ledger = ledger
+
+    def collect(self) -> Iterator[Any]:
+        stats = self._manager.statistics()
+        cache = stats.cache
+        yield GaugeMetricFamily("vmcp_live_sessions", "Live sessions cached on this replica.",
+                                value=cache.size)
+        for name, value, doc in (
+            ("vmcp_cache_hits", cache.hits, "Cache hits checked alive."),
+            ("vmcp_cache_misses", cache.misses, "Cache misses (restores attempted)."),
+            ("vmcp_cache_restores", cache.loads, "Sessions restored from stored metadata."),
+            ("vmcp_cache_restore_failures", cache.load_failures, "Restores that failed."),
+            ("vmcp_cache_expirations", cache.expirations, "Cached sessions found ended."),
+            ("vmcp_cache_evictions", cache.evictions, "Sessions evicted (LRU or ended)."),
+            ("vmcp_security_events", stats.security_events,
+             "Requests refused because the caller is not the session's identity."),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+        opened = CounterMetricFamily("vmcp_upstream_sessions_opened",
+                                     "Backend sessions opened or re-attached.", labels=["backend"])
+        ended = CounterMetricFamily("vmcp_upstream_sessions_ended",
+                                    "Backend sessions ended.", labels=["backend"])
+        for backend, counts in self._ledger.snapshot().items():
+            opened.add_metric([backend], counts.opened)
+            ended.add_metric([backend], counts.ended)
+        yield opened
+        yield ended
+
+
+class InstrumentedStore:
+    """A ``SessionStore`` that counts and times every call of the store it wraps."""
+
+    def __init__(self, store: SessionStore, metrics: Metrics) -> None:
+        self._store = store
+        self._metrics = metrics
+
+    async def _timed(self, op: str, call: Callable[[], Any]) -> Any:
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            return await call()
+        except SessionNotFound:
+            outcome = "not_found"
+            raise
+        except StoreTimeout:
+            outcome = "timeout"
+            raise
+        except StoreError:
+            outcome = "unavailable"
+            raise
+        finally:
+            self._metrics.store_operations.labels(op, outcome).inc()
+            self._metrics.store_seconds.labels(op).observe(time.perf_counter() - started)
+
+    async def create(self, session_id: str, metadata: Mapping[str, str]) -> bool:
+        result: bool = await self._timed("create", lambda: self._store.create(session_id,
+                                                                             metadata))
+        return result
+
+    async def update(self, session_id: str, metadata: Mapping[str, str]) -> bool:
+        result: bool = await self._timed("update", lambda: self._store.update(session_id,
+                                                                             metadata))
+        return result
+
+    async def load(self, session_id: str) -> dict[str, str]:
+        result: dict[str, str] = await self._timed("load", lambda: self._store.load(session_id))
+        return result
+
+    async def delete(self, session_id: str) -> None:
+        await self._timed("delete", lambda: self._store.delete(session_id))
+
+    async def ping(self) -> None:
+        await self._timed("ping", self._store.ping)
+
+    async def aclose(self) -> None:
+        await self._store.aclose()
