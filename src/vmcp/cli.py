@@ -99,6 +99,16 @@ def _exit_with_problems(exc: ConfigError) -> NoReturn:
     raise typer.Exit(EXIT_CONFIG_ERROR)
 
 
+def _auth_summary(config: VmcpConfig) -> str:
+    incoming = config.auth.incoming
+    if incoming.type == "oidc":
+        issuers = [incoming.issuer, *(extra.issuer for extra in incoming.extra_issuers)]
+        return f"oidc, issuers {', '.join(str(i) for i in issuers)}"
+    if incoming.type == "static":
+        return f"static, {len(incoming.tokens)} tokens"
+    return "anonymous (development only)"
+
+
 def _summary(config: VmcpConfig) -> list[str]:
     server, session = config.server, config.session
     lines = [
@@ -107,6 +117,7 @@ def _summary(config: VmcpConfig) -> list[str]:
         f"ttl {session.ttl_seconds:g}s",
         f"aggregation: conflict {config.aggregation.conflict}, "
         f"prefix_format {config.aggregation.prefix_format!r}",
+        f"auth:        {_auth_summary(config)}",
         f"backends:    {len(config.backends)}",
     ]
     width = max((len(b.name) for b in config.backends), default=0)

@@ -55,8 +55,13 @@ class _Key:
 
     def jwk(self) -> dict[str, Any]:
         public = self.private.public_key()
-        encoder = {"RSA": RSAAlgorithm, "EC": ECAlgorithm, "Ed25519": OKPAlgorithm}[self.kind]
-        document: dict[str, Any] = encoder.to_jwk(public, as_dict=True)  # type: ignore[arg-type]
+        document: dict[str, Any]
+        if isinstance(public, rsa.RSAPublicKey):
+            document = RSAAlgorithm.to_jwk(public, as_dict=True)
+        elif isinstance(public, ec.EllipticCurvePublicKey):
+            document = ECAlgorithm.to_jwk(public, as_dict=True)
+        else:
+            document = OKPAlgorithm.to_jwk(public, as_dict=True)
         return {**document, "kid": self.kid, "use": "sig", "alg": self.algorithm}
 
     def public_pem(self) -> bytes:
@@ -179,7 +184,7 @@ class IdentityProvider:
         provider = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the stdlib's naming
+            def do_GET(self) -> None:
                 if self.path != f"/{provider.name}/jwks":
                     self._answer(404, b"{}")
                     return
@@ -203,7 +208,7 @@ class IdentityProvider:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever,
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
                                         name=f"jwks-{self.name}", daemon=True)
         self._thread.start()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import textwrap
@@ -719,3 +720,205 @@ def test_with_overrides_revalidates_and_names_the_source(tmp_path: Path) -> None
 )
 def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+# --------------------------------------------------------------------------- auth
+
+OIDC_FILE = """\
+auth:
+  resource_url: https://mcp.example.com/mcp
+  incoming:
+    type: oidc
+    issuer: https://idp.example.com/
+    audience: https://mcp.example.com/mcp
+    jwks_url: https://idp.example.com/.well-known/jwks.json
+    algorithms: [RS256, PS256]
+    leeway_seconds: 5
+    jwks_min_refresh_seconds: 60
+    jwks_max_age_seconds: 3600
+    jwks_timeout_seconds: 2
+    extra_issuers:
+      - {issuer: https://partner.example, jwks_file: /etc/vmcp/partner-jwks.json}
+"""
+
+SHA = "ab" * 32
+
+
+def test_auth_defaults_to_anonymous() -> None:
+    auth = load_config(None, environ={}).auth
+
+    assert auth.resource_url is None
+    assert auth.incoming.type == "anonymous"
+    assert auth.incoming.algorithms == ("RS256", "ES256", "EdDSA")
+    assert auth.incoming.leeway_seconds == 30
+    assert auth.incoming.jwks_min_refresh_seconds == 30
+    assert auth.incoming.tokens == ()
+
+
+def test_every_oidc_key_is_read(tmp_path: Path) -> None:
+    auth = load_config(write(tmp_path, OIDC_FILE), environ={}).auth
+    incoming = auth.incoming
+
+    assert auth.resource_url == "https://mcp.example.com/mcp"
+    assert incoming.type == "oidc"
+    assert incoming.issuer == "https://idp.example.com/"  # kept exactly: iss must match it
+    assert incoming.audience == ("https://mcp.example.com/mcp",)
+    assert incoming.jwks_url == "https://idp.example.com/.well-known/jwks.json"
+    assert incoming.jwks_file is None
+    assert incoming.algorithms == ("RS256", "PS256")
+    assert incoming.leeway_seconds == 5
+    assert incoming.jwks_min_refresh_seconds == 60
+    assert incoming.jwks_max_age_seconds == 3600
+    assert incoming.jwks_timeout_seconds == 2
+    assert [(e.issuer, e.jwks_url, e.jwks_file) for e in incoming.extra_issuers] == [
+        ("https://partner.example", None, "/etc/vmcp/partner-jwks.json")]
+
+
+def test_static_tokens_are_read_and_hashes_lower_cased(tmp_path: Path) -> None:
+    text = f"""\
+    auth:
+      incoming:
+        type: static
+        tokens:
+          - {{token_sha256: {SHA.upper()}, issuer: ci, subject: deploy-bot}}
+          - {{token_env: VMCP_TEST_TOKEN, issuer: ci, subject: alice}}
+    """
+
+    tokens = load_config(write(tmp_path, text), environ={}).auth.incoming.tokens
+
+    assert [(t.token_sha256, t.token_env, t.issuer, t.subject) for t in tokens] == [
+        (SHA, None, "ci", "deploy-bot"), (None, "VMCP_TEST_TOKEN", "ci", "alice")]
+
+
+def test_auth_from_the_environment() -> None:
+    environ = {
+        "VMCP_AUTH__INCOMING__TYPE": "oidc",
+        "VMCP_AUTH__INCOMING__ISSUER": "https://idp.example.com",
+        "VMCP_AUTH__INCOMING__AUDIENCE": "a,b",
+        "VMCP_AUTH__INCOMING__JWKS_URL": "https://idp.example.com/jwks",
+        "VMCP_AUTH__INCOMING__ALGORITHMS": '["ES256"]',
+        "VMCP_AUTH__RESOURCE_URL": "https://mcp.example.com/mcp",
+    }
+
+    auth = load_config(None, environ=environ).auth
+
+    assert auth.incoming.type == "oidc"
+    assert auth.incoming.audience == ("a", "b")
+    assert auth.incoming.algorithms == ("ES256",)
+    assert auth.resource_url == "https://mcp.example.com/mcp"
+
+
+def test_auth_survives_with_overrides(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, OIDC_FILE), environ={})
+
+    changed = with_overrides(config, {"server": {"port": 7000}})
+
+    assert changed.auth == config.auth
+
+
+def test_oidc_without_its_required_keys(tmp_path: Path) -> None:
+    problems = problems_of(write(tmp_path, "auth: {incoming: {type: oidc}}"))
+
+    assert problems == [
+        "auth.incoming: type 'oidc' needs audience (what the tokens' aud must name); "
+        "type 'oidc' needs exactly one of jwks_url and jwks_file; "
+        "type 'oidc' needs issuer (the tokens' iss) (line 1)"]
+
+
+def test_oidc_with_both_key_sources(tmp_path: Path) -> None:
+    text = """\
+    auth:
+      incoming: {type: oidc, issuer: 'https://i', audience: a, jwks_url: 'https://i/k',
+                 jwks_file: k.json}
+    """
+
+    assert problems_of(write(tmp_path, text)) == [
+        "auth.incoming: type 'oidc' needs exactly one of jwks_url and jwks_file (line 2)"]
+
+
+@pytest.mark.parametrize(("algorithms", "complaint"), [
+    (["none"], "'none' is never accepted"),
+    (["RS256", "HS256"], "'HS256' is symmetric"),
+    (["hs512"], "'hs512' is symmetric"),
+    (["RS257"], "unknown algorithm 'RS257'"),
+    ([], "list at least one algorithm"),
+])
+def test_unsafe_or_unknown_algorithms(algorithms: list[str], complaint: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, environ={"VMCP_AUTH__INCOMING": json.dumps({
+            "type": "oidc", "issuer": "https://i", "audience": "a", "jwks_url": "https://i/k",
+            "algorithms": algorithms})})
+
+    message = str(caught.value)
+    assert message.startswith("auth.incoming.algorithms: ")
+    assert complaint in message
+
+
+@pytest.mark.parametrize(("incoming", "loc", "complaint"), [
+    ({"type": "oidc", "issuer": "idp.example", "audience": "a", "jwks_url": "https://i/k"},
+     "auth.incoming.issuer", "must be an http:// or https:// URL"),
+    ({"type": "oidc", "issuer": "https://i?x=1", "audience": "a", "jwks_url": "https://i/k"},
+     "auth.incoming.issuer", "must not have a ?query or #fragment"),
+    ({"type": "oidc", "issuer": "https://i", "audience": "", "jwks_url": "https://i/k"},
+     "auth.incoming.audience", "an audience must not be empty"),
+    ({"type": "oidc", "issuer": "https://i", "audience": "a", "jwks_url": "ftp://i/k"},
+     "auth.incoming.jwks_url", "must be an http:// or https:// URL"),
+    ({"type": "oidc", "issuer": "https://i", "audience": "a", "jwks_url": "https://i/k",
+      "leeway_seconds": -1}, "auth.incoming.leeway_seconds", "greater than or equal to 0"),
+    ({"type": "oidc", "issuer": "https://i", "audience": "a", "jwks_url": "https://i/k",
+      "extra_issuers": [{"issuer": "https://i", "jwks_url": "https://i/k2"}]},
+     "auth.incoming", "issuer listed more than once: https://i"),
+    ({"type": "oidc", "issuer": "https://i", "audience": "a", "jwks_url": "https://i/k",
+      "extra_issuers": [{"issuer": "https://j"}]},
+     "auth.incoming.extra_issuers[0]", "give exactly one of jwks_url and jwks_file"),
+    ({"type": "static"}, "auth.incoming", "type 'static' needs at least one entry in tokens"),
+    ({"type": "static", "tokens": [{"issuer": "ci", "subject": "bot"}]},
+     "auth.incoming.tokens[0]", "give exactly one of token_sha256 and token_env"),
+    ({"type": "static", "tokens": [{"token_sha256": SHA, "token_env": "T", "issuer": "ci",
+                                    "subject": "bot"}]},
+     "auth.incoming.tokens[0]", "give exactly one of token_sha256 and token_env"),
+    ({"type": "static", "tokens": [{"token_sha256": "secret", "issuer": "ci",
+                                    "subject": "bot"}]},
+     "auth.incoming.tokens[0].token_sha256", "must be 64 hex digits"),
+    ({"type": "static", "tokens": [{"token_env": "MY-TOKEN", "issuer": "ci",
+                                    "subject": "bot"}]},
+     "auth.incoming.tokens[0].token_env", "'MY-TOKEN' is not an environment variable name"),
+    ({"type": "static", "tokens": [{"token_env": "T", "issuer": "", "subject": "bot"}]},
+     "auth.incoming.tokens[0].issuer", "must be non-empty"),
+    ({"type": "static", "tokens": [{"token_env": "T", "issuer": "ci", "subject": "b\u0000t"}]},
+     "auth.incoming.tokens[0].subject", "free of control characters"),
+    ({"type": "static", "tokens": [{"token_sha256": SHA, "issuer": "ci", "subject": "a"},
+                                   {"token_sha256": SHA.upper(), "issuer": "ci",
+                                    "subject": "b"}]},
+     "auth.incoming", "tokens list token_sha256 the same hash more than once"),
+    ({"type": "static", "issuer": "https://i",
+      "tokens": [{"token_env": "T", "issuer": "ci", "subject": "a"}]},
+     "auth.incoming", "issuer applies only to type 'oidc', not 'static'"),
+    ({"tokens": [{"token_env": "T", "issuer": "ci", "subject": "a"}]},
+     "auth.incoming", "tokens applies only to type 'static', not 'anonymous'"),
+    ({"type": "jwt"}, "auth.incoming.type", "Input should be 'anonymous', 'oidc' or 'static'"),
+])
+def test_invalid_incoming_auth(incoming: dict[str, object], loc: str, complaint: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, environ={"VMCP_AUTH": json.dumps({"incoming": incoming})})
+
+    problems = str(caught.value).splitlines()
+    assert len(problems) == 1, problems
+    assert loc_of(problems[0]) == loc
+    assert complaint in problems[0]
+    assert problems[0].endswith("(from VMCP_AUTH)")
+
+
+@pytest.mark.parametrize("url", ["mcp.example.com/mcp", "https://mcp.example.com/mcp#x",
+                                 "https://mcp.example.com/mcp?a=1", 'https://h/"x"'])
+def test_invalid_resource_url(url: str) -> None:
+    problems = problems_of(None, {"VMCP_AUTH__RESOURCE_URL": url})
+
+    assert [loc_of(p) for p in problems] == ["auth.resource_url"]
+
+
+def test_unknown_auth_keys_are_listed(tmp_path: Path) -> None:
+    problems = problems_of(write(tmp_path, "auth: {incoming: {type: oidc, secret: x}}"))
+
+    assert any(p.startswith("auth.incoming.secret: unknown key (expected one of: type, issuer, ")
+               for p in problems), problems

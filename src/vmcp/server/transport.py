@@ -31,6 +31,7 @@ from vmcp.errors import (
     InvalidSessionId,
     SessionClosed,
     SessionError,
+    SessionNotYours,
     StoreError,
     VmcpError,
 )
@@ -227,6 +228,10 @@ class McpEndpoint:
                 request_id, INVALID_REQUEST_CODE, "Bad Request: Mcp-Session-Id header required"))
         try:
             live = await self._manager.get(session_id, principal)
+        except SessionNotYours as exc:
+            # Alive, and someone else's: its live copy stays, or any holder of a leaked id
+            # could keep closing the owner's backend sessions.
+            raise _error_reply(exc, request_id) from exc
         except SessionError as exc:
             # This replica's copy (if any) is stale: drop it now, not at LRU pressure.
             self._manager.evict_local(session_id)

@@ -10,6 +10,7 @@ import httpx2
 import pytest
 
 from vmcp.backend import (
+    STREAM_PAUSED,
     BackendConnection,
     BackendRpcError,
     BackendState,
@@ -478,7 +479,10 @@ async def test_response_stream_closed_by_backend_is_resumed(
         result = await connection.request("tools/call", params, on_message=on_message)
 
     assert result["structuredContent"] == {"result": "resumed"}
-    assert [message["params"]["message"] for message in received] == [
+    assert [m["method"] for m in received] == [
+        "notifications/progress", STREAM_PAUSED, "notifications/progress"]
+    assert received[1]["params"]["retryMs"] > 0  # told when the call resumes
+    assert [m["params"]["message"] for m in received if m["method"] != STREAM_PAUSED] == [
         "before the break",
         "after the break",
     ]
