@@ -52,17 +52,22 @@ class LoadError(Exception):
 # --------------------------------------------------------------------------- CPU accounting
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """utime + stime of one process, from ``/proc/<pid>/stat`` (0.0 if it is gone)."""
+def process_cpu_times(pid: int) -> tuple[float, float]:
+    """(utime, stime) of one process in seconds, from ``/proc/<pid>/stat`` (0 if gone)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             raw = handle.read()
     except OSError:
-        return 0.0
+        return 0.0, 0.0
     # The command name (field 2) is in parentheses and may contain spaces: split after it.
     fields = raw[raw.rindex(b")") + 2:].split()
     utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of the whole line
-    return (utime + stime) / CLK_TCK
+    return utime / CLK_TCK, stime / CLK_TCK
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of one process, from ``/proc/<pid>/stat`` (0.0 if it is gone)."""
+    return sum(process_cpu_times(pid))
 
 
 def process_rss_bytes(pid: int) -> int:
@@ -74,11 +79,14 @@ def process_rss_bytes(pid: int) -> int:
     raise LoadError(f"no VmRSS for pid {pid}")
 
 
-def cpu_snapshot(watch: Mapping[str, Sequence[int]]) -> dict[str, float]:
-    snapshot = {label: sum(process_cpu_seconds(pid) for pid in pids)
-                for label, pids in watch.items()}
+def cpu_snapshot(watch: Mapping[str, Sequence[int]]) -> dict[str, tuple[float, float]]:
+    """(user, system) CPU seconds so far per label, and of this process."""
+    snapshot: dict[str, tuple[float, float]] = {}
+    for label, pids in watch.items():
+        times = [process_cpu_times(pid) for pid in pids]
+        snapshot[label] = (sum(t[0] for t in times), sum(t[1] for t in times))
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    snapshot["load generator"] = usage.ru_utime + usage.ru_stime
+    snapshot["load generator"] = (usage.ru_utime, usage.ru_stime)
     return snapshot
 
 
@@ -110,6 +118,7 @@ class LoadResult:
     initialize_p50_ms: float
     initialize_p99_ms: float
     cpu_seconds: dict[str, float] = field(default_factory=dict)
+    cpu_system_seconds: dict[str, float] = field(default_factory=dict)
     first_errors: list[str] = field(default_factory=list)
     stopped_by_time_limit: bool = False
 
@@ -351,7 +360,8 @@ async def run_load(
         max_ms=1000 * latencies[-1] if latencies else math.nan,
         initialize_p50_ms=1000 * percentile(init_latencies, 50),
         initialize_p99_ms=1000 * percentile(init_latencies, 99),
-        cpu_seconds={label: after[label] - before[label] for label in after},
+        cpu_seconds={label: sum(after[label]) - sum(before[label]) for label in after},
+        cpu_system_seconds={label: after[label][1] - before[label][1] for label in after},
         first_errors=errors[:5], stopped_by_time_limit=timed_out,
     )
 

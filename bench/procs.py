@@ -75,6 +75,7 @@ class Processes:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self._procs: list[Proc] = []
+        self.unexpected_exits: list[tuple[str, int]] = []
 
     def __enter__(self) -> Processes:
         return self
@@ -96,7 +97,10 @@ class Processes:
         return proc
 
     def stop(self, proc: Proc) -> None:
-        if proc.popen.poll() is None:
+        status = proc.popen.poll()
+        if status is not None:
+            self.unexpected_exits.append((proc.name, status))
+        else:
             with contextlib.suppress(ProcessLookupError):
                 proc.popen.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):

@@ -30,6 +30,16 @@ def _cpu_ms(run: dict[str, Any], label: str) -> float | None:
     return 1000 * seconds / run["calls"]
 
 
+def _gateway_cpu(run: dict[str, Any]) -> str:
+    ms = _cpu_ms(run, "gateway")
+    if ms is None:
+        return "-"
+    total = run["cpu_seconds"].get("gateway") or 0.0
+    system = (run.get("cpu_system_seconds") or {}).get("gateway")
+    share = f" ({100 * system / total:.0f}%)" if total and system is not None else ""
+    return f"{ms:.2f}{share}"
+
+
 def _ratio(value: float | None, base: float | None) -> str:
     if not value or not base:
         return "-"
@@ -42,6 +52,7 @@ def _table(report: Report, tool: str) -> list[str]:
     base_e = report.best("e", tool)
     lines = [
         "| scenario | calls | calls/s | p50 ms | p90 ms | p99 ms | gateway CPU ms/call "
+        "(kernel share) "
         "| backend CPU ms/call | Redis + nginx CPU ms/call | load generator CPU ms/call "
         "| throughput ÷ (a) | throughput ÷ (e) |",
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
@@ -60,7 +71,7 @@ def _table(report: Report, tool: str) -> list[str]:
         lines.append(
             f"| {title} | {run['calls']}{marker} | {_fmt(run['calls_per_second'], 0)} "
             f"| {_fmt(run['p50_ms'])} | {_fmt(run['p90_ms'])} | {_fmt(run['p99_ms'])} "
-            f"| {_fmt(_cpu_ms(run, 'gateway'), 2)} | {_fmt(_cpu_ms(run, 'backend'), 2)} "
+            f"| {_gateway_cpu(run)} | {_fmt(_cpu_ms(run, 'backend'), 2)} "
             f"| {_fmt(other_ms, 2)} | {_fmt(_cpu_ms(run, 'load generator'), 2)} "
             f"| {_ratio(run['calls_per_second'], base_a and base_a['calls_per_second'])} "
             f"| {_ratio(run['calls_per_second'], base_e and base_e['calls_per_second'])} |")
@@ -154,9 +165,17 @@ def _profile(report: Report) -> list[str]:
            f"store) under the echo load; files: "
            + ", ".join(f"`{f}`" for f in report.profile_files) + ".", "",
            "Where the CPU went (each sample charged to the innermost frame of a known "
-           "library; standard-library leaves go to their caller):", "",
-           "| part | share |", "|---|--:|"]
-    out += [f"| {name} | {100 * n / total:.1f}% |" for name, n in p.categories]
+           "library; standard-library leaves go to their caller). A Python frame's share "
+           "includes the C code and system calls below it: a socket write on loopback "
+           "also runs the receiving side's TCP processing and wake-up."
+           + (f" During this run the process used {p.gateway_cpu_ms_per_call:.2f} ms of CPU "
+              f"per call, {100 * (p.gateway_system_share or 0):.0f}% of it in the kernel."
+              if p.gateway_cpu_ms_per_call else ""), "",
+           "| part | share | ≈ ms of CPU per call |", "|---|--:|--:|"]
+    per_call = p.gateway_cpu_ms_per_call
+    out += [f"| {name} | {100 * n / total:.1f}% | "
+            f"{_fmt(per_call * n / total if per_call else None, 2)} |"
+            for name, n in p.categories]
     out += ["", "Hottest lines (self time):", "", "| function | where | share |",
             "|---|---|--:|"]
     out += [f"| `{f}` | `{w}` | {100 * n / total:.1f}% |" for f, w, n in p.self_lines]
@@ -164,7 +183,8 @@ def _profile(report: Report) -> list[str]:
             "| function | file | share |", "|---|---|--:|"]
     out += [f"| `{f}` | `{w}` | {100 * n / total:.1f}% |" for f, w, n in p.vmcp_inclusive]
     out += ["", "vmcp lines charged with everything below them that is not vmcp "
-            "(library calls included):", "", "| function | where | share |", "|---|---|--:|"]
+            "(library calls included; `serve` in `app.py` stands for uvicorn and the event "
+            "loop, which run below it):", "", "| function | where | share |", "|---|---|--:|"]
     out += [f"| `{f}` | `{w}` | {100 * n / total:.1f}% |" for f, w, n in p.vmcp_self_lines]
     return out
 

@@ -498,6 +498,7 @@ def profile_vmcp(report: Report, plan: Plan, proc: Proc, url: str, workdir: Path
     """Sample the Redis-store vmcp process (scenario c's) under the echo load."""
     raw = BENCH / "profile-vmcp.collapsed.txt"
     svg = BENCH / "profile-vmcp.svg"
+    measured: LoadResult | None = None
     for output, fmt in ((raw, "raw"), (svg, "flamegraph")):
         print(f"  py-spy ({fmt}) on vmcp pid {proc.pid} ...", flush=True)
         recording = Recording(proc.pid, output, fmt=fmt)
@@ -506,10 +507,17 @@ def profile_vmcp(report: Report, plan: Plan, proc: Proc, url: str, workdir: Path
             result = load(url, plan, "echo", calls=plan.profile_calls,
                           time_limit=plan.time_limit, watch={"gateway": [proc.pid]})
             print(f"    {describe(result)}", flush=True)
+            measured = measured or result
         finally:
             recording.stop()
         report.profile_files.append(str(output.relative_to(ROOT)))
     report.profile = summarize(raw)
+    if measured is not None and measured.calls:
+        report.profile.gateway_cpu_ms_per_call = measured.cpu_ms_per_call("gateway")
+        total = measured.cpu_seconds.get("gateway") or 0.0
+        if total:
+            report.profile.gateway_system_share = (
+                measured.cpu_system_seconds.get("gateway", 0.0) / total)
 
 
 # --------------------------------------------------------------------------- machine notes
@@ -690,6 +698,9 @@ def _run_all(procs: Processes, workdir: Path, plan: Plan, report: Report,
         commands.close()
         procs.stop_all()
         redis_server.stop()
+        for name, status in procs.unexpected_exits:
+            report.failures.append(f"{name} exited by itself before the end, status {status}"
+                                   " (negative: killed by that signal)")
 
 
 def _contextforge(procs: Processes, workdir: Path, plan: Plan, report: Report,

@@ -479,9 +479,9 @@ async def test_response_stream_closed_by_backend_is_resumed(
         result = await connection.request("tools/call", params, on_message=on_message)
 
     assert result["structuredContent"] == {"result": "resumed"}
-    assert [m["method"] for m in received] == [
-        "notifications/progress", STREAM_PAUSED, "notifications/progress"]
-    assert received[1]["params"]["retryMs"] > 0  # told when the call resumes
+    pauses = [m for m in received if m["method"] == STREAM_PAUSED]
+    assert len(pauses) == 1  # the caller is told once that the stream paused...
+    assert pauses[0]["params"]["retryMs"] > 0  # ...and when the call resumes
     assert [m["params"]["message"] for m in received if m["method"] != STREAM_PAUSED] == [
         "before the break",
         "after the break",
