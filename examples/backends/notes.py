@@ -14,7 +14,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from mcp.server.mcpserver import MCPServer, UserMessage
+from mcp.server.mcpserver import Context, MCPServer, UserMessage
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError
 from pydantic import BaseModel, Field
 
@@ -47,6 +47,9 @@ class NoteStore:
 
     def all(self, tag: str | None = None) -> list[Note]:
         return [note for note in self._notes.values() if tag is None or tag in note.tags]
+
+    def delete(self, note_id: int) -> bool:
+        return self._notes.pop(note_id, None) is not None
 
     def search(self, query: str) -> list[Note]:
         needle = query.casefold()
@@ -84,6 +87,18 @@ def create_server(store: NoteStore | None = None) -> MCPServer:
     def search(query: str) -> list[Note]:
         """Find notes whose title or body contains ``query``, or that carry it as a tag."""
         return notes.search(query)
+
+    def delete_note(note_id: int) -> bool:
+        """Delete a note; True if it existed."""
+        return notes.delete(note_id)
+
+    @server.tool()
+    async def enable_deletion(ctx: Context) -> str:
+        """Add the ``delete_note`` tool, and tell clients the tool list changed."""
+        if "delete_note" not in {tool.name for tool in await server.list_tools()}:
+            server.add_tool(delete_note)
+        await ctx.session.send_tool_list_changed()
+        return "delete_note is now available"
 
     @server.resource("notes://index", name="index", mime_type="application/json")
     def index() -> str:

@@ -131,6 +131,9 @@ async def _call_tool(session: MultiSession, params: dict[str, Any],
     name = params["name"]
     route = session.routing.route_tool(name)
     if route is None:
+        await session.refresh_all()
+        route = session.routing.route_tool(name)
+    if route is None:
         raise RpcError(INVALID_PARAMS_CODE, f"Unknown tool: {name}")
     return await session.call(route.backend, "tools/call", {**params, "name": route.name},
                               channel)
@@ -140,6 +143,9 @@ async def _get_prompt(session: MultiSession, params: dict[str, Any],
                       channel: ClientChannel) -> dict[str, Any]:
     name = params["name"]
     route = session.routing.route_prompt(name)
+    if route is None:
+        await session.refresh_all()
+        route = session.routing.route_prompt(name)
     if route is None:
         raise RpcError(INVALID_PARAMS_CODE, f"Unknown prompt: {name}")
     return await session.call(route.backend, "prompts/get", {**params, "name": route.name},

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
@@ -17,7 +18,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from vmcp.aggregate import BackendCatalog, RoutingTable
 from vmcp.backend import STREAM_PAUSED, BackendConnection
-from vmcp.errors import SessionClosed, StoreError
+from vmcp.errors import BackendError, SessionClosed, StoreError
 from vmcp.session.channel import ClientChannel, PendingClientRequests
 from vmcp.session.ledger import UpstreamLedger
 from vmcp.session.streams import ResponseStream, ResponseStreams
@@ -34,6 +35,7 @@ LIST_CHANGED = {
 # Notifications about the session as a whole, not about the request they arrived with.
 UNSOLICITED = LIST_CHANGED | {"notifications/resources/updated"}
 SUBSCRIBER_BUFFER = 256
+REFRESH_INTERVAL = 5.0
 
 
 
@@ -83,6 +85,7 @@ class MultiSession:
         self._subscriber: MemoryObjectSendStream[dict[str, Any]] | None = None
         self._listeners: anyio.CancelScope | None = None
         self._closed = False
+        self._last_full_refresh = -REFRESH_INTERVAL
 
     @property
     def session_id(self) -> str:
@@ -244,7 +247,11 @@ class MultiSession:
             message = payload.get("message")
             if (payload.get("type") == "server-message" and isinstance(message, dict)
                     and payload.get("origin") != self._replica_id):
-                self._publish(message)
+                backend = payload.get("backend")
+                if message.get("method") in LIST_CHANGED and isinstance(backend, str):
+                    self.spawn(self._refresh_then_publish(backend, message))
+                else:
+                    self._publish(message)
 
         relayed = (self._relay.listen(self._session_id, from_elsewhere)
                    if self._relay is not None else contextlib.nullcontext())
@@ -297,7 +304,8 @@ class MultiSession:
         if self._relay is not None:
             try:
                 await self._relay.publish(self._session_id, {
-                    "type": "server-message", "origin": self._replica_id, "message": message})
+                    "type": "server-message", "origin": self._replica_id, "backend": backend,
+                    "message": message})
             except StoreError as exc:
                 logger.warning("could not relay %s: %s", message.get("method"), exc,
                                extra={"session_id": self._session_id})
@@ -326,12 +334,37 @@ class MultiSession:
             logger.warning("client stream full or gone; dropped %s", message.get("method"),
                            extra={"session_id": self._session_id})
 
+    async def _refresh_then_publish(self, backend: str, message: dict[str, Any]) -> None:
+        """Re-route first, so a client that lists again on ``list_changed`` sees the change."""
+        await self.refresh_backend(backend)
+        self._publish(message)
+
+    async def refresh_all(self) -> None:
+        """Re-discover every backend: a name the routing table lacks may be new (its
+        ``list_changed`` went to another replica, or to no listener at all).
+
+        At most once per ``REFRESH_INTERVAL`` per session, so that calls naming unknown
+        tools cannot turn into a stream of listings sent to every backend.
+        """
+        now = time.monotonic()
+        if now - self._last_full_refresh < REFRESH_INTERVAL:
+            return
+        self._last_full_refresh = now
+        async with anyio.create_task_group() as tg:
+            for name in self._connections:
+                tg.start_soon(self.refresh_backend, name)
+
     async def refresh_backend(self, name: str) -> None:
         """Re-discover one backend's catalog (after its ``list_changed``) and re-route."""
         connection = self._connections.get(name)
         if connection is None:
             return
-        self._catalogs[name] = await self._discover(name, connection)
+        try:
+            self._catalogs[name] = await self._discover(name, connection)
+        except BackendError as exc:
+            logger.warning("re-discovering backend %s failed, keeping its old catalog: %s",
+                           name, exc, extra={"session_id": self._session_id, "backend": name})
+            return
         self.routing = self._rebuild(self._catalogs)
 
     # -- closing --------------------------------------------------------------------

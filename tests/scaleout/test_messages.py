@@ -1,0 +1,59 @@
+"""Server-to-client messages when the client's streams and calls are on different replicas."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio
+import httpx2
+import pytest
+
+from tests.scaleout.conftest import Cluster
+from tests.support.mcp_http import RawSession
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_list_changed_seen_on_one_replica_reaches_the_get_stream_on_another(
+    cluster: Cluster,
+) -> None:
+    first, second, third = cluster.replicas
+    with httpx2.Client(timeout=10) as http:
+        session = RawSession.open(http, first.url)
+    received: list[dict[str, Any]] = []
+    got_list_changed = anyio.Event()
+    stream_open = anyio.Event()
+
+    async def listen(client: httpx2.AsyncClient) -> None:
+        headers = session.headers({"Accept": "text/event-stream"})
+        async with client.stream("GET", first.url, headers=headers) as response:
+            assert response.status_code == 200
+            async for line in response.aiter_lines():
+                stream_open.set()
+                if line.startswith("data:") and line[5:].strip():
+                    message = json.loads(line[5:])
+                    received.append(message)
+                    if message.get("method") == "notifications/tools/list_changed":
+                        got_list_changed.set()
+                        return
+
+    async with httpx2.AsyncClient(timeout=20) as client, anyio.create_task_group() as tg:
+        tg.start_soon(listen, client)
+        with anyio.fail_after(10):
+            await stream_open.wait()
+            call = session.message("tools/call", {"name": "notes_enable_deletion",
+                                                  "arguments": {}})
+            response = await client.post(second.url, json=call, headers=session.headers())
+            assert response.status_code == 200, response.text
+            await got_list_changed.wait()
+
+    with httpx2.Client(timeout=10) as http:
+        session.http = http
+        assert "notes_delete_note" in session.tool_names(url=first.url)
+        # A replica that saw no list_changed at all finds the new tool on first use.
+        result = session.result("tools/call", {"name": "notes_delete_note",
+                                               "arguments": {"note_id": 12345}},
+                                url=third.url)
+        assert result.get("isError") is not True, result
+        session.delete()
