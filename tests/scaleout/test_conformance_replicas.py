@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.conformance.harness import ensure_conformance_suite, run_conformance
 from tests.scaleout.conftest import Cluster
+
+pytestmark = pytest.mark.slow
 
 
 def test_conformance_suite_passes_through_three_replicas(

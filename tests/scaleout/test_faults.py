@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx2
+import pytest
 
 from tests.scaleout.conftest import running_cluster
 from tests.support.mcp_http import RawSession
@@ -25,6 +26,8 @@ from tests.support.processes import (
     wait_until_ready,
 )
 from tests.support.redis_server import RedisServer
+
+pytestmark = pytest.mark.slow
 
 OUTAGE_SECONDS = 5.0
 STORE_TIMEOUT = 0.5
