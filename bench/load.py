@@ -79,9 +79,17 @@ def process_rss_bytes(pid: int) -> int:
     raise LoadError(f"no VmRSS for pid {pid}")
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs spent busy (not idle, not waiting for I/O) since boot."""
+    with open("/proc/stat") as handle:
+        fields = [int(v) for v in handle.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / CLK_TCK
+
+
 def cpu_snapshot(watch: Mapping[str, Sequence[int]]) -> dict[str, tuple[float, float]]:
-    """(user, system) CPU seconds so far per label, and of this process."""
-    snapshot: dict[str, tuple[float, float]] = {}
+    """(user, system) CPU seconds so far per label, of this process, and machine-wide."""
+    snapshot: dict[str, tuple[float, float]] = {"machine": (machine_busy_seconds(), 0.0)}
     for label, pids in watch.items():
         times = [process_cpu_times(pid) for pid in pids]
         snapshot[label] = (sum(t[0] for t in times), sum(t[1] for t in times))
@@ -119,8 +127,16 @@ class LoadResult:
     initialize_p99_ms: float
     cpu_seconds: dict[str, float] = field(default_factory=dict)
     cpu_system_seconds: dict[str, float] = field(default_factory=dict)
+    machine_busy_seconds: float = math.nan
+    """All CPUs' busy time during the calls phase, whoever used it."""
     first_errors: list[str] = field(default_factory=list)
     stopped_by_time_limit: bool = False
+
+    def other_load_cores(self) -> float:
+        """Average CPUs used during the calls phase by processes not watched here."""
+        if not self.seconds:
+            return math.nan
+        return (self.machine_busy_seconds - sum(self.cpu_seconds.values())) / self.seconds
 
     def cpu_ms_per_call(self, label: str) -> float:
         if label not in self.cpu_seconds or not self.calls:
@@ -360,8 +376,11 @@ async def run_load(
         max_ms=1000 * latencies[-1] if latencies else math.nan,
         initialize_p50_ms=1000 * percentile(init_latencies, 50),
         initialize_p99_ms=1000 * percentile(init_latencies, 99),
-        cpu_seconds={label: sum(after[label]) - sum(before[label]) for label in after},
-        cpu_system_seconds={label: after[label][1] - before[label][1] for label in after},
+        cpu_seconds={label: sum(after[label]) - sum(before[label])
+                     for label in after if label != "machine"},
+        cpu_system_seconds={label: after[label][1] - before[label][1]
+                            for label in after if label != "machine"},
+        machine_busy_seconds=after["machine"][0] - before["machine"][0],
         first_errors=errors[:5], stopped_by_time_limit=timed_out,
     )
 

@@ -10,11 +10,13 @@ speedscope and flamegraph.pl read as they are.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +53,7 @@ class Recording:
         if binary is None:
             raise RuntimeError("py-spy is not installed (pip install -r bench/requirements.txt)")
         self.output = output
-        self._log = output.with_suffix(output.suffix + ".log")
+        self._log = Path(tempfile.gettempdir()) / f"py-spy-{os.getpid()}-{output.name}.log"
         with open(self._log, "wb") as log:
             self._proc = subprocess.Popen(
                 [binary, "record", "--pid", str(pid), "--rate", str(SAMPLE_RATE),
@@ -59,6 +61,10 @@ class Recording:
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop sampling; py-spy writes its output on SIGINT."""
@@ -92,6 +98,7 @@ class Frame:
 class ProfileSummary:
     samples: int
     categories: list[tuple[str, int]]
+    paid_by_vmcp: list[tuple[str, int]]
     self_lines: list[tuple[str, str, int]]            # (function, file:line, samples)
     vmcp_inclusive: list[tuple[str, str, int]]        # (function, file, samples)
     vmcp_self_lines: list[tuple[str, str, int]]
@@ -108,12 +115,45 @@ def parse_frame(text: str) -> Frame:
     return Frame(match.group("func"), match.group("file"), int(line) if line else None)
 
 
+EVENT_LOOP = "event loop (uvloop's C code and system calls, no Python frame)"
+STDLIB = "asyncio and the rest of the standard library"
+_LOOP_FILES = ("asyncio/runners.py", "asyncio/base_events.py", "uvloop/")
+
+
+def _library(frame: Frame) -> str | None:
+    for name, prefixes in CATEGORIES:
+        if frame.file.startswith(prefixes):
+            return name
+    return None
+
+
 def _category(stack: list[Frame]) -> str:
+    """The innermost frame's library; standard-library frames go to their caller's."""
+    if stack[-1].file.startswith(_LOOP_FILES):
+        return EVENT_LOOP
     for frame in reversed(stack):
-        for name, prefixes in CATEGORIES:
-            if frame.file.startswith(prefixes):
-                return name
-    return "asyncio, uvloop and the rest of the standard library"
+        library = _library(frame)
+        if library is not None:
+            return library
+    return STDLIB
+
+
+def _paid_by_vmcp(stack: list[Frame]) -> str | None:
+    """For a sample under vmcp code: what the innermost vmcp frame called that took it."""
+    inner = max((i for i, f in enumerate(stack)
+                 if f.file.startswith("vmcp/") and not _is_entry_point(f)), default=None)
+    if inner is None:
+        return None
+    below = stack[inner + 1:]
+    if not below:
+        return "vmcp's own Python code"
+    for frame in below:
+        library = _library(frame)
+        if library is not None:
+            return library
+    if below[0].file.startswith("asyncio/"):
+        return "asyncio (tasks, futures, events)"
+    return "vmcp's own Python code"  # json, uuid, re and friends, called directly
 
 
 def _is_entry_point(frame: Frame) -> bool:
@@ -127,6 +167,7 @@ def summarize(raw: Path, top: int = 15) -> ProfileSummary:
     vmcp_self: Counter[tuple[str, str]] = Counter()
     vmcp_incl: Counter[tuple[str, str]] = Counter()
     categories: Counter[str] = Counter()
+    paid: Counter[str] = Counter()
     total = 0
     for line in raw.read_text().splitlines():
         stack_text, _, count_text = line.rpartition(" ")
@@ -138,6 +179,9 @@ def summarize(raw: Path, top: int = 15) -> ProfileSummary:
         leaf = stack[-1]
         self_lines[(leaf.func, leaf.where)] += count
         categories[_category(stack)] += count
+        what = _paid_by_vmcp(stack)
+        if what is not None:
+            paid[what] += count
         seen: set[tuple[str, str]] = set()
         innermost_vmcp: Frame | None = None
         for frame in stack:
@@ -146,12 +190,13 @@ def summarize(raw: Path, top: int = 15) -> ProfileSummary:
                 if key not in seen and not _is_entry_point(frame):
                     seen.add(key)
                     vmcp_incl[key] += count
-                innermost_vmcp = frame
+                innermost_vmcp = frame if not _is_entry_point(frame) else innermost_vmcp
         if innermost_vmcp is not None:
             vmcp_self[(innermost_vmcp.func, innermost_vmcp.where)] += count
     return ProfileSummary(
         samples=total,
         categories=categories.most_common(),
+        paid_by_vmcp=paid.most_common(),
         self_lines=[(f, w, n) for (f, w), n in self_lines.most_common(top)],
         vmcp_inclusive=[(f, w, n) for (f, w), n in vmcp_incl.most_common(top)],
         vmcp_self_lines=[(f, w, n) for (f, w), n in vmcp_self.most_common(top)],

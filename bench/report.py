@@ -93,8 +93,12 @@ def _headline(report: Report) -> list[str]:
             parts.append(f"{run['calls_per_second'] / e['calls_per_second']:.0f}x FastMCP's "
                          "proxy")
         gateway = _cpu_ms(run, "gateway")
-        if gateway is not None:
-            parts.append(f"{gateway:.2f} ms of gateway CPU per call")
+        backend = _cpu_ms(run, "backend")
+        if gateway:
+            parts.append(f"{gateway:.2f} ms of gateway CPU per call (≈ {1000 / gateway:.0f} "
+                         "calls/s per gateway core"
+                         + (f"; {gateway / backend:.1f}x what the backend itself spends per "
+                            "call" if backend else "") + ")")
         out.append(f"* **({key}) {report.titles[key]}**: " + ", ".join(parts) + ".")
     return out
 
@@ -153,6 +157,20 @@ def _micro(report: Report) -> list[str]:
             out.append(f"  | {title} | {r['sessions']} | {r['sessions_per_second']:.0f} "
                        f"| {r['initialize_p50_ms']:.1f} | {r['initialize_p99_ms']:.1f} "
                        f"| {r['deletes_per_second']:.0f} |")
+    sweep = m.get("concurrency_sweep")
+    if sweep:
+        out.append("* **Gateway CPU per call against concurrency** (scenario b, echo; "
+                   "pooled backend connections grow with it):")
+        out.append("")
+        out.append("  | concurrent sessions | calls | calls/s | p50 ms | p99 ms "
+                   "| gateway CPU ms/call | backend CPU ms/call | other load (CPUs) |")
+        out.append("  |--:|--:|--:|--:|--:|--:|--:|--:|")
+        for r in sweep:
+            out.append(f"  | {r['sessions']} | {r['calls']} | {r['calls_per_second']:.0f} "
+                       f"| {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
+                       f"| {_fmt(_cpu_ms(r, 'gateway'), 2)} "
+                       f"| {_fmt(_cpu_ms(r, 'backend'), 2)} "
+                       f"| {_fmt(_other_load(r), 2)} |")
     return out
 
 
@@ -162,8 +180,13 @@ def _profile(report: Report) -> list[str]:
         return ["Not profiled in this run."]
     total = max(p.samples, 1)
     out = [f"py-spy, {p.samples} on-CPU samples of the scenario-(c) vmcp process (Redis "
-           f"store) under the echo load; files: "
-           + ", ".join(f"`{f}`" for f in report.profile_files) + ".", "",
+           f"store) under the echo load; files (not kept in git): "
+           + ", ".join(f"`{f}`" for f in report.profile_files) + ". "
+           + " ".join(report.profile_notes)
+           + (" Pinned so that the gateway is not preempted by the processes its writes wake "
+              "(on shared cores a sampler that counts runnable threads as busy charges that "
+              "wait to `SocketStream.send`, the socket write)." if report.profile_notes
+              else ""), "",
            "Where the CPU went (each sample charged to the innermost frame of a known "
            "library; standard-library leaves go to their caller). A Python frame's share "
            "includes the C code and system calls below it: a socket write on loopback "
@@ -176,6 +199,15 @@ def _profile(report: Report) -> list[str]:
     out += [f"| {name} | {100 * n / total:.1f}% | "
             f"{_fmt(per_call * n / total if per_call else None, 2)} |"
             for name, n in p.categories]
+    under = sum(n for _, n in p.paid_by_vmcp)
+    out += ["", f"Samples with vmcp code on the stack ({100 * under / total:.0f}% of all; the "
+            "rest is uvicorn parsing requests and the event loop before vmcp is entered), by "
+            "what the innermost vmcp frame had called:", "",
+            "| called from vmcp | share of all samples | ≈ ms of CPU per call |",
+            "|---|--:|--:|"]
+    out += [f"| {name} | {100 * n / total:.1f}% | "
+            f"{_fmt(per_call * n / total if per_call else None, 2)} |"
+            for name, n in p.paid_by_vmcp]
     out += ["", "Hottest lines (self time):", "", "| function | where | share |",
             "|---|---|--:|"]
     out += [f"| `{f}` | `{w}` | {100 * n / total:.1f}% |" for f, w, n in p.self_lines]
@@ -183,18 +215,28 @@ def _profile(report: Report) -> list[str]:
             "| function | file | share |", "|---|---|--:|"]
     out += [f"| `{f}` | `{w}` | {100 * n / total:.1f}% |" for f, w, n in p.vmcp_inclusive]
     out += ["", "vmcp lines charged with everything below them that is not vmcp "
-            "(library calls included; `serve` in `app.py` stands for uvicorn and the event "
-            "loop, which run below it):", "", "| function | where | share |", "|---|---|--:|"]
+            "(library calls included):", "", "| function | where | share |", "|---|---|--:|"]
     out += [f"| `{f}` | `{w}` | {100 * n / total:.1f}% |" for f, w, n in p.vmcp_self_lines]
     return out
 
 
+def _other_load(run: dict[str, Any]) -> float | None:
+    busy, seconds = run.get("machine_busy_seconds"), run.get("seconds")
+    if busy is None or not seconds or math.isnan(busy):
+        return None
+    return float((busy - sum(run["cpu_seconds"].values())) / seconds)
+
+
 def _rounds(report: Report) -> list[str]:
-    out = ["| scenario | run | calls/s per round |", "|---|---|---|"]
-    for key in "abcd":
+    out = ["Other load = CPUs in use, on average over the calls phase, by processes outside "
+           "the benchmark (this machine is shared): it is what makes rounds differ.", "",
+           "| scenario | run | calls/s per round | other load per round (CPUs) |",
+           "|---|---|---|---|"]
+    for key in SCENARIO_ORDER:
         for tool, runs in report.runs.get(key, {}).items():
             out.append(f"| ({key}) | {tool} | "
-                       + ", ".join(f"{r['calls_per_second']:.0f}" for r in runs) + " |")
+                       + ", ".join(f"{r['calls_per_second']:.0f}" for r in runs) + " | "
+                       + ", ".join(_fmt(_other_load(r), 2) for r in runs) + " |")
     return out
 
 

@@ -20,6 +20,7 @@ Scenarios (each: an echo run, then a blob run):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import platform
@@ -69,13 +70,16 @@ class Plan:
     warmup: int = 5
     time_limit: float = 30.0
     slow_time_limit: float = 12.0        # FastMCP and ContextForge: bounded by time
-    rounds: int = 2                      # a-d are repeated, interleaved; best round kept
+    rounds: int = 3                      # a-d are repeated, interleaved; best round kept
     mode_calls: int = 200
     restore_trials: int = 30
     restore_hits: int = 10
     memory_sessions: int = 1000
     creation_sessions: int = 300
     profile_calls: int = 600
+    sweep: tuple[int, ...] = (1, 8, 32, 64)
+    sweep_calls: int = 1600              # total per concurrency level
+    quiet_wait: float = 90.0             # bound on waiting for the machine to calm down
     quick: bool = False
 
     @classmethod
@@ -83,7 +87,7 @@ class Plan:
         return cls(sessions=2, echo_calls=20, blob_calls=10, warmup=2, time_limit=3.0,
                    slow_time_limit=3.0, rounds=1, mode_calls=20, restore_trials=3,
                    restore_hits=3, memory_sessions=50, creation_sessions=20,
-                   profile_calls=0, quick=True)
+                   profile_calls=0, sweep=(1, 4), sweep_calls=40, quiet_wait=0.0, quick=True)
 
 
 @dataclass
@@ -110,6 +114,7 @@ class Report:
     micro: dict[str, Any] = field(default_factory=dict)
     profile: ProfileSummary | None = None
     profile_files: list[str] = field(default_factory=list)
+    profile_notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def best(self, key: str, tool: str) -> dict[str, Any] | None:
@@ -232,7 +237,8 @@ def describe(result: LoadResult) -> str:
     cpu = ", ".join(f"{k} {1000 * v / max(result.calls, 1):.2f}"
                     for k, v in result.cpu_seconds.items())
     return (f"{result.calls} calls, {result.calls_per_second:.0f}/s, p50 {result.p50_ms:.1f} "
-            f"p99 {result.p99_ms:.1f} ms; CPU ms/call: {cpu}")
+            f"p99 {result.p99_ms:.1f} ms; CPU ms/call: {cpu}; other load "
+            f"{result.other_load_cores():.2f} CPUs")
 
 
 def run_scenario(report: Report, plan: Plan, scenario: Scenario,
@@ -494,23 +500,57 @@ async def _lifecycle_only(url: str, count: int) -> None:
             await _close_sessions(sessions, 4)
 
 
-def profile_vmcp(report: Report, plan: Plan, proc: Proc, url: str, workdir: Path) -> None:
-    """Sample the Redis-store vmcp process (scenario c's) under the echo load."""
+def pin(pids: Sequence[int], cpus: set[int]) -> None:
+    """Restrict every thread of these processes to ``cpus`` (best effort)."""
+    for pid in pids:
+        try:
+            tasks = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue
+        for tid in tasks:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(tid, cpus)
+
+
+def profile_vmcp(report: Report, plan: Plan, proc: Proc, url: str,
+                 others: Sequence[int]) -> None:
+    """Sample the Redis-store vmcp process (scenario c's) under the echo load.
+
+    The vmcp process gets a CPU of its own, everything else in the loop (backend, Redis,
+    load generator, py-spy) the other(s). Shared, the gateway's socket writes wake the
+    backend, which preempts the gateway on the spot, and a sampler that counts runnable
+    threads as busy then charges that wait to the write (``SocketStream.send``).
+    """
     raw = BENCH / "profile-vmcp.collapsed.txt"
     svg = BENCH / "profile-vmcp.svg"
     measured: LoadResult | None = None
-    for output, fmt in ((raw, "raw"), (svg, "flamegraph")):
-        print(f"  py-spy ({fmt}) on vmcp pid {proc.pid} ...", flush=True)
-        recording = Recording(proc.pid, output, fmt=fmt)
-        try:
-            time.sleep(1.0)  # py-spy attaches
-            result = load(url, plan, "echo", calls=plan.profile_calls,
-                          time_limit=plan.time_limit, watch={"gateway": [proc.pid]})
-            print(f"    {describe(result)}", flush=True)
-            measured = measured or result
-        finally:
-            recording.stop()
-        report.profile_files.append(str(output.relative_to(ROOT)))
+    cpus = os.sched_getaffinity(0)
+    pinned = len(cpus) >= 2
+    if pinned:
+        alone = {max(cpus)}
+        pin([proc.pid], alone)
+        pin([*others, os.getpid()], cpus - alone)
+        report.profile_notes.append(
+            f"vmcp pinned to CPU {max(cpus)}; backend, Redis, load generator and py-spy to "
+            f"CPU(s) {', '.join(map(str, sorted(cpus - alone)))}.")
+    try:
+        for output, fmt in ((raw, "raw"), (svg, "flamegraph")):
+            print(f"  py-spy ({fmt}) on vmcp pid {proc.pid} ...", flush=True)
+            recording = Recording(proc.pid, output, fmt=fmt)
+            if pinned:
+                pin([recording.pid], cpus - {max(cpus)})
+            try:
+                time.sleep(1.0)  # py-spy attaches
+                result = load(url, plan, "echo", calls=plan.profile_calls,
+                              time_limit=plan.time_limit, watch={"gateway": [proc.pid]})
+                print(f"    {describe(result)}", flush=True)
+                measured = measured or result
+            finally:
+                recording.stop()
+            report.profile_files.append(str(output.relative_to(ROOT)))
+    finally:
+        if pinned:
+            pin([proc.pid, *others, os.getpid()], cpus)
     report.profile = summarize(raw)
     if measured is not None and measured.calls:
         report.profile.gateway_cpu_ms_per_call = measured.cpu_ms_per_call("gateway")
@@ -518,6 +558,40 @@ def profile_vmcp(report: Report, plan: Plan, proc: Proc, url: str, workdir: Path
         if total:
             report.profile.gateway_system_share = (
                 measured.cpu_system_seconds.get("gateway", 0.0) / total)
+
+
+def wait_for_quiet(report: Report, seconds: float, threshold: float = 0.3) -> None:
+    """Wait (at most ``seconds``) until other processes use under ``threshold`` CPUs."""
+    from bench.load import machine_busy_seconds
+
+    deadline = time.monotonic() + seconds
+    while True:
+        before, started = machine_busy_seconds(), time.monotonic()
+        time.sleep(2.0)
+        busy = (machine_busy_seconds() - before) / (time.monotonic() - started)
+        if busy < threshold or time.monotonic() >= deadline:
+            report.machine["other load before the run (CPUs)"] = f"{busy:.2f}"
+            if busy >= threshold:
+                print(f"  the machine stays busy ({busy:.2f} CPUs in use); going ahead",
+                      flush=True)
+            return
+        print(f"  waiting for the machine to calm down ({busy:.2f} CPUs in use) ...",
+              flush=True)
+
+
+def concurrency_sweep(report: Report, plan: Plan, url: str, watch: dict[str, list[int]]
+                      ) -> list[dict[str, Any]]:
+    """Gateway CPU per call and latency against the number of concurrent sessions."""
+    rows = []
+    for sessions in plan.sweep:
+        calls = max(plan.sweep_calls // sessions, 10)
+        result: LoadResult = run(lambda sessions=sessions, calls=calls: run_load(
+            url, sessions=sessions, calls=calls, tool="echo", warmup=plan.warmup,
+            time_limit=plan.time_limit, watch=watch))
+        print(f"    C={sessions}: {describe(result)}", flush=True)
+        rows.append({"sessions": sessions, **result.as_dict(),
+                     "other_load_cores": result.other_load_cores()})
+    return rows
 
 
 # --------------------------------------------------------------------------- machine notes
@@ -650,6 +724,8 @@ def _run_all(procs: Processes, workdir: Path, plan: Plan, report: Report,
             report.titles[s.key] = s.title
         report.titles["f"] = "ContextForge gateway"
 
+        if plan.quiet_wait:
+            wait_for_quiet(report, plan.quiet_wait)
         if not plan.quick:
             print("backend response modes:", flush=True)
             backend_modes(procs, plan, report)
@@ -679,6 +755,12 @@ def _run_all(procs: Processes, workdir: Path, plan: Plan, report: Report,
         _contextforge(procs, workdir, plan, report, args, backend, backend_url, p_cf)
 
         print("micro-figures:", flush=True)
+        print("  concurrency sweep, scenario (b):", flush=True)
+        try:
+            report.micro["concurrency_sweep"] = concurrency_sweep(
+                report, plan, url(p_mem), {"gateway": [vmcp_mem.pid], "backend": [backend.pid]})
+        except (LoadError, httpx2.HTTPError, OSError) as exc:
+            report.failures.append(f"concurrency sweep: {exc}")
         micro_figures(procs, workdir, plan, report, backend_url=backend_url,
                       redis_server=redis_server, replica_urls=[url(p_r1), url(p_r2)],
                       commands=commands, vmcp_redis_url=url(p_redis),
@@ -687,7 +769,8 @@ def _run_all(procs: Processes, workdir: Path, plan: Plan, report: Report,
         if not (args.no_profile or plan.quick):
             print("profile:", flush=True)
             try:
-                profile_vmcp(report, plan, vmcp_redis, url(p_redis), workdir)
+                profile_vmcp(report, plan, vmcp_redis, url(p_redis),
+                             [backend.pid, redis_pid])
             except Exception as exc:
                 report.failures.append(f"profile: {type(exc).__name__}: {exc}")
                 print(f"  failed: {exc}", flush=True)
