@@ -80,6 +80,7 @@ __all__ = [
     "BackendConfig",
     "BackendToolsConfig",
     "ConflictMode",
+    "HealthConfig",
     "IncomingAuthConfig",
     "IncomingAuthType",
     "LimitsConfig",
@@ -567,6 +568,21 @@ class LimitsConfig(_Frozen):
     max_concurrent_backend_connects: int = Field(default=8, ge=1)
 
 
+class HealthConfig(_Frozen):
+    """Periodic probes of every backend; new sessions skip backends found unhealthy.
+
+    A probe opens and ends a backend session (``initialize`` then ``DELETE``), so it checks
+    what a new client session would need. ``unhealthy_threshold`` consecutive failures mark
+    a backend unhealthy; a probe slower than ``degraded_latency_seconds`` marks it degraded.
+    """
+
+    enabled: bool = True
+    interval_seconds: float = Field(default=15.0, gt=0, allow_inf_nan=False)
+    timeout_seconds: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    unhealthy_threshold: int = Field(default=2, ge=1)
+    degraded_latency_seconds: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+
+
 class StaticTokenConfig(_Frozen):
     """One bearer token of ``static`` incoming auth and the identity it stands for.
 
@@ -800,6 +816,7 @@ class VmcpConfig(_Frozen):
     aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
 
     @model_validator(mode="after")
     def _cross_section(self, info: ValidationInfo) -> Self:

@@ -24,7 +24,9 @@ from starlette.types import Receive, Scope, Send
 
 from vmcp import __version__
 from vmcp.auth.incoming import build_authenticator, metadata_paths
-from vmcp.config import VmcpConfig
+from vmcp.backend.connection import BackendTarget
+from vmcp.backend.health import HealthMonitor
+from vmcp.config import BackendConfig, VmcpConfig, redact_url
 from vmcp.errors import StoreError
 from vmcp.server.methods import MethodHandler
 from vmcp.server.security import RequestGuard
@@ -87,7 +89,12 @@ def create_app(config: VmcpConfig) -> Starlette:
                                       timeout_seconds=session.store_timeout_seconds)
         async with store, httpx2.AsyncClient(limits=BACKEND_POOL) as http, \
                 anyio.create_task_group() as background:
-            connector = BackendConnector(config, http, relay=relay, event_log=event_log)
+            monitor = _health_monitor(config, http)
+            connector = BackendConnector(
+                config, http, relay=relay, event_log=event_log,
+                is_healthy=monitor.usable_for_new_sessions if monitor else None)
+            if monitor is not None:
+                background.start_soon(monitor.run)
             manager = SessionManager(InstrumentedStore(store, metrics), connector,
                                      cache_capacity=session.cache_capacity,
                                      ended_sessions=ended)
@@ -100,7 +107,7 @@ def create_app(config: VmcpConfig) -> Starlette:
                 manager, MethodHandler(), RequestGuard(config.server), authenticator,
                 max_body_bytes=config.server.max_body_bytes, metrics=metrics,
             )
-            state.update(store=store, manager=manager, ledger=connector.ledger)
+            state.update(store=store, manager=manager, ledger=connector.ledger, monitor=monitor)
             logger.info("vmcp %s replica %s ready: %d backends, store %s", __version__,
                         config.server.replica_id, len(config.backends),
                         config.session.store_kind)
@@ -125,6 +132,9 @@ def create_app(config: VmcpConfig) -> Starlette:
         except StoreError as exc:
             return JSONResponse({"status": "store unavailable", "error": str(exc)},
                                 status_code=503)
+        monitor = state.get("monitor")
+        if isinstance(monitor, HealthMonitor) and not monitor.probed:
+            return JSONResponse({"status": "backends not probed yet"}, status_code=503)
         return JSONResponse({"status": "ready"})
 
     async def status(request: Request) -> Response:
@@ -134,8 +144,7 @@ def create_app(config: VmcpConfig) -> Starlette:
             "version": __version__,
             "replica_id": config.server.replica_id,
             "store": config.session.store_kind,
-            "backends": [{"name": b.name, "url": b.url, "transport": b.transport}
-                         for b in config.backends],
+            "backends": [_backend_status(b, state.get("monitor")) for b in config.backends],
             "cache": stats.cache.__dict__ if stats else None,
             "live_sessions": stats.cache.size if stats else 0,
             "upstream_sessions": {
@@ -170,6 +179,28 @@ def create_app(config: VmcpConfig) -> Starlette:
         *(Route(path, resource_metadata, methods=["GET"]) for path in metadata_paths(config)),
     ]
     return Starlette(routes=routes, lifespan=authenticated)
+
+
+def _health_monitor(config: VmcpConfig, http: httpx2.AsyncClient) -> HealthMonitor | None:
+    health = config.health
+    if not health.enabled or not config.backends:
+        return None
+    targets = [BackendTarget(b.name, b.url, b.transport, b.headers) for b in config.backends]
+    return HealthMonitor(targets, http, interval_seconds=health.interval_seconds,
+                         timeout_seconds=health.timeout_seconds,
+                         unhealthy_threshold=health.unhealthy_threshold,
+                         degraded_latency_seconds=health.degraded_latency_seconds)
+
+
+def _backend_status(backend: BackendConfig, monitor: object) -> dict[str, object]:
+    status: dict[str, object] = {"name": backend.name, "url": redact_url(backend.url),
+                                 "transport": backend.transport}
+    if isinstance(monitor, HealthMonitor):
+        health = monitor.snapshot().get(backend.name)
+        if health is not None:
+            status.update(health=health.status.value, latency_seconds=health.latency_seconds,
+                          last_error=health.last_error)
+    return status
 
 
 def serve(config: VmcpConfig, *, log_level: str = "info") -> None:

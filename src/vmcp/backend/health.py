@@ -1,0 +1,144 @@
+"""Is each backend fit to join new sessions? Periodic probes decide.
+
+Statuses: ``unknown`` until the first probe; ``healthy``; ``degraded`` (answered, but
+slower than the threshold, or failed fewer times in a row than the threshold);
+``unhealthy`` (failed ``unhealthy_threshold`` times in a row); ``unauthenticated`` (the
+backend refused our credentials: 401/403). New sessions skip ``unhealthy`` and
+``unauthenticated`` backends; ``degraded`` and ``unknown`` ones are tried. Restores are
+never filtered: a session keeps the backends it was promised.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+import anyio
+import httpx2
+
+from vmcp import __version__
+from vmcp.backend.connection import BackendTarget
+
+logger = logging.getLogger(__name__)
+
+PROBE_CLIENT = {"name": "vmcp-health", "version": __version__}
+
+
+class HealthStatus(enum.StrEnum):
+    UNKNOWN = "unknown"
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    UNHEALTHY = "unhealthy"
+    UNAUTHENTICATED = "unauthenticated"
+
+
+@dataclass(frozen=True)
+class BackendHealth:
+    status: HealthStatus = HealthStatus.UNKNOWN
+    latency_seconds: float | None = None
+    consecutive_failures: int = 0
+    last_error: str | None = None
+    checked_at: float | None = None
+
+
+class HealthMonitor:
+    """Probes every backend on an interval; ``usable_for_new_sessions`` reads the result."""
+
+    def __init__(
+        self,
+        targets: Sequence[BackendTarget],
+        http: httpx2.AsyncClient,
+        *,
+        interval_seconds: float,
+        timeout_seconds: float,
+        unhealthy_threshold: int,
+        degraded_latency_seconds: float,
+    ) -> None:
+        self._targets = {t.name: t for t in targets}
+        self._http = http
+        self._interval = interval_seconds
+        self._timeout = timeout_seconds
+        self._threshold = unhealthy_threshold
+        self._degraded_latency = degraded_latency_seconds
+        self._health: dict[str, BackendHealth] = {name: BackendHealth() for name in self._targets}
+        self._probed = anyio.Event()
+
+    def usable_for_new_sessions(self, backend: str) -> bool:
+        status = self._health.get(backend, BackendHealth()).status
+        return status not in (HealthStatus.UNHEALTHY, HealthStatus.UNAUTHENTICATED)
+
+    def snapshot(self) -> Mapping[str, BackendHealth]:
+        return dict(self._health)
+
+    @property
+    def probed(self) -> bool:
+        """Every backend has been probed at least once (readiness)."""
+        return self._probed.is_set()
+
+    async def run(self) -> None:
+        """Probe all backends, then again every interval; a lifespan task."""
+        while True:
+            await self.probe_all()
+            self._probed.set()
+            await anyio.sleep(self._interval)
+
+    async def probe_all(self) -> None:
+        async with anyio.create_task_group() as tg:
+            for target in self._targets.values():
+                tg.start_soon(self._probe_and_record, target)
+
+    async def _probe_and_record(self, target: BackendTarget) -> None:
+        previous = self._health[target.name]
+        started = time.perf_counter()
+        try:
+            with anyio.fail_after(self._timeout):
+                status_code = await self._probe(target)
+        except (TimeoutError, httpx2.HTTPError, ValueError) as exc:
+            failures = previous.consecutive_failures + 1
+            status = (HealthStatus.UNHEALTHY if failures >= self._threshold
+                      else HealthStatus.DEGRADED)
+            health = replace(previous, status=status, consecutive_failures=failures,
+                             last_error=f"{type(exc).__name__}: {exc}".rstrip(": "),
+                             checked_at=time.time())
+        else:
+            latency = time.perf_counter() - started
+            if status_code in (401, 403):
+                health = BackendHealth(HealthStatus.UNAUTHENTICATED, latency, 0,
+                                       f"HTTP {status_code}", time.time())
+            else:
+                slow = latency > self._degraded_latency
+                health = BackendHealth(HealthStatus.DEGRADED if slow else HealthStatus.HEALTHY,
+                                       latency, 0, None, time.time())
+        if health.status != previous.status:
+            logger.info("backend %s is now %s", target.name, health.status.value,
+                        extra={"backend": target.name, "error": health.last_error})
+        self._health[target.name] = health
+
+    async def _probe(self, target: BackendTarget) -> int:
+        """Open and end one backend session; the HTTP status of the ``initialize``.
+
+        Raises ``ValueError`` for an answer that shows the backend is broken (5xx, or a
+        success without a session it can end).
+        """
+        if target.transport == "sse":
+            async with self._http.stream("GET", target.url, headers={
+                    "Accept": "text/event-stream", **target.headers}) as stream:
+                if stream.status_code >= 300 and stream.status_code not in (401, 403):
+                    raise ValueError(f"SSE endpoint answered HTTP {stream.status_code}")
+                return stream.status_code
+        headers = {"Accept": "application/json, text/event-stream",
+                   "Content-Type": "application/json", **target.headers}
+        body = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": PROBE_CLIENT}}
+        response = await self._http.post(target.url, json=body, headers=headers)
+        if response.status_code in (401, 403):
+            return response.status_code
+        if response.status_code >= 300:
+            raise ValueError(f"initialize answered HTTP {response.status_code}")
+        session_id = response.headers.get("mcp-session-id")
+        if session_id:
+            await self._http.delete(target.url, headers={**headers, "Mcp-Session-Id": session_id})
+        return response.status_code
