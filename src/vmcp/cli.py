@@ -142,6 +142,9 @@ def serve(
     log_level: Annotated[
         LogLevel, typer.Option(case_sensitive=False, help="Logging threshold.")
     ] = LogLevel.info,
+    log_format: Annotated[
+        str, typer.Option(help="json, console, or auto (console on a terminal, else json).")
+    ] = "auto",
 ) -> None:
     """Serve the gateway described by the configuration file until interrupted."""
     config = _load_or_exit(config_file)
@@ -151,11 +154,15 @@ def serve(
             config = with_overrides(config, {"server": listen}, source="command line")
         except ConfigError as exc:
             _exit_with_problems(exc)
-    _run_gateway(_load_server(), config, log_level)
+    if log_format not in ("json", "console", "auto"):
+        typer.echo("vmcp: --log-format must be json, console or auto", err=True)
+        raise typer.Exit(EXIT_CONFIG_ERROR)
+    _run_gateway(_load_server(), config, log_level, log_format)
 
 
 class _Serve(Protocol):
-    def __call__(self, config: VmcpConfig, *, log_level: str = ...) -> None: ...
+    def __call__(self, config: VmcpConfig, *, log_level: str = ...,
+                 log_format: str = ...) -> None: ...
 
 
 def _load_server() -> _Serve:
@@ -169,9 +176,10 @@ def _load_server() -> _Serve:
     return run
 
 
-def _run_gateway(run: _Serve, config: VmcpConfig, log_level: LogLevel) -> None:
+def _run_gateway(run: _Serve, config: VmcpConfig, log_level: LogLevel,
+                 log_format: str = "auto") -> None:
     try:
-        run(config, log_level=log_level.value)
+        run(config, log_level=log_level.value, log_format=log_format)
     except ConfigError as exc:  # what only start-up can check, e.g. a token_env variable
         _exit_with_problems(exc)
     except KeyboardInterrupt:

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from vmcp import __version__
+from vmcp import __version__, logs
 from vmcp.auth.incoming import build_authenticator, metadata_paths
 from vmcp.backend.connection import BackendTarget
 from vmcp.backend.health import HealthMonitor
@@ -203,9 +203,9 @@ def _backend_status(backend: BackendConfig, monitor: object) -> dict[str, object
     return status
 
 
-def serve(config: VmcpConfig, *, log_level: str = "info") -> None:
+def serve(config: VmcpConfig, *, log_level: str = "info", log_format: str = "auto") -> None:
     """Run the gateway until SIGINT/SIGTERM (uvicorn finishes in-flight requests)."""
-    logging.basicConfig(level=log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(log_level, log_format)
     uvicorn.run(create_app(config), host=config.server.host, port=config.server.port,
-                log_level=log_level, lifespan="on", timeout_graceful_shutdown=10)
+                log_level=log_level, log_config=None, lifespan="on",
+                timeout_graceful_shutdown=10)

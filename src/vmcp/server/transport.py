@@ -15,6 +15,7 @@ checked before any session is looked up: 401 missing or refused (with ``WWW-Auth
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,6 +24,7 @@ import anyio
 from starlette.datastructures import Headers
 from starlette.types import Message, Receive, Scope, Send
 
+from vmcp import logs
 from vmcp.errors import (
     INTERNAL_ERROR_CODE,
     INVALID_REQUEST_CODE,
@@ -93,6 +95,7 @@ class McpEndpoint:
             await _send_json(send, status, jsonrpc.error(None, INVALID_REQUEST_CODE, reason))
             return
         verb = scope["method"]
+        logs.request_id.set(secrets.token_hex(6))
         began = time.perf_counter()
         status = 0
 

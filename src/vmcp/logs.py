@@ -1,0 +1,74 @@
+"""Log output: one JSON object per line for machines, or plain lines for a terminal.
+
+Modules log with ``extra={"session_id": ..., "backend": ...}``; those fields, and the id
+of the request being served, become JSON keys. Tokens are never passed to a logger, and
+as a second line of defence any value that looks like a bearer credential is masked.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import sys
+import time
+
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "vmcp_request_id", default=None)
+
+CONTEXT_FIELDS = ("session_id", "backend", "replica_id", "security_event", "error")
+_BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9\-._~+/]+=*")
+
+
+def _mask(text: str) -> str:
+    return _BEARER.sub(r"\1***", text)
+
+
+class JsonFormatter(logging.Formatter):
+    """``{"ts", "level", "logger", "message", <context fields>, "exc"}`` per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": _mask(record.getMessage()),
+        }
+        current = request_id.get()
+        if current is not None:
+            entry["request_id"] = current
+        for name in CONTEXT_FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                entry[name] = value
+        if record.exc_info:
+            entry["exc"] = _mask(self.formatException(record.exc_info))
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+class ConsoleFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = _mask(super().format(record))
+        context = [f"{n}={getattr(record, n)}" for n in CONTEXT_FIELDS
+                   if getattr(record, n, None) is not None]
+        return f"{line} [{' '.join(context)}]" if context else line
+
+
+def configure(level: str = "info", fmt: str = "auto") -> None:
+    """Install one handler on the root logger; ``auto`` is console on a TTY, else JSON."""
+    if fmt == "auto":
+        fmt = "console" if sys.stderr.isatty() else "json"
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
