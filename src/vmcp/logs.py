@@ -7,6 +7,7 @@ as a second line of defence any value that looks like a bearer credential is mas
 
 from __future__ import annotations
 
+import collections
 import contextvars
 import json
 import logging
@@ -59,6 +60,32 @@ class ConsoleFormatter(logging.Formatter):
         return f"{line} [{' '.join(context)}]" if context else line
 
 
+class RecentProblems(logging.Handler):
+    """The last warnings and errors of this process, for the status page."""
+
+    def __init__(self, size: int = 20) -> None:
+        super().__init__(logging.WARNING)
+        self.entries: collections.deque[dict[str, str]] = collections.deque(maxlen=size)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.entries.append({
+            "time": time.strftime("%H:%M:%S", time.gmtime(record.created)),
+            "level": record.levelname.lower(),
+            "message": _mask(record.getMessage())[:500],
+        })
+
+
+_recent = RecentProblems()
+
+
+def recent_problems() -> list[dict[str, str]]:
+    """Newest last; installed on the root logger on first use."""
+    root = logging.getLogger()
+    if _recent not in root.handlers:
+        root.addHandler(_recent)
+    return list(_recent.entries)
+
+
 def configure(level: str = "info", fmt: str = "auto") -> None:
     """Install one handler on the root logger; ``auto`` is console on a TTY, else JSON."""
     if fmt == "auto":
@@ -66,7 +93,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else ConsoleFormatter())
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [handler, _recent]
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []

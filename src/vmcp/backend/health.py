@@ -113,8 +113,10 @@ class HealthMonitor:
                 health = BackendHealth(HealthStatus.DEGRADED if slow else HealthStatus.HEALTHY,
                                        latency, 0, None, time.time())
         if health.status != previous.status:
-            logger.info("backend %s is now %s", target.name, health.status.value,
-                        extra={"backend": target.name, "error": health.last_error})
+            bad = health.status in (HealthStatus.UNHEALTHY, HealthStatus.UNAUTHENTICATED)
+            logger.log(logging.WARNING if bad else logging.INFO, "backend %s is now %s",
+                       target.name, health.status.value,
+                       extra={"backend": target.name, "error": health.last_error})
         self._health[target.name] = health
 
     async def _probe(self, target: BackendTarget) -> int:

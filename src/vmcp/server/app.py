@@ -18,7 +18,7 @@ import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
@@ -26,10 +26,11 @@ from vmcp import __version__, logs
 from vmcp.auth.incoming import build_authenticator, metadata_paths
 from vmcp.backend.connection import BackendTarget
 from vmcp.backend.health import HealthMonitor
-from vmcp.config import BackendConfig, VmcpConfig, redact_url
+from vmcp.config import VmcpConfig
 from vmcp.errors import StoreError
 from vmcp.server.methods import MethodHandler
 from vmcp.server.security import RequestGuard
+from vmcp.server.status import build_status, render_page
 from vmcp.server.transport import McpEndpoint
 from vmcp.session import SessionManager
 from vmcp.session.connector import BackendConnector
@@ -137,22 +138,19 @@ def create_app(config: VmcpConfig) -> Starlette:
             return JSONResponse({"status": "backends not probed yet"}, status_code=503)
         return JSONResponse({"status": "ready"})
 
+    def snapshot() -> dict[str, object]:
+        manager, ledger, monitor = (state.get("manager"), state.get("ledger"),
+                                    state.get("monitor"))
+        return build_status(
+            config, manager if isinstance(manager, SessionManager) else None,
+            ledger if isinstance(ledger, UpstreamLedger) else None,
+            monitor if isinstance(monitor, HealthMonitor) else None)
+
     async def status(request: Request) -> Response:
-        manager = state.get("manager")
-        stats = manager.statistics() if isinstance(manager, SessionManager) else None
-        return JSONResponse({
-            "version": __version__,
-            "replica_id": config.server.replica_id,
-            "store": config.session.store_kind,
-            "backends": [_backend_status(b, state.get("monitor")) for b in config.backends],
-            "cache": stats.cache.__dict__ if stats else None,
-            "live_sessions": stats.cache.size if stats else 0,
-            "upstream_sessions": {
-                name: {"opened": c.opened, "ended": c.ended, "open": c.open}
-                for name, c in ledger.snapshot().items()
-            } if isinstance(ledger := state.get("ledger"), UpstreamLedger) else {},
-            "security_events": stats.security_events if stats else 0,
-        })
+        return JSONResponse(snapshot())
+
+    async def status_page(request: Request) -> Response:
+        return HTMLResponse(render_page(snapshot()))
 
     async def resource_metadata(request: Request) -> Response:
         """RFC 9728 protected-resource metadata; 404 without an authorization server."""
@@ -176,6 +174,7 @@ def create_app(config: VmcpConfig) -> Starlette:
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/status", status),
+        Route("/ui", status_page),
         *(Route(path, resource_metadata, methods=["GET"]) for path in metadata_paths(config)),
     ]
     return Starlette(routes=routes, lifespan=authenticated)
@@ -190,17 +189,6 @@ def _health_monitor(config: VmcpConfig, http: httpx2.AsyncClient) -> HealthMonit
                          timeout_seconds=health.timeout_seconds,
                          unhealthy_threshold=health.unhealthy_threshold,
                          degraded_latency_seconds=health.degraded_latency_seconds)
-
-
-def _backend_status(backend: BackendConfig, monitor: object) -> dict[str, object]:
-    status: dict[str, object] = {"name": backend.name, "url": redact_url(backend.url),
-                                 "transport": backend.transport}
-    if isinstance(monitor, HealthMonitor):
-        health = monitor.snapshot().get(backend.name)
-        if health is not None:
-            status.update(health=health.status.value, latency_seconds=health.latency_seconds,
-                          last_error=health.last_error)
-    return status
 
 
 def serve(config: VmcpConfig, *, log_level: str = "info", log_format: str = "auto") -> None:
