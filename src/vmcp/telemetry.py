@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -20,6 +21,7 @@ from vmcp.errors import SessionNotFound, StoreError, StoreTimeout
 from vmcp.session.ledger import UpstreamLedger
 from vmcp.session.manager import SessionManager
 from vmcp.store.base import SessionStore
+from vmcp.tracing import tracer
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0, 30.0)
@@ -98,7 +100,8 @@ class InstrumentedStore:
         started = time.perf_counter()
         outcome = "ok"
         try:
-            return await call()
+            with tracer.start_as_current_span(f"store {op}", kind=SpanKind.CLIENT):
+                return await call()
         except SessionNotFound:
             outcome = "not_found"
             raise

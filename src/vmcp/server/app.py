@@ -22,7 +22,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from vmcp import __version__, logs
+from vmcp import __version__, logs, tracing
 from vmcp.auth.incoming import build_authenticator, metadata_paths
 from vmcp.backend.connection import BackendTarget
 from vmcp.backend.health import HealthMonitor
@@ -67,6 +67,10 @@ def create_app(config: VmcpConfig) -> Starlette:
     """
     endpoint = _Endpoint()
     authenticator = build_authenticator(config)
+    if config.telemetry.otlp_endpoint:
+        tracing.configure(config.telemetry.otlp_endpoint,
+                          service_name=config.telemetry.service_name,
+                          sample_ratio=config.telemetry.sample_ratio)
     state: dict[str, object] = {}
     metrics = Metrics()
 

@@ -21,10 +21,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+from opentelemetry.trace import SpanKind
 from starlette.datastructures import Headers
 from starlette.types import Message, Receive, Scope, Send
 
-from vmcp import logs
+from vmcp import logs, tracing
 from vmcp.errors import (
     INTERNAL_ERROR_CODE,
     INVALID_REQUEST_CODE,
@@ -150,6 +151,18 @@ class McpEndpoint:
             raise _Reply(exc.http_status, jsonrpc.error(exc.request_id, exc.code, exc.message)
                          ) from exc
         scope[METHOD_KEY] = _method_label(message)
+        attributes: dict[str, str] = {"mcp.method.name": scope[METHOD_KEY]}
+        if message.method == "tools/call" and isinstance(message.params.get("name"), str):
+            attributes["mcp.tool.name"] = message.params["name"][:128]
+        if session_id := headers.get(SESSION_HEADER):
+            attributes["mcp.session.tag"] = tracing.session_tag(session_id)
+        with tracing.tracer.start_as_current_span(
+                f"mcp {scope[METHOD_KEY]}", context=tracing.incoming_context(headers),
+                kind=SpanKind.SERVER, attributes=attributes):
+            await self._serve_message(scope, receive, send, headers, message)
+
+    async def _serve_message(self, scope: Scope, receive: Receive, send: Send,
+                             headers: Headers, message: Incoming) -> None:
         self._check_version(headers, message)
         principal = await self._principal(headers, message.id)
         if message.kind == "request" and message.method == "initialize":

@@ -19,6 +19,7 @@ from vmcp.session.ledger import UpstreamLedger
 from vmcp.session.multisession import MultiSession
 from vmcp.store.event_log import EventLog
 from vmcp.store.pubsub import SessionRelay
+from vmcp.tracing import tracer
 
 logger = logging.getLogger(__name__)
 
@@ -85,8 +86,10 @@ class BackendConnector:
                                extra={"session_id": session_id})
                 continue
             configured.append(backend)
-        connections = await self._gather(session_id, configured, states)
-        return await self._assemble(session_id, connections)
+        with tracer.start_as_current_span("session restore",
+                                          attributes={"vmcp.backends": len(configured)}):
+            connections = await self._gather(session_id, configured, states)
+            return await self._assemble(session_id, connections)
 
     async def _gather(self, session_id: str, backends: Sequence[BackendConfig],
                       states: Mapping[str, str]) -> dict[str, BackendConnection]:

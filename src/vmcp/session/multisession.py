@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from opentelemetry.trace import SpanKind
 
 from vmcp.aggregate import BackendCatalog, RoutingTable
 from vmcp.backend import STREAM_PAUSED, BackendConnection
@@ -24,6 +25,7 @@ from vmcp.session.ledger import UpstreamLedger
 from vmcp.session.streams import ResponseStream, ResponseStreams
 from vmcp.store.event_log import EventLog
 from vmcp.store.pubsub import SessionRelay
+from vmcp.tracing import tracer
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +132,10 @@ class MultiSession:
                 await channel.notify(message)
             return None
 
-        return await connection.request(method, params, on_message=relay)
+        with tracer.start_as_current_span(
+                f"backend {method}", kind=SpanKind.CLIENT,
+                attributes={"mcp.backend": backend, "mcp.method.name": method}):
+            return await connection.request(method, params, on_message=relay)
 
     def channel(self, stream: ResponseStream, request_id: Any) -> ClientChannel:
         """The way back to the client for one request on ``stream``."""
