@@ -5,10 +5,14 @@ Layout of the file (every key optional except each backend's ``name`` and ``url`
     server:      {host, port, path, allowed_origins, allowed_hosts, max_body_bytes, replica_id}
     session:     {store, key_prefix, ttl_seconds, cache_capacity, store_timeout_seconds,
                   sweep_interval_seconds}
-    backends:    [{name, url, transport, headers, connect_timeout_seconds, call_timeout_seconds}]
+    backends:    [{name, url, transport, headers, connect_timeout_seconds, call_timeout_seconds,
+                   auth: {type: none | header | forward | token_exchange,
+                          name, value | value_env, token_url, audience, client_id,
+                          client_secret_env, scope, allow_headers}}]
     aggregation: {conflict, prefix_format, priority_order,
                   tools: {<backend>: {include, exclude, overrides: {<tool>: {name, description}}}}}
-    limits:      {max_concurrent_backend_connects}
+    limits:      {max_concurrent_backend_connects, max_sessions_per_identity,
+                  call_timeout_seconds}
     auth:        {resource_url,
                   incoming: {type: anonymous | oidc | static,
                              issuer, audience, jwks_url | jwks_file, algorithms, leeway_seconds,
@@ -84,10 +88,13 @@ __all__ = [
     "IncomingAuthConfig",
     "IncomingAuthType",
     "LimitsConfig",
+    "OutgoingAuthConfig",
+    "OutgoingAuthType",
     "ServerConfig",
     "SessionConfig",
     "StaticTokenConfig",
     "StoreKind",
+    "TelemetryConfig",
     "ToolOverride",
     "Transport",
     "TrustedIssuerConfig",
@@ -133,8 +140,31 @@ _RESERVED_HEADERS = frozenset(
     }
 )
 
+# Headers that describe one HTTP hop, or that the MCP transport sets itself: copying a
+# client's value to a backend would corrupt the connection or the protocol.
+_HOP_BY_HOP_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+_TRANSPORT_HEADERS = frozenset(
+    {"mcp-session-id", "mcp-protocol-version", "last-event-id", "accept", "content-type"}
+)
+
 ConflictMode: TypeAlias = Literal["prefix", "priority", "manual"]
 IncomingAuthType: TypeAlias = Literal["anonymous", "oidc", "static"]
+OutgoingAuthType: TypeAlias = Literal["none", "header", "forward", "token_exchange"]
 Transport: TypeAlias = Literal["streamable-http", "sse"]
 StoreKind: TypeAlias = Literal[
     "memory", "redis", "rediss", "unix", "redis+sentinel", "redis+cluster"
@@ -413,13 +443,141 @@ class SessionConfig(_Frozen):
         return typing.cast(StoreKind, self.store.partition("://")[0])
 
 
+_OUTGOING_KEYS_OF_TYPE: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "header": ("name", "value", "value_env"),
+    "forward": (),
+    "token_exchange": ("token_url", "audience", "client_id", "client_secret_env", "scope"),
+}
+
+
+def _copyable_header_problem(header: str) -> str | None:
+    """Why ``header`` cannot be set on, or copied to, a backend request; None if it can."""
+    if not _HEADER_NAME_PATTERN.match(header):
+        return f"{header!r} is not a valid header name"
+    lowered = header.lower()
+    if lowered in _HOP_BY_HOP_HEADERS or lowered in _RESERVED_HEADERS:
+        return f"{header!r} is a hop-by-hop header and cannot be sent on"
+    if lowered in _TRANSPORT_HEADERS:
+        return f"{header!r} is set by the MCP transport itself"
+    return None
+
+
+class OutgoingAuthConfig(_Frozen):
+    """How the gateway authenticates to one backend (``backends[].auth``), by ``type``.
+
+    * ``none`` (the default) - nothing beyond the backend's static ``headers``.
+    * ``header`` - the header ``name`` with a fixed value: ``value`` in the file, or
+      ``value_env``, an environment variable read once at start-up (unset or empty is a
+      configuration error then). For API keys the backend issues to the gateway itself.
+    * ``forward`` - the caller's own bearer token goes to the backend as
+      ``Authorization: Bearer``. An explicit opt-in, logged as a warning at start-up: the
+      backend then holds a token that is also good at the gateway (and wherever else its
+      audience reaches), so only forward to backends trusted like the gateway itself.
+    * ``token_exchange`` - the caller's token is exchanged (RFC 8693) at ``token_url`` for
+      one meant for ``audience`` (and ``scope``, if given), authenticating as ``client_id``
+      with the secret in the environment variable ``client_secret_env`` (HTTP Basic; none
+      for a public client). Exchanged tokens are cached until shortly before they expire.
+
+    ``allow_headers`` (any type) names headers of the client's request that are copied to
+    the backend on each call, such as a tenant or trace header. Hop-by-hop headers and the
+    ones the MCP transport sets are refused, and so is ``Authorization``: passing the
+    caller's credentials on is what ``forward`` is for, deliberately and visibly.
+
+    Credentials for ``forward``, ``token_exchange`` and ``allow_headers`` are taken from the
+    request being served, on every call (and for the backend handshake that request
+    triggers); they are never stored with the session. They need incoming auth that has
+    tokens (``oidc`` or ``static``).
+    """
+
+    type: OutgoingAuthType = "none"
+    name: str | None = None
+    value: str | None = None
+    value_env: str | None = None
+    token_url: str | None = None
+    audience: str | None = None
+    client_id: str | None = None
+    client_secret_env: str | None = None
+    scope: str | None = None
+    allow_headers: tuple[str, ...] = ()
+
+    @field_validator("value_env", "client_secret_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME_PATTERN.match(value):
+            raise ValueError(f"{value!r} is not an environment variable name")
+        return value
+
+    @field_validator("token_url")
+    @classmethod
+    def _token_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_http_url(value)
+
+    @field_validator("allow_headers")
+    @classmethod
+    def _allow_headers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        problems = []
+        for header in value:
+            problem = _copyable_header_problem(header)
+            if problem is None and header.lower() == "authorization":
+                problem = (f"{header!r} carries the caller's credentials: use type 'forward' "
+                           "to pass them on")
+            if problem is not None:
+                problems.append(problem)
+        lowered = [header.lower() for header in value]
+        repeated = sorted({h for h in lowered if lowered.count(h) > 1})
+        if repeated:
+            problems.append(f"listed more than once: {', '.join(repeated)}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return tuple(lowered)
+
+    @model_validator(mode="after")
+    def _complete_for_type(self) -> Self:
+        problems = []
+        for key in ("name", "value", "value_env", "token_url", "audience", "client_id",
+                    "client_secret_env", "scope"):
+            if getattr(self, key) is not None and key not in _OUTGOING_KEYS_OF_TYPE[self.type]:
+                owner = next(t for t, keys in _OUTGOING_KEYS_OF_TYPE.items() if key in keys)
+                problems.append(f"{key} applies only to type {owner!r}, not {self.type!r}")
+        if self.type == "header":
+            if self.name is None:
+                problems.append("type 'header' needs name (the header to set)")
+            elif (problem := _copyable_header_problem(self.name)) is not None:
+                problems.append(f"name: {problem}")
+            elif self.name.lower() in self.allow_headers:
+                problems.append(f"{self.name!r} is both set and copied from the client")
+            if (self.value is None) == (self.value_env is None):
+                problems.append("type 'header' needs exactly one of value and value_env")
+            if self.value is not None and (
+                    not self.value or any(c in self.value for c in "\r\n\x00")):
+                problems.append("value must be non-empty, without line breaks or NUL")
+        elif self.type == "token_exchange":
+            for key in ("token_url", "audience", "client_id"):
+                if not getattr(self, key):
+                    problems.append(f"type 'token_exchange' needs {key}")
+        if problems:
+            raise ValueError("; ".join(sorted(problems)))
+        return self
+
+    def header_names(self) -> set[str]:
+        """The (lower-case) headers this strategy sets on backend requests."""
+        names = set(self.allow_headers)
+        if self.type == "header" and self.name is not None:
+            names.add(self.name.lower())
+        elif self.type in ("forward", "token_exchange"):
+            names.add("authorization")
+        return names
+
+
 class BackendConfig(_Frozen):
     """One backend MCP server.
 
     ``name`` (``[a-z0-9_-]``, unique) is what the gateway's prefixes, routes and logs use.
     ``headers`` are sent with every request to the backend (for example an API key); headers
     the transport manages itself (``Host``, ``Mcp-Session-Id``, ``MCP-Protocol-Version``, ...)
-    are refused.
+    are refused, and so are those ``auth`` sets. ``call_timeout_seconds`` bounds each call
+    to this backend; ``limits.call_timeout_seconds`` caps it for every backend.
     """
 
     name: str
@@ -428,6 +586,14 @@ class BackendConfig(_Frozen):
     headers: dict[str, str] = Field(default_factory=dict)
     connect_timeout_seconds: float = Field(default=10.0, gt=0, allow_inf_nan=False)
     call_timeout_seconds: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    auth: OutgoingAuthConfig = Field(default_factory=OutgoingAuthConfig)
+
+    @model_validator(mode="after")
+    def _auth_headers_not_static(self) -> Self:
+        both = sorted(self.auth.header_names() & {h.lower() for h in self.headers})
+        if both:
+            raise ValueError(f"headers sets {', '.join(both)}, which auth sets too")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -563,9 +729,18 @@ class AggregationConfig(_Frozen):
 
 
 class LimitsConfig(_Frozen):
-    """Resource limits."""
+    """Resource limits.
+
+    ``max_sessions_per_identity`` (0: unlimited) caps the live sessions one identity
+    (issuer and subject) may hold across all replicas; an ``initialize`` beyond it is
+    refused with 429. ``call_timeout_seconds`` caps every backend call (a backend's own
+    ``call_timeout_seconds`` can only lower it): a call still running then is cancelled
+    at the backend and answered with an error naming it.
+    """
 
     max_concurrent_backend_connects: int = Field(default=8, ge=1)
+    max_sessions_per_identity: int = Field(default=0, ge=0)
+    call_timeout_seconds: float = Field(default=300.0, gt=0, allow_inf_nan=False)
 
 
 class HealthConfig(_Frozen):
@@ -581,6 +756,15 @@ class HealthConfig(_Frozen):
     timeout_seconds: float = Field(default=5.0, gt=0, allow_inf_nan=False)
     unhealthy_threshold: int = Field(default=2, ge=1)
     degraded_latency_seconds: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+
+
+class TelemetryConfig(_Frozen):
+    """Tracing export; off while ``otlp_endpoint`` is empty (e.g.
+    ``http://collector:4318/v1/traces``)."""
+
+    otlp_endpoint: str = ""
+    service_name: str = "vmcp"
+    sample_ratio: float = Field(default=1.0, ge=0, le=1, allow_inf_nan=False)
 
 
 class StaticTokenConfig(_Frozen):
@@ -817,6 +1001,7 @@ class VmcpConfig(_Frozen):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
 
     @model_validator(mode="after")
     def _cross_section(self, info: ValidationInfo) -> Self:
@@ -830,6 +1015,28 @@ class VmcpConfig(_Frozen):
     def backend(self, name: str) -> BackendConfig | None:
         """The backend called ``name``, if configured."""
         return next((b for b in self.backends if b.name == name), None)
+
+
+def _caller_credential_problems(data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
+    """Outgoing auth that passes on the caller's token needs incoming auth that has one:
+    an anonymous gateway refuses every ``Authorization`` header, so there is nothing to
+    forward or exchange."""
+    auth = data.get("auth")
+    incoming = auth.get("incoming") if isinstance(auth, Mapping) else None
+    incoming_type = incoming.get("type", "anonymous") if isinstance(incoming, Mapping) else (
+        "anonymous")
+    if incoming_type != "anonymous":
+        return []
+    backends = data.get("backends", ())
+    problems: list[tuple[Loc, str]] = []
+    for index, backend in enumerate(backends if isinstance(backends, list | tuple) else ()):
+        outgoing = backend.get("auth") if isinstance(backend, Mapping) else None
+        kind = outgoing.get("type") if isinstance(outgoing, Mapping) else None
+        if kind in ("forward", "token_exchange"):
+            problems.append((("backends", index, "auth", "type"),
+                             f"{kind!r} passes on the caller's token, but auth.incoming.type is "
+                             "'anonymous' (no tokens): use 'oidc' or 'static'"))
+    return problems
 
 
 def _cross_section_problems(data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
@@ -855,6 +1062,7 @@ def _cross_section_problems(data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
             )
         else:
             first_index[name] = index
+    problems += _caller_credential_problems(data)
     aggregation = data.get("aggregation", {})
     if not isinstance(aggregation, Mapping):
         return problems

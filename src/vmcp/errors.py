@@ -19,7 +19,9 @@ The tree::
     │   ├── BackendUnavailable     cannot connect
     │   ├── BackendTimeout         no answer within the per-backend timeout
     │   ├── BackendProtocolError   an answer that is not MCP
-    │   └── BackendSessionExpired  the backend forgot our session (its 404)
+    │   ├── BackendSessionExpired  the backend forgot our session (its 404)
+    │   └── OutgoingAuthError      no credentials for the backend (token exchange failed)
+    ├── TooManySessions            the identity holds its maximum of live sessions → 429
     ├── SessionClosed              we closed the live session ourselves (not a failure)
     └── ConfigError                bad configuration; reported at start-up
 
@@ -177,6 +179,28 @@ class BackendProtocolError(BackendError):
 
 class BackendSessionExpired(BackendError):
     """The backend answered 404 for our backend session id: it forgot the session."""
+
+
+class OutgoingAuthError(BackendError):
+    """The gateway could not obtain credentials for the backend (a token exchange failed).
+
+    The message says why (the token endpoint's status and OAuth ``error`` code) and never
+    contains a token.
+    """
+
+
+class TooManySessions(VmcpError):
+    """An ``initialize`` by an identity that already holds its maximum of live sessions.
+
+    Refused rather than making room by ending the identity's oldest session: ending a
+    session someone may be using breaks their work without warning, while a refusal
+    tells the client exactly what to do (end a session it no longer needs, or wait for
+    one to expire) and breaks nothing.
+    """
+
+    http_status = 429
+    jsonrpc_code = INVALID_REQUEST_CODE
+    public_message = "Too many sessions"
 
 
 class SessionClosed(VmcpError):
