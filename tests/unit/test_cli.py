@@ -74,7 +74,8 @@ def fake_server(monkeypatch: pytest.MonkeyPatch) -> Callable[..., ServeCalls]:
         module = types.ModuleType("vmcp.server.app")
         module.levels = levels = []  # type: ignore[attr-defined]
 
-        def serve(config: VmcpConfig, *, log_level: str = "info") -> None:
+        def serve(config: VmcpConfig, *, log_level: str = "info",
+                  log_format: str = "auto") -> None:
             calls.append(config)
             levels.append(log_level)
             if action is not None:
