@@ -20,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any, NoReturn, Protocol
 
+import anyio
 import typer
 
 from vmcp.config import (
@@ -75,12 +76,31 @@ def main() -> None:
 @app.command("check-config")
 def check_config(
     file: Annotated[Path, typer.Argument(help="The YAML configuration file.", metavar="FILE")],
+    probe: Annotated[bool, typer.Option(
+        "--probe", help="Also connect to every backend and list what it offers.")] = False,
 ) -> None:
     """Validate FILE (with VMCP_* environment overrides) and summarise it."""
     config = _load_or_exit(file)
     typer.echo(f"{file}: configuration OK")
     for line in _summary(config):
         typer.echo(f"  {line}")
+    if probe:
+        _probe_or_exit(config)
+
+
+def _probe_or_exit(config: VmcpConfig) -> None:
+    from vmcp.probe import ProbeResult, format_table, probe_backends
+
+    typer.echo(f"probing {len(config.backends)} backends...")
+
+    def progress(result: ProbeResult) -> None:
+        typer.echo(f"  {result.backend}: {'ok' if result.ok else 'FAILED'}")
+
+    results = anyio.run(probe_backends, config, progress)
+    for line in format_table(results):
+        typer.echo(line)
+    if not all(r.ok for r in results):
+        raise typer.Exit(EXIT_FAILURE)
 
 
 def _load_or_exit(path: Path) -> VmcpConfig:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import httpx2
+import yaml
 
 from tests.support.mcp_http import RawSession
-from tests.support.processes import ManagedProcess
+from tests.support.processes import VMCP_EXECUTABLE, ManagedProcess
+from tests.support.redis_server import free_port
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -43,3 +48,21 @@ def test_metrics_count_requests_store_calls_and_sessions(gateway: ManagedProcess
     assert metric(after_calls, "vmcp_store_operations_total", op="load", outcome="ok") > 0
     assert metric(after_calls, "vmcp_live_sessions") >= 1
     assert metric(after_calls, "vmcp_upstream_sessions_opened_total", backend="notes") >= 1
+
+
+def test_check_config_probe_reports_each_backend(
+    gateway: ManagedProcess, demo_backends: dict[str, ManagedProcess], tmp_path: Path
+) -> None:
+    config = tmp_path / "probe.yaml"
+    backends = [{"name": n, "url": b.url} for n, b in demo_backends.items()]
+    backends.append({"name": "offline", "url": f"http://127.0.0.1:{free_port()}/mcp",
+                     "connect_timeout_seconds": 2})
+    config.write_text(yaml.safe_dump({"backends": backends}))
+    result = subprocess.run([str(VMCP_EXECUTABLE), "check-config", str(config), "--probe"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr   # one backend is down
+    rows = {line.split()[0]: line.split()[1] for line in result.stdout.splitlines()
+            if line.split() and line.split()[0] in ("notes", "weather", "offline")
+            and len(line.split()) > 3}
+    assert rows == {"notes": "ok", "weather": "ok", "offline": "FAILED"}, result.stdout
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,75 @@
+"""``vmcp check-config --probe``: can the gateway reach and use each backend right now?"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+import httpx2
+
+from vmcp.backend import BackendTarget, connect
+from vmcp.config import BackendConfig, VmcpConfig
+from vmcp.errors import BackendError
+from vmcp.session.connector import CLIENT_CAPABILITIES, CLIENT_INFO, discover
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    backend: str
+    ok: bool
+    seconds: float
+    server: str = ""
+    tools: int = 0
+    resources: int = 0
+    prompts: int = 0
+    error: str = ""
+
+
+async def probe_backends(config: VmcpConfig,
+                         on_result: Callable[[ProbeResult], None]) -> list[ProbeResult]:
+    """Open a session on every backend at once, list what it offers, end the session."""
+    results: list[ProbeResult] = []
+    async with httpx2.AsyncClient() as http, anyio.create_task_group() as tg:
+        async def one(backend: BackendConfig) -> None:
+            result = await _probe(backend, http)
+            results.append(result)
+            on_result(result)
+
+        for backend in config.backends:
+            tg.start_soon(one, backend)
+    return sorted(results, key=lambda r: r.backend)
+
+
+async def _probe(backend: BackendConfig, http: httpx2.AsyncClient) -> ProbeResult:
+    started = time.perf_counter()
+    target = BackendTarget(backend.name, backend.url, backend.transport, backend.headers)
+    try:
+        with anyio.fail_after(backend.connect_timeout_seconds):
+            connection = await connect(target, http, client_info=CLIENT_INFO,
+                                       capabilities=CLIENT_CAPABILITIES,
+                                       timeout=backend.connect_timeout_seconds)
+            try:
+                catalog = await discover(backend.name, connection)
+            finally:
+                await connection.aclose()
+    except (BackendError, TimeoutError) as exc:
+        message = str(exc) or f"no answer within {backend.connect_timeout_seconds:g}s"
+        return ProbeResult(backend.name, False, time.perf_counter() - started, error=message)
+    info = connection.state.initialize_result.get("serverInfo") or {}
+    server = f"{info.get('name', '?')} {info.get('version', '')}".strip()
+    return ProbeResult(backend.name, True, time.perf_counter() - started, server,
+                       len(catalog.tools), len(catalog.resources) + len(
+                           catalog.resource_templates), len(catalog.prompts))
+
+
+def format_table(results: list[ProbeResult]) -> list[str]:
+    width = max((len(r.backend) for r in results), default=7)
+    lines = [f"{'backend':<{width}}  result  time      tools  resources  prompts  detail"]
+    for r in results:
+        detail = r.server if r.ok else r.error
+        lines.append(f"{r.backend:<{width}}  {'ok' if r.ok else 'FAILED':<6}  "
+                     f"{r.seconds * 1000:>6.0f}ms  {r.tools:>5}  {r.resources:>9}  "
+                     f"{r.prompts:>7}  {detail}")
+    return lines
