@@ -93,6 +93,10 @@ class ValidatingCache(Generic[K, V]):
     def __contains__(self, key: K) -> bool:
         return key in self._entries
 
+    def cached_keys(self) -> list[K]:
+        """A snapshot of the cached keys, least recently used first."""
+        return list(self._entries)
+
     def peek(self, key: K) -> V | None:
         """The cached value without checking it or touching recency."""
         return self._entries.get(key)

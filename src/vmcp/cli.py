@@ -177,12 +177,12 @@ def serve(
     if log_format not in ("json", "console", "auto"):
         typer.echo("vmcp: --log-format must be json, console or auto", err=True)
         raise typer.Exit(EXIT_CONFIG_ERROR)
-    _run_gateway(_load_server(), config, log_level, log_format)
+    _run_gateway(_load_server(), config, log_level, log_format, config_file)
 
 
 class _Serve(Protocol):
-    def __call__(self, config: VmcpConfig, *, log_level: str = ...,
-                 log_format: str = ...) -> None: ...
+    def __call__(self, config: VmcpConfig, *, log_level: str = ..., log_format: str = ...,
+                 config_path: Path | None = ...) -> None: ...
 
 
 def _load_server() -> _Serve:
@@ -197,9 +197,10 @@ def _load_server() -> _Serve:
 
 
 def _run_gateway(run: _Serve, config: VmcpConfig, log_level: LogLevel,
-                 log_format: str = "auto") -> None:
+                 log_format: str = "auto", config_path: Path | None = None) -> None:
     try:
-        run(config, log_level=log_level.value, log_format=log_format)
+        run(config, log_level=log_level.value, log_format=log_format,
+            config_path=config_path)
     except ConfigError as exc:  # what only start-up can check, e.g. a token_env variable
         _exit_with_problems(exc)
     except KeyboardInterrupt:

@@ -75,7 +75,7 @@ def fake_server(monkeypatch: pytest.MonkeyPatch) -> Callable[..., ServeCalls]:
         module.levels = levels = []  # type: ignore[attr-defined]
 
         def serve(config: VmcpConfig, *, log_level: str = "info",
-                  log_format: str = "auto") -> None:
+                  log_format: str = "auto", config_path: Path | None = None) -> None:
             calls.append(config)
             levels.append(log_level)
             if action is not None:

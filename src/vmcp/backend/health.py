@@ -66,6 +66,11 @@ class HealthMonitor:
         self._health: dict[str, BackendHealth] = {name: BackendHealth() for name in self._targets}
         self._probed = anyio.Event()
 
+    def set_targets(self, targets: Sequence[BackendTarget]) -> None:
+        """Follow a reloaded configuration: keep what is known of kept backends."""
+        self._targets = {t.name: t for t in targets}
+        self._health = {name: self._health.get(name, BackendHealth()) for name in self._targets}
+
     def usable_for_new_sessions(self, backend: str) -> bool:
         status = self._health.get(backend, BackendHealth()).status
         return status not in (HealthStatus.UNHEALTHY, HealthStatus.UNAUTHENTICATED)

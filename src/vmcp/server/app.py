@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio
 import httpx2
@@ -26,8 +28,8 @@ from vmcp import __version__, logs, tracing
 from vmcp.auth.incoming import build_authenticator, metadata_paths
 from vmcp.backend.connection import BackendTarget
 from vmcp.backend.health import HealthMonitor
-from vmcp.config import VmcpConfig
-from vmcp.errors import StoreError
+from vmcp.config import VmcpConfig, load_config
+from vmcp.errors import ConfigError, StoreError
 from vmcp.server.methods import MethodHandler
 from vmcp.server.security import RequestGuard
 from vmcp.server.status import build_status, render_page
@@ -59,7 +61,7 @@ class _Endpoint:
         await self.app(scope, receive, send)
 
 
-def create_app(config: VmcpConfig) -> Starlette:
+def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Starlette:
     """The whole gateway as one ASGI app (also what tests run in-process).
 
     Raises ``ConfigError`` if incoming auth cannot be set up (a ``token_env`` variable
@@ -112,7 +114,11 @@ def create_app(config: VmcpConfig) -> Starlette:
                 manager, MethodHandler(), RequestGuard(config.server), authenticator,
                 max_body_bytes=config.server.max_body_bytes, metrics=metrics,
             )
-            state.update(store=store, manager=manager, ledger=connector.ledger, monitor=monitor)
+            state.update(store=store, manager=manager, ledger=connector.ledger, monitor=monitor,
+                         connector=connector)
+            if config_path is not None:
+                background.start_soon(_reload_on_sighup, config_path, connector, manager,
+                                      monitor)
             logger.info("vmcp %s replica %s ready: %d backends, store %s", __version__,
                         config.server.replica_id, len(config.backends),
                         config.session.store_kind)
@@ -145,8 +151,10 @@ def create_app(config: VmcpConfig) -> Starlette:
     def snapshot() -> dict[str, object]:
         manager, ledger, monitor = (state.get("manager"), state.get("ledger"),
                                     state.get("monitor"))
+        connector = state.get("connector")
+        current = connector.config if isinstance(connector, BackendConnector) else config
         return build_status(
-            config, manager if isinstance(manager, SessionManager) else None,
+            current, manager if isinstance(manager, SessionManager) else None,
             ledger if isinstance(ledger, UpstreamLedger) else None,
             monitor if isinstance(monitor, HealthMonitor) else None)
 
@@ -188,16 +196,47 @@ def _health_monitor(config: VmcpConfig, http: httpx2.AsyncClient) -> HealthMonit
     health = config.health
     if not health.enabled or not config.backends:
         return None
-    targets = [BackendTarget(b.name, b.url, b.transport, b.headers) for b in config.backends]
-    return HealthMonitor(targets, http, interval_seconds=health.interval_seconds,
+    return HealthMonitor(_targets(config), http, interval_seconds=health.interval_seconds,
                          timeout_seconds=health.timeout_seconds,
                          unhealthy_threshold=health.unhealthy_threshold,
                          degraded_latency_seconds=health.degraded_latency_seconds)
 
 
-def serve(config: VmcpConfig, *, log_level: str = "info", log_format: str = "auto") -> None:
+async def _reload_on_sighup(path: Path, connector: BackendConnector, manager: SessionManager,
+                            monitor: HealthMonitor | None) -> None:
+    """SIGHUP re-reads the configuration file and applies its backends and aggregation to
+    this replica without a restart (other sections need one). Live sessions gain the added
+    backends, end their sessions on the removed ones, and are sent ``list_changed``."""
+    with anyio.open_signal_receiver(signal.SIGHUP) as signals:
+        async for _ in signals:
+            try:
+                loaded = load_config(path)
+            except ConfigError as exc:
+                logger.error("configuration reload refused, keeping the running one:\n%s", exc)
+                continue
+            current = connector.config
+            if any(getattr(loaded, part) != getattr(current, part)
+                   for part in ("server", "session", "auth", "limits")):
+                logger.warning("reload applies backends, aggregation and health only; "
+                               "restart to change the other sections")
+            updated = current.model_copy(update={"backends": loaded.backends,
+                                                 "aggregation": loaded.aggregation})
+            connector.reconfigure(updated)
+            if monitor is not None:
+                monitor.set_targets(_targets(updated))
+            changed = await manager.reconcile_live_sessions(connector.reconcile)
+            logger.info("configuration reloaded: %d backends; %d live sessions updated",
+                        len(updated.backends), changed)
+
+
+def _targets(config: VmcpConfig) -> list[BackendTarget]:
+    return [BackendTarget(b.name, b.url, b.transport, b.headers) for b in config.backends]
+
+
+def serve(config: VmcpConfig, *, log_level: str = "info", log_format: str = "auto",
+          config_path: Path | None = None) -> None:
     """Run the gateway until SIGINT/SIGTERM (uvicorn finishes in-flight requests)."""
     logs.configure(log_level, log_format)
-    uvicorn.run(create_app(config), host=config.server.host, port=config.server.port,
-                log_level=log_level, log_config=None, lifespan="on",
+    uvicorn.run(create_app(config, config_path=config_path), host=config.server.host,
+                port=config.server.port, log_level=log_level, log_config=None, lifespan="on",
                 timeout_graceful_shutdown=10)

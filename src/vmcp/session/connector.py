@@ -16,6 +16,7 @@ from vmcp.config import BackendConfig, VmcpConfig
 from vmcp.errors import BackendError, ConfigError
 from vmcp.session.binding import Principal
 from vmcp.session.ledger import UpstreamLedger
+from vmcp.session.live import LiveSession
 from vmcp.session.multisession import MultiSession
 from vmcp.store.event_log import EventLog
 from vmcp.store.pubsub import SessionRelay
@@ -67,6 +68,29 @@ class BackendConnector:
 
     def set_state_recorder(self, record_state: StateRecorder) -> None:
         self._record_state = record_state
+
+    @property
+    def config(self) -> VmcpConfig:
+        return self._config
+
+    def reconfigure(self, config: VmcpConfig) -> None:
+        """Use ``config``'s backends and aggregation for everything from now on."""
+        self._config = config
+
+    async def reconcile(self, session: LiveSession) -> bool:
+        """Bring a live session in line with the configured backends (after a reload):
+        connect the added ones, end the removed ones. True if anything changed."""
+        if not isinstance(session, MultiSession):
+            raise TypeError("only sessions this connector built can be reconciled")
+        wanted = {b.name: b for b in self._config.backends}
+        current = set(session.backend_names())
+        added = [b for name, b in wanted.items() if name not in current]
+        removed = sorted(current - set(wanted))
+        if not added and not removed:
+            return False
+        connections = await self._gather(session.session_id, added, states={})
+        await session.reconcile(connections, removed)
+        return True
 
     async def open(self, session_id: str, principal: Principal) -> MultiSession:
         backends = [

@@ -309,6 +309,34 @@ class SessionManager:
             raise
         return decorated
 
+    async def reconcile_live_sessions(
+        self, reconcile: Callable[[LiveSession], Awaitable[bool]]
+    ) -> int:
+        """Apply ``reconcile`` to every session live here (a configuration reload) and
+        store each changed session's new backend list (set-if-present: a session ended
+        meanwhile stays ended). Returns how many sessions changed."""
+        changed = 0
+        for session_id in self._cache.cached_keys():
+            entry = self._cache.peek(session_id)
+            if entry is None or not await reconcile(entry.live):
+                continue
+            changed += 1
+            backends = md.backend_list(entry.live.backend_names())
+            try:
+                record = await self._store.load(session_id)
+                states = {md.backend_state_key(k): v
+                          for k, v in entry.live.backend_states().items()}
+                kept = {k: v for k, v in record.items()
+                        if not k.startswith(md.BACKEND_STATE_PREFIX)}
+                if md.is_full_session(record) and await self._store.update(
+                        session_id, {**kept, **states, md.BACKENDS: backends}):
+                    self._cache.set(session_id, _Entry(entry.live, entry.binding, backends),
+                                    release_previous=False)
+            except (SessionNotFound, StoreError) as exc:
+                logger.warning("could not store a reloaded session: %s", exc,
+                               extra={"session_id": session_id})
+        return changed
+
     # -- cache callbacks ------------------------------------------------------------
 
     async def _restore(self, session_id: str) -> _Entry:

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -372,6 +372,34 @@ class MultiSession:
             return
         self.routing = self._rebuild(self._catalogs)
 
+    async def reconcile(self, added: Mapping[str, BackendConnection],
+                        removed: Sequence[str]) -> None:
+        """Take in new backend connections, end removed ones, re-route, and tell the
+        client that the lists changed (configuration reload)."""
+        closing = {name: self._connections.pop(name) for name in removed
+                   if name in self._connections}
+        for name in removed:
+            self._catalogs.pop(name, None)
+        self._connections.update(added)
+        async with anyio.create_task_group() as tg:
+            for name in added:
+                tg.start_soon(self.refresh_backend, name)
+            for name, connection in closing.items():
+                tg.start_soon(self._close_connection, name, connection)
+        self.routing = self._rebuild(self._catalogs)
+        for method in sorted(LIST_CHANGED):
+            self._publish({"jsonrpc": "2.0", "method": method})
+
+    async def _close_connection(self, name: str, connection: BackendConnection) -> None:
+        try:
+            await connection.aclose()
+        except Exception:
+            logger.warning("closing backend %s failed", name, exc_info=True,
+                           extra={"session_id": self._session_id, "backend": name})
+        finally:
+            if self._ledger is not None:
+                self._ledger.record_ended(name)
+
     # -- closing --------------------------------------------------------------------
 
     async def aclose(self) -> None:
@@ -387,19 +415,9 @@ class MultiSession:
         for task in list(self._tasks):
             task.cancel()
 
-        async def close(name: str, connection: BackendConnection) -> None:
-            try:
-                await connection.aclose()
-            except Exception:
-                logger.warning("closing backend %s failed", name, exc_info=True,
-                               extra={"session_id": self._session_id, "backend": name})
-            finally:
-                if self._ledger is not None:
-                    self._ledger.record_ended(name)
-
         async with anyio.create_task_group() as tg:
             for name, connection in self._connections.items():
-                tg.start_soon(close, name, connection)
+                tg.start_soon(self._close_connection, name, connection)
 
 
 async def _aclose_iterator(iterator: AsyncIterator[Any]) -> None:

@@ -1,0 +1,88 @@
+"""SIGHUP applies a changed configuration without a restart."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import yaml
+
+from tests.support.mcp_http import RawSession
+from tests.support.processes import ManagedProcess, running_gateway
+
+WAIT_SECONDS = 10.0
+
+
+def wait_for(condition: Any, what: str) -> None:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {WAIT_SECONDS}s: {what}"
+        time.sleep(0.05)
+
+
+def listen(session: RawSession, url: str, received: list[str], opened: threading.Event,
+           stop: threading.Event) -> None:
+    """Collect the methods of what the GET stream delivers, until told to stop."""
+    with httpx2.Client(timeout=30) as http, http.stream(
+            "GET", url, headers=session.headers({"Accept": "text/event-stream"})) as response:
+        for line in response.iter_lines():
+            opened.set()
+            if line.startswith("data:") and line[5:].strip():
+                received.append(json.loads(line[5:])["method"])
+            if stop.is_set():
+                return
+
+
+def test_sighup_adds_and_removes_backends_in_live_sessions(
+    demo_backends: dict[str, ManagedProcess], tmp_path: Path
+) -> None:
+    notes = {"name": "notes", "url": demo_backends["notes"].url}
+    weather = {"name": "weather", "url": demo_backends["weather"].url}
+    with running_gateway({"backends": [notes]}, tmp_path) as gateway, \
+            httpx2.Client(timeout=10) as http:
+        config_file = tmp_path / "gateway.yaml"     # what running_gateway wrote and serves
+        session = RawSession.open(http, gateway.url)
+        assert "notes_add_note" in session.tool_names()
+        received: list[str] = []
+        opened, stop = threading.Event(), threading.Event()
+        listener = threading.Thread(target=listen,
+                                    args=(session, gateway.url, received, opened, stop))
+        listener.start()
+        assert opened.wait(WAIT_SECONDS)
+
+        def reload(backends: list[dict[str, str]]) -> None:
+            config = yaml.safe_load(config_file.read_text())
+            config["backends"] = backends
+            config_file.write_text(yaml.safe_dump(config))
+            gateway.process.send_signal(signal.SIGHUP)
+
+        reload([notes, weather])
+        wait_for(lambda: "notifications/tools/list_changed" in received, "list_changed (add)")
+        names = session.tool_names()
+        assert any(n.startswith("weather_") for n in names), names
+        assert any(n.startswith("notes_") for n in names), names
+
+        received.clear()
+        reload([weather])
+        wait_for(lambda: "notifications/tools/list_changed" in received, "list_changed (drop)")
+        names = session.tool_names()
+        assert names, names
+        assert all(n.startswith("weather_") for n in names), names
+        upstream = http.get(f"{gateway.base_url}/status").json()["upstream_sessions"]
+        assert upstream["notes"]["open"] == 0, upstream     # its upstream session ended
+        assert upstream["weather"]["open"] == 1, upstream
+        status = http.get(f"{gateway.base_url}/status").json()
+        assert [b["name"] for b in status["backends"]] == ["weather"]
+
+        reload([{"name": "Bad Name!", "url": "nope"}])       # refused, the running one stays
+        wait_for(lambda: "configuration reload refused" in gateway.log_tail(200),
+                 "the refusal is logged")
+        assert session.tool_names() == names
+        stop.set()
+        session.delete()
+        listener.join(timeout=WAIT_SECONDS)
