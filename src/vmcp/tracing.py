@@ -9,6 +9,7 @@ short hash of them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping
 
@@ -20,6 +21,7 @@ from vmcp import __version__
 tracer = trace.get_tracer("vmcp", __version__)
 
 
+@functools.lru_cache(maxsize=4096)
 def session_tag(session_id: str) -> str:
     """A stable, non-reversible tag for a session id (ids are credentials)."""
     return hashlib.sha256(session_id.encode()).hexdigest()[:16]

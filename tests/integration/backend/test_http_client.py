@@ -1,0 +1,32 @@
+"""The backend HTTP client: httpx2's transport with vmcp's pooled-stream shortcut."""
+
+from __future__ import annotations
+
+import httpcore2
+import pytest
+
+from tests.support.processes import ManagedProcess
+from vmcp.backend.http_client import _CachedSocketStream, _Transport, backend_http_client
+
+pytestmark = pytest.mark.anyio
+
+
+def test_the_private_pool_attribute_it_replaces_still_exists() -> None:
+    transport = _Transport(limits=__import__("httpx2").Limits(max_connections=4))
+    assert isinstance(transport._pool, httpcore2.AsyncConnectionPool)
+
+
+async def test_pooled_connections_use_the_cached_socket_stream(
+    demo_backends: dict[str, ManagedProcess],
+) -> None:
+    async with backend_http_client() as http:
+        for _ in range(3):
+            response = await http.get(demo_backends["notes"].url,
+                                      headers={"Accept": "text/event-stream"})
+            assert response.status_code < 500
+        pool = http._transport._pool  # type: ignore[attr-defined]
+        streams = [c._connection._network_stream for c in pool.connections
+                   if c._connection is not None]
+        assert streams
+        assert all(isinstance(s, _CachedSocketStream) for s in streams)
+        assert all(s.get_extra_info("is_readable") is False for s in streams)
