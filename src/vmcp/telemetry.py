@@ -44,14 +44,34 @@ class Metrics:
         self.store_seconds = Histogram(
             "vmcp_store_operation_duration_seconds", "Session store call latency.",
             ["op"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._store_children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def watch(self, manager: SessionManager, ledger: UpstreamLedger) -> None:
         """Expose the manager's and the ledger's own counters at scrape time."""
         self.registry.register(_StateCollector(manager, ledger))
 
     def observe_request(self, method: str, status: int, started: float) -> None:
-        self.requests.labels(method, str(status)).inc()
-        self.request_seconds.labels(method).observe(time.perf_counter() - started)
+        # Label lookups cost more than the observation; the label sets are few and fixed
+        # (methods are MCP's own names, see the transport), so keep the children.
+        key = (method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (self.requests.labels(method, str(status)),
+                        self.request_seconds.labels(method))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(time.perf_counter() - started)
+
+    def observe_store(self, op: str, outcome: str, started: float) -> None:
+        key = (op, outcome)
+        children = self._store_children.get(key)
+        if children is None:
+            children = (self.store_operations.labels(op, outcome),
+                        self.store_seconds.labels(op))
+            self._store_children[key] = children
+        children[0].inc()
+        children[1].observe(time.perf_counter() - started)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -112,8 +132,7 @@ class InstrumentedStore:
             outcome = "unavailable"
             raise
         finally:
-            self._metrics.store_operations.labels(op, outcome).inc()
-            self._metrics.store_seconds.labels(op).observe(time.perf_counter() - started)
+            self._metrics.observe_store(op, outcome, started)
 
     async def create(self, session_id: str, metadata: Mapping[str, str]) -> bool:
         result: bool = await self._timed("create", lambda: self._store.create(session_id,

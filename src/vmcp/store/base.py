@@ -61,7 +61,8 @@ def validate_session_id(session_id: object) -> str:
         raise InvalidSessionId("session id must be a non-empty string")
     if len(session_id) > MAX_SESSION_ID_LENGTH:
         raise InvalidSessionId(f"session id longer than {MAX_SESSION_ID_LENGTH} characters")
-    if not all("\x21" <= ch <= "\x7e" for ch in session_id):
+    # isascii + isprintable leave exactly 0x20-0x7E; the space is the one to exclude.
+    if not (session_id.isascii() and session_id.isprintable()) or " " in session_id:
         raise InvalidSessionId("session id must be visible ASCII")
     return session_id
 
