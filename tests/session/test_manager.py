@@ -390,3 +390,31 @@ async def test_b33_steady_traffic_keeps_a_session_for_many_ttls() -> None:
     with pytest.raises(SessionNotFound):
         await manager.get(live.session_id, ANONYMOUS)
     await manager.aclose()
+
+
+async def test_liveness_interval_trades_store_round_trips_for_staleness(
+    store: SessionStore, factory: RecordingFactory
+) -> None:
+    """Opt-in: within the interval a cached session is served without a store check."""
+    loads: list[str] = []
+
+    class CountingStore:
+        def __getattr__(self, name: str) -> object:
+            return getattr(store, name)
+
+        async def load(self, session_id: str) -> dict[str, str]:
+            loads.append(session_id)
+            return await store.load(session_id)
+
+    relaxed = SessionManager(CountingStore(), factory,  # type: ignore[arg-type]
+                             liveness_interval=3600)
+    strict = SessionManager(store, RecordingFactory())
+    live = await relaxed.initialize(ALICE)
+    before = len(loads)
+    for _ in range(5):
+        assert await relaxed.get(live.session_id, ALICE) is live
+    assert len(loads) == before            # no store round trip within the interval
+    await strict.terminate(live.session_id, ALICE)
+    assert await relaxed.get(live.session_id, ALICE) is live   # the documented staleness
+    await strict.aclose()
+    await relaxed.aclose()

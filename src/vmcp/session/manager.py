@@ -19,9 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vmcp.cache import CacheStatistics, EvictedWhileLoading, ValidatingCache
 from vmcp.errors import (
@@ -29,12 +30,14 @@ from vmcp.errors import (
     SessionNotYours,
     SessionTerminated,
     StoreError,
+    TooManySessions,
     VmcpError,
 )
 from vmcp.session import metadata as md
 from vmcp.session.binding import Principal, binding_for, check_binding
 from vmcp.session.live import LiveSession, SessionFactory
 from vmcp.store.base import SessionStore, validate_session_id
+from vmcp.store.identity_index import IdentityIndex
 from vmcp.store.pubsub import EndedSessionBus
 
 logger = logging.getLogger(__name__)
@@ -54,13 +57,14 @@ class DecorationError(VmcpError):
     """A session decorator returned nothing, or a session with another id."""
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class _Entry:
     """A cached live session with the stored facts its liveness check compares against."""
 
     live: LiveSession
     binding: str
     backends: str
+    checked_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True)
@@ -85,10 +89,16 @@ class SessionManager:
         *,
         cache_capacity: int = 1000,
         ended_sessions: EndedSessionBus | None = None,
+        liveness_interval: float = 0.0,
+        identities: IdentityIndex | None = None,
+        max_sessions_per_identity: int = 0,
     ) -> None:
         self._store = store
         self._factory = factory
         self._ended = ended_sessions
+        self._liveness_interval = liveness_interval
+        self._identities = identities if max_sessions_per_identity > 0 else None
+        self._max_per_identity = max_sessions_per_identity
         self._cache: ValidatingCache[str, _Entry] = ValidatingCache(
             capacity=cache_capacity, load=self._restore, check=self._is_alive,
             on_evict=self._close,
@@ -100,11 +110,41 @@ class SessionManager:
     async def initialize(self, principal: Principal) -> LiveSession:
         """Serve an ``initialize``: a new id, then a full session bound to ``principal``.
 
-        The binding is computed first, so an unusable identity stores nothing (B40).
+        The binding is computed first, so an unusable identity stores nothing (B40). With
+        a per-identity cap, the new id must be admitted by the identity index before any
+        backend is contacted; beyond the cap ``TooManySessions`` (429) is raised and the
+        placeholder ended. The identity's existing sessions are never ended to make room
+        (see ``TooManySessions``).
         """
-        binding_for(principal)
+        binding = binding_for(principal)
         session_id = await self.generate()
-        return await self.create_session(session_id, principal)
+        if self._identities is None:
+            return await self.create_session(session_id, principal)
+        try:
+            admitted = await self._identities.admit(binding, session_id,
+                                                    self._max_per_identity)
+        except BaseException:
+            await _shielded(self._mark_terminated(session_id))
+            raise
+        if not admitted:
+            await _shielded(self._mark_terminated(session_id))
+            raise TooManySessions(
+                f"Too many sessions: at most {self._max_per_identity} live sessions per "
+                "identity; end one (HTTP DELETE) or let one expire, then initialize again")
+        try:
+            return await self.create_session(session_id, principal)
+        except BaseException:
+            # Its placeholder, marked terminated, still exists: it must not count.
+            await _shielded(self._forget_identity(binding, session_id))
+            raise
+
+    async def _forget_identity(self, binding: str, session_id: str) -> None:
+        assert self._identities is not None
+        try:
+            await self._identities.remove(binding, session_id)
+        except StoreError:
+            logger.warning("could not remove a failed session from the identity index",
+                           extra={"session_id": session_id}, exc_info=True)
 
     async def generate(self) -> str:
         """Reserve a fresh random id with a ``{}`` placeholder (create-if-absent)."""
@@ -364,10 +404,14 @@ class SessionManager:
 
     async def _is_alive(self, session_id: str, entry: _Entry) -> bool:
         """The liveness check of a cache hit; raises ``StoreError`` if it cannot tell."""
+        now = time.monotonic()
+        if now - entry.checked_at < self._liveness_interval:
+            return True
         try:
             record = await self._store.load(session_id)
         except SessionNotFound:
             return False
+        entry.checked_at = now
         # Only the backend list counts: per-backend session ids differ between replicas
         # after a re-initialize, and must not make them evict each other (B28).
         return md.is_full_session(record) and record[md.BACKENDS] == entry.backends
