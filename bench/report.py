@@ -127,6 +127,14 @@ def _micro(report: Report) -> list[str]:
         out.append(f"* Redis commands per whole session with no calls (initialize + "
                    f"initialized + DELETE, {life['sessions']} sessions): "
                    f"**{life['total_per_session']:.1f}** ({breakdown}).")
+    record = m.get("stored_record")
+    if record:
+        lengths = record.get("value_bytes") or {}
+        out.append(f"* Stored per session in Redis: {record['keys']} key(s); value "
+                   + ", ".join(f"{v} bytes" for v in lengths.values())
+                   + " (JSON, parsed on every request's liveness check); Redis `MEMORY "
+                   "USAGE` " + ", ".join(f"{v} bytes" for v in
+                                         record["memory_usage_bytes"].values()) + ".")
     restore = m.get("restore_latency")
     if restore:
         out.append(
@@ -269,6 +277,29 @@ def markdown(report: Report) -> str:
         "rounds below). (e) and (f) are bounded by time "
         f"({plan.slow_time_limit:g} s per run) rather than by count.",
         "",
+        "Set-up of each scenario:",
+        "",
+        "* (a) the bench backend itself: official SDK `MCPServer`, stateful, "
+        "`json_response=True`, uvicorn with uvloop and httptools.",
+        "* (b)-(d) `vmcp serve` with a generated YAML file, one backend, "
+        "`prefix_format: \"\"` (tool names pass through), log level warning. (d): nginx, "
+        "`worker_processes 1`, an upstream of the three replicas (round robin, "
+        "`keepalive 64`), `proxy_http_version 1.1`, `Connection \"\"`, `Host $http_host`, "
+        "`proxy_buffering off`, `proxy_request_buffering off`; every request of a session "
+        "goes to the next replica, so each session is restored on every replica once "
+        "(during the warm-up calls) and then served from each replica's cache.",
+        "* (e) `fastmcp.server.create_proxy(url)` (FastMCP 4 has no `FastMCP.as_proxy`; "
+        "this is its documented replacement), served with `json_response=True` on uvicorn. "
+        "With a URL target FastMCP builds a fresh backend client, i.e. a new backend "
+        "session, for every request it relays (`fastmcp/server/providers/proxy.py`, "
+        "`_create_client_factory`), which is why its backend CPU per call is several times "
+        "the direct figure.",
+        "* (f) ContextForge (`mcp-contextforge-gateway`, own virtualenv): SQLite, in-memory "
+        "cache, backend registered with `POST /gateways`, tools bundled in a virtual server "
+        "(`POST /servers`), clients on `/servers/<id>/mcp` with a bearer token; changed from "
+        "its defaults only to allow a loopback backend and to switch its rate limiter off "
+        "(100 tool requests per minute by default).",
+        "",
         "## Headline (echo)",
         "",
         *_headline(report),
@@ -322,6 +353,11 @@ def markdown(report: Report) -> str:
     return "\n".join(lines)
 
 
+SHORT_LABELS = {"a": "(a) direct", "b": "(b) vmcp\nmemory", "c": "(c) vmcp\nRedis",
+                "d": "(d) 3 vmcp\n+ nginx", "e": "(e) FastMCP\nproxy",
+                "f": "(f) Context-\nForge"}
+
+
 def plot(report: Report, path: Path) -> str | None:
     try:
         import matplotlib
@@ -333,31 +369,42 @@ def plot(report: Report, path: Path) -> str | None:
     keys = [k for k in SCENARIO_ORDER if report.best(k, "echo") or report.best(k, "blob")]
     if not keys:
         return "no results to plot"
-    labels = [f"({k})\n{report.titles.get(k, '')}".replace(", ", "\n", 1) for k in keys]
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5.5))
-    width = 0.38
+    labels = [SHORT_LABELS[k] for k in keys]
+    fig, grid = plt.subplots(2, 2, figsize=(13, 9))
     xs = list(range(len(keys)))
-    ax = axes[0]
-    for offset, tool in ((-width / 2, "echo"), (width / 2, "blob")):
-        values = [(r["calls_per_second"] if (r := report.best(k, tool)) else 0) for k in keys]
-        bars = ax.bar([x + offset for x in xs], values, width, label=tool)
-        ax.bar_label(bars, fmt="%.0f", fontsize=7)
-    ax.set_title("throughput (calls/s, higher is better)")
-    ax.set_xticks(xs, labels, fontsize=7)
-    ax.legend()
-    for ax, tool in ((axes[1], "echo"), (axes[2], "blob")):
-        for i, (pct, offset) in enumerate((("p50", -0.27), ("p90", 0), ("p99", 0.27))):
+    width = 0.38
+    for ax, what, digits in ((grid[0][0], "calls_per_second", "%.0f"),
+                             (grid[0][1], "gateway", "%.2f")):
+        for offset, tool in ((-width / 2, "echo"), (width / 2, "blob")):
+            values = []
+            for k in keys:
+                r = report.best(k, tool)
+                value = (r["calls_per_second"] if what == "calls_per_second"
+                         else _cpu_ms(r, "gateway")) if r else None
+                values.append(value or 0.0)
+            bars = ax.bar([x + offset for x in xs], values, width, label=tool)
+            ax.bar_label(bars, fmt=digits, fontsize=7)
+        ax.set_xticks(xs, labels, fontsize=8)
+        ax.legend()
+    grid[0][0].set_title("throughput (calls/s, higher is better)")
+    grid[0][1].set_title("gateway CPU per call (ms, log scale, lower is better)")
+    grid[0][1].set_yscale("log")
+    grid[0][1].set_ylim(bottom=0.1)
+    if "a" in keys:
+        grid[0][1].text(keys.index("a"), 0.15, "no gateway", ha="center", fontsize=8)
+    for ax, tool in ((grid[1][0], "echo"), (grid[1][1], "blob")):
+        for i, (pct, offset) in enumerate((("p50", -0.27), ("p90", 0.0), ("p99", 0.27))):
             values = [(r[f"{pct}_ms"] if (r := report.best(k, tool)) else 0) for k in keys]
             ax.bar([x + offset for x in xs], values, 0.27, label=pct, color=f"C{i + 2}")
         ax.set_yscale("log")
         ax.set_title(f"{tool} latency (ms, log scale, lower is better)")
-        ax.set_xticks(xs, labels, fontsize=7)
+        ax.set_xticks(xs, labels, fontsize=8)
         ax.legend()
-    fig.suptitle(f"vmcp benchmark, {report.plan.sessions} concurrent sessions, "
-                 f"{report.machine.get('nproc', '?')} cores, "
+    fig.suptitle(f"vmcp benchmark: {report.plan.sessions} concurrent sessions, "
+                 f"{report.machine.get('nproc', '?')} cores shared by every process, "
                  f"{report.machine.get('date', '')}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return None
 

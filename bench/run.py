@@ -130,9 +130,35 @@ def vmcp_binary() -> str:
     return str(found) if found.exists() else "vmcp"
 
 
+VMCP_SOURCE: Path | None = None
+"""A ``src`` directory to run vmcp from instead of the work tree's (``--revision``)."""
+
+
 def clean_env() -> dict[str, str]:
     """This environment without ``VMCP_*`` (the generated files alone configure vmcp)."""
     return {k: v for k, v in os.environ.items() if not k.startswith("VMCP_")}
+
+
+def vmcp_env() -> dict[str, str]:
+    env = clean_env()
+    if VMCP_SOURCE is not None:
+        # Ahead of the editable install's path entry, so this copy is the one imported.
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(VMCP_SOURCE), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def export_revision(revision: str, workdir: Path) -> tuple[Path, str]:
+    """``src/`` of a committed revision, extracted under ``workdir``; and its short hash."""
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", revision],
+                            capture_output=True, text=True, timeout=30, check=True
+                            ).stdout.strip()
+    target = workdir / f"vmcp-{commit}"
+    target.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "src"],
+                             capture_output=True, timeout=60, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, timeout=60, check=True)
+    return target / "src", commit
 
 
 def start_backend(procs: Processes, name: str, port: int, *extra: str) -> Proc:
@@ -161,7 +187,7 @@ def start_vmcp(procs: Processes, workdir: Path, name: str, port: int, store: str
                backends: Sequence[tuple[str, str]], **kwargs: Any) -> Proc:
     config = write_vmcp_config(workdir, name, port, store, backends, **kwargs)
     return procs.start(name, [vmcp_binary(), "serve", "--config", str(config),
-                              "--log-level", "warning"], env=clean_env())
+                              "--log-level", "warning"], env=vmcp_env())
 
 
 NGINX_CONF = """\
@@ -441,6 +467,16 @@ def micro_figures(procs: Processes, workdir: Path, plan: Plan, report: Report, *
                 "total_per_session": sum(commands.delta.values()) / sessions}
 
     step("redis_per_session_lifecycle", lifecycle)
+
+    def record_size() -> dict[str, Any]:
+        client = redis.Redis(host="127.0.0.1", port=redis_server.port, socket_timeout=5)
+        try:
+            sizes: dict[str, Any] = run(lambda: _stored_record_sizes(vmcp_redis_url, client))
+        finally:
+            client.close()
+        return sizes
+
+    step("stored_record", record_size)
     step("restore_latency", lambda: run(lambda: _restore_latency(
         replica_urls[0], replica_urls[1], plan.restore_trials, plan.restore_hits)))
 
@@ -493,6 +529,22 @@ def micro_figures(procs: Processes, workdir: Path, plan: Plan, report: Report, *
     step("session_creation", creation)
 
 
+async def _stored_record_sizes(url: str, client: redis.Redis) -> dict[str, Any]:
+    """Bytes of the session records that a live session has in Redis."""
+    before = set(client.scan_iter(match="vmcp:session:*", count=1000))
+    async with httpx2.AsyncClient(timeout=30) as http:
+        session = McpHttpSession(http, url)
+        await session.initialize()
+        try:
+            new = set(client.scan_iter(match="vmcp:session:*", count=1000)) - before
+            sizes = {key.decode(): int(client.memory_usage(key) or 0) for key in new}
+            lengths = {key.decode(): int(client.strlen(key)) for key in new
+                       if client.type(key) == b"string"}
+        finally:
+            await session.delete()
+    return {"keys": len(sizes), "value_bytes": lengths, "memory_usage_bytes": sizes}
+
+
 async def _lifecycle_only(url: str, count: int) -> None:
     async with httpx2.AsyncClient(timeout=30) as client:
         with anyio.fail_after(60):
@@ -542,7 +594,9 @@ def profile_vmcp(report: Report, plan: Plan, proc: Proc, url: str,
             try:
                 time.sleep(1.0)  # py-spy attaches
                 result = load(url, plan, "echo", calls=plan.profile_calls,
-                              time_limit=plan.time_limit, watch={"gateway": [proc.pid]})
+                              time_limit=plan.time_limit,
+                              watch={"gateway": [proc.pid], "backend and Redis": list(others),
+                                     "py-spy": [recording.pid]})
                 print(f"    {describe(result)}", flush=True)
                 measured = measured or result
             finally:
@@ -653,6 +707,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="install ContextForge into .cache/contextforge-venv first")
     parser.add_argument("--skip-contextforge", action="store_true")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--revision", metavar="REV",
+                        help="run vmcp from this commit's src/ (git archive) instead of the "
+                             "work tree's, which may be mid-edit")
     parser.add_argument("--out", type=Path, default=BENCH,
                         help="where RESULTS.md, results.png and results.json go")
     args = parser.parse_args(argv)
@@ -666,6 +723,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         contextforge.install()
     workdir = Path(tempfile.mkdtemp(prefix="vmcp-bench-"))
     print(f"work directory (configs, logs): {workdir}", flush=True)
+    if args.revision:
+        global VMCP_SOURCE
+        VMCP_SOURCE, commit = export_revision(args.revision, workdir)
+        report.machine["vmcp revision"] = f"{commit} (--revision {args.revision}; src/ exported)"
+        print(f"vmcp from {VMCP_SOURCE}", flush=True)
     try:
         with Processes(workdir) as procs:
             _run_all(procs, workdir, plan, report, args)
