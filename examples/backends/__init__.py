@@ -22,8 +22,11 @@ from mcp.server import Server
 from mcp.server.mcpserver import MCPServer
 from mcp.server.streamable_http import EventStore
 from mcp.shared.exceptions import MCPDeprecationWarning
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["build_parser", "run_backend"]
+__all__ = ["build_parser", "handshake_only", "run_backend"]
 
 DEFAULT_HOST = "127.0.0.1"
 MCP_PATH = "/mcp"
@@ -50,7 +53,37 @@ def build_parser(description: str, default_port: int) -> argparse.ArgumentParser
             "then cannot be sent requests such as sampling"
         ),
     )
+    parser.add_argument(
+        "--handshake-only",
+        action="store_true",
+        help=(
+            "serve only the session-based revisions (2025-11-25 and earlier), as servers "
+            "written before 2026-07-28 do: stateless-revision requests get HTTP 400"
+        ),
+    )
     return parser
+
+
+def handshake_only(app: ASGIApp) -> ASGIApp:
+    """Refuse every request whose ``MCP-Protocol-Version`` is not a handshake-era one.
+
+    The SDK serves the stateless revision beside the session-based ones on any
+    endpoint; this makes a backend look like one built before that revision, so
+    a gateway's handling of such backends can be exercised with the same code.
+    """
+    header = b"mcp-protocol-version"
+
+    async def refusing(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            version = dict(scope["headers"]).get(header)
+            if version is not None and version.decode("latin-1") not in HANDSHAKE_PROTOCOL_VERSIONS:
+                error = {"code": -32600, "message": "Bad Request: Unsupported protocol version"}
+                body = {"jsonrpc": "2.0", "id": None, "error": error}
+                await JSONResponse(body, status_code=400)(scope, receive, send)
+                return
+        await app(scope, receive, send)
+
+    return refusing
 
 
 def _exit_quietly(signum: int, frame: FrameType | None) -> NoReturn:
@@ -85,17 +118,22 @@ def run_backend(
     # resource subscriptions) that the SDK marks deprecated for newer protocol
     # revisions; the resulting warnings would only clutter the console.
     warnings.simplefilter("ignore", MCPDeprecationWarning)
-    app = create_server().streamable_http_app(
+    app: ASGIApp = create_server().streamable_http_app(
         streamable_http_path=MCP_PATH,
         stateless_http=args.stateless,
         event_store=event_store,
         retry_interval=retry_interval_ms,
         host=args.host,
     )
+    if args.handshake_only:
+        app = handshake_only(app)
     config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
+        # h11 drops the optional whitespace around header values (RFC 9110 section 5.5);
+        # httptools keeps the trailing part, which the 2026-07-28 header checks would see.
+        http="h11",
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,

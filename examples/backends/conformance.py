@@ -3,8 +3,16 @@
 The suite (``@modelcontextprotocol/conformance``, server mode) expects a server
 with fixed names: ``test_simple_text``, ``test_tool_with_progress``,
 ``test://static-text``, ``test_simple_prompt`` and so on. Run directly, this
-backend passes every check of ``--suite all --spec-version 2025-11-25``; put
-behind the gateway, the same run measures what the gateway changes on the way.
+backend passes every check of ``--suite all`` at ``--spec-version 2025-11-25``
+and at ``2026-07-28`` (the SDK serves the stateless revision on the same
+endpoint, whatever ``--stateless`` says); put behind the gateway, the same runs
+measure what the gateway changes on the way.
+
+The ``test_input_required_result_*`` tools and prompt, ``test_streaming_elicitation``,
+``test_missing_capability``, ``test_logging_tool`` and ``test_x_mcp_header`` exist for
+the 2026-07-28 scenarios: they answer with ``input_required`` results (the
+revision's replacement for server-to-client requests), refuse a client that did
+not declare a capability, and declare an ``x-mcp-header`` parameter.
 
 It is written against the SDK's low-level ``Server`` rather than ``MCPServer``
 because several fixtures are about the exact wire shape (a raw JSON Schema
@@ -32,10 +40,12 @@ from typing import Any, TypeVar
 import anyio
 from mcp.server import Server
 from mcp.server.context import ServerRequestContext
+from mcp.server.request_state import RequestStateBoundary, RequestStateSecurity
 from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
 from mcp.shared.exceptions import MCPError
 from mcp_types import (
     INVALID_PARAMS,
+    MISSING_REQUIRED_CLIENT_CAPABILITY,
     AudioContent,
     BlobResourceContents,
     CallToolRequestParams,
@@ -45,16 +55,23 @@ from mcp_types import (
     CompleteResult,
     Completion,
     ContentBlock,
+    CreateMessageRequest,
+    CreateMessageRequestParams,
     ElicitationCapability,
+    ElicitRequest,
+    ElicitRequestFormParams,
     EmbeddedResource,
     EmptyResult,
     GetPromptRequestParams,
     GetPromptResult,
     ImageContent,
+    InputRequest,
+    InputRequiredResult,
     JSONRPCMessage,
     ListPromptsResult,
     ListResourcesResult,
     ListResourceTemplatesResult,
+    ListRootsRequest,
     ListToolsResult,
     LoggingLevel,
     PaginatedRequestParams,
@@ -66,6 +83,7 @@ from mcp_types import (
     ReadResourceResult,
     Resource,
     ResourceTemplate,
+    RootsCapability,
     SamplingCapability,
     SamplingMessage,
     SetLevelRequestParams,
@@ -231,6 +249,40 @@ NO_ARGUMENTS: dict[str, Any] = {"type": "object", "properties": {}}
 
 COMPLETION_WORDS: tuple[str, ...] = ("paris", "park", "party", "test", "testing", "tester")
 
+NAME_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}},
+    "required": ["name"],
+}
+CONFIRM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"ok": {"type": "boolean"}},
+    "required": ["ok"],
+}
+COLOR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"color": {"type": "string"}},
+    "required": ["color"],
+}
+CONTEXT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"context": {"type": "string"}},
+    "required": ["context"],
+}
+# The http-custom-header-server-validation scenario looks for a tool with a parameter
+# the client mirrors into an ``Mcp-Param-Region`` header.
+X_MCP_HEADER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "region": {
+            "type": "string",
+            "description": "Mirrored into the Mcp-Param-Region header",
+            "x-mcp-header": "Region",
+        }
+    },
+}
+REQUEST_STATE_NONCE = "request-state-nonce"
+
 
 class BoundedEventStore(EventStore):
     """Keeps the latest SSE events in memory so a dropped stream can be resumed.
@@ -283,12 +335,44 @@ def _remember(table: dict[str, _V], key: str, value: _V) -> None:
 
 
 ToolHandler = Callable[[Ctx, Mapping[str, Any]], Awaitable[CallToolResult]]
+# A tool that may answer ``input_required`` and reads the answers of an earlier round.
+RoundsHandler = Callable[
+    [Ctx, CallToolRequestParams], Awaitable[CallToolResult | InputRequiredResult]
+]
 
 
 @dataclass(frozen=True)
 class _ToolEntry:
     tool: Tool
-    handler: ToolHandler
+    handler: ToolHandler | None = None
+    rounds: RoundsHandler | None = None
+
+
+def _elicit_request(message: str, schema: dict[str, Any]) -> ElicitRequest:
+    return ElicitRequest(params=ElicitRequestFormParams(message=message, requested_schema=schema))
+
+
+def _sampling_request(text: str, max_tokens: int) -> CreateMessageRequest:
+    return CreateMessageRequest(
+        params=CreateMessageRequestParams(
+            messages=[SamplingMessage(role="user", content=TextContent(text=text))],
+            max_tokens=max_tokens,
+        )
+    )
+
+
+def _answers(params: CallToolRequestParams | GetPromptRequestParams) -> dict[str, dict[str, Any]]:
+    """The client's answers of an ``input_required`` round, as wire dicts by key."""
+    return {
+        key: answer.model_dump(by_alias=True, mode="json", exclude_none=True)
+        for key, answer in (params.input_responses or {}).items()
+    }
+
+
+def _accepted_field(answer: dict[str, Any] | None, name: str) -> Any:
+    """A field of an accepted elicitation answer, or None."""
+    content = (answer or {}).get("content")
+    return content.get(name) if isinstance(content, dict) else None
 
 
 @dataclass
@@ -367,6 +451,67 @@ class ConformanceFixture:
             "Drops its SSE stream mid-call and answers after the client resumes (SEP-1699)",
             self._reconnection,
         )
+        self._add_tool(
+            "test_logging_tool",
+            "Sends three info log messages while running (2026-07-28: only when asked for)",
+            self._with_logging,
+        )
+        self._add_tool(
+            "test_missing_capability",
+            "Refuses a client that did not declare the sampling capability (-32021)",
+            self._missing_capability,
+        )
+        self._add_tool(
+            "test_x_mcp_header",
+            "Echoes a parameter the client also sends as the Mcp-Param-Region header",
+            self._x_mcp_header,
+            X_MCP_HEADER_SCHEMA,
+        )
+        self._add_rounds_tool(
+            "test_streaming_elicitation",
+            "Asks for a name through an input_required result, never a stream request",
+            self._streaming_elicitation,
+        )
+        self._add_rounds_tool(
+            "test_input_required_result_elicitation",
+            "Asks for a name (one elicitation input request)",
+            self._ir_elicitation,
+        )
+        self._add_rounds_tool(
+            "test_input_required_result_sampling",
+            "Asks the client's model a question (one sampling input request)",
+            self._ir_sampling,
+        )
+        self._add_rounds_tool(
+            "test_input_required_result_list_roots",
+            "Asks for the client's roots (one roots/list input request)",
+            self._ir_list_roots,
+        )
+        self._add_rounds_tool(
+            "test_input_required_result_request_state",
+            "Asks for a confirmation and checks the echoed requestState",
+            self._ir_request_state,
+        )
+        self._add_rounds_tool(
+            "test_input_required_result_multiple_inputs",
+            "Asks for an elicitation, a sampling and the roots in one round",
+            self._ir_multiple_inputs,
+        )
+        self._add_rounds_tool(
+            "test_input_required_result_multi_round",
+            "Asks two questions in two rounds, carrying the first answer in requestState",
+            self._ir_multi_round,
+        )
+        self._add_rounds_tool(
+            "test_input_required_result_tampered_state",
+            "Answers with a sealed requestState; a tampered echo is refused",
+            self._ir_tampered_state,
+        )
+        self._add_rounds_tool(
+            "test_input_required_result_capabilities",
+            "Asks only for the inputs the client declared it can give",
+            self._ir_capabilities,
+        )
 
     def _add_tool(
         self,
@@ -376,7 +521,11 @@ class ConformanceFixture:
         input_schema: dict[str, Any] | None = None,
     ) -> None:
         tool = Tool(name=name, description=description, input_schema=input_schema or NO_ARGUMENTS)
-        self._tools[name] = _ToolEntry(tool, handler)
+        self._tools[name] = _ToolEntry(tool, handler=handler)
+
+    def _add_rounds_tool(self, name: str, description: str, handler: RoundsHandler) -> None:
+        tool = Tool(name=name, description=description, input_schema=NO_ARGUMENTS)
+        self._tools[name] = _ToolEntry(tool, rounds=handler)
 
     # -- session bookkeeping -------------------------------------------------
 
@@ -399,10 +548,15 @@ class ConformanceFixture:
     async def list_tools(self, ctx: Ctx, params: PaginatedRequestParams | None) -> ListToolsResult:
         return ListToolsResult(tools=[entry.tool for entry in self._tools.values()])
 
-    async def call_tool(self, ctx: Ctx, params: CallToolRequestParams) -> CallToolResult:
+    async def call_tool(
+        self, ctx: Ctx, params: CallToolRequestParams
+    ) -> CallToolResult | InputRequiredResult:
         entry = self._tools.get(params.name)
         if entry is None:
             raise MCPError(code=INVALID_PARAMS, message=f"Unknown tool: {params.name}")
+        if entry.rounds is not None:
+            return await entry.rounds(ctx, params)
+        assert entry.handler is not None
         return await entry.handler(ctx, params.arguments or {})
 
     async def _simple_text(self, ctx: Ctx, args: Mapping[str, Any]) -> CallToolResult:
@@ -506,6 +660,137 @@ class ConformanceFixture:
             await ctx.close_sse_stream()
         await anyio.sleep(RECONNECT_GRACE_SECONDS)
         return _text("Reconnection test completed successfully")
+
+    async def _missing_capability(self, ctx: Ctx, args: Mapping[str, Any]) -> CallToolResult:
+        if not ctx.session.check_client_capability(
+            ClientCapabilities(sampling=SamplingCapability())
+        ):
+            raise MCPError(
+                code=MISSING_REQUIRED_CLIENT_CAPABILITY,
+                message="This tool requires the client's sampling capability",
+                data={"requiredCapabilities": {"sampling": {}}},
+            )
+        return _text("The client declared sampling.")
+
+    async def _x_mcp_header(self, ctx: Ctx, args: Mapping[str, Any]) -> CallToolResult:
+        return _text(f"region={args.get('region', '<none>')}")
+
+    # -- input_required rounds (2026-07-28) ------------------------------------
+
+    async def _streaming_elicitation(
+        self, ctx: Ctx, params: CallToolRequestParams
+    ) -> CallToolResult | InputRequiredResult:
+        name = _accepted_field(_answers(params).get("answer"), "name")
+        if name is not None:
+            return _text(f"Hello, {name}!")
+        return InputRequiredResult(
+            input_requests={"answer": _elicit_request("What is your name?", NAME_SCHEMA)}
+        )
+
+    async def _ir_elicitation(
+        self, ctx: Ctx, params: CallToolRequestParams
+    ) -> CallToolResult | InputRequiredResult:
+        answers = _answers(params)
+        if "user_name" in answers:
+            return _text(f"Hello, {_accepted_field(answers['user_name'], 'name') or '?'}!")
+        return InputRequiredResult(
+            input_requests={"user_name": _elicit_request("What is your name?", NAME_SCHEMA)}
+        )
+
+    async def _ir_sampling(
+        self, ctx: Ctx, params: CallToolRequestParams
+    ) -> CallToolResult | InputRequiredResult:
+        answer = _answers(params).get("capital_question")
+        if answer is not None:
+            content = answer.get("content")
+            text = content.get("text") if isinstance(content, dict) else None
+            return _text(f"Model said: {text or '?'}")
+        question = _sampling_request("What is the capital of France?", 100)
+        return InputRequiredResult(input_requests={"capital_question": question})
+
+    async def _ir_list_roots(
+        self, ctx: Ctx, params: CallToolRequestParams
+    ) -> CallToolResult | InputRequiredResult:
+        answer = _answers(params).get("client_roots")
+        if answer is not None:
+            roots = answer.get("roots")
+            return _text(f"Client exposed {len(roots) if isinstance(roots, list) else 0} root(s).")
+        return InputRequiredResult(input_requests={"client_roots": ListRootsRequest()})
+
+    async def _ir_request_state(
+        self, ctx: Ctx, params: CallToolRequestParams
+    ) -> CallToolResult | InputRequiredResult:
+        if "confirm" in _answers(params) and params.request_state == REQUEST_STATE_NONCE:
+            return _text("state-ok: confirmation received")
+        return InputRequiredResult(
+            input_requests={"confirm": _elicit_request("Please confirm", CONFIRM_SCHEMA)},
+            request_state=REQUEST_STATE_NONCE,
+        )
+
+    async def _ir_multiple_inputs(
+        self, ctx: Ctx, params: CallToolRequestParams
+    ) -> CallToolResult | InputRequiredResult:
+        if {"user_name", "greeting", "client_roots"} <= _answers(params).keys():
+            return _text("All inputs received.")
+        return InputRequiredResult(
+            input_requests={
+                "user_name": _elicit_request("What is your name?", NAME_SCHEMA),
+                "greeting": _sampling_request("Generate a greeting", 50),
+                "client_roots": ListRootsRequest(),
+            },
+            request_state="multiple-inputs",
+        )
+
+    async def _ir_multi_round(
+        self, ctx: Ctx, params: CallToolRequestParams
+    ) -> CallToolResult | InputRequiredResult:
+        try:
+            state = json.loads(params.request_state) if params.request_state else {"round": 0}
+        except ValueError:
+            state = {"round": 0}
+        answers = _answers(params)
+        if state.get("round") == 1 and "step1" in answers:
+            name = _accepted_field(answers["step1"], "name")
+            return InputRequiredResult(
+                input_requests={
+                    "step2": _elicit_request("Step 2: What is your favorite color?", COLOR_SCHEMA)
+                },
+                request_state=json.dumps({"round": 2, "name": name}),
+            )
+        if state.get("round") == 2 and "step2" in answers:
+            color = _accepted_field(answers["step2"], "color")
+            return _text(f"{state.get('name')} likes {color}.")
+        # The first round, or an answer missing or out of order: start again.
+        return InputRequiredResult(
+            input_requests={"step1": _elicit_request("Step 1: What is your name?", NAME_SCHEMA)},
+            request_state=json.dumps({"round": 1}),
+        )
+
+    async def _ir_tampered_state(
+        self, ctx: Ctx, params: CallToolRequestParams
+    ) -> CallToolResult | InputRequiredResult:
+        # Tampering is caught before this handler runs: the state is sealed on the way out
+        # and verified on the way in (``RequestStateBoundary`` in ``build_server``).
+        if params.request_state is None:
+            return InputRequiredResult(
+                input_requests={"confirm": _elicit_request("Please confirm", CONFIRM_SCHEMA)},
+                request_state="round-1",
+            )
+        return _text(f"state-ok: {params.request_state}")
+
+    async def _ir_capabilities(
+        self, ctx: Ctx, params: CallToolRequestParams
+    ) -> CallToolResult | InputRequiredResult:
+        requests: dict[str, InputRequest] = {}
+        if ctx.session.check_client_capability(ClientCapabilities(sampling=SamplingCapability())):
+            requests["sample"] = _sampling_request("Say hello", 50)
+        if ctx.session.check_client_capability(
+            ClientCapabilities(elicitation=ElicitationCapability())
+        ):
+            requests["ask"] = _elicit_request("What is your name?", NAME_SCHEMA)
+        if ctx.session.check_client_capability(ClientCapabilities(roots=RootsCapability())):
+            requests["roots"] = ListRootsRequest()
+        return InputRequiredResult(input_requests=requests, request_state="capability-gated")
 
     # -- resources -----------------------------------------------------------
 
@@ -618,10 +903,16 @@ class ConformanceFixture:
                     ],
                 ),
                 Prompt(name="test_prompt_with_image", description="A prompt that carries an image"),
+                Prompt(
+                    name="test_input_required_result_prompt",
+                    description="Asks for context through an input_required result first",
+                ),
             ]
         )
 
-    async def get_prompt(self, ctx: Ctx, params: GetPromptRequestParams) -> GetPromptResult:
+    async def get_prompt(
+        self, ctx: Ctx, params: GetPromptRequestParams
+    ) -> GetPromptResult | InputRequiredResult:
         args = params.arguments or {}
 
         def required(name: str) -> str:
@@ -664,6 +955,16 @@ class ConformanceFixture:
                     role="user", content=TextContent(text="Please analyze the image above.")
                 ),
             ]
+        elif params.name == "test_input_required_result_prompt":
+            context = _accepted_field(_answers(params).get("user_context"), "context")
+            if context is None:
+                question = _elicit_request("What context should the prompt use?", CONTEXT_SCHEMA)
+                return InputRequiredResult(input_requests={"user_context": question})
+            messages = [
+                PromptMessage(
+                    role="user", content=TextContent(text=f"Use the following context: {context}")
+                )
+            ]
         else:
             raise MCPError(code=INVALID_PARAMS, message=f"Unknown prompt: {params.name}")
         return GetPromptResult(messages=messages)
@@ -685,7 +986,7 @@ class ConformanceFixture:
         return EmptyResult()
 
     def build_server(self) -> Server[Any]:
-        return Server(
+        server: Server[Any] = Server(
             SERVER_NAME,
             version="0.1.0",
             instructions="Fixtures for the MCP conformance suite.",
@@ -701,6 +1002,12 @@ class ConformanceFixture:
             on_completion=self.complete,
             on_set_logging_level=self.set_logging_level,
         )
+        # Seals every requestState the tools mint and refuses an echo that was altered (the
+        # input-required-result-tampered-state scenario). The key lives in this process only.
+        server.middleware.append(
+            RequestStateBoundary(RequestStateSecurity.ephemeral(), default_audience=SERVER_NAME)
+        )
+        return server
 
 
 def create_server() -> Server[Any]:

@@ -92,6 +92,7 @@ __all__ = [
     "OutgoingAuthType",
     "ServerConfig",
     "SessionConfig",
+    "StatelessConfig",
     "StaticTokenConfig",
     "StoreKind",
     "TelemetryConfig",
@@ -422,6 +423,11 @@ class SessionConfig(_Frozen):
     cache_capacity: int = Field(default=1000, ge=1)
     store_timeout_seconds: float = Field(default=2.0, gt=0, allow_inf_nan=False)
     sweep_interval_seconds: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    liveness_interval_seconds: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    """0: every request checks its session in the store (the guarantee). A value lets a
+    cached session skip that check for so long after the last one: fewer store round
+    trips, but if the ended-session broadcast is missed, a session ended on another
+    replica can be served here for up to that long."""
 
     @field_validator("store")
     @classmethod
@@ -986,6 +992,22 @@ class AuthConfig(_Frozen):
         return None if value is None else _check_http_url(value, allow_query=False)
 
 
+class StatelessConfig(_Frozen):
+    """Serving clients of the stateless revision (2026-07-28), which have no session.
+
+    For such a client a session-based backend needs an upstream session all the same: one
+    per identity and backend on each replica, ended after ``upstream_idle_seconds``
+    unused. Each backend's catalog is re-listed for them at most every
+    ``catalog_ttl_seconds`` (or as the backend's own caching hint allows, if longer). A
+    backend's question to the client (sampling, elicitation, roots) becomes an
+    ``input_required`` round whose answer must come back within ``answer_timeout_seconds``.
+    """
+
+    upstream_idle_seconds: float = Field(default=300.0, gt=0, allow_inf_nan=False)
+    catalog_ttl_seconds: float = Field(default=5.0, ge=0, allow_inf_nan=False)
+    answer_timeout_seconds: float = Field(default=300.0, gt=0, allow_inf_nan=False)
+
+
 class VmcpConfig(_Frozen):
     """The whole configuration.
 
@@ -1002,6 +1024,7 @@ class VmcpConfig(_Frozen):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    stateless: StatelessConfig = Field(default_factory=StatelessConfig)
 
     @model_validator(mode="after")
     def _cross_section(self, info: ValidationInfo) -> Self:

@@ -97,3 +97,25 @@ def conformance_gateway(conformance_backend: ManagedProcess,
     )
     with running_gateway(config, tmp_path_factory.mktemp("conformance-gateway")) as process:
         yield process
+
+
+@pytest.fixture(scope="session")
+def mixed_backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
+        dict[str, ManagedProcess]]:
+    """One backend of each kind: notes also serves the stateless revision (``--stateless``),
+    weather serves only the session-based ones (``--handshake-only``)."""
+    modules = {"notes": f"{NOTES_MODULE} --stateless",
+               "weather": f"{WEATHER_MODULE} --handshake-only"}
+    with running_backends(modules, tmp_path_factory.mktemp("mixed-backends")) as backends:
+        yield backends
+
+
+@pytest.fixture(scope="session")
+def mixed_gateway(mixed_backends: dict[str, ManagedProcess],
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
+    """A gateway in front of both kinds of backend; upstream sessions kept for stateless
+    clients end after one idle second."""
+    config = gateway_config(mixed_backends, session={"store": "memory"},
+                            stateless={"upstream_idle_seconds": 1.0})
+    with running_gateway(config, tmp_path_factory.mktemp("mixed-gateway")) as process:
+        yield process

@@ -170,12 +170,17 @@ def wait_until_ready(processes: Sequence[ManagedProcess],
 
 
 def _backend_command(module: str, port: int) -> list[str]:
-    return [sys.executable, "-m", module, "--host", HOST, "--port", str(port)]
+    """``module`` may carry the backend's own flags after its name (``"pkg.mod --flag"``)."""
+    name, *flags = module.split()
+    return [sys.executable, "-m", name, "--host", HOST, "--port", str(port), *flags]
 
 
 def start_backends(modules: Mapping[str, str], log_dir: Path,
                    timeout: float = STARTUP_TIMEOUT_SECONDS) -> dict[str, ManagedProcess]:
-    """Start ``{name: module}`` backends at once and wait until all of them answer."""
+    """Start ``{name: module}`` backends at once and wait until all of them answer.
+
+    A module may name the backend's flags after it: ``"examples.backends.notes --stateless"``.
+    """
     started: dict[str, ManagedProcess] = {}
     pending = dict(modules)
     try:

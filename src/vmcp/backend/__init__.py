@@ -48,8 +48,10 @@ async def connect(
     protocol_version: str = DEFAULT_PROTOCOL_VERSION,
     timeout: float,  # noqa: ASYNC109 - bounds the handshake, then every call
     on_reinitialized: ReinitializedHook | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> BackendConnection:
-    """Open a new backend session over the transport ``target`` names."""
+    """Open a new backend session over the transport ``target`` names; ``headers`` are the
+    credentials of the request that opens it."""
     backend = SseBackend if target.transport == "sse" else StreamableHttpBackend
     return await backend.connect(
         target,
@@ -59,6 +61,7 @@ async def connect(
         protocol_version=protocol_version,
         timeout=timeout,
         on_reinitialized=on_reinitialized,
+        headers=headers,
     )
 
 
@@ -71,6 +74,7 @@ async def attach(
     capabilities: Mapping[str, Any],
     timeout: float,  # noqa: ASYNC109 - the default deadline of every call
     on_reinitialized: ReinitializedHook | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> BackendConnection:
     """Resume the backend session ``state`` records (Streamable HTTP: no wire traffic).
 
@@ -86,4 +90,5 @@ async def attach(
         capabilities=capabilities,
         timeout=timeout,
         on_reinitialized=on_reinitialized,
+        headers=headers,
     )

@@ -93,6 +93,9 @@ integers below 2**53, which every JSON implementation represents exactly.
 
 T = TypeVar("T")
 
+NO_HEADERS: Final[Mapping[str, str]] = MappingProxyType({})
+"""The per-call headers of a call that carries no credentials of its own."""
+
 
 @dataclass(frozen=True, slots=True)
 class BackendTarget:
@@ -241,6 +244,12 @@ class BackendConnection(Protocol):
     If the backend answers HTTP 404 for our session, the connection runs a single fresh
     ``initialize``, shared by every caller that hit the 404. Each of those calls is then
     retried once. A second 404 raises ``BackendSessionExpired``.
+
+    ``headers``, where a method takes them, are the credentials of the client request the
+    call serves (outgoing auth). They go on every HTTP request of that call - including
+    the re-initialization it may lead and the cancellation notice it may send - after
+    the target's static headers; the transport's own headers always win. The connection
+    keeps only the latest of them, in memory, to end the backend session on close.
     """
 
     @property
@@ -258,6 +267,7 @@ class BackendConnection(Protocol):
         *,
         on_message: MessageHandler | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - the per-call deadline is the contract
+        headers: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """Send one JSON-RPC request and return its ``result`` object.
 
@@ -268,11 +278,13 @@ class BackendConnection(Protocol):
         """
         ...
 
-    async def notify(self, method: str, params: dict[str, Any] | None) -> None:
+    async def notify(self, method: str, params: dict[str, Any] | None, *,
+                     headers: Mapping[str, str] | None = None) -> None:
         """Send one JSON-RPC notification."""
         ...
 
-    async def respond(self, message: dict[str, Any]) -> None:
+    async def respond(self, message: dict[str, Any], *,
+                      headers: Mapping[str, str] | None = None) -> None:
         """Send the answer to a server-to-client request that :meth:`listen` yielded.
 
         Never re-initializes: the request belonged to the session that sent it, so if
@@ -280,7 +292,8 @@ class BackendConnection(Protocol):
         """
         ...
 
-    def listen(self) -> AsyncGenerator[dict[str, Any], None]:
+    def listen(self, *, headers: Mapping[str, str] | None = None
+               ) -> AsyncGenerator[dict[str, Any], None]:
         """Server-initiated messages that belong to no request.
 
         Yields notifications such as ``notifications/tools/list_changed``, and requests
@@ -492,6 +505,7 @@ class BaseBackend:
         self._inflight: set[anyio.CancelScope] = set()
         self._drained: anyio.Event | None = None
         self._interruptible_scopes: set[anyio.CancelScope] = set()
+        self._latest_headers: Mapping[str, str] = NO_HEADERS
         self._requests = 0
         self._errors = 0
         self._rpc_errors = 0
@@ -520,9 +534,11 @@ class BaseBackend:
         *,
         on_message: MessageHandler | None = None,
         timeout: float | None = None,  # noqa: ASYNC109 - the per-call deadline is the contract
+        headers: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         if self._closed:
             raise self._closed_error()
+        extra = self._call_headers(headers)
         request_id = next(self._ids)
         message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
         if params is not None:
@@ -530,14 +546,15 @@ class BaseBackend:
         body = encode(message)
 
         async def attempt() -> dict[str, Any]:
-            return await self._call(request_id, body, params, on_message)
+            return await self._call(request_id, body, params, on_message, extra)
 
         self._requests += 1
         try:
             return await self._guarded(
-                lambda: self._with_recovery(attempt),
+                lambda: self._with_recovery(attempt, extra),
                 self._timeout if timeout is None else timeout,
                 cancel_id=request_id,
+                headers=extra,
             )
         except BackendRpcError:
             self._rpc_errors += 1
@@ -546,23 +563,27 @@ class BaseBackend:
             self._errors += 1
             raise
 
-    async def notify(self, method: str, params: dict[str, Any] | None) -> None:
+    async def notify(self, method: str, params: dict[str, Any] | None, *,
+                     headers: Mapping[str, str] | None = None) -> None:
+        extra = self._call_headers(headers)
         message: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
         if params is not None:
             message["params"] = params
         body = encode(message)
 
         async def attempt() -> None:
-            await self._send(body)
+            await self._send(body, extra)
 
-        await self._guarded(lambda: self._with_recovery(attempt), self._timeout)
+        await self._guarded(lambda: self._with_recovery(attempt, extra), self._timeout)
 
-    async def respond(self, message: dict[str, Any]) -> None:
+    async def respond(self, message: dict[str, Any], *,
+                      headers: Mapping[str, str] | None = None) -> None:
+        extra = self._call_headers(headers)
         body = encode({**message, "jsonrpc": "2.0"})
 
         async def attempt() -> None:
             try:
-                await self._send(body)
+                await self._send(body, extra)
             except _SessionGone:
                 # The request being answered belonged to the forgotten session.
                 raise BackendSessionExpired(
@@ -602,6 +623,14 @@ class BaseBackend:
     def _closed_error(self) -> SessionClosed:
         return SessionClosed(f"backend {self.target.name!r}: connection closed")
 
+    def _call_headers(self, headers: Mapping[str, str] | None) -> Mapping[str, str]:
+        """One call's own headers; the latest are kept for ending the session on close."""
+        if not headers:
+            return NO_HEADERS
+        extra = MappingProxyType(dict(headers))
+        self._latest_headers = extra
+        return extra
+
     def _install(self, state: BackendState) -> None:
         """Make ``state`` current. Every call issued from now on uses it."""
         self._state = state
@@ -613,6 +642,7 @@ class BaseBackend:
         seconds: float,
         *,
         cancel_id: int | None = None,
+        headers: Mapping[str, str] = NO_HEADERS,
     ) -> T:
         """Run one call under the connection's rules.
 
@@ -630,11 +660,11 @@ class BaseBackend:
                 return await operation()
         except TimeoutError:
             if cancel_id is not None:
-                await self._cancel_upstream(cancel_id, "timed out")
+                await self._cancel_upstream(cancel_id, "timed out", headers)
             raise BackendTimeout(self.target.name, f"no answer within {seconds:g}s") from None
         except anyio.get_cancelled_exc_class():
             if cancel_id is not None and not scope.cancel_called:
-                await self._cancel_upstream(cancel_id, "cancelled")
+                await self._cancel_upstream(cancel_id, "cancelled", headers)
             raise
         finally:
             self._inflight.discard(scope)
@@ -643,7 +673,8 @@ class BaseBackend:
         # Only reached when aclose cancelled the scope.
         raise self._closed_error()
 
-    async def _cancel_upstream(self, request_id: int, reason: str) -> None:
+    async def _cancel_upstream(self, request_id: int, reason: str,
+                               headers: Mapping[str, str] = NO_HEADERS) -> None:
         """Tell the backend we gave up on ``request_id``; best effort, shielded, bounded."""
         body = encode(
             {
@@ -654,20 +685,22 @@ class BaseBackend:
         )
         with anyio.move_on_after(CANCEL_NOTICE_TIMEOUT, shield=True):
             try:
-                await self._send(body)
+                await self._send(body, headers)
             except (BackendError, _SessionGone) as exc:
                 logger.debug(
                     "backend %r: cancellation notice not delivered: %s", self.target.name, exc
                 )
 
-    async def _with_recovery(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        """Run ``attempt``; if the backend forgot the session, re-initialize and retry once."""
+    async def _with_recovery(self, attempt: Callable[[], Awaitable[T]],
+                             headers: Mapping[str, str] = NO_HEADERS) -> T:
+        """Run ``attempt``; if the backend forgot the session, re-initialize (with the
+        call's ``headers``) and retry once."""
         generation = self._generation
         try:
             return await attempt()
         except _SessionGone:
             pass
-        await self._recover(generation)
+        await self._recover(generation, headers)
         try:
             return await attempt()
         except _SessionGone:
@@ -675,7 +708,7 @@ class BaseBackend:
                 self.target.name, "backend forgot the session again right after re-initialization"
             ) from None
 
-    async def _recover(self, generation: int) -> None:
+    async def _recover(self, generation: int, headers: Mapping[str, str] = NO_HEADERS) -> None:
         """Make sure the session seen at ``generation`` has been replaced.
 
         Singleflight: the first caller runs ``initialize`` and the others wait for it. A
@@ -686,17 +719,17 @@ class BaseBackend:
         while self._generation == generation:
             flight = self._flight
             if flight is None:
-                await self._lead_recovery()
+                await self._lead_recovery(headers)
                 return
             await flight.done.wait()
             if flight.error is not None and self._generation == generation:
                 raise flight.error
 
-    async def _lead_recovery(self) -> None:
+    async def _lead_recovery(self, headers: Mapping[str, str]) -> None:
         flight = _Flight(anyio.Event())
         self._flight = flight
         try:
-            state = await self._handshake(self._state.protocol_version)
+            state = await self._handshake(self._state.protocol_version, headers)
             self._install(state)
             self._reinitializations += 1
         except BackendError as exc:
@@ -714,10 +747,11 @@ class BaseBackend:
                 # state will meet the same 404 and recover by itself.
                 logger.exception("backend %r: on_reinitialized hook failed", self.target.name)
 
-    async def _recover_quietly(self, generation: int) -> bool:
+    async def _recover_quietly(self, generation: int,
+                               headers: Mapping[str, str] = NO_HEADERS) -> bool:
         """:meth:`_recover` for a ``listen`` stream, which retries later instead of failing."""
         try:
-            await self._recover(generation)
+            await self._recover(generation, headers)
         except BackendError as exc:
             logger.debug(
                 "backend %r: re-initialization for listen failed: %s", self.target.name, exc
@@ -793,21 +827,23 @@ class BaseBackend:
         body: bytes,
         params: dict[str, Any] | None,
         on_message: MessageHandler | None,
+        headers: Mapping[str, str],
     ) -> dict[str, Any]:
-        """Send the encoded request once and return its result.
+        """Send the encoded request once (with the call's ``headers``) and return its result.
 
         Raises _SessionGone if the backend refused it for an unknown session.
         """
         raise NotImplementedError
 
-    async def _send(self, body: bytes) -> None:
+    async def _send(self, body: bytes, headers: Mapping[str, str]) -> None:
         """Send an encoded notification or response; _SessionGone as for _call."""
         raise NotImplementedError
 
-    async def _handshake(self, protocol_version: str) -> BackendState:
-        """Open a fresh backend session (``initialize`` + ``initialized``)."""
+    async def _handshake(self, protocol_version: str, headers: Mapping[str, str]) -> BackendState:
+        """Open a fresh backend session (``initialize`` + ``initialized``) with ``headers``."""
         raise NotImplementedError
 
     async def _terminate(self) -> None:
-        """End the backend session; called once, shielded and bounded, by aclose."""
+        """End the backend session (with the latest call's headers); called once,
+        shielded and bounded, by aclose."""
         raise NotImplementedError

@@ -6,6 +6,10 @@ slower than the threshold, or failed fewer times in a row than the threshold);
 backend refused our credentials: 401/403). New sessions skip ``unhealthy`` and
 ``unauthenticated`` backends; ``degraded`` and ``unknown`` ones are tried. Restores are
 never filtered: a session keeps the backends it was promised.
+
+A backend that is sent each caller's own credentials (outgoing auth ``forward`` or
+``token_exchange``) refuses a probe, which has no caller: for it a 401/403 only shows
+that it answers, and counts as healthy.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import anyio
@@ -56,8 +60,10 @@ class HealthMonitor:
         timeout_seconds: float,
         unhealthy_threshold: int,
         degraded_latency_seconds: float,
+        needs_caller: Callable[[str], bool] | None = None,
     ) -> None:
         self._targets = {t.name: t for t in targets}
+        self._needs_caller = needs_caller
         self._http = http
         self._interval = interval_seconds
         self._timeout = timeout_seconds
@@ -110,7 +116,8 @@ class HealthMonitor:
                              checked_at=time.time())
         else:
             latency = time.perf_counter() - started
-            if status_code in (401, 403):
+            refused = status_code in (401, 403)
+            if refused and not (self._needs_caller and self._needs_caller(target.name)):
                 health = BackendHealth(HealthStatus.UNAUTHENTICATED, latency, 0,
                                        f"HTTP {status_code}", time.time())
             else:

@@ -102,6 +102,8 @@ class _Stream:
     """One GET stream, and with it one backend session."""
 
     opened: anyio.Event
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """The credentials the stream was opened with; the reader's own replies use them."""
     endpoint: str | None = None
     error: BackendError | None = None
     alive: bool = True
@@ -158,8 +160,12 @@ class SseBackend(BaseBackend):
         protocol_version: str = DEFAULT_PROTOCOL_VERSION,
         timeout: float,  # noqa: ASYNC109 - bounds the handshake, then every call
         on_reinitialized: ReinitializedHook | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> SseBackend:
-        """Open the stream, learn the POST endpoint, then ``initialize`` and ``initialized``."""
+        """Open the stream, learn the POST endpoint, then ``initialize`` and ``initialized``.
+
+        ``headers`` are the credentials of the request that opens the session.
+        """
         connection = cls(
             target,
             http,
@@ -169,9 +175,10 @@ class SseBackend(BaseBackend):
             on_reinitialized=on_reinitialized,
             state=BackendState(None, protocol_version, {}),
         )
+        extra = connection._call_headers(headers)
         try:
             with anyio.fail_after(timeout):
-                state = await connection._handshake(protocol_version)
+                state = await connection._handshake(protocol_version, extra)
         except TimeoutError:
             raise BackendTimeout(
                 target.name, f"initialize not answered within {timeout:g}s"
@@ -190,6 +197,7 @@ class SseBackend(BaseBackend):
         capabilities: Mapping[str, Any],
         timeout: float,  # noqa: ASYNC109 - bounds the handshake, then every call
         on_reinitialized: ReinitializedHook | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> SseBackend:
         """Open a fresh session, offering the version recorded in ``state``.
 
@@ -205,6 +213,7 @@ class SseBackend(BaseBackend):
             protocol_version=state.protocol_version,
             timeout=timeout,
             on_reinitialized=on_reinitialized,
+            headers=headers,
         )
 
     # -- calls ---------------------------------------------------------------
@@ -215,6 +224,7 @@ class SseBackend(BaseBackend):
         body: bytes,
         params: dict[str, Any] | None,
         on_message: MessageHandler | None,
+        headers: Mapping[str, str],
     ) -> dict[str, Any]:
         stream = self._stream
         if stream is None or not stream.alive:
@@ -222,7 +232,7 @@ class SseBackend(BaseBackend):
         token = None
         if params is not None and isinstance(meta := params.get("_meta"), dict):
             token = meta.get("progressToken")
-        return await self._exchange(stream, request_id, body, on_message, token)
+        return await self._exchange(stream, request_id, body, on_message, token, headers)
 
     async def _exchange(
         self,
@@ -231,6 +241,7 @@ class SseBackend(BaseBackend):
         body: bytes,
         on_message: MessageHandler | None,
         progress_token: Any,
+        headers: Mapping[str, str],
     ) -> dict[str, Any]:
         name = self.target.name
         inbox, outbox = anyio.create_memory_object_stream[dict[str, Any]](math.inf)
@@ -239,7 +250,7 @@ class SseBackend(BaseBackend):
             if progress_token is not None:
                 stream.progress_tokens[progress_token] = request_id
             try:
-                await self._post(stream, body)
+                await self._post(stream, body, headers)
                 async for message in outbox:
                     if "method" not in message:
                         return result_of(name, message)
@@ -248,7 +259,7 @@ class SseBackend(BaseBackend):
                         continue
                     reply = await self._answer(message, on_message)
                     try:
-                        await self._post(stream, encode(reply))
+                        await self._post(stream, encode(reply), headers)
                     except _SessionGone:
                         raise BackendSessionExpired(
                             name, "backend forgot the session during the request"
@@ -259,20 +270,20 @@ class SseBackend(BaseBackend):
                 if progress_token is not None:
                     stream.progress_tokens.pop(progress_token, None)
 
-    async def _send(self, body: bytes) -> None:
+    async def _send(self, body: bytes, headers: Mapping[str, str]) -> None:
         stream = self._stream
         if stream is None or not stream.alive:
             raise _SessionGone
-        await self._post(stream, body)
+        await self._post(stream, body, headers)
 
-    async def _post(self, stream: _Stream, body: bytes) -> None:
+    async def _post(self, stream: _Stream, body: bytes, headers: Mapping[str, str]) -> None:
         """POST one message to the session's endpoint; the answer comes on the stream."""
         assert stream.endpoint is not None
         try:
             response = await self._http.post(
                 stream.endpoint,
                 content=body,
-                headers=self._post_headers,
+                headers={**headers, **self._post_headers},
                 timeout=self._post_timeout,
             )
         except httpx2.HTTPError as exc:
@@ -285,14 +296,14 @@ class SseBackend(BaseBackend):
 
     # -- session lifecycle ---------------------------------------------------
 
-    async def _handshake(self, protocol_version: str) -> BackendState:
+    async def _handshake(self, protocol_version: str, headers: Mapping[str, str]) -> BackendState:
         """Open a new stream and initialize its session.
 
         The new stream becomes current only once initialized, so calls never see a
         half-open session. The previous stream, if any, is closed at that moment.
         """
         name = self.target.name
-        stream = _Stream(anyio.Event())
+        stream = _Stream(anyio.Event(), headers)
         stream.task = asyncio.get_running_loop().create_task(
             self._read(stream), name=f"vmcp-sse-reader:{name}"
         )
@@ -314,7 +325,7 @@ class SseBackend(BaseBackend):
                 }
             )
             try:
-                result = await self._exchange(stream, request_id, body, None, None)
+                result = await self._exchange(stream, request_id, body, None, None, headers)
                 try:
                     version = InitializeResult.model_validate(
                         result, by_name=False
@@ -328,7 +339,7 @@ class SseBackend(BaseBackend):
                         name, f"backend chose unsupported protocol version {version!r}"
                     )
                 initialized = encode({"jsonrpc": "2.0", "method": "notifications/initialized"})
-                await self._post(stream, initialized)
+                await self._post(stream, initialized, headers)
             except _SessionGone:
                 raise BackendSessionExpired(
                     name, "backend forgot the session it just opened"
@@ -354,7 +365,10 @@ class SseBackend(BaseBackend):
         name = self.target.name
         try:
             request = self._http.build_request(
-                "GET", self.target.url, headers=self._get_headers, timeout=self._stream_timeout
+                "GET",
+                self.target.url,
+                headers={**stream.headers, **self._get_headers},
+                timeout=self._stream_timeout,
             )
             response = await self._http.send(request, stream=True)
             try:
@@ -459,13 +473,16 @@ class SseBackend(BaseBackend):
     async def _reply_from_reader(self, stream: _Stream, reply: dict[str, Any]) -> None:
         with anyio.move_on_after(self._timeout):
             try:
-                await self._post(stream, encode(reply))
+                await self._post(stream, encode(reply), stream.headers)
             except (BackendError, _SessionGone) as exc:
                 logger.debug("backend %r: reply not delivered: %s", self.target.name, exc)
 
     # -- session-wide messages -----------------------------------------------
 
-    async def listen(self) -> AsyncGenerator[dict[str, Any], None]:
+    async def listen(
+        self, *, headers: Mapping[str, str] | None = None
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        extra = self._call_headers(headers)
         inbox, outbox = anyio.create_memory_object_stream[dict[str, Any]](math.inf)
         self._listeners.add(inbox)
         try:
@@ -474,7 +491,7 @@ class SseBackend(BaseBackend):
                     if not self._stream_alive():
                         # The session went with its stream. Open a new one, so that
                         # session-wide messages keep coming even when no call would.
-                        if not await self._reopen():
+                        if not await self._reopen(extra):
                             return
                         continue
                     with self._interruptible() as scope:
@@ -489,14 +506,14 @@ class SseBackend(BaseBackend):
     def _stream_alive(self) -> bool:
         return self._stream is not None and self._stream.alive
 
-    async def _reopen(self) -> bool:
+    async def _reopen(self, headers: Mapping[str, str]) -> bool:
         """Re-initialize for ``listen`` after its stream ended; False once closed."""
         delay = DEFAULT_RETRY
         while not self._stream_alive():
             generation = self._generation
             with self._interruptible() as scope:
                 await anyio.sleep(delay)
-                await self._recover_quietly(generation)
+                await self._recover_quietly(generation, headers)
             if scope.cancelled_caught:
                 return False
             delay = min(delay * 2, LISTEN_BACKOFF_MAX)

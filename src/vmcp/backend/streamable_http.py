@@ -32,6 +32,7 @@ from vmcp.backend.connection import (
     JSON,
     LISTEN_BACKOFF_MAX,
     MAX_MESSAGE_BYTES,
+    NO_HEADERS,
     STREAM_PAUSED,
     TERMINATE_TIMEOUT,
     BackendState,
@@ -123,11 +124,13 @@ class StreamableHttpBackend(BaseBackend):
         protocol_version: str = DEFAULT_PROTOCOL_VERSION,
         timeout: float,  # noqa: ASYNC109 - bounds the handshake, then every call
         on_reinitialized: ReinitializedHook | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> StreamableHttpBackend:
         """Open a new backend session: ``initialize``, then ``notifications/initialized``.
 
         The ``InitializeResult`` is validated, and the negotiated version must be one
         this client speaks. A missing ``Mcp-Session-Id`` means a stateless backend.
+        ``headers`` are the credentials of the request that opens the session.
         """
         connection = cls(
             target,
@@ -138,9 +141,10 @@ class StreamableHttpBackend(BaseBackend):
             on_reinitialized=on_reinitialized,
             state=BackendState(None, protocol_version, {}),
         )
+        extra = connection._call_headers(headers)
         try:
             with anyio.fail_after(timeout):
-                state = await connection._handshake(protocol_version)
+                state = await connection._handshake(protocol_version, extra)
         except TimeoutError:
             raise BackendTimeout(
                 target.name, f"initialize not answered within {timeout:g}s"
@@ -159,14 +163,16 @@ class StreamableHttpBackend(BaseBackend):
         capabilities: Mapping[str, Any],
         timeout: float,  # noqa: ASYNC109 - the default deadline of every call
         on_reinitialized: ReinitializedHook | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> StreamableHttpBackend:
         """Resume a backend session another connection opened, without wire traffic.
 
         If the backend has forgotten it, the first call finds out (404) and
         re-initializes with ``client_info`` and ``capabilities``, offering
-        ``state.protocol_version``.
+        ``state.protocol_version``. ``headers`` are the credentials of the request that
+        resumes the session (kept only to end the session if no call follows).
         """
-        return cls(
+        connection = cls(
             target,
             http,
             client_info=client_info,
@@ -175,6 +181,8 @@ class StreamableHttpBackend(BaseBackend):
             on_reinitialized=on_reinitialized,
             state=state,
         )
+        connection._call_headers(headers)
+        return connection
 
     def _install(self, state: BackendState) -> None:
         super()._install(state)
@@ -200,8 +208,11 @@ class StreamableHttpBackend(BaseBackend):
         body: bytes,
         params: dict[str, Any] | None,
         on_message: MessageHandler | None,
+        headers: Mapping[str, str],
     ) -> dict[str, Any]:
-        result, _ = await self._post_request(request_id, body, self._post_headers, on_message)
+        result, _ = await self._post_request(
+            request_id, body, {**headers, **self._post_headers}, on_message
+        )
         return result
 
     async def _post_request(
@@ -349,8 +360,9 @@ class StreamableHttpBackend(BaseBackend):
         failures = 0
         while failures < RESUME_ATTEMPTS:
             await anyio.sleep(DEFAULT_RETRY if cursor.retry is None else cursor.retry)
+            # The POST's own headers (its session, its credentials), minus the body's type.
             get_headers = {
-                **self._base_headers,
+                **{k: v for k, v in headers.items() if k != "content-type"},
                 "accept": EVENT_STREAM,
                 LAST_EVENT_ID_HEADER: cursor.last_event_id,
             }
@@ -388,9 +400,9 @@ class StreamableHttpBackend(BaseBackend):
                 self.target.name, "backend forgot the session during the request"
             ) from None
 
-    async def _send(self, body: bytes) -> None:
+    async def _send(self, body: bytes, headers: Mapping[str, str]) -> None:
         try:
-            await self._post(body, self._post_headers)
+            await self._post(body, {**headers, **self._post_headers})
         except httpx2.HTTPError as exc:
             raise transport_error(self.target.name, exc) from exc
 
@@ -408,7 +420,7 @@ class StreamableHttpBackend(BaseBackend):
 
     # -- session lifecycle ---------------------------------------------------
 
-    async def _handshake(self, protocol_version: str) -> BackendState:
+    async def _handshake(self, protocol_version: str, headers: Mapping[str, str]) -> BackendState:
         name = self.target.name
         request_id = next(self._ids)
         body = encode(
@@ -424,8 +436,8 @@ class StreamableHttpBackend(BaseBackend):
             }
         )
         # No session and no version yet: initialize is what negotiates them.
-        headers = {**self.target.headers, **_POST_HEADERS}
-        result, session_id = await self._post_request(request_id, body, headers, None)
+        post_headers = {**headers, **self.target.headers, **_POST_HEADERS}
+        result, session_id = await self._post_request(request_id, body, post_headers, None)
         session_id = session_id or None
         try:
             version = _negotiated_version(name, result)
@@ -436,8 +448,8 @@ class StreamableHttpBackend(BaseBackend):
             state = BackendState(session_id, version, result)
             initialized = encode({"jsonrpc": "2.0", "method": "notifications/initialized"})
             try:
-                headers = {**self._session_headers(session_id, version), **_POST_HEADERS}
-                await self._post(initialized, headers)
+                await self._post(initialized, {
+                    **headers, **self._session_headers(session_id, version), **_POST_HEADERS})
             except httpx2.HTTPError as exc:
                 raise transport_error(name, exc) from exc
             except _SessionGone:
@@ -447,14 +459,18 @@ class StreamableHttpBackend(BaseBackend):
         except BaseException:
             # Do not leave a half-made session behind on the backend.
             with anyio.move_on_after(TERMINATE_TIMEOUT, shield=True):
-                await self._delete(session_id, protocol_version)
+                await self._delete(session_id, protocol_version, headers)
             raise
         return state
 
     async def _terminate(self) -> None:
-        await self._delete(self._state.session_id, self._state.protocol_version)
+        await self._delete(
+            self._state.session_id, self._state.protocol_version, self._latest_headers
+        )
 
-    async def _delete(self, session_id: str | None, protocol_version: str) -> None:
+    async def _delete(
+        self, session_id: str | None, protocol_version: str, headers: Mapping[str, str]
+    ) -> None:
         """End a backend session with DELETE; failures are logged, never raised."""
         if session_id is None:
             return
@@ -462,7 +478,7 @@ class StreamableHttpBackend(BaseBackend):
         try:
             response = await self._http.delete(
                 self.target.url,
-                headers=self._session_headers(session_id, protocol_version),
+                headers={**headers, **self._session_headers(session_id, protocol_version)},
                 timeout=min(self._timeout, TERMINATE_TIMEOUT),
             )
         except httpx2.HTTPError as exc:
@@ -475,20 +491,23 @@ class StreamableHttpBackend(BaseBackend):
 
     # -- the GET stream ------------------------------------------------------
 
-    async def listen(self) -> AsyncGenerator[dict[str, Any], None]:
+    async def listen(
+        self, *, headers: Mapping[str, str] | None = None
+    ) -> AsyncGenerator[dict[str, Any], None]:
         name = self.target.name
+        extra = self._call_headers(headers)
         delay = DEFAULT_RETRY
         last_event_id: str | None = None
         recovered = False
         # A stateless backend has no session to push messages on.
         while not self._closed and self._state.session_id is not None:
             generation = self._generation
-            headers = {**self._base_headers, "accept": EVENT_STREAM}
+            get_headers = {**extra, **self._base_headers, "accept": EVENT_STREAM}
             if last_event_id is not None:
-                headers[LAST_EVENT_ID_HEADER] = last_event_id
+                get_headers[LAST_EVENT_ID_HEADER] = last_event_id
             async with AsyncExitStack() as stack:
                 with self._interruptible() as scope:
-                    response = await self._open_stream(headers, stack)
+                    response = await self._open_stream(get_headers, stack)
                 if scope.cancelled_caught:
                     return
                 status = 0 if response is None else response.status_code
@@ -502,7 +521,7 @@ class StreamableHttpBackend(BaseBackend):
                     # new session's stream at once. A second 404 in a row backs off.
                     last_event_id = None
                     with self._interruptible() as scope:
-                        recovered = await self._recover_quietly(generation)
+                        recovered = await self._recover_quietly(generation, extra)
                     if scope.cancelled_caught:
                         return
                     if recovered:
@@ -531,7 +550,8 @@ class StreamableHttpBackend(BaseBackend):
                         for message in self._server_messages(event):
                             if message.get("method") == "ping" and "id" in message:
                                 with self._interruptible():
-                                    await self._reply_quietly(await self._answer(message, None))
+                                    reply = await self._answer(message, None)
+                                    await self._reply_quietly(reply, extra)
                             else:
                                 yield message
                 elif response is not None:
@@ -581,9 +601,11 @@ class StreamableHttpBackend(BaseBackend):
             return []
         return [message for message in messages if "method" in message]
 
-    async def _reply_quietly(self, reply: dict[str, Any]) -> None:
+    async def _reply_quietly(
+        self, reply: dict[str, Any], headers: Mapping[str, str] = NO_HEADERS
+    ) -> None:
         try:
-            await self._send(encode(reply))
+            await self._send(encode(reply), headers)
         except (BackendError, _SessionGone) as exc:
             logger.debug("backend %r: reply not delivered: %s", self.target.name, exc)
 

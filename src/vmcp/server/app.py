@@ -22,23 +22,28 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vmcp import __version__, logs, tracing
 from vmcp.auth.incoming import build_authenticator, metadata_paths
+from vmcp.auth.outgoing import OutgoingAuth, build_outgoing_auth
 from vmcp.backend.connection import BackendTarget
 from vmcp.backend.health import HealthMonitor
+from vmcp.backend.http_client import backend_http_client
 from vmcp.config import VmcpConfig, load_config
 from vmcp.errors import ConfigError, StoreError
 from vmcp.server.methods import MethodHandler
 from vmcp.server.security import RequestGuard
+from vmcp.server.stateless import StatelessEndpoint
 from vmcp.server.status import build_status, render_page
 from vmcp.server.transport import McpEndpoint
 from vmcp.session import SessionManager
 from vmcp.session.connector import BackendConnector
 from vmcp.session.ledger import UpstreamLedger
+from vmcp.session.stateless_backends import StatelessBackends
 from vmcp.store import RedisStore, open_store
 from vmcp.store.event_log import RedisEventLog
+from vmcp.store.identity_index import IdentityIndex, MemoryIdentityIndex, RedisIdentityIndex
 from vmcp.store.pubsub import RedisEndedSessionBus, RedisSessionRelay
 from vmcp.telemetry import InstrumentedStore, Metrics
 
@@ -46,7 +51,6 @@ logger = logging.getLogger(__name__)
 
 # How long an interrupted response stream can be resumed on another replica.
 STREAM_EVENTS_TTL = 300.0
-BACKEND_POOL = httpx2.Limits(max_connections=512, max_keepalive_connections=128)
 
 
 class _Endpoint:
@@ -61,14 +65,16 @@ class _Endpoint:
         await self.app(scope, receive, send)
 
 
-def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Starlette:
+def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> ASGIApp:
     """The whole gateway as one ASGI app (also what tests run in-process).
 
-    Raises ``ConfigError`` if incoming auth cannot be set up (a ``token_env`` variable
-    unset, an unreadable ``jwks_file``), before anything is started.
+    Raises ``ConfigError`` if incoming or outgoing auth cannot be set up (a ``token_env``
+    or ``value_env`` variable unset, an unreadable ``jwks_file``), before anything is
+    started.
     """
     endpoint = _Endpoint()
     authenticator = build_authenticator(config)
+    outgoing = build_outgoing_auth(config)
     if config.telemetry.otlp_endpoint:
         tracing.configure(config.telemetry.otlp_endpoint,
                           service_name=config.telemetry.service_name,
@@ -94,31 +100,45 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Starle
                                          timeout_seconds=session.store_timeout_seconds)
             relay = RedisSessionRelay(store.client, session.key_prefix + "relay:",
                                       timeout_seconds=session.store_timeout_seconds)
-        async with store, httpx2.AsyncClient(limits=BACKEND_POOL) as http, \
+        async with store, backend_http_client() as http, \
                 anyio.create_task_group() as background:
-            monitor = _health_monitor(config, http)
+            monitor = _health_monitor(config, http, outgoing)
             connector = BackendConnector(
                 config, http, relay=relay, event_log=event_log,
-                is_healthy=monitor.usable_for_new_sessions if monitor else None)
+                is_healthy=monitor.usable_for_new_sessions if monitor else None,
+                outgoing=outgoing)
             if monitor is not None:
                 background.start_soon(monitor.run)
+            identities: IdentityIndex = (
+                RedisIdentityIndex(store, key_prefix=session.key_prefix,
+                                   ttl_seconds=session.ttl_seconds,
+                                   timeout_seconds=session.store_timeout_seconds)
+                if isinstance(store, RedisStore)
+                else MemoryIdentityIndex(store.exists, ttl_seconds=session.ttl_seconds))
             manager = SessionManager(InstrumentedStore(store, metrics), connector,
                                      cache_capacity=session.cache_capacity,
-                                     ended_sessions=ended)
+                                     ended_sessions=ended, identities=identities,
+                                     max_sessions_per_identity=(
+                                         config.limits.max_sessions_per_identity))
             metrics.watch(manager, connector.ledger)
             background.start_soon(manager.follow_ended_sessions)
             if relay is not None:
                 background.start_soon(relay.run)
             connector.set_state_recorder(manager.record_backend_state)
+            stateless = StatelessBackends(
+                lambda: connector.config, http, outgoing=outgoing, ledger=connector.ledger,
+                is_healthy=monitor.usable_for_new_sessions if monitor else None)
+            background.start_soon(stateless.run)
             endpoint.app = McpEndpoint(
                 manager, MethodHandler(), RequestGuard(config.server), authenticator,
                 max_body_bytes=config.server.max_body_bytes, metrics=metrics,
+                stateless=StatelessEndpoint(stateless),
             )
             state.update(store=store, manager=manager, ledger=connector.ledger, monitor=monitor,
                          connector=connector)
             if config_path is not None:
                 background.start_soon(_reload_on_sighup, config_path, connector, manager,
-                                      monitor)
+                                      monitor, outgoing)
             logger.info("vmcp %s replica %s ready: %d backends, store %s", __version__,
                         config.server.replica_id, len(config.backends),
                         config.session.store_kind)
@@ -127,6 +147,7 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Starle
             finally:
                 endpoint.app = None
                 await manager.aclose()
+                await stateless.aclose()
                 background.cancel_scope.cancel()
                 if relay is not None:
                     await relay.aclose()
@@ -174,7 +195,7 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Starle
 
     @contextlib.asynccontextmanager
     async def authenticated(app: Starlette) -> AsyncIterator[None]:
-        async with authenticator, lifespan(app):
+        async with authenticator, outgoing, lifespan(app):
             yield
 
     async def metrics_route(request: Request) -> Response:
@@ -189,21 +210,42 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Starle
         Route("/ui", status_page),
         *(Route(path, resource_metadata, methods=["GET"]) for path in metadata_paths(config)),
     ]
-    return Starlette(routes=routes, lifespan=authenticated)
+    return _McpFirst(Starlette(routes=routes, lifespan=authenticated), config.server.path,
+                     endpoint)
 
 
-def _health_monitor(config: VmcpConfig, http: httpx2.AsyncClient) -> HealthMonitor | None:
+class _McpFirst:
+    """Sends requests for the MCP path straight to the endpoint, everything else (other
+    routes, lifespan) to Starlette. The endpoint answers every error itself, so Starlette's
+    routing and middleware add nothing there but cost on every call (bench profile)."""
+
+    def __init__(self, app: Starlette, path: str, endpoint: _Endpoint) -> None:
+        self.app = app
+        self._path = path
+        self._endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == self._path:
+            await self._endpoint(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def _health_monitor(config: VmcpConfig, http: httpx2.AsyncClient,
+                    outgoing: OutgoingAuth) -> HealthMonitor | None:
     health = config.health
     if not health.enabled or not config.backends:
         return None
-    return HealthMonitor(_targets(config), http, interval_seconds=health.interval_seconds,
+    return HealthMonitor(_targets(config, outgoing), http,
+                         interval_seconds=health.interval_seconds,
                          timeout_seconds=health.timeout_seconds,
                          unhealthy_threshold=health.unhealthy_threshold,
-                         degraded_latency_seconds=health.degraded_latency_seconds)
+                         degraded_latency_seconds=health.degraded_latency_seconds,
+                         needs_caller=outgoing.per_caller)
 
 
 async def _reload_on_sighup(path: Path, connector: BackendConnector, manager: SessionManager,
-                            monitor: HealthMonitor | None) -> None:
+                            monitor: HealthMonitor | None, outgoing: OutgoingAuth) -> None:
     """SIGHUP re-reads the configuration file and applies its backends and aggregation to
     this replica without a restart (other sections need one). Live sessions gain the added
     backends, end their sessions on the removed ones, and are sent ``list_changed``."""
@@ -211,6 +253,7 @@ async def _reload_on_sighup(path: Path, connector: BackendConnector, manager: Se
         async for _ in signals:
             try:
                 loaded = load_config(path)
+                reloaded_auth = build_outgoing_auth(loaded)
             except ConfigError as exc:
                 logger.error("configuration reload refused, keeping the running one:\n%s", exc)
                 continue
@@ -221,16 +264,19 @@ async def _reload_on_sighup(path: Path, connector: BackendConnector, manager: Se
                                "restart to change the other sections")
             updated = current.model_copy(update={"backends": loaded.backends,
                                                  "aggregation": loaded.aggregation})
+            outgoing.adopt(reloaded_auth)
             connector.reconfigure(updated)
             if monitor is not None:
-                monitor.set_targets(_targets(updated))
+                monitor.set_targets(_targets(updated, outgoing))
             changed = await manager.reconcile_live_sessions(connector.reconcile)
             logger.info("configuration reloaded: %d backends; %d live sessions updated",
                         len(updated.backends), changed)
 
 
-def _targets(config: VmcpConfig) -> list[BackendTarget]:
-    return [BackendTarget(b.name, b.url, b.transport, b.headers) for b in config.backends]
+def _targets(config: VmcpConfig, outgoing: OutgoingAuth) -> list[BackendTarget]:
+    return [BackendTarget(b.name, b.url, b.transport,
+                          {**b.headers, **outgoing.static_headers(b.name)})
+            for b in config.backends]
 
 
 def serve(config: VmcpConfig, *, log_level: str = "info", log_format: str = "auto",

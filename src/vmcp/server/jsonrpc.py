@@ -83,6 +83,10 @@ def parse_message(body: bytes) -> Incoming:
         raw = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MessageError(PARSE_ERROR_CODE, f"Parse error: {exc}") from exc
+    except RecursionError as exc:
+        # The decoder gives up on deep nesting (about a thousand levels, fewer the deeper
+        # the stack it runs on); no MCP message is nested anywhere near that deep.
+        raise MessageError(PARSE_ERROR_CODE, "Parse error: JSON nested too deeply") from exc
     if isinstance(raw, list):
         raise MessageError(INVALID_REQUEST_CODE, "Invalid Request: batches are not supported")
     if not isinstance(raw, dict):

@@ -58,5 +58,8 @@ class RequestGuard:
         normalized = origin.rstrip("/").lower()
         if normalized in self._origins:
             return True
-        parts = urlsplit(normalized)
+        try:
+            parts = urlsplit(normalized)
+        except ValueError:  # e.g. "http://[::1": not an origin at all
+            return False
         return parts.scheme in ("http", "https") and _hostname(parts.netloc) in LOOPBACK_NAMES

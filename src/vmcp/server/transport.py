@@ -26,6 +26,7 @@ from starlette.datastructures import Headers
 from starlette.types import Message, Receive, Scope, Send
 
 from vmcp import logs, tracing
+from vmcp.auth import outgoing
 from vmcp.errors import (
     INTERNAL_ERROR_CODE,
     INVALID_REQUEST_CODE,
@@ -42,6 +43,7 @@ from vmcp.server import jsonrpc
 from vmcp.server.jsonrpc import Incoming, MessageError
 from vmcp.server.methods import MethodHandler, RpcError
 from vmcp.server.security import RequestGuard
+from vmcp.server.stateless import StatelessEndpoint, is_stateless
 from vmcp.session import Principal, SessionManager
 from vmcp.session.binding import InvalidIdentity
 from vmcp.session.channel import ClientChannel
@@ -80,7 +82,9 @@ class McpEndpoint:
         *,
         max_body_bytes: int,
         metrics: Metrics | None = None,
+        stateless: StatelessEndpoint | None = None,
     ) -> None:
+        self._stateless = stateless
         self._manager = manager
         self._methods = methods
         self._guard = guard
@@ -109,7 +113,8 @@ class McpEndpoint:
             await send(message)
 
         try:
-            await self._dispatch(verb, scope, receive, tracking_send, headers)
+            with outgoing.request_scope():
+                await self._dispatch(verb, scope, receive, tracking_send, headers)
         except _Reply as reply:
             await _send_json(tracking_send, reply.status, reply.body, extra=reply.headers)
         except Exception:
@@ -121,7 +126,11 @@ class McpEndpoint:
 
     async def _dispatch(self, verb: str, scope: Scope, receive: Receive, send: Send,
                         headers: Headers) -> None:
-        if verb == "POST":
+        if self._stateless is not None and verb != "POST" and is_stateless(headers):
+            # The stateless revision is POST only: there is no stream to GET or session to end.
+            await _send_json(send, 405, jsonrpc.error(
+                None, INVALID_REQUEST_CODE, "Method not allowed"), extra=[(b"allow", b"POST")])
+        elif verb == "POST":
             await self._post(scope, receive, send, headers)
         elif verb == "GET":
             await self._get(receive, send, headers)
@@ -145,6 +154,11 @@ class McpEndpoint:
             raise _Reply(415, jsonrpc.error(
                 None, INVALID_REQUEST_CODE, "Unsupported Media Type: use application/json"))
         body = await self._read_body(receive, headers)
+        if self._stateless is not None and is_stateless(headers):
+            # No session, no store: see vmcp.server.stateless.
+            principal = await self._principal(headers, None)
+            await self._stateless.serve(scope, receive, send, body, principal)
+            return
         try:
             message = jsonrpc.parse_message(body)
         except MessageError as exc:
@@ -212,8 +226,11 @@ class McpEndpoint:
                 f"supported: {', '.join(HANDSHAKE_VERSIONS)}"))
 
     async def _principal(self, headers: Headers, request_id: Any) -> Principal:
+        """The request's caller; from here on, backend calls carry its credentials."""
         try:
-            return await self._authenticate(headers)
+            principal = await self._authenticate(headers)
+            outgoing.act_for(principal, headers)
+            return principal
         except AuthenticationError as exc:
             # Before any session lookup, so the answer is the same for every session id.
             raise _Reply(exc.http_status, jsonrpc.error(request_id, exc.jsonrpc_code, str(exc)),

@@ -11,6 +11,7 @@ import httpx2
 
 from vmcp import __version__
 from vmcp.aggregate import BackendCatalog, RoutingTable, build_routing_table
+from vmcp.auth.outgoing import OutgoingAuth, current_caller
 from vmcp.backend import BackendConnection, BackendState, BackendTarget, attach, connect
 from vmcp.config import BackendConfig, VmcpConfig
 from vmcp.errors import BackendError, ConfigError
@@ -56,8 +57,10 @@ class BackendConnector:
         is_healthy: HealthFilter | None = None,
         relay: SessionRelay | None = None,
         event_log: EventLog | None = None,
+        outgoing: OutgoingAuth | None = None,
     ) -> None:
         self._config = config
+        self._outgoing = outgoing if outgoing is not None else OutgoingAuth({})
         self._relay = relay
         self._event_log = event_log
         self.ledger = UpstreamLedger()
@@ -136,17 +139,25 @@ class BackendConnector:
 
     async def _connect(self, session_id: str, backend: BackendConfig,
                        stored: str | None) -> BackendConnection:
-        target = BackendTarget(backend.name, backend.url, backend.transport, backend.headers)
+        """Open or re-attach one backend, with the credentials of the request being served
+        (outgoing auth), every call bounded by the backend's and the gateway's timeout."""
+        outgoing = self._outgoing
+        target = BackendTarget(backend.name, backend.url, backend.transport,
+                               {**backend.headers, **outgoing.static_headers(backend.name)})
         hook = self._reinitialized_hook(session_id, backend.name)
+        timeout = min(backend.call_timeout_seconds, self._config.limits.call_timeout_seconds)
         with anyio.fail_after(backend.connect_timeout_seconds):
+            headers = await outgoing.headers_for(backend.name, current_caller())
             if stored is not None:
                 state = BackendState.from_json(stored, backend=backend.name)
-                return await attach(target, self._http, state, client_info=CLIENT_INFO,
-                                    capabilities=CLIENT_CAPABILITIES,
-                                    timeout=backend.call_timeout_seconds, on_reinitialized=hook)
-            return await connect(target, self._http, client_info=CLIENT_INFO,
-                                 capabilities=CLIENT_CAPABILITIES,
-                                 timeout=backend.call_timeout_seconds, on_reinitialized=hook)
+                connection = await attach(target, self._http, state, client_info=CLIENT_INFO,
+                                          capabilities=CLIENT_CAPABILITIES, timeout=timeout,
+                                          on_reinitialized=hook, headers=headers)
+            else:
+                connection = await connect(target, self._http, client_info=CLIENT_INFO,
+                                           capabilities=CLIENT_CAPABILITIES, timeout=timeout,
+                                           on_reinitialized=hook, headers=headers)
+        return outgoing.wrap(connection)
 
     def _reinitialized_hook(self, session_id: str, backend: str
                             ) -> Callable[[BackendState], Awaitable[None]]:

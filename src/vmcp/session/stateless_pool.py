@@ -30,7 +30,7 @@ from typing import Any
 import anyio
 
 from vmcp.backend import BackendConnection
-from vmcp.backend.modern import ModernBackend, NotModern, speaks_modern
+from vmcp.backend.modern import speaks_modern
 from vmcp.errors import BackendError, BackendTimeout, BackendUnavailable
 from vmcp.session.ledger import UpstreamLedger
 
@@ -46,8 +46,8 @@ class BackendKind(enum.StrEnum):
 
 Probe = Callable[[str], Awaitable[Mapping[str, Any] | None]]
 """Sends ``server/discover`` to the named backend: its result, or None for an SSE backend
-(never probed). Raises ``BackendRpcError``/``NotModern`` for a refusal and the other
-``BackendError`` kinds when the backend cannot be reached."""
+(never probed). Raises a ``BackendError`` for a refusal (a JSON-RPC error, an HTTP 4xx)
+and ``BackendUnavailable``/``BackendTimeout`` when the backend cannot be reached."""
 
 
 class BackendKinds:
@@ -94,6 +94,10 @@ class BackendKinds:
                         extra={"backend": backend})
             self._kinds[backend] = kind
 
+    def forget(self, backend: str) -> None:
+        """Classify ``backend`` again on its next use (its configuration changed)."""
+        self._kinds.pop(backend, None)
+
     def snapshot(self) -> dict[str, BackendKind]:
         return dict(self._kinds)
 
@@ -105,28 +109,12 @@ class BackendKinds:
         except BackendError as exc:
             # A refusal (HTTP 4xx, a JSON-RPC error, garbage) is the answer of a server
             # that does not know server/discover: one of the handshake era.
-            logger.info("backend %s answers server/discover with %s: session-based",
-                        backend, exc, extra={"backend": backend})
+            logger.info("server/discover refused (%s): %s is session-based", exc, backend,
+                        extra={"backend": backend})
             return BackendKind.SESSION
         if result is None or not speaks_modern(result):
             return BackendKind.SESSION
         return BackendKind.MODERN
-
-
-def discover_probe(backends: Mapping[str, ModernBackend | None], meta: Mapping[str, Any]
-                   ) -> Probe:
-    """The :data:`Probe` over ``backends`` (None for an SSE backend), sending ``meta``."""
-
-    async def probe(name: str) -> Mapping[str, Any] | None:
-        backend = backends[name]
-        if backend is None:
-            return None
-        try:
-            return await backend.request("server/discover", {"_meta": dict(meta)})
-        except NotModern:
-            return {}
-
-    return probe
 
 
 # -- upstream sessions for session-based backends -----------------------------------

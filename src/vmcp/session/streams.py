@@ -97,9 +97,17 @@ class ResponseStreams:
             self._streams.popitem(last=False)
 
 
+MAX_EVENT_SEQ_DIGITS = 18
+
+
 def parse_event_id(value: str) -> tuple[str, int] | None:
-    """``"<stream>.<seq>"`` → (stream, seq); None for anything else."""
+    """``"<stream>.<seq>"`` → (stream, seq); None for anything else.
+
+    ``Last-Event-ID`` comes from the client: a sequence number must be plain ASCII digits,
+    and short (``str.isdigit`` alone accepts "²", and ``int`` refuses 5000 digits).
+    """
     stream_id, _, seq = value.rpartition(".")
-    if not stream_id or not seq.isdigit():
+    if (not stream_id or not seq.isascii() or not seq.isdigit()
+            or len(seq) > MAX_EVENT_SEQ_DIGITS):
         return None
     return stream_id, int(seq)

@@ -90,6 +90,11 @@ class MemoryStore:
         validate_session_id(session_id)
         self._records.pop(session_id, None)
 
+    def exists(self, session_id: str) -> bool:
+        """Whether a live record is held, without restarting its TTL window (a count of
+        sessions must not keep them alive)."""
+        return self._live(session_id) is not None
+
     async def ping(self) -> None:
         return None
 

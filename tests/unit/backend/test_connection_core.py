@@ -7,7 +7,7 @@ re-initialization, a close during a call) can be set up exactly.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import anyio
@@ -53,6 +53,7 @@ class MemoryBackend(BaseBackend):
         body: bytes,
         params: dict[str, Any] | None,
         on_message: MessageHandler | None,
+        headers: Mapping[str, str],
     ) -> dict[str, Any]:
         session = self._state.session_id
         await anyio.lowlevel.checkpoint()
@@ -62,10 +63,10 @@ class MemoryBackend(BaseBackend):
             await self.call_gate.wait()
         return {"session": session}
 
-    async def _send(self, body: bytes) -> None:
+    async def _send(self, body: bytes, headers: Mapping[str, str]) -> None:
         self.sent.append(body)
 
-    async def _handshake(self, protocol_version: str) -> BackendState:
+    async def _handshake(self, protocol_version: str, headers: Mapping[str, str]) -> BackendState:
         self.handshakes += 1
         number = self.handshakes
         if self.handshake_gate is not None:
@@ -168,7 +169,8 @@ async def test_a_second_unknown_session_is_final(backend: MemoryBackend) -> None
     backend.sessions.clear()
     backend.handshake_error = None
 
-    async def forgetful_handshake(protocol_version: str) -> BackendState:
+    async def forgetful_handshake(protocol_version: str,
+                                  headers: Mapping[str, str]) -> BackendState:
         backend.handshakes += 1
         return BackendState("never-known", protocol_version, {})
 
