@@ -14,7 +14,7 @@ import signal
 import warnings
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import anyio
 import uvicorn
@@ -100,11 +100,15 @@ def run_backend(
     argv: Sequence[str] | None = None,
     event_store: EventStore | None = None,
     retry_interval_ms: int | None = None,
+    http_parser: Literal["auto", "h11", "httptools"] = "auto",
 ) -> None:
     """Parse the command line, then build the server and serve it until SIGINT or SIGTERM.
 
     The server is built here rather than by the caller so that logging and the
-    warning filter below are in place before any SDK code runs.
+    warning filter below are in place before any SDK code runs. ``http_parser`` is
+    uvicorn's: ``h11`` drops the optional whitespace around header values (RFC 9110
+    section 5.5), where httptools keeps the trailing part, which a server checking the
+    2026-07-28 routing headers would then see.
     """
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _exit_quietly)
@@ -131,9 +135,7 @@ def run_backend(
         app,
         host=args.host,
         port=args.port,
-        # h11 drops the optional whitespace around header values (RFC 9110 section 5.5);
-        # httptools keeps the trailing part, which the 2026-07-28 header checks would see.
-        http="h11",
+        http=http_parser,
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,

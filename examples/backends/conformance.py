@@ -1022,6 +1022,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         argv=argv,
         event_store=BoundedEventStore(),
         retry_interval_ms=SSE_RETRY_MS,
+        # The suite sends an Mcp-Name padded with spaces, which the server must accept.
+        http_parser="h11",
     )
 
 

@@ -119,7 +119,8 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> ASGIAp
                                      cache_capacity=session.cache_capacity,
                                      ended_sessions=ended, identities=identities,
                                      max_sessions_per_identity=(
-                                         config.limits.max_sessions_per_identity))
+                                         config.limits.max_sessions_per_identity),
+                                     liveness_interval=session.liveness_interval_seconds)
             metrics.watch(manager, connector.ledger)
             background.start_soon(manager.follow_ended_sessions)
             if relay is not None:
@@ -127,7 +128,7 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> ASGIAp
             connector.set_state_recorder(manager.record_backend_state)
             stateless = StatelessBackends(
                 lambda: connector.config, http, outgoing=outgoing, ledger=connector.ledger,
-                is_healthy=monitor.usable_for_new_sessions if monitor else None)
+                is_healthy=monitor.usable_for_new_sessions if monitor else None, relay=relay)
             background.start_soon(stateless.run)
             endpoint.app = McpEndpoint(
                 manager, MethodHandler(), RequestGuard(config.server), authenticator,

@@ -1,0 +1,201 @@
+"""Client for backends that speak the stateless revision (MCP 2026-07-28).
+
+Such a backend keeps no session for us: every call is one self-contained POST that
+carries its own envelope (``params._meta`` with the protocol version, client info and
+client capabilities) and the routing headers ``MCP-Protocol-Version``, ``Mcp-Method``
+and ``Mcp-Name``. The answer is one ``application/json`` response, or an event stream
+of request-scoped notifications (progress, logs) ending with the response. The backend
+never sends requests of its own: what it needs from the client comes back as an
+``input_required`` result, which is relayed like any other result.
+
+So a :class:`ModernBackend` is nothing but a target and the shared HTTP client; any
+replica can use it for any caller, and closing the response stream is how a call is
+cancelled.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+from collections.abc import AsyncGenerator, Mapping
+from typing import Any, Final, cast
+
+import anyio
+import httpx2
+from mcp.shared.inbound import NAME_BEARING_METHODS, encode_header_value
+from mcp_types import PROTOCOL_VERSION_META_KEY, UNSUPPORTED_PROTOCOL_VERSION
+from mcp_types.version import LATEST_MODERN_VERSION, MODERN_PROTOCOL_VERSIONS
+
+from vmcp.backend.connection import (
+    EVENT_STREAM,
+    JSON,
+    MAX_MESSAGE_BYTES,
+    BackendRpcError,
+    BackendTarget,
+    MessageHandler,
+    decode,
+    encode,
+    is_response_to,
+    read_body,
+    result_of,
+    rpc_error_for,
+    status_error,
+    transport_error,
+)
+from vmcp.errors import BackendError, BackendProtocolError, BackendTimeout
+
+logger = logging.getLogger(__name__)
+
+VERSION_HEADER: Final = "mcp-protocol-version"
+METHOD_HEADER: Final = "mcp-method"
+NAME_HEADER: Final = "mcp-name"
+
+_ID_SPACE: Final = 2**52
+"""Request ids start at a random point below this bound (see ``connection._ID_SPACE``)."""
+
+
+class NotModern(BackendError):
+    """The backend refused a stateless-revision request as a version it does not speak.
+
+    Raised for an HTTP 4xx without a JSON-RPC answer to the request (how servers of the
+    handshake era refuse an unknown ``MCP-Protocol-Version``) and for an
+    ``UnsupportedProtocolVersion`` error (-32022). The caller's classification of the
+    backend was wrong: it should be served through a session instead.
+    """
+
+
+class ModernBackend:
+    """Calls to one stateless-revision backend; safe to share between tasks and callers."""
+
+    def __init__(self, target: BackendTarget, http: httpx2.AsyncClient, *,
+                 timeout: float) -> None:
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self.target = target
+        self._http = http
+        self._timeout = timeout
+        self._ids = itertools.count(secrets.randbelow(_ID_SPACE))
+        # Reads are bounded by each call's own deadline, connects by the default one.
+        self._http_timeout = httpx2.Timeout(None, connect=timeout)
+
+    async def request(
+        self,
+        method: str,
+        params: dict[str, Any],
+        *,
+        headers: Mapping[str, str] | None = None,
+        on_message: MessageHandler | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the per-call deadline is the contract
+    ) -> dict[str, Any]:
+        """Send one request and return its ``result`` (which may be ``input_required``).
+
+        ``params`` must carry the envelope in ``_meta``; its protocol version names the
+        ``MCP-Protocol-Version`` header. ``headers`` are sent as well (the ``Mcp-Param-*``
+        headers of a ``tools/call``); the routing headers are derived from the request
+        and always win. Notifications that arrive on the response stream go to
+        ``on_message``. Raises :class:`BackendRpcError` for the backend's JSON-RPC
+        error, :class:`NotModern` if it does not speak this revision, and the other
+        ``BackendError`` kinds for transport failures.
+        """
+        seconds = self._timeout if timeout is None else timeout
+        try:
+            with anyio.fail_after(seconds):
+                return await self._post(method, params, headers or {}, on_message)
+        except TimeoutError:
+            raise BackendTimeout(self.target.name, f"no answer within {seconds:g}s") from None
+
+    async def _post(self, method: str, params: dict[str, Any], extra: Mapping[str, str],
+                    on_message: MessageHandler | None) -> dict[str, Any]:
+        name = self.target.name
+        request_id = next(self._ids)
+        body = encode({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+        headers = {**self.target.headers, **extra, **routing_headers(method, params),
+                   "accept": f"{JSON}, {EVENT_STREAM}", "content-type": JSON}
+        try:
+            request = self._http.build_request("POST", self.target.url, content=body,
+                                               headers=headers, timeout=self._http_timeout)
+            response = await self._http.send(request, stream=True)
+            try:
+                if response.status_code >= 300 or response.status_code == 202:
+                    await self._refuse(response, request_id)
+                content_type = response.headers.get("content-type", "").lower()
+                if content_type.startswith(JSON):
+                    for message in decode(name, await read_body(name, response)):
+                        if is_response_to(message, request_id):
+                            return _result(name, message)
+                    raise BackendProtocolError(name, "JSON answer does not contain the response")
+                if content_type.startswith(EVENT_STREAM):
+                    return _result(name, await self._pump(response, request_id, on_message))
+                raise BackendProtocolError(name, f"unexpected content type {content_type!r}")
+            finally:
+                await response.aclose()
+        except httpx2.HTTPError as exc:
+            raise transport_error(name, exc) from exc
+
+    async def _refuse(self, response: httpx2.Response, request_id: int) -> None:
+        name = self.target.name
+        if response.status_code == 202:
+            raise BackendProtocolError(name, "backend answered a request with 202 Accepted")
+        body = await read_body(name, response)
+        rpc_error = rpc_error_for(name, body, request_id)
+        if rpc_error is not None:
+            if rpc_error.code == UNSUPPORTED_PROTOCOL_VERSION:
+                raise NotModern(name, f"refused the revision: {rpc_error.message}")
+            raise rpc_error
+        error = status_error(name, response, body)
+        if 400 <= response.status_code < 500 and response.status_code not in (401, 403, 429):
+            raise NotModern(name, f"refused the revision with HTTP {response.status_code}")
+        raise error
+
+    async def _pump(self, response: httpx2.Response, request_id: int,
+                    on_message: MessageHandler | None) -> dict[str, Any]:
+        name = self.target.name
+        events = cast(
+            AsyncGenerator[httpx2.ServerSentEvent, None],
+            httpx2.EventSource(response, max_event_size=MAX_MESSAGE_BYTES).__aiter__(),
+        )
+        try:
+            async for event in events:
+                if not event.data or event.event != "message":
+                    continue
+                for message in decode(name, event.data):
+                    if "method" not in message:
+                        if is_response_to(message, request_id):
+                            return message
+                    elif "id" in message:
+                        # Not allowed at this revision; there is no way to answer it.
+                        logger.warning("backend %r sent a request on a response stream: %s",
+                                       name, message.get("method"))
+                    elif on_message is not None:
+                        await on_message(message)
+        finally:
+            await events.aclose()
+        raise BackendProtocolError(name, "response stream ended before the response")
+
+
+def routing_headers(method: str, params: Mapping[str, Any]) -> dict[str, str]:
+    """``MCP-Protocol-Version``, ``Mcp-Method`` and, where the method names one, ``Mcp-Name``."""
+    meta = params.get("_meta")
+    version = meta.get(PROTOCOL_VERSION_META_KEY) if isinstance(meta, Mapping) else None
+    headers = {VERSION_HEADER: version if isinstance(version, str) else LATEST_MODERN_VERSION,
+               METHOD_HEADER: method}
+    name_key = NAME_BEARING_METHODS.get(method)
+    if name_key is not None and isinstance(value := params.get(name_key), str):
+        headers[NAME_HEADER] = encode_header_value(value)
+    return headers
+
+
+def speaks_modern(discover_result: Mapping[str, Any]) -> bool:
+    """Whether a ``server/discover`` result lists a stateless revision this client speaks."""
+    versions = discover_result.get("supportedVersions")
+    return isinstance(versions, list) and any(v in versions for v in MODERN_PROTOCOL_VERSIONS)
+
+
+def _result(backend: str, message: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return result_of(backend, message)
+    except BackendRpcError as exc:
+        if exc.code == UNSUPPORTED_PROTOCOL_VERSION:
+            raise NotModern(backend, f"refused the revision: {exc.message}") from None
+        raise

@@ -1,0 +1,505 @@
+"""The stateless revision (MCP 2026-07-28) on the gateway's one MCP endpoint.
+
+A request of this revision is a self-contained POST: no ``initialize``, no
+``Mcp-Session-Id``. Its ``MCP-Protocol-Version`` header (any version outside the
+handshake ones) brings it here from :class:`~vmcp.server.transport.McpEndpoint`, after
+the origin check and authentication, and it never touches the session layer or its
+store, so any replica serves it.
+
+What is checked, in order, before anything reaches a backend (the SDK's own ladder,
+:mod:`mcp.shared.inbound`, so the gateway refuses exactly what the SDK's servers do):
+
+1. the body is one JSON-RPC request (a notification is acknowledged with 202 and
+   dropped: the revision defines none a server must act on);
+2. no routing header appears twice; ``params._meta`` carries the envelope
+   (protocol version, client capabilities); ``MCP-Protocol-Version``, ``Mcp-Method``
+   and ``Mcp-Name`` agree with the body (``HeaderMismatch``, -32020, after the optional
+   whitespace around header values is dropped, RFC 9110 section 5.5); the version is
+   one this gateway serves (``UnsupportedProtocolVersion``, -32022);
+3. the method exists at this revision (else -32601 with HTTP 404) and its params have
+   the revision's shape (-32602);
+4. for ``tools/call``, the ``Mcp-Param-*`` headers agree with the arguments the tool's
+   ``inputSchema`` marks with ``x-mcp-header``.
+
+Errors carry the HTTP status the revision assigns to their code (the SDK's table), and
+the request's id. Listings and ``server/discover`` carry caching hints (``ttlMs``,
+``cacheScope``) derived from the backends' own; every result names the gateway in
+``_meta`` (``io.modelcontextprotocol/serverInfo``). A call answers with plain JSON
+unless a notification (progress, a requested log message) comes first; then the answer
+is an event stream that ends with the response, kept alive by comments while the call
+is silent. A client that closes the stream cancels the call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final
+
+import anyio
+import pydantic
+from mcp.shared.inbound import (
+    ERROR_CODE_HTTP_STATUS,
+    MCP_PARAM_HEADER_PREFIX,
+    InboundLadderRejection,
+    classify_inbound_request,
+    find_duplicated_routing_header,
+    unsupported_protocol_version_rejection,
+    validate_mcp_param_headers,
+)
+from mcp_types import (
+    HEADER_MISMATCH,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+    SERVER_INFO_META_KEY,
+)
+from mcp_types.jsonrpc import JSONRPCNotification, JSONRPCRequest
+from mcp_types.methods import CACHEABLE_METHODS, serialize_server_result, validate_client_request
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
+from opentelemetry.trace import SpanKind
+from starlette.datastructures import Headers
+from starlette.types import Message, Receive, Scope, Send
+
+from vmcp import __version__, tracing
+from vmcp.aggregate import Route
+from vmcp.backend import BackendRpcError
+from vmcp.errors import BackendError, ConfigError
+from vmcp.session import Principal
+from vmcp.session.binding import InvalidIdentity, binding_for
+from vmcp.session.input_rounds import InvalidRound, Outcome
+from vmcp.session.stateless_backends import Caller, StatelessBackends, View
+from vmcp.session.stateless_pool import BackendKind
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SERVED_METHODS", "StatelessEndpoint", "is_stateless"]
+
+VERSION_HEADER: Final = "mcp-protocol-version"
+SESSION_HEADER: Final = "mcp-session-id"
+METHOD_KEY: Final = "vmcp.method"  # the ASGI scope key the transport's metrics read
+
+SERVED_METHODS: Final = frozenset({
+    "server/discover", "tools/list", "tools/call", "resources/list",
+    "resources/templates/list", "resources/read", "prompts/list", "prompts/get",
+    "completion/complete",
+})
+"""What the gateway serves at the stateless revision. ``subscriptions/listen`` is not among
+them, so no capability announces list changes (there is no stream to announce them on)."""
+
+LISTINGS: Final = {
+    "tools/list": "tools",
+    "resources/list": "resources",
+    "resources/templates/list": "resourceTemplates",
+    "prompts/list": "prompts",
+}
+SSE_PING_SECONDS = 15.0
+"""Silence after which a call's answer becomes an event stream kept open by comments,
+so that a proxy's idle timeout does not cut a long call."""
+OWS = " \t"
+
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache, no-transform"),
+    (b"x-accel-buffering", b"no"),
+]
+
+Notify = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def is_stateless(headers: Headers) -> bool:
+    """Whether a request belongs here rather than to the session layer.
+
+    It does if its ``MCP-Protocol-Version`` is a stateless revision. An unknown version
+    comes here too, to be told which versions are served (``UnsupportedProtocolVersion``)
+    as the revision requires, unless the request names a session: then it is a
+    session's request with a bad version, which the session layer refuses as before.
+    """
+    version = headers.get(VERSION_HEADER)
+    if version is None:
+        return False
+    version = version.strip(OWS)
+    if version in MODERN_PROTOCOL_VERSIONS:
+        return True
+    return version not in HANDSHAKE_PROTOCOL_VERSIONS and SESSION_HEADER not in headers
+
+
+class RpcError(Exception):
+    """A JSON-RPC error to answer a stateless request with, at the status its code maps to."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+class StatelessEndpoint:
+    """Serves stateless-revision POSTs; one instance per process."""
+
+    def __init__(self, backends: StatelessBackends, *, server_name: str = "vmcp") -> None:
+        self._backends = backends
+        self._server_info = {"name": server_name, "version": __version__}
+
+    async def serve(self, scope: Scope, receive: Receive, send: Send, body: bytes,
+                    principal: Principal) -> None:
+        """Answer one POST whose body has been read and whose caller is authenticated."""
+        try:
+            decoded = json.loads(body)
+        except (ValueError, RecursionError):
+            await _send_json(send, 400, _error(None, PARSE_ERROR, "Parse error"))
+            return
+        raw_headers = [(k.decode("latin-1"), v.decode("latin-1").strip(OWS))
+                       for k, v in scope.get("headers", [])]
+        headers = Headers(raw=[(k.encode("latin-1"), v.encode("latin-1"))
+                               for k, v in raw_headers])
+        if isinstance(decoded, dict) and "id" not in decoded:
+            await self._notification(send, decoded, headers)
+            return
+        try:
+            request = JSONRPCRequest.model_validate(decoded)
+        except pydantic.ValidationError:
+            await _send_json(send, 400, _error(None, INVALID_REQUEST, "Body must be a single "
+                                               "JSON-RPC request or notification object"))
+            return
+        label = request.method if request.method in SERVED_METHODS else "other"
+        scope[METHOD_KEY] = label
+        attributes = {"mcp.method.name": label,
+                      "mcp.protocol.version": headers.get(VERSION_HEADER, "")[:32]}
+        if request.method == "tools/call" and isinstance(name := (request.params or {}).get(
+                "name"), str):
+            attributes["mcp.tool.name"] = name[:128]
+        with tracing.tracer.start_as_current_span(
+                f"mcp {label}", context=tracing.incoming_context(headers),
+                kind=SpanKind.SERVER, attributes=attributes):
+            await self._serve_request(receive, send, decoded, request, raw_headers, headers,
+                                      principal)
+
+    async def _serve_request(self, receive: Receive, send: Send, decoded: dict[str, Any],
+                             request: JSONRPCRequest, raw_headers: list[tuple[str, str]],
+                             headers: Headers, principal: Principal) -> None:
+        request_id = request.id
+        try:
+            caller = self._admit(decoded, request, raw_headers, headers, principal)
+        except RpcError as exc:
+            await _send_json(send, _status(exc.code),
+                             _error(request_id, exc.code, exc.message, exc.data))
+            return
+        params = dict(request.params or {})
+        if request.method in ("server/discover", *LISTINGS):
+            message = await self._answer(request_id, self._listing(caller, request.method,
+                                                                   params))
+            await _send_json(send, _message_status(message), message)
+            return
+        await self._stream(receive, send, request_id,
+                           lambda notify: self._call(caller, request.method, params, headers,
+                                                     notify))
+
+    # -- admission ----------------------------------------------------------------
+
+    async def _notification(self, send: Send, decoded: dict[str, Any],
+                            headers: Headers) -> None:
+        try:
+            JSONRPCNotification.model_validate(decoded)
+        except pydantic.ValidationError:
+            await _send_json(send, 400, _error(None, INVALID_REQUEST, "Invalid notification"))
+            return
+        rejection = unsupported_protocol_version_rejection(headers.get(VERSION_HEADER, ""))
+        if rejection is not None:
+            await _send_json(send, 400, _rejection(None, rejection))
+            return
+        await send({"type": "http.response.start", "status": 202,
+                    "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    def _admit(self, decoded: dict[str, Any], request: JSONRPCRequest,
+               raw_headers: list[tuple[str, str]], headers: Headers,
+               principal: Principal) -> Caller:
+        duplicated = find_duplicated_routing_header(raw_headers)
+        if duplicated is not None:
+            raise RpcError(HEADER_MISMATCH, f"{duplicated} header appears more than once")
+        verdict = classify_inbound_request(decoded, headers=dict(headers.items()))
+        if isinstance(verdict, InboundLadderRejection):
+            raise RpcError(verdict.code, verdict.message, verdict.data)
+        if request.method not in SERVED_METHODS:
+            raise RpcError(METHOD_NOT_FOUND, "Method not found", request.method)
+        try:
+            validate_client_request(request.method, verdict.protocol_version, request.params)
+        except KeyError:
+            raise RpcError(METHOD_NOT_FOUND, "Method not found", request.method) from None
+        except pydantic.ValidationError as exc:
+            raise RpcError(INVALID_PARAMS, f"Invalid params: {_first_error(exc)}") from None
+        try:
+            binding = binding_for(principal)
+        except InvalidIdentity as exc:
+            raise RpcError(INVALID_REQUEST, str(exc)) from None
+        meta = (request.params or {}).get("_meta")
+        return Caller(binding, meta if isinstance(meta, dict) else {})
+
+    # -- answers ------------------------------------------------------------------
+
+    async def _answer(self, request_id: Any, work: Awaitable[dict[str, Any]]
+                      ) -> dict[str, Any]:
+        """The JSON-RPC message answering ``request_id`` with what ``work`` returns or raises."""
+        try:
+            return {"jsonrpc": "2.0", "id": request_id, "result": await work}
+        except RpcError as exc:
+            return _error(request_id, exc.code, exc.message, exc.data)
+        except BackendRpcError as exc:
+            return _error(request_id, exc.code, exc.message, exc.data)
+        except InvalidRound as exc:
+            return _error(request_id, INVALID_PARAMS, str(exc))
+        except BackendError as exc:
+            logger.warning("backend call failed: %s", exc, extra={"backend": exc.backend})
+            return _error(request_id, INTERNAL_ERROR, str(exc), {"backend": exc.backend})
+        except ConfigError:
+            return _error(request_id, INTERNAL_ERROR, "Internal error")
+        except Exception:
+            logger.exception("unexpected error answering a stateless request")
+            return _error(request_id, INTERNAL_ERROR, "Internal error")
+
+    async def _listing(self, caller: Caller, method: str, params: dict[str, Any]
+                       ) -> dict[str, Any]:
+        if method != "server/discover" and params.get("cursor"):
+            # The aggregated lists come in one page: no cursor of ours exists to resume.
+            raise RpcError(INVALID_PARAMS, "Invalid cursor")
+        view = await self._backends.view(caller)
+        shaped = view.shaped.get(method)
+        if shaped is None:
+            shaped = self._shape_listing(view, method)
+            view.shaped[method] = shaped
+        return shaped
+
+    def _shape_listing(self, view: View, method: str) -> dict[str, Any]:
+        hints = {"ttlMs": view.ttl_ms, "cacheScope": "private" if view.private else "public",
+                 "resultType": "complete"}
+        if method == "server/discover":
+            payload: dict[str, Any] = {"supportedVersions": list(MODERN_PROTOCOL_VERSIONS),
+                                       "capabilities": _capabilities(view), **hints}
+            instructions = [e.instructions for e in view.entries.values() if e.instructions]
+            if instructions:
+                payload["instructions"] = "\n\n".join(instructions)
+        else:
+            routing = view.routing
+            items = {"tools/list": routing.tools, "resources/list": routing.resources,
+                     "resources/templates/list": routing.resource_templates,
+                     "prompts/list": routing.prompts}[method]
+            payload = {LISTINGS[method]: items, **hints}
+        return self._stamp(_sieve(method, payload))
+
+    async def _call(self, caller: Caller, method: str, params: dict[str, Any],
+                    headers: Headers, notify: Notify) -> dict[str, Any]:
+        view = await self._backends.view(caller)
+        route, target, upstream = await self._route(caller, view, method, params)
+        forwarded: dict[str, str] = {}
+        if method == "tools/call":
+            forwarded = self._check_param_headers(view, target[1], params, headers)
+        kind, outcome = await self._backends.call(caller, route.backend, method, upstream,
+                                                  target=target, headers=forwarded,
+                                                  notify=notify)
+        return self._finish(method, kind, outcome)
+
+    async def _route(self, caller: Caller, view: View, method: str, params: dict[str, Any]
+                     ) -> tuple[Route, tuple[str, str], dict[str, Any]]:
+        """The backend a call goes to, the (method, exposed name) a round is bound to, and
+        the params with the backend's own name; an unknown name re-lists once."""
+        for attempt in range(2):
+            routing = view.routing
+            if method in ("tools/call", "prompts/get"):
+                name = str(params.get("name"))
+                route = (routing.route_tool(name) if method == "tools/call"
+                         else routing.route_prompt(name))
+                if route is not None:
+                    return route, (method, name), {**params, "name": route.name}
+            elif method == "resources/read":
+                uri = str(params.get("uri"))
+                backend = routing.route_resource(uri)
+                if backend is not None:
+                    return Route(backend, uri), (method, uri), params
+            else:  # completion/complete
+                ref = params.get("ref") if isinstance(params.get("ref"), dict) else {}
+                assert isinstance(ref, dict)
+                if ref.get("type") == "ref/prompt":
+                    name = str(ref.get("name"))
+                    route = routing.route_prompt(name)
+                    if route is not None:
+                        return (route, (method, name),
+                                {**params, "ref": {**ref, "name": route.name}})
+                else:
+                    uri = str(ref.get("uri"))
+                    backend = routing.route_resource(uri)
+                    if backend is not None:
+                        return Route(backend, uri), (method, uri), params
+            if attempt == 0:
+                view = await self._backends.view(caller, refresh=True)
+        if method == "resources/read":
+            raise RpcError(INVALID_PARAMS, "Resource not found", {"uri": params.get("uri")})
+        if method == "tools/call":
+            raise RpcError(INVALID_PARAMS, f"Unknown tool: {params.get('name')}")
+        if method == "prompts/get":
+            raise RpcError(INVALID_PARAMS, f"Unknown prompt: {params.get('name')}")
+        raise RpcError(INVALID_PARAMS, "Unknown completion reference")
+
+    def _check_param_headers(self, view: View, tool: str, params: Mapping[str, Any],
+                             headers: Headers) -> dict[str, str]:
+        """Refuse ``Mcp-Param-*`` headers that disagree with the arguments; the headers to
+        send on (to a backend of this revision, which checks them again)."""
+        schemas = view.shaped.get("tool schemas")
+        if schemas is None:
+            schemas = {str(t.get("name")): t.get("inputSchema") for t in view.routing.tools}
+            view.shaped["tool schemas"] = schemas
+        arguments = params.get("arguments")
+        rejection = validate_mcp_param_headers(
+            schemas.get(tool), arguments if isinstance(arguments, dict) else {}, headers)
+        if rejection is not None:
+            raise RpcError(rejection.code, rejection.message, rejection.data)
+        prefix = MCP_PARAM_HEADER_PREFIX.lower()
+        return {k: v for k, v in headers.items() if k.startswith(prefix)}
+
+    def _finish(self, method: str, kind: BackendKind, outcome: Outcome) -> dict[str, Any]:
+        """A call's result as this revision's client takes it."""
+        if outcome.result is None:
+            payload: dict[str, Any] = {"resultType": "input_required",
+                                       "inputRequests": outcome.input_requests or {},
+                                       "requestState": outcome.request_state}
+            return self._stamp(_sieve(method, payload))
+        result = dict(outcome.result)
+        result.setdefault("resultType", "complete")
+        if method in CACHEABLE_METHODS and result["resultType"] == "complete":
+            result.setdefault("ttlMs", 0)
+            result.setdefault("cacheScope", "private")
+        if kind is BackendKind.SESSION:
+            # Shaped by a handshake-era backend: keep what this revision defines.
+            result = _sieve(method, result)
+        return self._stamp(result)
+
+    def _stamp(self, result: dict[str, Any]) -> dict[str, Any]:
+        """Name the gateway as the server that answered (``_meta`` serverInfo)."""
+        meta = result.get("_meta")
+        meta = dict(meta) if isinstance(meta, dict) else {}
+        meta[SERVER_INFO_META_KEY] = dict(self._server_info)
+        return {**result, "_meta": meta}
+
+    # -- the response ---------------------------------------------------------------
+
+    async def _stream(self, receive: Receive, send: Send, request_id: Any,
+                      work: Callable[[Notify], Awaitable[dict[str, Any]]]) -> None:
+        """Run ``work`` and answer with its outcome: JSON, or SSE once it notifies."""
+        sender, receiver = anyio.create_memory_object_stream[dict[str, Any]](0)
+        answer: list[dict[str, Any]] = []
+
+        async def notify(message: dict[str, Any]) -> None:
+            try:
+                await sender.send({**message, "jsonrpc": "2.0"})
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                logger.debug("dropped %s: the response stream is closed", message.get("method"))
+
+        async def run() -> None:
+            async with sender:
+                answer.append(await self._answer(request_id, work(notify)))
+
+        async with receiver, anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
+            event: dict[str, Any] | None = None
+            done = False
+            with anyio.move_on_after(SSE_PING_SECONDS):
+                try:
+                    event = await receiver.receive()
+                except anyio.EndOfStream:
+                    done = True
+            if done:
+                await _send_json(send, _message_status(answer[0]), answer[0])
+            else:
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": SSE_HEADERS})
+                while not done:
+                    chunk = _sse(event) if event is not None else b": ping\n\n"
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    event = None
+                    with anyio.move_on_after(SSE_PING_SECONDS):
+                        try:
+                            event = await receiver.receive()
+                        except anyio.EndOfStream:
+                            done = True
+                await send({"type": "http.response.body", "body": _sse(answer[0]),
+                            "more_body": False})
+            tg.cancel_scope.cancel()
+
+
+def _capabilities(view: View) -> dict[str, Any]:
+    """Lists always (possibly empty); completions and logging if some backend offers them."""
+    capabilities: dict[str, Any] = {"tools": {}, "resources": {}, "prompts": {}}
+    offered = [entry.capabilities for entry in view.entries.values()]
+    if any("completions" in c for c in offered):
+        capabilities["completions"] = {}
+    if any("logging" in c for c in offered):
+        capabilities["logging"] = {}
+    return capabilities
+
+
+def _sieve(method: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` as this revision defines ``method``'s result (unknown fields dropped)."""
+    try:
+        return serialize_server_result(method, MODERN_PROTOCOL_VERSIONS[-1], payload)
+    except (KeyError, ValueError):
+        return payload
+    except pydantic.ValidationError as exc:
+        logger.warning("a backend's %s result does not fit this revision: %s", method,
+                       _first_error(exc))
+        raise RpcError(INTERNAL_ERROR, "The backend returned an invalid result") from None
+
+
+def _first_error(exc: pydantic.ValidationError) -> str:
+    errors = exc.errors()
+    if not errors:
+        return "invalid"
+    first = errors[0]
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    return f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg"))
+
+
+def _error(request_id: Any, code: int, message: str, data: Any = None) -> dict[str, Any]:
+    """A JSON-RPC error; ``id`` is null when the request's could not be read."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return {"jsonrpc": "2.0", "id": request_id, "error": error}
+
+
+def _rejection(request_id: Any, rejection: InboundLadderRejection) -> dict[str, Any]:
+    return _error(request_id, rejection.code, rejection.message, rejection.data)
+
+
+def _status(code: int) -> int:
+    return ERROR_CODE_HTTP_STATUS.get(code, 200)
+
+
+def _message_status(message: Mapping[str, Any]) -> int:
+    error = message.get("error")
+    return _status(error["code"]) if isinstance(error, dict) else 200
+
+
+def _sse(message: Mapping[str, Any]) -> bytes:
+    data = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    return f"event: message\ndata: {data}\n\n".encode()
+
+
+async def _send_json(send: Send, status: int, body: Mapping[str, Any]) -> None:
+    payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    """Cancel the call when its client hangs up: at this revision, that is cancellation."""
+    while True:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            scope.cancel()
+            return
