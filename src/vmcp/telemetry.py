@@ -21,6 +21,7 @@ from vmcp.errors import SessionNotFound, StoreError, StoreTimeout
 from vmcp.session.ledger import UpstreamLedger
 from vmcp.session.manager import SessionManager
 from vmcp.store.base import SessionStore
+from vmcp.store.pubsub import RedisSessionRelay
 from vmcp.tracing import tracer
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -44,12 +45,22 @@ class Metrics:
         self.store_seconds = Histogram(
             "vmcp_store_operation_duration_seconds", "Session store call latency.",
             ["op"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.backend_calls = Counter(
+            "vmcp_backend_calls", "Calls forwarded to backends, by backend and outcome.",
+            ["backend", "outcome"], registry=self.registry)
+        self.backend_call_seconds = Histogram(
+            "vmcp_backend_call_duration_seconds", "Backend call latency, as vmcp sees it.",
+            ["backend"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._backend_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._store_children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
-    def watch(self, manager: SessionManager, ledger: UpstreamLedger) -> None:
-        """Expose the manager's and the ledger's own counters at scrape time."""
-        self.registry.register(_StateCollector(manager, ledger))
+    def watch(self, manager: SessionManager, ledger: UpstreamLedger,
+              relay: RedisSessionRelay | None = None) -> None:
+        """Expose the manager's, the ledger's and the relay's own counters at scrape time,
+        and take the ledger's per-call figures."""
+        self.registry.register(_StateCollector(manager, ledger, relay))
+        ledger.call_observer = self.observe_backend_call
 
     def observe_request(self, method: str, status: int, started: float) -> None:
         # Label lookups cost more than the observation; the label sets are few and fixed
@@ -62,6 +73,16 @@ class Metrics:
             self._request_children[key] = children
         children[0].inc()
         children[1].observe(time.perf_counter() - started)
+
+    def observe_backend_call(self, backend: str, outcome: str, seconds: float) -> None:
+        key = (backend, outcome)
+        children = self._backend_children.get(key)
+        if children is None:
+            children = (self.backend_calls.labels(backend, outcome),
+                        self.backend_call_seconds.labels(backend))
+            self._backend_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_store(self, op: str, outcome: str, started: float) -> None:
         key = (op, outcome)
@@ -78,9 +99,11 @@ class Metrics:
 
 
 class _StateCollector(Collector):
-    def __init__(self, manager: SessionManager, ledger: UpstreamLedger) -> None:
+    def __init__(self, manager: SessionManager, ledger: UpstreamLedger,
+                 relay: RedisSessionRelay | None) -> None:
         self._manager = manager
         self._ledger = ledger
+        self._relay = relay
 
     def collect(self) -> Iterator[Any]:
         stats = self._manager.statistics()
@@ -107,6 +130,13 @@ class _StateCollector(Collector):
             ended.add_metric([backend], counts.ended)
         yield opened
         yield ended
+        if self._relay is not None:
+            relayed = CounterMetricFamily(
+                "vmcp_relay_messages", "Messages between replicas over Redis pub/sub.",
+                labels=["direction"])
+            relayed.add_metric(["published"], self._relay.published)
+            relayed.add_metric(["delivered"], self._relay.delivered)
+            yield relayed
 
 
 class InstrumentedStore:

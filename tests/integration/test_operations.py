@@ -38,6 +38,7 @@ def test_metrics_count_requests_store_calls_and_sessions(gateway: ManagedProcess
     with httpx2.Client(timeout=10) as http:
         session = RawSession.open(http, gateway.url)
         session.tool_names()
+        session.result("tools/call", {"name": "notes_list_notes", "arguments": {}})
         session.rpc("no/such/method")
         after_calls = httpx2.get(url).text
         session.delete()
@@ -48,6 +49,7 @@ def test_metrics_count_requests_store_calls_and_sessions(gateway: ManagedProcess
     assert metric(after_calls, "vmcp_store_operations_total", op="load", outcome="ok") > 0
     assert metric(after_calls, "vmcp_live_sessions") >= 1
     assert metric(after_calls, "vmcp_upstream_sessions_opened_total", backend="notes") >= 1
+    assert metric(after_calls, "vmcp_backend_calls_total", backend="notes", outcome="ok") >= 1
 
 
 def test_check_config_probe_reports_each_backend(

@@ -121,7 +121,7 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> ASGIAp
                                      max_sessions_per_identity=(
                                          config.limits.max_sessions_per_identity),
                                      liveness_interval=session.liveness_interval_seconds)
-            metrics.watch(manager, connector.ledger)
+            metrics.watch(manager, connector.ledger, relay)
             background.start_soon(manager.follow_ended_sessions)
             if relay is not None:
                 background.start_soon(relay.run)

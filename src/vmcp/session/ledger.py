@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+
+# (backend, outcome, seconds): where per-call figures go (the process's metrics).
+CallObserver = Callable[[str, str, float], None]
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,12 @@ class UpstreamLedger:
     def __init__(self) -> None:
         self._opened: Counter[str] = Counter()
         self._ended: Counter[str] = Counter()
+        self.call_observer: CallObserver | None = None
+
+    def record_call(self, backend: str, outcome: str, seconds: float) -> None:
+        """One backend call ended: ``ok``, ``rpc_error`` (the backend said no) or ``error``."""
+        if self.call_observer is not None:
+            self.call_observer(backend, outcome, seconds)
 
     def record_opened(self, backend: str) -> None:
         self._opened[backend] += 1

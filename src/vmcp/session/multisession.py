@@ -18,7 +18,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from opentelemetry.trace import SpanKind
 
 from vmcp.aggregate import BackendCatalog, RoutingTable
-from vmcp.backend import STREAM_PAUSED, BackendConnection
+from vmcp.backend import STREAM_PAUSED, BackendConnection, BackendRpcError
 from vmcp.errors import BackendError, SessionClosed, StoreError
 from vmcp.session.channel import ClientChannel, PendingClientRequests
 from vmcp.session.ledger import UpstreamLedger
@@ -132,10 +132,21 @@ class MultiSession:
                 await channel.notify(message)
             return None
 
-        with tracer.start_as_current_span(
-                f"backend {method}", kind=SpanKind.CLIENT,
-                attributes={"mcp.backend": backend, "mcp.method.name": method}):
-            return await connection.request(method, params, on_message=relay)
+        started = time.perf_counter()
+        outcome = "error"
+        try:
+            with tracer.start_as_current_span(
+                    f"backend {method}", kind=SpanKind.CLIENT,
+                    attributes={"mcp.backend": backend, "mcp.method.name": method}):
+                result = await connection.request(method, params, on_message=relay)
+            outcome = "ok"
+            return result
+        except BackendRpcError:
+            outcome = "rpc_error"
+            raise
+        finally:
+            if self._ledger is not None:
+                self._ledger.record_call(backend, outcome, time.perf_counter() - started)
 
     def channel(self, stream: ResponseStream, request_id: Any) -> ClientChannel:
         """The way back to the client for one request on ``stream``."""

@@ -123,6 +123,8 @@ class RedisSessionRelay:
         self._confirmed: dict[str, anyio.Event] = {}
         self._pubsub: Any = None
         self._lock = anyio.Lock()
+        self.published = 0
+        self.delivered = 0
 
     def _channel(self, session_id: str) -> str:
         return self._prefix + validate_session_id(session_id)
@@ -131,6 +133,7 @@ class RedisSessionRelay:
         data = json.dumps(payload, separators=(",", ":"))
         with translated_store_errors("publish"), anyio.fail_after(self._timeout):
             await self._client.publish(self._channel(session_id), data)
+        self.published += 1
 
     @contextlib.asynccontextmanager
     async def listen(self, session_id: str, handler: RelayHandler) -> AsyncIterator[None]:
@@ -196,6 +199,7 @@ class RedisSessionRelay:
             logger.warning("ignored a malformed relay message")
             return
         for handler in list(self._handlers.get(channel or "", ())):
+            self.delivered += 1
             handler(payload)
 
     async def aclose(self) -> None:
