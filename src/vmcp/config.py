@@ -13,6 +13,7 @@ Layout of the file (every key optional except each backend's ``name`` and ``url`
                   tools: {<backend>: {include, exclude, overrides: {<tool>: {name, description}}}}}
     limits:      {max_concurrent_backend_connects, max_sessions_per_identity,
                   call_timeout_seconds}
+    stateless:   {upstream_idle_seconds, catalog_ttl_seconds, answer_timeout_seconds}
     auth:        {resource_url,
                   incoming: {type: anonymous | oidc | static,
                              issuer, audience, jwks_url | jwks_file, algorithms, leeway_seconds,
@@ -762,6 +763,9 @@ class HealthConfig(_Frozen):
     timeout_seconds: float = Field(default=5.0, gt=0, allow_inf_nan=False)
     unhealthy_threshold: int = Field(default=2, ge=1)
     degraded_latency_seconds: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    breaker_failure_threshold: int = Field(default=0, ge=0)
+    """Consecutive failed calls that open a backend's circuit breaker; 0 = no breaker."""
+    breaker_open_seconds: float = Field(default=10.0, gt=0, allow_inf_nan=False)
 
 
 class TelemetryConfig(_Frozen):

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import httpx2
 import pytest
 
 from tests.support.processes import NOTES_MODULE, WEATHER_MODULE, ManagedProcess, running_backends
 from tests.support.redis_server import free_port
+from vmcp.backend.breaker import CircuitState
 from vmcp.backend.connection import BackendTarget
 from vmcp.backend.health import HealthMonitor, HealthStatus
 from vmcp.config import VmcpConfig
+from vmcp.errors import BackendError, BackendUnavailable
 from vmcp.session import ANONYMOUS
 from vmcp.session.connector import BackendConnector
 
@@ -92,3 +95,24 @@ async def test_b34_new_sessions_skip_unhealthy_backends_but_restores_do_not(
         assert everything.backend_names() == ["notes", "weather"]
         for live in (opened, restored, everything):
             await live.aclose()
+
+
+async def test_an_open_circuit_fails_calls_fast_until_a_trial_succeeds(
+    tmp_path: Path,
+) -> None:
+    with running_backends({"notes": NOTES_MODULE}, tmp_path) as own:
+        config = VmcpConfig.model_validate({
+            "backends": [{"name": "notes", "url": own["notes"].url}],
+            "health": {"breaker_failure_threshold": 1, "breaker_open_seconds": 60}})
+        async with httpx2.AsyncClient() as http:
+            connector = BackendConnector(config, http)
+            session = await connector.open("s", ANONYMOUS)
+            assert await session.call("notes", "tools/list", None, None)
+            own["notes"].stop()
+            with pytest.raises(BackendError):
+                await session.call("notes", "tools/list", None, None)
+            assert connector.breaker is not None
+            assert connector.breaker.state("notes") is CircuitState.OPEN
+            with pytest.raises(BackendUnavailable, match="circuit open"):
+                await session.call("notes", "tools/list", None, None)
+            await session.aclose()

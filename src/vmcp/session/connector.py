@@ -13,6 +13,7 @@ from vmcp import __version__
 from vmcp.aggregate import BackendCatalog, RoutingTable, build_routing_table
 from vmcp.auth.outgoing import OutgoingAuth, current_caller
 from vmcp.backend import BackendConnection, BackendState, BackendTarget, attach, connect
+from vmcp.backend.breaker import CircuitBreaker
 from vmcp.config import BackendConfig, VmcpConfig
 from vmcp.errors import BackendError, ConfigError
 from vmcp.session.binding import Principal
@@ -64,6 +65,10 @@ class BackendConnector:
         self._relay = relay
         self._event_log = event_log
         self.ledger = UpstreamLedger()
+        health = config.health
+        self.breaker = (CircuitBreaker(failure_threshold=health.breaker_failure_threshold,
+                                       open_seconds=health.breaker_open_seconds)
+                        if health.breaker_failure_threshold else None)
         self._http = http
         self._record_state = record_state
         self._is_healthy = is_healthy
@@ -186,6 +191,7 @@ class BackendConnector:
             return MultiSession(session_id, connections, catalogs, rebuild=self.route,
                                 discover=discover, relay=self._relay,
                                 event_log=self._event_log, ledger=self.ledger,
+                                breaker=self.breaker,
                                 replica_id=self._config.server.replica_id)
         except BaseException:
             with anyio.CancelScope(shield=True):

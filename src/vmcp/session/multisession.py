@@ -19,6 +19,7 @@ from opentelemetry.trace import SpanKind
 
 from vmcp.aggregate import BackendCatalog, RoutingTable
 from vmcp.backend import STREAM_PAUSED, BackendConnection, BackendRpcError
+from vmcp.backend.breaker import CircuitBreaker
 from vmcp.errors import BackendError, SessionClosed, StoreError
 from vmcp.session.channel import ClientChannel, PendingClientRequests
 from vmcp.session.ledger import UpstreamLedger
@@ -66,6 +67,7 @@ class MultiSession:
         relay: SessionRelay | None = None,
         event_log: EventLog | None = None,
         ledger: UpstreamLedger | None = None,
+        breaker: CircuitBreaker | None = None,
         replica_id: str = "",
     ) -> None:
         self._session_id = session_id
@@ -76,6 +78,7 @@ class MultiSession:
         self._relay = relay
         self.event_log = event_log
         self._ledger = ledger
+        self._breaker = breaker
         self._persisted: set[str] = set()
         self._replica_id = replica_id
         self.routing = rebuild(self._catalogs)
@@ -132,6 +135,8 @@ class MultiSession:
                 await channel.notify(message)
             return None
 
+        if self._breaker is not None:
+            self._breaker.before_call(backend)
         started = time.perf_counter()
         outcome = "error"
         try:
@@ -145,6 +150,8 @@ class MultiSession:
             outcome = "rpc_error"
             raise
         finally:
+            if self._breaker is not None:
+                self._breaker.after_call(backend, failed=outcome == "error")
             if self._ledger is not None:
                 self._ledger.record_call(backend, outcome, time.perf_counter() - started)
 
