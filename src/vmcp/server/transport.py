@@ -416,11 +416,13 @@ class McpEndpoint:
             await self._write_logged_events(receive, send, session, last_event_id[0],
                                             after=last_event_id[1])
             return
-        await send({"type": "http.response.body", "body": b": stream open\n\n",
-                    "more_body": True})
         async with anyio.create_task_group() as tg:
             tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
             async with session.subscribe() as messages:
+                # Only now, with the stream subscribed everywhere, tell the client it is
+                # open: what happens after this point cannot be missed.
+                await send({"type": "http.response.body", "body": b": stream open\n\n",
+                            "more_body": True})
                 async for message in messages:
                     await send({"type": "http.response.body", "body": _sse(message),
                                 "more_body": True})
