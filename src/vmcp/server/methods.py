@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from vmcp import __version__
+from vmcp.aggregate import Route
 from vmcp.backend import BackendRpcError
 from vmcp.errors import INVALID_PARAMS_CODE, METHOD_NOT_FOUND_CODE
 from vmcp.server.jsonrpc import Incoming
@@ -126,28 +127,30 @@ def _reject_cursor(params: dict[str, Any]) -> None:
         raise RpcError(INVALID_PARAMS_CODE, "Invalid cursor")
 
 
-async def _call_tool(session: MultiSession, params: dict[str, Any],
-                     channel: ClientChannel) -> dict[str, Any]:
-    name = params["name"]
-    route = session.routing.route_tool(name)
+async def _route(session: MultiSession, kind: str, name: str) -> Route:
+    """The route of an exposed tool or prompt name; an unknown name may be new (its
+    ``list_changed`` went elsewhere), so the catalogs are re-read once before giving up."""
+    lookup = session.routing.route_tool if kind == "tool" else session.routing.route_prompt
+    route = lookup(name)
     if route is None:
         await session.refresh_all()
-        route = session.routing.route_tool(name)
+        lookup = session.routing.route_tool if kind == "tool" else session.routing.route_prompt
+        route = lookup(name)
     if route is None:
-        raise RpcError(INVALID_PARAMS_CODE, f"Unknown tool: {name}")
+        raise RpcError(INVALID_PARAMS_CODE, f"Unknown {kind}: {name}")
+    return route
+
+
+async def _call_tool(session: MultiSession, params: dict[str, Any],
+                     channel: ClientChannel) -> dict[str, Any]:
+    route = await _route(session, "tool", params["name"])
     return await session.call(route.backend, "tools/call", {**params, "name": route.name},
                               channel)
 
 
 async def _get_prompt(session: MultiSession, params: dict[str, Any],
                       channel: ClientChannel) -> dict[str, Any]:
-    name = params["name"]
-    route = session.routing.route_prompt(name)
-    if route is None:
-        await session.refresh_all()
-        route = session.routing.route_prompt(name)
-    if route is None:
-        raise RpcError(INVALID_PARAMS_CODE, f"Unknown prompt: {name}")
+    route = await _route(session, "prompt", params["name"])
     return await session.call(route.backend, "prompts/get", {**params, "name": route.name},
                               channel)
 
