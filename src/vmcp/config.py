@@ -424,6 +424,9 @@ class SessionConfig(_Frozen):
     cache_capacity: int = Field(default=1000, ge=1)
     store_timeout_seconds: float = Field(default=2.0, gt=0, allow_inf_nan=False)
     sweep_interval_seconds: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    catalog_ttl_seconds: float = Field(default=30.0, ge=0, allow_inf_nan=False)
+    """How long a backend's listed tools/resources/prompts are reused by new sessions and
+    restores on this replica (0: list on every one). ``list_changed`` refreshes at once."""
     liveness_interval_seconds: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     """0: every request checks its session in the store (the guarantee). A value lets a
     cached session skip that check for so long after the last one: fewer store round

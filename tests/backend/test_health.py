@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx2
 import pytest
 
-from tests.support.processes import NOTES_MODULE, WEATHER_MODULE, ManagedProcess, running_backends
+from tests.support.processes import NOTES_MODULE, ManagedProcess, running_backends
 from tests.support.redis_server import free_port
 from vmcp.backend.breaker import CircuitState
 from vmcp.backend.connection import BackendTarget
@@ -20,13 +20,6 @@ from vmcp.session import ANONYMOUS
 from vmcp.session.connector import BackendConnector
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ManagedProcess]]:
-    modules = {"notes": NOTES_MODULE, "weather": WEATHER_MODULE}
-    with running_backends(modules, tmp_path_factory.mktemp("health")) as running:
-        yield running
 
 
 @pytest.fixture

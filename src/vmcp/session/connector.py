@@ -16,10 +16,11 @@ from vmcp.backend import BackendConnection, BackendState, BackendTarget, attach,
 from vmcp.backend.breaker import CircuitBreaker
 from vmcp.config import BackendConfig, VmcpConfig
 from vmcp.errors import BackendError, ConfigError
-from vmcp.session.binding import Principal
+from vmcp.session.binding import InvalidIdentity, Principal, binding_for
+from vmcp.session.catalogs import SHARED, CatalogCache
 from vmcp.session.ledger import UpstreamLedger
 from vmcp.session.live import LiveSession
-from vmcp.session.multisession import MultiSession
+from vmcp.session.multisession import Discover, MultiSession
 from vmcp.store.event_log import EventLog
 from vmcp.store.pubsub import SessionRelay
 from vmcp.tracing import tracer
@@ -65,6 +66,7 @@ class BackendConnector:
         self._relay = relay
         self._event_log = event_log
         self.ledger = UpstreamLedger()
+        self._catalogs = CatalogCache(config.session.catalog_ttl_seconds)
         health = config.health
         self.breaker = (CircuitBreaker(failure_threshold=health.breaker_failure_threshold,
                                        open_seconds=health.breaker_open_seconds)
@@ -106,7 +108,7 @@ class BackendConnector:
             if self._is_healthy is None or self._is_healthy(b.name)
         ]
         connections = await self._gather(session_id, backends, states={})
-        return await self._assemble(session_id, connections)
+        return await self._assemble(session_id, connections, principal)
 
     async def restore(self, session_id: str, principal: Principal, backends: Sequence[str],
                       states: Mapping[str, str]) -> MultiSession:
@@ -121,7 +123,7 @@ class BackendConnector:
         with tracer.start_as_current_span("session restore",
                                           attributes={"vmcp.backends": len(configured)}):
             connections = await self._gather(session_id, configured, states)
-            return await self._assemble(session_id, connections)
+            return await self._assemble(session_id, connections, principal)
 
     async def _gather(self, session_id: str, backends: Sequence[BackendConfig],
                       states: Mapping[str, str]) -> dict[str, BackendConnection]:
@@ -172,13 +174,41 @@ class BackendConnector:
 
         return record
 
-    async def _assemble(self, session_id: str,
-                        connections: dict[str, BackendConnection]) -> MultiSession:
+    def _catalog_scope(self, backend: str, principal: Principal) -> str:
+        """Who shares a backend's catalog: everybody, unless the caller's own credentials
+        go to that backend (then what it lists may depend on who asks)."""
+        config = self._config.backend(backend)
+        auth = config.auth if config is not None else None
+        if auth is None or (auth.type not in ("forward", "token_exchange")
+                            and not auth.allow_headers):
+            return SHARED
+        try:
+            return binding_for(principal)
+        except InvalidIdentity:
+            return f"unusable:{id(principal)}"
+
+    def _discoverer(self, principal: Principal) -> Discover:
+        """Discovery for one session: always asks the backend, and keeps the answer."""
+        async def discover_and_keep(name: str, connection: BackendConnection
+                                    ) -> BackendCatalog:
+            catalog = await discover(name, connection)
+            self._catalogs.put(name, self._catalog_scope(name, principal), catalog)
+            return catalog
+
+        return discover_and_keep
+
+    async def _assemble(self, session_id: str, connections: dict[str, BackendConnection],
+                        principal: Principal) -> MultiSession:
         catalogs: dict[str, BackendCatalog] = {}
+        fresh = self._discoverer(principal)
 
         async def one(name: str, connection: BackendConnection) -> None:
+            cached = self._catalogs.get(name, self._catalog_scope(name, principal))
+            if cached is not None:
+                catalogs[name] = cached
+                return
             try:
-                catalogs[name] = await discover(name, connection)
+                catalogs[name] = await fresh(name, connection)
             except BackendError as exc:
                 logger.warning("discovery on backend %s failed: %s", name, exc,
                                extra={"session_id": session_id, "backend": name})
@@ -189,7 +219,7 @@ class BackendConnector:
                 for name, connection in connections.items():
                     tg.start_soon(one, name, connection)
             return MultiSession(session_id, connections, catalogs, rebuild=self.route,
-                                discover=discover, relay=self._relay,
+                                discover=fresh, relay=self._relay,
                                 event_log=self._event_log, ledger=self.ledger,
                                 breaker=self.breaker,
                                 replica_id=self._config.server.replica_id)

@@ -1,0 +1,52 @@
+"""What each backend offers, remembered per replica for a short time.
+
+Listing a backend's tools, resources, templates and prompts costs four round trips per
+backend. Without this cache every new session paid them, and so did every restore on a
+replica that had not seen the session, although re-attaching itself costs nothing. A
+catalog is shared by all sessions that see the backend with the same credentials: per
+identity for backends whose outgoing auth carries the caller's own credentials, one for
+everybody otherwise. A ``list_changed`` from the backend replaces the entry at once; the
+TTL bounds how stale a catalog can be when no such notice comes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from vmcp.aggregate import BackendCatalog
+
+SHARED = ""
+MAX_ENTRIES = 4096
+
+
+class CatalogCache:
+    def __init__(self, ttl_seconds: float, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl = ttl_seconds
+        self._clock = clock
+        self._entries: OrderedDict[tuple[str, str], tuple[float, BackendCatalog]] = (
+            OrderedDict())
+
+    @property
+    def enabled(self) -> bool:
+        return self._ttl > 0
+
+    def get(self, backend: str, scope: str) -> BackendCatalog | None:
+        entry = self._entries.get((backend, scope))
+        if entry is None:
+            return None
+        stored_at, catalog = entry
+        if self._clock() - stored_at >= self._ttl:
+            del self._entries[(backend, scope)]
+            return None
+        return catalog
+
+    def put(self, backend: str, scope: str, catalog: BackendCatalog) -> None:
+        if not self.enabled:
+            return
+        self._entries[(backend, scope)] = (self._clock(), catalog)
+        self._entries.move_to_end((backend, scope))
+        while len(self._entries) > MAX_ENTRIES:
+            self._entries.popitem(last=False)
