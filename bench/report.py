@@ -179,6 +179,109 @@ def _micro(report: Report) -> list[str]:
                        f"| {_fmt(_cpu_ms(r, 'gateway'), 2)} "
                        f"| {_fmt(_cpu_ms(r, 'backend'), 2)} "
                        f"| {_fmt(_other_load(r), 2)} |")
+    out += _one_session(m)
+    out += _stored(m)
+    return out
+
+
+PATH_TITLES = {"direct": "direct to the backend", "memory": "vmcp, memory store",
+               "redis": "vmcp, Redis store"}
+FLAT_RATIO = 1.25
+"""A latency ratio up to this counts as flat in the stored-sessions figure."""
+
+
+def _one_session(m: dict[str, Any]) -> list[str]:
+    figure = m.get("one_session_latency")
+    if not figure:
+        return []
+    paths = figure["paths"]
+    out = [f"* **Added latency at one session** (C=1: one session, `tools/call` echo, "
+           f"{figure['calls']} calls after {figure['warmup']} warm-up calls, per path and "
+           f"round; {figure['rounds']} rounds, interleaved, each starting at another path; "
+           "best and median of the rounds' p50/p90; added = vmcp − direct):", "",
+           "  | path | p50 ms best | p50 ms median | p90 ms best | p90 ms median "
+           "| added p50 ms best | added p50 ms median | added p50 per round | target "
+           "| met (best / median) |",
+           "  |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    for key, f in paths.items():
+        target = f.get("added_p50_target_ms")
+        met = (f"{'yes' if f['meets_target_best'] else 'no'} / "
+               f"{'yes' if f['meets_target_median'] else 'no'}") if target is not None else ""
+        out.append(
+            f"  | {PATH_TITLES.get(key, key)} | {f['p50_best_ms']:.2f} "
+            f"| {f['p50_median_ms']:.2f} | {f['p90_best_ms']:.2f} | {f['p90_median_ms']:.2f} "
+            f"| {_fmt(f.get('added_p50_best_ms'), 2)} "
+            f"| {_fmt(f.get('added_p50_median_ms'), 2)} "
+            f"| {', '.join(f'{v:.2f}' for v in f.get('added_p50_per_round_ms', []))} "
+            f"| {'≤ ' + _fmt(target, 1) if target is not None else ''} | {met} |")
+    loads = [r["other_load_cores"] for rows in figure["runs"].values() for r in rows]
+    out += ["", f"  Other load during these runs: {min(loads):.2f}-{max(loads):.2f} CPUs."]
+    return out
+
+
+def _stored(m: dict[str, Any]) -> list[str]:
+    figure = m.get("stored_sessions")
+    if not figure:
+        return []
+    levels = figure["levels"]
+    out = [f"* **Latency against stored sessions** (one vmcp process on Redis, "
+           f"`session.cache_capacity: {figure['capacity']}`; {figure['clients']} concurrent "
+           f"clients at each level: *hits* = each client on its own cached session, "
+           f"{figure['hit_calls']} calls; *random* = each of {figure['random_calls']} calls "
+           "per client on a session drawn at random among all stored ones, so beyond the "
+           "capacity mostly misses: a restore from the record, and an LRU eviction):", "",
+           "  | stored sessions | how they were added | hits p50 ms | hits p90 ms "
+           "| random p50 ms | random p90 ms | random: misses / calls | evictions "
+           "| gateway CPU ms/call (hits / random) | other load (CPUs) | gateway RSS MiB "
+           "| Redis used MiB |",
+           "  |--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    for r in levels:
+        how = []
+        if r["created_over_http"]:
+            how.append(f"{r['created_over_http']:,} over HTTP "
+                       f"({r['http_sessions_per_second']:.0f}/s)")
+        if r["written_directly"]:
+            how.append(f"{r['written_directly']:,} written into Redis "
+                       f"({r['write_seconds']:.2f} s)")
+        hits, rand = r["hits"], r["random"]
+        errors = hits["errors"] + rand["errors"]
+        out.append(
+            f"  | {r['stored']:,} ({r['keys_in_redis']:,} keys) | {'; '.join(how) or '-'} "
+            f"| {hits['p50_ms']:.1f} | {hits['p90_ms']:.1f} | {rand['p50_ms']:.1f} "
+            f"| {rand['p90_ms']:.1f} "
+            f"| {rand['cache'].get('cache_misses', 0):.0f} / {rand['calls']}"
+            f"{f' ({errors} errors)' if errors else ''} "
+            f"| {rand['cache'].get('cache_evictions', 0):.0f} "
+            f"| {_fmt(hits['cpu_ms_per_call'].get('gateway'), 2)} / "
+            f"{_fmt(rand['cpu_ms_per_call'].get('gateway'), 2)} "
+            f"| {_fmt(hits['other_load_cores'], 2)} / {_fmt(rand['other_load_cores'], 2)} "
+            f"| {r['gateway_rss_mib']:.0f} | {r['redis_used_memory_mib']:.1f} |")
+    first, last = levels[0], levels[-1]
+    ratios = figure["ratios_last_vs_first"]
+
+    def verdict(kind: str) -> str:
+        worst = max(ratios[f"{kind}_p50"], ratios[f"{kind}_p90"])
+        return "flat" if worst <= FLAT_RATIO else "not flat"
+
+    out += ["", f"  {last['stored']:,} vs {first['stored']:,} stored: hits p50 "
+            f"×{ratios['hits_p50']:.2f}, p90 ×{ratios['hits_p90']:.2f} (**{verdict('hits')}**"
+            f", flat = both ≤ {FLAT_RATIO}); random p50 ×{ratios['random_p50']:.2f}, p90 "
+            f"×{ratios['random_p90']:.2f} (**{verdict('random')}**). At "
+            f"{last['stored']:,} a random call costs ×"
+            f"{last['random']['p50_ms'] / last['hits']['p50_ms']:.2f} a hit's p50: that is "
+            "the price of restoring, not of the store's size."]
+    written = sum(r["written_directly"] for r in levels)
+    rates = [r["http_sessions_per_second"] for r in levels if r["created_over_http"]]
+    if written and rates:
+        out += ["", f"  Sessions were created over HTTP (initialize + initialized, "
+                f"{figure['concurrency']} at once) up to {figure['http_max']:,}; at "
+                f"{rates[-1]:.0f}/s the remaining {written:,} would have taken "
+                f"≈ {written / rates[-1]:.0f} s, too long for one figure on this machine, so "
+                "they were written into Redis directly: byte-for-byte copies of a real "
+                "session's record (identity `unauthenticated`, backend list, backend state) "
+                "under new ids with the gateway's key prefix and the record's TTL. They are "
+                "restorable like sessions another replica created, and share that one "
+                "backend session."]
     return out
 
 
