@@ -198,7 +198,7 @@ def _one_session(m: dict[str, Any]) -> list[str]:
     out = [f"* **Added latency at one session** (C=1: one session, `tools/call` echo, "
            f"{figure['calls']} calls after {figure['warmup']} warm-up calls, per path and "
            f"round; {figure['rounds']} rounds, interleaved, each starting at another path; "
-           "best and median of the rounds' p50/p90; added = vmcp − direct):", "",
+           "best and median of the rounds' p50/p90; added = vmcp - direct):", "",
            "  | path | p50 ms best | p50 ms median | p90 ms best | p90 ms median "
            "| added p50 ms best | added p50 ms median | added p50 per round | target "
            "| met (best / median) |",
@@ -264,24 +264,24 @@ def _stored(m: dict[str, Any]) -> list[str]:
         return "flat" if worst <= FLAT_RATIO else "not flat"
 
     out += ["", f"  {last['stored']:,} vs {first['stored']:,} stored: hits p50 "
-            f"×{ratios['hits_p50']:.2f}, p90 ×{ratios['hits_p90']:.2f} (**{verdict('hits')}**"
-            f", flat = both ≤ {FLAT_RATIO}); random p50 ×{ratios['random_p50']:.2f}, p90 "
-            f"×{ratios['random_p90']:.2f} (**{verdict('random')}**). At "
-            f"{last['stored']:,} a random call costs ×"
-            f"{last['random']['p50_ms'] / last['hits']['p50_ms']:.2f} a hit's p50: that is "
-            "the price of restoring, not of the store's size."]
+            f"{ratios['hits_p50']:.2f}x, p90 {ratios['hits_p90']:.2f}x (**{verdict('hits')}**"
+            f"; flat = both ratios ≤ {FLAT_RATIO}); random p50 {ratios['random_p50']:.2f}x, "
+            f"p90 {ratios['random_p90']:.2f}x (**{verdict('random')}**). At "
+            f"{last['stored']:,} stored, random p50 is "
+            f"{last['random']['p50_ms'] / last['hits']['p50_ms']:.2f}x the hits' p50 of the "
+            "same level (the misses there are restores)."]
     written = sum(r["written_directly"] for r in levels)
     rates = [r["http_sessions_per_second"] for r in levels if r["created_over_http"]]
     if written and rates:
         out += ["", f"  Sessions were created over HTTP (initialize + initialized, "
                 f"{figure['concurrency']} at once) up to {figure['http_max']:,}; at "
                 f"{rates[-1]:.0f}/s the remaining {written:,} would have taken "
-                f"≈ {written / rates[-1]:.0f} s, too long for one figure on this machine, so "
-                "they were written into Redis directly: byte-for-byte copies of a real "
-                "session's record (identity `unauthenticated`, backend list, backend state) "
-                "under new ids with the gateway's key prefix and the record's TTL. They are "
-                "restorable like sessions another replica created, and share that one "
-                "backend session."]
+                f"≈ {written / rates[-1]:.0f} s more, so they were written into Redis "
+                "directly instead: byte-for-byte copies of a real session's record "
+                "(identity `unauthenticated`, backend list, backend state) under new ids, "
+                f"with that process's key prefix (`{figure.get('key_prefix', '?')}`) and the "
+                "record's TTL. They are restorable like sessions another replica created, "
+                "and share that one backend session."]
     return out
 
 

@@ -714,7 +714,8 @@ async def _stored_sessions(base: str, watch: dict[str, list[int]], client: redis
     first, last = levels[0], levels[-1]
     ratios = {f"{kind}_{p}": last[kind][f"{p}_ms"] / first[kind][f"{p}_ms"]
               for kind in ("hits", "random") for p in ("p50", "p90")}
-    return {"capacity": plan.stored_capacity, "http_max": plan.stored_http_max,
+    return {"capacity": plan.stored_capacity, "key_prefix": STORED_PREFIX,
+            "http_max": plan.stored_http_max,
             "concurrency": plan.stored_concurrency, "clients": plan.stored_clients,
             "hit_calls": plan.stored_hit_calls, "random_calls": plan.stored_random_calls,
             "levels": levels, "ratios_last_vs_first": ratios}
@@ -729,7 +730,7 @@ def micro_figures(procs: Processes, workdir: Path, plan: Plan, report: Report, *
     def step(name: str, fn: Callable[[], Any]) -> None:
         try:
             micro[name] = fn()
-            print(f"  {name}: {micro[name]}", flush=True)
+            print(f"  {name}: {str(micro[name])[:400]}", flush=True)
         except Exception as exc:  # a failed figure is recorded, the others still run
             report.failures.append(f"micro-figure {name}: {type(exc).__name__}: {exc}")
             print(f"  {name} failed: {exc}", flush=True)
