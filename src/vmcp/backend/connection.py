@@ -35,7 +35,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mappi
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final, Literal, Protocol, TypeVar
+from typing import Any, Final, Literal, Protocol, Self, TypeVar
 
 import anyio
 import httpx2
@@ -510,6 +510,47 @@ class BaseBackend:
         self._errors = 0
         self._rpc_errors = 0
         self._reinitializations = 0
+
+    @classmethod
+    async def connect(
+        cls,
+        target: BackendTarget,
+        http: httpx2.AsyncClient,
+        *,
+        client_info: Mapping[str, Any],
+        capabilities: Mapping[str, Any],
+        protocol_version: str = DEFAULT_PROTOCOL_VERSION,
+        timeout: float,  # noqa: ASYNC109 - bounds the handshake, then every call
+        on_reinitialized: ReinitializedHook | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Self:
+        """Open a new backend session with the transport's handshake (``initialize``
+        then ``notifications/initialized``; for legacy SSE, the stream and its endpoint
+        first), all within ``timeout``.
+
+        The ``InitializeResult`` is validated, and the negotiated version must be one
+        this client speaks. A missing ``Mcp-Session-Id`` means a stateless backend.
+        ``headers`` are the credentials of the request that opens the session.
+        """
+        connection = cls(
+            target,
+            http,
+            client_info=client_info,
+            capabilities=capabilities,
+            timeout=timeout,
+            on_reinitialized=on_reinitialized,
+            state=BackendState(None, protocol_version, {}),
+        )
+        extra = connection._call_headers(headers)
+        try:
+            with anyio.fail_after(timeout):
+                state = await connection._handshake(protocol_version, extra)
+        except TimeoutError:
+            raise BackendTimeout(
+                target.name, f"initialize not answered within {timeout:g}s"
+            ) from None
+        connection._install(state)
+        return connection
 
     @property
     def state(self) -> BackendState:

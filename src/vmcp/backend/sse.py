@@ -39,7 +39,6 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
 from vmcp.backend.connection import (
-    DEFAULT_PROTOCOL_VERSION,
     DEFAULT_RETRY,
     EVENT_STREAM,
     JSON,
@@ -65,7 +64,6 @@ from vmcp.errors import (
     BackendError,
     BackendProtocolError,
     BackendSessionExpired,
-    BackendTimeout,
     BackendUnavailable,
 )
 
@@ -148,43 +146,6 @@ class SseBackend(BaseBackend):
         self._post_headers = {**target.headers, "content-type": JSON}
         self._stream: _Stream | None = None
         self._listeners: set[MemoryObjectSendStream[dict[str, Any]]] = set()
-
-    @classmethod
-    async def connect(
-        cls,
-        target: BackendTarget,
-        http: httpx2.AsyncClient,
-        *,
-        client_info: Mapping[str, Any],
-        capabilities: Mapping[str, Any],
-        protocol_version: str = DEFAULT_PROTOCOL_VERSION,
-        timeout: float,  # noqa: ASYNC109 - bounds the handshake, then every call
-        on_reinitialized: ReinitializedHook | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> SseBackend:
-        """Open the stream, learn the POST endpoint, then ``initialize`` and ``initialized``.
-
-        ``headers`` are the credentials of the request that opens the session.
-        """
-        connection = cls(
-            target,
-            http,
-            client_info=client_info,
-            capabilities=capabilities,
-            timeout=timeout,
-            on_reinitialized=on_reinitialized,
-            state=BackendState(None, protocol_version, {}),
-        )
-        extra = connection._call_headers(headers)
-        try:
-            with anyio.fail_after(timeout):
-                state = await connection._handshake(protocol_version, extra)
-        except TimeoutError:
-            raise BackendTimeout(
-                target.name, f"initialize not answered within {timeout:g}s"
-            ) from None
-        connection._install(state)
-        return connection
 
     @classmethod
     async def attach(
