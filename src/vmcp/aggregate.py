@@ -67,6 +67,20 @@ class BackendCatalog:
     prompts: list[dict[str, Any]] = field(default_factory=list)
 
 
+def listings_for(capabilities: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The (list method, result field) pairs to ask a backend for, given what its
+    capabilities announce."""
+    wanted: list[tuple[str, str]] = []
+    if "tools" in capabilities:
+        wanted.append(("tools/list", "tools"))
+    if "resources" in capabilities:
+        wanted += [("resources/list", "resources"),
+                   ("resources/templates/list", "resourceTemplates")]
+    if "prompts" in capabilities:
+        wanted.append(("prompts/list", "prompts"))
+    return wanted
+
+
 @dataclass(frozen=True)
 class Route:
     """Where an exposed name leads: the backend and that backend's own name for the item."""

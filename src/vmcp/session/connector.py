@@ -10,7 +10,7 @@ import anyio
 import httpx2
 
 from vmcp import __version__
-from vmcp.aggregate import BackendCatalog, RoutingTable, build_routing_table
+from vmcp.aggregate import BackendCatalog, RoutingTable, build_routing_table, listings_for
 from vmcp.auth.outgoing import OutgoingAuth, current_caller
 from vmcp.backend import BackendConnection, BackendState, BackendTarget, attach, connect
 from vmcp.backend.breaker import CircuitBreaker
@@ -246,14 +246,7 @@ async def discover(name: str, connection: BackendConnection) -> BackendCatalog:
     exception group), so callers can handle a ``BackendError`` like any other.
     """
     capabilities = connection.state.initialize_result.get("capabilities") or {}
-    wanted: list[tuple[str, str]] = []
-    if "tools" in capabilities:
-        wanted.append(("tools/list", "tools"))
-    if "resources" in capabilities:
-        wanted += [("resources/list", "resources"),
-                   ("resources/templates/list", "resourceTemplates")]
-    if "prompts" in capabilities:
-        wanted.append(("prompts/list", "prompts"))
+    wanted = listings_for(capabilities)
     results: dict[str, list[dict[str, Any]]] = {}
     failures: list[BackendError] = []
 

@@ -42,7 +42,7 @@ from mcp_types import (
 from mcp_types.methods import INPUT_REQUIRED_METHODS
 from mcp_types.version import LATEST_MODERN_VERSION
 
-from vmcp.aggregate import BackendCatalog, RoutingTable, build_routing_table
+from vmcp.aggregate import BackendCatalog, RoutingTable, build_routing_table, listings_for
 from vmcp.auth.outgoing import OutgoingAuth, current_caller
 from vmcp.backend import STREAM_PAUSED, BackendConnection, BackendRpcError, BackendTarget, connect
 from vmcp.backend.connection import MessageHandler
@@ -352,14 +352,7 @@ class StatelessBackends:
         capabilities = found.get("capabilities")
         capabilities = capabilities if isinstance(capabilities, dict) else {}
         hints = [found]
-        wanted: list[tuple[str, str]] = []
-        if "tools" in capabilities:
-            wanted.append(("tools/list", "tools"))
-        if "resources" in capabilities:
-            wanted += [("resources/list", "resources"),
-                       ("resources/templates/list", "resourceTemplates")]
-        if "prompts" in capabilities:
-            wanted.append(("prompts/list", "prompts"))
+        wanted = listings_for(capabilities)
         results: dict[str, list[dict[str, Any]]] = {}
         failures: list[BaseException] = []
 
