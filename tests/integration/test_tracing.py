@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from tests.support.mcp_http import initialize_body, reply_to
 from tests.support.processes import ManagedProcess
+from tests.support.recording_backend import RecordingBackend
 from tests.support.redis_server import RedisServer, free_port
 from vmcp.config import VmcpConfig
 from vmcp.server.app import create_app
@@ -99,3 +100,29 @@ async def test_spans_cover_request_store_restore_and_backend_call(
     assert named(spans, "store load")
     for span in (restore, backend_call, *named(spans, "store load")):
         assert span.context.trace_id == server_span.context.trace_id
+
+
+async def test_trace_context_reaches_the_backend(exporter: InMemorySpanExporter) -> None:
+    exporter.clear()
+    with RecordingBackend() as backend:
+        config = VmcpConfig.model_validate({
+            "backends": [{"name": "rec", "url": backend.url}],
+            "health": {"enabled": False}})
+        async with anyio.create_task_group() as tg, httpx2.AsyncClient(timeout=10) as http:
+            server = await serve_in_process(config, tg)
+            url = url_of(server)
+            response = await http.post(url, json=initialize_body(1), headers=HEADERS)
+            session_id = response.headers["mcp-session-id"]
+            call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                    "params": {"name": "rec_echo", "arguments": {"text": "hi"}}}
+            traceparent = f"00-{TRACE_ID}-b7ad6b7169203331-01"
+            response = await http.post(url, json=call, headers={
+                **HEADERS, "Mcp-Session-Id": session_id, "traceparent": traceparent})
+            assert "result" in reply_to(response, 2)
+            server.should_exit = True
+        (seen,) = backend.calls("tools/call")
+        sent = seen.header("traceparent")
+        assert sent is not None
+        assert sent.split("-")[1] == TRACE_ID          # the client's trace goes on
+        (backend_span,) = named(exporter.get_finished_spans(), "backend tools/call")
+        assert sent.split("-")[2] == format(backend_span.context.span_id, "016x")

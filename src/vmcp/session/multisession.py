@@ -26,7 +26,7 @@ from vmcp.session.ledger import UpstreamLedger
 from vmcp.session.streams import ResponseStream, ResponseStreams
 from vmcp.store.event_log import EventLog
 from vmcp.store.pubsub import SessionRelay
-from vmcp.tracing import tracer
+from vmcp.tracing import outgoing_headers, tracer
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,8 @@ class MultiSession:
             with tracer.start_as_current_span(
                     f"backend {method}", kind=SpanKind.CLIENT,
                     attributes={"mcp.backend": backend, "mcp.method.name": method}):
-                result = await connection.request(method, params, on_message=relay)
+                result = await connection.request(method, params, on_message=relay,
+                                                  headers=outgoing_headers() or None)
             outcome = "ok"
             return result
         except BackendRpcError:
