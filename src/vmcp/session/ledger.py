@@ -46,7 +46,3 @@ class UpstreamLedger:
     def snapshot(self) -> dict[str, UpstreamCounts]:
         return {name: UpstreamCounts(self._opened[name], self._ended[name])
                 for name in sorted(set(self._opened) | set(self._ended))}
-
-    @property
-    def open_total(self) -> int:
-        return sum(self._opened.values()) - sum(self._ended.values())

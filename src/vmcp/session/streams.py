@@ -53,10 +53,6 @@ class ResponseStream:
     def __len__(self) -> int:
         return len(self._events)
 
-    @property
-    def finished(self) -> bool:
-        return self.finished_at is not None
-
     def event_id(self, seq: int) -> str:
         return f"{self.id}.{seq}"
 
