@@ -61,26 +61,28 @@ from vmcp.config._checks import (
     Transport,
     redact_url,
 )
+from vmcp.config.auth import (
+    AuthConfig,
+    IncomingAuthConfig,
+    OutgoingAuthConfig,
+    StaticTokenConfig,
+    TrustedIssuerConfig,
+)
 from vmcp.config.loading import (
     load_config,
     with_overrides,
 )
 from vmcp.config.models import (
     AggregationConfig,
-    AuthConfig,
     BackendConfig,
     BackendToolsConfig,
     HealthConfig,
-    IncomingAuthConfig,
     LimitsConfig,
-    OutgoingAuthConfig,
     ServerConfig,
     SessionConfig,
     StatelessConfig,
-    StaticTokenConfig,
     TelemetryConfig,
     ToolOverride,
-    TrustedIssuerConfig,
     VmcpConfig,
 )
 

@@ -8,6 +8,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from pydantic import (
     AfterValidator,
+    BaseModel,
+    ConfigDict,
 )
 
 ENV_PREFIX = "VMCP_"
@@ -264,3 +266,7 @@ def redact_url(url: str) -> str:
     )
 
 
+class _Frozen(BaseModel):
+    """Every configuration model: immutable, and unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
