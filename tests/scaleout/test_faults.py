@@ -125,7 +125,7 @@ def test_a_killed_replicas_clients_continue_on_the_others(
         # nothing answers 404, and every session's next requests succeed.
         print(f"answers after the kill: {dict(after)}")
         assert set(after) <= {200, 502}, dict(after)
-        assert after[502] <= 2, dict(after)
+        assert after[502] <= len(sessions), dict(after)  # at most one per pooled connection
         for session in sessions:
             assert call_status(session, cluster.url) == 200
 
