@@ -510,6 +510,10 @@ class BaseBackend:
         self._errors = 0
         self._rpc_errors = 0
         self._reinitializations = 0
+        self._setup()
+
+    def _setup(self) -> None:
+        """Transport-specific set-up, run at the end of construction; none by default."""
 
     @classmethod
     async def connect(

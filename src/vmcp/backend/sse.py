@@ -113,37 +113,19 @@ class _Stream:
 class SseBackend(BaseBackend):
     """A :class:`~vmcp.backend.connection.BackendConnection` over legacy HTTP+SSE."""
 
-    def __init__(
-        self,
-        target: BackendTarget,
-        http: httpx2.AsyncClient,
-        *,
-        client_info: Mapping[str, Any],
-        capabilities: Mapping[str, Any],
-        timeout: float,
-        on_reinitialized: ReinitializedHook | None,
-        state: BackendState,
-    ) -> None:
-        """Use :meth:`connect` or :meth:`attach`; this only wires the parts together."""
-        super().__init__(
-            target,
-            http,
-            client_info=client_info,
-            capabilities=capabilities,
-            timeout=timeout,
-            on_reinitialized=on_reinitialized,
-            state=state,
-        )
+    def _setup(self) -> None:
+        """Transport settings derived from the connection's timeout."""
+        timeout = self._timeout
         # The stream is the session, so it has no read timeout: an idle session is
         # not a dead one.
         self._stream_timeout = httpx2.Timeout(None, connect=timeout)
         self._post_timeout = httpx2.Timeout(timeout)
         self._get_headers = {
-            **target.headers,
+            **self.target.headers,
             "accept": EVENT_STREAM,
             "cache-control": "no-store",
         }
-        self._post_headers = {**target.headers, "content-type": JSON}
+        self._post_headers = {**self.target.headers, "content-type": JSON}
         self._stream: _Stream | None = None
         self._listeners: set[MemoryObjectSendStream[dict[str, Any]]] = set()
 

@@ -81,27 +81,9 @@ Without it, a half-open TCP connection would end notifications for good.
 class StreamableHttpBackend(BaseBackend):
     """A :class:`~vmcp.backend.connection.BackendConnection` over Streamable HTTP."""
 
-    def __init__(
-        self,
-        target: BackendTarget,
-        http: httpx2.AsyncClient,
-        *,
-        client_info: Mapping[str, Any],
-        capabilities: Mapping[str, Any],
-        timeout: float,
-        on_reinitialized: ReinitializedHook | None,
-        state: BackendState,
-    ) -> None:
-        """Use :meth:`connect` or :meth:`attach`; this only wires the parts together."""
-        super().__init__(
-            target,
-            http,
-            client_info=client_info,
-            capabilities=capabilities,
-            timeout=timeout,
-            on_reinitialized=on_reinitialized,
-            state=state,
-        )
+    def _setup(self) -> None:
+        """Transport settings derived from the connection's timeout."""
+        timeout = self._timeout
         # Reads are bounded by each call's own deadline (a tool may legitimately
         # think for minutes), connects by the connection's timeout.
         self._call_timeout = httpx2.Timeout(None, connect=timeout)
@@ -109,7 +91,7 @@ class StreamableHttpBackend(BaseBackend):
         self._drain_streams = True
         self._base_headers: dict[str, str] = {}
         self._post_headers: dict[str, str] = {}
-        self._set_headers(state)
+        self._set_headers(self._state)
 
     @classmethod
     async def attach(
@@ -145,7 +127,7 @@ class StreamableHttpBackend(BaseBackend):
 
     def _install(self, state: BackendState) -> None:
         super()._install(state)
-        self._set_headers(state)
+        self._set_headers(self._state)
 
     def _set_headers(self, state: BackendState) -> None:
         self._base_headers = self._session_headers(state.session_id, state.protocol_version)
