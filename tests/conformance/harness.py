@@ -10,7 +10,6 @@ way a gateway would meet them.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import http.client
 import json
 import os
@@ -34,7 +33,6 @@ CONFORMANCE_PACKAGE = "@modelcontextprotocol/conformance"
 CONFORMANCE_VERSION = "0.2.0-alpha.12"
 MIN_NODE_MAJOR = 22
 
-NPM_INSTALL_TIMEOUT_SECONDS = 600.0
 SUITE_TIMEOUT_SECONDS = 600.0
 BACKEND_STARTUP_TIMEOUT_SECONDS = 30.0
 BACKEND_STOP_TIMEOUT_SECONDS = 10.0
@@ -111,26 +109,6 @@ def _suite_entry_point(cache_dir: Path) -> Path:
     return cache_dir / "node_modules" / CONFORMANCE_PACKAGE / "dist" / "index.js"
 
 
-def _installed_version(cache_dir: Path) -> str | None:
-    manifest = cache_dir / "node_modules" / CONFORMANCE_PACKAGE / "package.json"
-    try:
-        version = json.loads(manifest.read_text(encoding="utf-8")).get("version")
-    except (OSError, ValueError):
-        return None
-    return version if isinstance(version, str) else None
-
-
-@contextlib.contextmanager
-def _exclusive(lock_path: Path) -> Iterator[None]:
-    """Serialise installs, so parallel test processes do not run npm over each other."""
-    with lock_path.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def ensure_conformance_suite(cache_dir: Path = CACHE_DIR) -> Path:
     """Install the pinned suite into ``cache_dir`` unless it is already there.
 
@@ -140,48 +118,15 @@ def ensure_conformance_suite(cache_dir: Path = CACHE_DIR) -> Path:
     Raises:
         ConformanceSuiteUnavailable: Node.js is missing or too old, or npm failed.
     """
-    node_executable()
-    entry = _suite_entry_point(cache_dir)
-    if entry.is_file() and _installed_version(cache_dir) == CONFORMANCE_VERSION:
-        return entry
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with _exclusive(cache_dir / ".install.lock"):
-        # Another process may have finished the install while this one waited.
-        if entry.is_file() and _installed_version(cache_dir) == CONFORMANCE_VERSION:
-            return entry
-        env = _node_env()
-        npm = _require_tool("npm", env)
-        manifest = cache_dir / "package.json"
-        if not manifest.exists():
-            manifest.write_text('{"private": true}\n', encoding="utf-8")
-        command = [
-            npm,
-            "install",
-            "--no-audit",
-            "--no-fund",
-            "--save-exact",
-            f"{CONFORMANCE_PACKAGE}@{CONFORMANCE_VERSION}",
-        ]
-        try:
-            completed = subprocess.run(
-                command,
-                cwd=cache_dir,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=NPM_INSTALL_TIMEOUT_SECONDS,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise ConformanceSuiteUnavailable(
-                f"`{' '.join(command)}` did not finish within {NPM_INSTALL_TIMEOUT_SECONDS:.0f}s"
-            ) from exc
-        if completed.returncode != 0 or not entry.is_file():
-            raise ConformanceSuiteUnavailable(
-                f"`{' '.join(command)}` in {cache_dir} failed with exit code "
-                f"{completed.returncode}:\n{completed.stdout}\n{completed.stderr}"
-            )
-    return entry
+    # The installer lives with the other npm tools; imported here because it builds on
+    # this module's Node.js check.
+    from tests.support.node_tools import NodeToolUnavailable, ensure_npm_package
+
+    try:
+        ensure_npm_package(CONFORMANCE_PACKAGE, CONFORMANCE_VERSION, cache_dir, "conformance")
+    except NodeToolUnavailable as exc:
+        raise ConformanceSuiteUnavailable(str(exc)) from exc
+    return _suite_entry_point(cache_dir)
 
 
 # -- running the suite ---------------------------------------------------------
