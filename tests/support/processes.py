@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,6 +166,29 @@ def wait_until_ready(processes: Sequence[ManagedProcess],
     return lost
 
 
+def _start_all(names: Iterable[str], launch: Callable[[str, int], ManagedProcess],
+               timeout: float) -> dict[str, ManagedProcess]:
+    """Launch one process per name on a free port, all at once, and wait for them all.
+
+    A process that lost its port to another one between ``free_port`` and ``bind`` is
+    started again on a new port; if anything fails, everything started is stopped.
+    """
+    started: dict[str, ManagedProcess] = {}
+    pending = list(names)
+    try:
+        for _ in range(_PORT_ATTEMPTS):
+            batch = {name: launch(name, free_port()) for name in pending}
+            started.update(batch)
+            pending = [m.name for m in wait_until_ready(list(batch.values()), timeout)]
+            if not pending:
+                return started
+        raise ProcessStartError(f"no free port after {_PORT_ATTEMPTS} attempts: {pending}")
+    except BaseException:
+        for managed in started.values():
+            managed.stop()
+        raise
+
+
 # -- backends -------------------------------------------------------------------------
 
 
@@ -181,25 +204,11 @@ def start_backends(modules: Mapping[str, str], log_dir: Path,
 
     A module may name the backend's flags after it: ``"examples.backends.notes --stateless"``.
     """
-    started: dict[str, ManagedProcess] = {}
-    pending = dict(modules)
-    try:
-        for _ in range(_PORT_ATTEMPTS):
-            batch: dict[str, ManagedProcess] = {}
-            for name, module in pending.items():
-                port = free_port()
-                batch[name] = _launch(name, _backend_command(module, port), port,
-                                      log_dir / f"{name}.log", "/mcp")
-            started.update(batch)
-            lost = wait_until_ready(list(batch.values()), timeout)
-            pending = {m.name: modules[m.name] for m in lost}
-            if not pending:
-                return started
-        raise ProcessStartError(f"no free port after {_PORT_ATTEMPTS} attempts: {pending}")
-    except BaseException:
-        for managed in started.values():
-            managed.stop()
-        raise
+    def launch(name: str, port: int) -> ManagedProcess:
+        return _launch(name, _backend_command(modules[name], port), port,
+                       log_dir / f"{name}.log", "/mcp")
+
+    return _start_all(modules, launch, timeout)
 
 
 @contextlib.contextmanager
@@ -246,26 +255,12 @@ def start_gateways(configs: Mapping[str, Mapping[str, Any]], workdir: Path,
     Each configuration is written to ``workdir/<name>.yaml`` with a free port filled in;
     output goes to ``workdir/<name>.log``.
     """
-    started: dict[str, ManagedProcess] = {}
-    pending = dict(configs)
-    try:
-        for _ in range(_PORT_ATTEMPTS):
-            batch: dict[str, ManagedProcess] = {}
-            for name, config in pending.items():
-                port = free_port()
-                path = write_config(workdir / f"{name}.yaml", _with_port(config, port))
-                command = [str(VMCP_EXECUTABLE), "serve", "--config", str(path)]
-                batch[name] = _launch(name, command, port, workdir / f"{name}.log", "/healthz")
-            started.update(batch)
-            lost = wait_until_ready(list(batch.values()), timeout)
-            pending = {m.name: configs[m.name] for m in lost}
-            if not pending:
-                return started
-        raise ProcessStartError(f"no free port after {_PORT_ATTEMPTS} attempts: {pending}")
-    except BaseException:
-        for managed in started.values():
-            managed.stop()
-        raise
+    def launch(name: str, port: int) -> ManagedProcess:
+        path = write_config(workdir / f"{name}.yaml", _with_port(configs[name], port))
+        command = [str(VMCP_EXECUTABLE), "serve", "--config", str(path)]
+        return _launch(name, command, port, workdir / f"{name}.log", "/healthz")
+
+    return _start_all(configs, launch, timeout)
 
 
 @contextlib.contextmanager
