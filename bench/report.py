@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from bench.run import Report
 
-SCENARIO_ORDER = "abcdef"
+SCENARIO_ORDER = "abcdefgh"
 OTHER_CPU = ("redis", "nginx")
 
 
@@ -94,6 +94,11 @@ def _headline(report: Report) -> list[str]:
                          "proxy")
         gateway = _cpu_ms(run, "gateway")
         backend = _cpu_ms(run, "backend")
+        floor = report.best(FLOOR_OF[key], "echo")
+        floor_cpu = _cpu_ms(floor, "gateway") if floor else None
+        if gateway and floor_cpu:
+            parts.append(f"{gateway / floor_cpu:.2f}x the floor's gateway CPU per call "
+                         f"(({FLOOR_OF[key]}) {floor_cpu:.2f} ms)")
         if gateway:
             parts.append(f"{gateway:.2f} ms of gateway CPU per call (≈ {1000 / gateway:.0f} "
                          "calls/s per gateway core"
@@ -458,7 +463,10 @@ def markdown(report: Report) -> str:
 
 SHORT_LABELS = {"a": "(a) direct", "b": "(b) vmcp\nmemory", "c": "(c) vmcp\nRedis",
                 "d": "(d) 3 vmcp\n+ nginx", "e": "(e) FastMCP\nproxy",
-                "f": "(f) Context-\nForge"}
+                "f": "(f) Context-\nForge", "g": "(g) floor\nRedis", "h": "(h) floor\nno store"}
+FLOOR_OF = {"b": "h", "c": "g", "d": "g"}
+"""Which floor each vmcp scenario is compared with: the memory store does no store round
+trip, so its floor is the proxy without one."""
 
 
 def plot(report: Report, path: Path) -> str | None:

@@ -255,6 +255,13 @@ def start_nginx(procs: Processes, workdir: Path, port: int, upstreams: Sequence[
                                  "-g", "daemon off;"])
 
 
+def start_floor(procs: Processes, name: str, port: int, backend_url: str,
+                redis_url: str | None) -> Proc:
+    store = ["--redis", redis_url] if redis_url else []
+    return procs.start(name, [sys.executable, "-m", "bench.floor", "--port", str(port),
+                              "--backend", backend_url, *store], env=clean_env())
+
+
 def start_fastmcp(procs: Processes, port: int, backend_url: str) -> Proc:
     return procs.start("fastmcp", [sys.executable, "-m", "bench.fastmcp_proxy", "--port",
                                    str(port), "--backend", backend_url], env=clean_env())
@@ -1032,7 +1039,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run_all(procs: Processes, workdir: Path, plan: Plan, report: Report,
              args: argparse.Namespace) -> None:
-    (p_backend, p_mem, p_redis, p_r1, p_r2, p_r3, p_nginx, p_fast, p_cf) = free_ports(9)
+    (p_backend, p_mem, p_redis, p_r1, p_r2, p_r3, p_nginx, p_fast, p_cf, p_floor,
+     p_floor_bare) = free_ports(11)
     backend_url = f"http://127.0.0.1:{p_backend}/mcp"
     print("starting processes ...", flush=True)
     redis_server = RedisServer(workdir / "redis")
@@ -1045,6 +1053,8 @@ def _run_all(procs: Processes, workdir: Path, plan: Plan, report: Report,
                 for i, port in enumerate((p_r1, p_r2, p_r3))]
     nginx = start_nginx(procs, workdir, p_nginx, (p_r1, p_r2, p_r3))
     fast = start_fastmcp(procs, p_fast, backend_url)
+    floor = start_floor(procs, "floor-redis", p_floor, backend_url, redis_server.url)
+    floor_bare = start_floor(procs, "floor-no-store", p_floor_bare, backend_url, None)
     commands = CommandStats(redis_server.port)
     try:
         wait_http(backend, p_backend, "/mcp", timeout=START_TIMEOUT)
@@ -1053,6 +1063,8 @@ def _run_all(procs: Processes, workdir: Path, plan: Plan, report: Report,
             wait_http(proc, port, "/healthz", timeout=START_TIMEOUT, ok=(200,))
         wait_http(nginx, p_nginx, "/healthz", timeout=START_TIMEOUT, ok=(200,))
         wait_http(fast, p_fast, "/mcp", timeout=START_TIMEOUT)
+        wait_http(floor, p_floor, "/mcp", timeout=START_TIMEOUT)
+        wait_http(floor_bare, p_floor_bare, "/mcp", timeout=START_TIMEOUT)
         nginx_workers = children(nginx.pid)
         redis_pid = redis_server.process.pid if redis_server.process else 0
 
@@ -1071,7 +1083,12 @@ def _run_all(procs: Processes, workdir: Path, plan: Plan, report: Report,
                       "redis": [redis_pid], "nginx": nginx_workers}),
             Scenario("e", "FastMCP proxy (create_proxy)", url(p_fast),
                      {"gateway": [fast.pid], "backend": [backend.pid]}, slow=True),
+            Scenario("g", "floor: minimal proxy, Redis GETEX per call", url(p_floor),
+                     {"gateway": [floor.pid], "backend": [backend.pid], "redis": [redis_pid]}),
+            Scenario("h", "floor: minimal proxy, no store", url(p_floor_bare),
+                     {"gateway": [floor_bare.pid], "backend": [backend.pid]}),
         ]
+        floors = [s for s in scenarios if s.key in "gh"]
         for s in scenarios:
             report.titles[s.key] = s.title
         report.titles["f"] = "ContextForge gateway"
@@ -1092,7 +1109,7 @@ def _run_all(procs: Processes, workdir: Path, plan: Plan, report: Report,
         idle.close()
         for round_no in range(plan.rounds):
             print(f"round {round_no + 1}/{plan.rounds}:", flush=True)
-            for s in scenarios[:4]:
+            for s in [*scenarios[:4], *floors]:
                 run_scenario(report, plan, s, hooks if s.key == "c" else None)
                 if s.key == "c" and commands.delta:
                     calls = report.runs["c"]["echo"][-1]["calls"]
