@@ -79,13 +79,55 @@ def check_config(
     probe: Annotated[bool, typer.Option(
         "--probe", help="Also connect to every backend and list what it offers.")] = False,
 ) -> None:
-    """Validate FILE (with VMCP_* environment overrides) and summarise it."""
+    """Validate FILE (with VMCP_* environment overrides) and summarise it.
+
+    Everything ``serve`` checks before it starts is checked here too (the environment
+    variables that ``token_env``, ``value_env`` and ``client_secret_env`` name, the
+    ``jwks_file``s), so an OK here means ``serve`` accepts the file."""
     config = _load_or_exit(file)
+    problems = _startup_problems(config)
+    if problems:
+        _exit_with_problems(ConfigError("\n".join(problems)))
     typer.echo(f"{file}: configuration OK")
     for line in _summary(config):
         typer.echo(f"  {line}")
+    for warning in _warnings(file, config):
+        typer.echo(f"warning: {warning}", err=True)
     if probe:
         _probe_or_exit(config)
+
+
+def _startup_problems(config: VmcpConfig) -> list[str]:
+    """What only start-up can check: secrets from the environment, key files."""
+    from vmcp.auth.incoming import build_authenticator
+    from vmcp.auth.outgoing import build_outgoing_auth
+
+    problems: list[str] = []
+    for build in (build_authenticator, build_outgoing_auth):
+        try:
+            build(config)
+        except ConfigError as exc:
+            problems += str(exc).splitlines()
+    return problems
+
+
+def _warnings(file: Path, config: VmcpConfig) -> list[str]:
+    """Valid, but probably not what was meant."""
+    warnings: list[str] = []
+    if not _has_content(file):
+        warnings.append(f"{file} is empty: every key takes its default")
+    if not config.backends:
+        warnings.append("no backends configured: every session will be empty")
+    return warnings
+
+
+def _has_content(file: Path) -> bool:
+    import yaml
+
+    try:
+        return yaml.safe_load(file.read_text(encoding="utf-8")) is not None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return True  # it loaded a moment ago; whatever changed is not "empty"
 
 
 def _probe_or_exit(config: VmcpConfig) -> None:
@@ -96,11 +138,36 @@ def _probe_or_exit(config: VmcpConfig) -> None:
     def progress(result: ProbeResult) -> None:
         typer.echo(f"  {result.backend}: {'ok' if result.ok else 'FAILED'}")
 
+    store_problem = _probe_store(config) if config.session.store != "memory" else None
+    if config.session.store != "memory":
+        typer.echo(f"  store {redact_url(config.session.store)}: "
+                   f"{'ok' if store_problem is None else 'FAILED: ' + store_problem}")
     results = anyio.run(probe_backends, config, progress)
     for line in format_table(results):
         typer.echo(line)
-    if not all(r.ok for r in results):
+    if store_problem is not None or not all(r.ok for r in results):
         raise typer.Exit(EXIT_FAILURE)
+
+
+def _probe_store(config: VmcpConfig) -> str | None:
+    """Why the session store cannot be used right now, or None if it answers a PING."""
+    from vmcp.errors import StoreError
+    from vmcp.store import open_store
+
+    session = config.session
+
+    async def ping() -> None:
+        store = open_store(session.store, key_prefix=session.key_prefix,
+                           ttl_seconds=session.ttl_seconds,
+                           timeout_seconds=session.store_timeout_seconds)
+        async with store:
+            await store.ping()
+
+    try:
+        anyio.run(ping)
+    except StoreError as exc:
+        return str(exc) or type(exc).__name__
+    return None
 
 
 def _load_or_exit(path: Path) -> VmcpConfig:

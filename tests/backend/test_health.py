@@ -109,3 +109,22 @@ async def test_an_open_circuit_fails_calls_fast_until_a_trial_succeeds(
             with pytest.raises(BackendUnavailable, match="circuit open"):
                 await session.call("notes", "tools/list", None, None)
             await session.aclose()
+
+
+async def test_a_backend_going_down_warns_at_its_first_failed_probe_and_drops_its_latency(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with running_backends({"notes": NOTES_MODULE}, tmp_path) as own:
+        async with httpx2.AsyncClient() as http:
+            monitor = monitor_for([BackendTarget("notes", own["notes"].url)], http)
+            await monitor.probe_all()
+            assert monitor.snapshot()["notes"].latency_seconds is not None
+            own["notes"].stop()
+            with caplog.at_level("INFO", logger="vmcp.backend.health"):
+                await monitor.probe_all()
+            after = monitor.snapshot()["notes"]
+            assert after.status is HealthStatus.DEGRADED
+            assert after.latency_seconds is None                # no stale figure on /ui
+            warned = [r for r in caplog.records if r.levelname == "WARNING"]
+            assert warned
+            assert "probe failed (1 of 2" in warned[0].getMessage()

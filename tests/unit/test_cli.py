@@ -162,6 +162,49 @@ def test_check_config_applies_the_environment(runner: CliRunner, tmp_path: Path)
 # --------------------------------------------------------------------------- serve
 
 
+def test_check_config_refuses_what_serve_refuses(runner: CliRunner, tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+        backends:
+          - name: notes
+            url: http://127.0.0.1:9001/mcp
+            auth: {type: header, name: X-Api-Key, value_env: VMCP_TEST_UNSET_KEY}
+        auth:
+          incoming:
+            type: static
+            tokens: [{token_env: VMCP_TEST_UNSET_TOKEN, issuer: local, subject: ci}]
+        """)
+
+    result = runner.invoke(cli.app, ["check-config", str(path)])
+
+    assert result.exit_code == cli.EXIT_CONFIG_ERROR
+    assert "configuration OK" not in result.stdout
+    assert "backends[0].auth.value_env: environment variable VMCP_TEST_UNSET_KEY" in (
+        result.stderr)
+    assert "auth.incoming.tokens[0].token_env" in result.stderr
+
+
+def test_check_config_warns_about_an_empty_file(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(cli.app, ["check-config", str(write(tmp_path, "# nothing yet\n"))])
+
+    assert result.exit_code == 0, result.output
+    assert "is empty: every key takes its default" in result.stderr
+    assert "no backends configured" in result.stderr
+
+
+def test_check_config_probe_fails_on_an_unreachable_store(
+        runner: CliRunner, tmp_path: Path) -> None:
+    from tests.support.redis_server import free_port
+
+    path = write(tmp_path, f"session: {{store: 'redis://127.0.0.1:{free_port()}/0', "
+                           "store_timeout_seconds: 1}\n")
+
+    result = runner.invoke(cli.app, ["check-config", str(path), "--probe"])
+
+    assert result.exit_code == cli.EXIT_FAILURE, result.output
+    assert "store redis://127.0.0.1:" in result.stdout
+    assert "FAILED" in result.stdout
+
+
 def test_serve_refuses_a_bad_config_before_loading_the_server(
     runner: CliRunner, tmp_path: Path, fake_server: Callable[..., ServeCalls]
 ) -> None:

@@ -78,11 +78,14 @@ class HealthMonitor:
         self._health = {name: self._health.get(name, BackendHealth()) for name in self._targets}
 
     def usable_for_new_sessions(self, backend: str) -> bool:
-        status = self._health.get(backend, BackendHealth()).status
-        return status not in (HealthStatus.UNHEALTHY, HealthStatus.UNAUTHENTICATED)
+        return _usable(self._health.get(backend, BackendHealth()).status)
 
     def snapshot(self) -> Mapping[str, BackendHealth]:
         return dict(self._health)
+
+    async def first_round(self) -> None:
+        """Wait until every backend has been probed once."""
+        await self._probed.wait()
 
     @property
     def probed(self) -> bool:
@@ -111,7 +114,10 @@ class HealthMonitor:
             failures = previous.consecutive_failures + 1
             status = (HealthStatus.UNHEALTHY if failures >= self._threshold
                       else HealthStatus.DEGRADED)
-            health = replace(previous, status=status, consecutive_failures=failures,
+            # The last good probe's latency says nothing about a backend that stopped
+            # answering: the status page shows none rather than a stale figure.
+            health = replace(previous, status=status, latency_seconds=None,
+                             consecutive_failures=failures,
                              last_error=f"{type(exc).__name__}: {exc}".rstrip(": "),
                              checked_at=time.time())
         else:
@@ -124,12 +130,23 @@ class HealthMonitor:
                 slow = latency > self._degraded_latency
                 health = BackendHealth(HealthStatus.DEGRADED if slow else HealthStatus.HEALTHY,
                                        latency, 0, None, time.time())
-        if health.status != previous.status:
-            bad = health.status in (HealthStatus.UNHEALTHY, HealthStatus.UNAUTHENTICATED)
-            logger.log(logging.WARNING if bad else logging.INFO, "backend %s is now %s",
-                       target.name, health.status.value,
-                       extra={"backend": target.name, "error": health.last_error})
         self._health[target.name] = health
+        self._log_change(target.name, previous, health)
+
+    def _log_change(self, name: str, previous: BackendHealth, health: BackendHealth) -> None:
+        """A failed probe is a WARNING from the first one on, not only once the backend
+        turns unhealthy: by then new sessions have been leaving it out for a while."""
+        extra = {"backend": name, "error": health.last_error}
+        if health.consecutive_failures == 1:
+            logger.warning("backend %s probe failed (%d of %d before unhealthy): %s", name,
+                           1, self._threshold, health.last_error, extra=extra)
+        if health.status == previous.status:
+            return
+        bad = (health.status in (HealthStatus.UNHEALTHY, HealthStatus.UNAUTHENTICATED)
+               or health.consecutive_failures > 1)
+        if bad or health.consecutive_failures == 0:
+            logger.log(logging.WARNING if bad else logging.INFO, "backend %s is now %s", name,
+                       health.status.value, extra=extra)
 
     async def _probe(self, target: BackendTarget) -> int:
         """Open and end one backend session; the HTTP status of the ``initialize``.
@@ -156,3 +173,7 @@ class HealthMonitor:
         if session_id:
             await self._http.delete(target.url, headers={**headers, "Mcp-Session-Id": session_id})
         return response.status_code
+
+
+def _usable(status: HealthStatus) -> bool:
+    return status not in (HealthStatus.UNHEALTHY, HealthStatus.UNAUTHENTICATED)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import anyio
@@ -22,7 +23,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from vmcp import __version__, logs, tracing
 from vmcp.auth.incoming import build_authenticator, metadata_paths
@@ -65,7 +66,7 @@ class _Endpoint:
         await self.app(scope, receive, send)
 
 
-def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> ASGIApp:
+def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> GatewayApp:
     """The whole gateway as one ASGI app (also what tests run in-process).
 
     Raises ``ConfigError`` if incoming or outgoing auth cannot be set up (a ``token_env``
@@ -140,9 +141,9 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> ASGIAp
             if config_path is not None:
                 background.start_soon(_reload_on_sighup, config_path, connector, manager,
                                       monitor, outgoing)
-            logger.info("vmcp %s replica %s ready: %d backends, store %s", __version__,
-                        config.server.replica_id, len(config.backends),
-                        config.session.store_kind)
+            listening = anyio.Event()
+            state["listening"] = listening
+            background.start_soon(_log_when_ready, config, listening, monitor)
             try:
                 yield
             finally:
@@ -211,25 +212,57 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> ASGIAp
         Route("/ui", status_page),
         *(Route(path, resource_metadata, methods=["GET"]) for path in metadata_paths(config)),
     ]
-    return _McpFirst(Starlette(routes=routes, lifespan=authenticated), config.server.path,
-                     endpoint)
+    def mark_listening() -> None:
+        listening = state.get("listening")
+        if isinstance(listening, anyio.Event):
+            listening.set()
+
+    return GatewayApp(Starlette(routes=routes, lifespan=authenticated), config.server.path,
+                      endpoint, mark_listening)
 
 
-class _McpFirst:
+class GatewayApp:
     """Sends requests for the MCP path straight to the endpoint, everything else (other
     routes, lifespan) to Starlette. The endpoint answers every error itself, so Starlette's
-    routing and middleware add nothing there but cost on every call (bench profile)."""
+    routing and middleware add nothing there but cost on every call (bench profile).
 
-    def __init__(self, app: Starlette, path: str, endpoint: _Endpoint) -> None:
+    ``mark_listening`` is called by the server once its sockets are bound; only then is
+    the replica announced as ready in the log."""
+
+    def __init__(self, app: Starlette, path: str, endpoint: _Endpoint,
+                 mark_listening: Callable[[], None]) -> None:
         self.app = app
         self._path = path
         self._endpoint = endpoint
+        self.mark_listening = mark_listening
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == self._path:
             await self._endpoint(scope, receive, send)
         else:
             await self.app(scope, receive, send)
+
+
+async def _log_when_ready(config: VmcpConfig, listening: anyio.Event,
+                          monitor: HealthMonitor | None) -> None:
+    """One line once the port is bound and every backend has been probed once: what an
+    operator looks for after a start. A replica that reaches no backend says so loudly."""
+    await listening.wait()
+    server = config.server
+    where = f"http://{server.host}:{server.port}{server.path}"
+    if monitor is None:
+        logger.info("vmcp %s replica %s ready at %s: %d backends (not probed), store %s",
+                    __version__, server.replica_id, where, len(config.backends),
+                    config.session.store_kind)
+        return
+    await monitor.first_round()
+    health = monitor.snapshot()
+    reachable = sorted(name for name in health if monitor.usable_for_new_sessions(name))
+    down = sorted(set(health) - set(reachable))
+    level = logging.WARNING if down else logging.INFO
+    logger.log(level, "vmcp %s replica %s ready at %s: %d of %d backends reachable%s, store %s",
+               __version__, server.replica_id, where, len(reachable), len(health),
+               f" (down: {', '.join(down)})" if down else "", config.session.store_kind)
 
 
 def _health_monitor(config: VmcpConfig, http: httpx2.AsyncClient,
@@ -284,6 +317,21 @@ def serve(config: VmcpConfig, *, log_level: str = "info", log_format: str = "aut
           config_path: Path | None = None) -> None:
     """Run the gateway until SIGINT/SIGTERM (uvicorn finishes in-flight requests)."""
     logs.configure(log_level, log_format)
-    uvicorn.run(create_app(config, config_path=config_path), host=config.server.host,
-                port=config.server.port, log_level=log_level, log_config=None, lifespan="on",
-                timeout_graceful_shutdown=10)
+    app = create_app(config, config_path=config_path)
+    server = _Server(uvicorn.Config(app, host=config.server.host, port=config.server.port,
+                                    log_level=log_level, log_config=None, lifespan="on",
+                                    timeout_graceful_shutdown=10), app.mark_listening)
+    server.run()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling the app when its sockets are bound."""
+
+    def __init__(self, config: uvicorn.Config, on_listening: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_listening = on_listening
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self._on_listening()
