@@ -30,6 +30,7 @@ from vmcp.config import (
     VmcpConfig,
     load_config,
     redact_url,
+    unmatched_env_warnings,
     with_overrides,
 )
 from vmcp.errors import ConfigError
@@ -68,6 +69,42 @@ class LogLevel(StrEnum):
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from vmcp import __version__
+
+        typer.echo(f"vmcp {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option(
+        "--version", help="Print the version and exit.", callback=_print_version,
+        is_eager=True)] = False,
+) -> None:
+    """A virtual MCP server: one Streamable-HTTP endpoint over many backend MCP servers."""
+
+
+# --------------------------------------------------------------------------- config-reference
+
+
+@app.command("config-reference")
+def config_reference(
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Write to FILE instead of standard output.",
+        metavar="FILE")] = None,
+) -> None:
+    """Print the configuration reference (every key, its type, default and meaning)."""
+    from vmcp.config.reference import render_reference
+
+    text = render_reference()
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
 
 
 # --------------------------------------------------------------------------- check-config
@@ -113,7 +150,7 @@ def _startup_problems(config: VmcpConfig) -> list[str]:
 
 def _warnings(file: Path, config: VmcpConfig) -> list[str]:
     """Valid, but probably not what was meant."""
-    warnings: list[str] = []
+    warnings = unmatched_env_warnings()
     if not _has_content(file):
         warnings.append(f"{file} is empty: every key takes its default")
     if not config.backends:
@@ -406,21 +443,34 @@ def _stop(process: subprocess.Popen[Any]) -> None:
 
 
 def _print_demo_banner(config: VmcpConfig, backends: Sequence[_DemoBackend]) -> None:
-    from mcp_types.version import LATEST_HANDSHAKE_VERSION
-
     server = config.server
     url = f"http://{server.host}:{server.port}{server.path}"
-    initialize = (
-        '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"'
-        + LATEST_HANDSHAKE_VERSION
-        + '","capabilities":{},"clientInfo":{"name":"curl","version":"0"}}}'
-    )
     typer.echo(f"vmcp demo: gateway at {url}")
     for backend in backends:
         typer.echo(f"  backend {backend.name}: {backend.url}")
-    typer.echo("Try it:")
-    typer.echo(
-        f"  curl -si {url} -H 'Content-Type: application/json' "
-        f"-H 'Accept: application/json, text/event-stream' -d '{initialize}'"
-    )
+    typer.echo("Try it (a session: initialize, then a tool call with the session's id):")
+    for line in demo_session_commands(url):
+        typer.echo(f"  {line}")
     typer.echo("Press Ctrl-C to stop.")
+
+
+def demo_session_commands(url: str) -> list[str]:
+    """Shell lines that open a session on the demo with curl and call a tool in it: the
+    headers a client needs after ``initialize`` (its session id, the protocol version)."""
+    from mcp_types.version import LATEST_HANDSHAKE_VERSION
+
+    version = LATEST_HANDSHAKE_VERSION
+    headers = "-H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream'"
+    session = f"{headers} -H \"Mcp-Session-Id: $SID\" -H 'MCP-Protocol-Version: {version}'"
+    initialize = ('{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"'
+                  + version + '","capabilities":{},"clientInfo":{"name":"curl","version":"0"}}}')
+    call = ('{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"notes_add_note",'
+            '"arguments":{"title":"hello","body":"from curl"}}}')
+    return [
+        f"SID=$(curl -s -o /dev/null -D - {url} {headers} -d '{initialize}' "
+        "| tr -d '\\r' | sed -n 's/^mcp-session-id: //Ip')",
+        f"curl -s {url} {session} -d '{{\"jsonrpc\":\"2.0\",\"method\":"
+        f"\"notifications/initialized\"}}'",
+        f"curl -s {url} {session} -d '{call}'",
+        f"curl -s -X DELETE {url} {session}",
+    ]

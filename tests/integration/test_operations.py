@@ -68,3 +68,23 @@ def test_check_config_probe_reports_each_backend(
             and len(line.split()) > 3}
     assert rows == {"notes": "ok", "weather": "ok", "offline": "FAILED"}, result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_the_demo_curl_lines_open_a_session_and_call_a_tool(gateway: ManagedProcess) -> None:
+    from vmcp.cli import demo_session_commands
+
+    script = "set -e\n" + "\n".join(demo_session_commands(gateway.url)) + '\necho "SID=$SID"\n'
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                            timeout=30, check=True)
+    assert '"result"' in result.stdout
+    assert "hello" in result.stdout
+    assert '"isError":true' not in result.stdout.replace(" ", "")
+    assert result.stdout.rstrip().rpartition("SID=")[2]           # a session id was read
+
+
+def test_the_readme_shows_the_demo_curl_lines() -> None:
+    from vmcp.cli import demo_session_commands
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    for line in demo_session_commands("http://127.0.0.1:4483/mcp"):
+        assert line in readme

@@ -70,6 +70,7 @@ from vmcp.config.auth import (
 )
 from vmcp.config.loading import (
     load_config,
+    unmatched_env_warnings,
     with_overrides,
 )
 from vmcp.config.models import (
@@ -115,6 +116,7 @@ __all__ = [
     "VmcpConfig",
     "load_config",
     "redact_url",
+    "unmatched_env_warnings",
     "with_overrides",
 ]
 

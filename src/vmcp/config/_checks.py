@@ -269,4 +269,4 @@ def redact_url(url: str) -> str:
 class _Frozen(BaseModel):
     """Every configuration model: immutable, and unknown keys are errors."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)

@@ -72,15 +72,28 @@ class OutgoingAuthConfig(_Frozen):
     """
 
     type: OutgoingAuthType = "none"
+    """none, header (a fixed header), forward (the caller's own token) or token_exchange (RFC
+    8693)."""
     name: str | None = None
+    """header: the header to set."""
     value: str | None = None
+    """header: its value, in the file."""
     value_env: str | None = None
+    """header: the environment variable holding its value (read at start-up; unset is an error)."""
     token_url: str | None = None
+    """token_exchange: the token endpoint."""
     audience: str | None = None
+    """token_exchange: the audience of the exchanged token."""
     client_id: str | None = None
+    """token_exchange: the client id the gateway authenticates as."""
     client_secret_env: str | None = None
+    """token_exchange: the environment variable holding the client secret (none: a public
+    client)."""
     scope: str | None = None
+    """token_exchange: the scope asked for."""
     allow_headers: tuple[str, ...] = ()
+    """Client request headers copied to the backend on each call (not Authorization, hop-by-hop
+    or transport headers)."""
 
     @field_validator("value_env", "client_secret_env")
     @classmethod
@@ -160,9 +173,13 @@ class StaticTokenConfig(_Frozen):
     """
 
     token_sha256: str | None = None
+    """The hex SHA-256 of the token (the file holds no usable secret)."""
     token_env: str | None = None
+    """Or: the environment variable holding the token (read and hashed at start-up)."""
     issuer: Annotated[str, AfterValidator(_check_identity_part)]
+    """The identity's issuer."""
     subject: Annotated[str, AfterValidator(_check_identity_part)]
+    """The identity's subject."""
 
     @field_validator("token_sha256")
     @classmethod
@@ -194,8 +211,11 @@ class TrustedIssuerConfig(_Frozen):
     """
 
     issuer: str
+    """The issuer (the tokens' iss, exactly)."""
     jwks_url: str | None = None
+    """Where its signing keys are published."""
     jwks_file: str | None = None
+    """Or: a file holding its JWK Set."""
 
     @field_validator("issuer")
     @classmethod
@@ -250,17 +270,30 @@ class IncomingAuthConfig(_Frozen):
     """
 
     type: IncomingAuthType = "anonymous"
+    """anonymous (development: no credentials), oidc (JWT bearer tokens) or static (fixed
+    tokens)."""
     issuer: str | None = None
+    """oidc: the tokens' iss, exactly (trailing slash included)."""
     audience: tuple[str, ...] = ()
+    """oidc: what the tokens' aud must name (a string or a list)."""
     jwks_url: str | None = None
+    """oidc: where the issuer publishes its signing keys."""
     jwks_file: str | None = None
+    """oidc: or a file holding them (a JWK Set)."""
     algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
+    """oidc: accepted signature algorithms (public-key ones only)."""
     leeway_seconds: float = Field(default=30.0, ge=0, le=600, allow_inf_nan=False)
+    """oidc: clock skew tolerated on exp, nbf and iat."""
     jwks_min_refresh_seconds: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    """oidc: an unknown key id refetches the keys at most this often."""
     jwks_max_age_seconds: float = Field(default=600.0, gt=0, allow_inf_nan=False)
+    """oidc: the keys are refetched anyway once older than this."""
     jwks_timeout_seconds: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    """oidc: bound on fetching the keys."""
     extra_issuers: tuple[TrustedIssuerConfig, ...] = ()
+    """oidc: further issuers trusted, each with its own keys."""
     tokens: tuple[StaticTokenConfig, ...] = ()
+    """static: the accepted tokens and the identity each stands for."""
 
     @field_validator("issuer")
     @classmethod
@@ -355,7 +388,9 @@ class AuthConfig(_Frozen):
     """
 
     resource_url: str | None = None
+    """This gateway's public URL for RFC 9728 metadata (default: derived from the request)."""
     incoming: IncomingAuthConfig = Field(default_factory=IncomingAuthConfig)
+    """How callers authenticate."""
 
     @field_validator("resource_url")
     @classmethod

@@ -179,6 +179,30 @@ def _index_nodes(
     active.discard(id(node))
 
 
+def unmatched_env_warnings(environ: Mapping[str, str] | None = None) -> list[str]:
+    """``VMCP_`` variables that look meant as overrides but are ignored.
+
+    A name without ``__`` is not configuration (so unrelated variables never break
+    start-up), but ``VMCP_SERVER_PORT`` - one underscore - was surely meant as
+    ``VMCP_SERVER__PORT``: say so rather than ignore it silently.
+    """
+    env = os.environ if environ is None else environ
+    warnings: list[str] = []
+    for var in sorted(env):
+        rest = var[len(ENV_PREFIX):]
+        if not var.upper().startswith(ENV_PREFIX) or ENV_NESTED_DELIMITER in rest:
+            continue
+        for section in VmcpConfig.model_fields:
+            if rest.lower().startswith(section + "_"):
+                key = rest[len(section) + 1:].lower()
+                warnings.append(
+                    f"{var} is ignored: overrides are named {ENV_PREFIX}<SECTION>"
+                    f"{ENV_NESTED_DELIMITER}<KEY>, e.g. {ENV_PREFIX}{section.upper()}"
+                    f"{ENV_NESTED_DELIMITER}{key.upper()} for {section}.{key}")
+                break
+    return warnings
+
+
 def _apply_env(
     data: dict[Any, Any], environ: Mapping[str, str]
 ) -> tuple[list[tuple[Loc, str]], list[str]]:

@@ -56,12 +56,22 @@ class ServerConfig(_Frozen):
     """
 
     host: str = "127.0.0.1"
+    """Address to listen on (use 0.0.0.0 behind a load balancer or in a container)."""
     port: int = Field(default=4483, ge=0, le=65535)
+    """TCP port of the MCP endpoint, /healthz and /readyz (0: any free port)."""
     path: str = "/mcp"
+    """URL path of the MCP endpoint."""
     allowed_origins: tuple[_Origin, ...] = ()
+    """Browser origins (scheme://host[:port]) allowed besides loopback ones; a request with
+    another Origin gets 403."""
     allowed_hosts: tuple[_HostHeader, ...] = ()
+    """Host header values accepted besides the loopback names and host: the names clients and
+    load balancers use to reach the gateway. Others get 421 "Invalid Host header" while the
+    check is on (always on when host is a loopback address or this list is not empty)."""
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    """Largest request body accepted (413 beyond)."""
     replica_id: str = Field(default="", validate_default=True)
+    """This replica's name in logs, /status and metrics; empty: a random 8-hex-digit id."""
 
     @field_validator("host")
     @classmethod
@@ -97,11 +107,19 @@ class SessionConfig(_Frozen):
     """
 
     store: str = "memory"
+    """memory (one process only) or the Redis URL every replica shares: redis://, rediss://,
+    unix://, redis+sentinel://h:p[,h:p]/service[/db], redis+cluster://h:p."""
     key_prefix: str = "vmcp:session:"
+    """Prefix of every key and channel vmcp uses in Redis (must end with ':')."""
     ttl_seconds: float = Field(default=1800.0, gt=0, allow_inf_nan=False)
+    """Sliding idle timeout of a session: each request extends it."""
     cache_capacity: int = Field(default=1000, ge=1)
+    """Live sessions (open backend connections) this replica keeps; the least recently used
+    beyond it are closed and restored on their next request."""
     store_timeout_seconds: float = Field(default=2.0, gt=0, allow_inf_nan=False)
+    """Deadline of each store call; past it the request is answered 503 with Retry-After."""
     sweep_interval_seconds: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    """How often the memory store drops expired sessions."""
     catalog_ttl_seconds: float = Field(default=30.0, ge=0, allow_inf_nan=False)
     """How long a backend's listed tools/resources/prompts are reused by new sessions and
     restores on this replica (0: list on every one). ``list_changed`` refreshes at once."""
@@ -142,12 +160,19 @@ class BackendConfig(_Frozen):
     """
 
     name: str
+    """The backend's name ([a-z0-9_-], unique): prefixes, routes, logs and metrics use it."""
     url: str
+    """The backend's MCP endpoint (http:// or https://)."""
     transport: Transport = "streamable-http"
+    """streamable-http or sse (the older HTTP+SSE transport)."""
     headers: dict[str, str] = Field(default_factory=dict)
+    """Headers sent with every request to the backend (not those the transport or auth set)."""
     connect_timeout_seconds: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+    """Bound on opening (or re-attaching) a session on this backend."""
     call_timeout_seconds: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    """Bound on each call to this backend (limits.call_timeout_seconds caps it)."""
     auth: OutgoingAuthConfig = Field(default_factory=OutgoingAuthConfig)
+    """How the gateway authenticates to this backend."""
 
     @model_validator(mode="after")
     def _auth_headers_not_static(self) -> Self:
@@ -188,7 +213,9 @@ class ToolOverride(_Frozen):
     """A new exposed name and/or description for one of a backend's tools."""
 
     name: Annotated[str, AfterValidator(_check_exposed_name)] | None = None
+    """The name the tool is exposed under instead."""
     description: str | None = None
+    """The description the tool is exposed with instead."""
 
     @model_validator(mode="after")
     def _not_empty(self) -> Self:
@@ -205,8 +232,11 @@ class BackendToolsConfig(_Frozen):
     """
 
     include: tuple[str, ...] = ()
+    """The backend's own tool names to expose (empty: all)."""
     exclude: tuple[str, ...] = ()
+    """The backend's own tool names to hide (applied after include)."""
     overrides: dict[str, ToolOverride] = Field(default_factory=dict)
+    """New names or descriptions, keyed by the backend's own tool name."""
 
     @field_validator("exclude")
     @classmethod
@@ -256,9 +286,15 @@ class AggregationConfig(_Frozen):
     """
 
     conflict: ConflictMode = "prefix"
+    """How names are merged: prefix (every name prefixed), priority (bare names, the first
+    backend in priority_order wins a clash) or manual (bare names, clashes resolved by
+    overrides)."""
     prefix_format: str = "{backend}_"
+    """The prefix, with {backend} for the backend's name ("" passes one backend's names through)."""
     priority_order: tuple[str, ...] = ()
+    """priority: backends in order of precedence (others follow by name)."""
     tools: dict[str, BackendToolsConfig] = Field(default_factory=dict)
+    """Per-backend tool filters and overrides, keyed by backend name."""
 
     @field_validator("prefix_format")
     @classmethod
@@ -300,8 +336,13 @@ class LimitsConfig(_Frozen):
     """
 
     max_concurrent_backend_connects: int = Field(default=8, ge=1)
+    """Backend sessions this replica opens at once (the others wait)."""
     max_sessions_per_identity: int = Field(default=0, ge=0)
+    """Live sessions one identity may hold across replicas (0: no cap); an initialize beyond it
+    gets 429."""
     call_timeout_seconds: float = Field(default=300.0, gt=0, allow_inf_nan=False)
+    """Bound on every backend call; a call still running is cancelled at the backend and answered
+    with an error."""
 
 
 class HealthConfig(_Frozen):
@@ -313,13 +354,19 @@ class HealthConfig(_Frozen):
     """
 
     enabled: bool = True
+    """Probe backends periodically (initialize + DELETE); new sessions skip unhealthy ones."""
     interval_seconds: float = Field(default=15.0, gt=0, allow_inf_nan=False)
+    """Time between two probes of a backend."""
     timeout_seconds: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    """Bound on one probe."""
     unhealthy_threshold: int = Field(default=2, ge=1)
+    """Failed probes in a row that make a backend unhealthy."""
     degraded_latency_seconds: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    """A probe slower than this marks the backend degraded."""
     breaker_failure_threshold: int = Field(default=0, ge=0)
     """Consecutive failed calls that open a backend's circuit breaker; 0 = no breaker."""
     breaker_open_seconds: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+    """How long an open circuit fails calls at once before a trial call."""
 
 
 class TelemetryConfig(_Frozen):
@@ -327,8 +374,11 @@ class TelemetryConfig(_Frozen):
     ``http://collector:4318/v1/traces``)."""
 
     otlp_endpoint: str = ""
+    """OTLP/HTTP traces endpoint (e.g. http://collector:4318/v1/traces); empty: no export."""
     service_name: str = "vmcp"
+    """service.name of the exported spans."""
     sample_ratio: float = Field(default=1.0, ge=0, le=1, allow_inf_nan=False)
+    """Fraction of new traces sampled (0 to 1); a client's sampled traceparent is followed."""
 
 
 class StatelessConfig(_Frozen):
@@ -343,8 +393,13 @@ class StatelessConfig(_Frozen):
     """
 
     upstream_idle_seconds: float = Field(default=300.0, gt=0, allow_inf_nan=False)
+    """An upstream session held for a stateless client's identity is ended after this long
+    unused."""
     catalog_ttl_seconds: float = Field(default=5.0, ge=0, allow_inf_nan=False)
+    """Backend catalogs for stateless clients are re-listed at most this often (or as the
+    backend's hint allows, if longer)."""
     answer_timeout_seconds: float = Field(default=300.0, gt=0, allow_inf_nan=False)
+    """Bound on the client's answer to an input_required round."""
 
 
 class VmcpConfig(_Frozen):
@@ -356,14 +411,23 @@ class VmcpConfig(_Frozen):
     """
 
     server: ServerConfig = Field(default_factory=ServerConfig)
+    """Where and how the gateway listens."""
     session: SessionConfig = Field(default_factory=SessionConfig)
+    """Where session metadata lives, and for how long."""
     backends: tuple[BackendConfig, ...] = ()
+    """The backend MCP servers (name and url required)."""
     aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
+    """How the backends' names are merged into one namespace."""
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    """Resource limits."""
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    """Who may call the gateway."""
     health: HealthConfig = Field(default_factory=HealthConfig)
+    """Backend health probes and the circuit breaker."""
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    """Trace export."""
     stateless: StatelessConfig = Field(default_factory=StatelessConfig)
+    """Serving clients of the stateless revision (2026-07-28)."""
 
     @model_validator(mode="after")
     def _cross_section(self, info: ValidationInfo) -> Self:

@@ -31,7 +31,7 @@ from vmcp.auth.outgoing import OutgoingAuth, build_outgoing_auth
 from vmcp.backend.connection import BackendTarget
 from vmcp.backend.health import HealthMonitor
 from vmcp.backend.http_client import backend_http_client
-from vmcp.config import VmcpConfig, load_config
+from vmcp.config import VmcpConfig, load_config, unmatched_env_warnings
 from vmcp.errors import ConfigError, StoreError
 from vmcp.server.methods import MethodHandler
 from vmcp.server.security import RequestGuard
@@ -317,6 +317,8 @@ def serve(config: VmcpConfig, *, log_level: str = "info", log_format: str = "aut
           config_path: Path | None = None) -> None:
     """Run the gateway until SIGINT/SIGTERM (uvicorn finishes in-flight requests)."""
     logs.configure(log_level, log_format)
+    for warning in unmatched_env_warnings():
+        logger.warning("%s", warning)
     app = create_app(config, config_path=config_path)
     server = _Server(uvicorn.Config(app, host=config.server.host, port=config.server.port,
                                     log_level=log_level, log_config=None, lifespan="on",
