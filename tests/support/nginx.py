@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import subprocess
 import time
@@ -14,6 +15,10 @@ from tests.support.redis_server import free_port
 
 STARTUP_TIMEOUT_SECONDS = 15.0
 
+# The shipped example (docs/nginx.conf), with the replicas' and nginx's own ports put in:
+# every test through nginx runs the configuration the documentation recommends.
+EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "nginx.conf"
+
 CONFIG = """
 worker_processes 1;
 pid nginx.pid;
@@ -23,25 +28,21 @@ http {{
   access_log logs/access.log;
   client_body_temp_path tmp;
   proxy_temp_path tmp;
-  upstream vmcp {{
-{servers}
-    keepalive 32;
-  }}
-  server {{
-    listen {host}:{port};
-    location / {{
-      proxy_pass http://vmcp;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host $http_host;
-      proxy_buffering off;
-      proxy_request_buffering off;
-      proxy_read_timeout 60s;
-      proxy_next_upstream error timeout;
-    }}
-  }}
+{site}
 }}
 """
+
+
+def example_site(upstream_ports: Sequence[int], port: int) -> str:
+    """docs/nginx.conf with its ``server`` lines and ``listen`` address replaced."""
+    text = EXAMPLE.read_text(encoding="utf-8")
+    servers = "".join(f"    server {HOST}:{p} max_fails=0;\n" for p in upstream_ports)
+    text, count = re.subn(r"(?m)^    server \S+ max_fails=0;.*\n(    server .*\n)*", servers,
+                          text, count=1)
+    text, listens = re.subn(r"(?m)^    listen \S+;", f"    listen {HOST}:{port};", text)
+    if count != 1 or listens != 1:
+        raise RuntimeError(f"{EXAMPLE} no longer has the upstream servers and one listen line")
+    return text
 
 
 def nginx_binary() -> str:
@@ -58,8 +59,7 @@ def running_nginx(upstream_ports: Sequence[int], workdir: Path) -> Iterator[str]
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
     (workdir / "tmp").mkdir(exist_ok=True)
     port = free_port()
-    servers = "\n".join(f"    server {HOST}:{p} max_fails=0;" for p in upstream_ports)
-    (workdir / "nginx.conf").write_text(CONFIG.format(servers=servers, host=HOST, port=port))
+    (workdir / "nginx.conf").write_text(CONFIG.format(site=example_site(upstream_ports, port)))
     with (workdir / "logs" / "stdout.log").open("ab") as log:
         process = subprocess.Popen(
             [nginx_binary(), "-p", str(workdir), "-c", "nginx.conf", "-g", "daemon off;"],

@@ -8,6 +8,7 @@ page's ``Host`` and ``Origin``, so both are checked before anything else happens
 from __future__ import annotations
 
 import logging
+import time
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
@@ -17,6 +18,10 @@ from vmcp.config import ServerConfig
 logger = logging.getLogger(__name__)
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
+# A refused Host is logged at most this often per name, and for this many names at once,
+# so that a flood of bad requests cannot flood the log.
+REFUSAL_LOG_INTERVAL_SECONDS = 60.0
+REFUSAL_LOG_NAMES = 256
 
 
 def _hostname(host_header: str) -> str:
@@ -39,6 +44,7 @@ class RequestGuard:
         self._hosts.update(_hostname(h) for h in config.allowed_hosts)
         self._check_host = bool(config.allowed_hosts) or config.host in LOOPBACK_NAMES
         self._origins = {o.rstrip("/").lower() for o in config.allowed_origins}
+        self._refusals_logged: dict[str, float] = {}
         if not self._check_host:
             logger.warning("listening on %s with no allowed_hosts: Host header not checked",
                            config.host)
@@ -48,11 +54,30 @@ class RequestGuard:
         if self._check_host:
             host = headers.get("host")
             if host is None or _hostname(host) not in self._hosts:
+                self._log_refused_host(host)
                 return 421, "Invalid Host header"
         origin = headers.get("origin")
         if origin is not None and not self._origin_allowed(origin):
             return 403, "Invalid Origin header"
         return None
+
+    def _log_refused_host(self, host: str | None) -> None:
+        """Behind a load balancer this is the first thing an operator hits: name the Host
+        and the key that admits it (rate-limited per name)."""
+        shown = (host or "")[:100]
+        now = time.monotonic()
+        last = self._refusals_logged.get(shown)
+        if last is not None and now - last < REFUSAL_LOG_INTERVAL_SECONDS:
+            return
+        if last is None and len(self._refusals_logged) >= REFUSAL_LOG_NAMES:
+            self._refusals_logged = {name: at for name, at in self._refusals_logged.items()
+                                     if now - at < REFUSAL_LOG_INTERVAL_SECONDS}
+            if len(self._refusals_logged) >= REFUSAL_LOG_NAMES:
+                return
+        self._refusals_logged[shown] = now
+        logger.warning("refused a request with Host %r (421 Invalid Host header): add it to "
+                       "server.allowed_hosts if clients or a load balancer use that name "
+                       "(logged once a minute per name)", shown or "<none>")
 
     def _origin_allowed(self, origin: str) -> bool:
         normalized = origin.rstrip("/").lower()
