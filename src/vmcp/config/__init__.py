@@ -2,7 +2,8 @@
 
 Layout of the file (every key optional except each backend's ``name`` and ``url``)::
 
-    server:      {host, port, path, allowed_origins, allowed_hosts, max_body_bytes, replica_id}
+    server:      {host, port, path, allowed_origins, allowed_hosts, max_body_bytes, replica_id,
+                  admin: {host, port}}
     session:     {store, key_prefix, ttl_seconds, cache_capacity, store_timeout_seconds,
                   sweep_interval_seconds}
     backends:    [{name, url, transport, headers, connect_timeout_seconds, call_timeout_seconds,
@@ -74,6 +75,7 @@ from vmcp.config.loading import (
     with_overrides,
 )
 from vmcp.config.models import (
+    AdminConfig,
     AggregationConfig,
     BackendConfig,
     BackendToolsConfig,
@@ -93,6 +95,7 @@ __all__ = [
     "ENV_NESTED_DELIMITER",
     "ENV_PREFIX",
     "EXPOSED_NAME_PATTERN",
+    "AdminConfig",
     "AggregationConfig",
     "AuthConfig",
     "BackendConfig",

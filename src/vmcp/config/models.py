@@ -45,6 +45,25 @@ from vmcp.config.auth import (
 # --------------------------------------------------------------------------- models
 
 
+def _check_bind_host(value: str) -> str:
+    if not value or any(c.isspace() or c in "/?#@" for c in value):
+        raise ValueError(f"{value!r} is not a host name or address to bind")
+    return value
+
+
+class AdminConfig(_Frozen):
+    """A listener of its own for ``/status``, ``/metrics`` and ``/ui``, off while ``port``
+    is unset. When it is on, those endpoints leave the main port; ``/healthz`` and
+    ``/readyz`` stay there (and are on this one too) for the probes of load balancers and
+    orchestrators. It has no authentication: keep it on a loopback or private address."""
+
+    host: Annotated[str, AfterValidator(_check_bind_host)] = "127.0.0.1"
+    """Address of the admin listener (loopback by default)."""
+    port: int | None = Field(default=None, ge=0, le=65535)
+    """Its port; unset: no admin listener, and the ops endpoints are on the main port (where
+    they then need a valid credential whenever auth.incoming is not anonymous)."""
+
+
 class ServerConfig(_Frozen):
     """Where and how the gateway listens.
 
@@ -72,13 +91,20 @@ class ServerConfig(_Frozen):
     """Largest request body accepted (413 beyond)."""
     replica_id: str = Field(default="", validate_default=True)
     """This replica's name in logs, /status and metrics; empty: a random 8-hex-digit id."""
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    """The admin listener for /status, /metrics and /ui."""
 
     @field_validator("host")
     @classmethod
     def _host(cls, value: str) -> str:
-        if not value or any(c.isspace() or c in "/?#@" for c in value):
-            raise ValueError(f"{value!r} is not a host name or address to bind")
-        return value
+        return _check_bind_host(value)
+
+    @model_validator(mode="after")
+    def _admin_port_differs(self) -> Self:
+        if self.admin.port and self.admin.port == self.port:
+            raise ValueError(f"admin.port {self.admin.port} is also the main port: "
+                             "the admin listener needs a port of its own")
+        return self
 
     @field_validator("path")
     @classmethod

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -26,13 +26,13 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from vmcp import __version__, logs, tracing
-from vmcp.auth.incoming import build_authenticator, metadata_paths
+from vmcp.auth.incoming import Authenticator, build_authenticator, metadata_paths
 from vmcp.auth.outgoing import OutgoingAuth, build_outgoing_auth
 from vmcp.backend.connection import BackendTarget
 from vmcp.backend.health import HealthMonitor
 from vmcp.backend.http_client import backend_http_client
 from vmcp.config import VmcpConfig, load_config, unmatched_env_warnings
-from vmcp.errors import ConfigError, StoreError
+from vmcp.errors import AuthenticationError, ConfigError, StoreError
 from vmcp.server.methods import MethodHandler
 from vmcp.server.security import RequestGuard
 from vmcp.server.stateless import StatelessEndpoint
@@ -203,22 +203,50 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
     async def metrics_route(request: Request) -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
+    probes = [Route("/healthz", healthz), Route("/readyz", readyz)]
+    ops = [Route("/metrics", metrics_route), Route("/status", status),
+           Route("/ui", status_page)]
+    admin = None
+    if config.server.admin.port is not None:
+        # The ops endpoints move to the admin listener; the probes stay where they were.
+        admin = Starlette(routes=[*probes, *ops])
+        ops = []
+    elif config.auth.incoming.type != "anonymous":
+        logger.warning("/status, /metrics and /ui are on the public port and answer only "
+                       "requests with a valid credential: set server.admin.port to serve "
+                       "them on a listener of their own")
+        ops = [Route(route.path, _with_credentials(route.endpoint, authenticator))
+               for route in ops]
     routes = [
-        Route("/metrics", metrics_route),
         Route(config.server.path, endpoint=endpoint),
-        Route("/healthz", healthz),
-        Route("/readyz", readyz),
-        Route("/status", status),
-        Route("/ui", status_page),
+        *probes,
+        *ops,
         *(Route(path, resource_metadata, methods=["GET"]) for path in metadata_paths(config)),
     ]
+
     def mark_listening() -> None:
         listening = state.get("listening")
         if isinstance(listening, anyio.Event):
             listening.set()
 
     return GatewayApp(Starlette(routes=routes, lifespan=authenticated), config.server.path,
-                      endpoint, mark_listening)
+                      endpoint, mark_listening, admin)
+
+
+def _with_credentials(handler: Callable[[Request], Awaitable[Response]],
+                      authenticate: Authenticator) -> Callable[[Request], Awaitable[Response]]:
+    """``handler``, answering 401 (with the challenge) to a request without a credential
+    the gateway's incoming auth accepts: ops endpoints on the public port show backend
+    URLs and recent errors, which are not for anyone who can reach the port."""
+    async def guarded(request: Request) -> Response:
+        try:
+            await authenticate(request.headers)
+        except AuthenticationError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.http_status,
+                                headers=dict(exc.response_headers()))
+        return await handler(request)
+
+    return guarded
 
 
 class GatewayApp:
@@ -227,17 +255,23 @@ class GatewayApp:
     routing and middleware add nothing there but cost on every call (bench profile).
 
     ``mark_listening`` is called by the server once its sockets are bound; only then is
-    the replica announced as ready in the log."""
+    the replica announced as ready in the log. With an admin listener, requests that
+    arrive on ``admin_port`` (set once it is bound) go to the ``admin`` app alone."""
 
     def __init__(self, app: Starlette, path: str, endpoint: _Endpoint,
-                 mark_listening: Callable[[], None]) -> None:
+                 mark_listening: Callable[[], None], admin: Starlette | None = None) -> None:
         self.app = app
         self._path = path
         self._endpoint = endpoint
         self.mark_listening = mark_listening
+        self.admin = admin
+        self.admin_port: int | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == self._path:
+        if scope["type"] == "http" and self.admin is not None and self.admin_port is not None \
+                and (scope.get("server") or ("", None))[1] == self.admin_port:
+            await self.admin(scope, receive, send)
+        elif scope["type"] == "http" and scope["path"] == self._path:
             await self._endpoint(scope, receive, send)
         else:
             await self.app(scope, receive, send)
@@ -323,7 +357,20 @@ def serve(config: VmcpConfig, *, log_level: str = "info", log_format: str = "aut
     server = _Server(uvicorn.Config(app, host=config.server.host, port=config.server.port,
                                     log_level=log_level, log_config=None, lifespan="on",
                                     timeout_graceful_shutdown=10), app.mark_listening)
-    server.run()
+    admin = config.server.admin
+    if admin.port is None:
+        server.run()
+        return
+    sockets = [_bind(config.server.host, config.server.port), _bind(admin.host, admin.port)]
+    app.admin_port = sockets[1].getsockname()[1]
+    logger.info("admin listener (/status, /metrics, /ui) on http://%s:%d", admin.host,
+                app.admin_port)
+    server.run(sockets=sockets)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host.strip("[]"), port), family=family)
 
 
 class _Server(uvicorn.Server):
