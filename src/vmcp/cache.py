@@ -51,6 +51,9 @@ class CacheStatistics:
     load_failures: int
     expirations: int
     evictions: int
+    """Dropped for capacity (least recently used)."""
+    removals: int
+    """Dropped on purpose: the session ended (a client DELETE, ended on another replica)."""
     check_failures: int
 
 
@@ -85,7 +88,7 @@ class ValidatingCache(Generic[K, V]):
         self._mutations: dict[K, int] = {}
         self._releases: set[asyncio.Task[None]] = set()
         self._hits = self._misses = self._loads = self._load_failures = 0
-        self._expirations = self._evictions = self._check_failures = 0
+        self._expirations = self._evictions = self._removals = self._check_failures = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -131,7 +134,7 @@ class ValidatingCache(Generic[K, V]):
         self._mutated(key)
         value = self._entries.pop(key, None)
         if value is not None:
-            self._evictions += 1
+            self._removals += 1
             self._release(key, value)
         return value
 
@@ -145,6 +148,7 @@ class ValidatingCache(Generic[K, V]):
             load_failures=self._load_failures,
             expirations=self._expirations,
             evictions=self._evictions,
+            removals=self._removals,
             check_failures=self._check_failures,
         )
 

@@ -64,6 +64,7 @@ class LogLevel(StrEnum):
     warning = "warning"
     info = "info"
     debug = "debug"
+    trace = "trace"  # debug, and the HTTP client libraries' debug lines too
 
 
 def main() -> None:

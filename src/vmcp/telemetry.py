@@ -13,10 +13,19 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from opentelemetry.trace import SpanKind
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from vmcp.backend.health import HealthMonitor
 from vmcp.errors import SessionNotFound, StoreError, StoreTimeout
 from vmcp.session.ledger import UpstreamLedger
 from vmcp.session.manager import SessionManager
@@ -33,9 +42,13 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # CPU, memory, file descriptors, GC and the Python version of this process.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            self.registry.register(collector)
         self.requests = Counter(
-            "vmcp_requests", "MCP HTTP requests by JSON-RPC method (or verb) and status.",
-            ["method", "status"], registry=self.registry)
+            "vmcp_requests", "MCP HTTP requests by MCP method, HTTP status and outcome "
+            "(ok, error: an HTTP error or a JSON-RPC error, cancelled).",
+            ["method", "status", "outcome"], registry=self.registry)
         self.request_seconds = Histogram(
             "vmcp_request_duration_seconds", "Time to answer an MCP HTTP request.",
             ["method"], buckets=LATENCY_BUCKETS, registry=self.registry)
@@ -52,27 +65,28 @@ class Metrics:
             "vmcp_backend_call_duration_seconds", "Backend call latency, as vmcp sees it.",
             ["backend"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self._backend_children: dict[tuple[str, str], tuple[Any, Any]] = {}
-        self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._request_children: dict[tuple[str, int, str], tuple[Any, Any]] = {}
         self._store_children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def watch(self, manager: SessionManager, ledger: UpstreamLedger,
-              relay: RedisSessionRelay | None = None) -> None:
-        """Expose the manager's, the ledger's and the relay's own counters at scrape time,
-        and take the ledger's per-call figures."""
-        self.registry.register(_StateCollector(manager, ledger, relay))
+              relay: RedisSessionRelay | None = None,
+              monitor: HealthMonitor | None = None) -> None:
+        """Expose the manager's, the ledger's, the relay's and the health monitor's own
+        figures at scrape time, and take the ledger's per-call figures."""
+        self.registry.register(_StateCollector(manager, ledger, relay, monitor))
         ledger.call_observer = self.observe_backend_call
 
-    def observe_request(self, method: str, status: int, started: float) -> None:
+    def observe_request(self, method: str, status: int, outcome: str, seconds: float) -> None:
         # Label lookups cost more than the observation; the label sets are few and fixed
         # (methods are MCP's own names, see the transport), so keep the children.
-        key = (method, status)
+        key = (method, status, outcome)
         children = self._request_children.get(key)
         if children is None:
-            children = (self.requests.labels(method, str(status)),
+            children = (self.requests.labels(method, str(status), outcome),
                         self.request_seconds.labels(method))
             self._request_children[key] = children
         children[0].inc()
-        children[1].observe(time.perf_counter() - started)
+        children[1].observe(seconds)
 
     def observe_backend_call(self, backend: str, outcome: str, seconds: float) -> None:
         key = (backend, outcome)
@@ -100,10 +114,11 @@ class Metrics:
 
 class _StateCollector(Collector):
     def __init__(self, manager: SessionManager, ledger: UpstreamLedger,
-                 relay: RedisSessionRelay | None) -> None:
+                 relay: RedisSessionRelay | None, monitor: HealthMonitor | None) -> None:
         self._manager = manager
         self._ledger = ledger
         self._relay = relay
+        self._monitor = monitor
 
     def collect(self) -> Iterator[Any]:
         stats = self._manager.statistics()
@@ -116,7 +131,10 @@ class _StateCollector(Collector):
             ("vmcp_cache_restores", cache.loads, "Sessions restored from stored metadata."),
             ("vmcp_cache_restore_failures", cache.load_failures, "Restores that failed."),
             ("vmcp_cache_expirations", cache.expirations, "Cached sessions found ended."),
-            ("vmcp_cache_evictions", cache.evictions, "Sessions evicted (LRU or ended)."),
+            ("vmcp_cache_evictions", cache.evictions,
+             "Live sessions closed for capacity (least recently used)."),
+            ("vmcp_cache_removals", cache.removals,
+             "Live sessions closed because they ended (client DELETE, ended elsewhere)."),
             ("vmcp_security_events", stats.security_events,
              "Requests refused because the caller is not the session's identity."),
         ):
@@ -130,6 +148,12 @@ class _StateCollector(Collector):
             ended.add_metric([backend], counts.ended)
         yield opened
         yield ended
+        if self._monitor is not None:
+            up = GaugeMetricFamily("vmcp_backend_up", "1 while a backend's probes find it fit "
+                                   "for new sessions, else 0.", labels=["backend"])
+            for backend in self._monitor.snapshot():
+                up.add_metric([backend], float(self._monitor.usable_for_new_sessions(backend)))
+            yield up
         if self._relay is not None:
             relayed = CounterMetricFamily(
                 "vmcp_relay_messages", "Messages between replicas over Redis pub/sub.",

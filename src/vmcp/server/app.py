@@ -74,6 +74,7 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
     started.
     """
     endpoint = _Endpoint()
+    logs.set_replica(config.server.replica_id)
     authenticator = build_authenticator(config)
     outgoing = build_outgoing_auth(config)
     if config.telemetry.otlp_endpoint:
@@ -122,7 +123,7 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                                      max_sessions_per_identity=(
                                          config.limits.max_sessions_per_identity),
                                      liveness_interval=session.liveness_interval_seconds)
-            metrics.watch(manager, connector.ledger, relay)
+            metrics.watch(manager, connector.ledger, relay, monitor)
             background.start_soon(manager.follow_ended_sessions)
             if relay is not None:
                 background.start_soon(relay.run)
@@ -164,8 +165,9 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
         try:
             await store.ping()  # type: ignore[attr-defined]
         except StoreError as exc:
-            return JSONResponse({"status": "store unavailable", "error": str(exc)},
-                                status_code=503)
+            # The store's address is for the log, not for whoever probes the port.
+            logger.warning("not ready: %s", exc)
+            return JSONResponse({"status": "store unavailable"}, status_code=503)
         monitor = state.get("monitor")
         if isinstance(monitor, HealthMonitor) and not monitor.probed:
             return JSONResponse({"status": "backends not probed yet"}, status_code=503)

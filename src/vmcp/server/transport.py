@@ -14,10 +14,12 @@ checked before any session is looked up: 401 missing or refused (with ``WWW-Auth
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -101,15 +103,13 @@ class McpEndpoint:
             return
         verb = scope["method"]
         logs.request_id.set(secrets.token_hex(6))
+        record = RequestRecord()
+        _record.set(record)
         began = time.perf_counter()
-        status = 0
 
         async def tracking_send(message: Message) -> None:
-            nonlocal status
             if message["type"] == "http.response.start":
-                status = message["status"]
-                if self._metrics is not None:
-                    self._metrics.observe_request(scope.get(METHOD_KEY, verb), status, began)
+                record.status = message["status"]
             await send(message)
 
         try:
@@ -120,9 +120,27 @@ class McpEndpoint:
         except Exception:
             # The last line of defence: a bug must still answer in JSON-RPC, not crash.
             logger.exception("unexpected error serving %s", verb)
-            if not status:
+            if not record.status:
                 await _send_json(tracking_send, 500, jsonrpc.error(None, INTERNAL_ERROR_CODE,
                                                                    "Internal error"))
+        finally:
+            self._finish(record, scope.get(METHOD_KEY) or _VERB_LABELS.get(verb, "invalid"),
+                         headers.get(SESSION_HEADER), time.perf_counter() - began)
+
+    def _finish(self, record: RequestRecord, method: str, session_id: str | None,
+                seconds: float) -> None:
+        """The request's metric and its one log line: what an operator keeps of it."""
+        outcome = record.outcome
+        if record.status >= 400 or not record.status:
+            outcome = "error"
+        if self._metrics is not None:
+            self._metrics.observe_request(method, record.status, outcome, seconds)
+        session = session_id or record.session_id
+        logger.info("%s %s %d in %.1f ms", method, outcome, record.status, seconds * 1000,
+                    extra={"method": method, "tool": record.tool, "backend": record.backend,
+                           "status": record.status, "outcome": outcome,
+                           "duration_ms": round(seconds * 1000, 3),
+                           "session_id": session or None})
 
     async def _dispatch(self, verb: str, scope: Scope, receive: Receive, send: Send,
                         headers: Headers) -> None:
@@ -168,6 +186,7 @@ class McpEndpoint:
         attributes: dict[str, str] = {"mcp.method.name": scope[METHOD_KEY]}
         if message.method == "tools/call" and isinstance(message.params.get("name"), str):
             attributes["mcp.tool.name"] = message.params["name"][:128]
+            _record.get().tool = attributes["mcp.tool.name"]
         if session_id := headers.get(SESSION_HEADER):
             attributes["mcp.session.tag"] = tracing.session_tag(session_id)
         with tracing.tracer.start_as_current_span(
@@ -250,6 +269,7 @@ class McpEndpoint:
             raise _error_reply(exc, message.id) from exc
         assert isinstance(live, MultiSession)
         payload = self._methods.initialize_result(live, message.params)
+        _record.get().session_id = live.session_id
         await _send_json(send, 200, jsonrpc.result(message.id, payload),
                          extra=[(SESSION_HEADER.encode(), live.session_id.encode())])
 
@@ -370,6 +390,18 @@ class McpEndpoint:
 
     async def _answer(self, session: MultiSession, message: Incoming, channel: ClientChannel,
                       principal: Principal) -> dict[str, Any] | None:
+        record = _record.get()
+        answer = await self._answer_for(session, message, channel, principal)
+        record.outcome = ("cancelled" if answer is None
+                          else "error" if "error" in answer else "ok")
+        if record.tool is not None and record.backend is None:
+            route = session.routing.route_tool(record.tool)
+            record.backend = route.backend if route is not None else None
+        return answer
+
+    async def _answer_for(self, session: MultiSession, message: Incoming,
+                          channel: ClientChannel, principal: Principal
+                          ) -> dict[str, Any] | None:
         request_id = message.id
         try:
             with session.track_request(request_id):
@@ -382,6 +414,7 @@ class McpEndpoint:
         except SessionClosed:
             return jsonrpc.error(request_id, SessionClosed.jsonrpc_code, "Session not found")
         except BackendError as exc:
+            _record.get().backend = exc.backend
             logger.warning("backend call failed: %s", exc,
                            extra={"session_id": session.session_id, "backend": exc.backend})
             return jsonrpc.error(request_id, INTERNAL_ERROR_CODE, str(exc),
@@ -444,6 +477,23 @@ class McpEndpoint:
         await _send_empty(send, 200)
 
 
+@dataclass
+class RequestRecord:
+    """What one request's log line and metric say, filled in as it is served (the
+    detached work of a call shares it through the context)."""
+
+    status: int = 0
+    outcome: str = "ok"
+    tool: str | None = None
+    backend: str | None = None
+    session_id: str | None = None
+
+
+_record: contextvars.ContextVar[RequestRecord] = contextvars.ContextVar("vmcp_request_record")
+# The metric label of requests that carry no MCP method.
+_VERB_LABELS = {"GET": "stream", "DELETE": "end_session"}
+
+
 class _Reply(Exception):
     """An early answer (an error status) raised from deep in a request's handling."""
 
@@ -457,7 +507,11 @@ class _Reply(Exception):
 
 def _error_reply(exc: VmcpError, request_id: Any) -> _Reply:
     headers = [(b"retry-after", b"1")] if isinstance(exc, StoreError) else []
-    if isinstance(exc, SessionError | SessionClosed | InvalidSessionId):
+    if isinstance(exc, StoreError):
+        # The detail (which store, which address) is for the log, not for clients.
+        logger.warning("session store unavailable: %s", exc)
+        message = exc.public_message
+    elif isinstance(exc, SessionError | SessionClosed | InvalidSessionId):
         message = exc.public_message
     else:
         message = str(exc) or exc.public_message
