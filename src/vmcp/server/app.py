@@ -53,6 +53,10 @@ logger = logging.getLogger(__name__)
 # How long an interrupted response stream can be resumed on another replica.
 STREAM_EVENTS_TTL = 300.0
 
+DRAIN_SECONDS = 10
+"""After SIGTERM, how long in-flight requests may take to finish before they are cut (an
+orchestrator's grace period must be longer; deploy/kubernetes is checked against it)."""
+
 
 class _Endpoint:
     """Holds the MCP endpoint once the lifespan has built it."""
@@ -358,7 +362,7 @@ def serve(config: VmcpConfig, *, log_level: str = "info", log_format: str = "aut
     app = create_app(config, config_path=config_path)
     server = _Server(uvicorn.Config(app, host=config.server.host, port=config.server.port,
                                     log_level=log_level, log_config=None, lifespan="on",
-                                    timeout_graceful_shutdown=10), app.mark_listening)
+                                    timeout_graceful_shutdown=DRAIN_SECONDS), app.mark_listening)
     admin = config.server.admin
     if admin.port is None:
         server.run()
