@@ -188,3 +188,21 @@ class RawSession:
 
     def delete(self, *, url: str | None = None) -> httpx2.Response:
         return self.http.delete(url or self.url, headers=self.headers())
+
+
+async def listen_until(client: httpx2.AsyncClient, url: str, session: RawSession, method: str,
+                       opened: Any, received: list[dict[str, Any]]) -> None:
+    """Hold ``session``'s GET stream on ``url`` until a ``method`` notification arrives.
+
+    ``opened`` (an ``anyio.Event``) is set at the stream's first line, once it is
+    subscribed; every message is appended to ``received``.
+    """
+    headers = session.headers({"Accept": "text/event-stream"})
+    async with client.stream("GET", url, headers=headers) as response:
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            opened.set()
+            if line.startswith("data:") and line[5:].strip():
+                received.append(json.loads(line[5:]))
+                if received[-1].get("method") == method:
+                    return

@@ -223,6 +223,20 @@ def running_backends(modules: Mapping[str, str], log_dir: Path) -> Iterator[dict
             managed.stop()
 
 
+def restart_backend(managed: ManagedProcess, module: str,
+                    timeout: float = STARTUP_TIMEOUT_SECONDS) -> None:
+    """Start a stopped backend again on its own port (it remembers nothing) and wait."""
+    with managed.log_path.open("ab") as log:
+        managed.process = subprocess.Popen(
+            _backend_command(module, managed.port), cwd=PROJECT_ROOT, stdout=log,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    managed.stopped = False
+    RUNNING.append(managed)
+    if wait_until_ready([managed], timeout):
+        raise ProcessStartError(f"{managed.describe()} did not start again:\n"
+                                f"{managed.log_tail()}")
+
+
 # -- gateways -------------------------------------------------------------------------
 
 
@@ -293,6 +307,7 @@ __all__ = [
     "ManagedProcess",
     "ProcessStartError",
     "gateway_config",
+    "restart_backend",
     "running_backends",
     "running_gateway",
     "running_gateways",

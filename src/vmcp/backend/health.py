@@ -71,6 +71,9 @@ class HealthMonitor:
         self._degraded_latency = degraded_latency_seconds
         self._health: dict[str, BackendHealth] = {name: BackendHealth() for name in self._targets}
         self._probed = anyio.Event()
+        # Told the name of a backend that answers again after failing, so that live
+        # sessions which left it out (it was down when they were created) take it in.
+        self.on_recovered: Callable[[str], None] | None = None
 
     def set_targets(self, targets: Sequence[BackendTarget]) -> None:
         """Follow a reloaded configuration: keep what is known of kept backends."""
@@ -132,6 +135,10 @@ class HealthMonitor:
                                        latency, 0, None, time.time())
         self._health[target.name] = health
         self._log_change(target.name, previous, health)
+        recovered = (health.consecutive_failures == 0 and _usable(health.status)
+                     and (previous.consecutive_failures > 0 or not _usable(previous.status)))
+        if recovered and self.on_recovered is not None:
+            self.on_recovered(target.name)
 
     def _log_change(self, name: str, previous: BackendHealth, health: BackendHealth) -> None:
         """A failed probe is a WARNING from the first one on, not only once the backend

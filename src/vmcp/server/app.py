@@ -128,6 +128,11 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                                          config.limits.max_sessions_per_identity),
                                      liveness_interval=session.liveness_interval_seconds)
             metrics.watch(manager, connector.ledger, relay, monitor)
+            if monitor is not None:
+                def rejoin(name: str) -> None:
+                    background.start_soon(_rejoin, name, manager, connector)
+
+                monitor.on_recovered = rejoin
             background.start_soon(manager.follow_ended_sessions)
             if relay is not None:
                 background.start_soon(relay.run)
@@ -281,6 +286,16 @@ class GatewayApp:
             await self._endpoint(scope, receive, send)
         else:
             await self.app(scope, receive, send)
+
+
+async def _rejoin(backend: str, manager: SessionManager, connector: BackendConnector) -> None:
+    """A backend answers again: the sessions live here that were created while it was down
+    take it in (and their clients are sent ``list_changed``), as after a reload. Each
+    replica does this for the sessions it holds; the stored backend list follows, so a
+    replica restoring one later gets the backend too."""
+    changed = await manager.reconcile_live_sessions(connector.reconcile)
+    logger.info("backend %s recovered: %d live sessions took it in", backend, changed,
+                extra={"backend": backend})
 
 
 async def _log_when_ready(config: VmcpConfig, listening: anyio.Event,

@@ -88,13 +88,19 @@ class BackendConnector:
         self._config = config
 
     async def reconcile(self, session: LiveSession) -> bool:
-        """Bring a live session in line with the configured backends (after a reload):
-        connect the added ones, end the removed ones. True if anything changed."""
+        """Bring a live session in line with the configured backends (after a reload, or
+        when a backend recovers): connect the configured ones it lacks that the health
+        filter allows, end the removed ones. True if anything changed.
+
+        A backend sent each caller's own credentials is left for the session's next
+        ``initialize``: there is no caller here to connect it for."""
         if not isinstance(session, MultiSession):
             raise TypeError("only sessions this connector built can be reconciled")
         wanted = {b.name: b for b in self._config.backends}
         current = set(session.backend_names())
-        added = [b for name, b in wanted.items() if name not in current]
+        added = [b for name, b in wanted.items() if name not in current
+                 and (self._is_healthy is None or self._is_healthy(name))
+                 and not (current_caller() is None and self._outgoing.per_caller(name))]
         removed = sorted(current - set(wanted))
         if not added and not removed:
             return False

@@ -104,6 +104,7 @@ class SessionManager:
             on_evict=self._close,
         )
         self._security_events = 0
+        self._reconciling = asyncio.Lock()
 
     # -- creation -------------------------------------------------------------------
 
@@ -354,7 +355,16 @@ class SessionManager:
     ) -> int:
         """Apply ``reconcile`` to every session live here (a configuration reload) and
         store each changed session's new backend list (set-if-present: a session ended
-        meanwhile stays ended). Returns how many sessions changed."""
+        meanwhile stays ended). Returns how many sessions changed.
+
+        One pass at a time (a reload and a recovering backend may ask together): two
+        passes over one session would both connect the backend it lacks."""
+        async with self._reconciling:
+            return await self._reconcile_live_sessions(reconcile)
+
+    async def _reconcile_live_sessions(
+        self, reconcile: Callable[[LiveSession], Awaitable[bool]]
+    ) -> int:
         changed = 0
         for session_id in self._cache.cached_keys():
             entry = self._cache.peek(session_id)
