@@ -304,18 +304,29 @@ class McpEndpoint:
         runs detached from this connection, so a client that drops the stream can resume
         it with ``Last-Event-ID`` and nothing is lost.
         """
-        stream = session.streams.open()
+        stream = session.streams.open(message.id)
         channel = session.channel(stream, message.id)
 
         async def run() -> None:
             final = await self._answer(session, message, channel, principal)
             stream.append(Outbound(final, final=True))
 
-        session.spawn(run())
-        first = (await stream.after(0))[0][1]
+        work = run()
+        try:
+            session.spawn(work)
+        except SessionClosed as exc:
+            # Closed between lookup and use: the same answer as for an unknown session.
+            work.close()
+            session.streams.drop(stream.id)
+            raise _error_reply(exc, message.id) from exc
+        first = await _first_event(receive, stream)
+        if first is None:  # the client went away first; the work runs on, resumable
+            return
         if first.final:
             session.streams.drop(stream.id)
-            if first.message is not None:
+            if first.session_ended and first.message is not None:
+                await _send_json(send, SessionClosed.http_status, first.message)
+            elif first.message is not None:
                 await _send_json(send, 200, first.message)
             else:  # cancelled by the client: no response, just the end of an empty stream
                 await send({"type": "http.response.start", "status": 200,
@@ -373,6 +384,7 @@ class McpEndpoint:
         assert session.event_log is not None
         async with anyio.create_task_group() as tg:
             tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
+            tg.start_soon(_cancel_on_close, session, tg.cancel_scope)
             try:
                 async for position, record in session.event_log.read(
                         session.session_id, stream_id, after):
@@ -451,6 +463,8 @@ class McpEndpoint:
             return
         async with anyio.create_task_group() as tg:
             tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
+            # Closed before it subscribed, its stream would never be closed by the session.
+            tg.start_soon(_cancel_on_close, session, tg.cancel_scope)
             async with session.subscribe() as messages:
                 # Only now, with the stream subscribed everywhere, tell the client it is
                 # open: what happens after this point cannot be missed.
@@ -557,6 +571,25 @@ async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> N
         if message["type"] == "http.disconnect":
             scope.cancel()
             return
+
+
+async def _cancel_on_close(session: MultiSession, scope: anyio.CancelScope) -> None:
+    """End a stream that the session's own close would not end."""
+    await session.wait_closed()
+    scope.cancel()
+
+
+async def _first_event(receive: Receive, stream: ResponseStream) -> Outbound | None:
+    """The stream's first event, or None if the client disconnects before there is one.
+
+    Bounded by the work: it ends with an answer, or the session's close answers it.
+    """
+    first: Outbound | None = None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
+        first = (await stream.after(0))[0][1]
+        tg.cancel_scope.cancel()
+    return first
 
 
 async def _send_json(send: Send, status: int, body: dict[str, Any],

@@ -10,7 +10,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from typing import Any
 
 import anyio
@@ -90,6 +98,7 @@ class MultiSession:
         self._subscriber: MemoryObjectSendStream[dict[str, Any]] | None = None
         self._listeners: anyio.CancelScope | None = None
         self._closed = False
+        self._ended = anyio.Event()
         self._last_full_refresh = -REFRESH_INTERVAL
 
     @property
@@ -202,7 +211,13 @@ class MultiSession:
 
         task = asyncio.create_task(run(), name=f"vmcp-request-{self._session_id[:8]}")
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._tasks.discard(finished)
+            if isinstance(work, Coroutine):
+                work.close()  # cancelled before it started: never awaited, close quietly
+
+        task.add_done_callback(done)
 
     def persist_stream(self, stream: ResponseStream) -> None:
         """Copy an interrupted stream's events to the event log, so that the client can
@@ -421,6 +436,14 @@ class MultiSession:
 
     # -- closing --------------------------------------------------------------------
 
+    def _ended_answer(self, request_id: Any) -> dict[str, Any]:
+        return {"jsonrpc": "2.0", "id": request_id,
+                "error": {"code": SessionClosed.jsonrpc_code, "message": "Session not found"}}
+
+    async def wait_closed(self) -> None:
+        """Return once the session is closed (ends streams that outlive no session)."""
+        await self._ended.wait()
+
     async def aclose(self) -> None:
         """End every backend session (in parallel); idempotent, never raises."""
         if self._closed:
@@ -433,6 +456,10 @@ class MultiSession:
         self.pending.cancel_all()
         for task in list(self._tasks):
             task.cancel()
+        # A cancelled task writes no answer (one cancelled before it started runs no code
+        # at all): the session's own end answers every request still open.
+        self.streams.end_all(self._ended_answer)
+        self._ended.set()
 
         async with anyio.create_task_group() as tg:
             for name, connection in self._connections.items():

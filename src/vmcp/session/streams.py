@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,26 +25,33 @@ MAX_STREAMS_PER_SESSION = 256
 class Outbound:
     """One event for the client.
 
-    ``final`` marks the response that ends the stream. ``pause_ms`` (no message) asks the
-    HTTP layer to end the connection now and tell the client to reconnect after that
-    many milliseconds, mirroring a backend that closed its own stream early.
+    ``final`` marks the response that ends the stream; ``session_ended`` marks the error
+    that ends it because its session closed (answered like an unknown session).
+    ``pause_ms`` (no message) asks the HTTP layer to end the connection now and tell the
+    client to reconnect after that many milliseconds, mirroring a backend that closed its
+    own stream early.
     """
 
     message: dict[str, Any] | None
     final: bool = False
     pause_ms: int | None = None
+    session_ended: bool = False
 
 
 class ResponseStream:
     """The ordered events of one request; sequence numbers start at 1."""
 
-    def __init__(self, stream_id: str) -> None:
+    def __init__(self, stream_id: str, request_id: Any = None) -> None:
         self.id = stream_id
+        self.request_id = request_id
         self._events: list[Outbound] = []
         self._changed = anyio.Event()
         self.finished_at: float | None = None
 
     def append(self, item: Outbound) -> None:
+        """Add one event; nothing follows a final one (a stream has one answer)."""
+        if self.finished_at is not None:
+            return
         self._events.append(item)
         if item.final:
             self.finished_at = time.monotonic()
@@ -71,9 +79,9 @@ class ResponseStreams:
         self._streams: OrderedDict[str, ResponseStream] = OrderedDict()
         self._next = 1
 
-    def open(self) -> ResponseStream:
+    def open(self, request_id: Any = None) -> ResponseStream:
         self._prune()
-        stream = ResponseStream(f"{self._prefix}-{self._next}")
+        stream = ResponseStream(f"{self._prefix}-{self._next}", request_id)
         self._next += 1
         self._streams[stream.id] = stream
         return stream
@@ -83,6 +91,14 @@ class ResponseStreams:
 
     def drop(self, stream_id: str) -> None:
         self._streams.pop(stream_id, None)
+
+    def end_all(self, answer: Callable[[Any], dict[str, Any]]) -> None:
+        """Finish every open stream with ``answer(request_id)``: the session closed, and
+        whoever waits on a stream (the request's handler, a resumed GET) gets an end,
+        whether or not the work behind it ever ran."""
+        for stream in self._streams.values():
+            stream.append(Outbound(answer(stream.request_id), final=True,
+                                   session_ended=True))
 
     def _prune(self) -> None:
         now = time.monotonic()
