@@ -9,9 +9,11 @@ abandoned).
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx2
@@ -110,3 +112,60 @@ def test_a_call_past_the_deadline_is_cancelled_at_the_backend_and_names_it(
     assert isinstance(cancelled.params, dict)
     assert cancelled.params["requestId"] == upstream.rpc_id
     assert still_working["content"][0]["text"] == "after"
+
+
+RACERS = 8
+RACE_CAP = 3
+RACE_TRIALS = 25
+
+
+def _race(gateways: list[ManagedProcess], clients: list[httpx2.Client]
+          ) -> list[httpx2.Response]:
+    """One identity's ``initialize`` requests, all released at once, alternating replicas."""
+    start = threading.Barrier(len(clients))
+
+    def one(index: int) -> httpx2.Response:
+        start.wait()
+        return initialize(clients[index], gateways[index % len(gateways)], ALICE_TOKEN)
+
+    with ThreadPoolExecutor(len(clients)) as pool:
+        return list(pool.map(one, range(len(clients))))
+
+
+@pytest.mark.redis
+def test_simultaneous_initializes_on_two_replicas_never_exceed_the_cap(
+        redis_server: RedisServer, tmp_path: Path, http: httpx2.Client) -> None:
+    """The race of a non-atomic count: every racer sees fewer than the cap and all of
+    them go ahead. Each trial's sessions are then DELETEd, so every trial also shows that
+    an ended session gives its slot back at once."""
+    with recording_backend() as backend:
+        session = {"store": redis_server.url, "key_prefix": f"race:{uuid.uuid4().hex[:12]}:"}
+        configs = {name: {"backends": [{"name": "rec", "url": backend.url}],
+                          "session": session, "auth": static_auth(),
+                          "limits": {"max_sessions_per_identity": RACE_CAP}}
+                   for name in ("replica-1", "replica-2")}
+        clients = [httpx2.Client(timeout=15.0) for _ in range(RACERS)]
+        counts: list[tuple[int, int]] = []
+        try:
+            with running_gateways(configs, tmp_path) as running:
+                gateways = [running["replica-1"], running["replica-2"]]
+                for trial in range(RACE_TRIALS):
+                    answers = _race(gateways, clients)
+                    admitted = [r for r in answers if r.status_code == 200]
+                    refused = [r for r in answers if r.status_code == 429]
+                    counts.append((len(admitted), len(refused)))
+                    for n, response in enumerate(admitted):
+                        # Usable: on the other replica too. Then ended, for the next trial.
+                        headers = {**BASE_HEADERS, **bearer(ALICE_TOKEN),
+                                   "MCP-Protocol-Version": PROTOCOL_VERSION,
+                                   "Mcp-Session-Id": response.headers["mcp-session-id"]}
+                        target = gateways[(trial + n) % 2].url
+                        listed = http.post(target, headers=headers, json={
+                            "jsonrpc": "2.0", "id": 2, "method": "tools/list"})
+                        assert listed.status_code == 200, listed.text
+                        assert http.delete(target, headers=headers).status_code == 200
+        finally:
+            for client in clients:
+                client.close()
+
+    assert counts == [(RACE_CAP, RACERS - RACE_CAP)] * RACE_TRIALS, counts

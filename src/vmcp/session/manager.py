@@ -125,7 +125,9 @@ class SessionManager:
             admitted = await self._identities.admit(binding, session_id,
                                                     self._max_per_identity)
         except BaseException:
+            # The reservation may have landed before the error: release it too.
             await _shielded(self._mark_terminated(session_id))
+            await _shielded(self._forget_identity(binding, session_id))
             raise
         if not admitted:
             await _shielded(self._mark_terminated(session_id))
@@ -140,11 +142,13 @@ class SessionManager:
             raise
 
     async def _forget_identity(self, binding: str, session_id: str) -> None:
-        assert self._identities is not None
+        """Release ``session_id``'s slot in the identity index (a no-op without a cap)."""
+        if self._identities is None:
+            return
         try:
             await self._identities.remove(binding, session_id)
         except StoreError:
-            logger.warning("could not remove a failed session from the identity index",
+            logger.warning("could not release a session's slot in the identity index",
                            extra={"session_id": session_id}, exc_info=True)
 
     async def generate(self) -> str:
@@ -254,6 +258,7 @@ class SessionManager:
         if md.IDENTITY in record:
             self._check_caller(session_id, record[md.IDENTITY], principal)
             await self._store.delete(session_id)
+            await self._forget_identity(record[md.IDENTITY], session_id)
         elif not md.is_terminated(record):
             await self._store.update(session_id, {**record, md.TERMINATED: "true"})
         self._cache.evict(session_id)

@@ -9,18 +9,23 @@ created on the others, so the limit would mean nothing. The store contract (crea
 update, load, delete of one record) cannot answer "how many records belong to X"
 without scanning every key, so the index keeps, per identity, the ids of its sessions:
 a Redis sorted set (score: when the session was admitted) under
-``<key_prefix>identities:<sha256 of the binding>``, or a dict in memory.
+``<key_prefix>identities:{<sha256 of the binding>}``, or a dict in memory.
 
-The index only proposes; the store decides. A member counts while its session record
-exists - checked with ``EXISTS``, which, unlike the store's ``load``, does not slide the
-session's TTL - so ended and expired sessions never count, whether or not anyone removed
-them from the index, and they are pruned when next seen.
+Admission is a reservation, decided in one atomic step: count the identity's members
+and add the new id only if the count is below the cap. On Redis that step is one Lua
+script on the one index key (a script runs alone on the server), so two ``initialize``
+requests racing on two replicas can never both take the last slot. The key's hash tag
+(the braces) keeps every key the script may ever name for one identity in one Cluster
+slot.
 
-Admission is ordered: the new id is added first, then the identity's live members are
-ranked by (admission time, id), and the new session is admitted only if it ranks within
-the cap (otherwise it is removed again). Two ``initialize`` requests racing on two
-replicas see the same order, so exactly the cap is admitted and neither is refused while
-a slot is free.
+A member counts while its session record exists. The script cannot look at session
+records (they live in other Cluster slots), so a refusal comes back with the members
+that were counted; the caller checks which of them still have a record (``EXISTS``,
+which unlike the store's ``load`` does not slide the session's TTL) and asks again with
+the dead ones to drop. A record never comes back once gone (ids are random and created
+set-if-absent), so dropping a member seen dead is always right, and ended or expired
+sessions stop counting whether or not anyone removed them. A session that ends releases
+its slot at once (``remove``: DELETE, or a creation that failed).
 
 The index key expires one session TTL after the identity's latest admission: it is
 garbage collection for identities that stop coming. A session kept alive by use for
@@ -42,13 +47,19 @@ from vmcp.store.redis import RedisStore
 
 __all__ = ["IdentityIndex", "MemoryIdentityIndex", "RedisIdentityIndex", "index_key"]
 
+# Rounds of "reserve, else drop the dead members seen and try again". Each round only
+# meets members added since the previous one (just admitted, so alive): two suffice in
+# practice; the third bounds the work if sessions end while we ask.
+ADMIT_ROUNDS = 3
+
 
 class IdentityIndex(Protocol):
     """The sessions of each identity (its binding), for a per-identity cap."""
 
     async def admit(self, binding: str, session_id: str, limit: int) -> bool:
-        """Record ``session_id`` as ``binding``'s; True if it is among the first ``limit``
-        of the identity's live sessions, else False with nothing recorded.
+        """Reserve a slot for ``session_id`` among ``binding``'s sessions: True if fewer
+        than ``limit`` of the identity's sessions are live (it is then recorded) or it
+        holds a slot already; else False with nothing recorded. Atomic across replicas.
 
         ``session_id``'s record (its placeholder) must exist already: only sessions with
         a record count. Raises ``StoreError`` if the index cannot answer.
@@ -56,23 +67,20 @@ class IdentityIndex(Protocol):
         ...
 
     async def remove(self, binding: str, session_id: str) -> None:
-        """Forget ``session_id`` (its creation failed); absent ids are fine."""
+        """Release ``session_id``'s slot (it ended, or its creation failed); absent ids
+        are fine."""
         ...
 
 
 def index_key(key_prefix: str, binding: str) -> str:
-    """Where ``binding``'s sessions are listed; hashed, so no identity appears in a key."""
-    return f"{key_prefix}identities:{hashlib.sha256(binding.encode()).hexdigest()}"
-
-
-def _within(ranked: list[tuple[float, str]], session_id: str, limit: int) -> bool:
-    """Whether ``session_id`` is among the first ``limit`` of ``ranked`` once sorted."""
-    ranked.sort()
-    return any(member == session_id for _, member in ranked[:limit])
+    """Where ``binding``'s sessions are listed; hashed, so no identity appears in a key,
+    and hash-tagged, so that the identity's keys share one Redis Cluster slot."""
+    return f"{key_prefix}identities:{{{hashlib.sha256(binding.encode()).hexdigest()}}}"
 
 
 class MemoryIdentityIndex:
-    """The index for the embedded store: one process, so a dict.
+    """The index for the embedded store: one process, so a dict; ``admit`` never awaits
+    between counting and recording, which makes it atomic on the event loop.
 
     ``exists`` tells whether a session record is held, without touching its TTL
     (``MemoryStore.exists``).
@@ -88,39 +96,62 @@ class MemoryIdentityIndex:
 
     async def admit(self, binding: str, session_id: str, limit: int) -> bool:
         now = self._clock()
-        if self._expires.get(binding, now) < now:
-            self._members.pop(binding, None)
         self._sweep(now)
-        members = self._members.setdefault(binding, {})
-        members[session_id] = now
-        self._expires[binding] = now + self._ttl
-        for member in [m for m in members if m != session_id and not self._exists(m)]:
+        members = self._members.get(binding, {})
+        for member in [m for m in members if not self._exists(m)]:
             del members[member]
-        if _within([(at, member) for member, at in members.items()], session_id, limit):
-            return True
-        await self.remove(binding, session_id)
-        return False
+        if session_id not in members and len(members) >= limit:
+            if not members:
+                self._forget(binding)
+            return False
+        members[session_id] = now
+        self._members[binding] = members
+        self._expires[binding] = now + self._ttl
+        return True
 
     async def remove(self, binding: str, session_id: str) -> None:
         members = self._members.get(binding)
         if members is not None:
             members.pop(session_id, None)
             if not members:
-                del self._members[binding]
-                self._expires.pop(binding, None)
+                self._forget(binding)
+
+    def _forget(self, binding: str) -> None:
+        self._members.pop(binding, None)
+        self._expires.pop(binding, None)
 
     def _sweep(self, now: float) -> None:
         for binding in [b for b, deadline in self._expires.items() if deadline < now]:
-            self._members.pop(binding, None)
-            del self._expires[binding]
+            self._forget(binding)
+
+
+# KEYS[1]: the identity's sorted set. ARGV: session id, limit, score, TTL (ms), then the
+# members found dead since the last round. Returns {1} if the id holds a slot, else {0}
+# followed by the members counted (for the caller to check).
+_RESERVE = """
+for i = 5, #ARGV do redis.call('ZREM', KEYS[1], ARGV[i]) end
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  return {1}
+end
+local members = redis.call('ZRANGE', KEYS[1], 0, -1)
+if #members < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  return {1}
+end
+table.insert(members, 1, 0)
+return members
+"""
 
 
 class RedisIdentityIndex:
     """The index in Redis: one sorted set per identity, next to the session records.
 
-    Three round trips per admission: add and read the set, check which members still
-    have a record, then prune the dead (and the refused). Member scores are wall-clock
-    seconds, so that every replica ranks the same way.
+    One round trip per admission below the cap (the reservation script); at the cap,
+    one more per round to check which counted members still have a record. Scores are
+    wall-clock seconds of admission, kept for operators reading the set; nothing ranks
+    by them, so clock skew between replicas cannot let a late request in.
     """
 
     def __init__(self, store: RedisStore, *, key_prefix: str, ttl_seconds: float,
@@ -130,30 +161,32 @@ class RedisIdentityIndex:
         self._ttl_ms = max(1, round(validate_ttl(ttl_seconds) * 1000))
         self._timeout = validate_timeout(timeout_seconds)
         self._clock = clock
+        self._reserve = store.client.register_script(_RESERVE)
 
     async def admit(self, binding: str, session_id: str, limit: int) -> bool:
         key = index_key(self._prefix, binding)
-        client = self._store.client
+        dead: list[str] = []
         with translated_store_errors("identity index"):
             async with asyncio.timeout(self._timeout):
-                async with client.pipeline(transaction=False) as pipe:
-                    pipe.zadd(key, {session_id: self._clock()})
-                    pipe.pexpire(key, self._ttl_ms)
-                    pipe.zrange(key, 0, -1, withscores=True)
-                    *_, listed = await pipe.execute()
-                members = [(float(score), _text(member)) for member, score in listed]
-                others = [member for _, member in members if member != session_id]
-                async with client.pipeline(transaction=False) as pipe:
-                    for member in others:
-                        pipe.exists(self._store.key(member))
-                    found = await pipe.execute() if others else []
-                dead = {member for member, held in zip(others, found, strict=True) if not held}
-                live = [(score, member) for score, member in members if member not in dead]
-                admitted = _within(live, session_id, limit)
-                gone = [*dead, *([] if admitted else [session_id])]
-                if gone:
-                    await client.zrem(key, *gone)
-        return admitted
+                for _ in range(ADMIT_ROUNDS):
+                    reply = await self._reserve(
+                        keys=[key], args=[session_id, limit, self._clock(), self._ttl_ms, *dead])
+                    if int(reply[0]) == 1:
+                        return True
+                    dead = await self._dead([_text(member) for member in reply[1:]])
+                    if not dead:
+                        return False
+        return False
+
+    async def _dead(self, members: list[str]) -> list[str]:
+        """Those of ``members`` whose session record is gone."""
+        if not members:
+            return []
+        async with self._store.client.pipeline(transaction=False) as pipe:
+            for member in members:
+                pipe.exists(self._store.key(member))
+            found = await pipe.execute()
+        return [member for member, held in zip(members, found, strict=True) if not held]
 
     async def remove(self, binding: str, session_id: str) -> None:
         with translated_store_errors("identity index"):
