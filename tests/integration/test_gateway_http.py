@@ -407,7 +407,8 @@ def test_delete_of_an_unknown_session_leaves_other_sessions_alone(live: RawSessi
         live.url, headers=live.headers({"Mcp-Session-Id": UNKNOWN_SESSION_ID})
     )
 
-    assert response.status_code in (200, 404), response.text
+    assert response.status_code == 404, response.text
+    assert response.json() == {"jsonrpc": "2.0", "error": session_not_found(0)["error"]}
     assert_still_works(live)
 
 

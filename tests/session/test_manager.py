@@ -120,13 +120,14 @@ async def test_b20_store_error_is_not_a_dead_session(factory: RecordingFactory) 
 
 
 async def test_b21_terminate_semantics(manager: SessionManager, store: SessionStore) -> None:
-    await manager.terminate("unknown-id", ALICE)
+    assert await manager.terminate("unknown-id", ALICE) is False
     placeholder = await manager.generate()
-    await manager.terminate(placeholder, ANONYMOUS)
+    assert await manager.terminate(placeholder, ANONYMOUS) is False  # no client knows it
     assert await store.load(placeholder) == {md.TERMINATED: "true"}
-    await manager.terminate(placeholder, ANONYMOUS)  # twice is fine
+    assert await manager.terminate(placeholder, ANONYMOUS) is False  # twice is fine
     live = await manager.initialize(ALICE)
-    await manager.terminate(live.session_id, ALICE)
+    assert await manager.terminate(live.session_id, ALICE) is True
+    assert await manager.terminate(live.session_id, ALICE) is False  # ended already
     with pytest.raises(SessionNotFound):
         await store.load(live.session_id)
     await manager.wait_closed()

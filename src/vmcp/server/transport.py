@@ -37,6 +37,7 @@ from vmcp.errors import (
     InvalidSessionId,
     SessionClosed,
     SessionError,
+    SessionNotFound,
     SessionNotYours,
     StoreError,
     VmcpError,
@@ -485,7 +486,10 @@ class McpEndpoint:
                 None, INVALID_REQUEST_CODE, "Bad Request: Mcp-Session-Id header required"))
         principal = await self._principal(headers, None)
         try:
-            await self._manager.terminate(session_id, principal)
+            if not await self._manager.terminate(session_id, principal):
+                # Nothing of the caller's to end: the same 404 as a stranger's DELETE of
+                # a live session, byte for byte, or DELETE would tell live ids apart.
+                raise SessionNotFound(session_id)
         except VmcpError as exc:
             raise _error_reply(exc, None) from exc
         await _send_empty(send, 200)

@@ -242,20 +242,25 @@ class SessionManager:
 
     # -- ending ---------------------------------------------------------------------
 
-    async def terminate(self, session_id: str, principal: Principal) -> None:
+    async def terminate(self, session_id: str, principal: Principal) -> bool:
         """End a session (DELETE): gone from the store first, then closed here (B21, B22).
 
-        Unknown ids are fine (idempotent). Only the owner may end a full session; a
-        placeholder is marked terminated rather than deleted, so that a ``create_session``
-        still connecting backends sees it and gives up.
+        True if a full session of ``principal``'s was ended. False, with nothing to end,
+        for an unknown or already ended id, or a placeholder (which no client has been
+        told yet): the caller answers those exactly like a stranger's attempt on a live
+        session (``SessionNotYours``), so that a DELETE cannot tell a live id from a
+        made-up one. Only the owner may end a full session; a placeholder is marked
+        terminated rather than deleted, so that a ``create_session`` still connecting
+        backends sees it and gives up.
         """
         validate_session_id(session_id)
         try:
             record = await self._store.load(session_id)
         except SessionNotFound:
             self._cache.evict(session_id)
-            return
-        if md.IDENTITY in record:
+            return False
+        ended = md.IDENTITY in record
+        if ended:
             self._check_caller(session_id, record[md.IDENTITY], principal)
             await self._store.delete(session_id)
             await self._forget_identity(record[md.IDENTITY], session_id)
@@ -269,6 +274,7 @@ class SessionManager:
                 # The others still find out at their next request for it (liveness check).
                 logger.warning("could not announce ended session: %s", exc,
                                extra={"session_id": session_id})
+        return ended
 
     async def follow_ended_sessions(self) -> None:
         """Close this replica's copies of sessions ended on any replica, as announced.
