@@ -47,6 +47,9 @@ LIST_CHANGED = {
 UNSOLICITED = LIST_CHANGED | {"notifications/resources/updated"}
 SUBSCRIBER_BUFFER = 256
 REFRESH_INTERVAL = 5.0
+# How long a closing session waits for its event-log copies to record their streams'
+# final events (each append has the store's own deadline; this bounds them together).
+FINAL_COPY_SECONDS = 5.0
 
 
 
@@ -95,6 +98,7 @@ class MultiSession:
         self.streams = ResponseStreams(prefix=replica_id or "r")
         self._requests: dict[Any, anyio.CancelScope] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._copies: set[asyncio.Task[None]] = set()
         self._subscriber: MemoryObjectSendStream[dict[str, Any]] | None = None
         self._listeners: anyio.CancelScope | None = None
         self._closed = False
@@ -221,7 +225,11 @@ class MultiSession:
 
     def persist_stream(self, stream: ResponseStream) -> None:
         """Copy an interrupted stream's events to the event log, so that the client can
-        resume it on any replica; follows the stream until its final event."""
+        resume it on any replica; follows the stream until its final event.
+
+        The copy is not one of the request tasks that the session's close cancels: the
+        close finishes the stream (``-32001``) and the copy records that end too, so a
+        client resuming on another replica gets the same answer, not silence."""
         if self.event_log is None or stream.id in self._persisted or self._closed:
             return
         self._persisted.add(stream.id)
@@ -244,7 +252,9 @@ class MultiSession:
                     if item.final:
                         return
 
-        self.spawn(copy())
+        task = asyncio.create_task(copy(), name=f"vmcp-stream-copy-{self._session_id[:8]}")
+        self._copies.add(task)
+        task.add_done_callback(self._copies.discard)
 
     @contextlib.contextmanager
     def track_request(self, request_id: Any) -> Iterator[None]:
@@ -460,6 +470,11 @@ class MultiSession:
         # at all): the session's own end answers every request still open.
         self.streams.end_all(self._ended_answer)
         self._ended.set()
+        if self._copies:
+            copies = list(self._copies)
+            _, late = await asyncio.wait(copies, timeout=FINAL_COPY_SECONDS)
+            for task in late:
+                task.cancel()
 
         async with anyio.create_task_group() as tg:
             for name, connection in self._connections.items():

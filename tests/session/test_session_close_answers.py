@@ -1,0 +1,119 @@
+"""A live session's close answers every request still open on it, however far it got.
+
+The request's work runs as a task of the session (a client may drop its connection and
+resume the stream); closing the session cancels those tasks. A task cancelled before it
+started runs no code at all, so the answer cannot come from the work: the close itself
+must finish the request's stream with ``-32001``, and a stream copied to the event log
+(for a client resuming on another replica) must carry that end too.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import pytest
+
+from tests.support.redis_server import RedisServer
+from vmcp.aggregate import BackendCatalog, RoutingTable, build_routing_table
+from vmcp.backend import BackendConnection
+from vmcp.config.models import AggregationConfig
+from vmcp.session.multisession import MultiSession
+from vmcp.session.streams import Outbound
+from vmcp.store import RedisStore
+from vmcp.store.event_log import RedisEventLog
+
+pytestmark = pytest.mark.anyio
+
+SESSION_ID = "close-answers-" + "0" * 18
+
+
+def _routing(catalogs: Mapping[str, BackendCatalog]) -> RoutingTable:
+    return build_routing_table(catalogs, AggregationConfig())
+
+
+async def _no_discovery(name: str, connection: BackendConnection) -> BackendCatalog:
+    raise AssertionError("no backend to discover")
+
+
+def session_without_backends(event_log: RedisEventLog | None = None,
+                             replica_id: str = "r1") -> MultiSession:
+    return MultiSession(SESSION_ID, {}, {}, rebuild=_routing, discover=_no_discovery,
+                        event_log=event_log, replica_id=replica_id)
+
+
+def session_not_found(request_id: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id,
+            "error": {"code": -32001, "message": "Session not found"}}
+
+
+async def test_a_request_whose_task_never_started_is_answered_session_not_found() -> None:
+    session = session_without_backends()
+    stream = session.streams.open(41)
+    ran: list[bool] = []
+
+    async def work() -> None:
+        ran.append(True)
+        stream.append(Outbound({"jsonrpc": "2.0", "id": 41, "result": {}}, final=True))
+
+    session.spawn(work())
+    await session.aclose()  # before the event loop ever ran the task
+
+    with anyio.fail_after(5):
+        (position, answer), *rest = await stream.after(0)
+    assert (position, rest, ran) == (1, [], [])
+    assert (answer.final, answer.session_ended) == (True, True)
+    assert answer.message == session_not_found(41)
+
+
+async def test_a_request_cancelled_mid_work_is_answered_once() -> None:
+    session = session_without_backends()
+    stream = session.streams.open("call-7")
+    started = anyio.Event()
+
+    async def work() -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    session.spawn(work())
+    with anyio.fail_after(5):
+        await started.wait()
+    await session.aclose()
+    await session.aclose()  # a second close adds nothing
+
+    with anyio.fail_after(5):
+        events = await stream.after(0)
+    assert [item.message for _, item in events] == [session_not_found("call-7")]
+
+
+@pytest.mark.redis
+async def test_a_resumable_stream_records_the_session_end_for_other_replicas(
+        redis_server: RedisServer) -> None:
+    prefix = f"close:{uuid.uuid4().hex[:12]}:"
+    store = RedisStore.from_url(redis_server.url, key_prefix=prefix, ttl_seconds=60,
+                                timeout_seconds=2.0)
+    log = RedisEventLog(store.client, prefix + "events:", ttl_seconds=60, max_events=100,
+                        timeout_seconds=2.0)
+    try:
+        running = session_without_backends(log, replica_id="r1")
+        stream = running.streams.open(9)
+        progress = {"jsonrpc": "2.0", "method": "notifications/progress",
+                    "params": {"progressToken": 9, "progress": 1}}
+        stream.append(Outbound(progress))
+        running.persist_stream(stream)  # its client went away: resumable anywhere
+
+        await running.aclose()  # e.g. this replica is draining, or evicted the session
+
+        # Another replica resumes the stream from the log.
+        read: list[tuple[int, dict[str, Any]]] = []
+        with anyio.fail_after(5):
+            async for position, record in log.read(SESSION_ID, stream.id, 0):
+                read.append((position, record))
+                if record.get("final"):
+                    break
+    finally:
+        await store.aclose()
+    assert read == [(1, {"m": progress, "final": False}),
+                    (2, {"m": session_not_found(9), "final": True})]
