@@ -8,6 +8,7 @@ restore them).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import signal
@@ -56,6 +57,12 @@ STREAM_EVENTS_TTL = 300.0
 DRAIN_SECONDS = 10
 """After SIGTERM, how long in-flight requests may take to finish before they are cut (an
 orchestrator's grace period must be longer; deploy/kubernetes is checked against it)."""
+
+ANSWER_SECONDS = 3
+"""The end of the drain window kept for answering what is still open: this replica's
+live sessions are closed then, so every open request gets its final answer (``-32001``)
+and every open stream its end before the cut. Their stored records stay for the other
+replicas."""
 
 
 class _Endpoint:
@@ -240,8 +247,13 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
         if isinstance(listening, anyio.Event):
             listening.set()
 
+    async def close_sessions() -> None:
+        manager = state.get("manager")
+        if isinstance(manager, SessionManager):
+            await manager.aclose()
+
     return GatewayApp(Starlette(routes=routes, lifespan=authenticated), config.server.path,
-                      endpoint, mark_listening, admin)
+                      endpoint, mark_listening, admin, close_sessions)
 
 
 def _with_credentials(handler: Callable[[Request], Awaitable[Response]],
@@ -266,15 +278,18 @@ class GatewayApp:
     routing and middleware add nothing there but cost on every call (bench profile).
 
     ``mark_listening`` is called by the server once its sockets are bound; only then is
-    the replica announced as ready in the log. With an admin listener, requests that
+    the replica announced as ready in the log. ``close_sessions`` is called when a drain
+    runs out of time: it answers every request still open. With an admin listener, requests that
     arrive on ``admin_port`` (set once it is bound) go to the ``admin`` app alone."""
 
     def __init__(self, app: Starlette, path: str, endpoint: _Endpoint,
-                 mark_listening: Callable[[], None], admin: Starlette | None = None) -> None:
+                 mark_listening: Callable[[], None], admin: Starlette | None = None,
+                 close_sessions: Callable[[], Awaitable[None]] | None = None) -> None:
         self.app = app
         self._path = path
         self._endpoint = endpoint
         self.mark_listening = mark_listening
+        self.close_sessions = close_sessions
         self.admin = admin
         self.admin_port: int | None = None
 
@@ -377,7 +392,7 @@ def serve(config: VmcpConfig, *, log_level: str = "info", log_format: str = "aut
     app = create_app(config, config_path=config_path)
     server = _Server(uvicorn.Config(app, host=config.server.host, port=config.server.port,
                                     log_level=log_level, log_config=None, lifespan="on",
-                                    timeout_graceful_shutdown=DRAIN_SECONDS), app.mark_listening)
+                                    timeout_graceful_shutdown=DRAIN_SECONDS), app)
     admin = config.server.admin
     if admin.port is None:
         server.run()
@@ -395,13 +410,39 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, telling the app when its sockets are bound."""
+    """uvicorn's server, telling the app when its sockets are bound, and answering what is
+    still open before its drain deadline instead of cutting it.
 
-    def __init__(self, config: uvicorn.Config, on_listening: Callable[[], None]) -> None:
+    uvicorn waits for open connections up to ``timeout_graceful_shutdown`` and then
+    cancels their handlers: a call still running (or a stream still open) would get no
+    answer at all. Here the wait is split: requests may finish on their own until
+    ``ANSWER_SECONDS`` before the deadline, then the live sessions are closed, which
+    finishes every open request with ``-32001`` and ends every stream, and uvicorn's own
+    wait sees the connections end. (Overrides uvicorn's ``_wait_tasks_to_complete``, the
+    one step of its shutdown that waits; the version is pinned.)
+    """
+
+    def __init__(self, config: uvicorn.Config, app: GatewayApp) -> None:
         super().__init__(config)
-        self._on_listening = on_listening
+        self._app = app
+        self._closing: asyncio.Future[None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started:
-            self._on_listening()
+            self._app.mark_listening()
+
+    async def _wait_tasks_to_complete(self) -> None:
+        window = max(0, (self.config.timeout_graceful_shutdown or 0) - ANSWER_SECONDS)
+        try:
+            await asyncio.wait_for(super()._wait_tasks_to_complete(), timeout=window)
+            return
+        except TimeoutError:
+            pass
+        if self._app.close_sessions is not None:
+            logger.warning("drain deadline near: closing this replica's live sessions to "
+                           "answer the requests still open")
+            # In the background: closing answers at once, while backend sessions may take
+            # longer to end (the lifespan's shutdown waits for that).
+            self._closing = asyncio.ensure_future(self._app.close_sessions())
+        await super()._wait_tasks_to_complete()
