@@ -117,3 +117,24 @@ async def test_a_resumable_stream_records_the_session_end_for_other_replicas(
         await store.aclose()
     assert read == [(1, {"m": progress, "final": False}),
                     (2, {"m": session_not_found(9), "final": True})]
+
+
+@pytest.mark.redis
+async def test_a_resumed_stream_whose_writer_is_gone_ends_when_its_log_expires(
+        redis_server: RedisServer) -> None:
+    """The replica running the call was killed: no end will ever be written. Following
+    the log must stop once it expires, not hold the resumed request forever."""
+    prefix = f"close:{uuid.uuid4().hex[:12]}:"
+    store = RedisStore.from_url(redis_server.url, key_prefix=prefix, ttl_seconds=60,
+                                timeout_seconds=2.0)
+    log = RedisEventLog(store.client, prefix + "events:", ttl_seconds=0.2, max_events=100,
+                        timeout_seconds=2.0)
+    try:
+        await log.append(SESSION_ID, "r1-1", 1, {"m": None, "final": False})
+        read = []
+        with anyio.fail_after(10):
+            async for position, _ in log.read(SESSION_ID, "r1-1", 0):
+                read.append(position)
+    finally:
+        await store.aclose()
+    assert read == [1]

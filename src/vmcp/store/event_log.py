@@ -38,7 +38,9 @@ class EventLog(Protocol):
 
     def read(self, session_id: str, stream_id: str, after: int) -> AsyncIterator[
             tuple[int, dict[str, Any]]]:
-        """Events after ``after``, waiting for new ones, forever (the caller stops)."""
+        """Events after ``after``, waiting for new ones, until the stream's record is
+        gone (it expires ``ttl_seconds`` after its last event: the replica running the
+        call stopped without an end); the caller stops at the final event."""
         ...
 
 
@@ -79,6 +81,11 @@ class RedisEventLog:
             with translated_store_errors("xread"), \
                     anyio.fail_after(self._timeout + BLOCK_MS / 1000):
                 batches: Any = await self._client.xread({key: last}, block=BLOCK_MS, count=100)
+            if not batches:
+                # Nothing new: a stream whose writer is gone must not be followed forever.
+                with translated_store_errors("exists"), anyio.fail_after(self._timeout):
+                    if not await self._client.exists(key):
+                        return
             for _, entries in batches or []:
                 for entry_id, fields in entries:
                     last = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
