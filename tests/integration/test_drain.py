@@ -79,3 +79,24 @@ def test_sigterm_answers_every_open_request_and_is_not_held_up(tmp_path: Path) -
     assert status == 200
     assert body.startswith(b": stream open"), body
     assert gateway.process.returncode is not None
+
+
+def test_a_get_stream_alone_does_not_hold_the_drain_up(tmp_path: Path) -> None:
+    """A GET stream only listens (clients keep one open all the time): it ends as the
+    drain begins, and the client reconnects elsewhere; the deadline is never reached."""
+    with recording_backend() as backend, running_gateway(
+            {"backends": [{"name": "rec", "url": backend.url}]}, tmp_path) as gateway, \
+            httpx2.Client(timeout=DRAIN_SECONDS * 3) as http:
+        session = RawSession.open(http, gateway.url)
+        with http.stream("GET", gateway.url,
+                         headers=session.headers({"Accept": EVENT_STREAM})) as response:
+            chunks = response.iter_bytes()
+            assert next(chunks).startswith(b": stream open")
+            gateway.process.send_signal(signal.SIGTERM)
+            rest = b"".join(chunks)  # ends, or the read times out and raises
+        gateway.process.wait(timeout=DRAIN_SECONDS * 2)
+        log = gateway.log_tail(200)
+
+    assert response.status_code == 200
+    assert rest == b""
+    assert "drain deadline near" not in log, log

@@ -293,6 +293,11 @@ class GatewayApp:
         self.admin = admin
         self.admin_port: int | None = None
 
+    def begin_drain(self) -> None:
+        """The server stopped accepting: end the streams that only listen."""
+        if self._endpoint.app is not None:
+            self._endpoint.app.drain()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.admin is not None and self.admin_port is not None \
                 and (scope.get("server") or ("", None))[1] == self.admin_port:
@@ -418,7 +423,8 @@ class _Server(uvicorn.Server):
     answer at all. Here the wait is split: requests may finish on their own until
     ``ANSWER_SECONDS`` before the deadline, then the live sessions are closed, which
     finishes every open request with ``-32001`` and ends every stream, and uvicorn's own
-    wait sees the connections end. (Overrides uvicorn's ``_wait_tasks_to_complete``, the
+    wait sees the connections end. Streams that only listen end as the drain begins.
+    (Overrides uvicorn's ``_wait_tasks_to_complete``, the
     one step of its shutdown that waits; the version is pinned.)
     """
 
@@ -433,6 +439,7 @@ class _Server(uvicorn.Server):
             self._app.mark_listening()
 
     async def _wait_tasks_to_complete(self) -> None:
+        self._app.begin_drain()
         window = max(0, (self.config.timeout_graceful_shutdown or 0) - ANSWER_SECONDS)
         try:
             await asyncio.wait_for(super()._wait_tasks_to_complete(), timeout=window)

@@ -94,6 +94,14 @@ class McpEndpoint:
         self._authenticate = authenticate
         self._max_body = max_body_bytes
         self._metrics = metrics
+        self._draining = anyio.Event()
+
+    def drain(self) -> None:
+        """The replica is stopping: end the streams that only listen (GET streams, and
+        resumes of calls another replica runs) now, so they do not hold the drain up; their
+        clients reconnect, through the balancer, to a replica that stays. Streams that
+        carry this replica's own answers stay until they end or their session closes."""
+        self._draining.set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)
@@ -386,6 +394,7 @@ class McpEndpoint:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
             tg.start_soon(_cancel_on_close, session, tg.cancel_scope)
+            tg.start_soon(_cancel_on_event, self._draining, tg.cancel_scope)
             try:
                 async for position, record in session.event_log.read(
                         session.session_id, stream_id, after):
@@ -466,6 +475,7 @@ class McpEndpoint:
             tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
             # Closed before it subscribed, its stream would never be closed by the session.
             tg.start_soon(_cancel_on_close, session, tg.cancel_scope)
+            tg.start_soon(_cancel_on_event, self._draining, tg.cancel_scope)
             async with session.subscribe() as messages:
                 # Only now, with the stream subscribed everywhere, tell the client it is
                 # open: what happens after this point cannot be missed.
@@ -580,6 +590,12 @@ async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> N
 async def _cancel_on_close(session: MultiSession, scope: anyio.CancelScope) -> None:
     """End a stream that the session's own close would not end."""
     await session.wait_closed()
+    scope.cancel()
+
+
+async def _cancel_on_event(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    """End a stream once ``event`` is set (the replica is draining)."""
+    await event.wait()
     scope.cancel()
 
 
