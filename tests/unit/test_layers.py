@@ -16,8 +16,9 @@ ALLOWED = {
     "backend": ("vmcp.backend", "vmcp.errors", "vmcp"),
     "cache.py": (),
     "errors.py": (),
+    "identity.py": ("vmcp.errors",),
     "aggregate.py": ("vmcp.errors", "vmcp.config"),
-    "session": ("vmcp.session", "vmcp.store", "vmcp.backend", "vmcp.cache", "vmcp.errors",
+    "session": ("vmcp.session", "vmcp.identity", "vmcp.store", "vmcp.backend", "vmcp.cache", "vmcp.errors",
                 "vmcp.aggregate", "vmcp.config", "vmcp.tracing", "vmcp.auth.outgoing", "vmcp"),
 }
 

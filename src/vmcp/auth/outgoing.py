@@ -12,7 +12,7 @@ Strategies, per backend (see :class:`~vmcp.config.OutgoingAuthConfig`):
 
 The last three depend on the caller, so they are computed for every backend call from
 the client request it serves - never from the session's stored metadata. The transport
-records that request (its :class:`~vmcp.session.binding.Principal` and headers) with
+records that request (its :class:`~vmcp.identity.Principal` and headers) with
 :func:`act_for`, in a context variable: the request's own task and the tasks it starts
 (a detached call, a session restore) see it, and nothing else does. A session restored
 on another replica therefore uses the credentials of the request that restored it, and
@@ -60,7 +60,7 @@ from vmcp.backend.connection import (
 )
 from vmcp.config import OutgoingAuthConfig, VmcpConfig
 from vmcp.errors import ConfigError, OutgoingAuthError
-from vmcp.session.binding import Principal
+from vmcp.identity import Principal
 
 __all__ = [
     "EXPIRY_MARGIN_SECONDS",

@@ -14,8 +14,8 @@ from vmcp import __version__
 from vmcp.aggregate import Route
 from vmcp.backend import BackendRpcError
 from vmcp.errors import INVALID_PARAMS_CODE, METHOD_NOT_FOUND_CODE
+from vmcp.identity import Principal
 from vmcp.server.jsonrpc import Incoming
-from vmcp.session import Principal
 from vmcp.session.channel import ClientChannel
 from vmcp.session.multisession import MultiSession
 

@@ -68,8 +68,7 @@ from vmcp import __version__, tracing
 from vmcp.aggregate import Route
 from vmcp.backend import BackendRpcError
 from vmcp.errors import BackendError, ConfigError
-from vmcp.session import Principal
-from vmcp.session.binding import InvalidIdentity, binding_for
+from vmcp.identity import InvalidIdentity, Principal, binding_for
 from vmcp.session.input_rounds import InvalidRound, Outcome
 from vmcp.session.stateless_backends import Caller, StatelessBackends, View
 from vmcp.session.stateless_pool import BackendKind

@@ -42,13 +42,13 @@ from vmcp.errors import (
     StoreError,
     VmcpError,
 )
+from vmcp.identity import InvalidIdentity, Principal
 from vmcp.server import jsonrpc
 from vmcp.server.jsonrpc import Incoming, MessageError
 from vmcp.server.methods import MethodHandler, RpcError
 from vmcp.server.security import RequestGuard
 from vmcp.server.stateless import StatelessEndpoint, is_stateless
-from vmcp.session import Principal, SessionManager
-from vmcp.session.binding import InvalidIdentity
+from vmcp.session import SessionManager
 from vmcp.session.channel import ClientChannel
 from vmcp.session.multisession import MultiSession, RequestCancelled
 from vmcp.session.streams import Outbound, ResponseStream, parse_event_id

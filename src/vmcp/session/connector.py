@@ -16,7 +16,7 @@ from vmcp.backend import BackendConnection, BackendState, BackendTarget, attach,
 from vmcp.backend.breaker import CircuitBreaker
 from vmcp.config import BackendConfig, VmcpConfig
 from vmcp.errors import BackendError, ConfigError
-from vmcp.session.binding import InvalidIdentity, Principal, binding_for
+from vmcp.identity import InvalidIdentity, Principal, binding_for
 from vmcp.session.catalogs import SHARED, CatalogCache
 from vmcp.session.ledger import UpstreamLedger
 from vmcp.session.live import LiveSession
