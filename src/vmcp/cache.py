@@ -13,6 +13,9 @@ Why the races come out right (all on one asyncio loop, so a plain dict is safe b
 - Set wins over load. While a flight is under way, every ``set`` or ``evict`` of its key
   bumps a per-flight mutation counter. A load that finishes after such a mutation does
   not write back: its value is released through ``on_evict`` and the newer value wins.
+- No stored value is a marker. Absence is a private sentinel compared by identity, so a
+  value that is None, falsy, or equal to everything is cached, checked and released
+  like any other.
 - Expiry is identity-checked. A value found expired is removed only if the entry is
   still that very object, never a value a concurrent ``set`` just wrote.
 - ``on_evict`` (closing backend connections, which may wait for in-flight calls) runs in
@@ -23,6 +26,7 @@ Why the races come out right (all on one asyncio loop, so a plain dict is safe b
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
@@ -33,6 +37,15 @@ logger = logging.getLogger(__name__)
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+
+
+class _Absent(enum.Enum):
+    """The one marker for "no entry": never a value anybody can store."""
+
+    ABSENT = enum.auto()
+
+
+_ABSENT = _Absent.ABSENT
 
 
 class EvictedWhileLoading(LookupError):
@@ -101,7 +114,8 @@ class ValidatingCache(Generic[K, V]):
         return list(self._entries)
 
     def peek(self, key: K) -> V | None:
-        """The cached value without checking it or touching recency."""
+        """The cached value without checking it or touching recency; None if absent
+        (``key in cache`` tells a stored None apart)."""
         return self._entries.get(key)
 
     async def get(self, key: K) -> V:
@@ -124,19 +138,20 @@ class ValidatingCache(Generic[K, V]):
         value that wraps the old one and still needs it open).
         """
         self._mutated(key)
-        previous = self._entries.pop(key, None)
-        if release_previous and previous is not None and previous is not value:
+        previous = self._entries.pop(key, _ABSENT)
+        if release_previous and previous is not _ABSENT and previous is not value:
             self._release(key, previous)
         self._insert(key, value)
 
-    def evict(self, key: K) -> V | None:
-        """Drop ``key`` now and release its value; returns it, or None if absent."""
+    def evict(self, key: K) -> bool:
+        """Drop ``key`` now and release its value; True if it was cached."""
         self._mutated(key)
-        value = self._entries.pop(key, None)
-        if value is not None:
-            self._removals += 1
-            self._release(key, value)
-        return value
+        value = self._entries.pop(key, _ABSENT)
+        if value is _ABSENT:
+            return False
+        self._removals += 1
+        self._release(key, value)
+        return True
 
     def statistics(self) -> CacheStatistics:
         return CacheStatistics(
@@ -168,16 +183,16 @@ class ValidatingCache(Generic[K, V]):
             await asyncio.gather(*list(self._releases), return_exceptions=True)
 
     async def _resolve(self, key: K) -> V:
-        cached = self._entries.get(key)
-        if cached is not None:
+        cached = self._entries.get(key, _ABSENT)
+        if cached is not _ABSENT:
             try:
                 alive = await self._check(key, cached)
             except Exception:
                 self._check_failures += 1
                 logger.warning("cache check failed, serving cached value", exc_info=True)
                 alive = True
-            current = self._entries.get(key)
-            if current is not None and (alive or current is not cached):
+            current = self._entries.get(key, _ABSENT)
+            if current is not _ABSENT and (alive or current is not cached):
                 # Alive, or replaced by a concurrent set while we checked: serve what is
                 # cached now, never a value that was released meanwhile.
                 self._hits += 1
@@ -196,10 +211,10 @@ class ValidatingCache(Generic[K, V]):
             raise
         self._loads += 1
         if self._mutations.get(key, 0) != mutations_before:
-            current = self._entries.get(key)
+            current = self._entries.get(key, _ABSENT)
             if current is not value:
                 self._release(key, value)
-            if current is not None:
+            if current is not _ABSENT:
                 return self._serve(key, current)
             # Evicted (e.g. terminated) while loading: the fresh value must not be cached.
             raise EvictedWhileLoading(key)

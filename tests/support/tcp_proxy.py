@@ -43,6 +43,11 @@ class TcpProxy:
     def delay_once(self, seconds: float) -> None:
         self._pending_delays.append(seconds)
 
+    @property
+    def pending_delays(self) -> int:
+        """Delays asked for that no chunk has taken yet."""
+        return len(self._pending_delays)
+
     def stall(self) -> None:
         self._flowing.clear()
 

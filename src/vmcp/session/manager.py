@@ -289,7 +289,7 @@ class SessionManager:
 
     def evict_local(self, session_id: str) -> bool:
         """Close this replica's copy now (the session ended elsewhere); True if held."""
-        return self._cache.evict(session_id) is not None
+        return self._cache.evict(session_id)
 
     # -- changes to a live session ----------------------------------------------------
 
