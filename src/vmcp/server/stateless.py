@@ -70,9 +70,9 @@ from vmcp.backend import BackendRpcError
 from vmcp.dispatch import LISTINGS, Dispatcher, Target, aggregate_capabilities, items_of
 from vmcp.errors import BackendError, ConfigError, RequestError
 from vmcp.identity import InvalidIdentity, Principal, binding_for
-from vmcp.session.input_rounds import InvalidRound, Outcome
-from vmcp.session.stateless_backends import Caller, StatelessBackends, View
-from vmcp.session.stateless_pool import BackendKind
+from vmcp.stateless.backends import Caller, StatelessBackends, View
+from vmcp.stateless.input_rounds import InvalidRound, Outcome
+from vmcp.stateless.pool import BackendKind
 
 logger = logging.getLogger(__name__)
 

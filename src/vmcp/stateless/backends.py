@@ -42,15 +42,14 @@ from mcp_types import (
 from mcp_types.methods import INPUT_REQUIRED_METHODS
 from mcp_types.version import LATEST_MODERN_VERSION
 
-from vmcp.aggregate import BackendCatalog, RoutingTable, build_routing_table, listings_for
+from vmcp.aggregate import BackendCatalog, RoutingTable, build_routing_table
 from vmcp.auth.outgoing import OutgoingAuth, current_caller
-from vmcp.backend import STREAM_PAUSED, BackendConnection, BackendRpcError, BackendTarget, connect
+from vmcp.backend import STREAM_PAUSED, BackendConnection, BackendRpcError
 from vmcp.backend.connection import MessageHandler
 from vmcp.backend.modern import ModernBackend, NotModern
-from vmcp.config import BackendConfig, VmcpConfig
+from vmcp.config import VmcpConfig
 from vmcp.errors import METHOD_NOT_FOUND_CODE, BackendError, BackendSessionExpired, ConfigError
-from vmcp.session.connector import CLIENT_CAPABILITIES, CLIENT_INFO, MAX_LIST_PAGES, discover
-from vmcp.session.input_rounds import (
+from vmcp.stateless.input_rounds import (
     Ask,
     InputRounds,
     InvalidRound,
@@ -58,9 +57,11 @@ from vmcp.session.input_rounds import (
     Outcome,
     is_round_token,
 )
-from vmcp.session.ledger import UpstreamLedger
-from vmcp.session.stateless_pool import BackendKind, BackendKinds, UpstreamPool
+from vmcp.stateless.pool import BackendKind, BackendKinds, UpstreamPool
 from vmcp.store.pubsub import SessionRelay
+from vmcp.upstream.dialer import BackendDialer
+from vmcp.upstream.discovery import CLIENT_INFO, discover, discover_catalog
+from vmcp.upstream.ledger import UpstreamLedger
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +168,7 @@ class StatelessBackends:
         self._config = config
         self._http = http
         self._outgoing = outgoing if outgoing is not None else OutgoingAuth({})
+        self._dialer = BackendDialer(config, http, self._outgoing)
         self._is_healthy = is_healthy
         self._clock = clock
         settings = config().stateless
@@ -352,57 +354,30 @@ class StatelessBackends:
         capabilities = found.get("capabilities")
         capabilities = capabilities if isinstance(capabilities, dict) else {}
         hints = [found]
-        wanted = listings_for(capabilities)
-        results: dict[str, list[dict[str, Any]]] = {}
-        failures: list[BaseException] = []
 
-        async def collect(method: str, key: str) -> None:
-            try:
-                results[key] = await self._list_pages(backend, method, key, meta, headers, hints)
-            except BackendError as exc:
-                failures.append(exc)
-
-        async with anyio.create_task_group() as tg:
-            for method, key in wanted:
-                tg.start_soon(collect, method, key)
-        if failures:
-            raise failures[0]
-        instructions = found.get("instructions")
-        return CatalogEntry(
-            backend=name, kind=BackendKind.MODERN,
-            catalog=BackendCatalog(tools=results.get("tools", []),
-                                   resources=results.get("resources", []),
-                                   resource_templates=results.get("resourceTemplates", []),
-                                   prompts=results.get("prompts", [])),
-            capabilities=capabilities,
-            instructions=instructions if isinstance(instructions, str) else None,
-            ttl_ms=min(_ttl_ms(hint) for hint in hints),
-            private=any(hint.get("cacheScope") != "public" for hint in hints),
-            fetched_at=started)
-
-    @staticmethod
-    async def _list_pages(backend: ModernBackend, method: str, key: str, meta: dict[str, Any],
-                          headers: Mapping[str, str], hints: list[dict[str, Any]]
-                          ) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        cursor: str | None = None
-        for _ in range(MAX_LIST_PAGES):
+        async def fetch(method: str, cursor: str | None) -> Mapping[str, Any]:
             params: dict[str, Any] = {"_meta": meta}
             if cursor:
                 params["cursor"] = cursor
             page = await backend.request(method, params, headers=headers)
             hints.append(page)
-            items.extend(item for item in page.get(key, []) if isinstance(item, dict))
-            cursor = page.get("nextCursor")
-            if not cursor:
-                break
-        return items
+            return page
+
+        catalog = await discover_catalog(fetch, capabilities)
+        instructions = found.get("instructions")
+        return CatalogEntry(
+            backend=name, kind=BackendKind.MODERN,
+            catalog=catalog, capabilities=capabilities,
+            instructions=instructions if isinstance(instructions, str) else None,
+            ttl_ms=min(_ttl_ms(hint) for hint in hints),
+            private=any(hint.get("cacheScope") != "public" for hint in hints),
+            fetched_at=started)
 
     async def _list_session(self, name: str, caller: Caller) -> CatalogEntry:
         started = self._clock()
         async with self.pool.session(caller.binding, name) as connection:
             try:
-                catalog = await discover(name, connection)
+                catalog = await discover(connection)
             except BackendSessionExpired:
                 await self.pool.discard(caller.binding, name, connection)
                 raise
@@ -516,12 +491,6 @@ class StatelessBackends:
 
     # -- backends --------------------------------------------------------------------
 
-    def _backend_config(self, name: str) -> BackendConfig:
-        backend = self._config().backend(name)
-        if backend is None:
-            raise BackendError(name, "backend is no longer configured")
-        return backend
-
     def _modern_backend(self, name: str) -> ModernBackend:
         backend = self._modern_of(name)
         if backend is None:  # an SSE backend: never modern
@@ -529,9 +498,9 @@ class StatelessBackends:
         return backend
 
     def _modern_of(self, name: str) -> ModernBackend | None:
-        config = self._backend_config(name)
+        config = self._dialer.backend(name)
         static = self._outgoing.static_headers(name)
-        key = (config, tuple(sorted(static.items())), self._call_timeout(config))
+        key = (config, tuple(sorted(static.items())), self._dialer.call_timeout(config))
         cached = self._modern.get(name)
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -539,14 +508,10 @@ class StatelessBackends:
             self.kinds.forget(name)
         client = None
         if config.transport != "sse":
-            target = BackendTarget(name, config.url, config.transport,
-                                   {**config.headers, **static})
-            client = ModernBackend(target, self._http, timeout=self._call_timeout(config))
+            client = ModernBackend(self._dialer.target(config), self._http,
+                                   timeout=self._dialer.call_timeout(config))
         self._modern[name] = (key, client)
         return client
-
-    def _call_timeout(self, backend: BackendConfig) -> float:
-        return min(backend.call_timeout_seconds, self._config().limits.call_timeout_seconds)
 
     async def _auth_headers(self, name: str) -> dict[str, str]:
         return await self._outgoing.headers_for(name, current_caller())
@@ -563,22 +528,12 @@ class StatelessBackends:
 
     async def _connect(self, name: str) -> BackendConnection:
         """A new upstream session with a session-based backend, for the pool."""
-        config = self._backend_config(name)
-        target = BackendTarget(name, config.url, config.transport,
-                               {**config.headers, **self._outgoing.static_headers(name)})
         try:
-            with anyio.fail_after(config.connect_timeout_seconds):
-                connection = await connect(
-                    target, self._http, client_info=CLIENT_INFO,
-                    capabilities=CLIENT_CAPABILITIES, timeout=self._call_timeout(config),
-                    headers=await self._auth_headers(name))
-        except TimeoutError:
-            raise BackendError(name, "initialize not answered in time") from None
+            return await self._dialer.dial(self._dialer.backend(name))
         except BackendRpcError as exc:
             if exc.code == UNSUPPORTED_PROTOCOL_VERSION:
                 raise _ModernOnly(name) from exc
             raise
-        return self._outgoing.wrap(connection)
 
 
 def _upstream_params(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -32,7 +32,7 @@ import anyio
 from vmcp.backend import BackendConnection
 from vmcp.backend.modern import speaks_modern
 from vmcp.errors import BackendError, BackendTimeout, BackendUnavailable
-from vmcp.session.ledger import UpstreamLedger
+from vmcp.upstream.ledger import UpstreamLedger
 
 logger = logging.getLogger(__name__)
 
