@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 
 class TcpProxy:
@@ -11,7 +12,8 @@ class TcpProxy:
 
     ``delay_once(s)`` holds the next chunk from client to server for ``s`` seconds (a slow
     store call); ``stall()``/``resume()`` hold all traffic (a hung server); ``cut()``
-    drops every open connection.
+    drops every open connection. ``accepted_at`` holds when each client connection
+    arrived (monotonic clock).
     """
 
     def __init__(self, target_port: int) -> None:
@@ -23,6 +25,7 @@ class TcpProxy:
         self._flowing.set()
         self._pending_delays: list[float] = []
         self.chunks_forwarded = 0
+        self.accepted_at: list[float] = []
 
     async def __aenter__(self) -> TcpProxy:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -66,6 +69,7 @@ class TcpProxy:
             writer.close()
             return
         self._writers.update((writer, up_writer))
+        self.accepted_at.append(time.monotonic())
         await asyncio.gather(
             self._pipe(reader, up_writer, upstream=True),
             self._pipe(up_reader, writer, upstream=False),
