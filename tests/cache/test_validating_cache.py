@@ -172,7 +172,8 @@ async def test_b13_concurrent_gets_on_a_miss_share_one_load() -> None:
 
         for _ in range(20):
             tg.start_soon(getter)
-        await h.load_started.wait()
+        with anyio.fail_after(5):
+            await h.load_started.wait()
         h.load_gate.set()
     assert h.loads == ["a"]
     assert len({id(r) for r in results}) == 1
@@ -185,7 +186,8 @@ async def test_b13_concurrent_gets_on_a_hit_share_one_check() -> None:
     async with anyio.create_task_group() as tg:
         for _ in range(20):
             tg.start_soon(h.cache.get, "a")
-        await h.check_started.wait()
+        with anyio.fail_after(5):
+            await h.check_started.wait()
         h.check_gate.set()
     assert h.checks == ["a"]
 
@@ -195,7 +197,8 @@ async def test_a_cancelled_waiter_does_not_cancel_the_shared_load() -> None:
     h.load_gate = asyncio.Event()
     first = asyncio.create_task(h.cache.get("a"))
     second = asyncio.create_task(h.cache.get("a"))
-    await h.load_started.wait()
+    with anyio.fail_after(5):
+        await h.load_started.wait()
     first.cancel()
     with pytest.raises(asyncio.CancelledError):
         await first
@@ -210,7 +213,8 @@ async def test_b14_a_set_during_an_in_flight_load_wins_and_the_load_is_released(
     h = Harness()
     h.load_gate = asyncio.Event()
     getter = asyncio.create_task(h.cache.get("a"))
-    await h.load_started.wait()
+    with anyio.fail_after(5):
+        await h.load_started.wait()
     winner = Value("a", 100)
     h.cache.set("a", winner)
     h.load_gate.set()
@@ -225,7 +229,8 @@ async def test_evict_during_load_drops_the_loaded_value() -> None:
     h = Harness()
     h.load_gate = asyncio.Event()
     getter = asyncio.create_task(h.cache.get("a"))
-    await h.load_started.wait()
+    with anyio.fail_after(5):
+        await h.load_started.wait()
     h.cache.evict("a")
     h.load_gate.set()
     with anyio.fail_after(5), pytest.raises(EvictedWhileLoading):
@@ -241,7 +246,8 @@ async def test_b15_expiry_never_evicts_a_value_a_concurrent_set_wrote() -> None:
     h.alive["a"] = False
     h.check_gate = asyncio.Event()
     getter = asyncio.create_task(h.cache.get("a"))
-    await h.check_started.wait()
+    with anyio.fail_after(5):
+        await h.check_started.wait()
     fresh = Value("a", 50)
     h.cache.set("a", fresh)        # lands while the old value is being found expired
     h.check_gate.set()
@@ -256,7 +262,8 @@ async def test_a_hit_evicted_during_its_check_is_rebuilt_not_served() -> None:
     old = await h.cache.get("a")
     h.check_gate = asyncio.Event()
     getter = asyncio.create_task(h.cache.get("a"))
-    await h.check_started.wait()
+    with anyio.fail_after(5):
+        await h.check_started.wait()
     h.cache.evict("a")
     h.check_gate.set()
     with anyio.fail_after(5):

@@ -138,7 +138,8 @@ async def test_b45_concurrent_requests_with_different_principals_each_see_their_
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(call, "alice", ALICE)
-        await factory.restore_started.wait()
+        with anyio.fail_after(5):
+            await factory.restore_started.wait()
         tg.start_soon(call, "mallory", MALLORY)
         tg.start_soon(call, "alice2", ALICE_REFRESHED)
         await anyio.wait_all_tasks_blocked()

@@ -77,7 +77,8 @@ async def test_b18_placeholder_ended_while_connecting_closes_and_writes_nothing(
     session_id = await manager.generate()
     factory.open_gate = asyncio.Event()
     creating = asyncio.create_task(manager.create_session(session_id, ALICE))
-    await factory.open_started.wait()
+    with anyio.fail_after(5):
+        await factory.open_started.wait()
     await manager.terminate(session_id, ANONYMOUS)
     factory.open_gate.set()
     with anyio.fail_after(5), pytest.raises(SessionTerminated):
@@ -176,7 +177,8 @@ async def test_b25_key_deleted_during_restore_closes_the_restored_session(
     manager = SessionManager(store, factory)
     factory.restore_gate = asyncio.Event()
     getter = asyncio.create_task(manager.get("s", ANONYMOUS))
-    await factory.restore_started.wait()
+    with anyio.fail_after(5):
+        await factory.restore_started.wait()
     await store.delete("s")
     factory.restore_gate.set()
     with anyio.fail_after(5), pytest.raises(SessionNotFound):
@@ -196,7 +198,8 @@ async def test_b26_restore_keeps_caller_identity_but_not_its_cancellation(
     other = SessionManager(store, factory)
     factory.restore_gate = asyncio.Event()
     caller = asyncio.create_task(other.get(live.session_id, ALICE))
-    await factory.restore_started.wait()
+    with anyio.fail_after(5):
+        await factory.restore_started.wait()
     caller.cancel()
     with pytest.raises(asyncio.CancelledError):
         await caller
@@ -328,7 +331,8 @@ async def test_race_a_terminate_between_decorate_swap_and_store_write(
         return FakeLiveSession(sid, inner.backend_names(), inner.backend_states(), ALICE)
 
     decorating = asyncio.create_task(manager.decorate_session(sid, wrap))
-    await write_reached.wait()
+    with anyio.fail_after(5):
+        await write_reached.wait()
     assert manager.is_cached(sid)
     await store.delete(sid)           # terminate, as another replica would
     manager.evict_local(sid)
@@ -363,10 +367,12 @@ async def test_race_b_restore_finishing_after_create_keeps_the_created_session(
     manager._store = PausingStore()  # type: ignore[assignment]
     session_id = await manager.generate()
     creating = asyncio.create_task(manager.create_session(session_id, ALICE))
-    await update_done.wait()          # the full record is stored; not yet cached
+    with anyio.fail_after(5):
+        await update_done.wait()          # the full record is stored; not yet cached
     factory.restore_gate = asyncio.Event()
     restoring = asyncio.create_task(manager.get(session_id, ALICE))
-    await factory.restore_started.wait()
+    with anyio.fail_after(5):
+        await factory.restore_started.wait()
     let_create_finish.set()
     created = await creating
     factory.restore_gate.set()

@@ -1,0 +1,232 @@
+"""Between replicas over a real Redis: the session relay, the ended-session broadcast and
+the event log of resumable streams.
+
+Each "replica" here is its own client on the one server, as separate processes would be.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+
+from tests.support.redis_server import RedisServer
+from vmcp.errors import InvalidSessionId, StoreError
+from vmcp.store.event_log import RedisEventLog
+from vmcp.store.pubsub import RECONNECT_DELAYS, RedisEndedSessionBus, RedisSessionRelay
+
+pytestmark = [pytest.mark.anyio, pytest.mark.redis]
+
+SID = "relay-session"
+OTHER = "other-session"
+
+
+@pytest.fixture
+async def clients(redis_server: RedisServer) -> AsyncIterator[Callable[[], aioredis.Redis]]:
+    made: list[aioredis.Redis] = []
+
+    def client() -> aioredis.Redis:
+        made.append(aioredis.Redis.from_url(redis_server.url))
+        return made[-1]
+
+    yield client
+    for each in made:
+        await each.aclose()
+
+
+async def subscribers(client: aioredis.Redis, channel: str) -> int:
+    return int((await client.pubsub_numsub(channel))[0][1])
+
+
+async def wait_for_subscribers(client: aioredis.Redis, channel: str, count: int) -> None:
+    with anyio.fail_after(5):
+        while await subscribers(client, channel) != count:  # noqa: ASYNC110 - server state, no event to await
+            await anyio.sleep(0.01)
+
+
+class Inbox:
+    """A relay handler that keeps what it got and says when something came."""
+
+    def __init__(self) -> None:
+        self.got: list[dict[str, Any]] = []
+        self._arrived = anyio.Event()
+
+    def __call__(self, payload: dict[str, Any]) -> None:
+        self.got.append(payload)
+        self._arrived.set()
+
+    async def next(self) -> dict[str, Any]:
+        with anyio.fail_after(5):
+            await self._arrived.wait()
+        self._arrived = anyio.Event()
+        return self.got[-1]
+
+
+async def test_a_payload_published_on_one_replica_reaches_the_listener_on_another(
+    clients: Callable[[], aioredis.Redis], key_prefix: str,
+) -> None:
+    here = RedisSessionRelay(clients(), key_prefix, timeout_seconds=2.0)
+    there = RedisSessionRelay(clients(), key_prefix, timeout_seconds=2.0)
+    inbox, elsewhere = Inbox(), Inbox()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(here.run)
+        async with here.listen(SID, inbox), here.listen(OTHER, elsewhere):
+            await there.publish(SID, {"n": 1})   # no wait: listen returns once subscribed
+            assert await inbox.next() == {"n": 1}
+            await there.publish(OTHER, {"n": 2})
+            assert await elsewhere.next() == {"n": 2}
+        assert inbox.got == [{"n": 1}]
+        assert (there.published, here.published) == (2, 0)
+        assert (here.delivered, there.delivered) == (2, 0)
+        tg.cancel_scope.cancel()
+    await here.aclose()
+    await here.aclose()
+    await there.aclose()
+
+
+async def test_every_local_listener_gets_a_payload_and_the_last_one_out_unsubscribes(
+    clients: Callable[[], aioredis.Redis], key_prefix: str,
+) -> None:
+    relay = RedisSessionRelay(clients(), key_prefix, timeout_seconds=2.0)
+    observer = clients()
+    channel = key_prefix + SID
+    first, second = Inbox(), Inbox()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(relay.run)
+        async with relay.listen(SID, first):
+            async with relay.listen(SID, second):
+                assert await subscribers(observer, channel) == 1   # one channel, shared
+                await relay.publish(SID, {"to": "both"})
+                assert await first.next() == {"to": "both"}
+                assert await second.next() == {"to": "both"}
+            await relay.publish(SID, {"to": "first"})
+            assert await first.next() == {"to": "first"}
+            assert second.got == [{"to": "both"}]
+            assert await subscribers(observer, channel) == 1
+        await wait_for_subscribers(observer, channel, 0)
+        async with relay.listen(SID, second):                       # subscribes again
+            await relay.publish(SID, {"to": "second"})
+            assert await second.next() == {"to": "second"}
+        tg.cancel_scope.cancel()
+    assert relay.delivered == 4
+    await relay.aclose()
+
+
+async def test_a_malformed_relay_message_is_dropped_and_the_next_one_delivered(
+    clients: Callable[[], aioredis.Redis], key_prefix: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    relay = RedisSessionRelay(clients(), key_prefix, timeout_seconds=2.0)
+    raw = clients()
+    inbox = Inbox()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(relay.run)
+        async with relay.listen(SID, inbox):
+            with caplog.at_level(logging.WARNING, logger="vmcp.store.pubsub"):
+                await raw.publish(key_prefix + SID, b"{not json")
+                await relay.publish(SID, {"ok": True})
+                assert await inbox.next() == {"ok": True}
+        tg.cancel_scope.cancel()
+    assert inbox.got == [{"ok": True}]
+    assert relay.delivered == 1
+    assert [r.getMessage() for r in caplog.records] == ["ignored a malformed relay message"]
+    await relay.aclose()
+
+
+async def test_relay_refuses_a_bad_session_id_and_reports_an_unreachable_store(
+    key_prefix: str,
+) -> None:
+    dead = aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
+    relay = RedisSessionRelay(dead, key_prefix, timeout_seconds=0.5)
+    with pytest.raises(InvalidSessionId):
+        await relay.publish("bad id", {})
+    with pytest.raises(StoreError):
+        await relay.publish(SID, {})
+    assert relay.published == 0
+    with pytest.raises(StoreError):
+        async with relay.listen(SID, Inbox()):
+            raise AssertionError("listening without a store")
+    await relay.aclose()
+    await dead.aclose()
+
+
+async def next_id(ids: AsyncIterator[str]) -> str:
+    with anyio.fail_after(5):
+        return await ids.__anext__()
+
+
+async def test_ended_sessions_are_announced_skipping_malformed_ids_and_surviving_a_lost_link(
+    clients: Callable[[], aioredis.Redis], key_prefix: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    channel = key_prefix + "ended"
+    listener = clients()
+    sender = RedisEndedSessionBus(clients(), channel, timeout_seconds=2.0)
+    observer = clients()
+    ids = RedisEndedSessionBus(listener, channel, timeout_seconds=2.0).subscribe()
+    with caplog.at_level(logging.WARNING, logger="vmcp.store.pubsub"):
+        waiting = anyio.create_task_group()
+        async with waiting:
+            received: list[str] = []
+
+            async def first() -> None:
+                received.append(await next_id(ids))
+
+            waiting.start_soon(first)
+            await wait_for_subscribers(observer, channel, 1)
+            await observer.publish(channel, "not a valid id")   # skipped
+            await sender.publish("s-1")
+        assert received == ["s-1"]
+
+        # The subscription's connection dies: the bus subscribes again after the first,
+        # shortest delay and goes on delivering.
+        lost = time.monotonic()
+        await observer.client_kill_filter(_type="pubsub")
+        async with anyio.create_task_group() as again:
+            async def second() -> None:
+                received.append(await next_id(ids))
+
+            again.start_soon(second)
+            await wait_for_subscribers(observer, channel, 0)
+            await wait_for_subscribers(observer, channel, 1)
+            back = time.monotonic() - lost
+            await sender.publish("s-2")
+        assert received == ["s-1", "s-2"]
+        assert back < RECONNECT_DELAYS[1]
+    await ids.aclose()  # type: ignore[attr-defined]
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0] == "ignored a malformed id on the ended-session channel"
+    assert messages[1].startswith("ended-session channel lost (")
+    assert messages[1].endswith(f"); again in {RECONNECT_DELAYS[0]:.1f}s")
+    with pytest.raises(InvalidSessionId):
+        await sender.publish("")
+
+
+async def test_the_event_log_keeps_a_streams_events_in_order_and_says_which_streams_exist(
+    redis_server: RedisServer, clients: Callable[[], aioredis.Redis], key_prefix: str,
+) -> None:
+    client = clients()
+    log = RedisEventLog(client, key_prefix, ttl_seconds=30, max_events=100,
+                        timeout_seconds=2.0)
+    assert await log.exists(SID, "r1-1") is False
+    for seq in (1, 2, 3):
+        await log.append(SID, "r1-1", seq, {"m": {"n": seq}, "final": seq == 3})
+    assert await log.exists(SID, "r1-1") is True
+    assert await log.exists(SID, "r1-2") is False
+    assert await log.exists(OTHER, "r1-1") is False
+    key = f"{key_prefix}{SID}:r1-1"
+    assert 25_000 < await client.pttl(key) <= 30_000
+    events = []
+    with anyio.fail_after(5):
+        async for seq, event in log.read(SID, "r1-1", 1):
+            events.append((seq, event))
+            if event["final"]:
+                break
+    assert events == [(2, {"m": {"n": 2}, "final": False}), (3, {"m": {"n": 3}, "final": True})]
+    assert json.loads((await client.xrange(key))[0][1][b"e"]) == {"m": {"n": 1}, "final": False}
+    with pytest.raises(InvalidSessionId):
+        await log.exists("bad id", "r1-1")
