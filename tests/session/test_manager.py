@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from tests.session.conftest import ALICE, FakeLiveSession, RecordingFactory
-from vmcp.errors import SessionNotFound, SessionTerminated, StoreError
+from vmcp.errors import InvalidSessionId, SessionNotFound, SessionTerminated, StoreError
 from vmcp.identity import ANONYMOUS
 from vmcp.session import LiveSession, SessionManager
 from vmcp.session import metadata as md
@@ -426,3 +426,30 @@ async def test_liveness_interval_trades_store_round_trips_for_staleness(
     assert await relaxed.get(live.session_id, ALICE) is live   # the documented staleness
     await strict.aclose()
     await relaxed.aclose()
+
+
+@pytest.mark.parametrize("bad", ["", "a b", "x" * 129, "\x00"])
+async def test_b3_a_malformed_session_id_sends_no_store_command_on_any_request_path(
+    redis_store: RedisStore, factory: RecordingFactory, bad: str
+) -> None:
+    """Counted on the Redis server: the id is refused before the store is asked."""
+    manager = SessionManager(redis_store, factory)
+
+    async def sent() -> int:
+        stats = await redis_store.client.info("commandstats")
+        return sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info")
+
+    async def keep(live: LiveSession) -> LiveSession:
+        return live
+
+    await redis_store.ping()
+    before = await sent()
+    for call in (lambda: manager.get(bad, ALICE), lambda: manager.terminate(bad, ALICE),
+                 lambda: manager.create_session(bad, ALICE),
+                 lambda: manager.decorate_session(bad, keep)):
+        with pytest.raises(InvalidSessionId):
+            await call()
+    assert await sent() == before
+    assert factory.restore_calls == []
+    assert not factory.open_started.is_set()
+    await manager.aclose()

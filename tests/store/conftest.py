@@ -52,6 +52,15 @@ class StoreUnderTest:
             else:
                 await client.pexpire(key, left)
 
+    async def commands_sent(self) -> int:
+        """How many commands the Redis server has run so far, INFO itself excluded (for
+        the memory store, always 0)."""
+        if not isinstance(self.store, RedisStore):
+            return 0
+        stats = await self.store.client.info("commandstats")
+        return sum(int(value["calls"]) for name, value in stats.items()
+                   if name != "cmdstat_info")
+
     async def remaining_ttl(self, session_id: str) -> float:
         if isinstance(self.store, MemoryStore):
             return self.store._records[session_id][1] - self.store._clock()

@@ -55,6 +55,9 @@ async def test_b3_load_of_absent_id_raises_not_found(subject: StoreUnderTest) ->
 async def test_b3_invalid_session_ids_are_rejected_before_any_io(
     subject: StoreUnderTest, bad: object
 ) -> None:
+    """Counted on the server: a malformed or empty id sends not a single command."""
+    await subject.store.ping()
+    before = await subject.commands_sent()
     for call in (
         lambda: subject.store.load(bad),  # type: ignore[arg-type]
         lambda: subject.store.create(bad, {}),  # type: ignore[arg-type]
@@ -63,6 +66,10 @@ async def test_b3_invalid_session_ids_are_rejected_before_any_io(
     ):
         with pytest.raises(InvalidSessionId):
             await call()
+    assert await subject.commands_sent() == before
+    with pytest.raises(SessionNotFound):
+        await subject.store.load("well-formed")  # the count does see a real call
+    assert await subject.commands_sent() == before + (subject.kind == "redis")
 
 
 async def test_longest_visible_ascii_id_is_accepted(subject: StoreUnderTest) -> None:
