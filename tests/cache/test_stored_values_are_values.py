@@ -48,6 +48,7 @@ class Harness:
         self.checks = 0
         self.alive = True
         self.released: list[object] = []
+        self.released_keys: list[str] = []
         self.load_gate: asyncio.Event | None = None
         self.load_started = asyncio.Event()
         self.cache: ValidatingCache[str, object] = ValidatingCache(
@@ -66,6 +67,7 @@ class Harness:
 
     async def on_evict(self, key: str, value: object) -> None:
         self.released.append(value)
+        self.released_keys.append(key)
 
 
 def released_is(harness: Harness, *expected: object) -> bool:
@@ -116,6 +118,7 @@ async def test_a_replaced_or_evicted_value_is_released(value: object) -> None:
     assert h.cache.evict("k") is False
     await h.cache.wait_released()
     assert released_is(h, value, newer, value)
+    assert h.released_keys == ["k", "k", "k"]
     assert h.cache.statistics().removals == 1
 
 
@@ -126,6 +129,7 @@ async def test_a_value_pushed_out_by_capacity_is_released(value: object) -> None
     h.cache.set("new", Loaded())
     await h.cache.wait_released()
     assert released_is(h, value)
+    assert h.released_keys == ["old"]
     assert "old" not in h.cache
     assert h.cache.statistics().evictions == 1
 

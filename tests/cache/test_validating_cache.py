@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 import pytest
 
-from vmcp.cache import EvictedWhileLoading, ValidatingCache
+from vmcp.cache import CacheStatistics, EvictedWhileLoading, ValidatingCache
 
 pytestmark = pytest.mark.anyio
 
@@ -292,3 +292,41 @@ async def test_aclose_releases_everything() -> None:
     await h.cache.aclose()
     assert sorted(v.key for v in h.evicted) == ["a", "b"]
     assert len(h.cache) == 0
+
+
+async def test_statistics_count_every_outcome() -> None:
+    h = Harness(capacity=2)
+    assert h.cache.statistics() == CacheStatistics(
+        size=0, capacity=2, hits=0, misses=0, loads=0, load_failures=0, expirations=0,
+        evictions=0, removals=0, check_failures=0)
+    await h.cache.get("a")                     # miss, load
+    await h.cache.get("a")                     # hit
+    h.check_error = RuntimeError("store down")
+    await h.cache.get("a")                     # hit served despite a failed check
+    h.check_error = None
+    h.alive["a"] = False
+    await h.cache.get("a")                     # expired: miss, load
+    h.load_error = KeyError("gone")
+    with pytest.raises(KeyError):
+        await h.cache.get("b")                 # miss, failed load
+    h.load_error = None
+    h.alive["a"] = True
+    for key in ("c", "d", "e"):
+        h.cache.set(key, Value(key, 0))        # two pushed out for capacity
+    assert h.cache.evict("e") is True
+    assert h.cache.evict("d") is True
+    assert h.cache.evict("d") is False
+    assert h.cache.statistics() == CacheStatistics(
+        size=0, capacity=2, hits=2, misses=3, loads=2, load_failures=1, expirations=1,
+        evictions=2, removals=2, check_failures=1)
+    await h.cache.wait_released()
+    assert sorted(v.key for v in h.evicted) == ["a", "a", "c", "d", "e"]
+
+
+async def test_cached_keys_are_listed_least_recently_used_first() -> None:
+    h = Harness(capacity=3)
+    for key in ("a", "b", "c"):
+        h.cache.set(key, Value(key, 0))
+    await h.cache.get("a")
+    assert h.cache.cached_keys() == ["b", "c", "a"]
+    assert len(h.cache) == 3

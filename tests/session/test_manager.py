@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
 
 import anyio
 import pytest
 
-from tests.session.conftest import ALICE, FakeLiveSession, RecordingFactory
-from vmcp.errors import InvalidSessionId, SessionNotFound, SessionTerminated, StoreError
+from tests.session.conftest import ALICE, MALLORY, FakeLiveSession, RecordingFactory
+from vmcp.errors import (
+    InvalidSessionId,
+    SessionNotFound,
+    SessionNotYours,
+    SessionTerminated,
+    StoreError,
+    StoreUnavailable,
+)
 from vmcp.identity import ANONYMOUS
 from vmcp.session import LiveSession, SessionManager
 from vmcp.session import metadata as md
@@ -453,3 +461,97 @@ async def test_b3_a_malformed_session_id_sends_no_store_command_on_any_request_p
     assert factory.restore_calls == []
     assert not factory.open_started.is_set()
     await manager.aclose()
+
+
+async def test_a_reload_stores_the_changed_sessions_lists_and_states_and_keeps_the_rest(
+    manager: SessionManager, factory: RecordingFactory, store: SessionStore
+) -> None:
+    changed = await manager.initialize(ALICE)
+    unchanged = await manager.initialize(ALICE)
+    sid = changed.session_id
+    record = await store.load(sid)
+    assert await store.update(sid, {**record, "note": "kept"})
+    untouched = await store.load(unchanged.session_id)
+
+    async def drop_beta(live: LiveSession) -> bool:
+        if live.session_id != sid:
+            return False
+        assert isinstance(live, FakeLiveSession)
+        live._backends, live._states = ["alpha"], {"alpha": "alpha-after-reload"}
+        return True
+
+    assert await manager.reconcile_live_sessions(drop_beta) == 1
+    assert await store.load(sid) == {md.IDENTITY: record[md.IDENTITY], md.BACKENDS: "alpha",
+                                     "backend:alpha": "alpha-after-reload", "note": "kept"}
+    assert await store.load(unchanged.session_id) == untouched
+    # The cached copy took the new list: the next request is a plain hit, not a rebuild.
+    assert await manager.get(sid, ALICE) is changed
+    assert factory.restore_calls == []
+
+
+async def test_a_reload_goes_on_past_a_session_it_cannot_store(
+    store: SessionStore, factory: RecordingFactory
+) -> None:
+    manager = SessionManager(store, factory)
+    failing = await manager.initialize(ALICE)
+    other = await manager.initialize(ALICE)
+    ended = await manager.initialize(ALICE)
+    record = await store.load(ended.session_id)
+    assert await store.update(ended.session_id, {**record, md.TERMINATED: "true"})
+
+    class FailingForOne:
+        def __getattr__(self, name: str) -> object:
+            return getattr(store, name)
+
+        async def load(self, session_id: str) -> dict[str, str]:
+            if session_id == failing.session_id:
+                raise StoreUnavailable("connection reset")
+            return await store.load(session_id)
+
+    manager._store = FailingForOne()  # type: ignore[assignment]
+
+    async def drop_beta(live: LiveSession) -> bool:
+        assert isinstance(live, FakeLiveSession)
+        live._backends = ["alpha"]
+        return True
+
+    assert await manager.reconcile_live_sessions(drop_beta) == 3
+    assert (await store.load(other.session_id))[md.BACKENDS] == "alpha"
+    assert (await store.load(failing.session_id))[md.BACKENDS] == "alpha,beta"
+    assert (await store.load(ended.session_id))[md.BACKENDS] == "alpha,beta"
+    await manager.aclose()
+
+
+async def test_terminate_of_an_expired_session_closes_the_copy_held_here(
+    manager: SessionManager, store: SessionStore
+) -> None:
+    live = await manager.initialize(ALICE)
+    await store.delete(live.session_id)          # its record expired
+    assert await manager.terminate(live.session_id, ALICE) is False
+    assert not manager.is_cached(live.session_id)
+    await manager.wait_closed()
+    assert isinstance(live, FakeLiveSession)
+    assert live.close_count == 1
+
+
+async def test_a_strangers_attempt_is_logged_as_a_security_event_naming_the_session(
+    manager: SessionManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    live = await manager.initialize(ALICE)
+    with caplog.at_level(logging.WARNING, logger="vmcp.session.manager"), \
+            pytest.raises(SessionNotYours):
+        await manager.terminate(live.session_id, MALLORY)
+    events = [r for r in caplog.records if getattr(r, "security_event", False)]
+    assert [getattr(r, "session_id", None) for r in events] == [live.session_id]
+    assert manager.statistics().security_events == 1
+    assert await manager.get(live.session_id, ALICE) is live
+
+
+async def test_evict_local_says_whether_a_copy_was_held(manager: SessionManager) -> None:
+    live = await manager.initialize(ALICE)
+    assert manager.evict_local(live.session_id) is True
+    assert manager.evict_local(live.session_id) is False
+    assert manager.evict_local("never-held") is False
+    await manager.wait_closed()
+    assert isinstance(live, FakeLiveSession)
+    assert live.close_count == 1

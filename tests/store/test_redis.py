@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -13,7 +14,7 @@ import redis.exceptions
 from tests.support.redis_server import RedisServer
 from tests.support.tcp_proxy import TcpProxy
 from vmcp.errors import SessionNotFound, StoreError, StoreTimeout, StoreUnavailable
-from vmcp.store import RedisStore, open_store
+from vmcp.store import MemoryStore, RedisStore, open_store
 from vmcp.store._redis_errors import translated_store_errors
 
 pytestmark = pytest.mark.anyio
@@ -56,6 +57,70 @@ def test_sentinel_url_builds_a_sentinel_backed_client() -> None:
                           key_prefix="p:", ttl_seconds=1, timeout_seconds=1)
     assert type(sentinel.client).__name__ == "Redis"
     assert type(sentinel.client.connection_pool).__name__ == "SentinelConnectionPool"
+
+
+def sentinel_pool(url: str) -> Any:
+    store = open_store(url, key_prefix="p:", ttl_seconds=1, timeout_seconds=1.5)
+    assert isinstance(store, RedisStore)
+    return store.client.connection_pool
+
+
+def test_sentinel_url_names_every_sentinel_the_service_the_db_and_the_password() -> None:
+    pool = sentinel_pool("redis+sentinel://:s3cr%40t@h1:26380,h2,:26381/mymaster/2")
+    assert pool.service_name == "mymaster"
+    sentinels = [(c.connection_pool.connection_kwargs["host"],
+                  c.connection_pool.connection_kwargs["port"],
+                  c.connection_pool.connection_kwargs["socket_timeout"],
+                  c.connection_pool.connection_kwargs["socket_connect_timeout"])
+                 for c in pool.sentinel_manager.sentinels]
+    assert sentinels == [("h1", 26380, 1.5, 1.5), ("h2", 26379, 1.5, 1.5),
+                         ("localhost", 26381, 1.5, 1.5)]
+    master = pool.connection_kwargs
+    assert (master["password"], master["db"], master["socket_timeout"],
+            master["socket_connect_timeout"]) == ("s3cr@t", 2, 1.5, 1.5)
+
+
+def test_sentinel_url_defaults_to_db_0_and_no_password() -> None:
+    pool = sentinel_pool("redis+sentinel://h1/svc")
+    assert pool.service_name == "svc"
+    assert (pool.connection_kwargs["db"], pool.connection_kwargs.get("password")) == (0, None)
+    assert [(c.connection_pool.connection_kwargs["host"],
+             c.connection_pool.connection_kwargs["port"])
+            for c in pool.sentinel_manager.sentinels] == [("h1", 26379)]
+
+
+def test_cluster_and_plain_urls_carry_the_per_call_deadline_to_the_client() -> None:
+    cluster = open_store("redis+cluster://h9:7001", key_prefix="p:", ttl_seconds=1,
+                         timeout_seconds=1.5)
+    assert isinstance(cluster, RedisStore)
+    nodes = cluster.client.nodes_manager  # type: ignore[union-attr]
+    assert [(n.host, n.port) for n in nodes.startup_nodes.values()] == [("h9", 7001)]
+    assert (nodes.connection_kwargs["socket_timeout"],
+            nodes.connection_kwargs["socket_connect_timeout"]) == (1.5, 1.5)
+    for url, where in (("redis://127.0.0.1:6390/3", {"host": "127.0.0.1", "port": 6390}),
+                       ("unix:///tmp/r.sock?db=3", {"path": "/tmp/r.sock"})):
+        store = open_store(url, key_prefix="q:", ttl_seconds=2.5, timeout_seconds=1.5)
+        assert isinstance(store, RedisStore)
+        kwargs = store.client.connection_pool.connection_kwargs
+        assert {k: kwargs[k] for k in (*where, "db", "socket_timeout",
+                                       "socket_connect_timeout")} == {
+            **where, "db": 3, "socket_timeout": 1.5, "socket_connect_timeout": 1.5}
+        assert store.key("abc") == "q:abc"
+        assert (store._ttl_ms, store._timeout) == (2500, 1.5)
+
+
+def test_memory_url_gives_the_embedded_store_with_its_ttl_and_sweep() -> None:
+    store = open_store("memory", key_prefix="ignored:", ttl_seconds=7, timeout_seconds=1,
+                       sweep_interval_seconds=3)
+    assert isinstance(store, MemoryStore)
+    assert (store._ttl, store._sweep_interval) == (7.0, 3.0)
+    assert isinstance(open_store("memory", key_prefix="p:", ttl_seconds=7,
+                                 timeout_seconds=1), MemoryStore)
+
+
+def test_a_ttl_shorter_than_a_millisecond_still_expires_records() -> None:
+    store = make_store("redis://127.0.0.1:1/0", "p:", ttl=0.0001)
+    assert store._ttl_ms == 1
 
 
 async def test_records_are_json_under_prefixed_keys(redis_store: RedisStore) -> None:

@@ -152,7 +152,9 @@ def _sentinel_client(url: str, connection: dict[str, Any]) -> aioredis.Redis:
     parts = urlsplit(url)
     hosts = []
     for item in parts.netloc.rsplit("@", 1)[-1].split(","):
-        host, _, port = item.rpartition(":")
+        host, colon, port = item.rpartition(":")
+        if not colon:  # a host without a port
+            host, port = item, ""
         hosts.append((host or "localhost", int(port or 26379)))
     path = [p for p in parts.path.split("/") if p]
     if not path:
