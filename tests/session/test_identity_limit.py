@@ -251,3 +251,21 @@ async def test_the_redis_index_names_no_identity_and_expires(
         assert 0 < await store.client.pttl(keys[0]) <= 60_000
     finally:
         await store.aclose()
+
+
+async def test_the_memory_index_forgets_an_identity_with_no_session_left() -> None:
+    """Nothing is kept for an identity whose sessions all ended: the index cannot grow
+    with every identity that ever came."""
+    held = {"s1", "s2"}
+    index = MemoryIdentityIndex(held.__contains__, ttl_seconds=60)
+    alice = binding_for(ALICE)
+    assert await index.admit(alice, "s1", 2)
+    assert await index.admit(alice, "s2", 2)
+    await index.remove(alice, "not-a-member")         # others stay
+    assert set(index._members[alice]) == {"s1", "s2"}
+    await index.remove(alice, "s1")
+    await index.remove(alice, "s2")
+    assert (index._members, index._expires) == ({}, {})
+    held.clear()
+    assert not await index.admit(alice, "s3", 0)       # refused with no member: nothing kept
+    assert (index._members, index._expires) == ({}, {})

@@ -555,3 +555,33 @@ async def test_evict_local_says_whether_a_copy_was_held(manager: SessionManager)
     await manager.wait_closed()
     assert isinstance(live, FakeLiveSession)
     assert live.close_count == 1
+
+
+async def test_a_backend_without_a_stored_state_is_dropped_all_the_same(
+    manager: SessionManager, store: SessionStore
+) -> None:
+    assert await store.create("s", {md.IDENTITY: "unauthenticated", md.BACKENDS: "alpha,beta",
+                                    "backend:beta": "b"})
+    await manager.notify_backend_expired("s", "alpha")
+    assert await store.load("s") == {md.IDENTITY: "unauthenticated", md.BACKENDS: "beta",
+                                     "backend:beta": "b"}
+
+
+async def test_decorate_errors_name_the_session(manager: SessionManager,
+                                                store: SessionStore) -> None:
+    async def keep(live: LiveSession) -> LiveSession:
+        return live
+
+    async def none(live: LiveSession) -> None:
+        return None
+
+    with pytest.raises(SessionNotFound, match="unknown-id"):
+        await manager.decorate_session("unknown-id", keep)
+    live = await manager.initialize(ALICE)
+    with pytest.raises(DecorationError, match=f"must return session '{live.session_id}'"):
+        await manager.decorate_session(live.session_id, none)
+    await store.delete(live.session_id)
+    with pytest.raises(SessionNotFound, match=live.session_id):
+        await manager.decorate_session(live.session_id, keep)
+    assert manager.statistics().cache.size == 0
+    assert manager.statistics().cache.removals == 1

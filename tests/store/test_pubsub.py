@@ -17,7 +17,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.support.redis_server import RedisServer
-from vmcp.errors import InvalidSessionId, StoreError
+from tests.support.tcp_proxy import TcpProxy
+from vmcp.errors import InvalidSessionId, StoreError, StoreTimeout
+from vmcp.store import pubsub
 from vmcp.store.event_log import RedisEventLog
 from vmcp.store.pubsub import RECONNECT_DELAYS, RedisEndedSessionBus, RedisSessionRelay
 
@@ -230,3 +232,69 @@ async def test_the_event_log_keeps_a_streams_events_in_order_and_says_which_stre
     assert json.loads((await client.xrange(key))[0][1][b"e"]) == {"m": {"n": 1}, "final": False}
     with pytest.raises(InvalidSessionId):
         await log.exists("bad id", "r1-1")
+
+
+async def test_the_broadcast_backs_off_step_by_step_while_redis_is_unreachable(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each failed subscription waits the next delay, and the last one repeats."""
+    monkeypatch.setattr(pubsub, "RECONNECT_DELAYS", (0.1, 0.2, 0.3, 0.4, 0.5))
+    dead = aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
+    ids = RedisEndedSessionBus(dead, "ended", timeout_seconds=0.5).subscribe()
+
+    def delays() -> list[str]:
+        return [r.getMessage().rsplit("again in ", 1)[-1] for r in caplog.records
+                if r.getMessage().startswith("ended-session channel lost")]
+
+    with caplog.at_level(logging.WARNING, logger="vmcp.store.pubsub"):
+        with anyio.move_on_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(ids.__anext__)
+                while len(delays()) < 6:  # noqa: ASYNC110 - the log is the observable
+                    await anyio.sleep(0.02)
+                tg.cancel_scope.cancel()
+    assert delays()[:6] == ["0.1s", "0.2s", "0.3s", "0.4s", "0.5s", "0.5s"]
+    await ids.aclose()  # type: ignore[attr-defined]
+    await dead.aclose()
+
+
+async def test_each_store_error_names_the_operation_that_failed(key_prefix: str) -> None:
+    dead = aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
+    log = RedisEventLog(dead, key_prefix, ttl_seconds=5, max_events=10, timeout_seconds=1)
+    bus = RedisEndedSessionBus(dead, "ended", timeout_seconds=1)
+    relay = RedisSessionRelay(dead, key_prefix, timeout_seconds=1)
+
+    async def read_one() -> None:
+        async for _ in log.read(SID, "r1-1", 0):
+            break
+
+    for operation, call in (("xadd", lambda: log.append(SID, "r1-1", 1, {})),
+                            ("exists", lambda: log.exists(SID, "r1-1")),
+                            ("xread", read_one),
+                            ("publish", lambda: bus.publish(SID)),
+                            ("publish", lambda: relay.publish(SID, {}))):
+        with anyio.fail_after(5), pytest.raises(StoreError, match=f"^redis {operation}: "):
+            await call()
+    await dead.aclose()
+
+
+async def test_a_stalled_redis_ends_every_call_at_its_own_deadline(
+    redis_server: RedisServer, key_prefix: str,
+) -> None:
+    """A client without socket timeouts: only each call's own deadline ends the wait."""
+    async with TcpProxy(redis_server.port) as proxy:
+        client = aioredis.Redis.from_url(proxy.url)
+        log = RedisEventLog(client, key_prefix, ttl_seconds=5, max_events=10,
+                            timeout_seconds=0.3)
+        bus = RedisEndedSessionBus(client, "ended", timeout_seconds=0.3)
+        relay = RedisSessionRelay(client, key_prefix, timeout_seconds=0.3)
+        await client.ping()
+        proxy.stall()
+        for call in (lambda: log.append(SID, "r1-1", 1, {}), lambda: log.exists(SID, "r1-1"),
+                     lambda: bus.publish(SID), lambda: relay.publish(SID, {})):
+            started = time.monotonic()
+            with anyio.fail_after(5), pytest.raises(StoreTimeout):
+                await call()
+            assert time.monotonic() - started < 2
+        proxy.resume()
+        await client.aclose()
