@@ -78,6 +78,9 @@ class ValidatingCache(Generic[K, V]):
     failure is taken as transient (the store is down, not the session) and the cached
     value is served. ``on_evict(key, value)`` releases a value that leaves the cache for
     any reason: LRU pressure, expiry, ``evict``, a lost set-vs-load race, or ``aclose``.
+    ``on_displace(key, value)``, if given, releases instead a value pushed out by LRU
+    pressure alone: it is still valid, only no longer kept here (a live session whose
+    backend sessions must outlive this replica's copy).
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class ValidatingCache(Generic[K, V]):
         load: Callable[[K], Awaitable[V]],
         check: Callable[[K, V], Awaitable[bool]],
         on_evict: Callable[[K, V], Awaitable[None]] | None = None,
+        on_displace: Callable[[K, V], Awaitable[None]] | None = None,
     ) -> None:
         if not isinstance(capacity, int) or capacity < 1:
             raise ValueError(f"capacity must be an int >= 1, got {capacity!r}")
@@ -96,6 +100,7 @@ class ValidatingCache(Generic[K, V]):
         self._load = load
         self._check = check
         self._on_evict = on_evict
+        self._on_displace = on_displace if on_displace is not None else on_evict
         self._entries: OrderedDict[K, V] = OrderedDict()
         self._flights: dict[K, asyncio.Task[V]] = {}
         self._mutations: dict[K, int] = {}
@@ -232,7 +237,7 @@ class ValidatingCache(Generic[K, V]):
         while len(self._entries) > self._capacity:
             old_key, old_value = self._entries.popitem(last=False)
             self._evictions += 1
-            self._release(old_key, old_value)
+            self._release(old_key, old_value, self._on_displace)
 
     def _mutated(self, key: K) -> None:
         if key in self._mutations:
@@ -245,11 +250,13 @@ class ValidatingCache(Generic[K, V]):
         if not flight.cancelled():
             flight.exception()  # mark it retrieved: every waiter may have been cancelled
 
-    def _release(self, key: K, value: V) -> None:
-        if self._on_evict is None:
+    def _release(self, key: K, value: V,
+                 release: Callable[[K, V], Awaitable[None]] | None = None) -> None:
+        release = release if release is not None else self._on_evict
+        if release is None:
             return
         task = asyncio.create_task(
-            _release_logging_errors(self._on_evict, key, value), name="vmcp-cache-release"
+            _release_logging_errors(release, key, value), name="vmcp-cache-release"
         )
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)

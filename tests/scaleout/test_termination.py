@@ -59,12 +59,13 @@ def test_any_replica_serves_a_session_through_the_load_balancer(cluster: Cluster
     assert all(n > 0 for n in loads), f"every replica restored sessions: {loads}"
 
 
-def test_evicted_sessions_end_upstream_and_restore_transparently_and_nothing_leaks(
+def test_evicted_sessions_close_their_connections_restore_transparently_and_nothing_leaks(
     scaleout_backends: dict[str, ManagedProcess], redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    """Cache capacity 10, 100 live sessions: LRU evictions end upstream sessions, the
-    evicted sessions come back on their next request, and after every DELETE no replica
-    holds an upstream session."""
+    """Cache capacity 10, 100 live sessions: LRU evictions close the replicas' upstream
+    connections (the backend sessions themselves stay: B38, counted by a backend in
+    tests/session/test_live_sessions.py), the evicted sessions come back on their next
+    request, and after every DELETE no replica holds an upstream connection."""
     with running_cluster(scaleout_backends, redis_server, tmp_path,
                          session={"cache_capacity": 10}) as small, \
             httpx2.Client(timeout=20) as http:
@@ -76,7 +77,7 @@ def test_evicted_sessions_end_upstream_and_restore_transparently_and_nothing_lea
                 assert result.get("isError") is not True, (round_, result)
         ended = [sum(c["ended"] for c in small.status(r)["upstream_sessions"].values())
                  for r in small.replicas]
-        assert all(n > 0 for n in ended), f"evictions ended upstream sessions: {ended}"
+        assert all(n > 0 for n in ended), f"evictions closed upstream connections: {ended}"
         live = [small.status(r)["live_sessions"] for r in small.replicas]
         assert all(n <= 10 for n in live), live
         for session in sessions:

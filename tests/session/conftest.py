@@ -29,6 +29,7 @@ class FakeLiveSession:
         self._states = dict(states)
         self.principal = principal
         self.close_count = 0
+        self.ended_upstream: list[bool] = []
         self.closed = asyncio.Event()
 
     @property
@@ -41,8 +42,9 @@ class FakeLiveSession:
     def backend_states(self) -> dict[str, str]:
         return dict(self._states)
 
-    async def aclose(self) -> None:
+    async def aclose(self, *, end_upstream: bool = True) -> None:
         self.close_count += 1
+        self.ended_upstream.append(end_upstream)
         self.closed.set()
 
 
@@ -58,6 +60,7 @@ class RecordingFactory:
     open_error: Exception | None = None
     open_gate: asyncio.Event | None = None
     open_started: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: list[tuple[str, list[str], dict[str, str]]] = field(default_factory=list)
     restore_gate: asyncio.Event | None = None
     restore_started: asyncio.Event = field(default_factory=asyncio.Event)
     generation: int = 0
@@ -84,6 +87,10 @@ class RecordingFactory:
         live = FakeLiveSession(session_id, backends, dict(states), principal)
         self.restored.append(live)
         return live
+
+    async def end(self, session_id: str, backends: Sequence[str],
+                  states: Mapping[str, str]) -> None:
+        self.ended.append((session_id, list(backends), dict(states)))
 
 
 @pytest.fixture(params=["memory", "redis"])

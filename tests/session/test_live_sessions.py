@@ -8,6 +8,7 @@ many connections the gateway had open to it at once.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -188,3 +189,51 @@ async def test_b36_close_ends_every_backend_even_when_one_cannot_be_reached(
         assert deletes(live_backends["up"]) == 1
         with pytest.raises(SessionClosed):
             await live.call("up", "tools/call", ECHO, None)
+
+
+def deleted_ids(backend: RecordingBackend) -> list[str | None]:
+    return sorted(seen.header("mcp-session-id") or "" for seen in backend.seen
+                  if seen.http_method == "DELETE")
+
+
+async def upstream_id(store: MemoryStore, session_id: str, backend: str = "up") -> str:
+    state = json.loads((await store.load(session_id))[md.backend_state_key(backend)])
+    return str(state["session_id"])
+
+
+async def test_b38_a_session_dropped_for_capacity_keeps_its_upstream_session(
+    live_backends: dict[str, RecordingBackend],
+) -> None:
+    """Counted by the backend itself: LRU pressure sends no DELETE, the dropped session's
+    next request re-attaches to the same upstream session (no new initialize), and the
+    session's end sends exactly one DELETE per upstream session, also for a session that
+    has no copy left on the replica that ends it."""
+    backend = live_backends["up"]
+    async with httpx2.AsyncClient() as http, MemoryStore(ttl_seconds=60) as store:
+        manager = SessionManager(store, BackendConnector(config({"up": backend.url}), http),
+                                 cache_capacity=1)
+        first = await manager.initialize(ANONYMOUS)
+        first_upstream = await upstream_id(store, first.session_id)
+        second = await manager.initialize(ANONYMOUS)            # pushes the first out
+        second_upstream = await upstream_id(store, second.session_id)
+        await manager.wait_closed()
+        assert not manager.is_cached(first.session_id)
+        assert deleted_ids(backend) == []
+        initializes = len(backend.calls("initialize"))
+
+        again = await manager.get(first.session_id, ANONYMOUS)  # pushes the second out
+        assert again is not first
+        result = await again.call("up", "tools/call", ECHO, None)
+        assert result["content"][0]["text"] == "hi"
+        assert backend.calls("tools/call")[-1].header("mcp-session-id") == first_upstream
+        assert len(backend.calls("initialize")) == initializes
+        await manager.wait_closed()
+        assert deleted_ids(backend) == []
+
+        assert await manager.terminate(first.session_id, ANONYMOUS) is True
+        await manager.wait_closed()
+        assert deleted_ids(backend) == [first_upstream]
+        assert await manager.terminate(second.session_id, ANONYMOUS) is True   # no copy here
+        assert deleted_ids(backend) == sorted([first_upstream, second_upstream])
+        await manager.aclose()
+        assert deleted_ids(backend) == sorted([first_upstream, second_upstream])

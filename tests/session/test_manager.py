@@ -585,3 +585,23 @@ async def test_decorate_errors_name_the_session(manager: SessionManager,
         await manager.decorate_session(live.session_id, keep)
     assert manager.statistics().cache.size == 0
     assert manager.statistics().cache.removals == 1
+
+
+async def test_b38_a_copy_dropped_for_capacity_keeps_its_upstream_sessions(
+    store: SessionStore, factory: RecordingFactory
+) -> None:
+    manager = SessionManager(store, factory, cache_capacity=1)
+    first = await manager.initialize(ALICE)
+    second = await manager.initialize(ALICE)          # pushes the first out
+    await manager.wait_closed()
+    assert isinstance(first, FakeLiveSession)
+    assert first.ended_upstream == [False]
+    assert await manager.terminate(first.session_id, ALICE) is True   # no copy here
+    assert factory.ended == [(first.session_id, ["alpha", "beta"],
+                              {"alpha": "alpha-upstream-1", "beta": "beta-upstream-1"})]
+    assert await manager.terminate(second.session_id, ALICE) is True  # its copy ends them
+    await manager.wait_closed()
+    assert isinstance(second, FakeLiveSession)
+    assert second.ended_upstream == [True]
+    assert len(factory.ended) == 1
+    await manager.aclose()

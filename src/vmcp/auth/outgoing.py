@@ -392,8 +392,9 @@ class _CallerCredentials:
     def statistics(self) -> BackendStatistics:
         return self._inner.statistics()
 
-    async def aclose(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
-        await self._inner.aclose(timeout=timeout)
+    async def aclose(self, *, timeout: float | None = None,  # noqa: ASYNC109
+                     end_session: bool = True) -> None:
+        await self._inner.aclose(timeout=timeout, end_session=end_session)
 
 
 # --------------------------------------------------------------------------- building

@@ -306,14 +306,17 @@ class BackendConnection(Protocol):
 
     def statistics(self) -> BackendStatistics: ...
 
-    async def aclose(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109 - drain bound
+    async def aclose(self, *, timeout: float | None = None,  # noqa: ASYNC109 - drain bound
+                     end_session: bool = True) -> None:
         """End the connection. Idempotent; never raises for a backend failure.
 
         New calls are refused at once. In-flight calls may finish for up to
         ``timeout`` (default: the connection's timeout); after that they are
         cancelled and raise ``SessionClosed``. Then the backend session is ended
         (an HTTP DELETE for Streamable HTTP). That step is bounded too, and its
-        failures are logged, not raised.
+        failures are logged, not raised. With ``end_session`` False the backend
+        session is left open: only this connection to it closes, and a later
+        ``attach`` with the same state goes on with it.
         """
         ...
 
@@ -637,7 +640,8 @@ class BaseBackend:
 
         await self._guarded(attempt, self._timeout)
 
-    async def aclose(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+    async def aclose(self, *, timeout: float | None = None,  # noqa: ASYNC109
+                     end_session: bool = True) -> None:
         if self._closed:
             if self._close_done is not None:
                 await self._close_done.wait()
@@ -654,9 +658,10 @@ class BaseBackend:
                 for scope in list(self._inflight):
                     scope.cancel()
         finally:
-            with anyio.move_on_after(TERMINATE_TIMEOUT, shield=True):
+            with anyio.move_on_after(TERMINATE_TIMEOUT if end_session else 0, shield=True):
                 try:
-                    await self._terminate()
+                    if end_session:
+                        await self._terminate()
                 except Exception:
                     logger.warning(
                         "backend %r: ending the session failed", self.target.name, exc_info=True

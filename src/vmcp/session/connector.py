@@ -123,6 +123,23 @@ class BackendConnector:
             connections = await self._gather(session_id, configured, states)
             return await self._assemble(session_id, connections, principal)
 
+    async def end(self, session_id: str, backends: Sequence[str],
+                  states: Mapping[str, str]) -> None:
+        """Re-attach each stored backend session and close it, which ends it upstream
+        (an HTTP DELETE), without any discovery."""
+        configured = [backend for name in backends
+                      if name in states and (backend := self._config.backend(name)) is not None]
+        connections = await self._gather(session_id, configured, states)
+        async with anyio.create_task_group() as tg:
+            for name, connection in connections.items():
+                tg.start_soon(self._end_one, name, connection)
+
+    async def _end_one(self, name: str, connection: BackendConnection) -> None:
+        try:
+            await connection.aclose()
+        finally:
+            self.ledger.record_ended(name)
+
     async def _gather(self, session_id: str, backends: Sequence[BackendConfig],
                       states: Mapping[str, str]) -> dict[str, BackendConnection]:
         connections: dict[str, BackendConnection] = {}

@@ -27,8 +27,11 @@ class LiveSession(Protocol):
         """Per-backend state to store so another replica can re-attach (by backend name)."""
         ...
 
-    async def aclose(self) -> None:
-        """Wait for in-flight calls, end every upstream session; idempotent, never raises."""
+    async def aclose(self, *, end_upstream: bool = True) -> None:
+        """Wait for in-flight calls, end every upstream session; idempotent, never raises.
+
+        With ``end_upstream`` False only this replica's connections close: the client
+        session lives on, and its next copy re-attaches to the same upstream sessions."""
         ...
 
 
@@ -51,4 +54,10 @@ class SessionFactory(Protocol):
         Never filtered by health: the session was promised these backends. A backend that
         cannot be reached is left out, giving a valid partial session.
         """
+        ...
+
+    async def end(self, session_id: str, backends: Sequence[str],
+                  states: Mapping[str, str]) -> None:
+        """End the upstream sessions of an ended client session that has no live copy
+        here (every copy was dropped for capacity). Failures are logged, never raised."""
         ...

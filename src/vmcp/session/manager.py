@@ -101,7 +101,7 @@ class SessionManager:
         self._max_per_identity = max_sessions_per_identity
         self._cache: ValidatingCache[str, _Entry] = ValidatingCache(
             capacity=cache_capacity, load=self._restore, check=self._is_alive,
-            on_evict=self._close,
+            on_evict=self._close, on_displace=self._displace,
         )
         self._security_events = 0
         self._reconciling = asyncio.Lock()
@@ -266,7 +266,10 @@ class SessionManager:
             await self._forget_identity(record[md.IDENTITY], session_id)
         elif not md.is_terminated(record):
             await self._store.update(session_id, {**record, md.TERMINATED: "true"})
-        self._cache.evict(session_id)
+        if not self._cache.evict(session_id) and ended:
+            # No copy here to end its upstream sessions: the ones dropped for capacity
+            # left them open (B38), so end them from the stored states.
+            await self._end_upstream(session_id, record)
         if self._ended is not None:
             try:
                 await self._ended.publish(session_id)
@@ -275,6 +278,14 @@ class SessionManager:
                 logger.warning("could not announce ended session: %s", exc,
                                extra={"session_id": session_id})
         return ended
+
+    async def _end_upstream(self, session_id: str, record: dict[str, str]) -> None:
+        try:
+            await self._factory.end(session_id, md.parse_backend_list(record.get(md.BACKENDS, "")),
+                                    md.backend_states(record))
+        except Exception:
+            logger.warning("could not end the upstream sessions of an ended session",
+                           extra={"session_id": session_id}, exc_info=True)
 
     async def follow_ended_sessions(self) -> None:
         """Close this replica's copies of sessions ended on any replica, as announced.
@@ -439,6 +450,11 @@ class SessionManager:
 
     async def _close(self, session_id: str, entry: _Entry) -> None:
         await entry.live.aclose()
+
+    async def _displace(self, session_id: str, entry: _Entry) -> None:
+        """LRU pressure drops a copy of a session that is still valid (B38): its
+        connections close, its backend sessions stay for its next request to re-attach."""
+        await entry.live.aclose(end_upstream=False)
 
     # -- housekeeping ---------------------------------------------------------------
 

@@ -434,9 +434,10 @@ class MultiSession:
         for method in sorted(LIST_CHANGED):
             self._publish({"jsonrpc": "2.0", "method": method})
 
-    async def _close_connection(self, name: str, connection: BackendConnection) -> None:
+    async def _close_connection(self, name: str, connection: BackendConnection,
+                                end_upstream: bool = True) -> None:
         try:
-            await connection.aclose()
+            await connection.aclose(end_session=end_upstream)
         except Exception:
             logger.warning("closing backend %s failed", name, exc_info=True,
                            extra={"session_id": self._session_id, "backend": name})
@@ -454,8 +455,11 @@ class MultiSession:
         """Return once the session is closed (ends streams that outlive no session)."""
         await self._ended.wait()
 
-    async def aclose(self) -> None:
-        """End every backend session (in parallel); idempotent, never raises."""
+    async def aclose(self, *, end_upstream: bool = True) -> None:
+        """End every backend session (in parallel); idempotent, never raises.
+
+        With ``end_upstream`` False (this replica drops its copy while the client session
+        lives on) the backend sessions stay open for the next copy to re-attach to."""
         if self._closed:
             return
         self._closed = True
@@ -478,7 +482,7 @@ class MultiSession:
 
         async with anyio.create_task_group() as tg:
             for name, connection in self._connections.items():
-                tg.start_soon(self._close_connection, name, connection)
+                tg.start_soon(self._close_connection, name, connection, end_upstream)
 
 
 async def _aclose_iterator(iterator: AsyncIterator[Any]) -> None:
