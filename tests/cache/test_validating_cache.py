@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -26,6 +27,7 @@ class Harness:
         self.loads: list[str] = []
         self.checks: list[str] = []
         self.evicted: list[Value] = []
+        self.evicted_keys: list[str] = []
         self.alive: dict[str, bool] = {}
         self.load_error: Exception | None = None
         self.check_error: Exception | None = None
@@ -58,6 +60,7 @@ class Harness:
 
     async def on_evict(self, key: str, value: Value) -> None:
         self.evicted.append(value)
+        self.evicted_keys.append(key)
         self.evict_event.set()
 
 
@@ -306,9 +309,11 @@ async def test_statistics_count_every_outcome() -> None:
     h.check_error = None
     h.alive["a"] = False
     await h.cache.get("a")                     # expired: miss, load
+    await h.cache.get("a")                     # expired again: miss, load
     h.load_error = KeyError("gone")
-    with pytest.raises(KeyError):
-        await h.cache.get("b")                 # miss, failed load
+    for key in ("b", "b"):
+        with pytest.raises(KeyError):
+            await h.cache.get(key)             # miss, failed load
     h.load_error = None
     h.alive["a"] = True
     for key in ("c", "d", "e"):
@@ -317,10 +322,13 @@ async def test_statistics_count_every_outcome() -> None:
     assert h.cache.evict("d") is True
     assert h.cache.evict("d") is False
     assert h.cache.statistics() == CacheStatistics(
-        size=0, capacity=2, hits=2, misses=3, loads=2, load_failures=1, expirations=1,
+        size=0, capacity=2, hits=2, misses=5, loads=3, load_failures=2, expirations=2,
         evictions=2, removals=2, check_failures=1)
     await h.cache.wait_released()
-    assert sorted(v.key for v in h.evicted) == ["a", "a", "c", "d", "e"]
+    assert sorted(v.key for v in h.evicted) == ["a", "a", "a", "c", "d", "e"]
+    assert sorted(h.evicted_keys) == ["a", "a", "a", "c", "d", "e"]
+    assert h.cache._flights == {}
+    assert h.cache._mutations == {}            # nothing kept once no flight is under way
 
 
 async def test_cached_keys_are_listed_least_recently_used_first() -> None:
@@ -330,3 +338,47 @@ async def test_cached_keys_are_listed_least_recently_used_first() -> None:
     await h.cache.get("a")
     assert h.cache.cached_keys() == ["b", "c", "a"]
     assert len(h.cache) == 3
+
+
+async def test_a_key_evicted_while_loading_is_named_and_its_flight_leaves_nothing() -> None:
+    h = Harness()
+    h.load_gate = asyncio.Event()
+    getting = asyncio.create_task(h.cache.get("k"))
+    with anyio.fail_after(5):
+        await h.load_started.wait()
+    h.cache.evict("k")
+    h.load_gate.set()
+    with anyio.fail_after(5), pytest.raises(EvictedWhileLoading, match="^k$"):
+        await getting
+    await h.cache.wait_released()
+    assert h.evicted_keys == ["k"]
+    assert (h.cache._flights, h.cache._mutations) == ({}, {})
+
+
+async def test_a_value_set_during_a_load_is_served_as_the_most_recent() -> None:
+    h = Harness(capacity=2)
+    h.load_gate = asyncio.Event()
+    getting = asyncio.create_task(h.cache.get("k"))
+    with anyio.fail_after(5):
+        await h.load_started.wait()
+    h.cache.set("k", Value("k", 99))
+    h.cache.set("other", Value("other", 0))
+    h.load_gate.set()
+    with anyio.fail_after(5):
+        assert (await getting).generation == 99
+    assert h.cache.cached_keys() == ["other", "k"]   # served: now the most recent
+
+
+async def test_closing_the_cache_during_a_load_reports_no_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    h = Harness()
+    h.load_gate = asyncio.Event()
+    getting = asyncio.create_task(h.cache.get("k"))
+    with anyio.fail_after(5):
+        await h.load_started.wait()
+    with caplog.at_level(logging.ERROR):
+        await h.cache.aclose()
+        with pytest.raises(asyncio.CancelledError):
+            await getting
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import anyio
 import pytest
@@ -14,8 +15,15 @@ from tests.session.conftest import (
     MALLORY,
     RecordingFactory,
 )
-from vmcp.errors import SessionError, SessionNotYours
-from vmcp.identity import ANONYMOUS, InvalidIdentity, Principal, binding_for, check_binding
+from vmcp.errors import SessionError, SessionNotFound, SessionNotYours
+from vmcp.identity import (
+    ANONYMOUS,
+    InvalidIdentity,
+    Principal,
+    binding_for,
+    check_binding,
+    is_well_formed,
+)
 from vmcp.session import SessionManager
 from vmcp.session import metadata as md
 from vmcp.store import SessionStore
@@ -148,5 +156,49 @@ async def test_b45_concurrent_requests_with_different_principals_each_see_their_
     assert outcomes["alice"] is outcomes["alice2"] is factory.restored[0]
     assert len(factory.restore_calls) == 1
     assert factory.restore_calls[0][1] == ALICE
+    await creator.aclose()
+    await other.aclose()
+
+
+@pytest.mark.parametrize(("binding", "well_formed"), [
+    ("unauthenticated", True), ("iss\x00sub", True), ("a\x00b\x00c", False),
+    ("\x00sub", False), ("iss\x00", False), ("no-separator", False), ("", False),
+])
+def test_b43_a_well_formed_binding_has_exactly_two_non_empty_parts(
+    binding: str, well_formed: bool
+) -> None:
+    assert is_well_formed(binding) is well_formed
+
+
+@pytest.mark.parametrize(("stored", "caller", "reason"), [
+    (None, ANONYMOUS, "stored binding missing or corrupt"),
+    ("a\x00b\x00c", Principal("a", "b\x00c", token="t"), "stored binding missing or corrupt"),
+    ("iss\x00alice", Principal("iss", "", token="t"), "caller identity unusable"),
+    ("iss\x00alice", Principal("iss", "bob", token="t"), "caller is not the session's identity"),
+    ("unauthenticated", Principal("iss", "alice", token="t"),
+     "caller is not the session's identity"),
+])
+def test_every_refusal_says_why(stored: str | None, caller: Principal, reason: str) -> None:
+    with pytest.raises(SessionNotYours) as refused:
+        check_binding(stored, caller)
+    assert str(refused.value) == reason
+    check_binding("iss\x00alice", Principal("iss", "alice", token="t"))   # the owner passes
+
+
+async def test_a_strangers_request_is_a_security_event_naming_the_session_on_every_path(
+    store: SessionStore, factory: RecordingFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Cached here, or only in the store: both refusals are logged with the session id."""
+    creator = SessionManager(store, factory)
+    other = SessionManager(store, RecordingFactory())
+    live = await creator.initialize(ALICE)
+    with caplog.at_level(logging.WARNING, logger="vmcp.session.manager"):
+        for manager in (creator, other):
+            with pytest.raises(SessionNotYours):
+                await manager.get(live.session_id, MALLORY)
+    events = [r for r in caplog.records if getattr(r, "security_event", False)]
+    assert [getattr(r, "session_id", None) for r in events] == [live.session_id] * 2
+    with pytest.raises(SessionNotFound, match="never-created"):
+        await other.get("never-created", ALICE)
     await creator.aclose()
     await other.aclose()
