@@ -348,7 +348,7 @@ async def test_a_key_evicted_while_loading_is_named_and_its_flight_leaves_nothin
         await h.load_started.wait()
     h.cache.evict("k")
     h.load_gate.set()
-    with anyio.fail_after(5), pytest.raises(EvictedWhileLoading, match="^k$"):
+    with anyio.fail_after(5), pytest.raises(EvictedWhileLoading, match=r"^k$"):
         await getting
     await h.cache.wait_released()
     assert h.evicted_keys == ["k"]
