@@ -332,7 +332,7 @@ class McpEndpoint:
 
         work = run()
         try:
-            session.spawn(work)
+            session.work.spawn(work)
         except SessionClosed as exc:
             # Closed between lookup and use: the same answer as for an unknown session.
             work.close()
@@ -423,7 +423,7 @@ class McpEndpoint:
             # Closed before it subscribed, its stream would never be closed by the session.
             tg.start_soon(cancel_on_close, session, tg.cancel_scope)
             tg.start_soon(cancel_on_event, self._draining, tg.cancel_scope)
-            async with session.subscribe() as messages:
+            async with session.messages.subscribe() as messages:
                 # Only now, with the stream subscribed everywhere, tell the client it is
                 # open: what happens after this point cannot be missed.
                 await send({"type": "http.response.body", "body": b": stream open\n\n",
