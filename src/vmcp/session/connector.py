@@ -68,9 +68,6 @@ class BackendConnector:
         self._is_healthy = is_healthy
         self._connect_slots = anyio.Semaphore(config.limits.max_concurrent_backend_connects)
 
-    def set_state_recorder(self, record_state: StateRecorder) -> None:
-        self._record_state = record_state
-
     @property
     def config(self) -> VmcpConfig:
         return self._config

@@ -306,20 +306,8 @@ class SessionManager:
         await self._store.update(session_id, changed)
 
     async def record_backend_state(self, session_id: str, backend: str, state: str) -> bool:
-        """Store a backend's new state (its new session id after a re-initialize, B37).
-
-        Set-if-present: returns False, writing nothing, if the session ended meanwhile.
-        """
-        try:
-            record = await self._store.load(session_id)
-        except SessionNotFound:
-            return False
-        if not md.is_full_session(record):
-            return False
-        if backend not in md.parse_backend_list(record[md.BACKENDS]):
-            return False
-        record[md.backend_state_key(backend)] = state
-        return await self._store.update(session_id, record)
+        """Store a backend's new state (see :func:`~vmcp.session.metadata.record_backend_state`)."""
+        return await md.record_backend_state(self._store, session_id, backend, state)
 
     async def decorate_session(
         self,
