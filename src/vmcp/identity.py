@@ -20,17 +20,10 @@ from typing import Any
 
 from starlette.datastructures import Headers
 
-from vmcp.errors import SessionNotYours, VmcpError
+from vmcp.errors import InvalidIdentity, SessionNotYours
 
 UNAUTHENTICATED = "unauthenticated"
 SEPARATOR = "\x00"
-
-
-class InvalidIdentity(VmcpError):
-    """A caller presented credentials whose issuer/subject cannot form a binding."""
-
-    http_status = 401
-    public_message = "Unusable identity"
 
 
 @dataclass(frozen=True)

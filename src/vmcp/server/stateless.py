@@ -68,12 +68,12 @@ from vmcp import __version__, tracing
 from vmcp.aggregate import RoutingTable
 from vmcp.backend import BackendRpcError
 from vmcp.dispatch import LISTINGS, Dispatcher, Target, aggregate_capabilities, items_of
-from vmcp.errors import BackendError, ConfigError, RequestError
-from vmcp.identity import InvalidIdentity, Principal, binding_for
+from vmcp.errors import BackendError, ConfigError, InvalidIdentity, RequestError
+from vmcp.identity import Principal, binding_for
 from vmcp.server.jsonrpc import first_error
 from vmcp.server.responses import SSE_HEADERS, cancel_on_disconnect, send_json, sse_event
 from vmcp.stateless.backends import Caller, StatelessBackends, View
-from vmcp.stateless.input_rounds import InvalidRound, Outcome
+from vmcp.stateless.input_rounds import Outcome
 from vmcp.stateless.pool import BackendKind
 
 logger = logging.getLogger(__name__)
@@ -264,8 +264,6 @@ class StatelessEndpoint:
             return _error(request_id, exc.code, exc.message, exc.data)
         except BackendRpcError as exc:
             return _error(request_id, exc.code, exc.message, exc.data)
-        except InvalidRound as exc:
-            return _error(request_id, INVALID_PARAMS, str(exc))
         except BackendError as exc:
             logger.warning("backend call failed: %s", exc, extra={"backend": exc.backend})
             return _error(request_id, INTERNAL_ERROR, str(exc), {"backend": exc.backend})

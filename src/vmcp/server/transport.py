@@ -32,7 +32,9 @@ from vmcp.errors import (
     INVALID_REQUEST_CODE,
     AuthenticationError,
     BackendError,
+    InvalidIdentity,
     InvalidSessionId,
+    MessageError,
     RequestError,
     SessionClosed,
     SessionError,
@@ -41,9 +43,9 @@ from vmcp.errors import (
     StoreError,
     VmcpError,
 )
-from vmcp.identity import InvalidIdentity, Principal
+from vmcp.identity import Principal
 from vmcp.server import jsonrpc
-from vmcp.server.jsonrpc import Incoming, MessageError
+from vmcp.server.jsonrpc import Incoming
 from vmcp.server.request_log import VERB_LABELS, RequestRecord, current_record, method_label
 from vmcp.server.responses import (
     SSE_HEADERS,
@@ -199,7 +201,7 @@ class McpEndpoint:
         try:
             message = jsonrpc.parse_message(body)
         except MessageError as exc:
-            raise _Reply(exc.http_status, jsonrpc.error(exc.request_id, exc.code, exc.message)
+            raise _Reply(exc.status, jsonrpc.error(exc.request_id, exc.code, exc.message)
                          ) from exc
         scope[METHOD_KEY] = method_label(message)
         attributes: dict[str, str] = {"mcp.method.name": scope[METHOD_KEY]}

@@ -25,12 +25,12 @@ from dataclasses import dataclass, field
 
 from vmcp.cache import CacheStatistics, EvictedWhileLoading, ValidatingCache
 from vmcp.errors import (
+    DecorationError,
     SessionNotFound,
     SessionNotYours,
     SessionTerminated,
     StoreError,
     TooManySessions,
-    VmcpError,
 )
 from vmcp.identity import Principal, acting_for, binding_for, check_binding, current_caller
 from vmcp.session import metadata as md
@@ -42,10 +42,6 @@ from vmcp.store.pubsub import EndedSessionBus
 logger = logging.getLogger(__name__)
 
 GENERATE_ATTEMPTS = 2
-
-
-class DecorationError(VmcpError):
-    """A session decorator returned nothing, or a session with another id."""
 
 
 @dataclass(eq=False)
