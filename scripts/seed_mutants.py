@@ -69,8 +69,8 @@ def in_function(name: str, old: str, new: str) -> Edit:
     return edit
 
 
-def upsert_in(function: str) -> Edit:
-    inner = in_function(function, "self._store.update(", "_Upsert(self._store).update(")
+def upsert_in(function: str, store: str = "self._store") -> Edit:
+    inner = in_function(function, f"{store}.update(", f"_Upsert({store}).update(")
     return lambda text: inner(text) + UPSERT
 
 
@@ -84,19 +84,22 @@ def everywhere(*pairs: tuple[str, str]) -> Edit:
     return edit
 
 
-SHARED_DEADLINE = '''    async def record_backend_state(self, session_id, backend, state):
-        async with asyncio.timeout(getattr(self._store, "_timeout", 2.0)):
-            return await self._record_backend_state_at_once(session_id, backend, state)
+SHARED_DEADLINE = '''async def record_backend_state(store, session_id, backend, state):
+    import asyncio
+    async with asyncio.timeout(getattr(store, "_timeout", 2.0)):
+        return await _record_backend_state_at_once(store, session_id, backend, state)
 
-    async def _record_backend_state_at_once('''
+
+async def _record_backend_state_at_once('''
 
 MANAGER = "src/vmcp/session/manager.py"
+METADATA = "src/vmcp/session/metadata.py"
 SEEDS = [
     Seed("a-decorate-upsert", MANAGER, "decorate_session writes update-else-create",
          upsert_in("decorate_session"),
          (f"{SET_IF_PRESENT}::test_a_terminate_between_decorate_load_and_write_is_not_undone",)),
-    Seed("a-record-state-upsert", MANAGER, "record_backend_state writes update-else-create",
-         upsert_in("record_backend_state"),
+    Seed("a-record-state-upsert", METADATA, "record_backend_state writes update-else-create",
+         upsert_in("record_backend_state", store="store"),
          (f"{SET_IF_PRESENT}::test_a_terminate_between_record_backend_state_load_and_write"
           "_is_not_undone",)),
     Seed("a-full-record-upsert", MANAGER,
@@ -130,9 +133,9 @@ SEEDS = [
          "MemoryStore.update sets whether or not the record is there",
          in_function("update", "        if self._live(session_id) is None:\n"
                                "            return False\n", ""), (SET_IF_PRESENT,)),
-    Seed("b-shared-deadline", MANAGER,
+    Seed("b-shared-deadline", METADATA,
          "record_backend_state's load and write share one store deadline",
-         everywhere(("    async def record_backend_state(", SHARED_DEADLINE)),
+         everywhere(("async def record_backend_state(", SHARED_DEADLINE)),
          (f"{DEADLINES}::test_a_slow_load_leaves_the_write_its_own_deadline_after_a"
           "_reinitialize",)),
     Seed("b-no-deadline", "src/vmcp/store/redis.py", "Redis store calls have no deadline",

@@ -15,15 +15,8 @@ from tests.session.conftest import (
     MALLORY,
     RecordingFactory,
 )
-from vmcp.errors import SessionError, SessionNotFound, SessionNotYours
-from vmcp.identity import (
-    ANONYMOUS,
-    InvalidIdentity,
-    Principal,
-    binding_for,
-    check_binding,
-    is_well_formed,
-)
+from vmcp.errors import InvalidIdentity, SessionError, SessionNotFound, SessionNotYours
+from vmcp.identity import ANONYMOUS, Principal, binding_for, check_binding, is_well_formed
 from vmcp.session import SessionManager
 from vmcp.session import metadata as md
 from vmcp.store import SessionStore

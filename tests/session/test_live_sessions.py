@@ -169,7 +169,7 @@ async def test_b36_a_closed_session_refuses_calls_and_a_second_close_is_harmless
 
         work = never_runs()
         with pytest.raises(SessionClosed):
-            live.spawn(work)
+            live.work.spawn(work)
         work.close()
         with anyio.fail_after(5):
             await live.aclose()

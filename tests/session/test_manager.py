@@ -11,6 +11,7 @@ import pytest
 
 from tests.session.conftest import ALICE, MALLORY, FakeLiveSession, RecordingFactory
 from vmcp.errors import (
+    DecorationError,
     InvalidSessionId,
     SessionNotFound,
     SessionNotYours,
@@ -21,7 +22,6 @@ from vmcp.errors import (
 from vmcp.identity import ANONYMOUS
 from vmcp.session import LiveSession, SessionManager
 from vmcp.session import metadata as md
-from vmcp.session.manager import DecorationError
 from vmcp.store import MemoryStore, RedisStore, SessionStore
 
 pytestmark = pytest.mark.anyio

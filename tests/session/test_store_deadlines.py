@@ -10,6 +10,7 @@ error, not hang the call.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -29,6 +30,7 @@ from vmcp.identity import ANONYMOUS
 from vmcp.session import SessionManager
 from vmcp.session import metadata as md
 from vmcp.session.connector import BackendConnector
+from vmcp.session.metadata import record_backend_state
 from vmcp.session.multisession import MultiSession
 from vmcp.store import RedisStore
 
@@ -73,9 +75,9 @@ async def rig(redis_server: RedisServer, key_prefix: str) -> AsyncIterator[Rig]:
                                         timeout_seconds=DEADLINE)
             config = VmcpConfig.model_validate(
                 {"backends": [{"name": BACKEND, "url": backend.url}]})
-            connector = BackendConnector(config, http)
+            connector = BackendConnector(
+                config, http, record_state=functools.partial(record_backend_state, store))
             manager = SessionManager(store, connector)
-            connector.set_state_recorder(manager.record_backend_state)
             try:
                 yield Rig(proxy, store, manager, backend, http)
             finally:

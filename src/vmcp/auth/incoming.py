@@ -50,9 +50,10 @@ from vmcp.errors import (
     AuthenticationError,
     AuthenticationUnavailable,
     ConfigError,
+    InvalidIdentity,
     MalformedCredentials,
 )
-from vmcp.identity import ANONYMOUS, InvalidIdentity, Principal
+from vmcp.identity import ANONYMOUS, Principal
 
 __all__ = [
     "WELL_KNOWN_RESOURCE_METADATA",

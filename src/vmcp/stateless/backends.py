@@ -39,7 +39,7 @@ from vmcp.backend import STREAM_PAUSED, BackendConnection, BackendRpcError
 from vmcp.backend.connection import MessageHandler
 from vmcp.backend.modern import ModernBackend, NotModern
 from vmcp.config import VmcpConfig
-from vmcp.errors import METHOD_NOT_FOUND_CODE, BackendSessionExpired
+from vmcp.errors import METHOD_NOT_FOUND_CODE, BackendSessionExpired, InvalidRound
 from vmcp.stateless.caller import LOG_LEVELS, Caller
 from vmcp.stateless.catalogs import (
     SESSION_CATALOG_SECONDS,
@@ -47,14 +47,7 @@ from vmcp.stateless.catalogs import (
     CatalogEntry,
     View,
 )
-from vmcp.stateless.input_rounds import (
-    Ask,
-    InputRounds,
-    InvalidRound,
-    Notify,
-    Outcome,
-    is_round_token,
-)
+from vmcp.stateless.input_rounds import Ask, InputRounds, Notify, Outcome, is_round_token
 from vmcp.stateless.pool import BackendKind, BackendKinds, UpstreamPool
 from vmcp.store.pubsub import SessionRelay
 from vmcp.upstream.catalogs import routing_table
