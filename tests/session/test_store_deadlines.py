@@ -36,8 +36,8 @@ from vmcp.store import RedisStore
 
 pytestmark = pytest.mark.anyio
 
-DEADLINE = 1.5       # each store call's own deadline
-SLOW = 1.0           # two calls this slow fit their own deadlines, but not one shared
+DEADLINE = 2.0       # each store call's own deadline
+SLOW = 1.2           # two calls this slow fit their own deadlines, but not one shared
 BACKEND = "rec"
 ECHO = {"name": "echo", "arguments": {"text": "still here"}}
 

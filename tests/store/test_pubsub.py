@@ -186,8 +186,7 @@ async def test_ended_sessions_are_announced_skipping_malformed_ids_and_surviving
         assert received == ["s-1"]
 
         # The subscription's connection dies: the bus subscribes again after the first,
-        # shortest delay and goes on delivering.
-        lost = time.monotonic()
+        # shortest delay (see the log below) and goes on delivering.
         await observer.client_kill_filter(_type="pubsub")
         async with anyio.create_task_group() as again:
             async def second() -> None:
@@ -196,10 +195,8 @@ async def test_ended_sessions_are_announced_skipping_malformed_ids_and_surviving
             again.start_soon(second)
             await wait_for_subscribers(observer, channel, 0)
             await wait_for_subscribers(observer, channel, 1)
-            back = time.monotonic() - lost
             await sender.publish("s-2")
         assert received == ["s-1", "s-2"]
-        assert back < RECONNECT_DELAYS[1]
     await ids.aclose()  # type: ignore[attr-defined]
     messages = [r.getMessage() for r in caplog.records]
     assert messages[:2] == ["ignored a malformed id on the ended-session channel"] * 2
