@@ -466,8 +466,8 @@ async def test_b3_a_malformed_session_id_sends_no_store_command_on_any_request_p
 async def test_a_reload_stores_the_changed_sessions_lists_and_states_and_keeps_the_rest(
     manager: SessionManager, factory: RecordingFactory, store: SessionStore
 ) -> None:
+    unchanged = await manager.initialize(ALICE)     # first in line, and not changed
     changed = await manager.initialize(ALICE)
-    unchanged = await manager.initialize(ALICE)
     sid = changed.session_id
     record = await store.load(sid)
     assert await store.update(sid, {**record, "note": "kept"})
@@ -484,9 +484,13 @@ async def test_a_reload_stores_the_changed_sessions_lists_and_states_and_keeps_t
     assert await store.load(sid) == {md.IDENTITY: record[md.IDENTITY], md.BACKENDS: "alpha",
                                      "backend:alpha": "alpha-after-reload", "note": "kept"}
     assert await store.load(unchanged.session_id) == untouched
-    # The cached copy took the new list: the next request is a plain hit, not a rebuild.
+    # The cached copy took the new list: the next request is a plain hit, not a rebuild,
+    # and the live session was kept open.
     assert await manager.get(sid, ALICE) is changed
     assert factory.restore_calls == []
+    await manager.wait_closed()
+    assert isinstance(changed, FakeLiveSession)
+    assert changed.close_count == 0
 
 
 async def test_a_reload_goes_on_past_a_session_it_cannot_store(
@@ -605,3 +609,31 @@ async def test_b38_a_copy_dropped_for_capacity_keeps_its_upstream_sessions(
     assert second.ended_upstream == [True]
     assert len(factory.ended) == 1
     await manager.aclose()
+
+
+async def test_terminate_of_a_bound_record_without_a_backend_list_ends_nothing_upstream(
+    manager: SessionManager, factory: RecordingFactory, store: SessionStore
+) -> None:
+    assert await store.create("odd", {md.IDENTITY: "unauthenticated"})
+    assert await manager.terminate("odd", ANONYMOUS) is True
+    assert factory.ended == [("odd", [], {})]
+
+
+async def test_a_restore_needs_the_caller_it_runs_for(manager: SessionManager) -> None:
+    live = await manager.initialize(ALICE)
+    manager.evict_local(live.session_id)
+    with pytest.raises(RuntimeError, match=r"^a restore runs on behalf of a caller \(see get\)$"):
+        await manager._restore(live.session_id)
+
+
+async def test_decorating_an_ended_session_names_it(manager: SessionManager,
+                                                    store: SessionStore) -> None:
+    live = await manager.initialize(ALICE)
+    record = await store.load(live.session_id)
+    assert await store.update(live.session_id, {**record, md.TERMINATED: "true"})
+
+    async def keep(session: LiveSession) -> LiveSession:
+        return session
+
+    with pytest.raises(SessionNotFound, match=live.session_id):
+        await manager.decorate_session(live.session_id, keep)

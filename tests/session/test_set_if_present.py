@@ -131,7 +131,7 @@ async def test_a_terminate_between_restore_load_and_write_back_closes_the_restor
     sid = live.session_id
     restoring = await end_during_write(pausing, sid, this.get(sid, ALICE),
                                        terminate_on(other, sid))
-    with anyio.fail_after(5), pytest.raises(SessionNotFound):
+    with anyio.fail_after(5), pytest.raises(SessionNotFound, match=sid):
         await restoring
     await assert_gone(store, sid)
     assert not this.is_cached(sid)

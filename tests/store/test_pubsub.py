@@ -19,8 +19,9 @@ import redis.asyncio as aioredis
 from tests.support.redis_server import RedisServer
 from tests.support.tcp_proxy import TcpProxy
 from vmcp.errors import InvalidSessionId, StoreError, StoreTimeout
-from vmcp.store import pubsub
+from vmcp.store import RedisStore, pubsub
 from vmcp.store.event_log import RedisEventLog
+from vmcp.store.identity_index import RedisIdentityIndex
 from vmcp.store.pubsub import RECONNECT_DELAYS, RedisEndedSessionBus, RedisSessionRelay
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
@@ -261,6 +262,8 @@ async def test_each_store_error_names_the_operation_that_failed(key_prefix: str)
     log = RedisEventLog(dead, key_prefix, ttl_seconds=5, max_events=10, timeout_seconds=1)
     bus = RedisEndedSessionBus(dead, "ended", timeout_seconds=1)
     relay = RedisSessionRelay(dead, key_prefix, timeout_seconds=1)
+    store = RedisStore(dead, key_prefix=key_prefix, ttl_seconds=5, timeout_seconds=1)
+    index = RedisIdentityIndex(store, key_prefix=key_prefix, ttl_seconds=5, timeout_seconds=1)
 
     async def read_one() -> None:
         async for _ in log.read(SID, "r1-1", 0):
@@ -270,7 +273,10 @@ async def test_each_store_error_names_the_operation_that_failed(key_prefix: str)
                             ("exists", lambda: log.exists(SID, "r1-1")),
                             ("xread", read_one),
                             ("publish", lambda: bus.publish(SID)),
-                            ("publish", lambda: relay.publish(SID, {}))):
+                            ("publish", lambda: relay.publish(SID, {})),
+                            ("ping", store.ping),
+                            ("identity index", lambda: index.admit("b", SID, 1)),
+                            ("identity index", lambda: index.remove("b", SID))):
         with anyio.fail_after(5), pytest.raises(StoreError, match=f"^redis {operation}: "):
             await call()
     await dead.aclose()
@@ -286,13 +292,66 @@ async def test_a_stalled_redis_ends_every_call_at_its_own_deadline(
                             timeout_seconds=0.3)
         bus = RedisEndedSessionBus(client, "ended", timeout_seconds=0.3)
         relay = RedisSessionRelay(client, key_prefix, timeout_seconds=0.3)
+        store = RedisStore(client, key_prefix=key_prefix, ttl_seconds=5, timeout_seconds=0.3)
+        index = RedisIdentityIndex(store, key_prefix=key_prefix, ttl_seconds=5,
+                                   timeout_seconds=0.3)
         await client.ping()
         proxy.stall()
+
+        async def read_one() -> None:
+            async for _ in log.read(SID, "r1-1", 0):
+                break
+
         for call in (lambda: log.append(SID, "r1-1", 1, {}), lambda: log.exists(SID, "r1-1"),
-                     lambda: bus.publish(SID), lambda: relay.publish(SID, {})):
+                     lambda: bus.publish(SID), lambda: relay.publish(SID, {}), store.ping,
+                     lambda: index.admit("b", SID, 1), lambda: index.remove("b", SID),
+                     read_one):
             started = time.monotonic()
-            with anyio.fail_after(5), pytest.raises(StoreTimeout):
+            with anyio.fail_after(6), pytest.raises(StoreTimeout):
                 await call()
-            assert time.monotonic() - started < 2
+            assert time.monotonic() - started < 3
         proxy.resume()
         await client.aclose()
+
+
+async def test_a_read_waiting_for_new_events_blocks_on_the_server_instead_of_polling(
+    redis_server: RedisServer, clients: Callable[[], aioredis.Redis], key_prefix: str,
+) -> None:
+    client = clients()
+    log = RedisEventLog(client, key_prefix, ttl_seconds=30, max_events=100,
+                        timeout_seconds=2.0)
+    await log.append(SID, "r1-1", 1, {"m": None, "final": False})
+
+    async def reads() -> int:
+        stats = await client.info("commandstats")
+        return int(stats.get("cmdstat_xread", {}).get("calls", 0))
+
+    before = await reads()
+    with anyio.move_on_after(0.5):
+        async for _ in log.read(SID, "r1-1", 1):   # nothing after event 1 yet
+            raise AssertionError("no event was appended")
+    assert await reads() - before == 1             # one XREAD BLOCK, not a loop of them
+
+
+async def test_relay_payloads_travel_as_compact_json(
+    clients: Callable[[], aioredis.Redis], key_prefix: str,
+) -> None:
+    relay = RedisSessionRelay(clients(), key_prefix, timeout_seconds=2.0)
+    raw = clients().pubsub()
+    await raw.subscribe(key_prefix + SID)
+    await relay.publish(SID, {"a": 1, "b": [2, 3]})
+    with anyio.fail_after(5):
+        while (message := await raw.get_message(ignore_subscribe_messages=True,
+                                                timeout=1.0)) is None:
+            pass
+    assert message["data"] == b'{"a":1,"b":[2,3]}'
+    await raw.aclose()
+
+
+def test_a_message_for_a_channel_nobody_here_listens_to_is_dropped(key_prefix: str) -> None:
+    """E.g. published while the last local listener was leaving."""
+    relay = RedisSessionRelay(aioredis.Redis(), key_prefix, timeout_seconds=1)
+    relay._dispatch({"type": "message", "channel": (key_prefix + SID).encode(),
+                     "data": b"{}"})
+    relay._dispatch({"type": "subscribe", "channel": key_prefix + SID, "data": 1})
+    assert relay.delivered == 0

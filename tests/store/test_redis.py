@@ -47,7 +47,8 @@ def test_unknown_url_scheme_is_refused() -> None:
 
 
 def test_sentinel_url_needs_a_service_name() -> None:
-    with pytest.raises(ValueError, match="service name"):
+    with pytest.raises(ValueError, match=r"^redis\+sentinel URL needs a service name: "
+                                         r"redis\+sentinel://h:p/name$"):
         open_store("redis+sentinel://127.0.0.1:26379", key_prefix="p:", ttl_seconds=1,
                    timeout_seconds=1)
 
@@ -78,6 +79,14 @@ def test_sentinel_url_names_every_sentinel_the_service_the_db_and_the_password()
     master = pool.connection_kwargs
     assert (master["password"], master["db"], master["socket_timeout"],
             master["socket_connect_timeout"]) == ("s3cr@t", 2, 1.5, 1.5)
+
+
+def test_sentinel_url_takes_an_ipv6_sentinel_and_a_password_with_an_at_sign() -> None:
+    pool = sentinel_pool("redis+sentinel://:p@ss@[::1]:26380/svc")
+    assert [(c.connection_pool.connection_kwargs["host"],
+             c.connection_pool.connection_kwargs["port"])
+            for c in pool.sentinel_manager.sentinels] == [("[::1]", 26380)]
+    assert pool.connection_kwargs["password"] == "p@ss"
 
 
 def test_sentinel_url_defaults_to_db_0_and_no_password() -> None:
@@ -114,8 +123,9 @@ def test_memory_url_gives_the_embedded_store_with_its_ttl_and_sweep() -> None:
                        sweep_interval_seconds=3)
     assert isinstance(store, MemoryStore)
     assert (store._ttl, store._sweep_interval) == (7.0, 3.0)
-    assert isinstance(open_store("memory", key_prefix="p:", ttl_seconds=7,
-                                 timeout_seconds=1), MemoryStore)
+    default = open_store("memory", key_prefix="p:", ttl_seconds=7, timeout_seconds=1)
+    assert isinstance(default, MemoryStore)
+    assert default._sweep_interval == 30.0
 
 
 def test_a_ttl_shorter_than_a_millisecond_still_expires_records() -> None:
