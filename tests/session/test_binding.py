@@ -7,6 +7,7 @@ import logging
 
 import anyio
 import pytest
+from starlette.datastructures import Headers
 
 from tests.session.conftest import (
     ALICE,
@@ -16,7 +17,16 @@ from tests.session.conftest import (
     RecordingFactory,
 )
 from vmcp.errors import InvalidIdentity, SessionError, SessionNotFound, SessionNotYours
-from vmcp.identity import ANONYMOUS, Principal, binding_for, check_binding, is_well_formed
+from vmcp.identity import (
+    ANONYMOUS,
+    Principal,
+    act_for,
+    binding_for,
+    check_binding,
+    current_caller,
+    is_well_formed,
+    request_scope,
+)
 from vmcp.session import SessionManager
 from vmcp.session import metadata as md
 from vmcp.store import SessionStore
@@ -193,5 +203,20 @@ async def test_a_strangers_request_is_a_security_event_naming_the_session_on_eve
     assert [getattr(r, "session_id", None) for r in events] == [live.session_id] * 2
     with pytest.raises(SessionNotFound, match="never-created"):
         await other.get("never-created", ALICE)
+    placeholder = await creator.generate()
+    with pytest.raises(SessionNotFound, match=placeholder):
+        await other.get(placeholder, ALICE)
     await creator.aclose()
     await other.aclose()
+
+
+def test_the_caller_acted_for_is_seen_with_its_headers_within_its_request_only() -> None:
+    assert current_caller() is None
+    with request_scope():
+        act_for(ALICE, Headers({"x-tenant": "t1"}))
+        caller = current_caller()
+        assert caller is not None
+        assert caller.principal == ALICE
+        assert caller.headers["x-tenant"] == "t1"
+        assert "alice-token" not in repr(caller)
+    assert current_caller() is None
