@@ -383,3 +383,13 @@ async def test_closing_the_cache_during_a_load_reports_no_error(
         with pytest.raises(asyncio.CancelledError):
             await getting
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_aclose_releases_every_value_under_its_key_least_recent_first() -> None:
+    h = Harness(capacity=3)
+    for key in ("a", "b", "c"):
+        h.cache.set(key, Value(key, 0))
+    await h.cache.get("a")
+    await h.cache.aclose()
+    assert h.evicted_keys == ["b", "c", "a"]
+    assert [v.key for v in h.evicted] == ["b", "c", "a"]

@@ -637,3 +637,16 @@ async def test_decorating_an_ended_session_names_it(manager: SessionManager,
 
     with pytest.raises(SessionNotFound, match=live.session_id):
         await manager.decorate_session(live.session_id, keep)
+
+
+async def test_record_backend_state_writes_nothing_where_it_has_no_business(
+    manager: SessionManager, store: SessionStore
+) -> None:
+    assert await manager.record_backend_state("missing", "alpha", "s") is False
+    placeholder = await manager.generate()
+    assert await manager.record_backend_state(placeholder, "alpha", "s") is False
+    assert await store.load(placeholder) == {}
+    live = await manager.initialize(ALICE)
+    before = await store.load(live.session_id)
+    assert await manager.record_backend_state(live.session_id, "gamma", "s") is False
+    assert await store.load(live.session_id) == before

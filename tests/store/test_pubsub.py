@@ -6,7 +6,6 @@ Each "replica" here is its own client on the one server, as separate processes w
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -228,7 +227,12 @@ async def test_the_event_log_keeps_a_streams_events_in_order_and_says_which_stre
             if event["final"]:
                 break
     assert events == [(2, {"m": {"n": 2}, "final": False}), (3, {"m": {"n": 3}, "final": True})]
-    assert json.loads((await client.xrange(key))[0][1][b"e"]) == {"m": {"n": 1}, "final": False}
+    assert (await client.xrange(key))[0][1][b"e"] == b'{"m":{"n":1},"final":false}'
+    bounded = RedisEventLog(client, key_prefix, ttl_seconds=30, max_events=10,
+                            timeout_seconds=2.0)
+    for seq in range(1, 501):
+        await bounded.append(OTHER, "r1-1", seq, {"n": seq})
+    assert await client.xlen(f"{key_prefix}{OTHER}:r1-1") < 250      # trimmed as it grows
     with pytest.raises(InvalidSessionId):
         await log.exists("bad id", "r1-1")
 
@@ -275,6 +279,7 @@ async def test_each_store_error_names_the_operation_that_failed(key_prefix: str)
                             ("publish", lambda: bus.publish(SID)),
                             ("publish", lambda: relay.publish(SID, {})),
                             ("ping", store.ping),
+                            ("delete", lambda: store.delete(SID)),
                             ("identity index", lambda: index.admit("b", SID, 1)),
                             ("identity index", lambda: index.remove("b", SID))):
         with anyio.fail_after(5), pytest.raises(StoreError, match=f"^redis {operation}: "):
@@ -304,6 +309,7 @@ async def test_a_stalled_redis_ends_every_call_at_its_own_deadline(
 
         for call in (lambda: log.append(SID, "r1-1", 1, {}), lambda: log.exists(SID, "r1-1"),
                      lambda: bus.publish(SID), lambda: relay.publish(SID, {}), store.ping,
+                     lambda: store.delete(SID),
                      lambda: index.admit("b", SID, 1), lambda: index.remove("b", SID),
                      read_one):
             started = time.monotonic()
@@ -355,3 +361,26 @@ def test_a_message_for_a_channel_nobody_here_listens_to_is_dropped(key_prefix: s
                      "data": b"{}"})
     relay._dispatch({"type": "subscribe", "channel": key_prefix + SID, "data": 1})
     assert relay.delivered == 0
+
+
+async def test_the_relay_goes_on_delivering_after_its_connection_is_killed(
+    clients: Callable[[], aioredis.Redis], key_prefix: str,
+) -> None:
+    relay = RedisSessionRelay(clients(), key_prefix, timeout_seconds=2.0)
+    sender = RedisSessionRelay(clients(), key_prefix, timeout_seconds=2.0)
+    observer = clients()
+    inbox = Inbox()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(relay.run)
+        async with relay.listen(SID, inbox):
+            await sender.publish(SID, {"n": 1})
+            assert await inbox.next() == {"n": 1}
+            await observer.client_kill_filter(_type="pubsub")
+            with anyio.fail_after(10):
+                while not inbox.got[1:]:   # resubscribed: a later payload gets through
+                    await sender.publish(SID, {"n": 2})
+                    with anyio.move_on_after(0.2):
+                        await inbox.next()
+        tg.cancel_scope.cancel()
+    assert inbox.got[-1] == {"n": 2}
+    await relay.aclose()
