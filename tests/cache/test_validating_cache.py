@@ -393,3 +393,29 @@ async def test_aclose_releases_every_value_under_its_key_least_recent_first() ->
     await h.cache.aclose()
     assert h.evicted_keys == ["b", "c", "a"]
     assert [v.key for v in h.evicted] == ["b", "c", "a"]
+
+
+async def test_a_set_during_a_load_wins_even_after_an_eviction_during_the_check() -> None:
+    """Two changes to one key in one flight: the second must count as much as the first."""
+    h = Harness()
+    await h.cache.get("a")
+    h.check_gate, h.load_gate = asyncio.Event(), asyncio.Event()
+    getting = asyncio.create_task(h.cache.get("a"))
+    with anyio.fail_after(5):
+        await h.check_started.wait()
+    h.cache.evict("a")                         # while its check runs
+    h.check_gate.set()
+    with anyio.fail_after(5):
+        await h.load_started.wait()
+    h.load_started.clear()
+    winner = Value("a", 99)
+    h.cache.set("a", winner)                   # while it reloads
+    h.load_gate.set()
+    with anyio.fail_after(5):
+        assert await getting is winner
+    assert h.cache.peek("a") is winner
+
+
+def test_a_cache_without_load_or_check_says_what_it_needs() -> None:
+    with pytest.raises(ValueError, match=r"^a ValidatingCache needs both load and check$"):
+        ValidatingCache(capacity=1, load=noop_load, check=None)  # type: ignore[arg-type]

@@ -220,3 +220,13 @@ def test_the_caller_acted_for_is_seen_with_its_headers_within_its_request_only()
         assert caller.headers["x-tenant"] == "t1"
         assert "alice-token" not in repr(caller)
     assert current_caller() is None
+
+
+@pytest.mark.parametrize(("principal", "reason"), [
+    (Principal("iss", None, token="t"), "credentials without issuer and subject"),
+    (Principal("iss\x00x", "sub", token="t"), "issuer or subject contains NUL"),
+])
+def test_b40_an_unusable_identity_says_why(principal: Principal, reason: str) -> None:
+    with pytest.raises(InvalidIdentity) as refused:
+        binding_for(principal)
+    assert str(refused.value) == reason

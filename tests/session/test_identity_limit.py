@@ -269,3 +269,13 @@ async def test_the_memory_index_forgets_an_identity_with_no_session_left() -> No
     held.clear()
     assert not await index.admit(alice, "s3", 0)       # refused with no member: nothing kept
     assert (index._members, index._expires) == ({}, {})
+
+
+async def test_a_cap_of_one_session_holds(store: SessionStore, index: IdentityIndex) -> None:
+    manager = SessionManager(store, RecordingFactory(), identities=index,
+                             max_sessions_per_identity=1)
+    await manager.initialize(ALICE)
+    with pytest.raises(TooManySessions):
+        await manager.initialize(ALICE)
+    assert manager.statistics().cache.capacity == 1000   # the default
+    await manager.aclose()
