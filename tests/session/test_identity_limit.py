@@ -279,3 +279,23 @@ async def test_a_cap_of_one_session_holds(store: SessionStore, index: IdentityIn
         await manager.initialize(ALICE)
     assert manager.statistics().cache.capacity == 1000   # the default
     await manager.aclose()
+
+
+async def test_a_refused_initialize_ends_its_placeholder_and_says_how_to_go_on(
+        capped: SessionManager, store: SessionStore, factory: RecordingFactory) -> None:
+    await capped.initialize(ALICE)
+    await capped.initialize(ALICE)
+    ids: list[str] = []
+    generate = capped.generate
+
+    async def remembered() -> str:
+        ids.append(await generate())
+        return ids[-1]
+
+    capped.generate = remembered  # type: ignore[method-assign]
+    with pytest.raises(TooManySessions) as refused:
+        await capped.initialize(ALICE)
+    assert str(refused.value).endswith(
+        "end one (HTTP DELETE) or let one expire, then initialize again")
+    assert await store.load(ids[0]) == {md.TERMINATED: "true"}
+    assert factory.opened[0].principal == ALICE

@@ -650,3 +650,22 @@ async def test_record_backend_state_writes_nothing_where_it_has_no_business(
     before = await store.load(live.session_id)
     assert await manager.record_backend_state(live.session_id, "gamma", "s") is False
     assert await store.load(live.session_id) == before
+
+
+async def test_generate_gives_up_clearly_when_no_fresh_id_can_be_reserved(
+    store: SessionStore, factory: RecordingFactory
+) -> None:
+    class Crowded:
+        def __getattr__(self, name: str) -> object:
+            return getattr(store, name)
+
+        async def create(self, session_id: str, metadata: Mapping[str, str]) -> bool:
+            return False
+
+    manager = SessionManager(Crowded(), factory)  # type: ignore[arg-type]
+    with pytest.raises(SessionTerminated, match=r"^could not reserve a unique session id$"):
+        await manager.generate()
+    placeholder = await SessionManager(store, factory).generate()
+    await SessionManager(store, factory).terminate(placeholder, ANONYMOUS)
+    with pytest.raises(SessionTerminated, match=placeholder):
+        await SessionManager(store, factory).create_session(placeholder, ALICE)
