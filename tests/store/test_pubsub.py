@@ -261,7 +261,7 @@ async def test_the_broadcast_backs_off_step_by_step_while_redis_is_unreachable(
     await dead.aclose()
 
 
-async def test_each_store_error_names_the_operation_that_failed(key_prefix: str) -> None:
+async def test_every_store_call_names_its_operation_in_its_error(key_prefix: str) -> None:
     dead = aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
     log = RedisEventLog(dead, key_prefix, ttl_seconds=5, max_events=10, timeout_seconds=1)
     bus = RedisEndedSessionBus(dead, "ended", timeout_seconds=1)
@@ -287,7 +287,7 @@ async def test_each_store_error_names_the_operation_that_failed(key_prefix: str)
     await dead.aclose()
 
 
-async def test_a_stalled_redis_ends_every_call_at_its_own_deadline(
+async def test_each_call_on_a_stalled_redis_ends_at_its_own_deadline(
     redis_server: RedisServer, key_prefix: str,
 ) -> None:
     """A client without socket timeouts: only each call's own deadline ends the wait."""
