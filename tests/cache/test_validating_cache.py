@@ -399,6 +399,7 @@ async def test_a_set_during_a_load_wins_even_after_an_eviction_during_the_check(
     """Two changes to one key in one flight: the second must count as much as the first."""
     h = Harness()
     await h.cache.get("a")
+    h.load_started.clear()
     h.check_gate, h.load_gate = asyncio.Event(), asyncio.Event()
     getting = asyncio.create_task(h.cache.get("a"))
     with anyio.fail_after(5):
@@ -407,7 +408,6 @@ async def test_a_set_during_a_load_wins_even_after_an_eviction_during_the_check(
     h.check_gate.set()
     with anyio.fail_after(5):
         await h.load_started.wait()
-    h.load_started.clear()
     winner = Value("a", 99)
     h.cache.set("a", winner)                   # while it reloads
     h.load_gate.set()

@@ -13,7 +13,7 @@ import pytest
 
 from tests.session.conftest import ALICE, ALICE_REFRESHED, MALLORY, RecordingFactory
 from tests.support.redis_server import RedisServer
-from vmcp.errors import BackendUnavailable, TooManySessions
+from vmcp.errors import BackendUnavailable, StoreUnavailable, TooManySessions
 from vmcp.identity import binding_for
 from vmcp.session import SessionManager
 from vmcp.session import metadata as md
@@ -299,3 +299,22 @@ async def test_a_refused_initialize_ends_its_placeholder_and_says_how_to_go_on(
         "end one (HTTP DELETE) or let one expire, then initialize again")
     assert await store.load(ids[0]) == {md.TERMINATED: "true"}
     assert factory.opened[0].principal == ALICE
+
+
+async def test_an_index_that_cannot_answer_fails_initialize_with_the_store_error(
+        store: SessionStore, factory: RecordingFactory) -> None:
+    class Unreachable:
+        async def admit(self, binding: str, session_id: str, limit: int) -> bool:
+            self.session_id = session_id
+            raise StoreUnavailable("index down")
+
+        async def remove(self, binding: str, session_id: str) -> None:
+            raise StoreUnavailable("index down")
+
+    index = Unreachable()
+    manager = SessionManager(store, factory, identities=index, max_sessions_per_identity=2)
+    with pytest.raises(StoreUnavailable, match="index down"):
+        await manager.initialize(ALICE)
+    assert await store.load(index.session_id) == {md.TERMINATED: "true"}
+    assert factory.opened == []
+    await manager.aclose()
