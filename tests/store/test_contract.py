@@ -78,6 +78,12 @@ async def test_longest_visible_ascii_id_is_accepted(subject: StoreUnderTest) -> 
     assert await subject.store.load(session_id) == {"k": "v"}
 
 
+async def test_an_id_of_exactly_128_characters_is_accepted(subject: StoreUnderTest) -> None:
+    session_id = "".join(chr(0x21 + i % 94) for i in range(128))
+    assert await subject.store.create(session_id, {"k": "v"})
+    assert await subject.store.load(session_id) == {"k": "v"}
+
+
 @pytest.mark.parametrize("bad", [{"a": 1}, {1: "a"}, {"a": None}, ["a"], "a", {"a": {"b": "c"}}])
 async def test_non_string_metadata_is_refused(subject: StoreUnderTest, bad: object) -> None:
     with pytest.raises(InvalidMetadata):
