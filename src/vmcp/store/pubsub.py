@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from vmcp.errors import InvalidSessionId
-from vmcp.store._redis_errors import translated_store_errors
+from vmcp.store._redis_errors import once_more_if_dropped, translated_store_errors
 from vmcp.store.base import validate_session_id
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,13 @@ class EndedSessionBus(Protocol):
 
 
 class RedisEndedSessionBus:
-    """``EndedSessionBus`` on one Redis pub/sub channel; resubscribes after outages."""
+    """``EndedSessionBus`` on one Redis pub/sub channel; resubscribes after outages.
+
+    Each outage gets a new pub/sub object rather than a reconnect of the old one: on
+    Cluster the old one is tied to a node that may be gone for good after a failover,
+    while a new one asks the client's current map for a node. Classic (not sharded)
+    pub/sub: Cluster carries a ``PUBLISH`` to every node, so any node serves.
+    """
 
     def __init__(self, client: aioredis.Redis | RedisCluster, channel: str,
                  *, timeout_seconds: float) -> None:
@@ -50,9 +56,12 @@ class RedisEndedSessionBus:
 
     async def publish(self, session_id: str) -> None:
         validate_session_id(session_id)
-        with translated_store_errors("publish"):
-            with anyio.fail_after(self._timeout):
-                await self._client.publish(self._channel, session_id)
+
+        async def attempt(retried: bool) -> Any:  # a second announcement is harmless
+            return await self._client.publish(self._channel, session_id)
+
+        with translated_store_errors("publish"), anyio.fail_after(self._timeout):
+            await once_more_if_dropped(attempt)
 
     async def subscribe(self) -> AsyncIterator[str]:
         attempt = 0
@@ -111,7 +120,10 @@ class RedisSessionRelay:
     """``SessionRelay`` over one pub/sub connection per replica, one channel per session.
 
     Channels are subscribed while at least one local listener needs them, so the cost
-    is one connection per replica, not per session.
+    is one connection per replica, not per session. When that connection is lost, ``run``
+    builds a new one and subscribes it to every channel still needed, retrying with
+    backoff while the store is down (a new one, for the reason ``RedisEndedSessionBus``
+    gives). Messages published meanwhile are lost, like any pub/sub message.
     """
 
     def __init__(self, client: aioredis.Redis | RedisCluster, prefix: str,
@@ -122,6 +134,7 @@ class RedisSessionRelay:
         self._handlers: dict[str, list[RelayHandler]] = {}
         self._confirmed: dict[str, anyio.Event] = {}
         self._pubsub: Any = None
+        self._lost = False
         self._lock = anyio.Lock()
         self.published = 0
         self.delivered = 0
@@ -167,7 +180,20 @@ class RedisSessionRelay:
 
     async def run(self) -> None:
         """Deliver incoming payloads to local handlers; a lifespan task, until cancelled."""
+        attempt = 0
         while True:
+            if self._lost:
+                try:
+                    await self._resubscribe()
+                except Exception as exc:
+                    delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
+                    attempt += 1
+                    logger.warning("session relay: resubscribing failed (%s); again in %.1fs",
+                                   exc, delay)
+                    await anyio.sleep(delay)
+                    continue
+                self._lost = False
+                attempt = 0
             pubsub = self._pubsub
             if pubsub is None or not pubsub.subscribed:
                 await anyio.sleep(0.05)
@@ -176,10 +202,22 @@ class RedisSessionRelay:
                 message = await pubsub.get_message(timeout=1.0)
             except Exception as exc:
                 logger.warning("session relay connection lost: %s", exc)
-                await anyio.sleep(0.5)
+                self._lost = True
                 continue
             if message is not None:
                 self._dispatch(message)
+
+    async def _resubscribe(self) -> None:
+        """Replace the pub/sub connection with a new one on every channel still needed."""
+        async with self._lock:
+            old, self._pubsub = self._pubsub, None
+            if old is not None:
+                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                    await old.aclose()
+            channels = list(self._handlers)
+            if channels:
+                with translated_store_errors("subscribe"), anyio.fail_after(self._timeout):
+                    await self._ensure_pubsub().subscribe(*channels)
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         channel = message.get("channel")
