@@ -16,9 +16,9 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_list_changed_seen_on_one_replica_reaches_the_get_stream_on_another(
-    cluster: Cluster,
+    any_cluster: Cluster,
 ) -> None:
-    first, second, third = cluster.replicas
+    first, second, third = any_cluster.replicas
     with httpx2.Client(timeout=10) as http:
         session = RawSession.open(http, first.url)
     received: list[dict[str, Any]] = []

@@ -11,6 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 import redis.exceptions
+from redis.asyncio.cluster import RedisCluster
 
 from tests.support.redis_server import RedisServer
 from tests.support.tcp_proxy import TcpProxy
@@ -226,3 +227,13 @@ async def test_the_retry_stays_within_the_calls_one_deadline(
             await store.load("s")
         assert anyio.current_time() - started < 0.9
         assert proxy.replies_lost == 1
+
+
+def test_cluster_url_seeds_the_client_with_every_node_it_names() -> None:
+    store = open_store("redis+cluster://u:p%40ss@10.0.0.1:7000,[::1]:7001,node3",
+                       key_prefix="p:", ttl_seconds=1, timeout_seconds=1)
+    client = store.client
+    assert isinstance(client, RedisCluster)
+    seeds = sorted(client.nodes_manager.startup_nodes)
+    assert seeds == sorted(["10.0.0.1:7000", "::1:7001", "node3:6379"])
+    assert client.nodes_manager.connection_kwargs["password"] == "p@ss"

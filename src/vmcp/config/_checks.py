@@ -155,7 +155,7 @@ def _check_store(value: str) -> str:
         raise ValueError(
             "must be 'memory' or a URL: redis://host:port/db, rediss://host:port/db, "
             "unix:///path, redis+sentinel://host:port[,host:port]/service[/db] or "
-            "redis+cluster://host:port"
+            "redis+cluster://host:port[,host:port]"
         )
     if scheme == "unix":
         parts = urlsplit(value)
@@ -181,9 +181,14 @@ def _check_store(value: str) -> str:
         if len(segments) == 2:
             _check_db(segments[1], f"{what} db")
         return value
-    if "," in hosts:
+    if scheme == "redis+cluster":
+        # Several seed nodes: the client finds the cluster from any one that answers.
+        for item in hosts.split(","):
+            _check_host_port(item, port_required=False, what=f"{what} node")
+    elif "," in hosts:
         raise ValueError(f"{what} takes a single host:port")
-    _check_host_port(hosts, port_required=False, what=what)
+    else:
+        _check_host_port(hosts, port_required=False, what=what)
     if len(segments) > 1:
         raise ValueError(f"{what} path must be empty or /db")
     if segments:

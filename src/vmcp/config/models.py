@@ -128,13 +128,14 @@ class SessionConfig(_Frozen):
 
     ``store`` is ``memory`` (one process only) or a Redis URL - ``redis://``, ``rediss://``,
     ``unix://``, ``redis+sentinel://host:port[,host:port]/service[/db]`` or
-    ``redis+cluster://host:port`` - which every replica must share. ``ttl_seconds`` is a sliding
-    idle timeout; it is a float so tests can use sub-second values.
+    ``redis+cluster://host:port[,host:port]`` - which every replica must share.
+    ``ttl_seconds`` is a sliding idle timeout; it is a float so tests can use sub-second
+    values.
     """
 
     store: str = "memory"
     """memory (one process only) or the Redis URL every replica shares: redis://, rediss://,
-    unix://, redis+sentinel://h:p[,h:p]/service[/db], redis+cluster://h:p."""
+    unix://, redis+sentinel://h:p[,h:p]/service[/db], redis+cluster://h:p[,h:p]."""
     key_prefix: str = "vmcp:session:"
     """Prefix of every key and channel vmcp uses in Redis (must end with ':')."""
     ttl_seconds: float = Field(default=1800.0, gt=0, allow_inf_nan=False)

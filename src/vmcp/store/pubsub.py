@@ -27,6 +27,16 @@ logger = logging.getLogger(__name__)
 RECONNECT_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
 
 
+async def new_pubsub(client: aioredis.Redis | RedisCluster) -> Any:
+    """A pub/sub object on ``client``. A Cluster client picks the pub/sub's node from its
+    slot map, which it fills only on its first command (before that, redis-py fails with
+    a bare ``KeyError``) and refreshes only when one has failed: so bring the map up to
+    date first, or a pub/sub made after a failover would dial the node that is gone."""
+    if isinstance(client, RedisCluster):
+        await client.initialize()
+    return client.pubsub()
+
+
 class EndedSessionBus(Protocol):
     """Broadcasts the ids of ended sessions to every replica (including the sender)."""
 
@@ -77,7 +87,7 @@ class RedisEndedSessionBus:
                 await anyio.sleep(delay)
 
     async def _listen_once(self) -> AsyncIterator[str]:
-        pubsub = self._client.pubsub()
+        pubsub = await new_pubsub(self._client)
         try:
             await pubsub.subscribe(self._channel)
             async for message in pubsub.listen():
@@ -91,7 +101,7 @@ class RedisEndedSessionBus:
                     logger.warning("ignored a malformed id on the ended-session channel")
         finally:
             with anyio.CancelScope(shield=True):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
 
 
 RelayHandler = Callable[[dict[str, Any]], None]
@@ -158,7 +168,7 @@ class RedisSessionRelay:
                 confirmed = self._confirmed[channel] = anyio.Event()
                 async with self._lock:
                     with translated_store_errors("subscribe"), anyio.fail_after(self._timeout):
-                        await self._ensure_pubsub().subscribe(channel)
+                        await (await self._ensure_pubsub()).subscribe(channel)
             else:
                 confirmed = self._confirmed[channel]
             with anyio.fail_after(self._timeout):
@@ -171,11 +181,11 @@ class RedisSessionRelay:
                 self._confirmed.pop(channel, None)
                 with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                     async with self._lock:
-                        await self._ensure_pubsub().unsubscribe(channel)
+                        await (await self._ensure_pubsub()).unsubscribe(channel)
 
-    def _ensure_pubsub(self) -> Any:
+    async def _ensure_pubsub(self) -> Any:
         if self._pubsub is None:
-            self._pubsub = self._client.pubsub()
+            self._pubsub = await new_pubsub(self._client)
         return self._pubsub
 
     async def run(self) -> None:
@@ -217,7 +227,7 @@ class RedisSessionRelay:
             channels = list(self._handlers)
             if channels:
                 with translated_store_errors("subscribe"), anyio.fail_after(self._timeout):
-                    await self._ensure_pubsub().subscribe(*channels)
+                    await (await self._ensure_pubsub()).subscribe(*channels)
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         channel = message.get("channel")

@@ -180,10 +180,7 @@ def _decode_record(session_id: str, raw: bytes | str) -> dict[str, str]:
 
 def _sentinel_client(url: str, connection: dict[str, Any]) -> aioredis.Redis:
     parts = urlsplit(url)
-    hosts = []
-    for item in parts.netloc.rsplit("@", 1)[-1].split(","):
-        host, _, port = item.rpartition(":")
-        hosts.append((host or "localhost", int(port or 26379)))
+    hosts = _hosts(parts.netloc, default_port=26379)
     path = [p for p in parts.path.split("/") if p]
     if not path:
         raise ValueError("redis+sentinel URL needs a service name: redis+sentinel://h:p/name")
@@ -207,11 +204,23 @@ def _cluster_client(url: str, connection: dict[str, Any]) -> RedisCluster:
     refreshes the slot map, which redis-py marks stale on a connection error.
     """
     parts = urlsplit(url)
-    seeds = []
-    for item in parts.netloc.rsplit("@", 1)[-1].split(","):
-        host, _, port = item.rpartition(":")
-        seeds.append(ClusterNode(host or "localhost", int(port or 6379)))
+    seeds = [ClusterNode(host, port) for host, port in _hosts(parts.netloc, default_port=6379)]
     username = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password else None
     return RedisCluster(startup_nodes=seeds, username=username, password=password,
                         **connection)
+
+
+def _hosts(netloc: str, *, default_port: int) -> list[tuple[str, int]]:
+    """``host[:port]`` items of a comma-separated netloc (after any ``user:pass@``)."""
+    found = []
+    for item in netloc.rpartition("@")[2].split(","):
+        if item.startswith("["):  # [IPv6]:port
+            host, _, after = item[1:].partition("]")
+            port = after.lstrip(":")
+        elif ":" in item:
+            host, _, port = item.rpartition(":")
+        else:
+            host, port = item, ""
+        found.append((host or "localhost", int(port) if port else default_port))
+    return found
