@@ -41,6 +41,15 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = WAIT_SEC
         time.sleep(0.05)
 
 
+def acknowledged(master: RedisServer) -> None:
+    """Wait until the master's replica has every write so far (WAIT). Replication is
+    asynchronous: a write the replica never received dies with the master; the tests
+    are about what the gateway does, not about that."""
+    with _client(master.port) as client:
+        if int(client.execute_command("WAIT", 1, 5000)) < 1:
+            raise RuntimeError(f"no replica acknowledged the writes of port {master.port}")
+
+
 def _client(port: int) -> redis.Redis:
     return redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, decode_responses=True)
 
@@ -107,6 +116,7 @@ class SentinelSetup:
         wait_for(lambda: self._sentinels_agree(others=len(self.sentinels) - 1),
                  "the sentinels know each other")
         killed = self.current_master()
+        acknowledged(killed)
         killed.kill()
         return killed
 
@@ -129,6 +139,9 @@ class SentinelSetup:
     def command(self, *args: str) -> Any:
         with _client(self.master_port()) as client:
             return client.execute_command(*args)
+
+    def command_value(self, *args: str) -> str:
+        return str(self.command(*args))
 
     def stop(self) -> None:
         for server in [*self.sentinels, *self.servers]:
@@ -205,6 +218,7 @@ class ClusterSetup:
         masters = self.masters()
         seeds = [n for n in masters if n in self.nodes[:3]]
         killed = seeds[0] if seed and seeds else masters[-1]
+        acknowledged(killed)
         killed.kill()
         return killed
 
@@ -225,11 +239,15 @@ class ClusterSetup:
         self._wait_healthy()
 
     def command(self, *args: str) -> Any:
-        client = RedisCluster(host="127.0.0.1", port=self._live().port, socket_timeout=2)
+        client = RedisCluster(host="127.0.0.1", port=self._live().port, socket_timeout=2,
+                              decode_responses=True)
         try:
             return client.execute_command(*args)
         finally:
             client.close()
+
+    def command_value(self, *args: str) -> str:
+        return str(self.command(*args))
 
     def stop(self) -> None:
         for node in self.nodes:
