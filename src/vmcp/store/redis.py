@@ -11,7 +11,7 @@ from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
 from vmcp.errors import SessionNotFound, StoreUnavailable
 from vmcp.store._redis_errors import (
@@ -167,6 +167,12 @@ class RedisStore:
             return
         self._closed = True
         await self._client.aclose()
+        if isinstance(self._client, RedisCluster):
+            # The seed nodes keep connections of their own, from discovering the cluster.
+            await self._client.nodes_manager.aclose("startup_nodes")
+        elif isinstance(pool := self._client.connection_pool, SentinelConnectionPool):
+            for sentinel in pool.sentinel_manager.sentinels:
+                await sentinel.aclose()
 
 
 def _decode_record(session_id: str, raw: bytes | str) -> dict[str, str]:
