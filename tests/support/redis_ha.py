@@ -213,11 +213,15 @@ class ClusterSetup:
                 if n.process is not None and "master" in view[n.port][0]
                 and "fail" not in view[n.port][0]]
 
-    def kill_master(self, *, seed: bool = False) -> RedisServer:
-        """SIGKILL a master: the first seed of the URL if it is one and ``seed``."""
+    def kill_master(self, *, seed: bool = False, port: int | None = None) -> RedisServer:
+        """SIGKILL a master: the one on ``port``, else the first seed of the URL if it is
+        one and ``seed``, else any."""
         masters = self.masters()
         seeds = [n for n in masters if n in self.nodes[:3]]
-        killed = seeds[0] if seed and seeds else masters[-1]
+        if port is not None:
+            killed = next(n for n in masters if n.port == port)
+        else:
+            killed = seeds[0] if seed and seeds else masters[-1]
         acknowledged(killed)
         killed.kill()
         return killed

@@ -27,13 +27,21 @@ logger = logging.getLogger(__name__)
 RECONNECT_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
 
 
-async def new_pubsub(client: aioredis.Redis | RedisCluster) -> Any:
-    """A pub/sub object on ``client``. A Cluster client picks the pub/sub's node from its
-    slot map, which it fills only on its first command (before that, redis-py fails with
-    a bare ``KeyError``) and refreshes only when one has failed: so bring the map up to
-    date first, or a pub/sub made after a failover would dial the node that is gone."""
+async def new_pubsub(client: aioredis.Redis | RedisCluster, *, after_loss: bool = False
+                     ) -> Any:
+    """A pub/sub object on ``client``.
+
+    A Cluster client picks the pub/sub's node from its slot map, which it fills only on
+    its first command (before that, redis-py fails with a bare ``KeyError``) and marks
+    stale only when a command fails, not when a pub/sub connection does. So the map is
+    filled first, and read again from the cluster ``after_loss`` of a pub/sub connection:
+    otherwise the new pub/sub would dial the node that failed over.
+    """
     if isinstance(client, RedisCluster):
-        await client.initialize()
+        if after_loss:
+            await client.nodes_manager.initialize()
+        else:
+            await client.initialize()
     return client.pubsub()
 
 
@@ -77,7 +85,7 @@ class RedisEndedSessionBus:
         attempt = 0
         while True:
             try:
-                async for session_id in self._listen_once():
+                async for session_id in self._listen_once(after_loss=attempt > 0):
                     attempt = 0
                     yield session_id
             except Exception as exc:
@@ -86,8 +94,8 @@ class RedisEndedSessionBus:
                 logger.warning("ended-session channel lost (%s); again in %.1fs", exc, delay)
                 await anyio.sleep(delay)
 
-    async def _listen_once(self) -> AsyncIterator[str]:
-        pubsub = await new_pubsub(self._client)
+    async def _listen_once(self, *, after_loss: bool) -> AsyncIterator[str]:
+        pubsub = await new_pubsub(self._client, after_loss=after_loss)
         try:
             await pubsub.subscribe(self._channel)
             async for message in pubsub.listen():
@@ -183,9 +191,9 @@ class RedisSessionRelay:
                     async with self._lock:
                         await (await self._ensure_pubsub()).unsubscribe(channel)
 
-    async def _ensure_pubsub(self) -> Any:
+    async def _ensure_pubsub(self, *, after_loss: bool = False) -> Any:
         if self._pubsub is None:
-            self._pubsub = await new_pubsub(self._client)
+            self._pubsub = await new_pubsub(self._client, after_loss=after_loss)
         return self._pubsub
 
     async def run(self) -> None:
@@ -227,7 +235,7 @@ class RedisSessionRelay:
             channels = list(self._handlers)
             if channels:
                 with translated_store_errors("subscribe"), anyio.fail_after(self._timeout):
-                    await (await self._ensure_pubsub()).subscribe(*channels)
+                    await (await self._ensure_pubsub(after_loss=True)).subscribe(*channels)
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         channel = message.get("channel")
