@@ -15,8 +15,9 @@ Why the retry is written here rather than configured in redis-py (8.1):
 - What that check cannot see (the server's FIN not read yet, a reply lost in flight)
   needs a retry. redis-py's ``Retry`` belongs to the connection and treats every command
   alike: it would resend ``SET NX`` after a write that landed and report a false
-  conflict, and its backoff sleeps know nothing of our per-call deadline. ``health_check_
-  interval`` only adds a PING that fails in the same way unless that same retry is on.
+  conflict, and its backoff sleeps know nothing of our per-call deadline. The
+  ``health_check_interval`` option only adds a PING before a command, and that PING
+  fails on a dead connection just like the command unless that same retry is on.
   So redis-py's retry stays off and ``once_more_if_dropped`` retries only operations the
   caller declares safe (``GETEX``, ``DEL``, ``SET XX`` of the same value), or whose retry
   can recognise its own landed write (``SET NX``, see ``RedisStore.create``).

@@ -109,9 +109,10 @@ class RedisStore:
         async def attempt(retried: bool) -> bool:
             if not retried:
                 return bool(await self._client.set(key, value, px=self._ttl_ms, nx=True))
-            # The first try may have landed with its reply lost. SET NX GET tells: the key
-            # holding exactly our value is our write (ids are random, so no other writer
-            # creates this key, let alone with our bytes, in that window).
+            # The first try may have landed with its reply lost. SET NX GET (Redis 7.0+,
+            # Valkey) tells: the key holding exactly our value is our write (ids are
+            # random, so no other writer creates this key, let alone with our bytes, in
+            # that window). Older servers refuse NX with GET: a 503, never a false "taken".
             before = await self._client.set(key, value, px=self._ttl_ms, nx=True, get=True)
             return before is None or before == value
 
