@@ -39,6 +39,7 @@ from typing import Any, Final
 
 import anyio
 import pydantic
+from anyio.streams.memory import MemoryObjectReceiveStream
 from mcp.shared.inbound import (
     ERROR_CODE_HTTP_STATUS,
     MCP_PARAM_HEADER_PREFIX,
@@ -353,13 +354,7 @@ class StatelessEndpoint:
         async with receiver, anyio.create_task_group() as tg:
             tg.start_soon(run)
             tg.start_soon(cancel_on_disconnect, receive, tg.cancel_scope)
-            event: dict[str, Any] | None = None
-            done = False
-            with anyio.move_on_after(SSE_PING_SECONDS):
-                try:
-                    event = await receiver.receive()
-                except anyio.EndOfStream:
-                    done = True
+            done, event = await _next_event(receiver)
             if done:
                 await send_json(send, _message_status(answer[0]), answer[0])
             else:
@@ -368,15 +363,22 @@ class StatelessEndpoint:
                 while not done:
                     chunk = sse_event(event) if event is not None else b": ping\n\n"
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    event = None
-                    with anyio.move_on_after(SSE_PING_SECONDS):
-                        try:
-                            event = await receiver.receive()
-                        except anyio.EndOfStream:
-                            done = True
+                    done, event = await _next_event(receiver)
                 await send({"type": "http.response.body", "body": sse_event(answer[0]),
                             "more_body": False})
             tg.cancel_scope.cancel()
+
+
+async def _next_event(receiver: MemoryObjectReceiveStream[dict[str, Any]]
+                      ) -> tuple[bool, dict[str, Any] | None]:
+    """(the work is done, its next notification); neither after ``SSE_PING_SECONDS``
+    of silence, when a keep-alive comment is due."""
+    with anyio.move_on_after(SSE_PING_SECONDS):
+        try:
+            return False, await receiver.receive()
+        except anyio.EndOfStream:
+            return True, None
+    return False, None
 
 
 def _checked_param_headers(view: View, tool: str, params: Mapping[str, Any],
