@@ -63,12 +63,18 @@ async def subject(request: pytest.FixtureRequest,
                                   wall_clock=wall), wall, clock, None, key_prefix)
         return
     server: RedisServer = request.getfixturevalue("redis_server")
-    store = RedisStore.from_url(server.url, key_prefix=key_prefix, ttl_seconds=60,
-                                timeout_seconds=2.0)
-    registry = RedisReplicaRegistry(store.client, key_prefix=key_prefix, expiry_seconds=EXPIRY,
-                                    forget_seconds=FORGET, timeout_seconds=2.0, wall_clock=wall)
+    store, registry = on_redis(server.url, key_prefix, timeout=2.0, wall=wall)
     yield RegistryUnderTest(registry, wall, None, store, key_prefix)
     await store.aclose()
+
+
+def on_redis(url: str, prefix: str, *, timeout: float,
+             wall: ManualClock | None = None) -> tuple[RedisStore, RedisReplicaRegistry]:
+    store = RedisStore.from_url(url, key_prefix=prefix, ttl_seconds=60, timeout_seconds=timeout)
+    registry = RedisReplicaRegistry(store.client, key_prefix=prefix, expiry_seconds=EXPIRY,
+                                    forget_seconds=FORGET, timeout_seconds=timeout,
+                                    **({"wall_clock": wall} if wall is not None else {}))
+    return store, registry
 
 
 def record(n: int) -> dict[str, Any]:
@@ -147,10 +153,7 @@ def test_forget_window_shorter_than_the_expiry_is_refused() -> None:
 
 async def test_redis_records_expire_on_the_servers_clock_and_share_one_slot(
         redis_server: RedisServer, key_prefix: str) -> None:
-    store = RedisStore.from_url(redis_server.url, key_prefix=key_prefix, ttl_seconds=60,
-                                timeout_seconds=2.0)
-    registry = RedisReplicaRegistry(store.client, key_prefix=key_prefix, expiry_seconds=EXPIRY,
-                                    forget_seconds=FORGET, timeout_seconds=2.0)
+    store, registry = on_redis(redis_server.url, key_prefix, timeout=2.0)
     try:
         await registry.announce("r1", record(1))
         client = store.client
@@ -167,10 +170,7 @@ async def test_redis_records_expire_on_the_servers_clock_and_share_one_slot(
 
 async def test_an_unreadable_record_is_shown_as_gone(redis_server: RedisServer,
                                                      key_prefix: str) -> None:
-    store = RedisStore.from_url(redis_server.url, key_prefix=key_prefix, ttl_seconds=60,
-                                timeout_seconds=2.0)
-    registry = RedisReplicaRegistry(store.client, key_prefix=key_prefix, expiry_seconds=EXPIRY,
-                                    forget_seconds=FORGET, timeout_seconds=2.0)
+    store, registry = on_redis(redis_server.url, key_prefix, timeout=2.0)
     try:
         await registry.announce("r1", record(1))
         await store.client.set(record_key(key_prefix, "r1"), b"\xff not json")
@@ -180,10 +180,7 @@ async def test_an_unreadable_record_is_shown_as_gone(redis_server: RedisServer,
 
 
 async def test_a_store_that_cannot_answer_raises_a_store_error() -> None:
-    store = RedisStore.from_url("redis://127.0.0.1:1/0", key_prefix="x:", ttl_seconds=60,
-                                timeout_seconds=0.5)
-    registry = RedisReplicaRegistry(store.client, key_prefix="x:", expiry_seconds=EXPIRY,
-                                    forget_seconds=FORGET, timeout_seconds=0.5)
+    store, registry = on_redis("redis://127.0.0.1:1/0", "x:", timeout=0.5)
     try:
         with pytest.raises(StoreUnavailable):
             await registry.announce("r1", record(1))
