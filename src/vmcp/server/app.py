@@ -35,6 +35,7 @@ from vmcp.backend.http_client import backend_http_client
 from vmcp.config import VmcpConfig, load_config, unmatched_env_warnings
 from vmcp.errors import AuthenticationError, ConfigError, StoreError
 from vmcp.server.methods import MethodHandler
+from vmcp.server.overview import OperatorView, open_view
 from vmcp.server.security import RequestGuard
 from vmcp.server.stateless import StatelessEndpoint
 from vmcp.server.status import build_status, render_page
@@ -153,8 +154,11 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                 max_body_bytes=config.server.max_body_bytes, metrics=metrics,
                 stateless=StatelessEndpoint(stateless),
             )
+            view = open_view(config, store, metrics, manager=manager, monitor=monitor,
+                             connector=connector)
+            background.start_soon(view.run)
             state.update(store=store, manager=manager, ledger=connector.ledger, monitor=monitor,
-                         connector=connector)
+                         connector=connector, view=view)
             if config_path is not None:
                 background.start_soon(_reload_on_sighup, config_path, connector, manager,
                                       monitor, outgoing)
@@ -165,6 +169,7 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                 yield
             finally:
                 endpoint.app = None
+                await view.withdraw()
                 await manager.aclose()
                 await stateless.aclose()
                 background.cancel_scope.cancel()
@@ -199,11 +204,19 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
             ledger if isinstance(ledger, UpstreamLedger) else None,
             monitor if isinstance(monitor, HealthMonitor) else None)
 
+    async def full_snapshot() -> dict[str, object]:
+        """This replica's snapshot and, once running, the whole deployment's view."""
+        document = snapshot()
+        view = state.get("view")
+        if isinstance(view, OperatorView):
+            document.update(await view.document())
+        return document
+
     async def status(request: Request) -> Response:
-        return JSONResponse(snapshot())
+        return JSONResponse(await full_snapshot())
 
     async def status_page(request: Request) -> Response:
-        return HTMLResponse(render_page(snapshot()))
+        return HTMLResponse(render_page(await full_snapshot()))
 
     async def resource_metadata(request: Request) -> Response:
         """RFC 9728 protected-resource metadata; 404 without an authorization server."""

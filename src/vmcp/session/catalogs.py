@@ -28,6 +28,7 @@ class CatalogCache:
         self._clock = clock
         self._entries: OrderedDict[tuple[str, str], tuple[float, BackendCatalog]] = (
             OrderedDict())
+        self._latest: dict[str, BackendCatalog] = {}
 
     @property
     def enabled(self) -> bool:
@@ -44,9 +45,17 @@ class CatalogCache:
         return catalog
 
     def put(self, backend: str, scope: str, catalog: BackendCatalog) -> None:
+        if scope == SHARED:
+            self._latest[backend] = catalog
         if not self.enabled:
             return
         self._entries[(backend, scope)] = (self._clock(), catalog)
         self._entries.move_to_end((backend, scope))
         while len(self._entries) > MAX_ENTRIES:
             self._entries.popitem(last=False)
+
+    def latest(self) -> dict[str, BackendCatalog]:
+        """Each backend's most recently listed catalog shared by everybody, however old
+        (for the operator's view of the aggregated catalog; per-caller catalogs are not
+        shown)."""
+        return dict(self._latest)

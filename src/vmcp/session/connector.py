@@ -76,6 +76,10 @@ class BackendConnector:
         self._is_healthy = is_healthy
         self._connect_slots = anyio.Semaphore(config.limits.max_concurrent_backend_connects)
 
+    def catalogs_seen(self) -> dict[str, BackendCatalog]:
+        """What each backend last listed here (shared catalogs only)."""
+        return self._catalogs.latest()
+
     def set_state_recorder(self, record_state: StateRecorder) -> None:
         self._record_state = record_state
 

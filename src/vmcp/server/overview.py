@@ -1,0 +1,372 @@
+"""The operator's view of the whole deployment, whichever replica serves the page.
+
+Each replica runs a heartbeat (:meth:`OperatorView.run`): every
+``status.heartbeat_seconds`` it samples its own traffic and announces itself in the store
+(:mod:`vmcp.store.replicas`) with its version, start time, live sessions, backends'
+health and its recent samples. ``/status`` and ``/ui`` then read every replica back, so
+behind a round-robin balancer any replica shows all of them, a replica that stopped
+beating shown as gone. Beside that: sessions per identity across the store (counts and
+hashed labels only, never ids or tokens) and the aggregated catalog as this replica last
+listed it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import anyio
+
+from vmcp import __version__
+from vmcp.aggregate import BackendCatalog
+from vmcp.backend.health import HealthMonitor
+from vmcp.config import AggregationConfig, StatusConfig, VmcpConfig
+from vmcp.errors import StoreError
+from vmcp.server.activity import ActivitySampler
+from vmcp.server.catalog_view import explain_catalog
+from vmcp.server.charts import Series, line_chart
+from vmcp.session import SessionManager
+from vmcp.session.binding import SEPARATOR, UNAUTHENTICATED
+from vmcp.session.connector import BackendConnector
+from vmcp.session.metadata import IDENTITY
+from vmcp.store import MemoryStore, RedisStore
+from vmcp.store.census import Census, MemoryCensus, RedisCensus, SessionCensus
+from vmcp.store.replicas import MemoryReplicaRegistry, RedisReplicaRegistry, ReplicaRegistry
+from vmcp.telemetry import Metrics
+
+logger = logging.getLogger(__name__)
+
+CENSUS_LIMIT = 10_000
+"""Session records read at most per count of sessions per identity."""
+
+LocalState = Callable[[], dict[str, Any]]
+"""This replica's own figures for its heartbeat: live sessions, backends' health."""
+
+
+def identity_label(binding: str) -> str:
+    """How an identity is shown: its issuer and a short hash of issuer and subject. The
+    subject (often a person's e-mail) is never shown, and no token is ever at hand."""
+    if binding == UNAUTHENTICATED:
+        return "anonymous"
+    issuer = binding.partition(SEPARATOR)[0]
+    return f"{issuer} #{hashlib.sha256(binding.encode()).hexdigest()[:10]}"
+
+
+def open_view(config: VmcpConfig, store: MemoryStore | RedisStore, metrics: Metrics, *,
+              manager: SessionManager, monitor: HealthMonitor | None,
+              connector: BackendConnector) -> OperatorView:
+    """The view on the store the replica uses (its registry and census beside it)."""
+    status, session = config.status, config.session
+    registry: ReplicaRegistry
+    census: SessionCensus
+    if isinstance(store, RedisStore):
+        registry = RedisReplicaRegistry(
+            store.client, key_prefix=session.key_prefix, expiry_seconds=status.expiry_seconds,
+            forget_seconds=status.forget_seconds, timeout_seconds=session.store_timeout_seconds)
+        census = RedisCensus(store, field_name=IDENTITY,
+                             timeout_seconds=session.store_timeout_seconds)
+    else:
+        registry = MemoryReplicaRegistry(expiry_seconds=status.expiry_seconds,
+                                         forget_seconds=status.forget_seconds)
+        census = MemoryCensus(store, field_name=IDENTITY)
+
+    def local() -> dict[str, Any]:
+        health = monitor.snapshot() if monitor is not None else {}
+        return {"live_sessions": manager.statistics().cache.size,
+                "backends": {b.name: (health[b.name].status.value if b.name in health
+                                      else "unmonitored")
+                             for b in connector.config.backends}}
+
+    return OperatorView(
+        status, replica_id=config.server.replica_id, store_kind=session.store_kind,
+        registry=registry, census=census, local=local,
+        sampler=ActivitySampler(metrics, capacity=status.history_samples),
+        catalogs=lambda: (connector.config.aggregation, connector.catalogs_seen()))
+
+
+class OperatorView:
+    """This replica's heartbeat, and the deployment-wide part of ``/status``."""
+
+    def __init__(self, config: StatusConfig, *, replica_id: str, store_kind: str,
+                 registry: ReplicaRegistry, sampler: ActivitySampler,
+                 census: SessionCensus, local: LocalState,
+                 catalogs: Callable[[], tuple[AggregationConfig, dict[str, BackendCatalog]]],
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self._config = config
+        self._replica_id = replica_id
+        self._store_kind = store_kind
+        self._registry = registry
+        self._sampler = sampler
+        self._census = census
+        self._local = local
+        self._catalogs = catalogs
+        self._wall = wall_clock
+        self._started = wall_clock()
+        self._failing = False
+        self._census_at = -float("inf")
+        self._census_doc: dict[str, Any] = {}
+        self._census_lock = anyio.Lock()
+
+    async def run(self) -> None:
+        """Beat until cancelled: at once, then every ``heartbeat_seconds``."""
+        while True:
+            await self.beat()
+            await anyio.sleep(self._config.heartbeat_seconds)
+
+    async def beat(self) -> None:
+        """Sample and announce; a store that cannot answer is logged once per outage (the
+        replica goes on serving, and other replicas show it as gone meanwhile)."""
+        sample = self._sampler.sample()
+        record = {"version": __version__, "started": round(self._started, 3),
+                  "store": self._store_kind, **self._local(),
+                  "requests_per_second": round(sample["requests"] / sample["seconds"], 3),
+                  "errors_per_second": round(sum(sample["errors"].values())
+                                             / sample["seconds"], 3),
+                  "samples": self._sampler.samples()}
+        try:
+            await self._registry.announce(self._replica_id, record)
+        except StoreError as exc:
+            if not self._failing:
+                logger.warning("could not announce this replica in the store: %s", exc)
+            self._failing = True
+            return
+        if self._failing:
+            logger.info("announcing this replica in the store again")
+        self._failing = False
+
+    async def withdraw(self) -> None:
+        """This replica stops: shown as gone from now on, not only once its beat lapses."""
+        try:
+            await self._registry.withdraw(self._replica_id)
+        except StoreError as exc:
+            logger.warning("could not withdraw this replica from the store: %s", exc)
+
+    async def document(self) -> dict[str, Any]:
+        """``replicas``, ``identities`` and ``catalog`` for ``/status``."""
+        now = self._wall()
+        try:
+            entries = await self._registry.replicas()
+            replicas: list[dict[str, Any]] | None = [
+                {"replica_id": e.replica_id, "state": "up" if e.up else "gone",
+                 "this": e.replica_id == self._replica_id, "last_beat": e.last_beat,
+                 "seconds_since_beat": round(max(0.0, now - e.last_beat), 1),
+                 **(e.record or {})}
+                for e in entries]
+            registry_error = None
+        except StoreError as exc:
+            replicas, registry_error = None, str(exc)
+        aggregation, seen = self._catalogs()
+        explained, warnings = explain_catalog(seen, aggregation)
+        return {
+            "heartbeat_seconds": self._config.heartbeat_seconds,
+            "expiry_seconds": self._config.expiry_seconds,
+            "replicas": replicas, "replicas_error": registry_error,
+            "identities": await self._identities(),
+            "catalog": {"backends": {b: [i.as_json() for i in items]
+                                     for b, items in explained.items()},
+                        "warnings": warnings},
+        }
+
+    async def _identities(self) -> dict[str, Any]:
+        """Sessions per identity, counted at most once per heartbeat interval."""
+        async with self._census_lock:
+            if time.monotonic() - self._census_at >= self._config.heartbeat_seconds:
+                try:
+                    census = await self._census.count(CENSUS_LIMIT)
+                    self._census_doc = _census_document(census)
+                except StoreError as exc:
+                    self._census_doc = {"error": str(exc)}
+                self._census_at = time.monotonic()
+            return self._census_doc
+
+
+def _census_document(census: Census) -> dict[str, Any]:
+    labelled: dict[str, int] = defaultdict(int)
+    for binding, count in census.counts.items():
+        labelled[identity_label(binding)] += count
+    return {"sessions": [{"identity": label, "sessions": count} for label, count in
+                         sorted(labelled.items(), key=lambda item: (-item[1], item[0]))],
+            "scanned": census.scanned, "complete": census.complete}
+
+
+# -- the page's sections ---------------------------------------------------------------
+
+
+def render_sections(status: Mapping[str, Any]) -> str:
+    """The deployment-wide sections of ``/ui``: replicas, charts, sessions per identity,
+    the catalog. Empty when the view is not running yet."""
+    if "replicas" not in status:
+        return ""
+    return "".join([_replicas_section(status), _charts_section(status),
+                    _identities_section(status.get("identities") or {}),
+                    _catalog_section(status.get("catalog") or {})])
+
+
+def _up(status: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [r for r in status.get("replicas") or [] if r["state"] == "up"]
+
+
+def _replicas_section(status: Mapping[str, Any]) -> str:
+    e = html.escape
+    if status.get("replicas") is None:
+        return (f'<h2>Replicas</h2><p class="problem">the store cannot list the replicas: '
+                f'{e(str(status.get("replicas_error")))}</p>')
+    rows = []
+    step = float(status.get("heartbeat_seconds") or 5)
+    for r in status["replicas"]:
+        up = r["state"] == "up"
+        backends = ", ".join(f"{e(name)} {e(str(health))}"
+                             for name, health in (r.get("backends") or {}).items())
+        chart = line_chart(f"replica-{r['replica_id']}", "requests/s, errors/s", [
+            Series("requests", _rates(r, lambda s: s["requests"])),
+            Series("errors", _rates(r, lambda s: sum(s["errors"].values())))],
+            unit="/s", width=260, height=90) if up else ""
+        started = (time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["started"]))
+                   if up and "started" in r else "")
+        rows.append(
+            f'<tr data-replica="{e(r["replica_id"])}" data-state="{e(r["state"])}" '
+            f'class="replica {e(r["state"])}"><td>{e(r["replica_id"])}'
+            f'{" (this page)" if r.get("this") else ""}</td>'
+            f'<td class="state">{e(r["state"])}</td>'
+            f'<td>{r["seconds_since_beat"]:.0f} s ago</td>'
+            f'<td>{e(str(r.get("version", "")))}</td><td>{e(started)}</td>'
+            f'<td>{r.get("live_sessions", "") if up else ""}</td>'
+            f'<td>{_fmt(r.get("requests_per_second")) if up else ""}</td>'
+            f'<td>{_fmt(r.get("errors_per_second")) if up else ""}</td>'
+            f'<td>{backends if up else ""}</td><td>{chart}</td></tr>')
+    ups = len(_up(status))
+    gone = len(status["replicas"]) - ups
+    return (f'<h2>Replicas</h2><p id="replica-count">{ups} up, {gone} gone '
+            f'(heartbeat every {step:g} s; gone after {status.get("expiry_seconds", 0):g} s '
+            'without one)</p>'
+            '<table id="replicas"><thead><tr><th>replica</th><th>state</th><th>last beat</th>'
+            '<th>version</th><th>started (UTC)</th><th>live sessions</th><th>requests/s</th>'
+            '<th>errors/s</th><th>backends</th><th>last minutes</th></tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>')
+
+
+def _rates(replica: Mapping[str, Any], value: Callable[[Mapping[str, Any]], float]
+           ) -> list[tuple[float, float | None]]:
+    return [(s["t"], value(s) / s["seconds"]) for s in replica.get("samples") or []]
+
+
+def _charts_section(status: Mapping[str, Any]) -> str:
+    """Charts of every up replica: each replica's requests, and the sums (the worst
+    replica for latency, since quantiles do not add up)."""
+    replicas = _up(status)
+    step = float(status.get("heartbeat_seconds") or 5)
+    requests = [Series(r["replica_id"], _rates(r, lambda s: s["requests"])) for r in replicas]
+    if len(replicas) > 1:
+        requests.append(Series("all", _summed(replicas, step, lambda s: {
+            "all": s["requests"] / s["seconds"]})["all"]))
+    latency = [Series(f"{q} (worst replica)", _worst(replicas, step, q))
+               for q in ("p50", "p99")]
+    errors = _summed(replicas, step, lambda s: {
+        "all": sum(s["errors"].values()) / s["seconds"],
+        **{k: n / s["seconds"] for k, n in s["errors"].items()}})
+    configured = sorted({b for r in replicas for b in r.get("backends") or {}})
+    calls = _summed(replicas, step, lambda s: {b: f[0] / s["seconds"]
+                                               for b, f in s["backends"].items()}, configured)
+    failures = _summed(replicas, step, lambda s: {b: f[1] / s["seconds"]
+                                                  for b, f in s["backends"].items()}, configured)
+    charts = [
+        line_chart("requests", "requests/s", requests, unit="/s"),
+        line_chart("latency", "latency (ms)", latency, unit=" ms"),
+        line_chart("errors", "errors/s by kind", _series(errors), unit="/s"),
+        line_chart("backend-calls", "backend calls/s", _series(calls), unit="/s"),
+        line_chart("backend-errors", "backend errors/s", _series(failures), unit="/s"),
+    ]
+    return f'<h2>Last minutes, all replicas</h2><div id="charts">{"".join(charts)}</div>'
+
+
+def _series(by_name: Mapping[str, list[tuple[float, float | None]]]) -> list[Series]:
+    return [Series(name, points) for name, points in by_name.items()]
+
+
+def _bucket(t: float, step: float) -> float:
+    return round(t / step) * step
+
+
+def _summed(replicas: Iterable[Mapping[str, Any]], step: float,
+            values: Callable[[Mapping[str, Any]], Mapping[str, float]],
+            names: Iterable[str] = ()) -> dict[str, list[tuple[float, float | None]]]:
+    """Per name (``names`` and any found), the sum over replicas of each time bucket's
+    values; a name missing from a sampled bucket counts 0 there."""
+    buckets: dict[float, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    known = dict.fromkeys(names)
+    for replica in replicas:
+        for sample in replica.get("samples") or []:
+            bucket = buckets[_bucket(sample["t"], step)]
+            for name, value in values(sample).items():
+                known.setdefault(name)
+                bucket[name] += value
+    return {name: [(t, buckets[t].get(name, 0.0)) for t in sorted(buckets)]
+            for name in sorted(known, key=lambda n: (n != "all", n))}
+
+
+def _worst(replicas: Iterable[Mapping[str, Any]], step: float,
+           quantile: str) -> list[tuple[float, float | None]]:
+    worst: dict[float, float | None] = {}
+    for replica in replicas:
+        for sample in replica.get("samples") or []:
+            t = _bucket(sample["t"], step)
+            value = sample.get(quantile)
+            known = worst.get(t)
+            if value is not None:
+                worst[t] = max(known or 0.0, value * 1000)
+            else:
+                worst.setdefault(t, None)
+    return sorted(worst.items())
+
+
+def _identities_section(identities: Mapping[str, Any]) -> str:
+    e = html.escape
+    if "error" in identities:
+        return (f'<h2>Sessions per identity</h2><p class="problem">the store cannot count '
+                f'them: {e(str(identities["error"]))}</p>')
+    rows = "".join(f'<tr data-identity="{e(i["identity"])}"><td>{e(i["identity"])}</td>'
+                   f'<td>{i["sessions"]}</td></tr>' for i in identities.get("sessions", []))
+    scanned = identities.get("scanned", 0)
+    note = ("" if identities.get("complete", True)
+            else f" (counted over the first {scanned} stored sessions only)")
+    return ('<h2>Sessions per identity</h2>'
+            f'<p>stored sessions, all replicas{e(note)}; identities shown by issuer and a '
+            'hash</p><table id="identities"><thead><tr><th>identity</th><th>sessions</th>'
+            f'</tr></thead><tbody>{rows or "<tr><td colspan=2>none</td></tr>"}</tbody></table>')
+
+
+def _catalog_section(catalog: Mapping[str, Any]) -> str:
+    e = html.escape
+    parts = ['<h2>Catalog</h2><p>what each backend offers and what clients see, as this '
+             'replica last listed it</p>']
+    backends: Mapping[str, list[Mapping[str, Any]]] = catalog.get("backends") or {}
+    for backend, items in backends.items():
+        counts: dict[str, int] = defaultdict(int)
+        for item in items:
+            counts[item["outcome"]] += 1
+        summary = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
+        rows = "".join(
+            f'<tr class="{e(i["outcome"])}" data-outcome="{e(i["outcome"])}">'
+            f'<td>{e(i["kind"])}</td><td>{e(i["name"])}</td><td>{e(i["exposed"] or "")}</td>'
+            f'<td>{e(i["outcome"])}</td><td>{e(i["note"])}</td></tr>' for i in items)
+        parts.append(
+            f'<details open data-catalog="{e(backend)}"><summary>{e(backend)}: '
+            f'{e(summary or "nothing listed")}</summary><table class="catalog"><thead><tr>'
+            '<th>kind</th><th>backend name</th><th>advertised as</th><th>outcome</th>'
+            f'<th>why</th></tr></thead><tbody>{rows}</tbody></table></details>')
+    if not backends:
+        parts.append("<p>no backend listed yet on this replica</p>")
+    warnings = catalog.get("warnings") or []
+    if warnings:
+        parts.append('<ul id="catalog-warnings">' + "".join(
+            f"<li>{e(w)}</li>" for w in warnings) + "</ul>")
+    return "".join(parts)
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.2f}" if isinstance(value, int | float) else ""
