@@ -183,6 +183,10 @@ def test_the_grace_period_outlasts_a_call_and_the_drain(overlay: str, tmp_path: 
                           for b in config.backends)])
     assert grace > int(pause[1]) + longest_call
     assert grace > int(pause[1]) + DRAIN_SECONDS + config.session.store_timeout_seconds
+    # The whole worst case in a row: a call that started just before SIGTERM, the drain,
+    # then the shutdown's store calls (withdrawing from the deployment view, closing).
+    assert grace > (int(pause[1]) + longest_call + DRAIN_SECONDS
+                    + 2 * config.session.store_timeout_seconds)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -236,6 +240,10 @@ def test_selectors_pick_the_deployment_pods(overlay: str) -> None:
     labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
     pdb = one(objects, "PodDisruptionBudget")["spec"]
     assert pdb["maxUnavailable"] == 1
+    spread = one(objects, "Deployment")["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in spread} == {"topology.kubernetes.io/zone",
+                                                  "kubernetes.io/hostname"}
+    assert all(c["maxSkew"] == 1 for c in spread)
     for selector in (pdb["selector"]["matchLabels"], one(objects, "Service")["spec"]["selector"],
                      *(c["labelSelector"]["matchLabels"] for c in one(
                          objects, "Deployment")["spec"]["template"]["spec"][
