@@ -14,7 +14,7 @@ from vmcp.server.activity import ActivitySampler
 from vmcp.server.overview import OperatorView, identity_label, render_sections
 from vmcp.store import MemoryStore, RedisStore
 from vmcp.store.census import MemoryCensus
-from vmcp.store.replicas import MemoryReplicaRegistry, RedisReplicaRegistry
+from vmcp.store.replicas import MemoryReplicaRegistry, RedisReplicaRegistry, ReplicaRegistry
 from vmcp.telemetry import Metrics
 
 
@@ -72,6 +72,15 @@ def test_a_store_that_cannot_list_replicas_is_said_so() -> None:
     assert render_sections({}) == ""
 
 
+def view_on(registry: ReplicaRegistry) -> OperatorView:
+    """Replica r1's view on ``registry``, with a memory census and fixed local figures."""
+    return OperatorView(StatusConfig(), replica_id="r1", store_kind="test",
+                        registry=registry, sampler=ActivitySampler(Metrics(), capacity=5),
+                        census=MemoryCensus(MemoryStore(ttl_seconds=60), field_name="identity"),
+                        local=lambda: {"live_sessions": 3, "backends": {"notes": "healthy"}},
+                        catalogs=lambda: (AggregationConfig(), {}))
+
+
 @pytest.mark.anyio
 async def test_the_heartbeat_logs_a_store_outage_once_and_keeps_going(
         caplog: pytest.LogCaptureFixture) -> None:
@@ -79,12 +88,7 @@ async def test_the_heartbeat_logs_a_store_outage_once_and_keeps_going(
                                 timeout_seconds=0.5)
     registry = RedisReplicaRegistry(store.client, key_prefix="x:", expiry_seconds=15,
                                     forget_seconds=60, timeout_seconds=0.5)
-    memory = MemoryStore(ttl_seconds=60)
-    view = OperatorView(StatusConfig(), replica_id="r1", store_kind="redis",
-                        registry=registry, sampler=ActivitySampler(Metrics(), capacity=5),
-                        census=MemoryCensus(memory, field_name="identity"),
-                        local=lambda: {"live_sessions": 0},
-                        catalogs=lambda: (AggregationConfig(), {}))
+    view = view_on(registry)
     try:
         with caplog.at_level(logging.INFO, logger="vmcp.server.overview"):
             for _ in range(3):
@@ -101,13 +105,9 @@ async def test_the_heartbeat_logs_a_store_outage_once_and_keeps_going(
 
 
 @pytest.mark.anyio
-async def test_a_beat_publishes_this_replica_with_its_samples() -> None:
+async def test_a_beat_publishes_this_replica_until_it_withdraws() -> None:
     registry = MemoryReplicaRegistry(expiry_seconds=15, forget_seconds=60)
-    view = OperatorView(StatusConfig(), replica_id="r1", store_kind="memory",
-                        registry=registry, sampler=ActivitySampler(Metrics(), capacity=5),
-                        census=MemoryCensus(MemoryStore(ttl_seconds=60), field_name="identity"),
-                        local=lambda: {"live_sessions": 3, "backends": {"notes": "healthy"}},
-                        catalogs=lambda: (AggregationConfig(), {}))
+    view = view_on(registry)
     await view.beat()
     await view.beat()
     (entry,) = await registry.replicas()
@@ -119,3 +119,28 @@ async def test_a_beat_publishes_this_replica_with_its_samples() -> None:
         ("r1", "up", True)]
     await view.withdraw()
     assert (await view.document())["replicas"][0]["state"] == "gone"
+    await view.beat()  # once withdrawn, no beat announces the replica again
+    assert [(e.replica_id, e.up) for e in await registry.replicas()] == [("r1", False)]
+
+
+@pytest.mark.anyio
+async def test_a_record_of_another_shape_is_shown_without_breaking_the_page() -> None:
+    registry = MemoryReplicaRegistry(expiry_seconds=15, forget_seconds=60)
+    await registry.announce("other", {
+        "version": "9", "started": "yesterday", "live_sessions": "<b>many</b>",
+        "backends": ["notes"], "state": "up-ish",
+        "samples": [{"t": 1.0, "seconds": 0, "requests": 1, "errors": {}, "backends": {}},
+                    {"t": "x"}, 7, {"t": 2.0, "seconds": 5, "requests": 5, "errors": {},
+                                    "p50": None, "p99": 0.1, "backends": {"n": [1, 0]}}]})
+    view = view_on(registry)
+    await view.beat()
+    document = await view.document()
+    other = next(r for r in document["replicas"] if r["replica_id"] == "other")
+    assert other["state"] == "up"
+    assert other["version"] == "9"
+    assert "started" not in other
+    assert "live_sessions" not in other
+    assert [s["t"] for s in other["samples"]] == [2.0]
+    page = render_sections(document)
+    assert '<tr data-replica="other" data-state="up"' in page
+    assert "<b>many</b>" not in page

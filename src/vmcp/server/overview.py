@@ -108,19 +108,24 @@ class OperatorView:
         self._wall = wall_clock
         self._started = wall_clock()
         self._failing = False
+        self._stopped = False
+        self._beating: anyio.CancelScope | None = None
         self._census_at = -float("inf")
         self._census_doc: dict[str, Any] = {}
         self._census_lock = anyio.Lock()
 
     async def run(self) -> None:
-        """Beat until cancelled: at once, then every ``heartbeat_seconds``."""
-        while True:
-            await self.beat()
-            await anyio.sleep(self._config.heartbeat_seconds)
+        """Beat until cancelled or withdrawn: at once, then every ``heartbeat_seconds``."""
+        with anyio.CancelScope() as self._beating:
+            while not self._stopped:
+                await self.beat()
+                await anyio.sleep(self._config.heartbeat_seconds)
 
     async def beat(self) -> None:
         """Sample and announce; a store that cannot answer is logged once per outage (the
         replica goes on serving, and other replicas show it as gone meanwhile)."""
+        if self._stopped:
+            return
         sample = self._sampler.sample()
         record = {"version": __version__, "started": round(self._started, 3),
                   "store": self._store_kind, **self._local(),
@@ -140,7 +145,11 @@ class OperatorView:
         self._failing = False
 
     async def withdraw(self) -> None:
-        """This replica stops: shown as gone from now on, not only once its beat lapses."""
+        """This replica stops: shown as gone from now on, not only once its beat lapses.
+        The heartbeat stops first, so no beat can announce the replica again after this."""
+        self._stopped = True
+        if self._beating is not None:
+            self._beating.cancel()
         try:
             await self._registry.withdraw(self._replica_id)
         except StoreError as exc:
@@ -152,10 +161,10 @@ class OperatorView:
         try:
             entries = await self._registry.replicas()
             replicas: list[dict[str, Any]] | None = [
-                {"replica_id": e.replica_id, "state": "up" if e.up else "gone",
+                {**_readable(e.record or {}),
+                 "replica_id": e.replica_id, "state": "up" if e.up else "gone",
                  "this": e.replica_id == self._replica_id, "last_beat": e.last_beat,
-                 "seconds_since_beat": round(max(0.0, now - e.last_beat), 1),
-                 **(e.record or {})}
+                 "seconds_since_beat": round(max(0.0, now - e.last_beat), 1)}
                 for e in entries]
             registry_error = None
         except StoreError as exc:
@@ -183,6 +192,41 @@ class OperatorView:
                     self._census_doc = {"error": str(exc)}
                 self._census_at = time.monotonic()
             return self._census_doc
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _readable_sample(sample: object) -> bool:
+    """Whether a published sample has the shape this version charts (a replica of another
+    version, or a corrupt record, must not break the page)."""
+    if not isinstance(sample, dict):
+        return False
+    errors, backends = sample.get("errors"), sample.get("backends")
+    return (all(_number(sample.get(k)) for k in ("t", "seconds", "requests"))
+            and sample["seconds"] > 0
+            and all(sample.get(q) is None or _number(sample.get(q)) for q in ("p50", "p99"))
+            and isinstance(errors, dict) and all(_number(n) for n in errors.values())
+            and isinstance(backends, dict) and all(
+                isinstance(f, list) and len(f) == 2 and all(_number(n) for n in f)
+                for f in backends.values()))
+
+
+def _readable(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A replica's record with only the fields of the shapes the page uses."""
+    kept: dict[str, Any] = {k: v for k, v in record.items()
+                            if k in ("version", "store") and isinstance(v, str)}
+    kept.update({k: v for k, v in record.items()
+                 if k in ("started", "live_sessions", "requests_per_second",
+                          "errors_per_second") and _number(v)})
+    backends = record.get("backends")
+    if isinstance(backends, dict):
+        kept["backends"] = {str(k): str(v) for k, v in backends.items()}
+    samples = record.get("samples")
+    kept["samples"] = [s for s in samples if _readable_sample(s)] if isinstance(
+        samples, list) else []
+    return kept
 
 
 def _census_document(census: Census) -> dict[str, Any]:
@@ -227,7 +271,7 @@ def _replicas_section(status: Mapping[str, Any]) -> str:
             Series("errors", _rates(r, lambda s: sum(s["errors"].values())))],
             unit="/s", width=260, height=90) if up else ""
         started = (time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["started"]))
-                   if up and "started" in r else "")
+                   if up and _number(r.get("started")) else "")
         rows.append(
             f'<tr data-replica="{e(r["replica_id"])}" data-state="{e(r["state"])}" '
             f'class="replica {e(r["state"])}"><td>{e(r["replica_id"])}'
@@ -235,7 +279,7 @@ def _replicas_section(status: Mapping[str, Any]) -> str:
             f'<td class="state">{e(r["state"])}</td>'
             f'<td>{r["seconds_since_beat"]:.0f} s ago</td>'
             f'<td>{e(str(r.get("version", "")))}</td><td>{e(started)}</td>'
-            f'<td>{r.get("live_sessions", "") if up else ""}</td>'
+            f'<td>{e(str(r.get("live_sessions", ""))) if up else ""}</td>'
             f'<td>{_fmt(r.get("requests_per_second")) if up else ""}</td>'
             f'<td>{_fmt(r.get("errors_per_second")) if up else ""}</td>'
             f'<td>{backends if up else ""}</td><td>{chart}</td></tr>')
