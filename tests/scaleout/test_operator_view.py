@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ def shown(dom: str) -> dict[str, str]:
 @pytest.fixture
 def three_replicas(scaleout_backends: dict[str, ManagedProcess], redis_server: RedisServer,
                    tmp_path: Path) -> Iterator[tuple[dict[str, ManagedProcess], dict[str, int]]]:
-    prefix = f"vmcp:{tmp_path.name[-8:]}:"
+    prefix = f"vmcp:{uuid.uuid4().hex[:8]}:"
     admin_ports = {f"replica{i}": free_port() for i in (1, 2, 3)}
     configs: dict[str, dict[str, Any]] = {
         name: gateway_config(
