@@ -30,7 +30,7 @@ from vmcp.errors import (
     ConfigError,
     MalformedCredentials,
 )
-from vmcp.session.binding import InvalidIdentity
+from vmcp.identity import InvalidIdentity
 
 pytestmark = pytest.mark.anyio
 

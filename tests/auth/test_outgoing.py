@@ -29,7 +29,7 @@ from vmcp.backend import BackendState, BackendTarget, connect
 from vmcp.backend.health import HealthMonitor, HealthStatus
 from vmcp.config import VmcpConfig, with_overrides
 from vmcp.errors import BackendTimeout, ConfigError, OutgoingAuthError
-from vmcp.session.binding import Principal
+from vmcp.identity import Principal
 
 pytestmark = pytest.mark.anyio
 

@@ -16,7 +16,7 @@ from vmcp.backend.connection import BackendTarget
 from vmcp.backend.health import HealthMonitor, HealthStatus
 from vmcp.config import VmcpConfig
 from vmcp.errors import BackendError, BackendUnavailable
-from vmcp.session import ANONYMOUS
+from vmcp.identity import ANONYMOUS
 from vmcp.session.connector import BackendConnector
 
 pytestmark = pytest.mark.anyio

@@ -52,7 +52,7 @@ from vmcp.errors import (
     ConfigError,
     MalformedCredentials,
 )
-from vmcp.session.binding import ANONYMOUS, InvalidIdentity, Principal
+from vmcp.identity import ANONYMOUS, InvalidIdentity, Principal
 
 __all__ = [
     "WELL_KNOWN_RESOURCE_METADATA",
@@ -370,7 +370,7 @@ class JwtAuthenticator(_BearerAuthenticator):
             raise _Refusal("unknown signing key")
         claims = self._decode(token, keys, alg, claimed_issuer)
         issuer, subject = _check_identity(claims.get("iss"), claims.get("sub"))
-        return Principal(issuer=issuer, subject=subject, token=token)
+        return Principal(issuer=issuer, subject=subject, token=token, claims=claims)
 
     def _decode(self, token: str, keys: Sequence[SigningKey], alg: str,
                 issuer: str) -> dict[str, Any]:

@@ -34,21 +34,21 @@ from vmcp.backend.health import HealthMonitor
 from vmcp.backend.http_client import backend_http_client
 from vmcp.config import VmcpConfig, load_config, unmatched_env_warnings
 from vmcp.errors import AuthenticationError, ConfigError, StoreError
-from vmcp.server.methods import MethodHandler
 from vmcp.server.overview import OperatorView, open_view
 from vmcp.server.security import RequestGuard
+from vmcp.server.session_methods import SessionMethods
 from vmcp.server.stateless import StatelessEndpoint
 from vmcp.server.status import build_status, render_page
 from vmcp.server.transport import McpEndpoint
 from vmcp.session import SessionManager
 from vmcp.session.connector import BackendConnector
-from vmcp.session.ledger import UpstreamLedger
-from vmcp.session.stateless_backends import StatelessBackends
+from vmcp.stateless.backends import StatelessBackends
 from vmcp.store import RedisStore, open_store
 from vmcp.store.event_log import RedisEventLog
 from vmcp.store.identity_index import IdentityIndex, MemoryIdentityIndex, RedisIdentityIndex
 from vmcp.store.pubsub import RedisEndedSessionBus, RedisSessionRelay
 from vmcp.telemetry import InstrumentedStore, Metrics
+from vmcp.upstream.ledger import UpstreamLedger
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                 is_healthy=monitor.usable_for_new_sessions if monitor else None, relay=relay)
             background.start_soon(stateless.run)
             endpoint.app = McpEndpoint(
-                manager, MethodHandler(), RequestGuard(config.server), authenticator,
+                manager, SessionMethods(), RequestGuard(config.server), authenticator,
                 max_body_bytes=config.server.max_body_bytes, metrics=metrics,
                 stateless=StatelessEndpoint(stateless),
             )

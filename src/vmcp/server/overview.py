@@ -27,11 +27,11 @@ from vmcp.aggregate import BackendCatalog
 from vmcp.backend.health import HealthMonitor
 from vmcp.config import AggregationConfig, StatusConfig, VmcpConfig
 from vmcp.errors import StoreError
+from vmcp.identity import SEPARATOR, UNAUTHENTICATED
 from vmcp.server.activity import ActivitySampler
 from vmcp.server.catalog_view import explain_catalog
 from vmcp.server.charts import Series, line_chart
 from vmcp.session import SessionManager
-from vmcp.session.binding import SEPARATOR, UNAUTHENTICATED
 from vmcp.session.connector import BackendConnector
 from vmcp.session.metadata import IDENTITY
 from vmcp.store import MemoryStore, RedisStore

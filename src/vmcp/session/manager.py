@@ -33,8 +33,8 @@ from vmcp.errors import (
     TooManySessions,
     VmcpError,
 )
+from vmcp.identity import Principal, binding_for, check_binding
 from vmcp.session import metadata as md
-from vmcp.session.binding import Principal, binding_for, check_binding
 from vmcp.session.live import LiveSession, SessionFactory
 from vmcp.store.base import SessionStore, validate_session_id
 from vmcp.store.identity_index import IdentityIndex

@@ -11,23 +11,40 @@ TTL bounds how stale a catalog can be when no such notice comes.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-from vmcp.aggregate import BackendCatalog
+from vmcp.aggregate import BackendCatalog, RoutingTable, build_routing_table
+from vmcp.config import AggregationConfig
+from vmcp.errors import ConfigError
+from vmcp.lru import LRU
+
+logger = logging.getLogger(__name__)
 
 SHARED = ""
 MAX_ENTRIES = 4096
 
 
+def routing_table(catalogs: Mapping[str, BackendCatalog],
+                  aggregation: AggregationConfig) -> RoutingTable:
+    """The routing table over ``catalogs``; conflicts and renames are logged as warnings,
+    an aggregation that cannot be built (manual conflicts left open) as an error."""
+    try:
+        return build_routing_table(catalogs, aggregation, on_warning=logger.warning)
+    except ConfigError as exc:
+        logger.error("aggregation failed: %s", exc)
+        raise
+
+
 class CatalogCache:
+    """Catalogs by (backend, scope), each kept for ``ttl_seconds`` (0: not at all)."""
+
     def __init__(self, ttl_seconds: float, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._ttl = ttl_seconds
         self._clock = clock
-        self._entries: OrderedDict[tuple[str, str], tuple[float, BackendCatalog]] = (
-            OrderedDict())
+        self._entries: LRU[tuple[str, str], tuple[float, BackendCatalog]] = LRU(MAX_ENTRIES)
         self._latest: dict[str, BackendCatalog] = {}
 
     @property
@@ -35,12 +52,12 @@ class CatalogCache:
         return self._ttl > 0
 
     def get(self, backend: str, scope: str) -> BackendCatalog | None:
-        entry = self._entries.get((backend, scope))
+        entry = self._entries.peek((backend, scope))
         if entry is None:
             return None
         stored_at, catalog = entry
         if self._clock() - stored_at >= self._ttl:
-            del self._entries[(backend, scope)]
+            self._entries.pop((backend, scope))
             return None
         return catalog
 
@@ -49,10 +66,7 @@ class CatalogCache:
             self._latest[backend] = catalog
         if not self.enabled:
             return
-        self._entries[(backend, scope)] = (self._clock(), catalog)
-        self._entries.move_to_end((backend, scope))
-        while len(self._entries) > MAX_ENTRIES:
-            self._entries.popitem(last=False)
+        self._entries.put((backend, scope), (self._clock(), catalog))
 
     def latest(self) -> dict[str, BackendCatalog]:
         """Each backend's most recently listed catalog shared by everybody, however old

@@ -1,4 +1,8 @@
-"""Who may use a session: the identity that created it, on every replica.
+"""Who is calling: the principal incoming auth establishes, and the binding derived from it.
+
+It sits below ``auth`` (which produces principals), ``session`` (which binds sessions to
+them) and the stateless revision (which keys upstream state by them), so none of those
+imports another for it.
 
 A session id is a bearer capability. The binding stored with a session is the creator's
 ``issuer \\x00 subject`` (or the literal ``unauthenticated``), never the token itself:
@@ -8,7 +12,9 @@ a refreshed token for the same principal keeps working, and no credential is sto
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from vmcp.errors import SessionNotYours, VmcpError
 
@@ -28,12 +34,14 @@ class Principal:
     """The caller of one request, as incoming auth established it.
 
     ``token`` is the raw credential, kept only for outgoing auth on this request; it is
-    excluded from ``repr`` so it never lands in a log line.
+    excluded from ``repr`` so it never lands in a log line. ``claims`` are the verified
+    token's claims (empty for static tokens and anonymous callers), for authorization.
     """
 
     issuer: str | None = None
     subject: str | None = None
     token: str | None = field(default=None, repr=False, compare=False)
+    claims: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def is_anonymous(self) -> bool:
