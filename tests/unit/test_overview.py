@@ -11,7 +11,8 @@ import pytest
 
 from vmcp.config import AggregationConfig, StatusConfig
 from vmcp.server.activity import ActivitySampler
-from vmcp.server.overview import OperatorView, identity_label, render_sections
+from vmcp.server.overview import OperatorView, identity_label
+from vmcp.server.overview_page import render_sections
 from vmcp.store import MemoryStore, RedisStore
 from vmcp.store.census import MemoryCensus
 from vmcp.store.replicas import MemoryReplicaRegistry, RedisReplicaRegistry, ReplicaRegistry

@@ -9,7 +9,7 @@ from typing import Any
 from vmcp import __version__, logs
 from vmcp.backend.health import HealthMonitor
 from vmcp.config import BackendConfig, VmcpConfig, redact_url
-from vmcp.server.overview import render_sections
+from vmcp.server.overview_page import render_sections
 from vmcp.session.manager import SessionManager
 from vmcp.upstream.ledger import UpstreamLedger
 
