@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -42,13 +44,14 @@ from vmcp.server.status import build_status, render_page
 from vmcp.server.transport import McpEndpoint
 from vmcp.session import SessionManager
 from vmcp.session.connector import BackendConnector
+from vmcp.session.metadata import record_backend_state
 from vmcp.stateless.backends import StatelessBackends
 from vmcp.store import RedisStore, open_store
+from vmcp.store.base import SessionStore
 from vmcp.store.event_log import RedisEventLog
 from vmcp.store.identity_index import IdentityIndex, MemoryIdentityIndex, RedisIdentityIndex
 from vmcp.store.pubsub import RedisEndedSessionBus, RedisSessionRelay
 from vmcp.telemetry import InstrumentedStore, Metrics
-from vmcp.upstream.ledger import UpstreamLedger
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +67,19 @@ ANSWER_SECONDS = 3
 live sessions are closed then, so every open request gets its final answer (``-32001``)
 and every open stream its end before the cut. Their stored records stay for the other
 replicas."""
+
+
+@dataclass
+class Runtime:
+    """What the lifespan has started, for the routes that report on it (None before
+    start-up and after shutdown)."""
+
+    store: SessionStore | None = None
+    manager: SessionManager | None = None
+    connector: BackendConnector | None = None
+    monitor: HealthMonitor | None = None
+    view: OperatorView | None = None
+    listening: anyio.Event | None = None
 
 
 class _Endpoint:
@@ -93,7 +109,7 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
         tracing.configure(config.telemetry.otlp_endpoint,
                           service_name=config.telemetry.service_name,
                           sample_ratio=config.telemetry.sample_ratio)
-    state: dict[str, object] = {}
+    state = Runtime()
     metrics = Metrics()
 
     @contextlib.asynccontextmanager
@@ -117,8 +133,10 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
         async with store, backend_http_client() as http, \
                 anyio.create_task_group() as background:
             monitor = _health_monitor(config, http, outgoing)
+            recorded = InstrumentedStore(store, metrics)
             connector = BackendConnector(
                 config, http, relay=relay, event_log=event_log,
+                record_state=functools.partial(record_backend_state, recorded),
                 is_healthy=monitor.usable_for_new_sessions if monitor else None,
                 outgoing=outgoing)
             if monitor is not None:
@@ -129,7 +147,7 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                                    timeout_seconds=session.store_timeout_seconds)
                 if isinstance(store, RedisStore)
                 else MemoryIdentityIndex(store.exists, ttl_seconds=session.ttl_seconds))
-            manager = SessionManager(InstrumentedStore(store, metrics), connector,
+            manager = SessionManager(recorded, connector,
                                      cache_capacity=session.cache_capacity,
                                      ended_sessions=ended, identities=identities,
                                      max_sessions_per_identity=(
@@ -144,7 +162,6 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
             background.start_soon(manager.follow_ended_sessions)
             if relay is not None:
                 background.start_soon(relay.run)
-            connector.set_state_recorder(manager.record_backend_state)
             stateless = StatelessBackends(
                 lambda: connector.config, http, outgoing=outgoing, ledger=connector.ledger,
                 is_healthy=monitor.usable_for_new_sessions if monitor else None, relay=relay)
@@ -157,19 +174,19 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
             view = open_view(config, store, metrics, manager=manager, monitor=monitor,
                              connector=connector)
             background.start_soon(view.run)
-            state.update(store=store, manager=manager, ledger=connector.ledger, monitor=monitor,
-                         connector=connector, view=view)
+            state.store, state.manager, state.connector, state.monitor, state.view = (
+                store, manager, connector, monitor, view)
             if config_path is not None:
                 background.start_soon(_reload_on_sighup, config_path, connector, manager,
                                       monitor, outgoing)
-            listening = anyio.Event()
-            state["listening"] = listening
-            background.start_soon(_log_when_ready, config, listening, monitor)
+            state.listening = anyio.Event()
+            background.start_soon(_log_when_ready, config, state.listening, monitor)
             try:
                 yield
             finally:
                 endpoint.app = None
                 await view.withdraw()
+                state.store = state.manager = state.connector = state.monitor = state.view = None
                 await manager.aclose()
                 await stateless.aclose()
                 background.cancel_scope.cancel()
@@ -180,36 +197,31 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
-        store = state.get("store")
+        store = state.store
         if store is None:
             return JSONResponse({"status": "starting"}, status_code=503)
         try:
-            await store.ping()  # type: ignore[attr-defined]
+            await store.ping()
         except StoreError as exc:
             # The store's address is for the log, not for whoever probes the port.
             logger.warning("not ready: %s", exc)
             return JSONResponse({"status": "store unavailable"}, status_code=503)
-        monitor = state.get("monitor")
-        if isinstance(monitor, HealthMonitor) and not monitor.probed:
+        monitor = state.monitor
+        if monitor is not None and not monitor.probed:
             return JSONResponse({"status": "backends not probed yet"}, status_code=503)
         return JSONResponse({"status": "ready"})
 
     def snapshot() -> dict[str, object]:
-        manager, ledger, monitor = (state.get("manager"), state.get("ledger"),
-                                    state.get("monitor"))
-        connector = state.get("connector")
-        current = connector.config if isinstance(connector, BackendConnector) else config
-        return build_status(
-            current, manager if isinstance(manager, SessionManager) else None,
-            ledger if isinstance(ledger, UpstreamLedger) else None,
-            monitor if isinstance(monitor, HealthMonitor) else None)
+        connector = state.connector
+        return build_status(connector.config if connector is not None else config,
+                            state.manager, connector.ledger if connector is not None else None,
+                            state.monitor)
 
     async def full_snapshot() -> dict[str, object]:
         """This replica's snapshot and, once running, the whole deployment's view."""
         document = snapshot()
-        view = state.get("view")
-        if isinstance(view, OperatorView):
-            document.update(await view.document())
+        if state.view is not None:
+            document.update(await state.view.document())
         return document
 
     async def status(request: Request) -> Response:
@@ -256,14 +268,12 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
     ]
 
     def mark_listening() -> None:
-        listening = state.get("listening")
-        if isinstance(listening, anyio.Event):
-            listening.set()
+        if state.listening is not None:
+            state.listening.set()
 
     async def close_sessions() -> None:
-        manager = state.get("manager")
-        if isinstance(manager, SessionManager):
-            await manager.aclose()
+        if state.manager is not None:
+            await state.manager.aclose()
 
     return GatewayApp(Starlette(routes=routes, lifespan=authenticated), config.server.path,
                       endpoint, mark_listening, admin, close_sessions)

@@ -72,9 +72,6 @@ class BackendConnector:
         """What each backend last listed here (shared catalogs only)."""
         return self._catalogs.latest()
 
-    def set_state_recorder(self, record_state: StateRecorder) -> None:
-        self._record_state = record_state
-
     @property
     def config(self) -> VmcpConfig:
         return self._config
