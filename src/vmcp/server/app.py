@@ -36,6 +36,7 @@ from vmcp.backend.health import HealthMonitor
 from vmcp.backend.http_client import backend_http_client
 from vmcp.config import VmcpConfig, load_config, unmatched_env_warnings
 from vmcp.errors import AuthenticationError, ConfigError, StoreError
+from vmcp.server.overview import OperatorView, open_view
 from vmcp.server.security import RequestGuard
 from vmcp.server.session_methods import SessionMethods
 from vmcp.server.stateless import StatelessEndpoint
@@ -77,6 +78,7 @@ class Runtime:
     manager: SessionManager | None = None
     connector: BackendConnector | None = None
     monitor: HealthMonitor | None = None
+    view: OperatorView | None = None
     listening: anyio.Event | None = None
 
 
@@ -169,8 +171,11 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                 max_body_bytes=config.server.max_body_bytes, metrics=metrics,
                 stateless=StatelessEndpoint(stateless),
             )
-            state.store, state.manager, state.connector, state.monitor = (
-                store, manager, connector, monitor)
+            view = open_view(config, store, metrics, manager=manager, monitor=monitor,
+                             connector=connector)
+            background.start_soon(view.run)
+            state.store, state.manager, state.connector, state.monitor, state.view = (
+                store, manager, connector, monitor, view)
             if config_path is not None:
                 background.start_soon(_reload_on_sighup, config_path, connector, manager,
                                       monitor, outgoing)
@@ -180,7 +185,8 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                 yield
             finally:
                 endpoint.app = None
-                state.store = state.manager = state.connector = state.monitor = None
+                await view.withdraw()
+                state.store = state.manager = state.connector = state.monitor = state.view = None
                 await manager.aclose()
                 await stateless.aclose()
                 background.cancel_scope.cancel()
@@ -211,11 +217,18 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                             state.manager, connector.ledger if connector is not None else None,
                             state.monitor)
 
+    async def full_snapshot() -> dict[str, object]:
+        """This replica's snapshot and, once running, the whole deployment's view."""
+        document = snapshot()
+        if state.view is not None:
+            document.update(await state.view.document())
+        return document
+
     async def status(request: Request) -> Response:
-        return JSONResponse(snapshot())
+        return JSONResponse(await full_snapshot())
 
     async def status_page(request: Request) -> Response:
-        return HTMLResponse(render_page(snapshot()))
+        return HTMLResponse(render_page(await full_snapshot()))
 
     async def resource_metadata(request: Request) -> Response:
         """RFC 9728 protected-resource metadata; 404 without an authorization server."""
