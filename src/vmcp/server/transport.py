@@ -69,7 +69,7 @@ from vmcp.server.stateless import StatelessEndpoint, is_stateless
 from vmcp.session import SessionManager
 from vmcp.session.channel import ClientChannel
 from vmcp.session.multisession import MultiSession, RequestCancelled
-from vmcp.session.streams import Outbound, parse_event_id
+from vmcp.session.streams import DuplicateRequestId, Outbound, parse_event_id
 from vmcp.telemetry import Metrics
 
 logger = logging.getLogger(__name__)
@@ -325,7 +325,13 @@ class McpEndpoint:
         runs detached from this connection, so a client that drops the stream can resume
         it with ``Last-Event-ID`` and nothing is lost.
         """
-        stream = session.streams.open(message.id)
+        try:
+            stream = session.streams.open(message.id)
+        except DuplicateRequestId:
+            raise _Reply(400, jsonrpc.error(
+                message.id, INVALID_REQUEST_CODE,
+                "Invalid Request: this request id is already in use in the session")
+                ) from None
         channel = session.channel(stream, message.id)
 
         async def run() -> None:
