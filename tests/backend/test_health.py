@@ -11,8 +11,8 @@ import pytest
 
 from tests.support.processes import NOTES_MODULE, ManagedProcess, running_backends
 from tests.support.redis_server import free_port
+from vmcp.backend import BackendTarget
 from vmcp.backend.breaker import CircuitState
-from vmcp.backend.connection import BackendTarget
 from vmcp.backend.health import HealthMonitor, HealthStatus
 from vmcp.config import VmcpConfig
 from vmcp.errors import BackendError, BackendUnavailable

@@ -24,7 +24,7 @@ import anyio
 import httpx2
 
 from vmcp import __version__
-from vmcp.backend.connection import BackendTarget
+from vmcp.backend.contract import BackendTarget
 
 logger = logging.getLogger(__name__)
 

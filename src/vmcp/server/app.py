@@ -29,7 +29,7 @@ from starlette.types import Receive, Scope, Send
 from vmcp import __version__, logs, tracing
 from vmcp.auth.incoming import Authenticator, build_authenticator, metadata_paths
 from vmcp.auth.outgoing import OutgoingAuth, build_outgoing_auth
-from vmcp.backend.connection import BackendTarget
+from vmcp.backend import BackendTarget
 from vmcp.backend.health import HealthMonitor
 from vmcp.backend.http_client import backend_http_client
 from vmcp.config import VmcpConfig, load_config, unmatched_env_warnings
