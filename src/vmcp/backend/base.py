@@ -114,8 +114,8 @@ class BaseBackend:
             raise ValueError("timeout must be positive")
         self.target = target
         self._http = http
-        self._client_info = dict(client_info)
-        self._capabilities = dict(capabilities)
+        # What this client says about itself in every ``initialize``.
+        self._hello = {"capabilities": dict(capabilities), "clientInfo": dict(client_info)}
         self._timeout = timeout
         self._on_reinitialized = on_reinitialized
         self._state = state
@@ -283,8 +283,7 @@ class BaseBackend:
     def _initialize(self, protocol_version: str) -> tuple[int, bytes]:
         """The id and body of the ``initialize`` request that opens a session."""
         request_id = next(self._ids)
-        params = {"protocolVersion": protocol_version, "capabilities": self._capabilities,
-                  "clientInfo": self._client_info}
+        params = {"protocolVersion": protocol_version, **self._hello}
         message = {"jsonrpc": "2.0", "id": request_id, "method": "initialize", "params": params}
         return request_id, encode(message)
 

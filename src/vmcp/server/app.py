@@ -345,11 +345,7 @@ def _health_monitor(config: VmcpConfig, http: httpx2.AsyncClient,
     health = config.health
     if not health.enabled or not config.backends:
         return None
-    return HealthMonitor(_targets(config, outgoing), http,
-                         interval_seconds=health.interval_seconds,
-                         timeout_seconds=health.timeout_seconds,
-                         unhealthy_threshold=health.unhealthy_threshold,
-                         degraded_latency_seconds=health.degraded_latency_seconds,
+    return HealthMonitor(_targets(config, outgoing), http, health,
                          needs_caller=outgoing.per_caller)
 
 
