@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "src" / "vmcp"
 
 LAYERS: list[set[str]] = [
     {"__init__", "errors"},                 # the version; the errors tree
-    {"identity", "tracing", "cache"},       # who calls; spans; the validating LRU
+    {"identity", "tracing", "cache", "concurrency", "lru"},  # who calls; spans; caches
     {"logs", "config"},
     {"store", "backend", "aggregate"},      # metadata store; one backend; routing tables
     {"auth", "dispatch"},                   # credentials in and out; one MCP method

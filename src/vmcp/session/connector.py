@@ -8,19 +8,19 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 import anyio
 import httpx2
 
-from vmcp.aggregate import BackendCatalog, RoutingTable, build_routing_table
+from vmcp.aggregate import BackendCatalog, RoutingTable
 from vmcp.auth.outgoing import OutgoingAuth, current_caller
 from vmcp.backend import BackendConnection, BackendState
 from vmcp.backend.breaker import CircuitBreaker
 from vmcp.config import BackendConfig, VmcpConfig
-from vmcp.errors import BackendError, ConfigError
+from vmcp.errors import BackendError
 from vmcp.identity import InvalidIdentity, Principal, binding_for
 from vmcp.session.live import LiveSession
 from vmcp.session.multisession import Discover, MultiSession
 from vmcp.store.event_log import EventLog
 from vmcp.store.pubsub import SessionRelay
 from vmcp.tracing import tracer
-from vmcp.upstream.catalogs import SHARED, CatalogCache
+from vmcp.upstream.catalogs import SHARED, CatalogCache, routing_table
 from vmcp.upstream.dialer import BackendDialer
 from vmcp.upstream.discovery import discover
 from vmcp.upstream.ledger import UpstreamLedger
@@ -214,9 +214,4 @@ class BackendConnector:
             raise
 
     def route(self, catalogs: Mapping[str, BackendCatalog]) -> RoutingTable:
-        try:
-            return build_routing_table(catalogs, self._config.aggregation,
-                                       on_warning=logger.warning)
-        except ConfigError as exc:
-            logger.error("aggregation failed: %s", exc)
-            raise
+        return routing_table(catalogs, self._config.aggregation)
