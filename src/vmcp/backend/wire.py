@@ -1,9 +1,10 @@
 """JSON-RPC over HTTP, as vmcp's backend clients read and write it.
 
-Pure helpers shared by every backend client (both session transports and the stateless
-revision's client): encoding and decoding messages, reading bounded bodies and event
-streams, and mapping HTTP failures and refusals to the :mod:`vmcp.errors` tree. Nothing
-here holds state or knows about sessions.
+Helpers shared by every backend client (both session transports and the stateless
+revision's client): request ids, encoding and decoding messages (an ``InitializeResult``
+included), POSTing and reading bounded bodies and event streams, mapping HTTP failures
+and refusals to the :mod:`vmcp.errors` tree, and answering what a backend sends through
+a :data:`~vmcp.backend.MessageHandler`. Nothing here holds state.
 """
 
 from __future__ import annotations
