@@ -48,8 +48,8 @@ RESUME_ATTEMPTS: Final = 3
 DRAIN_TIMEOUT: Final = 0.05
 """How long to wait for a response stream to end after its response (see ``_drain``)."""
 
-_POST_HEADERS: Final = {
-    "accept": f"{wire.JSON}, {wire.EVENT_STREAM}", "content-type": wire.JSON}
+_POST_HEADERS: Final = {"accept": f"{wire.JSON}, {wire.EVENT_STREAM}",
+                        "content-type": wire.JSON}
 """What every POST declares: a JSON body, and either answer form accepted."""
 
 LISTEN_READ_TIMEOUT: Final = 300.0
@@ -111,7 +111,7 @@ class StreamableHttpBackend(BaseBackend):
             return await self._read_stream(response, request_id, headers, on_message)
 
         async with wire.posted(name, self._http, self.target.url, body, headers,
-                          self._call_timeout) as response:
+                               self._call_timeout) as response:
             if response.status_code >= 300 or response.status_code == 202:
                 await self._refuse(response, request_id, headers)
             final = await wire.response_in(name, response, request_id, read_stream)
@@ -138,9 +138,8 @@ class StreamableHttpBackend(BaseBackend):
             # The backend ended the stream early (SSE polling): let the caller mirror
             # that to its own client before this call resumes.
             retry = DEFAULT_RETRY if cursor.retry is None else cursor.retry
-            await wire.deliver(self.target.name,
-                          {"method": STREAM_PAUSED, "params": {"retryMs": int(retry * 1000)}},
-                          on_message)
+            paused = {"method": STREAM_PAUSED, "params": {"retryMs": int(retry * 1000)}}
+            await wire.deliver(self.target.name, paused, on_message)
             final = await self._resume_stream(request_id, headers, on_message, cursor)
         return final
 
