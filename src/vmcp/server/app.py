@@ -31,7 +31,7 @@ from starlette.types import Receive, Scope, Send
 from vmcp import __version__, logs, tracing
 from vmcp.auth.incoming import Authenticator, build_authenticator, metadata_paths
 from vmcp.auth.outgoing import OutgoingAuth, build_outgoing_auth
-from vmcp.backend.connection import BackendTarget
+from vmcp.backend import BackendTarget
 from vmcp.backend.health import HealthMonitor
 from vmcp.backend.http_client import backend_http_client
 from vmcp.config import VmcpConfig, load_config, unmatched_env_warnings
@@ -368,11 +368,7 @@ def _health_monitor(config: VmcpConfig, http: httpx2.AsyncClient,
     health = config.health
     if not health.enabled or not config.backends:
         return None
-    return HealthMonitor(_targets(config, outgoing), http,
-                         interval_seconds=health.interval_seconds,
-                         timeout_seconds=health.timeout_seconds,
-                         unhealthy_threshold=health.unhealthy_threshold,
-                         degraded_latency_seconds=health.degraded_latency_seconds,
+    return HealthMonitor(_targets(config, outgoing), http, health,
                          needs_caller=outgoing.per_caller)
 
 
