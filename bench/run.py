@@ -60,8 +60,8 @@ from bench.load import (
 from bench.procs import ROOT, Proc, Processes, StartError, children, free_ports, wait_http
 from bench.profile import ProfileSummary, Recording, summarize
 from tests.support.redis_server import RedisServer
+from vmcp.identity import UNAUTHENTICATED
 from vmcp.session import metadata as md
-from vmcp.session.binding import UNAUTHENTICATED
 
 BENCH = ROOT / "bench"
 START_TIMEOUT = 60.0

@@ -23,6 +23,12 @@ The tree::
     │   └── OutgoingAuthError      no credentials for the backend (token exchange failed)
     ├── TooManySessions            the identity holds its maximum of live sessions → 429
     ├── SessionClosed              we closed the live session ourselves (not a failure)
+    ├── RequestError               a request the gateway answers with a JSON-RPC error
+    │   │                          (unknown tool, bad cursor...) → its own code
+    │   ├── MessageError           a message that is not valid JSON-RPC MCP → 400 (mostly)
+    │   └── InvalidRound           an unusable ``requestState`` / ``inputResponses`` → -32602
+    ├── InvalidIdentity            credentials whose issuer/subject form no binding → 401
+    ├── DecorationError            a session decorator broke its contract (a bug)
     └── ConfigError                bad configuration; reported at start-up
 
 A session that was ended and one that never existed answer the same way on purpose: the
@@ -213,3 +219,43 @@ class SessionClosed(VmcpError):
 
 class ConfigError(VmcpError):
     """The configuration is invalid; the message lists every problem with its location."""
+
+
+class RequestError(VmcpError):
+    """A request answered with a JSON-RPC error of its own code (an unknown tool, a bad
+    cursor, an unknown method); the HTTP status is the protocol revision's to choose."""
+
+    def __init__(self, code: int, message: str, data: object = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+class MessageError(RequestError):
+    """A client message that cannot be served; carries the JSON-RPC error to answer with,
+    the id it answers (when one could be read) and the HTTP status."""
+
+    def __init__(self, code: int, message: str, request_id: str | int | None = None,
+                 http_status: int = 400) -> None:
+        super().__init__(code, message)
+        self.request_id = request_id
+        self.status = http_status
+
+
+class InvalidRound(RequestError):
+    """The ``requestState`` or ``inputResponses`` of a retry cannot be used."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(INVALID_PARAMS_CODE, message)
+
+
+class InvalidIdentity(VmcpError):
+    """A caller presented credentials whose issuer/subject cannot form a binding."""
+
+    http_status = 401
+    public_message = "Unusable identity"
+
+
+class DecorationError(VmcpError):
+    """A session decorator returned nothing, or a session with another id."""

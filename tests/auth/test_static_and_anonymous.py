@@ -16,7 +16,7 @@ from vmcp.auth.incoming import (
 )
 from vmcp.config import VmcpConfig
 from vmcp.errors import AuthenticationError, ConfigError
-from vmcp.session import ANONYMOUS
+from vmcp.identity import ANONYMOUS
 
 pytestmark = pytest.mark.anyio
 

@@ -7,7 +7,7 @@ import pytest
 
 from tests.support.processes import ManagedProcess
 from vmcp.config import VmcpConfig
-from vmcp.session import ANONYMOUS
+from vmcp.identity import ANONYMOUS
 from vmcp.session.connector import BackendConnector
 
 pytestmark = pytest.mark.anyio

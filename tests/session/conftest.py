@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from tests.support.redis_server import RedisServer
-from vmcp.session import Principal, SessionManager
+from vmcp.identity import Principal
+from vmcp.session import SessionManager
 from vmcp.store import MemoryStore, RedisStore, SessionStore
 
 ALICE = Principal("https://idp.example", "alice", token="alice-token-1")

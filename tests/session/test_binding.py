@@ -14,10 +14,10 @@ from tests.session.conftest import (
     MALLORY,
     RecordingFactory,
 )
-from vmcp.errors import SessionError, SessionNotYours
-from vmcp.session import ANONYMOUS, Principal, SessionManager, binding_for, check_binding
+from vmcp.errors import InvalidIdentity, SessionError, SessionNotYours
+from vmcp.identity import ANONYMOUS, Principal, binding_for, check_binding
+from vmcp.session import SessionManager
 from vmcp.session import metadata as md
-from vmcp.session.binding import InvalidIdentity
 from vmcp.store import SessionStore
 
 pytestmark = pytest.mark.anyio

@@ -14,9 +14,9 @@ import pytest
 from tests.session.conftest import ALICE, ALICE_REFRESHED, MALLORY, RecordingFactory
 from tests.support.redis_server import RedisServer
 from vmcp.errors import BackendUnavailable, TooManySessions
+from vmcp.identity import binding_for
 from vmcp.session import SessionManager
 from vmcp.session import metadata as md
-from vmcp.session.binding import binding_for
 from vmcp.store import MemoryStore, RedisStore, SessionStore
 from vmcp.store.identity_index import (
     IdentityIndex,

@@ -12,7 +12,7 @@ Strategies, per backend (see :class:`~vmcp.config.OutgoingAuthConfig`):
 
 The last three depend on the caller, so they are computed for every backend call from
 the client request it serves - never from the session's stored metadata. The transport
-records that request (its :class:`~vmcp.session.binding.Principal` and headers) with
+records that request (its :class:`~vmcp.identity.Principal` and headers) with
 :func:`act_for`, in a context variable: the request's own task and the tasks it starts
 (a detached call, a session restore) see it, and nothing else does. A session restored
 on another replica therefore uses the credentials of the request that restored it, and
@@ -40,27 +40,25 @@ import logging
 import os
 import re
 import time
-from collections import OrderedDict
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
-from contextvars import ContextVar, Token
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Self
 from urllib.parse import quote
 
-import anyio
 import httpx2
-from starlette.datastructures import Headers
 
-from vmcp.backend.connection import (
+from vmcp.backend import (
     BackendConnection,
     BackendState,
     BackendStatistics,
     BackendTarget,
     MessageHandler,
 )
+from vmcp.concurrency import SingleFlight
 from vmcp.config import OutgoingAuthConfig, VmcpConfig
 from vmcp.errors import ConfigError, OutgoingAuthError
-from vmcp.session.binding import Principal
+from vmcp.identity import Caller, act_for, current_caller, request_scope
+from vmcp.lru import LRU
 
 __all__ = [
     "EXPIRY_MARGIN_SECONDS",
@@ -95,44 +93,6 @@ _TOKEN_CHARS = re.compile(r"^[\x21-\x7e]{1,16384}$")
 # --------------------------------------------------------------------------- the caller
 
 
-@dataclass(frozen=True)
-class Caller:
-    """The client request a backend call is made for: who sent it, and its headers."""
-
-    principal: Principal
-    headers: Headers
-
-    def __repr__(self) -> str:  # the headers hold the bearer token
-        return f"Caller({self.principal!r})"
-
-
-_caller: ContextVar[Caller | None] = ContextVar("vmcp_caller", default=None)
-
-
-def act_for(principal: Principal, headers: Headers) -> None:
-    """Record the request being served; backend calls from here on carry its credentials.
-
-    Called by the transport once the request is authenticated, inside
-    :func:`request_scope`.
-    """
-    _caller.set(Caller(principal, headers))
-
-
-def current_caller() -> Caller | None:
-    """The request this task serves, or None outside any client request."""
-    return _caller.get()
-
-
-@contextlib.contextmanager
-def request_scope() -> Iterator[None]:
-    """The extent of one client request: no caller at the start, none left afterwards."""
-    token: Token[Caller | None] = _caller.set(None)
-    try:
-        yield
-    finally:
-        _caller.reset(token)
-
-
 # --------------------------------------------------------------------------- token exchange
 
 
@@ -145,14 +105,6 @@ class _Exchange:
     client_id: str
     client_secret: str | None
     scope: str | None
-
-
-class _Flight:
-    """An exchange in progress; requests for the same token wait for it."""
-
-    def __init__(self) -> None:
-        self.done = anyio.Event()
-        self.error: OutgoingAuthError | None = None
 
 
 CacheKey = tuple[str, str, str]
@@ -171,8 +123,9 @@ class TokenExchanger:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._capacity = capacity
         self._clock = clock
-        self._cache: OrderedDict[CacheKey, tuple[str, float]] = OrderedDict()
-        self._flights: dict[CacheKey, _Flight] = {}
+        self._cache: LRU[CacheKey, tuple[str, float]] = LRU(capacity)
+        # A refused exchange would only be refused again: waiters share the error.
+        self._flights: SingleFlight[CacheKey, str] = SingleFlight(share_errors=True)
         self._http: httpx2.AsyncClient | None = None
         self.exchanges = 0
 
@@ -185,31 +138,17 @@ class TokenExchanger:
     async def token_for(self, backend: str, subject_token: str, settings: _Exchange) -> str:
         """A token for ``backend`` in exchange for ``subject_token``; cached if possible."""
         key = (backend, hashlib.sha256(subject_token.encode()).hexdigest(), settings.audience)
-        while True:
-            cached = self._cached(key)
-            if cached is not None:
-                return cached
-            flight = self._flights.get(key)
-            if flight is None:
-                break
-            await flight.done.wait()
-            if flight.error is not None:
-                raise flight.error
-        flight = _Flight()
-        self._flights[key] = flight
-        try:
-            token, lifetime = await self._exchange(backend, subject_token, settings)
-        except OutgoingAuthError as exc:
-            flight.error = exc
-            raise
-        finally:
-            del self._flights[key]
-            flight.done.set()
+        cached = self._cached(key)
+        if cached is not None:
+            return cached
+        return await self._flights.run(key, lambda: self._exchange_and_keep(
+            key, backend, subject_token, settings))
+
+    async def _exchange_and_keep(self, key: CacheKey, backend: str, subject_token: str,
+                                 settings: _Exchange) -> str:
+        token, lifetime = await self._exchange(backend, subject_token, settings)
         if lifetime is not None and lifetime > 0:
-            self._cache[key] = (token, self._clock() + lifetime)
-            self._cache.move_to_end(key)
-            while len(self._cache) > self._capacity:
-                self._cache.popitem(last=False)
+            self._cache.put(key, (token, self._clock() + lifetime))
         return token
 
     def _cached(self, key: CacheKey) -> str | None:
@@ -218,9 +157,8 @@ class TokenExchanger:
             return None
         token, good_until = entry
         if good_until <= self._clock():
-            del self._cache[key]
+            self._cache.pop(key)
             return None
-        self._cache.move_to_end(key)
         return token
 
     async def _exchange(self, backend: str, subject_token: str,
@@ -384,15 +322,10 @@ class _CallerCredentials:
         headers = await self._auth.headers_for(self._inner.target.name, current_caller())
         return {**headers, **(extra or {})}
 
-    async def request(
-        self,
-        method: str,
-        params: dict[str, Any] | None,
-        *,
-        on_message: MessageHandler | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - the per-call deadline is the contract
-        headers: Mapping[str, str] | None = None,
-    ) -> dict[str, Any]:
+    async def request(self, method: str, params: dict[str, Any] | None, *,
+                      on_message: MessageHandler | None = None,
+                      timeout: float | None = None,  # noqa: ASYNC109 - the contract's deadline
+                      headers: Mapping[str, str] | None = None) -> dict[str, Any]:
         return await self._inner.request(method, params, on_message=on_message,
                                          timeout=timeout, headers=await self._headers(headers))
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -29,21 +31,23 @@ from starlette.types import Receive, Scope, Send
 from vmcp import __version__, logs, tracing
 from vmcp.auth.incoming import Authenticator, build_authenticator, metadata_paths
 from vmcp.auth.outgoing import OutgoingAuth, build_outgoing_auth
-from vmcp.backend.connection import BackendTarget
+from vmcp.backend import BackendTarget
 from vmcp.backend.health import HealthMonitor
 from vmcp.backend.http_client import backend_http_client
 from vmcp.config import VmcpConfig, load_config, unmatched_env_warnings
 from vmcp.errors import AuthenticationError, ConfigError, StoreError
-from vmcp.server.methods import MethodHandler
+from vmcp.server.overview import OperatorView, open_view
 from vmcp.server.security import RequestGuard
+from vmcp.server.session_methods import SessionMethods
 from vmcp.server.stateless import StatelessEndpoint
 from vmcp.server.status import build_status, render_page
 from vmcp.server.transport import McpEndpoint
 from vmcp.session import SessionManager
 from vmcp.session.connector import BackendConnector
-from vmcp.session.ledger import UpstreamLedger
-from vmcp.session.stateless_backends import StatelessBackends
+from vmcp.session.metadata import record_backend_state
+from vmcp.stateless.backends import StatelessBackends
 from vmcp.store import RedisStore, open_store
+from vmcp.store.base import SessionStore
 from vmcp.store.event_log import RedisEventLog
 from vmcp.store.identity_index import IdentityIndex, MemoryIdentityIndex, RedisIdentityIndex
 from vmcp.store.pubsub import RedisEndedSessionBus, RedisSessionRelay
@@ -63,6 +67,19 @@ ANSWER_SECONDS = 3
 live sessions are closed then, so every open request gets its final answer (``-32001``)
 and every open stream its end before the cut. Their stored records stay for the other
 replicas."""
+
+
+@dataclass
+class Runtime:
+    """What the lifespan has started, for the routes that report on it (None before
+    start-up and after shutdown)."""
+
+    store: SessionStore | None = None
+    manager: SessionManager | None = None
+    connector: BackendConnector | None = None
+    monitor: HealthMonitor | None = None
+    view: OperatorView | None = None
+    listening: anyio.Event | None = None
 
 
 class _Endpoint:
@@ -92,7 +109,7 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
         tracing.configure(config.telemetry.otlp_endpoint,
                           service_name=config.telemetry.service_name,
                           sample_ratio=config.telemetry.sample_ratio)
-    state: dict[str, object] = {}
+    state = Runtime()
     metrics = Metrics()
 
     @contextlib.asynccontextmanager
@@ -116,8 +133,10 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
         async with store, backend_http_client() as http, \
                 anyio.create_task_group() as background:
             monitor = _health_monitor(config, http, outgoing)
+            recorded = InstrumentedStore(store, metrics)
             connector = BackendConnector(
                 config, http, relay=relay, event_log=event_log,
+                record_state=functools.partial(record_backend_state, recorded),
                 is_healthy=monitor.usable_for_new_sessions if monitor else None,
                 outgoing=outgoing)
             if monitor is not None:
@@ -128,7 +147,7 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                                    timeout_seconds=session.store_timeout_seconds)
                 if isinstance(store, RedisStore)
                 else MemoryIdentityIndex(store.exists, ttl_seconds=session.ttl_seconds))
-            manager = SessionManager(InstrumentedStore(store, metrics), connector,
+            manager = SessionManager(recorded, connector,
                                      cache_capacity=session.cache_capacity,
                                      ended_sessions=ended, identities=identities,
                                      max_sessions_per_identity=(
@@ -143,28 +162,31 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
             background.start_soon(manager.follow_ended_sessions)
             if relay is not None:
                 background.start_soon(relay.run)
-            connector.set_state_recorder(manager.record_backend_state)
             stateless = StatelessBackends(
                 lambda: connector.config, http, outgoing=outgoing, ledger=connector.ledger,
                 is_healthy=monitor.usable_for_new_sessions if monitor else None, relay=relay)
             background.start_soon(stateless.run)
             endpoint.app = McpEndpoint(
-                manager, MethodHandler(), RequestGuard(config.server), authenticator,
+                manager, SessionMethods(), RequestGuard(config.server), authenticator,
                 max_body_bytes=config.server.max_body_bytes, metrics=metrics,
                 stateless=StatelessEndpoint(stateless),
             )
-            state.update(store=store, manager=manager, ledger=connector.ledger, monitor=monitor,
-                         connector=connector)
+            view = open_view(config, store, metrics, manager=manager, monitor=monitor,
+                             connector=connector)
+            background.start_soon(view.run)
+            state.store, state.manager, state.connector, state.monitor, state.view = (
+                store, manager, connector, monitor, view)
             if config_path is not None:
                 background.start_soon(_reload_on_sighup, config_path, connector, manager,
                                       monitor, outgoing)
-            listening = anyio.Event()
-            state["listening"] = listening
-            background.start_soon(_log_when_ready, config, listening, monitor)
+            state.listening = anyio.Event()
+            background.start_soon(_log_when_ready, config, state.listening, monitor)
             try:
                 yield
             finally:
                 endpoint.app = None
+                await view.withdraw()
+                state.store = state.manager = state.connector = state.monitor = state.view = None
                 await manager.aclose()
                 await stateless.aclose()
                 background.cancel_scope.cancel()
@@ -175,35 +197,38 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
-        store = state.get("store")
+        store = state.store
         if store is None:
             return JSONResponse({"status": "starting"}, status_code=503)
         try:
-            await store.ping()  # type: ignore[attr-defined]
+            await store.ping()
         except StoreError as exc:
             # The store's address is for the log, not for whoever probes the port.
             logger.warning("not ready: %s", exc)
             return JSONResponse({"status": "store unavailable"}, status_code=503)
-        monitor = state.get("monitor")
-        if isinstance(monitor, HealthMonitor) and not monitor.probed:
+        monitor = state.monitor
+        if monitor is not None and not monitor.probed:
             return JSONResponse({"status": "backends not probed yet"}, status_code=503)
         return JSONResponse({"status": "ready"})
 
     def snapshot() -> dict[str, object]:
-        manager, ledger, monitor = (state.get("manager"), state.get("ledger"),
-                                    state.get("monitor"))
-        connector = state.get("connector")
-        current = connector.config if isinstance(connector, BackendConnector) else config
-        return build_status(
-            current, manager if isinstance(manager, SessionManager) else None,
-            ledger if isinstance(ledger, UpstreamLedger) else None,
-            monitor if isinstance(monitor, HealthMonitor) else None)
+        connector = state.connector
+        return build_status(connector.config if connector is not None else config,
+                            state.manager, connector.ledger if connector is not None else None,
+                            state.monitor)
+
+    async def full_snapshot() -> dict[str, object]:
+        """This replica's snapshot and, once running, the whole deployment's view."""
+        document = snapshot()
+        if state.view is not None:
+            document.update(await state.view.document())
+        return document
 
     async def status(request: Request) -> Response:
-        return JSONResponse(snapshot())
+        return JSONResponse(await full_snapshot())
 
     async def status_page(request: Request) -> Response:
-        return HTMLResponse(render_page(snapshot()))
+        return HTMLResponse(render_page(await full_snapshot()))
 
     async def resource_metadata(request: Request) -> Response:
         """RFC 9728 protected-resource metadata; 404 without an authorization server."""
@@ -243,14 +268,12 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
     ]
 
     def mark_listening() -> None:
-        listening = state.get("listening")
-        if isinstance(listening, anyio.Event):
-            listening.set()
+        if state.listening is not None:
+            state.listening.set()
 
     async def close_sessions() -> None:
-        manager = state.get("manager")
-        if isinstance(manager, SessionManager):
-            await manager.aclose()
+        if state.manager is not None:
+            await state.manager.aclose()
 
     return GatewayApp(Starlette(routes=routes, lifespan=authenticated), config.server.path,
                       endpoint, mark_listening, admin, close_sessions)
@@ -345,11 +368,7 @@ def _health_monitor(config: VmcpConfig, http: httpx2.AsyncClient,
     health = config.health
     if not health.enabled or not config.backends:
         return None
-    return HealthMonitor(_targets(config, outgoing), http,
-                         interval_seconds=health.interval_seconds,
-                         timeout_seconds=health.timeout_seconds,
-                         unhealthy_threshold=health.unhealthy_threshold,
-                         degraded_latency_seconds=health.degraded_latency_seconds,
+    return HealthMonitor(_targets(config, outgoing), http, health,
                          needs_caller=outgoing.per_caller)
 
 

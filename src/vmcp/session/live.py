@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from vmcp.session.binding import Principal
+from vmcp.identity import Principal
 
 
 class LiveSession(Protocol):

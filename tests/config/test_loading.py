@@ -17,6 +17,7 @@ from vmcp.config import (
     BackendToolsConfig,
     ServerConfig,
     SessionConfig,
+    StatusConfig,
     ToolOverride,
     VmcpConfig,
     load_config,
@@ -924,3 +925,11 @@ def test_unknown_auth_keys_are_listed(tmp_path: Path) -> None:
 
     assert any(p.startswith("auth.incoming.secret: unknown key (expected one of: type, issuer, ")
                for p in problems), problems
+
+
+def test_status_windows_must_outlast_a_heartbeat() -> None:
+    assert StatusConfig().expiry_seconds > StatusConfig().heartbeat_seconds
+    with pytest.raises(ValueError, match="longer than heartbeat_seconds"):
+        StatusConfig(heartbeat_seconds=5, expiry_seconds=5)
+    with pytest.raises(ValueError, match="at least expiry_seconds"):
+        StatusConfig(heartbeat_seconds=1, expiry_seconds=10, forget_seconds=5)

@@ -6,8 +6,8 @@ import pytest
 from starlette.datastructures import Headers
 
 from vmcp.config import ServerConfig
-from vmcp.errors import PARSE_ERROR_CODE
-from vmcp.server.jsonrpc import MessageError, parse_message
+from vmcp.errors import PARSE_ERROR_CODE, MessageError
+from vmcp.server.jsonrpc import parse_message
 from vmcp.server.security import RequestGuard
 from vmcp.session.streams import parse_event_id
 
@@ -21,7 +21,7 @@ from vmcp.session.streams import parse_event_id
 def test_json_nested_too_deeply_is_a_parse_error(body: bytes) -> None:
     with pytest.raises(MessageError) as refused:
         parse_message(body)
-    assert (refused.value.code, refused.value.http_status) == (PARSE_ERROR_CODE, 400)
+    assert (refused.value.code, refused.value.status) == (PARSE_ERROR_CODE, 400)
     assert refused.value.message == "Parse error: JSON nested too deeply"
 
 
