@@ -214,8 +214,25 @@ def _cluster_client(url: str, connection: dict[str, Any]) -> RedisCluster:
     seeds = [ClusterNode(host, port) for host, port in _hosts(parts.netloc, default_port=6379)]
     username = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password else None
-    return RedisCluster(startup_nodes=seeds, username=username, password=password,
-                        **connection)
+    return _ClusterClient(startup_nodes=seeds, username=username, password=password,
+                          **connection)
+
+
+class _ClusterClient(RedisCluster):
+    """redis-py's Cluster client, made to learn the cluster before it routes a command.
+
+    redis-py 8.1 chooses a command's routing before it learns the cluster: commands that
+    arrive together at a client that has no slot map yet (just created, or after a
+    failed refresh dropped the map) are routed as if keyless, bounce, and refresh the
+    map under each other, sharing connections that another task disconnects; a few
+    fail with ``AttributeError`` (a 500 before this) or a dropped connection. 50
+    concurrent commands on a fresh client failed that way about once in six. Learning
+    the map first (``initialize``, a no-op once it is known) removes it.
+    """
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        await self.initialize()
+        return await super().execute_command(*args, **kwargs)
 
 
 def _hosts(netloc: str, *, default_port: int) -> list[tuple[str, int]]:
