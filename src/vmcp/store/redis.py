@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
@@ -20,6 +19,7 @@ from vmcp.store._redis_errors import (
     translated_store_errors,
 )
 from vmcp.store.base import (
+    ClosedOnExit,
     validate_metadata,
     validate_session_id,
     validate_timeout,
@@ -30,7 +30,7 @@ SENTINEL_SCHEME = "redis+sentinel"
 CLUSTER_SCHEME = "redis+cluster"
 
 
-class RedisStore:
+class RedisStore(ClosedOnExit):
     """Session records as JSON strings under ``prefix + id``, each with a sliding TTL.
 
     Every contract operation is one Redis command, so each is atomic on the server:
@@ -89,17 +89,6 @@ class RedisStore:
 
     def key(self, session_id: str) -> str:
         return self._prefix + session_id
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def create(self, session_id: str, metadata: Mapping[str, str]) -> bool:
         key = self.key(validate_session_id(session_id))
