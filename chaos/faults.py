@@ -29,6 +29,7 @@ from chaos.history import (
     Fault,
 )
 from tests.support.processes import RUNNING
+from tests.support.tcp_proxy import TcpProxy
 
 # Relative weights of the fault kinds in a schedule.
 WEIGHTS = {
@@ -83,12 +84,16 @@ class Injector:
         await anyio.sleep(millis / 1000)
         return f"redis {millis} ms"
 
-    async def _redis_delay(self) -> str:
+    async def _stall(self, proxy: TcpProxy, name: str) -> str:
+        """Hold all traffic through ``proxy`` for a while: a hung peer, then a slow one."""
         seconds = self.rng.uniform(0.3, 2.0)
-        self.cluster.redis_proxy.stall()
+        proxy.stall()
         await anyio.sleep(seconds)
-        self.cluster.redis_proxy.resume()
-        return f"redis {seconds:.1f} s"
+        proxy.resume()
+        return f"{name} {seconds:.1f} s"
+
+    async def _redis_delay(self) -> str:
+        return await self._stall(self.cluster.redis_proxy, "redis")
 
     async def _redis_reset(self) -> str:
         self.cluster.redis_proxy.cut()
@@ -139,11 +144,7 @@ class Injector:
         return name
 
     async def _backend_delay(self) -> str:
-        seconds = self.rng.uniform(0.3, 2.0)
-        self.cluster.backend_proxy.stall()
-        await anyio.sleep(seconds)
-        self.cluster.backend_proxy.resume()
-        return f"{PROXIED_BACKEND} {seconds:.1f} s"
+        return await self._stall(self.cluster.backend_proxy, PROXIED_BACKEND)
 
     async def _backend_reset(self) -> str:
         self.cluster.backend_proxy.cut()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ import anyio
 import httpx2
 
 from chaos.history import Record
+from tests.support.mcp_http import sse_events
 
 JSON_TYPE = "application/json"
 EVENT_STREAM = "text/event-stream"
@@ -40,25 +41,6 @@ class Exchange:
     last_event_id: str | None = None
     left: bool = False
     paused: bool = False
-
-
-async def sse_events(response: httpx2.Response) -> AsyncIterator[tuple[str | None, Message | None]]:
-    """(event id, JSON-RPC message or None) for each event of an SSE response."""
-    data: list[str] = []
-    event_id: str | None = None
-    async for line in response.aiter_lines():
-        line = line.rstrip("\r")
-        if line:
-            if line.startswith("data:"):
-                data.append(line[5:].lstrip(" ") if line[5:6] == " " else line[5:])
-            elif line.startswith("id:"):
-                event_id = line[3:].strip()
-            continue
-        text = "\n".join(data).strip()
-        message = json.loads(text) if text else None
-        if event_id is not None or message is not None:
-            yield event_id, message if isinstance(message, dict) else None
-        data, event_id = [], None
 
 
 def _answer_identity(reply: Message | None) -> str | None:
@@ -184,4 +166,4 @@ class Wire:
         return Exchange(record, reply, answer_headers, last_event_id, left, paused)
 
 
-__all__ = ["EVENT_STREAM", "JSON_TYPE", "WHO", "Exchange", "Message", "Wire", "sse_events"]
+__all__ = ["EVENT_STREAM", "JSON_TYPE", "WHO", "Exchange", "Message", "Wire"]
