@@ -366,6 +366,9 @@ class McpEndpoint:
                     if item.pause_ms is not None:
                         if position <= stale_pauses:
                             continue
+                        # The client resumes as soon as this connection ends, maybe on
+                        # another replica: the stream must be in the event log by then.
+                        await session.persist_stream(stream).wait()
                         body = f"retry: {item.pause_ms}\n\n".encode()
                         done = True
                     elif item.message is None:  # cancelled by the client: nothing to say

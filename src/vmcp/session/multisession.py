@@ -223,38 +223,49 @@ class MultiSession:
 
         task.add_done_callback(done)
 
-    def persist_stream(self, stream: ResponseStream) -> None:
+    def persist_stream(self, stream: ResponseStream) -> anyio.Event:
         """Copy an interrupted stream's events to the event log, so that the client can
         resume it on any replica; follows the stream until its final event.
 
         The copy is not one of the request tasks that the session's close cancels: the
         close finishes the stream (``-32001``) and the copy records that end too, so a
-        client resuming on another replica gets the same answer, not silence."""
+        client resuming on another replica gets the same answer, not silence.
+
+        Returns an event set once the events so far are in the log (or the copy gave up):
+        a connection the server ends on purpose (a pause) waits for it, so the client's
+        resume, wherever it lands, finds the stream in the log rather than nothing."""
+        recorded = anyio.Event()
         if self.event_log is None or stream.id in self._persisted or self._closed:
-            return
+            recorded.set()
+            return recorded
         self._persisted.add(stream.id)
         log = self.event_log
 
         async def copy() -> None:
             position = 0
-            while True:
-                events = await stream.after(position)
-                for position, item in events:
-                    record: dict[str, Any] = {"m": item.message, "final": item.final}
-                    if item.pause_ms is not None:
-                        record["pause"] = item.pause_ms
-                    try:
-                        await log.append(self._session_id, stream.id, position, record)
-                    except StoreError as exc:
-                        logger.warning("could not persist stream events: %s", exc,
-                                       extra={"session_id": self._session_id})
-                        return
-                    if item.final:
-                        return
+            try:
+                while True:
+                    events = await stream.after(position)
+                    for position, item in events:
+                        record: dict[str, Any] = {"m": item.message, "final": item.final}
+                        if item.pause_ms is not None:
+                            record["pause"] = item.pause_ms
+                        try:
+                            await log.append(self._session_id, stream.id, position, record)
+                        except StoreError as exc:
+                            logger.warning("could not persist stream events: %s", exc,
+                                           extra={"session_id": self._session_id})
+                            return
+                        if item.final:
+                            return
+                    recorded.set()
+            finally:
+                recorded.set()
 
         task = asyncio.create_task(copy(), name=f"vmcp-stream-copy-{self._session_id[:8]}")
         self._copies.add(task)
         task.add_done_callback(self._copies.discard)
+        return recorded
 
     @contextlib.contextmanager
     def track_request(self, request_id: Any) -> Iterator[None]:
