@@ -162,14 +162,20 @@ class StreamableHttpBackend(BaseBackend):
         body: bytes,
         headers: dict[str, str],
         on_message: MessageHandler | None,
+        answered: list[str] | None = None,
     ) -> tuple[dict[str, Any], str | None]:
-        """POST one request; returns its result and the ``Mcp-Session-Id`` answered."""
+        """POST one request; returns its result and the ``Mcp-Session-Id`` answered.
+
+        The session id is also put in ``answered`` as soon as the headers arrive, so a
+        caller learns it even when the rest of the answer then fails."""
         name = self.target.name
         try:
             request = self._http.build_request(
                 "POST", self.target.url, content=body, headers=headers, timeout=self._call_timeout
             )
             response = await self._http.send(request, stream=True)
+            if answered is not None and (session_id := response.headers.get(SESSION_HEADER)):
+                answered.append(session_id)
             try:
                 status = response.status_code
                 if status >= 300 or status == 202:
@@ -378,7 +384,17 @@ class StreamableHttpBackend(BaseBackend):
         )
         # No session and no version yet: initialize is what negotiates them.
         post_headers = {**headers, **self.target.headers, **_POST_HEADERS}
-        result, session_id = await self._post_request(request_id, body, post_headers, None)
+        answered: list[str] = []
+        try:
+            result, session_id = await self._post_request(request_id, body, post_headers, None,
+                                                          answered)
+        except BaseException:
+            # The backend opened the session and named it before the answer broke: the
+            # session exists there, and only this client knows its id.
+            if answered:
+                with anyio.move_on_after(TERMINATE_TIMEOUT, shield=True):
+                    await self._delete(answered[0], protocol_version, headers)
+            raise
         session_id = session_id or None
         try:
             version = _negotiated_version(name, result)
