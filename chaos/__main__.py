@@ -21,12 +21,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=10.0, help="how long the load runs")
     parser.add_argument("--seed", type=int, default=1, help="seeds the clients and the faults")
     parser.add_argument("--clients", type=int, default=12, help="concurrent clients")
+    parser.add_argument("--fault-gap", type=float, nargs=2, default=(2.0, 6.0),
+                        metavar=("MIN", "MAX"), help="seconds between two faults")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where logs and the history go (default: a new temporary folder)")
     args = parser.parse_args(argv)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vmcp-chaos-"))
     settings = Settings(seconds=args.minutes * 60, seed=args.seed, clients=args.clients,
-                        workdir=workdir)
+                        workdir=workdir, fault_gap=(args.fault_gap[0], args.fault_gap[1]))
     result = anyio.run(run, settings)
     history = workdir / "history.jsonl"
     with history.open("w", encoding="utf-8") as out:
@@ -35,7 +37,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         for fault in result.faults:
             out.write(json.dumps({"fault": asdict(fault)}) + "\n")
     print(render(result))
-    print(f"history and logs: {workdir}")
     return 1 if result.violations else 0
 
 

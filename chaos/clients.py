@@ -112,9 +112,9 @@ class Client:
 
     # -- the loop -----------------------------------------------------------------------
 
-    async def run(self, until: float) -> None:
+    async def run(self, loading: Callable[[], bool]) -> None:
         async with anyio.create_task_group() as aside:
-            while self.clock() < until:
+            while loading():
                 if self.session is None:
                     if self.rng.random() < 0.75:
                         await self.initialize()

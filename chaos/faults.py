@@ -52,15 +52,24 @@ class Injector:
         self.rng = rng
         self.done: list[Fault] = []
 
-    async def run(self, until: float, gap: tuple[float, float]) -> None:
-        """Inject faults one after another, ``gap`` seconds apart, until ``until``."""
+    @property
+    def met_every_kind(self) -> bool:
+        return {f.kind for f in self.done} >= set(WEIGHTS)
+
+    async def run(self, loading: Callable[[], bool], gap: tuple[float, float]) -> None:
+        """Inject faults one after another, ``gap`` seconds apart, while ``loading()``.
+
+        Every kind comes once first (in a seeded order), so even a short run meets them
+        all; then kinds are drawn by weight.
+        """
         kinds = list(WEIGHTS)
         weights = [WEIGHTS[k] for k in kinds]
+        first_round = self.rng.sample(kinds, len(kinds))
         while True:
             await anyio.sleep(self.rng.uniform(*gap))
-            if self.clock() >= until:
+            if not loading():
                 return
-            kind = self.rng.choices(kinds, weights)[0]
+            kind = first_round.pop(0) if first_round else self.rng.choices(kinds, weights)[0]
             await self.inject(kind)
 
     async def inject(self, kind: str) -> None:

@@ -51,6 +51,7 @@ def render(result: Result) -> str:
     lines += [f"  {v.kind}: {v.detail}" for v in result.violations[:MAX_VIOLATIONS_SHOWN]]
     if len(result.violations) > MAX_VIOLATIONS_SHOWN:
         lines.append(f"  ... and {len(result.violations) - MAX_VIOLATIONS_SHOWN} more")
+    lines.append(f"history and logs: {settings.workdir}")
     return "\n".join(lines)
 
 

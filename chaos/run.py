@@ -106,10 +106,15 @@ async def run(settings: Settings) -> Result:
                        for i in range(settings.clients)]
             injector = Injector(cluster, clock, random.Random(f"{settings.seed}:faults"))
             until = clock() + settings.seconds
+
+            def loading() -> bool:
+                """The load lasts its time, and until every kind of fault has hit it."""
+                return clock() < until or not injector.met_every_kind
+
             async with anyio.create_task_group() as tg:
                 for client in clients:
-                    tg.start_soon(client.run, until)
-                tg.start_soon(injector.run, until, settings.fault_gap)
+                    tg.start_soon(client.run, loading)
+                tg.start_soon(injector.run, loading, settings.fault_gap)
             async with anyio.create_task_group() as tg:
                 for client in clients:
                     tg.start_soon(client.cleanup)
