@@ -43,6 +43,8 @@ BOUND_SECONDS = 20.0
 LISTEN_SECONDS = (0.5, 3.0)
 CLEANUP_ATTEMPTS = 20
 MAX_RESUMES = 3
+ANSWER_ATTEMPTS = 5
+RETRYABLE = frozenset({"bad_gateway", "unavailable", "transport_error"})
 
 CITIES = ("Amsterdam", "Berlin", "Cairo", "Lisbon", "Nairobi")
 SESSION_ACTIONS = {
@@ -221,8 +223,14 @@ class Client:
         else:
             result = {}
         body = {"jsonrpc": "2.0", "id": message["id"], "result": result}
-        await self.send(ANSWER, f"answer {message.get('method')}", body=body,
-                        session=self.session)
+        # The call waits for this answer: one the balancer or a store outage refused is
+        # sent again, as a client that wants its call to finish does.
+        for _ in range(ANSWER_ATTEMPTS):
+            sent = await self.send(ANSWER, f"answer {message.get('method')}", body=body,
+                                   session=self.session)
+            if sent.record.outcome not in RETRYABLE:
+                return
+            await anyio.sleep(0.2)
 
     async def listen(self, session: str | None = None) -> None:
         session = session or self.session
