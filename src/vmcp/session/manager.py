@@ -381,6 +381,10 @@ class SessionManager:
             entry = self._cache.peek(session_id)
             if entry is None or not await reconcile(entry.live):
                 continue
+            if self._cache.peek(session_id) is not entry:
+                # Rebuilt from the store (or ended) while the backends connected: this
+                # copy is closed, and the newer one already has what the store says.
+                continue
             changed += 1
             backends = md.backend_list(entry.live.backend_names())
             try:

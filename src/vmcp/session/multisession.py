@@ -430,7 +430,15 @@ class MultiSession:
     async def reconcile(self, added: Mapping[str, BackendConnection],
                         removed: Sequence[str]) -> None:
         """Take in new backend connections, end removed ones, re-route, and tell the
-        client that the lists changed (configuration reload)."""
+        client that the lists changed (configuration reload).
+
+        A session closed meanwhile (its copy was rebuilt, or it ended) takes nothing in:
+        the new connections are closed again, ending the backend sessions just opened."""
+        if self._closed:
+            async with anyio.create_task_group() as tg:
+                for name, connection in added.items():
+                    tg.start_soon(self._close_connection, name, connection)
+            return
         closing = {name: self._connections.pop(name) for name in removed
                    if name in self._connections}
         for name in removed:
