@@ -49,6 +49,10 @@ BACKENDS = {
 }
 PROXIED_BACKEND = "weather"
 
+RESTART_TIMEOUT_SECONDS = 120.0
+"""A restarted process gets this long to answer: on a shared, loaded machine a Python
+process can take tens of seconds to start."""
+
 IDENTITIES = ("alice", "bob", "carol")
 ISSUER = "chaos"
 UPSTREAM_IDLE_SECONDS = 4.0
@@ -104,12 +108,14 @@ class Cluster:
         """Start a stopped replica again (a new process, a new generation)."""
         self.generations[name] = self.generations.get(name, 0) + 1
         await anyio.to_thread.run_sync(restart_gateway, self.replicas[name],
-                                       self.replica_config(name), self.workdir)
+                                       self.replica_config(name), self.workdir,
+                                       RESTART_TIMEOUT_SECONDS)
 
     async def restart_backend(self, name: str) -> None:
         self.generations[name] = self.generations.get(name, 0) + 1
         module = _backend_module(name, self.generations[name], self.workdir)
-        await anyio.to_thread.run_sync(restart_backend, self.backends[name], module)
+        await anyio.to_thread.run_sync(restart_backend, self.backends[name], module,
+                                       RESTART_TIMEOUT_SECONDS)
 
     def upstream_sessions(self) -> list[UpstreamSession]:
         """Every session each backend process logged, with whether it logged its end."""
