@@ -50,7 +50,7 @@ BACKENDS = {
 PROXIED_BACKEND = "weather"
 
 RESTART_TIMEOUT_SECONDS = 120.0
-"""A restarted process gets this long to answer: on a shared, loaded machine a Python
+"""A started or restarted process gets this long to answer: on a shared, loaded machine a Python
 process can take tens of seconds to start."""
 
 IDENTITIES = ("alice", "bob", "carol")
@@ -153,12 +153,14 @@ async def running_cluster(workdir: Path) -> AsyncIterator[Cluster]:
     replicas: Mapping[str, ManagedProcess] = {}
     try:
         modules = {name: _backend_module(name, 0, workdir) for name in BACKENDS}
-        backends = await anyio.to_thread.run_sync(start_backends, modules, workdir / "backends")
+        backends = await anyio.to_thread.run_sync(start_backends, modules, workdir / "backends",
+                                                  RESTART_TIMEOUT_SECONDS)
         async with TcpProxy(redis.port) as redis_proxy, \
                 TcpProxy(backends[PROXIED_BACKEND].port) as backend_proxy:
             cluster = Cluster(workdir, "", redis, redis_proxy, backend_proxy, dict(backends), {})
             configs = {name: cluster.replica_config(name) for name in REPLICAS}
-            replicas = await anyio.to_thread.run_sync(start_gateways, configs, workdir)
+            replicas = await anyio.to_thread.run_sync(start_gateways, configs, workdir,
+                                                      RESTART_TIMEOUT_SECONDS)
             cluster.replicas = dict(replicas)
             nginx = running_nginx([replicas[n].port for n in REPLICAS], workdir / "nginx",
                                   extra="        add_header X-Upstream $upstream_addr always;\n")
