@@ -473,6 +473,11 @@ class MultiSession:
         """Return once the session is closed (ends streams that outlive no session)."""
         await self._ended.wait()
 
+    async def wait_calls(self) -> None:
+        """Return once no request's work is running on this session."""
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))
+
     async def aclose(self) -> None:
         """End every backend session (in parallel); idempotent, never raises."""
         if self._closed:
