@@ -36,6 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             out.write(json.dumps(asdict(record)) + "\n")
         for fault in result.faults:
             out.write(json.dumps({"fault": asdict(fault)}) + "\n")
+    with (workdir / "violations.txt").open("w", encoding="utf-8") as out:
+        out.writelines(f"{v.kind}: {v.detail}\n" for v in result.violations)
     print(render(result))
     return 1 if result.violations else 0
 
