@@ -368,7 +368,9 @@ class McpEndpoint:
                             continue
                         # The client resumes as soon as this connection ends, maybe on
                         # another replica: the stream must be in the event log by then.
-                        await session.persist_stream(stream).wait()
+                        # If the log cannot take it, this connection carries on instead.
+                        if not await session.persist_stream(stream).wait():
+                            continue
                         body = f"retry: {item.pause_ms}\n\n".encode()
                         done = True
                     elif item.message is None:  # cancelled by the client: nothing to say

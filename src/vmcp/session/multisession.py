@@ -61,6 +61,25 @@ Rebuild = Callable[[Mapping[str, BackendCatalog]], RoutingTable]
 Discover = Callable[[str, BackendConnection], Awaitable[BackendCatalog]]
 
 
+class StreamCopy:
+    """Whether a stream's events so far reached the event log (see ``persist_stream``)."""
+
+    def __init__(self) -> None:
+        self._settled = anyio.Event()
+        self._copied = False
+
+    def settle(self, copied: bool) -> None:
+        """Record the outcome once; later calls change nothing."""
+        if not self._settled.is_set():
+            self._copied = copied
+            self._settled.set()
+
+    async def wait(self) -> bool:
+        """True once the events are in the log; False if they could not be written."""
+        await self._settled.wait()
+        return self._copied
+
+
 class MultiSession:
     """The live session: routes by exposed name to a backend connection.
 
@@ -223,7 +242,7 @@ class MultiSession:
 
         task.add_done_callback(done)
 
-    def persist_stream(self, stream: ResponseStream) -> anyio.Event:
+    def persist_stream(self, stream: ResponseStream) -> StreamCopy:
         """Copy an interrupted stream's events to the event log, so that the client can
         resume it on any replica; follows the stream until its final event.
 
@@ -231,13 +250,13 @@ class MultiSession:
         close finishes the stream (``-32001``) and the copy records that end too, so a
         client resuming on another replica gets the same answer, not silence.
 
-        Returns an event set once the events so far are in the log (or the copy gave up):
-        a connection the server ends on purpose (a pause) waits for it, so the client's
-        resume, wherever it lands, finds the stream in the log rather than nothing."""
-        recorded = anyio.Event()
+        The returned copy says once the events so far are in the log, or that they could
+        not be written: a connection the server means to end (a pause) waits for it, so
+        the client's resume, wherever it lands, finds the stream in the log."""
+        copied = StreamCopy()
         if self.event_log is None or stream.id in self._persisted or self._closed:
-            recorded.set()
-            return recorded
+            copied.settle(True)
+            return copied
         self._persisted.add(stream.id)
         log = self.event_log
 
@@ -255,17 +274,18 @@ class MultiSession:
                         except StoreError as exc:
                             logger.warning("could not persist stream events: %s", exc,
                                            extra={"session_id": self._session_id})
+                            copied.settle(False)
                             return
                         if item.final:
                             return
-                    recorded.set()
+                    copied.settle(True)
             finally:
-                recorded.set()
+                copied.settle(True)
 
         task = asyncio.create_task(copy(), name=f"vmcp-stream-copy-{self._session_id[:8]}")
         self._copies.add(task)
         task.add_done_callback(self._copies.discard)
-        return recorded
+        return copied
 
     @contextlib.contextmanager
     def track_request(self, request_id: Any) -> Iterator[None]:
