@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from chaos.faults import WEIGHTS
-from chaos.history import CALL, INITIALIZE, RESUME, STATELESS, STRANGER, STREAM
+from chaos.history import CALL, INITIALIZE, STATELESS, STRANGER, STREAM
 from chaos.report import render
 from chaos.run import Settings, run
 
@@ -29,7 +29,7 @@ async def test_a_short_chaos_run_with_every_fault_kind_has_no_violation(tmp_path
                                 workdir=tmp_path, fault_gap=(0.3, 1.0)))
     report = render(result)
     kinds = Counter(r.kind for r in result.records)
-    assert {INITIALIZE, CALL, STREAM, RESUME, STRANGER, STATELESS} <= set(kinds), report
-    assert sum(kinds.values()) > 300, report
+    assert {INITIALIZE, CALL, STREAM, STRANGER, STATELESS} <= set(kinds), report
+    assert sum(kinds.values()) > 150, report
     assert {f.kind for f in result.faults} == set(WEIGHTS), report
     assert result.violations == [], report
