@@ -21,8 +21,9 @@ violation and see it caught. The rules, and the only excuses each one admits:
 * ``cross_identity``: a stranger presenting a live session's id gets no 2xx, and no
   answer names another identity than the caller's.
 * ``upstream_leak``: every upstream session a backend opened was ended (DELETE), by
-  the backend's own log, unless the backend was restarted since (it forgot it) or the
-  replica that opened it was SIGKILLed (nothing is left that knows it).
+  the backend's own log, unless the backend was restarted since (it forgot it), the
+  replica that opened it was SIGKILLed, or the backend's traffic was stalled or cut as
+  it answered (the id, only in that answer, never reached anyone who could end it).
 * ``redis_leftover``: after every session was DELETEd, Redis holds no session record
   the clients knew, and no more unknown ones than there were failed initializes (a
   placeholder written before a failure the store could not record).
@@ -35,6 +36,8 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from chaos.history import (
+    BACKEND_DELAY,
+    BACKEND_RESET,
     BACKEND_RESTART,
     CLEANUP,
     DELETE,
@@ -46,6 +49,7 @@ from chaos.history import (
     EndState,
     Fault,
     Record,
+    UpstreamSession,
 )
 
 STORE_GRACE_SECONDS = 3.0
@@ -54,6 +58,10 @@ reconnect that follows)."""
 
 REPLICA_GRACE_SECONDS = 2.0
 """How long after a replica is back a 502 is still excused (the balancer's retry)."""
+
+HELD_UP_BEFORE_SECONDS = 3.0
+"""An initialize answered this long before a backend stall can still be held in it past
+the replica's deadline for it (a health probe waits 2 s)."""
 
 KINDS = ("unanswered", "no_final_answer", "server_error", "gateway_error", "unavailable",
          "resurrection", "lost_session", "cross_identity", "upstream_leak", "redis_leftover")
@@ -148,7 +156,23 @@ def _session_violations(records: Sequence[Record], faults: Sequence[Fault]
     return found
 
 
-def _end_violations(records: Sequence[Record], end: EndState) -> list[Violation]:
+def _answer_held_up(upstream: UpstreamSession, faults: Sequence[Fault]) -> bool:
+    """Whether the backend opened the session while its traffic was stalled or cut.
+
+    The session id travels only in the ``initialize`` answer; an answer held in a stalled
+    proxy past the replica's deadline, or cut before its headers, names a session nobody
+    but the backend knows."""
+    if upstream.opened_at is None:
+        return False
+    return any(f.kind in (BACKEND_DELAY, BACKEND_RESET)
+               and f.target.split()[0] == upstream.backend
+               and f.start - HELD_UP_BEFORE_SECONDS <= upstream.opened_at
+               <= f.end + REPLICA_GRACE_SECONDS
+               for f in faults)
+
+
+def _end_violations(records: Sequence[Record], faults: Sequence[Fault], end: EndState
+                    ) -> list[Violation]:
     found: list[Violation] = []
     for upstream in end.upstream:
         if upstream.ended:
@@ -157,6 +181,8 @@ def _end_violations(records: Sequence[Record], end: EndState) -> list[Violation]
             continue  # the backend was restarted since and forgot it
         if upstream.opened_by in end.killed_replicas:
             continue  # opened by a replica SIGKILLed before it could record or end it
+        if _answer_held_up(upstream, faults):
+            continue  # the answer naming it never reached the replica
         found.append(Violation("upstream_leak", f"{upstream.backend} session "
                                f"{upstream.session_id[:8]} opened by {upstream.opened_by} "
                                f"was never ended"))
@@ -181,7 +207,7 @@ def check(records: Sequence[Record], faults: Sequence[Fault], end: EndState
                      for kind in _request_violations(record, faults))
     found.extend(_session_violations(records, faults))
     found.sort(key=lambda v: v.seq if v.seq is not None else -1)
-    found.extend(_end_violations(records, end))
+    found.extend(_end_violations(records, faults, end))
     return found
 
 

@@ -53,6 +53,9 @@ RESTART_TIMEOUT_SECONDS = 120.0
 """A started or restarted process gets this long to answer: on a shared, loaded machine a Python
 process can take tens of seconds to start."""
 
+CALL_TIMEOUT_SECONDS = 15.0
+"""Below the clients' bound: a call the backend never finishes is answered in time."""
+
 IDENTITIES = ("alice", "bob", "carol")
 ISSUER = "chaos"
 UPSTREAM_IDLE_SECONDS = 4.0
@@ -90,7 +93,8 @@ class Cluster:
         for backend, managed in self.backends.items():
             port = self.backend_proxy.port if backend == PROXIED_BACKEND else managed.port
             backends.append({"name": backend, "url": f"http://127.0.0.1:{port}/mcp",
-                             "headers": {"X-Replica": tag}, "call_timeout_seconds": 20})
+                             "headers": {"X-Replica": tag},
+                             "call_timeout_seconds": CALL_TIMEOUT_SECONDS})
         tokens = [{"token_sha256": hashlib.sha256(token_of(i).encode()).hexdigest(),
                    "issuer": ISSUER, "subject": i} for i in IDENTITIES]
         return {
@@ -101,7 +105,7 @@ class Cluster:
             "auth": {"incoming": {"type": "static", "tokens": tokens}},
             "health": {"interval_seconds": 5.0, "timeout_seconds": 2.0},
             "stateless": {"upstream_idle_seconds": UPSTREAM_IDLE_SECONDS,
-                          "answer_timeout_seconds": 20},
+                          "answer_timeout_seconds": CALL_TIMEOUT_SECONDS},
         }
 
     async def restart_replica(self, name: str) -> None:
@@ -117,8 +121,9 @@ class Cluster:
         await anyio.to_thread.run_sync(restart_backend, self.backends[name], module,
                                        RESTART_TIMEOUT_SECONDS)
 
-    def upstream_sessions(self) -> list[UpstreamSession]:
-        """Every session each backend process logged, with whether it logged its end."""
+    def upstream_sessions(self, origin: float = 0.0) -> list[UpstreamSession]:
+        """Every session each backend process logged, with whether it logged its end;
+        ``origin`` is the run clock's zero on the monotonic clock."""
         found: list[UpstreamSession] = []
         for backend in self.backends:
             for generation in range(self.generations.get(backend, 0) + 1):
@@ -127,7 +132,7 @@ class Cluster:
                 entries = [json.loads(line) for line in lines]
                 ended = {e["session"] for e in entries if e["event"] == "ended"}
                 found.extend(UpstreamSession(backend, generation, e["session"], e["by"],
-                                             e["session"] in ended)
+                                             e["session"] in ended, e["at"] - origin)
                              for e in entries if e["event"] == "opened")
         return found
 

@@ -160,9 +160,14 @@ class Injector:
         return PROXIED_BACKEND
 
 
-def now_after(start: float) -> Callable[[], float]:
-    """The run's clock: seconds since ``start`` on the monotonic clock."""
-    return lambda: time.monotonic() - start
+class RunClock:
+    """The run's clock: seconds since ``origin`` on the (system-wide) monotonic clock."""
+
+    def __init__(self) -> None:
+        self.origin = time.monotonic()
+
+    def __call__(self) -> float:
+        return time.monotonic() - self.origin
 
 
-__all__ = ["WEIGHTS", "Injector", "now_after"]
+__all__ = ["WEIGHTS", "Injector", "RunClock"]

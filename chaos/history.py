@@ -98,6 +98,7 @@ class UpstreamSession:
 
     ``backend_generation`` counts the backend's restarts (a restarted backend forgets
     its sessions); ``opened_by`` is the replica process (``name.generation``) that asked.
+    The run's faults carry the backend's name first in their ``target``.
     """
 
     backend: str
@@ -105,6 +106,8 @@ class UpstreamSession:
     session_id: str
     opened_by: str
     ended: bool
+    opened_at: float | None = None
+    """On the run's clock: when the backend answered the ``initialize``."""
 
 
 @dataclass(frozen=True)

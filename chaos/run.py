@@ -28,7 +28,7 @@ from chaos.cluster import (
     running_cluster,
     token_of,
 )
-from chaos.faults import Injector, now_after
+from chaos.faults import Injector, RunClock
 from chaos.history import EndState, Fault, Record
 from chaos.wire import Wire
 
@@ -66,9 +66,9 @@ def redis_sessions(cluster: Cluster) -> tuple[str, ...]:
     return tuple(sorted(k[len(KEY_PREFIX):] for k in keys if ":" not in k[len(KEY_PREFIX):]))
 
 
-def end_state(cluster: Cluster, registry: Registry) -> EndState:
+def end_state(cluster: Cluster, registry: Registry, clock: RunClock) -> EndState:
     return EndState(
-        upstream=tuple(cluster.upstream_sessions()),
+        upstream=tuple(cluster.upstream_sessions(clock.origin)),
         last_backend_generation=cluster.last_backend_generations(),
         killed_replicas=frozenset(cluster.killed),
         redis_sessions=redis_sessions(cluster),
@@ -77,12 +77,12 @@ def end_state(cluster: Cluster, registry: Registry) -> EndState:
 
 
 async def settle(cluster: Cluster, registry: Registry, records: list[Record],
-                 faults: list[Fault]) -> EndState:
+                 faults: list[Fault], clock: RunClock) -> EndState:
     """The end state once nothing is left to end, or as it is after ``SETTLE_SECONDS``."""
     await anyio.sleep(UPSTREAM_IDLE_SECONDS)
     deadline = time.monotonic() + SETTLE_SECONDS
     while True:
-        end = await anyio.to_thread.run_sync(end_state, cluster, registry)
+        end = await anyio.to_thread.run_sync(end_state, cluster, registry, clock)
         owed = [v for v in check(records, faults, end)
                 if v.kind in ("upstream_leak", "redis_leftover")]
         if not owed or time.monotonic() > deadline:
@@ -93,7 +93,7 @@ async def settle(cluster: Cluster, registry: Registry, records: list[Record],
 async def run(settings: Settings) -> Result:
     began = time.monotonic()
     async with running_cluster(settings.workdir) as cluster:
-        clock = now_after(time.monotonic())
+        clock = RunClock()
         registry = Registry()
         limits = httpx2.Limits(max_connections=400, max_keepalive_connections=100)
         async with httpx2.AsyncClient(timeout=httpx2.Timeout(BOUND_SECONDS * 3),
@@ -118,7 +118,7 @@ async def run(settings: Settings) -> Result:
             async with anyio.create_task_group() as tg:
                 for client in clients:
                     tg.start_soon(client.cleanup)
-            end = await settle(cluster, registry, wire.records, injector.done)
+            end = await settle(cluster, registry, wire.records, injector.done, clock)
         violations = check(wire.records, injector.done, end)
         return Result(settings, list(wire.records), list(injector.done), end, violations,
                       time.monotonic() - began)

@@ -4,15 +4,17 @@ A gateway's figures say what the gateway believes it did; what counts for a leak
 the backend saw. Wrapped around a backend's ASGI app, this appends to a file a line
 ``{"event": "opened", ...}`` for every ``initialize`` answered with an ``Mcp-Session-Id``
 and ``{"event": "ended", ...}`` for every DELETE answered 2xx, with this process's pid
-(a restarted backend is a new process that remembers none of the old sessions) and the
-value of the ``X-Replica`` request header, which a gateway can be configured to send to
-name itself.
+(a restarted backend is a new process that remembers none of the old sessions), the time
+on the system-wide monotonic clock (``at``, comparable with other processes' on this
+machine) and the value of the ``X-Replica`` request header, which a gateway can be
+configured to send to name itself.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -44,10 +46,11 @@ def logging_sessions(app: ASGIApp, path: Path) -> ASGIApp:
                 status = message["status"]
                 answered = dict(message.get("headers", [])).get(SESSION_HEADER)
                 if scope["method"] == "DELETE" and 200 <= status < 300 and asked:
-                    _append(path, {"event": "ended", "session": asked, "pid": pid, "by": by})
+                    _append(path, {"event": "ended", "session": asked, "pid": pid, "by": by,
+                                   "at": time.monotonic()})
                 elif scope["method"] == "POST" and not asked and answered and status == 200:
                     _append(path, {"event": "opened", "session": answered.decode("latin-1"),
-                                   "pid": pid, "by": by})
+                                   "pid": pid, "by": by, "at": time.monotonic()})
             await send(message)
 
         await app(scope, receive, watching)

@@ -12,6 +12,8 @@ import pytest
 
 from chaos.checker import KINDS, Violation, by_kind, check
 from chaos.history import (
+    BACKEND_DELAY,
+    BACKEND_RESET,
     BACKEND_RESTART,
     CALL,
     CLEANUP,
@@ -169,8 +171,8 @@ def test_an_answer_naming_another_identity_is_a_cross_identity_answer() -> None:
 
 
 def upstream(session: str, *, ended: bool, generation: int = 0,
-             opened_by: str = "replica1.0") -> UpstreamSession:
-    return UpstreamSession("slow", generation, session, opened_by, ended)
+             opened_by: str = "replica1.0", opened_at: float | None = None) -> UpstreamSession:
+    return UpstreamSession("slow", generation, session, opened_by, ended, opened_at)
 
 
 def test_an_upstream_session_never_ended_is_a_leak() -> None:
@@ -217,3 +219,16 @@ def test_every_kind_is_named_and_counted() -> None:
                   Violation("server_error", "z")]
     assert by_kind(violations) == {"unanswered": 2, "server_error": 1}
     assert len(set(KINDS)) == len(KINDS) == 10
+
+
+def test_an_upstream_session_opened_while_its_backend_was_stalled_is_excused_only_then(
+) -> None:
+    """Its id travels only in the initialize answer the stall held up or the cut lost."""
+    end = EndState(upstream=(upstream("u1", ended=False, opened_at=5.5),),
+                   last_backend_generation={"slow": 0})
+    stalled = [*FAULTS, Fault(BACKEND_DELAY, "slow 1.5 s", 5.0, 6.5)]
+    elsewhere = [*FAULTS, Fault(BACKEND_DELAY, "other 1.5 s", 5.0, 6.5)]
+    later = [*FAULTS, Fault(BACKEND_RESET, "slow", 20.0, 20.0)]
+    assert kinds(clean_history(), stalled, end) == []
+    assert kinds(clean_history(), elsewhere, end) == ["upstream_leak"]
+    assert kinds(clean_history(), later, end) == ["upstream_leak"]
