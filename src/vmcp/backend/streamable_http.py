@@ -103,8 +103,12 @@ class StreamableHttpBackend(BaseBackend):
         body: bytes,
         headers: dict[str, str],
         on_message: MessageHandler | None,
+        answered: list[str] | None = None,
     ) -> tuple[dict[str, Any], str | None]:
-        """POST one request; returns its result and the ``Mcp-Session-Id`` answered."""
+        """POST one request; returns its result and the ``Mcp-Session-Id`` answered.
+
+        The session id is also put in ``answered`` as soon as the headers arrive, so a
+        caller learns it even when the rest of the answer then fails."""
         name = self.target.name
 
         async def read_stream(response: httpx2.Response) -> dict[str, Any]:
@@ -112,6 +116,8 @@ class StreamableHttpBackend(BaseBackend):
 
         async with wire.posted(name, self._http, self.target.url, body, headers,
                                self._call_timeout) as response:
+            if answered is not None and (session_id := response.headers.get(SESSION_HEADER)):
+                answered.append(session_id)
             if response.status_code >= 300 or response.status_code == 202:
                 await self._refuse(response, request_id, headers)
             final = await wire.response_in(name, response, request_id, read_stream)
@@ -294,7 +300,17 @@ class StreamableHttpBackend(BaseBackend):
         request_id, body = self._initialize(protocol_version)
         # No session and no version yet: initialize is what negotiates them.
         post_headers = {**headers, **self.target.headers, **_POST_HEADERS}
-        result, session_id = await self._post_request(request_id, body, post_headers, None)
+        answered: list[str] = []
+        try:
+            result, session_id = await self._post_request(request_id, body, post_headers, None,
+                                                          answered)
+        except BaseException:
+            # The backend opened the session and named it before the answer broke: the
+            # session exists there, and only this client knows its id.
+            if answered:
+                with anyio.move_on_after(TERMINATE_TIMEOUT, shield=True):
+                    await self._delete(answered[0], protocol_version, headers)
+            raise
         session_id = session_id or None
         async with self._opening(lambda: self._delete(session_id, protocol_version, headers)):
             version = wire.negotiated_version(name, result)

@@ -26,7 +26,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vmcp import __version__, logs, tracing
 from vmcp.auth.incoming import Authenticator, build_authenticator, metadata_paths
@@ -59,6 +59,11 @@ logger = logging.getLogger(__name__)
 STREAM_EVENTS_TTL = 300.0
 
 DRAIN_SECONDS = 10
+KEEP_ALIVE_SECONDS = 75
+"""How long an idle client connection stays open. A balancer keeps its connections to the
+replicas for reuse (nginx's ``keepalive`` pool 60 s, cloud balancers 60 s by default); a
+replica that closed one sooner (uvicorn's default is 5 s) could close it just as the
+balancer sent a request on it, which the balancer answers 502 (it does not retry a POST)."""
 """After SIGTERM, how long in-flight requests may take to finish before they are cut (an
 orchestrator's grace period must be longer; deploy/kubernetes is checked against it)."""
 
@@ -407,6 +412,16 @@ def _targets(config: VmcpConfig, outgoing: OutgoingAuth) -> list[BackendTarget]:
             for b in config.backends]
 
 
+def server_config(app: ASGIApp, config: VmcpConfig, log_level: str = "info"
+                  ) -> uvicorn.Config:
+    """How uvicorn serves the gateway: the drain on SIGTERM, and idle connections kept
+    open longer than a balancer keeps them (``KEEP_ALIVE_SECONDS``)."""
+    return uvicorn.Config(app, host=config.server.host, port=config.server.port,
+                          log_level=log_level, log_config=None, lifespan="on",
+                          timeout_graceful_shutdown=DRAIN_SECONDS,
+                          timeout_keep_alive=KEEP_ALIVE_SECONDS)
+
+
 def serve(config: VmcpConfig, *, log_level: str = "info", log_format: str = "auto",
           config_path: Path | None = None) -> None:
     """Run the gateway until SIGINT/SIGTERM (uvicorn finishes in-flight requests)."""
@@ -414,9 +429,7 @@ def serve(config: VmcpConfig, *, log_level: str = "info", log_format: str = "aut
     for warning in unmatched_env_warnings():
         logger.warning("%s", warning)
     app = create_app(config, config_path=config_path)
-    server = _Server(uvicorn.Config(app, host=config.server.host, port=config.server.port,
-                                    log_level=log_level, log_config=None, lifespan="on",
-                                    timeout_graceful_shutdown=DRAIN_SECONDS), app)
+    server = _Server(server_config(app, config, log_level), app)
     admin = config.server.admin
     if admin.port is None:
         server.run()
