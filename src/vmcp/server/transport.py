@@ -234,7 +234,17 @@ class McpEndpoint:
             await self._methods.notification(session, message)
             await send_empty(send, 202)
         else:
-            await self._request(receive, send, session, message, principal)
+            try:
+                await self._request(receive, send, session, message, principal)
+            except SessionClosed:
+                # The copy looked up was closed before the call started: rebuilt from the
+                # store (another replica changed its backends) or ended. Look once more;
+                # an ended session answers 404 from the lookup itself.
+                session = await self._session(headers, principal, message.id)
+                try:
+                    await self._request(receive, send, session, message, principal)
+                except SessionClosed as exc:
+                    raise _error_reply(exc, message.id) from exc
 
     async def _read_body(self, receive: Receive, headers: Headers) -> bytes:
         declared = headers.get("content-length")
@@ -341,11 +351,11 @@ class McpEndpoint:
         work = run()
         try:
             session.work.spawn(work)
-        except SessionClosed as exc:
-            # Closed between lookup and use: the same answer as for an unknown session.
+        except SessionClosed:
+            # Closed between lookup and use: the caller looks the session up again.
             work.close()
             session.streams.drop(stream.id)
-            raise _error_reply(exc, message.id) from exc
+            raise
         first = await first_event(receive, stream)
         if first is None:  # the client went away first; the work runs on, resumable
             return
