@@ -1,0 +1,219 @@
+"""Reading a policy set from its files: parsed, checked against the schema, hashed.
+
+A :class:`PolicyBundle` is immutable; a reload builds a new one and swaps it in whole, so a
+request sees either the old set or the new one, never a mix. Problems are reported as
+``FILE:LINE: message``: Cedar's own parser reports no positions, so the file is split
+into its statements here (outside strings and comments, at each ``;``), and each
+statement's first line is where its problems are reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cedarpy
+
+from vmcp.authz.schema import SCHEMA, open_attribute
+from vmcp.config import AuthzConfig
+from vmcp.errors import ConfigError
+
+# Entity types a request builds itself; the same entity in the entities file is merged
+# into the request's (its attributes and parents kept) instead of clashing with it.
+REQUEST_TYPES = frozenset({"Client", "Tool", "Prompt", "Resource"})
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One policy as written: its text and the line it starts on."""
+
+    text: str
+    line: int
+
+
+@dataclass(frozen=True)
+class PolicyBundle:
+    """A loaded policy set and what goes with it."""
+
+    policies: cedarpy.PolicySet
+    labels: Mapping[str, str]
+    """Cedar's positional id (``policyN``) -> the id shown in logs and audit events."""
+    static_entities: cedarpy.Entities
+    """The entities file, without the request-built types (see ``merge``)."""
+    merge: Mapping[tuple[str, str], Mapping[str, Any]]
+    """Entities of request-built types from the entities file, by (type, id)."""
+    sha256: str
+    loaded_at: float
+    files: tuple[str, ...]
+    group_claims: tuple[str, ...] = field(default=())
+
+    @property
+    def count(self) -> int:
+        return len(self.labels)
+
+
+def load_bundle(config: AuthzConfig) -> PolicyBundle:
+    """Read, parse and check the files ``config`` names.
+
+    Raises ``ConfigError`` listing every problem (``FILE:LINE: message``).
+    """
+    policy_path = Path(config.policies_file)
+    text = _read(policy_path)
+    entities_text = _read(Path(config.entities_file)) if config.entities_file else "[]"
+    statements = split_statements(text)
+    problems = [f"{policy_path}:{s.line}: {message}"
+                for s in statements if (message := _parse_problem(s.text)) is not None]
+    if not statements:
+        problems.append(f"{policy_path}: no policies: every request would be denied")
+    policies: cedarpy.PolicySet | None = None
+    if not problems:
+        policies = cedarpy.PolicySet.from_str(text)
+        problems += _schema_problems(text, statements, policy_path)
+    static, merge, entity_problems = _entities(entities_text, config.entities_file)
+    problems += entity_problems
+    if problems or policies is None or static is None:
+        raise ConfigError("\n".join(problems))
+    digest = hashlib.sha256()
+    for part in (text, entities_text, json.dumps(list(config.group_claims))):
+        digest.update(hashlib.sha256(part.encode()).digest())
+    files = (str(policy_path),) + ((config.entities_file,) if config.entities_file else ())
+    return PolicyBundle(policies, _labels(text), static, merge, digest.hexdigest(),
+                        time.time(), files, config.group_claims)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"{path}: cannot read: {reason}") from None
+
+
+def split_statements(text: str) -> list[Statement]:
+    """The policies of ``text`` in order, each with the line its text starts on.
+
+    Strings (with backslash escapes) and ``//`` comments are skipped over, so a ``;``
+    inside them does not end a statement. Trailing text without a ``;`` is a statement
+    too (and fails to parse, as it should).
+    """
+    statements: list[Statement] = []
+    start: int | None = None
+    line = start_line = 1
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "/" and text.startswith("//", i):
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+            continue
+        if c == "\n":
+            line += 1
+        elif not c.isspace() and start is None:
+            start, start_line = i, line
+        if c == '"':
+            i += 1
+            while i < n and text[i] != '"':
+                if text[i] == "\n":
+                    line += 1
+                i += 2 if text[i] == "\\" else 1
+        elif c == ";" and start is not None:
+            statements.append(Statement(text[start:i + 1], start_line))
+            start = None
+        i += 1
+    if start is not None:
+        statements.append(Statement(text[start:], start_line))
+    return statements
+
+
+def _parse_problem(statement: str) -> str | None:
+    try:
+        parsed = cedarpy.PolicySet.from_str(statement)
+    except ValueError as exc:
+        return f"syntax: {' '.join(str(exc).split())}"
+    if len(parsed) != 1:
+        return "expected exactly one policy ending in ';'"
+    return None
+
+
+def _schema_problems(text: str, statements: list[Statement], path: Path) -> list[str]:
+    result = cedarpy.validate_policies(text, SCHEMA)
+    problems = []
+    for error in result.errors:
+        if open_attribute(error.error):
+            continue
+        index = _position(error.policy_id)
+        line = statements[index].line if index is not None and index < len(statements) else 0
+        message = error.error.split(", ", 1)[-1] if error.error.startswith("for policy") \
+            else error.error
+        problems.append(f"{path}:{line}: {message}")
+    return list(dict.fromkeys(problems))
+
+
+def _position(policy_id: str) -> int | None:
+    digits = policy_id.removeprefix("policy")
+    return int(digits) if digits.isdigit() else None
+
+
+def _labels(text: str) -> dict[str, str]:
+    """``policyN`` -> the policy's ``@id`` annotation if it has one, else ``policyN``."""
+    pst = cedarpy.policies_to_pst(text)
+    labels = {}
+    for policy_id, policy in pst.static_policies.items():
+        annotated = (policy.annotations or {}).get("id")
+        labels[policy_id] = annotated if annotated else policy_id
+    return labels
+
+
+def _entities(text: str, source: str | None
+              ) -> tuple[cedarpy.Entities | None, dict[tuple[str, str], dict[str, Any]],
+                         list[str]]:
+    where = source or "entities"
+    try:
+        loaded = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return None, {}, [f"{where}:{exc.lineno}: not JSON: {exc.msg}"]
+    if not isinstance(loaded, list):
+        return None, {}, [f"{where}: must be a JSON list of Cedar entities"]
+    base: list[Any] = []
+    merge: dict[tuple[str, str], dict[str, Any]] = {}
+    for entity in loaded:
+        key = _uid_key(entity.get("uid") if isinstance(entity, dict) else None)
+        if key is not None and key[0] in REQUEST_TYPES:
+            merge[key] = {"attrs": entity.get("attrs") or {},
+                          "parents": [_normal_uid(p) for p in entity.get("parents") or []]}
+        else:
+            base.append(entity)
+    try:
+        static = cedarpy.Entities.from_json_str(json.dumps(base))
+        if merge:
+            cedarpy.Entities.from_json_str(json.dumps(
+                [{"uid": {"type": t, "id": i}, **m} for (t, i), m in merge.items()]))
+    except ValueError as exc:
+        return None, {}, [f"{where}: invalid Cedar entities: {' '.join(str(exc).split())}"]
+    return static, merge, []
+
+
+def _uid_key(value: Any) -> tuple[str, str] | None:
+    normal = _normal_uid(value)
+    if isinstance(normal, dict) and isinstance(normal.get("type"), str) \
+            and isinstance(normal.get("id"), str):
+        return normal["type"], normal["id"]
+    return None
+
+
+def _normal_uid(value: Any) -> Any:
+    """A uid in Cedar's ``{"type", "id"}`` form, from that, ``{"__entity": ...}`` or
+    ``Type::"id"``; anything else as given (Cedar reports it)."""
+    if isinstance(value, dict) and isinstance(value.get("__entity"), dict):
+        return value["__entity"]
+    if isinstance(value, str) and "::" in value:
+        entity_type, _, entity_id = value.rpartition("::")
+        if entity_id.startswith('"') and entity_id.endswith('"') and len(entity_id) > 1:
+            entity_id = json.loads(entity_id)
+        return {"type": entity_type, "id": entity_id}
+    return value
