@@ -24,6 +24,8 @@ The tree::
     ├── TooManySessions            the identity holds its maximum of live sessions → 429
     ├── NotPermitted               not permitted, or no such name (authorization on) → 403, -32602
     ├── SessionClosed              we closed the live session ourselves (not a failure)
+    ├── RequestError               a request the gateway answers with a JSON-RPC error
+    │                              (unknown tool, bad cursor...) → its own code
     └── ConfigError                bad configuration; reported at start-up
 
 A session that was ended and one that never existed answer the same way on purpose: the
@@ -229,3 +231,14 @@ class SessionClosed(VmcpError):
 
 class ConfigError(VmcpError):
     """The configuration is invalid; the message lists every problem with its location."""
+
+
+class RequestError(VmcpError):
+    """A request answered with a JSON-RPC error of its own code (an unknown tool, a bad
+    cursor, an unknown method); the HTTP status is the protocol revision's to choose."""
+
+    def __init__(self, code: int, message: str, data: object = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data

@@ -34,8 +34,8 @@ from vmcp.backend.health import HealthMonitor
 from vmcp.backend.http_client import backend_http_client
 from vmcp.config import VmcpConfig, load_config, unmatched_env_warnings
 from vmcp.errors import AuthenticationError, ConfigError, StoreError
-from vmcp.server.methods import MethodHandler
 from vmcp.server.security import RequestGuard
+from vmcp.server.session_methods import SessionMethods
 from vmcp.server.stateless import StatelessEndpoint
 from vmcp.server.status import build_status, render_page
 from vmcp.server.transport import McpEndpoint
@@ -149,7 +149,7 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                 is_healthy=monitor.usable_for_new_sessions if monitor else None, relay=relay)
             background.start_soon(stateless.run)
             endpoint.app = McpEndpoint(
-                manager, MethodHandler(), RequestGuard(config.server), authenticator,
+                manager, SessionMethods(), RequestGuard(config.server), authenticator,
                 max_body_bytes=config.server.max_body_bytes, metrics=metrics,
                 stateless=StatelessEndpoint(stateless),
             )

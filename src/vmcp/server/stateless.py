@@ -65,9 +65,10 @@ from starlette.datastructures import Headers
 from starlette.types import Message, Receive, Scope, Send
 
 from vmcp import __version__, tracing
-from vmcp.aggregate import Route
+from vmcp.aggregate import RoutingTable
 from vmcp.backend import BackendRpcError
-from vmcp.errors import BackendError, ConfigError
+from vmcp.dispatch import LISTINGS, Dispatcher, Target, aggregate_capabilities, items_of
+from vmcp.errors import BackendError, ConfigError, RequestError
 from vmcp.identity import InvalidIdentity, Principal, binding_for
 from vmcp.session.input_rounds import InvalidRound, Outcome
 from vmcp.session.stateless_backends import Caller, StatelessBackends, View
@@ -89,12 +90,6 @@ SERVED_METHODS: Final = frozenset({
 """What the gateway serves at the stateless revision. ``subscriptions/listen`` is not among
 them, so no capability announces list changes (there is no stream to announce them on)."""
 
-LISTINGS: Final = {
-    "tools/list": "tools",
-    "resources/list": "resources",
-    "resources/templates/list": "resourceTemplates",
-    "prompts/list": "prompts",
-}
 SSE_PING_SECONDS = 15.0
 """Silence after which a call's answer becomes an event stream kept open by comments,
 so that a proxy's idle timeout does not cut a long call."""
@@ -126,14 +121,35 @@ def is_stateless(headers: Headers) -> bool:
     return version not in HANDSHAKE_PROTOCOL_VERSIONS and SESSION_HEADER not in headers
 
 
-class RpcError(Exception):
-    """A JSON-RPC error to answer a stateless request with, at the status its code maps to."""
+class CallerUpstream:
+    """One stateless request's view of the backends (the dispatcher's ``Upstream``)."""
 
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.data = data
+    def __init__(self, backends: StatelessBackends, caller: Caller, *,
+                 headers: Headers | None = None, notify: Notify | None = None) -> None:
+        self._backends = backends
+        self._caller = caller
+        self._headers = headers if headers is not None else Headers()
+        self._notify = notify if notify is not None else _drop
+        self._view: View | None = None
+
+    @property
+    def view(self) -> View:
+        """The view the last routing came from."""
+        assert self._view is not None, "routing() first"
+        return self._view
+
+    async def routing(self, *, refresh: bool = False) -> RoutingTable:
+        self._view = await self._backends.view(self._caller, refresh=refresh)
+        return self._view.routing
+
+    async def call(self, target: Target) -> tuple[BackendKind, Outcome]:
+        forwarded: dict[str, str] = {}
+        if target.method == "tools/call":
+            forwarded = _checked_param_headers(self.view, target.exposed, target.params,
+                                               self._headers)
+        return await self._backends.call(
+            self._caller, target.backend, target.method, target.params,
+            target=(target.method, target.exposed), headers=forwarded, notify=self._notify)
 
 
 class StatelessEndpoint:
@@ -142,6 +158,8 @@ class StatelessEndpoint:
     def __init__(self, backends: StatelessBackends, *, server_name: str = "vmcp") -> None:
         self._backends = backends
         self._server_info = {"name": server_name, "version": __version__}
+        self._dispatcher: Dispatcher[tuple[BackendKind, Outcome]] = Dispatcher(
+            resource_not_found_code=INVALID_PARAMS)
 
     async def serve(self, scope: Scope, receive: Receive, send: Send, body: bytes,
                     principal: Principal) -> None:
@@ -183,7 +201,7 @@ class StatelessEndpoint:
         request_id = request.id
         try:
             caller = self._admit(decoded, request, raw_headers, headers, principal)
-        except RpcError as exc:
+        except RequestError as exc:
             await _send_json(send, _status(exc.code),
                              _error(request_id, exc.code, exc.message, exc.data))
             return
@@ -219,22 +237,22 @@ class StatelessEndpoint:
                principal: Principal) -> Caller:
         duplicated = find_duplicated_routing_header(raw_headers)
         if duplicated is not None:
-            raise RpcError(HEADER_MISMATCH, f"{duplicated} header appears more than once")
+            raise RequestError(HEADER_MISMATCH, f"{duplicated} header appears more than once")
         verdict = classify_inbound_request(decoded, headers=dict(headers.items()))
         if isinstance(verdict, InboundLadderRejection):
-            raise RpcError(verdict.code, verdict.message, verdict.data)
+            raise RequestError(verdict.code, verdict.message, verdict.data)
         if request.method not in SERVED_METHODS:
-            raise RpcError(METHOD_NOT_FOUND, "Method not found", request.method)
+            raise RequestError(METHOD_NOT_FOUND, "Method not found", request.method)
         try:
             validate_client_request(request.method, verdict.protocol_version, request.params)
         except KeyError:
-            raise RpcError(METHOD_NOT_FOUND, "Method not found", request.method) from None
+            raise RequestError(METHOD_NOT_FOUND, "Method not found", request.method) from None
         except pydantic.ValidationError as exc:
-            raise RpcError(INVALID_PARAMS, f"Invalid params: {_first_error(exc)}") from None
+            raise RequestError(INVALID_PARAMS, f"Invalid params: {_first_error(exc)}") from None
         try:
             binding = binding_for(principal)
         except InvalidIdentity as exc:
-            raise RpcError(INVALID_REQUEST, str(exc)) from None
+            raise RequestError(INVALID_REQUEST, str(exc)) from None
         meta = (request.params or {}).get("_meta")
         return Caller(binding, meta if isinstance(meta, dict) else {})
 
@@ -245,7 +263,7 @@ class StatelessEndpoint:
         """The JSON-RPC message answering ``request_id`` with what ``work`` returns or raises."""
         try:
             return {"jsonrpc": "2.0", "id": request_id, "result": await work}
-        except RpcError as exc:
+        except RequestError as exc:
             return _error(request_id, exc.code, exc.message, exc.data)
         except BackendRpcError as exc:
             return _error(request_id, exc.code, exc.message, exc.data)
@@ -262,10 +280,12 @@ class StatelessEndpoint:
 
     async def _listing(self, caller: Caller, method: str, params: dict[str, Any]
                        ) -> dict[str, Any]:
-        if method != "server/discover" and params.get("cursor"):
-            # The aggregated lists come in one page: no cursor of ours exists to resume.
-            raise RpcError(INVALID_PARAMS, "Invalid cursor")
-        view = await self._backends.view(caller)
+        upstream = CallerUpstream(self._backends, caller)
+        if method == "server/discover":
+            await upstream.routing()
+        else:
+            await self._dispatcher.listing(upstream, method, params)
+        view = upstream.view
         shaped = view.shaped.get(method)
         if shaped is None:
             shaped = self._shape_listing(view, method)
@@ -277,86 +297,21 @@ class StatelessEndpoint:
                  "resultType": "complete"}
         if method == "server/discover":
             payload: dict[str, Any] = {"supportedVersions": list(MODERN_PROTOCOL_VERSIONS),
-                                       "capabilities": _capabilities(view), **hints}
+                                       "capabilities": aggregate_capabilities(
+                           (e.capabilities for e in view.entries.values()),
+                           list_changed=False, logging_always=False), **hints}
             instructions = [e.instructions for e in view.entries.values() if e.instructions]
             if instructions:
                 payload["instructions"] = "\n\n".join(instructions)
         else:
-            routing = view.routing
-            items = {"tools/list": routing.tools, "resources/list": routing.resources,
-                     "resources/templates/list": routing.resource_templates,
-                     "prompts/list": routing.prompts}[method]
-            payload = {LISTINGS[method]: items, **hints}
+            payload = {LISTINGS[method]: items_of(view.routing, method), **hints}
         return self._stamp(_sieve(method, payload))
 
     async def _call(self, caller: Caller, method: str, params: dict[str, Any],
                     headers: Headers, notify: Notify) -> dict[str, Any]:
-        view = await self._backends.view(caller)
-        route, target, upstream = await self._route(caller, view, method, params)
-        forwarded: dict[str, str] = {}
-        if method == "tools/call":
-            forwarded = self._check_param_headers(view, target[1], params, headers)
-        kind, outcome = await self._backends.call(caller, route.backend, method, upstream,
-                                                  target=target, headers=forwarded,
-                                                  notify=notify)
+        upstream = CallerUpstream(self._backends, caller, headers=headers, notify=notify)
+        kind, outcome = await self._dispatcher.call(upstream, method, params)
         return self._finish(method, kind, outcome)
-
-    async def _route(self, caller: Caller, view: View, method: str, params: dict[str, Any]
-                     ) -> tuple[Route, tuple[str, str], dict[str, Any]]:
-        """The backend a call goes to, the (method, exposed name) a round is bound to, and
-        the params with the backend's own name; an unknown name re-lists once."""
-        for attempt in range(2):
-            routing = view.routing
-            if method in ("tools/call", "prompts/get"):
-                name = str(params.get("name"))
-                route = (routing.route_tool(name) if method == "tools/call"
-                         else routing.route_prompt(name))
-                if route is not None:
-                    return route, (method, name), {**params, "name": route.name}
-            elif method == "resources/read":
-                uri = str(params.get("uri"))
-                backend = routing.route_resource(uri)
-                if backend is not None:
-                    return Route(backend, uri), (method, uri), params
-            else:  # completion/complete
-                ref = params.get("ref") if isinstance(params.get("ref"), dict) else {}
-                assert isinstance(ref, dict)
-                if ref.get("type") == "ref/prompt":
-                    name = str(ref.get("name"))
-                    route = routing.route_prompt(name)
-                    if route is not None:
-                        return (route, (method, name),
-                                {**params, "ref": {**ref, "name": route.name}})
-                else:
-                    uri = str(ref.get("uri"))
-                    backend = routing.route_resource(uri)
-                    if backend is not None:
-                        return Route(backend, uri), (method, uri), params
-            if attempt == 0:
-                view = await self._backends.view(caller, refresh=True)
-        if method == "resources/read":
-            raise RpcError(INVALID_PARAMS, "Resource not found", {"uri": params.get("uri")})
-        if method == "tools/call":
-            raise RpcError(INVALID_PARAMS, f"Unknown tool: {params.get('name')}")
-        if method == "prompts/get":
-            raise RpcError(INVALID_PARAMS, f"Unknown prompt: {params.get('name')}")
-        raise RpcError(INVALID_PARAMS, "Unknown completion reference")
-
-    def _check_param_headers(self, view: View, tool: str, params: Mapping[str, Any],
-                             headers: Headers) -> dict[str, str]:
-        """Refuse ``Mcp-Param-*`` headers that disagree with the arguments; the headers to
-        send on (to a backend of this revision, which checks them again)."""
-        schemas = view.shaped.get("tool schemas")
-        if schemas is None:
-            schemas = {str(t.get("name")): t.get("inputSchema") for t in view.routing.tools}
-            view.shaped["tool schemas"] = schemas
-        arguments = params.get("arguments")
-        rejection = validate_mcp_param_headers(
-            schemas.get(tool), arguments if isinstance(arguments, dict) else {}, headers)
-        if rejection is not None:
-            raise RpcError(rejection.code, rejection.message, rejection.data)
-        prefix = MCP_PARAM_HEADER_PREFIX.lower()
-        return {k: v for k, v in headers.items() if k.startswith(prefix)}
 
     def _finish(self, method: str, kind: BackendKind, outcome: Outcome) -> dict[str, Any]:
         """A call's result as this revision's client takes it."""
@@ -429,15 +384,25 @@ class StatelessEndpoint:
             tg.cancel_scope.cancel()
 
 
-def _capabilities(view: View) -> dict[str, Any]:
-    """Lists always (possibly empty); completions and logging if some backend offers them."""
-    capabilities: dict[str, Any] = {"tools": {}, "resources": {}, "prompts": {}}
-    offered = [entry.capabilities for entry in view.entries.values()]
-    if any("completions" in c for c in offered):
-        capabilities["completions"] = {}
-    if any("logging" in c for c in offered):
-        capabilities["logging"] = {}
-    return capabilities
+def _checked_param_headers(view: View, tool: str, params: Mapping[str, Any],
+                           headers: Headers) -> dict[str, str]:
+    """Refuse ``Mcp-Param-*`` headers that disagree with the arguments; the headers to
+    send on (to a backend of this revision, which checks them again)."""
+    schemas = view.shaped.get("tool schemas")
+    if schemas is None:
+        schemas = {str(t.get("name")): t.get("inputSchema") for t in view.routing.tools}
+        view.shaped["tool schemas"] = schemas
+    arguments = params.get("arguments")
+    rejection = validate_mcp_param_headers(
+        schemas.get(tool), arguments if isinstance(arguments, dict) else {}, headers)
+    if rejection is not None:
+        raise RequestError(rejection.code, rejection.message, rejection.data)
+    prefix = MCP_PARAM_HEADER_PREFIX.lower()
+    return {k: v for k, v in headers.items() if k.startswith(prefix)}
+
+
+async def _drop(message: dict[str, Any]) -> None:
+    """Where the notifications of a request that cannot receive any go."""
 
 
 def _sieve(method: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -449,7 +414,7 @@ def _sieve(method: str, payload: dict[str, Any]) -> dict[str, Any]:
     except pydantic.ValidationError as exc:
         logger.warning("a backend's %s result does not fit this revision: %s", method,
                        _first_error(exc))
-        raise RpcError(INTERNAL_ERROR, "The backend returned an invalid result") from None
+        raise RequestError(INTERNAL_ERROR, "The backend returned an invalid result") from None
 
 
 def _first_error(exc: pydantic.ValidationError) -> str:

@@ -35,6 +35,7 @@ from vmcp.errors import (
     AuthenticationError,
     BackendError,
     InvalidSessionId,
+    RequestError,
     SessionClosed,
     SessionError,
     SessionNotFound,
@@ -45,8 +46,8 @@ from vmcp.errors import (
 from vmcp.identity import InvalidIdentity, Principal
 from vmcp.server import jsonrpc
 from vmcp.server.jsonrpc import Incoming, MessageError
-from vmcp.server.methods import MethodHandler, RpcError
 from vmcp.server.security import RequestGuard
+from vmcp.server.session_methods import HANDSHAKE_VERSIONS, SessionMethods
 from vmcp.server.stateless import StatelessEndpoint, is_stateless
 from vmcp.session import SessionManager
 from vmcp.session.channel import ClientChannel
@@ -59,7 +60,6 @@ logger = logging.getLogger(__name__)
 SESSION_HEADER = "mcp-session-id"
 METHOD_KEY = "vmcp.method"  # the JSON-RPC method, kept in the ASGI scope for metrics
 VERSION_HEADER = "mcp-protocol-version"
-HANDSHAKE_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26")
 JSON = "application/json"
 EVENT_STREAM = "text/event-stream"
 # How soon a client should reconnect to a stream the gateway ended early (SSE ``retry``).
@@ -79,7 +79,7 @@ class McpEndpoint:
     def __init__(
         self,
         manager: SessionManager,
-        methods: MethodHandler,
+        methods: SessionMethods,
         guard: RequestGuard,
         authenticate: Authenticate,
         *,
@@ -427,11 +427,11 @@ class McpEndpoint:
         request_id = message.id
         try:
             with session.track_request(request_id):
-                payload = await self._methods.request(session, message, channel, principal)
+                payload = await self._methods.request(session, message, channel)
             return jsonrpc.result(request_id, payload)
         except RequestCancelled:
             return None
-        except RpcError as exc:
+        except RequestError as exc:
             return jsonrpc.error(request_id, exc.code, exc.message, exc.data)
         except SessionClosed:
             return jsonrpc.error(request_id, SessionClosed.jsonrpc_code, "Session not found")
