@@ -88,13 +88,13 @@ class Authorizer(Protocol):
 
     def filter_listing(self, principal: Principal, items: Sequence[Item],
                        target_of: Callable[[Item], Target | None], *,
-                       catalog: object | None = None) -> list[Item]:
+                       catalog: object | None = None, listing: str = "") -> list[Item]:
         """The ``items`` the principal may use, in order, decided in one batch.
 
         ``target_of`` gives each item's target (None: the item is left out). When
-        ``catalog`` is given, the result is cached for this principal, this policy set
-        and that very catalog object (compared by identity), so an unchanged catalog is
-        not decided again.
+        ``catalog`` is given, the result is cached for this principal, this policy set,
+        that very catalog object (compared by identity) and the ``listing`` named (one
+        catalog holds several), so an unchanged catalog is not decided again.
         """
         ...
 
@@ -114,7 +114,7 @@ class AllowAll:
 
     def filter_listing(self, principal: Principal, items: Sequence[Item],
                        target_of: Callable[[Item], Target | None], *,
-                       catalog: object | None = None) -> list[Item]:
+                       catalog: object | None = None, listing: str = "") -> list[Item]:
         return list(items)
 
     def status(self) -> PolicyStatus | None:

@@ -66,12 +66,15 @@ class CedarAuthorizer:
 
         Raises ``ConfigError`` and keeps the running set if the new one is invalid.
         """
-        config = config or self._config
-        bundle = load_bundle(config)
-        with self._lock:
-            self._config, self._bundle = config, bundle
-            self._listings.clear()
+        bundle = load_bundle(config or self._config)
+        self.adopt(bundle)
         return bundle
+
+    def adopt(self, bundle: PolicyBundle) -> None:
+        """Put ``bundle`` (already loaded and checked) in force, in one step."""
+        with self._lock:
+            self._bundle = bundle
+            self._listings.clear()
 
     def status(self) -> PolicyStatus:
         bundle = self._bundle
@@ -99,11 +102,11 @@ class CedarAuthorizer:
 
     def filter_listing(self, principal: Principal, items: Sequence[Item],
                        target_of: Callable[[Item], Target | None], *,
-                       catalog: object | None = None) -> list[Item]:
+                       catalog: object | None = None, listing: str = "") -> list[Item]:
         bundle = self._bundle
         key: tuple[Any, ...] | None = None
         if catalog is not None:
-            key = (id(catalog), _caller_key(principal), bundle.sha256, len(items))
+            key = (id(catalog), listing, _caller_key(principal), bundle.sha256, len(items))
             with self._lock:
                 hit = self._listings.get(key)
                 if hit is not None and hit[0] is catalog:

@@ -66,14 +66,20 @@ def load_bundle(config: AuthzConfig) -> PolicyBundle:
     text = _read(policy_path)
     entities_text = _read(Path(config.entities_file)) if config.entities_file else "[]"
     statements = split_statements(text)
-    problems = [f"{policy_path}:{s.line}: {message}"
-                for s in statements if (message := _parse_problem(s.text)) is not None]
+    problems: list[str] = []
+    parsed: list[Statement] = []
+    for statement in statements:
+        message = _parse_problem(statement.text)
+        if message is None:
+            parsed.append(statement)
+        else:
+            problems.append(f"{policy_path}:{statement.line}: {message}")
     if not statements:
         problems.append(f"{policy_path}: no policies: every request would be denied")
-    policies: cedarpy.PolicySet | None = None
-    if not problems:
-        policies = cedarpy.PolicySet.from_str(text)
-        problems += _schema_problems(text, statements, policy_path)
+    # The schema check covers every statement that parses, so one run shows everything.
+    problems += _schema_problems(parsed, policy_path)
+    problems.sort(key=_line_of)
+    policies = cedarpy.PolicySet.from_str(text) if not problems else None
     static, merge, entity_problems = _entities(entities_text, config.entities_file)
     problems += entity_problems
     if problems or policies is None or static is None:
@@ -140,8 +146,15 @@ def _parse_problem(statement: str) -> str | None:
     return None
 
 
-def _schema_problems(text: str, statements: list[Statement], path: Path) -> list[str]:
-    result = cedarpy.validate_policies(text, SCHEMA)
+def _line_of(problem: str) -> int:
+    parts = problem.split(":", 2)
+    return int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else 0
+
+
+def _schema_problems(statements: list[Statement], path: Path) -> list[str]:
+    if not statements:
+        return []
+    result = cedarpy.validate_policies("\n".join(s.text for s in statements), SCHEMA)
     problems = []
     for error in result.errors:
         if open_attribute(error.error):
