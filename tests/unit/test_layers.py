@@ -20,8 +20,9 @@ ALLOWED = {
     "aggregate.py": ("vmcp.errors", "vmcp.config"),
     "authz": ("vmcp.authz", "vmcp.identity", "vmcp.config", "vmcp.errors"),
     "audit": ("vmcp.audit", "vmcp.identity", "vmcp.config", "vmcp.errors"),
-    "session": ("vmcp.session", "vmcp.identity", "vmcp.store", "vmcp.backend", "vmcp.cache", "vmcp.errors",
-                "vmcp.aggregate", "vmcp.config", "vmcp.tracing", "vmcp.auth.outgoing", "vmcp"),
+    "session": ("vmcp.session", "vmcp.identity", "vmcp.store", "vmcp.backend", "vmcp.cache",
+                "vmcp.errors", "vmcp.aggregate", "vmcp.config", "vmcp.tracing",
+                "vmcp.auth.outgoing", "vmcp"),
 }
 
 
