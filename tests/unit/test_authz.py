@@ -30,7 +30,9 @@ def authorizer(tmp_path: Path, policies: str, entities: list[dict[str, Any]] | N
 
 
 def caller(sub: str, **claims: Any) -> Principal:
-    return Principal("https://idp", sub, "token", {"sub": sub, **claims})
+    """A verified caller; as with a real token, different claims mean a different token."""
+    claims = {"sub": sub, **claims}
+    return Principal("https://idp", sub, f"token-{json.dumps(claims, sort_keys=True)}", claims)
 
 
 TOOLHIVE_EXAMPLES = Path(__file__).parent / "data" / "toolhive_docs_examples.cedar"
@@ -179,3 +181,20 @@ def test_without_authorization_everyone_may_use_everything() -> None:
     assert allow.check(ANONYMOUS, CALCULATOR).allowed
     assert allow.filter_listing(ANONYMOUS, [1, 2], lambda _: None) == [1, 2]
     assert allow.status() is None
+
+
+@pytest.mark.parametrize("reads", ["context.arg_city", "resource.arg_city"])
+def test_cached_parts_never_answer_for_other_arguments_or_policies(tmp_path: Path,
+                                                                   reads: str) -> None:
+    engine = authorizer(tmp_path, f'permit(principal, action, resource) when '
+                                  f'{{ {reads} == "Paris" }};')
+    alice = caller("alice")
+    for _ in range(2):                                      # the second round is cached
+        assert engine.check(alice, WEATHER, {"city": "Paris"}).allowed
+        assert not engine.check(alice, WEATHER, {"city": "London"}).allowed
+    (tmp_path / "p.cedar").write_text('permit(principal, action, resource == Tool::"calculator");')
+    engine.reload()
+    assert not engine.check(alice, WEATHER, {"city": "Paris"}).allowed
+    assert engine.check(alice, CALCULATOR).allowed
+    assert engine.check(alice, CALCULATOR).allowed           # from the decision cache
+    assert not engine.check(caller("alice", extra=1), WEATHER).allowed

@@ -1,12 +1,17 @@
 """The Cedar authorizer: decisions for calls, batched decisions for listings, reloads.
 
 Per request, only the delta is built (the caller's ``Client`` entity and the target's)
-and added to the static entities parsed once per policy set. A listing is one batch:
-all its items' entities and one request each, evaluated in a single call into Cedar.
-Listing results are cached per caller (issuer, subject and claims), policy set hash and
-catalog object: a caller who lists the same catalog again is not decided again, and a
-reload or a changed catalog misses the cache by construction, so no stale decision can
-be served.
+and added to the static entities parsed once per policy set; only the attributes some
+policy reads are included. A listing is one batch: all its items' entities and one
+request each, evaluated in a single call into Cedar.
+
+What is cached, and why it is safe: every cache key holds the policy set's hash, so a
+reload misses every entry by construction; a caller is named by the hash of its
+verified token (which fixes its claims). Cached are the caller's entity; listing
+decisions per caller and catalog object (compared by identity, so a changed catalog
+misses); and, when no policy reads an argument, call decisions per caller and target
+(with arguments read only as ``context.arg_*``, the parsed entities of caller and
+target are cached instead, and only the context changes per call).
 
 Cedar leaves a policy that errors out of the decision; here any evaluation error denies
 the whole request (as ToolHive does), so a ``forbid`` that errors can never let a request
@@ -20,8 +25,8 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any, Generic, TypeVar
 
 import cedarpy
 
@@ -40,7 +45,35 @@ from vmcp.identity import Principal
 
 logger = logging.getLogger(__name__)
 
-LISTING_CACHE_SIZE = 1024
+CACHE_SIZE = 4096
+Value = TypeVar("Value")
+
+
+class _Lru(Generic[Value]):
+    """A bounded, thread-safe least-recently-used map."""
+
+    def __init__(self, capacity: int = CACHE_SIZE) -> None:
+        self._capacity = capacity
+        self._entries: collections.OrderedDict[Hashable, Value] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Value | None:
+        with self._lock:
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
+            return value
+
+    def put(self, key: Hashable, value: Value) -> None:
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._capacity:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
 
 
 class CedarAuthorizer:
@@ -52,9 +85,10 @@ class CedarAuthorizer:
         """Loads the policy set now; raises ``ConfigError`` if it is invalid."""
         self._config = config
         self._bundle = bundle if bundle is not None else load_bundle(config)
-        self._lock = threading.Lock()
-        self._listings: collections.OrderedDict[tuple[Any, ...], tuple[object, list[bool]]] = (
-            collections.OrderedDict())
+        self._callers: _Lru[_Caller] = _Lru()
+        self._listings: _Lru[tuple[object, list[bool]]] = _Lru(1024)
+        self._decisions: _Lru[Decision] = _Lru()
+        self._worlds: _Lru[cedarpy.Entities] = _Lru()
         self.evaluation_errors = 0
 
     @property
@@ -71,10 +105,11 @@ class CedarAuthorizer:
         return bundle
 
     def adopt(self, bundle: PolicyBundle) -> None:
-        """Put ``bundle`` (already loaded and checked) in force, in one step."""
-        with self._lock:
-            self._bundle = bundle
-            self._listings.clear()
+        """Put ``bundle`` (already loaded and checked) in force, in one step. The caches
+        are keyed by the policy set's hash; clearing them only frees the memory."""
+        self._bundle = bundle
+        for cache in (self._callers, self._listings, self._decisions, self._worlds):
+            cache.clear()
 
     def status(self) -> PolicyStatus:
         bundle = self._bundle
@@ -86,19 +121,36 @@ class CedarAuthorizer:
               arguments: Mapping[str, Any] | None = None) -> Decision:
         bundle = self._bundle
         try:
-            caller = _Caller(principal, bundle.group_claims)
-            args = entities.argument_attributes(arguments)
-            resource = entities.target_entity(target, arguments, bundle.merge.get(
-                (ENTITY_TYPE_OF[target.kind], target.name)))
-            world = bundle.static_entities.with_added_json_str(
-                entities.dumps([caller.entity(bundle), resource]))
-            request = caller.request(target, {**caller.claims, **args})
+            caller = self._caller(principal, bundle)
+            target_key = (caller.key, bundle.sha256, _target_key(target))
+            if not bundle.reads_arguments:
+                cached = self._decisions.get(target_key)
+                if cached is not None:
+                    return cached
+            args = entities.argument_attributes(arguments, bundle.referenced)
+            static = bundle.merge.get((ENTITY_TYPE_OF[target.kind], target.name))
+            world: str | cedarpy.Entities
+            if bundle.arguments_on_resource:
+                world = _world(bundle, caller, [entities.target_entity(
+                    target, arguments, static, bundle.referenced)])
+            else:
+                handle = self._worlds.get(target_key)
+                if handle is None:
+                    handle = _handle(_world(bundle, caller, [entities.target_entity(
+                        target, None, static, bundle.referenced)]))
+                    self._worlds.put(target_key, handle)
+                world = handle
+            request = caller.request(target, {**caller.claims, **args} if args
+                                     else caller.claims)
             result = cedarpy.is_authorized_batch([request], bundle.policies, world)[0]
         except Exception as exc:  # a decision that cannot be made denies
             self.evaluation_errors += 1
             logger.warning("authorization failed, denying: %s", exc)
             return Decision(False, errors=(str(exc),))
-        return self._decision(bundle, result)
+        decision = self._decision(bundle, result)
+        if not bundle.reads_arguments:
+            self._decisions.put(target_key, decision)
+        return decision
 
     def filter_listing(self, principal: Principal, items: Sequence[Item],
                        target_of: Callable[[Item], Target | None], *,
@@ -107,17 +159,12 @@ class CedarAuthorizer:
         key: tuple[Any, ...] | None = None
         if catalog is not None:
             key = (id(catalog), listing, _caller_key(principal), bundle.sha256, len(items))
-            with self._lock:
-                hit = self._listings.get(key)
-                if hit is not None and hit[0] is catalog:
-                    self._listings.move_to_end(key)
-                    return [item for item, ok in zip(items, hit[1], strict=True) if ok]
+            hit = self._listings.get(key)
+            if hit is not None and hit[0] is catalog:
+                return [item for item, ok in zip(items, hit[1], strict=True) if ok]
         allowed = self._decide_all(principal, bundle, [target_of(item) for item in items])
         if key is not None:
-            with self._lock:
-                self._listings[key] = (catalog, allowed)
-                while len(self._listings) > LISTING_CACHE_SIZE:
-                    self._listings.popitem(last=False)
+            self._listings.put(key, (catalog, allowed))
         return [item for item, ok in zip(items, allowed, strict=True) if ok]
 
     def _decide_all(self, principal: Principal, bundle: PolicyBundle,
@@ -126,16 +173,16 @@ class CedarAuthorizer:
         if not present:
             return [False] * len(targets)
         try:
-            caller = _Caller(principal, bundle.group_claims)
+            caller = self._caller(principal, bundle)
             seen: dict[tuple[str, str], None] = {}
             resources = []
             for target in present:
                 key = (ENTITY_TYPE_OF[target.kind], target.name)
                 if key not in seen:
                     seen[key] = None
-                    resources.append(entities.target_entity(target, None, bundle.merge.get(key)))
-            world = bundle.static_entities.with_added_json_str(
-                entities.dumps([caller.entity(bundle), *resources]))
+                    resources.append(entities.target_entity(
+                        target, None, bundle.merge.get(key), bundle.referenced))
+            world = _world(bundle, caller, resources)
             requests = [caller.request(target, caller.claims) for target in present]
             results = iter(cedarpy.is_authorized_batch(requests, bundle.policies, world))
         except Exception as exc:
@@ -144,6 +191,15 @@ class CedarAuthorizer:
             return [False] * len(targets)
         return [t is not None and self._decision(bundle, next(results), quiet=True).allowed
                 for t in targets]
+
+    def _caller(self, principal: Principal, bundle: PolicyBundle) -> _Caller:
+        """The caller's entity, built once per caller and policy set."""
+        key = (_caller_key(principal), bundle.sha256)
+        caller = self._callers.get(key)
+        if caller is None:
+            caller = _Caller(key[0], principal, bundle)
+            self._callers.put(key, caller)
+        return caller
 
     def _decision(self, bundle: PolicyBundle, result: cedarpy.AuthzResult, *,
                   quiet: bool = False) -> Decision:
@@ -159,22 +215,20 @@ class CedarAuthorizer:
 
 
 class _Caller:
-    """The caller's side of the entities and requests of one decision or batch."""
+    """The caller's side of a decision: its uid, its claims as the context carries them,
+    and its entity as JSON, ready to be added to the entities of each request."""
 
-    def __init__(self, principal: Principal, group_claims: Sequence[str]) -> None:
-        self.principal = principal
-        self.claims = entities.prefixed(principal.claims, "claim_")
-        self.group_claims = group_claims
+    def __init__(self, key: str, principal: Principal, bundle: PolicyBundle) -> None:
+        self.key = key
+        self.claims = entities.prefixed(principal.claims, "claim_", bundle.referenced)
         self.uid = entities.uid("Client", entities.principal_id(principal))
-
-    def entity(self, bundle: PolicyBundle) -> dict[str, Any]:
-        built = entities.principal_entity(self.principal, self.claims, self.group_claims)
+        built = entities.principal_entity(principal, self.claims, bundle.group_claims)
         static = bundle.merge.get(("Client", self.uid["id"]))
         if static:
             built["attrs"] = {**static.get("attrs", {}), **built["attrs"]}
             built["parents"] += [p for p in static.get("parents", [])
                                  if p not in built["parents"]]
-        return built
+        self.entity_json = json.dumps(built, separators=(",", ":"), ensure_ascii=False)
 
     def request(self, target: Target, context: Mapping[str, Any]) -> dict[str, Any]:
         return {"principal": self.uid,
@@ -183,8 +237,34 @@ class _Caller:
                 "context": context}
 
 
+def _world(bundle: PolicyBundle, caller: _Caller, resources: Sequence[Mapping[str, Any]]
+           ) -> str | cedarpy.Entities:
+    """The entities of one decision or batch: the caller, the resources, and the entities
+    file's (added to its pre-parsed handle; without one, one JSON text is cheapest)."""
+    delta = "[" + ",".join([caller.entity_json, *(
+        json.dumps(r, separators=(",", ":"), ensure_ascii=False) for r in resources)]) + "]"
+    if len(bundle.static_entities) == 0:
+        return delta
+    return bundle.static_entities.with_added_json_str(delta)
+
+
+def _handle(world: str | cedarpy.Entities) -> cedarpy.Entities:
+    return cedarpy.Entities.from_json_str(world) if isinstance(world, str) else world
+
+
+def _target_key(target: Target) -> tuple[str, ...]:
+    annotations = json.dumps(dict(target.annotations), sort_keys=True, default=str) \
+        if target.annotations else ""
+    return (target.kind, target.name, target.backend, target.original_name, annotations)
+
+
 def _caller_key(principal: Principal) -> str:
-    """What a caller's decisions depend on: issuer, subject and every claim."""
-    claims = json.dumps(principal.claims, sort_keys=True, separators=(",", ":"), default=str)
-    digest = hashlib.sha256(claims.encode()).hexdigest()
-    return f"{principal.issuer}\x00{principal.subject}\x00{digest}"
+    """What a caller's decisions depend on: issuer, subject and claims. A verified token
+    fixes all three, so its hash stands for them; without a token, they are hashed."""
+    if principal.token is not None:
+        material = "token\x00" + principal.token
+    else:
+        material = "claims\x00" + json.dumps(
+            [principal.issuer, principal.subject, principal.claims], sort_keys=True,
+            default=str)
+    return hashlib.sha256(material.encode()).hexdigest()

@@ -18,7 +18,7 @@ dropped, and a record key Cedar's JSON format would read as an escape (``__entit
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -110,19 +110,25 @@ def _decimal(value: float) -> Any:
     return {"__extn": {"fn": "decimal", "arg": format(number, "f")}}
 
 
-def prefixed(values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-    """``{prefix + key: cedar value}`` for every value Cedar can hold."""
+def prefixed(values: Mapping[str, Any], prefix: str,
+             keep: Container[str] | None = None) -> dict[str, Any]:
+    """``{prefix + key: cedar value}`` for every value Cedar can hold (and, given
+    ``keep``, whose prefixed name is in it: what no policy reads is not converted)."""
     out: dict[str, Any] = {}
     for key, value in values.items():
+        name = prefix + str(key)
+        if keep is not None and name not in keep:
+            continue
         converted = cedar_value(value)
         if converted is not _DROP:
-            out[prefix + str(key)] = converted
+            out[name] = converted
     return out
 
 
-def argument_attributes(arguments: Mapping[str, Any] | None) -> dict[str, Any]:
+def argument_attributes(arguments: Mapping[str, Any] | None,
+                        keep: Container[str] | None = None) -> dict[str, Any]:
     """``arg_<key>`` for each argument; an argument Cedar cannot hold is left out."""
-    return prefixed(arguments or {}, "arg_")
+    return prefixed(arguments or {}, "arg_", keep)
 
 
 def principal_entity(principal: Principal, claim_attributes: Mapping[str, Any],
@@ -140,13 +146,15 @@ def target_uid(target: Target) -> dict[str, str]:
 
 
 def target_entity(target: Target, arguments: Mapping[str, Any] | None = None,
-                  static: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                  static: Mapping[str, Any] | None = None,
+                  keep: Container[str] | None = None) -> dict[str, Any]:
     """The resource entity of ``target``. ``static`` is the same entity from the entities
     file, if any: its attributes and parents are kept, the request's win on a clash (as
-    ToolHive merges them)."""
+    ToolHive merges them). Given ``keep``, annotations and arguments not in it are left
+    out."""
     attrs: dict[str, Any] = dict(static.get("attrs") or {}) if static else {}
-    attrs.update(prefixed(target.annotations, ""))
-    attrs.update(argument_attributes(arguments))
+    attrs.update(prefixed(target.annotations, "", keep))
+    attrs.update(argument_attributes(arguments, keep))
     attrs.update(name=target.name, backend=target.backend, original_name=target.original_name)
     if target.kind == "resource":
         attrs["uri"] = target.name

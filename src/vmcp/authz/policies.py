@@ -9,6 +9,7 @@ statement's first line is where its problems are reported.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -51,6 +52,19 @@ class PolicyBundle:
     loaded_at: float
     files: tuple[str, ...]
     group_claims: tuple[str, ...] = field(default=())
+    referenced: frozenset[str] | None = None
+    """Every attribute name the policies read (``.name``, ``has name``), or None when that
+    cannot be known (the whole context used as a value). Claims, arguments and
+    annotations no policy reads cannot change a decision, so they are left out of the
+    entities: a call costs the attributes the policies use, not the size of the token."""
+    arguments_on_resource: bool = True
+    """Whether a policy may read an argument other than as ``context.arg_*``; if not, the
+    resource entity of a call does not depend on its arguments."""
+
+    @property
+    def reads_arguments(self) -> bool:
+        """Whether any decision can depend on a call's arguments."""
+        return self.referenced is None or any(n.startswith("arg_") for n in self.referenced)
 
     @property
     def count(self) -> int:
@@ -88,8 +102,9 @@ def load_bundle(config: AuthzConfig) -> PolicyBundle:
     for part in (text, entities_text, json.dumps(list(config.group_claims))):
         digest.update(hashlib.sha256(part.encode()).digest())
     files = (str(policy_path),) + ((config.entities_file,) if config.entities_file else ())
+    referenced, on_resource = referenced_attributes(text)
     return PolicyBundle(policies, _labels(text), static, merge, digest.hexdigest(),
-                        time.time(), files, config.group_claims)
+                        time.time(), files, config.group_claims, referenced, on_resource)
 
 
 def _read(path: Path) -> str:
@@ -180,6 +195,51 @@ def _labels(text: str) -> dict[str, str]:
         annotated = (policy.annotations or {}).get("id")
         labels[policy_id] = annotated if annotated else policy_id
     return labels
+
+
+def referenced_attributes(text: str) -> tuple[frozenset[str] | None, bool]:
+    """The attribute names ``text``'s policies read (None if a policy uses the context
+    record as a whole, then every attribute may matter, or the text cannot be walked),
+    and whether an ``arg_*`` attribute is read other than directly from ``context``."""
+    try:
+        tree = cedarpy.policies_to_pst(text)
+    except ValueError:
+        return None, True
+    names: set[str] = set()
+    whole_context = False
+    on_resource = False
+
+    def walk(node: Any, under_access: bool = False) -> None:
+        nonlocal whole_context, on_resource
+        if isinstance(node, list | tuple):
+            for item in node:
+                walk(item)
+            return
+        if isinstance(node, dict):
+            for item in node.values():
+                walk(item)
+            return
+        if not dataclasses.is_dataclass(node):
+            return
+        attr = getattr(node, "attr", None)
+        attrs = getattr(node, "attrs", None)
+        read = [attr] if isinstance(attr, str) else []
+        read += [a for a in attrs if isinstance(a, str)] if isinstance(attrs, tuple) else []
+        names.update(read)
+        base = getattr(node, "base", None)
+        from_context = type(base).__name__ == "Var" and getattr(base, "name", None) == "context"
+        if any(a.startswith("arg_") for a in read) and not from_context:
+            on_resource = True
+        if type(node).__name__ == "Var" and getattr(node, "name", None) == "context" \
+                and not under_access:
+            whole_context = True
+        access = isinstance(attr, str) or isinstance(attrs, tuple)
+        for item in dataclasses.fields(node):
+            child = getattr(node, item.name)
+            walk(child, under_access=access and item.name == "base")
+
+    walk(tree)
+    return (None if whole_context else frozenset(names)), on_resource
 
 
 def _entities(text: str, source: str | None
