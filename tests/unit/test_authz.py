@@ -198,3 +198,19 @@ def test_cached_parts_never_answer_for_other_arguments_or_policies(tmp_path: Pat
     assert engine.check(alice, CALCULATOR).allowed
     assert engine.check(alice, CALCULATOR).allowed           # from the decision cache
     assert not engine.check(caller("alice", extra=1), WEATHER).allowed
+
+
+def test_the_example_policies_decide_as_their_comments_say() -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "policies.cedar"
+    engine = CedarAuthorizer(AuthzConfig(policies_file=str(example)))
+    forecast = Target("tool", "weather_forecast", "weather", "forecast")
+    delete = Target("tool", "notes_delete_note", "notes", "delete_note")
+    add = Target("tool", "notes_add_note", "notes", "add_note")
+    assert engine.check(ANONYMOUS, forecast, {"city": "Paris", "days": 3}).allowed
+    assert not engine.check(ANONYMOUS, forecast, {"city": "Paris", "days": 8}).allowed
+    assert not engine.check(ANONYMOUS, add).allowed
+    staff, editor = caller("s", groups=["staff"]), caller("e", groups=["staff", "editors"])
+    assert engine.check(staff, add).allowed
+    assert not engine.check(staff, delete).allowed
+    assert engine.check(editor, delete).allowed
+    assert engine.check(editor, delete).policy_ids == ("staff-notes",)
