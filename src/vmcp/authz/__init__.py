@@ -6,6 +6,8 @@ uses :class:`Authorizer` and builds one with :func:`build_authorizer`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from vmcp.authz.decisions import (
     ALLOWED,
     AllowAll,
@@ -16,7 +18,9 @@ from vmcp.authz.decisions import (
 )
 from vmcp.authz.engine import CedarAuthorizer
 from vmcp.authz.policies import PolicyBundle, load_bundle
-from vmcp.config import VmcpConfig
+
+if TYPE_CHECKING:
+    from vmcp.config import VmcpConfig
 
 __all__ = [
     "ALLOWED",
