@@ -12,7 +12,7 @@ import httpx2
 from vmcp.backend import BackendTarget, connect
 from vmcp.config import BackendConfig, VmcpConfig
 from vmcp.errors import BackendError
-from vmcp.session.connector import CLIENT_CAPABILITIES, CLIENT_INFO, discover
+from vmcp.upstream.discovery import CLIENT_CAPABILITIES, CLIENT_INFO, discover
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ async def _probe(backend: BackendConfig, http: httpx2.AsyncClient) -> ProbeResul
                                        capabilities=CLIENT_CAPABILITIES,
                                        timeout=backend.connect_timeout_seconds)
             try:
-                catalog = await discover(backend.name, connection)
+                catalog = await discover(connection)
             finally:
                 await connection.aclose()
     except (BackendError, TimeoutError) as exc:

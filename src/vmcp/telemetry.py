@@ -28,11 +28,11 @@ from prometheus_client.registry import Collector
 from vmcp.audit.trail import AuditTrail
 from vmcp.backend.health import HealthMonitor
 from vmcp.errors import SessionNotFound, StoreError, StoreTimeout
-from vmcp.session.ledger import UpstreamLedger
 from vmcp.session.manager import SessionManager
 from vmcp.store.base import SessionStore
 from vmcp.store.pubsub import RedisSessionRelay
 from vmcp.tracing import tracer
+from vmcp.upstream.ledger import UpstreamLedger
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0, 30.0)

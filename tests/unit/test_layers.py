@@ -1,59 +1,119 @@
-"""Imports point one way: server → session → backend/store, shared modules below them."""
+"""Imports point one way, down the data path, and no module imports itself back.
+
+Every top-level module and package of ``vmcp`` has a layer; a part may import its own
+modules and parts of lower layers only. A new package must be given a layer here, so the
+architecture is decided rather than drifted into (see docs/architecture.md).
+"""
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "vmcp"
 
-# What each part may import from vmcp itself (module prefixes; "vmcp" alone is the bare
-# package, for its version); anything else is a layering error.
-ALLOWED = {
-    "store": ("vmcp.store", "vmcp.errors"),
-    "backend": ("vmcp.backend", "vmcp.errors", "vmcp"),
-    "cache.py": (),
-    "errors.py": (),
-    "identity.py": ("vmcp.errors",),
-    "aggregate.py": ("vmcp.errors", "vmcp.config"),
-    "authz": ("vmcp.authz", "vmcp.identity", "vmcp.config", "vmcp.errors"),
-    "audit": ("vmcp.audit", "vmcp.identity", "vmcp.config", "vmcp.errors"),
-    "session": ("vmcp.session", "vmcp.identity", "vmcp.store", "vmcp.backend", "vmcp.cache",
-                "vmcp.errors", "vmcp.aggregate", "vmcp.config", "vmcp.tracing",
-                "vmcp.auth.outgoing", "vmcp"),
-}
+LAYERS: list[set[str]] = [
+    {"__init__", "errors"},                 # the version; the errors tree
+    {"identity", "tracing", "cache", "concurrency", "lru"},  # who calls; spans; caches
+    {"logs", "config"},
+    {"store", "backend", "aggregate",       # metadata store; one backend; routing tables
+     "authz", "audit"},                     # what a caller may use; who did what
+    {"auth", "dispatch"},                   # credentials in and out; one MCP method
+    {"upstream"},                           # reaching backends for a caller
+    {"session", "stateless"},               # the two revisions' backends
+    {"telemetry"},
+    {"server", "probe"},                    # the ASGI app; check-config's probe
+    {"cli"},
+]
+RANK = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}
 
 
-def vmcp_imports(path: Path) -> set[str]:
-    found: set[str] = set()
+def part_of(module: str) -> str:
+    """``vmcp.session.manager`` → ``session``; ``vmcp`` → ``__init__``."""
+    pieces = module.split(".")
+    return pieces[1] if len(pieces) > 1 else "__init__"
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
+
+
+def vmcp_imports(path: Path) -> Iterator[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("vmcp"):
-            found.add(node.module)
+            yield node.module
         elif isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name.startswith("vmcp"))
-    return found
+            yield from (a.name for a in node.names if a.name.startswith("vmcp"))
 
 
-@pytest.mark.parametrize("part", sorted(ALLOWED))
-def test_each_part_imports_only_what_lies_below_it(part: str) -> None:
-    target = PACKAGE / part
-    files = [target] if target.is_file() else sorted(target.rglob("*.py"))
-    wrong = {
-        f"{f.relative_to(PACKAGE)}: {module}"
-        for f in files for module in vmcp_imports(f)
-        if not any(module == p or (p != "vmcp" and module.startswith(p + "."))
-                   for p in ALLOWED[part])
-    }
-    assert not wrong, sorted(wrong)
+SOURCES = sorted(PACKAGE.rglob("*.py"))
 
 
-def test_nothing_below_the_server_imports_it() -> None:
-    offenders = sorted(
-        str(f.relative_to(PACKAGE)) for f in PACKAGE.rglob("*.py")
-        if "server" not in f.relative_to(PACKAGE).parts
-        and f.name not in ("cli.py", "telemetry.py", "probe.py")
-        and any(m.startswith("vmcp.server") for m in vmcp_imports(f))
+def test_every_part_has_a_layer() -> None:
+    parts = {part_of(module_name(path)) for path in SOURCES}
+    assert parts <= set(RANK), sorted(parts - set(RANK))
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_point_down(path: Path) -> None:
+    own = part_of(module_name(path))
+    wrong = sorted(
+        module for module in vmcp_imports(path)
+        if part_of(module) != own and RANK.get(part_of(module), 99) >= RANK[own]
     )
-    assert not offenders
+    assert not wrong, f"{own} (layer {RANK[own]}) imports {wrong}"
+
+
+def test_no_module_imports_itself_back() -> None:
+    """No cycle among modules, counting imports inside functions too."""
+    modules = {module_name(path): path for path in SOURCES}
+
+    def resolve(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {
+        name: {target for m in vmcp_imports(path)
+               if (target := resolve(m)) is not None and target != name
+               and not name.startswith(target + ".")}  # a package's own __init__ is no cycle
+        for name, path in modules.items()
+    }
+    assert not find_cycles(graph)
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    state: dict[str, int] = {}
+    cycles: list[list[str]] = []
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                cycles.append([*trail[trail.index(nxt):], nxt])
+            elif nxt not in state:
+                visit(nxt, [*trail, nxt])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    return cycles
+
+
+def test_the_layer_check_fails_on_an_upward_import(tmp_path: Path) -> None:
+    """The check itself can fail: a store module importing the server is caught."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("from vmcp.server.app import build_app\n")
+    upward = [m for m in vmcp_imports(bad) if RANK[part_of(m)] >= RANK["store"]]
+    assert upward == ["vmcp.server.app"]
+
+
+def test_the_cycle_check_fails_on_a_cycle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert find_cycles(graph) == [["a", "b", "c", "a"]]

@@ -40,14 +40,12 @@ import logging
 import os
 import re
 import time
-from collections import OrderedDict
 from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import Any, Self
 from urllib.parse import quote
 
-import anyio
 import httpx2
 from starlette.datastructures import Headers
 
@@ -58,9 +56,11 @@ from vmcp.backend.connection import (
     BackendTarget,
     MessageHandler,
 )
+from vmcp.concurrency import SingleFlight
 from vmcp.config import OutgoingAuthConfig, VmcpConfig
 from vmcp.errors import ConfigError, OutgoingAuthError
 from vmcp.identity import Principal
+from vmcp.lru import LRU
 
 __all__ = [
     "EXPIRY_MARGIN_SECONDS",
@@ -147,14 +147,6 @@ class _Exchange:
     scope: str | None
 
 
-class _Flight:
-    """An exchange in progress; requests for the same token wait for it."""
-
-    def __init__(self) -> None:
-        self.done = anyio.Event()
-        self.error: OutgoingAuthError | None = None
-
-
 CacheKey = tuple[str, str, str]
 
 
@@ -171,8 +163,9 @@ class TokenExchanger:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._capacity = capacity
         self._clock = clock
-        self._cache: OrderedDict[CacheKey, tuple[str, float]] = OrderedDict()
-        self._flights: dict[CacheKey, _Flight] = {}
+        self._cache: LRU[CacheKey, tuple[str, float]] = LRU(capacity)
+        # A refused exchange would only be refused again: waiters share the error.
+        self._flights: SingleFlight[CacheKey, str] = SingleFlight(share_errors=True)
         self._http: httpx2.AsyncClient | None = None
         self.exchanges = 0
 
@@ -185,31 +178,17 @@ class TokenExchanger:
     async def token_for(self, backend: str, subject_token: str, settings: _Exchange) -> str:
         """A token for ``backend`` in exchange for ``subject_token``; cached if possible."""
         key = (backend, hashlib.sha256(subject_token.encode()).hexdigest(), settings.audience)
-        while True:
-            cached = self._cached(key)
-            if cached is not None:
-                return cached
-            flight = self._flights.get(key)
-            if flight is None:
-                break
-            await flight.done.wait()
-            if flight.error is not None:
-                raise flight.error
-        flight = _Flight()
-        self._flights[key] = flight
-        try:
-            token, lifetime = await self._exchange(backend, subject_token, settings)
-        except OutgoingAuthError as exc:
-            flight.error = exc
-            raise
-        finally:
-            del self._flights[key]
-            flight.done.set()
+        cached = self._cached(key)
+        if cached is not None:
+            return cached
+        return await self._flights.run(key, lambda: self._exchange_and_keep(
+            key, backend, subject_token, settings))
+
+    async def _exchange_and_keep(self, key: CacheKey, backend: str, subject_token: str,
+                                 settings: _Exchange) -> str:
+        token, lifetime = await self._exchange(backend, subject_token, settings)
         if lifetime is not None and lifetime > 0:
-            self._cache[key] = (token, self._clock() + lifetime)
-            self._cache.move_to_end(key)
-            while len(self._cache) > self._capacity:
-                self._cache.popitem(last=False)
+            self._cache.put(key, (token, self._clock() + lifetime))
         return token
 
     def _cached(self, key: CacheKey) -> str | None:
@@ -218,9 +197,8 @@ class TokenExchanger:
             return None
         token, good_until = entry
         if good_until <= self._clock():
-            del self._cache[key]
+            self._cache.pop(key)
             return None
-        self._cache.move_to_end(key)
         return token
 
     async def _exchange(self, backend: str, subject_token: str,

@@ -20,13 +20,11 @@ through.
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import json
 import logging
-import threading
-from collections.abc import Callable, Hashable, Mapping, Sequence
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import cedarpy
 
@@ -42,38 +40,11 @@ from vmcp.authz.decisions import (
 from vmcp.authz.policies import PolicyBundle, load_bundle
 from vmcp.config import AuthzConfig
 from vmcp.identity import Principal
+from vmcp.lru import LRU
 
 logger = logging.getLogger(__name__)
 
 CACHE_SIZE = 4096
-Value = TypeVar("Value")
-
-
-class _Lru(Generic[Value]):
-    """A bounded, thread-safe least-recently-used map."""
-
-    def __init__(self, capacity: int = CACHE_SIZE) -> None:
-        self._capacity = capacity
-        self._entries: collections.OrderedDict[Hashable, Value] = collections.OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: Hashable) -> Value | None:
-        with self._lock:
-            value = self._entries.get(key)
-            if value is not None:
-                self._entries.move_to_end(key)
-            return value
-
-    def put(self, key: Hashable, value: Value) -> None:
-        with self._lock:
-            self._entries[key] = value
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._capacity:
-                self._entries.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
 
 
 class CedarAuthorizer:
@@ -85,10 +56,11 @@ class CedarAuthorizer:
         """Loads the policy set now; raises ``ConfigError`` if it is invalid."""
         self._config = config
         self._bundle = bundle if bundle is not None else load_bundle(config)
-        self._callers: _Lru[_Caller] = _Lru()
-        self._listings: _Lru[tuple[object, list[bool]]] = _Lru(1024)
-        self._decisions: _Lru[Decision] = _Lru()
-        self._worlds: _Lru[cedarpy.Entities] = _Lru()
+        # Used from the event loop only, so the caches need no lock.
+        self._callers: LRU[tuple[str, str], _Caller] = LRU(CACHE_SIZE)
+        self._listings: LRU[tuple[Any, ...], tuple[object, list[bool]]] = LRU(1024)
+        self._decisions: LRU[tuple[Any, ...], Decision] = LRU(CACHE_SIZE)
+        self._worlds: LRU[tuple[Any, ...], cedarpy.Entities] = LRU(CACHE_SIZE)
         self.evaluation_errors = 0
 
     @property

@@ -44,13 +44,13 @@ from vmcp.server.status import build_status, render_page
 from vmcp.server.transport import McpEndpoint
 from vmcp.session import SessionManager
 from vmcp.session.connector import BackendConnector
-from vmcp.session.ledger import UpstreamLedger
-from vmcp.session.stateless_backends import StatelessBackends
+from vmcp.stateless.backends import StatelessBackends
 from vmcp.store import RedisStore, open_store
 from vmcp.store.event_log import RedisEventLog
 from vmcp.store.identity_index import IdentityIndex, MemoryIdentityIndex, RedisIdentityIndex
 from vmcp.store.pubsub import RedisEndedSessionBus, RedisSessionRelay
 from vmcp.telemetry import InstrumentedStore, Metrics
+from vmcp.upstream.ledger import UpstreamLedger
 
 logger = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ results from backends are relayed as the JSON the backend sent.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -98,7 +99,7 @@ def parse_message(body: bytes) -> Incoming:
     try:
         jsonrpc_message_adapter.validate_python(raw)
     except pydantic.ValidationError as exc:
-        raise MessageError(INVALID_REQUEST_CODE, f"Invalid Request: {_first_error(exc)}",
+        raise MessageError(INVALID_REQUEST_CODE, f"Invalid Request: {first_error(exc)}",
                            request_id) from exc
     if "method" not in raw:
         return Incoming("response", raw)
@@ -126,11 +127,11 @@ def _validate_params(raw: dict[str, Any], model: type[pydantic.BaseModel],
     try:
         model.model_validate(payload)
     except pydantic.ValidationError as exc:
-        raise MessageError(INVALID_PARAMS_CODE, f"Invalid params: {_first_error(exc)}",
+        raise MessageError(INVALID_PARAMS_CODE, f"Invalid params: {first_error(exc)}",
                            request_id, http_status=200) from exc
 
 
-def _first_error(exc: pydantic.ValidationError) -> str:
+def first_error(exc: pydantic.ValidationError) -> str:
     errors = exc.errors()
     if not errors:
         return "invalid"
@@ -155,5 +156,5 @@ def error(request_id: RequestId | None, code: int, message: str,
     return body
 
 
-def dumps(message: dict[str, Any]) -> bytes:
+def dumps(message: Mapping[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()

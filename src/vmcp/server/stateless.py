@@ -63,7 +63,7 @@ from mcp_types.methods import CACHEABLE_METHODS, serialize_server_result, valida
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from opentelemetry.trace import SpanKind
 from starlette.datastructures import Headers
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from vmcp import __version__, tracing
 from vmcp.aggregate import RoutingTable
@@ -74,9 +74,11 @@ from vmcp.dispatch import LISTINGS, Dispatcher, Target, aggregate_capabilities, 
 from vmcp.errors import BackendError, ConfigError, NotPermitted, RequestError
 from vmcp.identity import InvalidIdentity, Principal, binding_for
 from vmcp.server import auditing
-from vmcp.session.input_rounds import InvalidRound, Outcome
-from vmcp.session.stateless_backends import Caller, StatelessBackends, View
-from vmcp.session.stateless_pool import BackendKind
+from vmcp.server.jsonrpc import first_error
+from vmcp.server.responses import SSE_HEADERS, cancel_on_disconnect, send_json, sse_event
+from vmcp.stateless.backends import Caller, StatelessBackends, View
+from vmcp.stateless.input_rounds import InvalidRound, Outcome
+from vmcp.stateless.pool import BackendKind
 
 logger = logging.getLogger(__name__)
 
@@ -99,11 +101,6 @@ SSE_PING_SECONDS = 15.0
 so that a proxy's idle timeout does not cut a long call."""
 OWS = " \t"
 
-SSE_HEADERS = [
-    (b"content-type", b"text/event-stream"),
-    (b"cache-control", b"no-cache, no-transform"),
-    (b"x-accel-buffering", b"no"),
-]
 
 Notify = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -172,7 +169,7 @@ class StatelessEndpoint:
         try:
             decoded = json.loads(body)
         except (ValueError, RecursionError):
-            await _send_json(send, 400, _error(None, PARSE_ERROR, "Parse error"))
+            await send_json(send, 400, _error(None, PARSE_ERROR, "Parse error"))
             return
         raw_headers = [(k.decode("latin-1"), v.decode("latin-1").strip(OWS))
                        for k, v in scope.get("headers", [])]
@@ -184,7 +181,7 @@ class StatelessEndpoint:
         try:
             request = JSONRPCRequest.model_validate(decoded)
         except pydantic.ValidationError:
-            await _send_json(send, 400, _error(None, INVALID_REQUEST, "Body must be a single "
+            await send_json(send, 400, _error(None, INVALID_REQUEST, "Body must be a single "
                                                "JSON-RPC request or notification object"))
             return
         label = request.method if request.method in SERVED_METHODS else "other"
@@ -216,14 +213,14 @@ class StatelessEndpoint:
         try:
             caller = self._admit(decoded, request, raw_headers, headers, principal)
         except RequestError as exc:
-            await _send_json(send, _status(exc.code),
+            await send_json(send, _status(exc.code),
                              _error(request_id, exc.code, exc.message, exc.data))
             return
         params = dict(request.params or {})
         if request.method in ("server/discover", *LISTINGS):
             message = await self._answer(request_id, self._listing(caller, request.method,
                                                                    params, principal))
-            await _send_json(send, _message_status(message), message)
+            await send_json(send, _message_status(message), message)
             return
         target = None
         if self._dispatcher.authorizing:
@@ -233,8 +230,8 @@ class StatelessEndpoint:
                     CallerUpstream(self._backends, caller, headers=headers), request.method,
                     params, principal)
             except NotPermitted as exc:
-                await _send_json(send, exc.http_status,
-                                 _error(request_id, exc.jsonrpc_code, exc.public_message))
+                await send_json(send, exc.http_status,
+                                _error(request_id, exc.jsonrpc_code, exc.public_message))
                 return
             except Exception:  # answered below, where the call meets it again
                 logger.debug("authorizing before the call failed", exc_info=True)
@@ -249,11 +246,11 @@ class StatelessEndpoint:
         try:
             JSONRPCNotification.model_validate(decoded)
         except pydantic.ValidationError:
-            await _send_json(send, 400, _error(None, INVALID_REQUEST, "Invalid notification"))
+            await send_json(send, 400, _error(None, INVALID_REQUEST, "Invalid notification"))
             return
         rejection = unsupported_protocol_version_rejection(headers.get(VERSION_HEADER, ""))
         if rejection is not None:
-            await _send_json(send, 400, _rejection(None, rejection))
+            await send_json(send, 400, _rejection(None, rejection))
             return
         await send({"type": "http.response.start", "status": 202,
                     "headers": [(b"content-length", b"0")]})
@@ -275,7 +272,7 @@ class StatelessEndpoint:
         except KeyError:
             raise RequestError(METHOD_NOT_FOUND, "Method not found", request.method) from None
         except pydantic.ValidationError as exc:
-            raise RequestError(INVALID_PARAMS, f"Invalid params: {_first_error(exc)}") from None
+            raise RequestError(INVALID_PARAMS, f"Invalid params: {first_error(exc)}") from None
         try:
             binding = binding_for(principal)
         except InvalidIdentity as exc:
@@ -396,7 +393,7 @@ class StatelessEndpoint:
 
         async with receiver, anyio.create_task_group() as tg:
             tg.start_soon(run)
-            tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
+            tg.start_soon(cancel_on_disconnect, receive, tg.cancel_scope)
             event: dict[str, Any] | None = None
             done = False
             with anyio.move_on_after(SSE_PING_SECONDS):
@@ -405,12 +402,12 @@ class StatelessEndpoint:
                 except anyio.EndOfStream:
                     done = True
             if done:
-                await _send_json(send, _message_status(answer[0]), answer[0])
+                await send_json(send, _message_status(answer[0]), answer[0])
             else:
                 await send({"type": "http.response.start", "status": 200,
                             "headers": SSE_HEADERS})
                 while not done:
-                    chunk = _sse(event) if event is not None else b": ping\n\n"
+                    chunk = sse_event(event) if event is not None else b": ping\n\n"
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     event = None
                     with anyio.move_on_after(SSE_PING_SECONDS):
@@ -418,7 +415,7 @@ class StatelessEndpoint:
                             event = await receiver.receive()
                         except anyio.EndOfStream:
                             done = True
-                await send({"type": "http.response.body", "body": _sse(answer[0]),
+                await send({"type": "http.response.body", "body": sse_event(answer[0]),
                             "more_body": False})
             tg.cancel_scope.cancel()
 
@@ -452,17 +449,8 @@ def _sieve(method: str, payload: dict[str, Any]) -> dict[str, Any]:
         return payload
     except pydantic.ValidationError as exc:
         logger.warning("a backend's %s result does not fit this revision: %s", method,
-                       _first_error(exc))
+                       first_error(exc))
         raise RequestError(INTERNAL_ERROR, "The backend returned an invalid result") from None
-
-
-def _first_error(exc: pydantic.ValidationError) -> str:
-    errors = exc.errors()
-    if not errors:
-        return "invalid"
-    first = errors[0]
-    where = ".".join(str(part) for part in first.get("loc", ()))
-    return f"{where}: {first.get('msg', 'invalid')}" if where else str(first.get("msg"))
 
 
 def _error(request_id: Any, code: int, message: str, data: Any = None) -> dict[str, Any]:
@@ -490,23 +478,3 @@ def _message_status(message: Mapping[str, Any]) -> int:
     return _status(error["code"]) if isinstance(error, dict) else 200
 
 
-def _sse(message: Mapping[str, Any]) -> bytes:
-    data = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
-    return f"event: message\ndata: {data}\n\n".encode()
-
-
-async def _send_json(send: Send, status: int, body: Mapping[str, Any]) -> None:
-    payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(payload)).encode())]})
-    await send({"type": "http.response.body", "body": payload})
-
-
-async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
-    """Cancel the call when its client hangs up: at this revision, that is cancellation."""
-    while True:
-        message: Message = await receive()
-        if message["type"] == "http.disconnect":
-            scope.cancel()
-            return

@@ -10,8 +10,8 @@ from typing import Any
 from vmcp import __version__, logs
 from vmcp.backend.health import HealthMonitor
 from vmcp.config import BackendConfig, VmcpConfig, redact_url
-from vmcp.session.ledger import UpstreamLedger
 from vmcp.session.manager import SessionManager
+from vmcp.upstream.ledger import UpstreamLedger
 
 REFRESH_MS = 3000
 

@@ -14,12 +14,10 @@ checked before any session is looked up: 401 missing or refused (with ``WWW-Auth
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -50,13 +48,30 @@ from vmcp.errors import (
 from vmcp.identity import InvalidIdentity, Principal
 from vmcp.server import auditing, jsonrpc
 from vmcp.server.jsonrpc import Incoming, MessageError
+from vmcp.server.request_log import VERB_LABELS, RequestRecord, current_record, method_label
+from vmcp.server.responses import (
+    SSE_HEADERS,
+    accepts,
+    cancel_on_disconnect,
+    cancel_on_event,
+    send_empty,
+    send_json,
+    sse_event,
+)
 from vmcp.server.security import RequestGuard
 from vmcp.server.session_methods import HANDSHAKE_VERSIONS, SessionMethods
+from vmcp.server.session_streams import (
+    cancel_on_close,
+    first_event,
+    is_logged,
+    write_events,
+    write_logged_events,
+)
 from vmcp.server.stateless import StatelessEndpoint, is_stateless
 from vmcp.session import SessionManager
 from vmcp.session.channel import ClientChannel
 from vmcp.session.multisession import MultiSession, RequestCancelled
-from vmcp.session.streams import Outbound, ResponseStream, parse_event_id
+from vmcp.session.streams import Outbound, parse_event_id
 from vmcp.telemetry import Metrics
 
 logger = logging.getLogger(__name__)
@@ -68,11 +83,6 @@ JSON = "application/json"
 EVENT_STREAM = "text/event-stream"
 # How soon a client should reconnect to a stream the gateway ended early (SSE ``retry``).
 RECONNECT_MS = 1000
-SSE_HEADERS = [
-    (b"content-type", b"text/event-stream"),
-    (b"cache-control", b"no-cache, no-transform"),
-    (b"x-accel-buffering", b"no"),
-]
 
 Authenticate = Callable[[Headers], Awaitable[Principal]]
 
@@ -116,12 +126,12 @@ class McpEndpoint:
         refusal = self._guard.check(headers)
         if refusal is not None:
             status, reason = refusal
-            await _send_json(send, status, jsonrpc.error(None, INVALID_REQUEST_CODE, reason))
+            await send_json(send, status, jsonrpc.error(None, INVALID_REQUEST_CODE, reason))
             return
         verb = scope["method"]
         logs.request_id.set(secrets.token_hex(6))
         record = RequestRecord()
-        _record.set(record)
+        current_record.set(record)
         operation = audit_record.start()
         began = time.perf_counter()
 
@@ -137,15 +147,15 @@ class McpEndpoint:
             error = reply.body.get("error")
             if isinstance(error, dict):
                 operation.error_code = error.get("code")
-            await _send_json(tracking_send, reply.status, reply.body, extra=reply.headers)
+            await send_json(tracking_send, reply.status, reply.body, extra=reply.headers)
         except Exception:
             # The last line of defence: a bug must still answer in JSON-RPC, not crash.
             logger.exception("unexpected error serving %s", verb)
             if not record.status:
-                await _send_json(tracking_send, 500, jsonrpc.error(None, INTERNAL_ERROR_CODE,
+                await send_json(tracking_send, 500, jsonrpc.error(None, INTERNAL_ERROR_CODE,
                                                                    "Internal error"))
         finally:
-            label = scope.get(METHOD_KEY) or _VERB_LABELS.get(verb, "invalid")
+            label = scope.get(METHOD_KEY) or VERB_LABELS.get(verb, "invalid")
             seconds = time.perf_counter() - began
             self._finish(record, label, headers.get(SESSION_HEADER), seconds)
             if self._audit is not None:
@@ -173,7 +183,7 @@ class McpEndpoint:
                         headers: Headers) -> None:
         if self._stateless is not None and verb != "POST" and is_stateless(headers):
             # The stateless revision is POST only: there is no stream to GET or session to end.
-            await _send_json(send, 405, jsonrpc.error(
+            await send_json(send, 405, jsonrpc.error(
                 None, INVALID_REQUEST_CODE, "Method not allowed"), extra=[(b"allow", b"POST")])
         elif verb == "POST":
             await self._post(scope, receive, send, headers)
@@ -182,7 +192,7 @@ class McpEndpoint:
         elif verb == "DELETE":
             await self._delete(send, headers)
         else:
-            await _send_json(send, 405, jsonrpc.error(
+            await send_json(send, 405, jsonrpc.error(
                 None, INVALID_REQUEST_CODE, "Method not allowed"),
                 extra=[(b"allow", b"GET, POST, DELETE")])
 
@@ -190,7 +200,7 @@ class McpEndpoint:
 
     async def _post(self, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
         accept = headers.get("accept", "")
-        if not (_accepts(accept, JSON) and _accepts(accept, EVENT_STREAM)):
+        if not (accepts(accept, JSON) and accepts(accept, EVENT_STREAM)):
             raise _Reply(406, jsonrpc.error(
                 None, INVALID_REQUEST_CODE,
                 "Not Acceptable: Accept must include application/json and text/event-stream"))
@@ -209,11 +219,11 @@ class McpEndpoint:
         except MessageError as exc:
             raise _Reply(exc.http_status, jsonrpc.error(exc.request_id, exc.code, exc.message)
                          ) from exc
-        scope[METHOD_KEY] = _method_label(message)
+        scope[METHOD_KEY] = method_label(message)
         attributes: dict[str, str] = {"mcp.method.name": scope[METHOD_KEY]}
         if message.method == "tools/call" and isinstance(message.params.get("name"), str):
             attributes["mcp.tool.name"] = message.params["name"][:128]
-            _record.get().tool = attributes["mcp.tool.name"]
+            current_record.get().tool = attributes["mcp.tool.name"]
         if session_id := headers.get(SESSION_HEADER):
             attributes["mcp.session.tag"] = tracing.session_tag(session_id)
         operation = audit_record.current()
@@ -244,10 +254,10 @@ class McpEndpoint:
                     await session.forward_client_response(message.raw)
                 except StoreError as exc:
                     raise _error_reply(exc, None) from exc
-            await _send_empty(send, 202)
+            await send_empty(send, 202)
         elif message.kind == "notification":
             await self._methods.notification(session, message)
-            await _send_empty(send, 202)
+            await send_empty(send, 202)
         else:
             await self._request(receive, send, session, message, principal)
 
@@ -308,8 +318,8 @@ class McpEndpoint:
             raise _error_reply(exc, message.id) from exc
         assert isinstance(live, MultiSession)
         payload = self._methods.initialize_result(live, message.params)
-        _record.get().session_id = live.session_id
-        await _send_json(send, 200, jsonrpc.result(message.id, payload),
+        current_record.get().session_id = live.session_id
+        await send_json(send, 200, jsonrpc.result(message.id, payload),
                          extra=[(SESSION_HEADER.encode(), live.session_id.encode())])
 
     async def _session(self, headers: Headers, principal: Principal,
@@ -365,15 +375,15 @@ class McpEndpoint:
             work.close()
             session.streams.drop(stream.id)
             raise _error_reply(exc, message.id) from exc
-        first = await _first_event(receive, stream)
+        first = await first_event(receive, stream)
         if first is None:  # the client went away first; the work runs on, resumable
             return
         if first.final:
             session.streams.drop(stream.id)
             if first.session_ended and first.message is not None:
-                await _send_json(send, SessionClosed.http_status, first.message)
+                await send_json(send, SessionClosed.http_status, first.message)
             elif first.message is not None:
-                await _send_json(send, 200, first.message)
+                await send_json(send, 200, first.message)
             else:  # cancelled by the client: no response, just the end of an empty stream
                 await send({"type": "http.response.start", "status": 200,
                             "headers": SSE_HEADERS})
@@ -382,75 +392,12 @@ class McpEndpoint:
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         priming = f"id: {stream.event_id(0)}\nretry: {RECONNECT_MS}\ndata: \n\n".encode()
         await send({"type": "http.response.body", "body": priming, "more_body": True})
-        await self._write_events(receive, send, session, stream, after=0)
-
-    async def _write_events(self, receive: Receive, send: Send, session: MultiSession,
-                            stream: ResponseStream, *, after: int,
-                            stale_pauses: int = 0) -> None:
-        """Write ``stream``'s events past ``after`` until its final one or a pause.
-
-        Pauses at positions up to ``stale_pauses`` were meant for an earlier connection
-        (the one the client is resuming from) and are skipped. A client that disconnects
-        only stops the writing; the events stay for a resume.
-        """
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
-            position = after
-            done = wrote_final = False
-            while not done:
-                events = await stream.after(position)
-                for position, item in events:
-                    if item.pause_ms is not None:
-                        if position <= stale_pauses:
-                            continue
-                        body = f"retry: {item.pause_ms}\n\n".encode()
-                        done = True
-                    elif item.message is None:  # cancelled by the client: nothing to say
-                        body = b""
-                        done = wrote_final = True
-                    else:
-                        body = _sse(item.message, stream.event_id(position))
-                        done = wrote_final = item.final
-                    await send({"type": "http.response.body", "body": body, "more_body": True})
-                    if done:
-                        break
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            tg.cancel_scope.cancel()
-        if wrote_final:
-            session.streams.drop(stream.id)
-        else:  # paused, or the client went away: make it resumable on any replica
-            session.persist_stream(stream)
-
-    async def _write_logged_events(self, receive: Receive, send: Send, session: MultiSession,
-                                   stream_id: str, *, after: int) -> None:
-        """Resume a stream another replica runs, from the event log, until its end.
-
-        Pauses recorded there were for earlier connections; this one stays to the end.
-        """
-        assert session.event_log is not None
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
-            tg.start_soon(_cancel_on_close, session, tg.cancel_scope)
-            tg.start_soon(_cancel_on_event, self._draining, tg.cancel_scope)
-            try:
-                async for position, record in session.event_log.read(
-                        session.session_id, stream_id, after):
-                    message = record.get("m")
-                    if isinstance(message, dict):
-                        await send({"type": "http.response.body", "more_body": True,
-                                    "body": _sse(message, f"{stream_id}.{position}")})
-                    if record.get("final"):
-                        break
-            except StoreError as exc:
-                logger.warning("resuming from the event log failed: %s", exc,
-                               extra={"session_id": session.session_id})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            tg.cancel_scope.cancel()
+        await write_events(receive, send, session, stream, after=0)
 
     async def _answer(self, session: MultiSession, message: Incoming, channel: ClientChannel,
                       principal: Principal, target: Target | None = None
                       ) -> dict[str, Any] | None:
-        record = _record.get()
+        record = current_record.get()
         answer = await self._answer_for(session, message, channel, principal, target)
         record.outcome = ("cancelled" if answer is None
                           else "error" if "error" in answer else "ok")
@@ -481,7 +428,7 @@ class McpEndpoint:
         except NotPermitted as exc:
             return jsonrpc.error(request_id, exc.jsonrpc_code, exc.public_message)
         except BackendError as exc:
-            _record.get().backend = exc.backend
+            current_record.get().backend = exc.backend
             logger.warning("backend call failed: %s", exc,
                            extra={"session_id": session.session_id, "backend": exc.backend})
             return jsonrpc.error(request_id, INTERNAL_ERROR_CODE, str(exc),
@@ -496,7 +443,7 @@ class McpEndpoint:
     # -- GET ------------------------------------------------------------------------
 
     async def _get(self, receive: Receive, send: Send, headers: Headers) -> None:
-        if not _accepts(headers.get("accept", ""), EVENT_STREAM):
+        if not accepts(headers.get("accept", ""), EVENT_STREAM):
             raise _Reply(406, jsonrpc.error(
                 None, INVALID_REQUEST_CODE,
                 "Not Acceptable: Accept must include text/event-stream"))
@@ -506,28 +453,28 @@ class McpEndpoint:
         local = session.streams.get(last_event_id[0]) if last_event_id else None
         logged = (last_event_id is not None and local is None
                   and session.event_log is not None
-                  and await _logged(session, last_event_id[0]))
+                  and await is_logged(session, last_event_id[0]))
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         if last_event_id is not None and local is not None:
-            await self._write_events(receive, send, session, local, after=last_event_id[1],
+            await write_events(receive, send, session, local, after=last_event_id[1],
                                      stale_pauses=len(local))
             return
         if last_event_id is not None and logged:
-            await self._write_logged_events(receive, send, session, last_event_id[0],
-                                            after=last_event_id[1])
+            await write_logged_events(receive, send, session, last_event_id[0],
+                                      after=last_event_id[1], draining=self._draining)
             return
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
+            tg.start_soon(cancel_on_disconnect, receive, tg.cancel_scope)
             # Closed before it subscribed, its stream would never be closed by the session.
-            tg.start_soon(_cancel_on_close, session, tg.cancel_scope)
-            tg.start_soon(_cancel_on_event, self._draining, tg.cancel_scope)
+            tg.start_soon(cancel_on_close, session, tg.cancel_scope)
+            tg.start_soon(cancel_on_event, self._draining, tg.cancel_scope)
             async with session.subscribe() as messages:
                 # Only now, with the stream subscribed everywhere, tell the client it is
                 # open: what happens after this point cannot be missed.
                 await send({"type": "http.response.body", "body": b": stream open\n\n",
                             "more_body": True})
                 async for message in messages:
-                    await send({"type": "http.response.body", "body": _sse(message),
+                    await send({"type": "http.response.body", "body": sse_event(message),
                                 "more_body": True})
             tg.cancel_scope.cancel()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -547,24 +494,7 @@ class McpEndpoint:
                 raise SessionNotFound(session_id)
         except VmcpError as exc:
             raise _error_reply(exc, None) from exc
-        await _send_empty(send, 200)
-
-
-@dataclass
-class RequestRecord:
-    """What one request's log line and metric say, filled in as it is served (the
-    detached work of a call shares it through the context)."""
-
-    status: int = 0
-    outcome: str = "ok"
-    tool: str | None = None
-    backend: str | None = None
-    session_id: str | None = None
-
-
-_record: contextvars.ContextVar[RequestRecord] = contextvars.ContextVar("vmcp_request_record")
-# The metric label of requests that carry no MCP method.
-_VERB_LABELS = {"GET": "stream", "DELETE": "end_session"}
+        await send_empty(send, 200)
 
 
 class _Reply(Exception):
@@ -591,82 +521,3 @@ def _error_reply(exc: VmcpError, request_id: Any) -> _Reply:
     return _Reply(exc.http_status, jsonrpc.error(request_id, exc.jsonrpc_code, message), headers)
 
 
-def _method_label(message: Incoming) -> str:
-    """The metrics label of a message: MCP's own method names only, so that a client
-    sending made-up methods cannot grow the number of time series without bound."""
-    if message.kind == "response":
-        return "response"
-    known = jsonrpc.REQUEST_MODELS if message.kind == "request" else jsonrpc.NOTIFICATION_MODELS
-    return message.method if message.method in known else "other"
-
-
-def _accepts(accept: str, media_type: str) -> bool:
-    for part in accept.split(","):
-        value = part.split(";", 1)[0].strip().lower()
-        if value in (media_type, "*/*") or value == media_type.split("/")[0] + "/*":
-            return True
-    return False
-
-
-def _sse(message: dict[str, Any], event_id: str | None = None) -> bytes:
-    head = f"event: message\nid: {event_id}\n".encode() if event_id else b"event: message\n"
-    return head + b"data: " + jsonrpc.dumps(message) + b"\n\n"
-
-
-async def _logged(session: MultiSession, stream_id: str) -> bool:
-    """True if another replica keeps this stream's events in the event log."""
-    assert session.event_log is not None
-    try:
-        return await session.event_log.exists(session.session_id, stream_id)
-    except StoreError:
-        return False
-
-
-
-async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
-    """Stop the work of a request whose client hung up (backend calls get cancelled)."""
-    while True:
-        message: Message = await receive()
-        if message["type"] == "http.disconnect":
-            scope.cancel()
-            return
-
-
-async def _cancel_on_close(session: MultiSession, scope: anyio.CancelScope) -> None:
-    """End a stream that the session's own close would not end."""
-    await session.wait_closed()
-    scope.cancel()
-
-
-async def _cancel_on_event(event: anyio.Event, scope: anyio.CancelScope) -> None:
-    """End a stream once ``event`` is set (the replica is draining)."""
-    await event.wait()
-    scope.cancel()
-
-
-async def _first_event(receive: Receive, stream: ResponseStream) -> Outbound | None:
-    """The stream's first event, or None if the client disconnects before there is one.
-
-    Bounded by the work: it ends with an answer, or the session's close answers it.
-    """
-    first: Outbound | None = None
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(_cancel_on_disconnect, receive, tg.cancel_scope)
-        first = (await stream.after(0))[0][1]
-        tg.cancel_scope.cancel()
-    return first
-
-
-async def _send_json(send: Send, status: int, body: dict[str, Any],
-                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    payload = jsonrpc.dumps(body)
-    headers = [(b"content-type", b"application/json"),
-               (b"content-length", str(len(payload)).encode()), *(extra or [])]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})
-
-
-async def _send_empty(send: Send, status: int) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-length", b"0")]})
-    await send({"type": "http.response.body", "body": b""})

@@ -4,37 +4,29 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
 
 import anyio
 import httpx2
 
-from vmcp import __version__
-from vmcp.aggregate import BackendCatalog, RoutingTable, build_routing_table, listings_for
+from vmcp.aggregate import BackendCatalog, RoutingTable
 from vmcp.auth.outgoing import OutgoingAuth, current_caller
-from vmcp.backend import BackendConnection, BackendState, BackendTarget, attach, connect
+from vmcp.backend import BackendConnection, BackendState
 from vmcp.backend.breaker import CircuitBreaker
 from vmcp.config import BackendConfig, VmcpConfig
-from vmcp.errors import BackendError, ConfigError
+from vmcp.errors import BackendError
 from vmcp.identity import InvalidIdentity, Principal, binding_for
-from vmcp.session.catalogs import SHARED, CatalogCache
-from vmcp.session.ledger import UpstreamLedger
 from vmcp.session.live import LiveSession
 from vmcp.session.multisession import Discover, MultiSession
 from vmcp.store.event_log import EventLog
 from vmcp.store.pubsub import SessionRelay
 from vmcp.tracing import tracer
+from vmcp.upstream.catalogs import SHARED, CatalogCache, routing_table
+from vmcp.upstream.dialer import BackendDialer
+from vmcp.upstream.discovery import discover
+from vmcp.upstream.ledger import UpstreamLedger
 
 logger = logging.getLogger(__name__)
 
-CLIENT_INFO = {"name": "vmcp", "version": __version__}
-# What vmcp tells backends it can do: it relays these requests to its own client.
-CLIENT_CAPABILITIES: dict[str, Any] = {
-    "sampling": {},
-    "elicitation": {"form": {}, "url": {}},
-    "roots": {"listChanged": True},
-}
-MAX_LIST_PAGES = 100
 
 # Persists a backend's new state (after it re-initialized) into the session's record.
 StateRecorder = Callable[[str, str, str], Awaitable[bool]]
@@ -71,7 +63,7 @@ class BackendConnector:
         self.breaker = (CircuitBreaker(failure_threshold=health.breaker_failure_threshold,
                                        open_seconds=health.breaker_open_seconds)
                         if health.breaker_failure_threshold else None)
-        self._http = http
+        self._dialer = BackendDialer(lambda: self._config, http, self._outgoing)
         self._record_state = record_state
         self._is_healthy = is_healthy
         self._connect_slots = anyio.Semaphore(config.limits.max_concurrent_backend_connects)
@@ -152,25 +144,10 @@ class BackendConnector:
 
     async def _connect(self, session_id: str, backend: BackendConfig,
                        stored: str | None) -> BackendConnection:
-        """Open or re-attach one backend, with the credentials of the request being served
-        (outgoing auth), every call bounded by the backend's and the gateway's timeout."""
-        outgoing = self._outgoing
-        target = BackendTarget(backend.name, backend.url, backend.transport,
-                               {**backend.headers, **outgoing.static_headers(backend.name)})
-        hook = self._reinitialized_hook(session_id, backend.name)
-        timeout = min(backend.call_timeout_seconds, self._config.limits.call_timeout_seconds)
-        with anyio.fail_after(backend.connect_timeout_seconds):
-            headers = await outgoing.headers_for(backend.name, current_caller())
-            if stored is not None:
-                state = BackendState.from_json(stored, backend=backend.name)
-                connection = await attach(target, self._http, state, client_info=CLIENT_INFO,
-                                          capabilities=CLIENT_CAPABILITIES, timeout=timeout,
-                                          on_reinitialized=hook, headers=headers)
-            else:
-                connection = await connect(target, self._http, client_info=CLIENT_INFO,
-                                           capabilities=CLIENT_CAPABILITIES, timeout=timeout,
-                                           on_reinitialized=hook, headers=headers)
-        return outgoing.wrap(connection)
+        """Open or re-attach one backend with the credentials of the request being served."""
+        return await self._dialer.dial(
+            backend, stored=stored,
+            on_reinitialized=self._reinitialized_hook(session_id, backend.name))
 
     def _reinitialized_hook(self, session_id: str, backend: str
                             ) -> Callable[[BackendState], Awaitable[None]]:
@@ -197,7 +174,7 @@ class BackendConnector:
         """Discovery for one session: always asks the backend, and keeps the answer."""
         async def discover_and_keep(name: str, connection: BackendConnection
                                     ) -> BackendCatalog:
-            catalog = await discover(name, connection)
+            catalog = await discover(connection)
             self._catalogs.put(name, self._catalog_scope(name, principal), catalog)
             return catalog
 
@@ -237,52 +214,4 @@ class BackendConnector:
             raise
 
     def route(self, catalogs: Mapping[str, BackendCatalog]) -> RoutingTable:
-        try:
-            return build_routing_table(catalogs, self._config.aggregation,
-                                       on_warning=logger.warning)
-        except ConfigError as exc:
-            logger.error("aggregation failed: %s", exc)
-            raise
-
-
-async def discover(name: str, connection: BackendConnection) -> BackendCatalog:
-    """Everything one backend offers, following pagination cursors.
-
-    The lists are fetched in parallel; the first failure is raised as itself (not as an
-    exception group), so callers can handle a ``BackendError`` like any other.
-    """
-    capabilities = connection.state.initialize_result.get("capabilities") or {}
-    wanted = listings_for(capabilities)
-    results: dict[str, list[dict[str, Any]]] = {}
-    failures: list[BackendError] = []
-
-    async def collect(method: str, field: str) -> None:
-        try:
-            results[field] = await _list_all(connection, method, field)
-        except BackendError as exc:
-            failures.append(exc)
-
-    async with anyio.create_task_group() as tg:
-        for method, field in wanted:
-            tg.start_soon(collect, method, field)
-    if failures:
-        raise failures[0]
-    return BackendCatalog(
-        tools=results.get("tools", []),
-        resources=results.get("resources", []),
-        resource_templates=results.get("resourceTemplates", []),
-        prompts=results.get("prompts", []),
-    )
-
-
-async def _list_all(connection: BackendConnection, method: str,
-                    field: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    cursor: str | None = None
-    for _ in range(MAX_LIST_PAGES):
-        page = await connection.request(method, {"cursor": cursor} if cursor else None)
-        items.extend(item for item in page.get(field, []) if isinstance(item, dict))
-        cursor = page.get("nextCursor")
-        if not cursor:
-            break
-    return items
+        return routing_table(catalogs, self._config.aggregation)

@@ -30,11 +30,11 @@ from vmcp.backend import STREAM_PAUSED, BackendConnection, BackendRpcError
 from vmcp.backend.breaker import CircuitBreaker
 from vmcp.errors import BackendError, SessionClosed, StoreError
 from vmcp.session.channel import ClientChannel, PendingClientRequests
-from vmcp.session.ledger import UpstreamLedger
 from vmcp.session.streams import ResponseStream, ResponseStreams
 from vmcp.store.event_log import EventLog
 from vmcp.store.pubsub import SessionRelay
 from vmcp.tracing import outgoing_headers, tracer
+from vmcp.upstream.ledger import UpstreamLedger
 
 logger = logging.getLogger(__name__)
 

@@ -10,12 +10,13 @@ the client has not seen yet. The request itself runs on, independent of any conn
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
+
+from vmcp.lru import LRU
 
 KEEP_FINISHED_SECONDS = 300.0
 MAX_STREAMS_PER_SESSION = 256
@@ -76,21 +77,21 @@ class ResponseStreams:
 
     def __init__(self, prefix: str) -> None:
         self._prefix = prefix
-        self._streams: OrderedDict[str, ResponseStream] = OrderedDict()
+        self._streams: LRU[str, ResponseStream] = LRU(MAX_STREAMS_PER_SESSION)
         self._next = 1
 
     def open(self, request_id: Any = None) -> ResponseStream:
         self._prune()
         stream = ResponseStream(f"{self._prefix}-{self._next}", request_id)
         self._next += 1
-        self._streams[stream.id] = stream
+        self._streams.put(stream.id, stream)
         return stream
 
     def get(self, stream_id: str) -> ResponseStream | None:
-        return self._streams.get(stream_id)
+        return self._streams.peek(stream_id)
 
     def drop(self, stream_id: str) -> None:
-        self._streams.pop(stream_id, None)
+        self._streams.pop(stream_id)
 
     def end_all(self, answer: Callable[[Any], dict[str, Any]]) -> None:
         """Finish every open stream with ``answer(request_id)``: the session closed, and
@@ -102,11 +103,11 @@ class ResponseStreams:
 
     def _prune(self) -> None:
         now = time.monotonic()
-        for stream_id, stream in list(self._streams.items()):
-            if stream.finished_at is not None and now - stream.finished_at > KEEP_FINISHED_SECONDS:
-                del self._streams[stream_id]
-        while len(self._streams) >= MAX_STREAMS_PER_SESSION:
-            self._streams.popitem(last=False)
+        for stream_id in self._streams:
+            stream = self._streams.peek(stream_id)
+            if (stream is not None and stream.finished_at is not None
+                    and now - stream.finished_at > KEEP_FINISHED_SECONDS):
+                self._streams.pop(stream_id)
 
 
 MAX_EVENT_SEQ_DIGITS = 18

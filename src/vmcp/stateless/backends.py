@@ -4,18 +4,12 @@ Such a client has no session with the gateway, so nothing here is tied to one: w
 request needs is derived from the caller (its identity binding and the ``_meta``
 envelope its request carries) and from state every replica can rebuild.
 
-* **Catalogs.** Each backend's tools, resources, templates and prompts are listed per
-  caller and cached: a modern backend's for as long as its own caching hint says (all
-  callers share a ``public`` listing, a ``private`` one is per identity), a session-based
-  backend's per identity (it is listed over that identity's upstream session). Nothing
-  is re-listed sooner than ``stateless.catalog_ttl_seconds``, so calls do not fan out to
-  every backend; a name nobody knows triggers one early re-listing per identity and
-  interval, and a backend's ``list_changed`` drops its cached listing. The routing table
-  is the session path's own (:func:`vmcp.aggregate.build_routing_table`).
+* **Catalogs.** Listed per caller (:mod:`.catalogs` keeps them and the views over them);
+  the routing table is the session path's own (:func:`vmcp.aggregate.build_routing_table`).
 * **Calls.** A modern backend gets the client's request as it came (its envelope,
   ``inputResponses``, ``requestState``, ``Mcp-Param-*`` headers), under the backend's own
   name; its ``input_required`` results go back unchanged. A session-based backend is
-  called over the identity's pooled upstream session (:mod:`.stateless_pool`) with the
+  called over the identity's pooled upstream session (:mod:`.pool`) with the
   reserved ``_meta`` keys removed; its requests to the client become ``input_required``
   rounds (:mod:`.input_rounds`), its log messages reach the client only if the request
   asked for them (``_meta`` ``logLevel``), as the revision requires.
@@ -25,9 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -35,22 +27,27 @@ import httpx2
 from mcp_types import (
     CLIENT_CAPABILITIES_META_KEY,
     CLIENT_INFO_META_KEY,
-    LOG_LEVEL_META_KEY,
     PROTOCOL_VERSION_META_KEY,
     UNSUPPORTED_PROTOCOL_VERSION,
 )
 from mcp_types.methods import INPUT_REQUIRED_METHODS
 from mcp_types.version import LATEST_MODERN_VERSION
 
-from vmcp.aggregate import BackendCatalog, RoutingTable, build_routing_table, listings_for
+from vmcp.aggregate import BackendCatalog, RoutingTable
 from vmcp.auth.outgoing import OutgoingAuth, current_caller
-from vmcp.backend import STREAM_PAUSED, BackendConnection, BackendRpcError, BackendTarget, connect
+from vmcp.backend import STREAM_PAUSED, BackendConnection, BackendRpcError
 from vmcp.backend.connection import MessageHandler
 from vmcp.backend.modern import ModernBackend, NotModern
-from vmcp.config import BackendConfig, VmcpConfig
-from vmcp.errors import METHOD_NOT_FOUND_CODE, BackendError, BackendSessionExpired, ConfigError
-from vmcp.session.connector import CLIENT_CAPABILITIES, CLIENT_INFO, MAX_LIST_PAGES, discover
-from vmcp.session.input_rounds import (
+from vmcp.config import VmcpConfig
+from vmcp.errors import METHOD_NOT_FOUND_CODE, BackendSessionExpired
+from vmcp.stateless.caller import LOG_LEVELS, Caller
+from vmcp.stateless.catalogs import (
+    SESSION_CATALOG_SECONDS,
+    CallerCatalogs,
+    CatalogEntry,
+    View,
+)
+from vmcp.stateless.input_rounds import (
     Ask,
     InputRounds,
     InvalidRound,
@@ -58,16 +55,18 @@ from vmcp.session.input_rounds import (
     Outcome,
     is_round_token,
 )
-from vmcp.session.ledger import UpstreamLedger
-from vmcp.session.stateless_pool import BackendKind, BackendKinds, UpstreamPool
+from vmcp.stateless.pool import BackendKind, BackendKinds, UpstreamPool
 from vmcp.store.pubsub import SessionRelay
+from vmcp.upstream.catalogs import routing_table
+from vmcp.upstream.dialer import BackendDialer
+from vmcp.upstream.discovery import CLIENT_INFO, discover, discover_catalog
+from vmcp.upstream.ledger import UpstreamLedger
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Caller", "CatalogEntry", "InvalidRound", "Outcome", "StatelessBackends", "View"]
 
 RESERVED_META_PREFIX = "io.modelcontextprotocol/"
-LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 LIST_CHANGED = frozenset({
     "notifications/tools/list_changed",
     "notifications/prompts/list_changed",
@@ -79,71 +78,6 @@ INPUT_CAPABILITIES = {
     "elicitation/create": "elicitation",
     "roots/list": "roots",
 }
-MAX_CATALOG_SECONDS = 300.0
-"""The longest a listing is kept, whatever the backend's caching hint says."""
-SESSION_CATALOG_SECONDS = 30.0
-"""How long a session-based backend's listing is kept (it gives no caching hint)."""
-MAX_CATALOG_ENTRIES = 4096
-"""Cached listings kept at most (per backend and identity); the least recently used go."""
-MAX_VIEWS = 256
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who a stateless request comes from: the identity binding, and the request's envelope."""
-
-    binding: str
-    meta: Mapping[str, Any]
-
-    @property
-    def capabilities(self) -> Mapping[str, Any]:
-        value = self.meta.get(CLIENT_CAPABILITIES_META_KEY)
-        return value if isinstance(value, Mapping) else {}
-
-    @property
-    def log_level(self) -> str | None:
-        value = self.meta.get(LOG_LEVEL_META_KEY)
-        return value if value in LOG_LEVELS else None
-
-    def listing_meta(self) -> dict[str, Any]:
-        """The envelope of the gateway's own listing requests made for this caller."""
-        meta: dict[str, Any] = {
-            PROTOCOL_VERSION_META_KEY: LATEST_MODERN_VERSION,
-            CLIENT_CAPABILITIES_META_KEY: dict(self.capabilities),
-        }
-        info = self.meta.get(CLIENT_INFO_META_KEY)
-        meta[CLIENT_INFO_META_KEY] = info if isinstance(info, Mapping) else CLIENT_INFO
-        return meta
-
-
-@dataclass(frozen=True, eq=False)
-class CatalogEntry:
-    """One backend's listing as one caller sees it, with what its caching hints allow."""
-
-    backend: str
-    kind: BackendKind
-    catalog: BackendCatalog
-    capabilities: Mapping[str, Any]
-    instructions: str | None
-    ttl_ms: int
-    private: bool
-    fetched_at: float
-
-
-@dataclass(eq=False)
-class View:
-    """What one caller sees: the routing table over its backends' catalogs.
-
-    ``ttl_ms`` and ``private`` are the caching hints of anything derived from it: the
-    shortest of the contributing listings', and private if any of them is. ``shaped``
-    memoizes the listings built from it (see the server layer).
-    """
-
-    routing: RoutingTable
-    entries: Mapping[str, CatalogEntry]
-    ttl_ms: int
-    private: bool
-    shaped: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 Clock = Callable[[], float]
@@ -167,10 +101,10 @@ class StatelessBackends:
         self._config = config
         self._http = http
         self._outgoing = outgoing if outgoing is not None else OutgoingAuth({})
+        self._dialer = BackendDialer(config, http, self._outgoing)
         self._is_healthy = is_healthy
         self._clock = clock
         settings = config().stateless
-        self._floor = settings.catalog_ttl_seconds
         self._modern: dict[str, tuple[tuple[object, ...], ModernBackend | None]] = {}
         self.kinds = BackendKinds(self._probe)
         self.pool = UpstreamPool(self._connect, idle_seconds=settings.upstream_idle_seconds,
@@ -178,11 +112,8 @@ class StatelessBackends:
         self.rounds = InputRounds(answer_timeout=settings.answer_timeout_seconds, relay=relay,
                                   relay_timeout=config().session.store_timeout_seconds,
                                   clock=clock)
-        self._catalogs: OrderedDict[tuple[str, str], CatalogEntry] = OrderedDict()
-        self._listing: dict[tuple[str, str], anyio.Event] = {}
-        self._failed: OrderedDict[tuple[str, str], float] = OrderedDict()
-        self._views: OrderedDict[tuple[tuple[str, int], ...], View] = OrderedDict()
-        self._last_refresh: OrderedDict[str, float] = OrderedDict()
+        self.catalogs = CallerCatalogs(self._list, self._route,
+                                       floor_seconds=settings.catalog_ttl_seconds, clock=clock)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -204,43 +135,14 @@ class StatelessBackends:
     # -- catalogs --------------------------------------------------------------------
 
     async def view(self, caller: Caller, *, refresh: bool = False) -> View:
-        """The caller's routing table; ``refresh`` re-lists every backend first (at most
-        once per ``catalog_ttl_seconds`` per identity)."""
-        if refresh and not self._may_refresh(caller.binding):
-            refresh = False
+        """The caller's routing table over the usable backends; ``refresh`` re-lists
+        them first (at most once per ``catalog_ttl_seconds`` per identity)."""
         names = [b.name for b in self._config().backends if self._usable(b.name)]
-        found: dict[str, CatalogEntry] = {}
-        stale: list[str] = []
-        for name in names:
-            cached = None if refresh else (self._fresh((name, caller.binding))
-                                           or self._fresh((name, "")))
-            if cached is not None:
-                found[name] = cached
-            else:
-                stale.append(name)
+        return await self.catalogs.view(caller, names, refresh=refresh)
 
-        async def one(name: str) -> None:
-            entry = await self._entry(name, caller, refresh)
-            if entry is not None:
-                found[name] = entry
-
-        if stale:
-            async with anyio.create_task_group() as tg:
-                for name in stale:
-                    tg.start_soon(one, name)
-        entries = {name: found[name] for name in names if name in found}
-        key = tuple((name, id(entry)) for name, entry in entries.items())
-        view = self._views.get(key)
-        if view is None:
-            view = View(self._route(entries), entries,
-                        ttl_ms=min((e.ttl_ms for e in entries.values()), default=0),
-                        private=any(e.private for e in entries.values()))
-            self._views[key] = view
-            while len(self._views) > MAX_VIEWS:
-                self._views.popitem(last=False)
-        else:
-            self._views.move_to_end(key)
-        return view
+    def invalidate(self, backend: str, binding: str) -> None:
+        """Forget ``backend``'s listing as seen by ``binding`` (and its shared one)."""
+        self.catalogs.invalidate(backend, binding)
 
     def _usable(self, name: str) -> bool:
         """Skip what the health monitor found down - but its probe is a handshake, which
@@ -249,86 +151,8 @@ class StatelessBackends:
             return True
         return self._is_healthy(name)
 
-    def _route(self, entries: Mapping[str, CatalogEntry]) -> RoutingTable:
-        catalogs = {name: entry.catalog for name, entry in entries.items()}
-        try:
-            return build_routing_table(catalogs, self._config().aggregation,
-                                       on_warning=logger.warning)
-        except ConfigError as exc:
-            logger.error("aggregation failed: %s", exc)
-            raise
-
-    def _may_refresh(self, binding: str) -> bool:
-        now = self._clock()
-        last = self._last_refresh.get(binding)
-        if last is not None and now - last < max(self._floor, 1.0):
-            return False
-        self._last_refresh[binding] = now
-        self._last_refresh.move_to_end(binding)
-        while len(self._last_refresh) > MAX_CATALOG_ENTRIES:
-            self._last_refresh.popitem(last=False)
-        return True
-
-    def invalidate(self, backend: str, binding: str) -> None:
-        """Forget ``backend``'s listing as seen by ``binding`` (and its shared one)."""
-        self._catalogs.pop((backend, binding), None)
-        self._catalogs.pop((backend, ""), None)
-
-    def _fresh(self, key: tuple[str, str]) -> CatalogEntry | None:
-        entry = self._catalogs.get(key)
-        if entry is None:
-            return None
-        lifetime = min(max(entry.ttl_ms / 1000, self._floor), MAX_CATALOG_SECONDS)
-        if entry.kind is BackendKind.SESSION:
-            lifetime = min(max(SESSION_CATALOG_SECONDS, self._floor), MAX_CATALOG_SECONDS)
-        if self._clock() - entry.fetched_at >= lifetime:
-            return None
-        self._catalogs.move_to_end(key)
-        return entry
-
-    async def _entry(self, name: str, caller: Caller, refresh: bool) -> CatalogEntry | None:
-        """The caller's fresh listing of ``name``: cached, or listed now (singleflight).
-
-        A backend whose listing failed is not asked again for ``catalog_ttl_seconds``
-        (at least a second), so that a dead backend costs each request nothing; its last
-        listing, if any, is used meanwhile.
-        """
-        own, shared = (name, caller.binding), (name, "")
-        while True:
-            if not refresh:
-                found = self._fresh(own) or self._fresh(shared)
-                if found is not None:
-                    return found
-            failed = self._failed.get(own)
-            if failed is not None and self._clock() - failed < max(self._floor, 1.0):
-                return self._catalogs.get(own) or self._catalogs.get(shared)
-            running = self._listing.get(own)
-            if running is not None:
-                await running.wait()
-                refresh = False
-                continue
-            done = anyio.Event()
-            self._listing[own] = done
-            try:
-                entry = await self._list(name, caller)
-            except (BackendError, TimeoutError) as exc:
-                logger.warning("listing backend %s failed: %s", name, exc,
-                               extra={"backend": name})
-                self._failed[own] = self._clock()
-                self._failed.move_to_end(own)
-                while len(self._failed) > MAX_CATALOG_ENTRIES:
-                    self._failed.popitem(last=False)
-                return self._catalogs.get(own) or self._catalogs.get(shared)
-            finally:
-                del self._listing[own]
-                done.set()
-            self._failed.pop(own, None)
-            key = own if entry.private else shared
-            self._catalogs[key] = entry
-            self._catalogs.move_to_end(key)
-            while len(self._catalogs) > MAX_CATALOG_ENTRIES:
-                self._catalogs.popitem(last=False)
-            return entry
+    def _route(self, catalogs: Mapping[str, BackendCatalog]) -> RoutingTable:
+        return routing_table(catalogs, self._config().aggregation)
 
     async def _list(self, name: str, caller: Caller) -> CatalogEntry:
         kind = await self.kinds.kind(name)
@@ -352,57 +176,30 @@ class StatelessBackends:
         capabilities = found.get("capabilities")
         capabilities = capabilities if isinstance(capabilities, dict) else {}
         hints = [found]
-        wanted = listings_for(capabilities)
-        results: dict[str, list[dict[str, Any]]] = {}
-        failures: list[BaseException] = []
 
-        async def collect(method: str, key: str) -> None:
-            try:
-                results[key] = await self._list_pages(backend, method, key, meta, headers, hints)
-            except BackendError as exc:
-                failures.append(exc)
-
-        async with anyio.create_task_group() as tg:
-            for method, key in wanted:
-                tg.start_soon(collect, method, key)
-        if failures:
-            raise failures[0]
-        instructions = found.get("instructions")
-        return CatalogEntry(
-            backend=name, kind=BackendKind.MODERN,
-            catalog=BackendCatalog(tools=results.get("tools", []),
-                                   resources=results.get("resources", []),
-                                   resource_templates=results.get("resourceTemplates", []),
-                                   prompts=results.get("prompts", [])),
-            capabilities=capabilities,
-            instructions=instructions if isinstance(instructions, str) else None,
-            ttl_ms=min(_ttl_ms(hint) for hint in hints),
-            private=any(hint.get("cacheScope") != "public" for hint in hints),
-            fetched_at=started)
-
-    @staticmethod
-    async def _list_pages(backend: ModernBackend, method: str, key: str, meta: dict[str, Any],
-                          headers: Mapping[str, str], hints: list[dict[str, Any]]
-                          ) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        cursor: str | None = None
-        for _ in range(MAX_LIST_PAGES):
+        async def fetch(method: str, cursor: str | None) -> Mapping[str, Any]:
             params: dict[str, Any] = {"_meta": meta}
             if cursor:
                 params["cursor"] = cursor
             page = await backend.request(method, params, headers=headers)
             hints.append(page)
-            items.extend(item for item in page.get(key, []) if isinstance(item, dict))
-            cursor = page.get("nextCursor")
-            if not cursor:
-                break
-        return items
+            return page
+
+        catalog = await discover_catalog(fetch, capabilities)
+        instructions = found.get("instructions")
+        return CatalogEntry(
+            backend=name, kind=BackendKind.MODERN,
+            catalog=catalog, capabilities=capabilities,
+            instructions=instructions if isinstance(instructions, str) else None,
+            ttl_ms=min(_ttl_ms(hint) for hint in hints),
+            private=any(hint.get("cacheScope") != "public" for hint in hints),
+            fetched_at=started)
 
     async def _list_session(self, name: str, caller: Caller) -> CatalogEntry:
         started = self._clock()
         async with self.pool.session(caller.binding, name) as connection:
             try:
-                catalog = await discover(name, connection)
+                catalog = await discover(connection)
             except BackendSessionExpired:
                 await self.pool.discard(caller.binding, name, connection)
                 raise
@@ -413,7 +210,7 @@ class StatelessBackends:
             backend=name, kind=BackendKind.SESSION, catalog=catalog,
             capabilities=capabilities if isinstance(capabilities, dict) else {},
             instructions=instructions if isinstance(instructions, str) else None,
-            ttl_ms=int(max(SESSION_CATALOG_SECONDS, self._floor) * 1000), private=True,
+            ttl_ms=int(max(SESSION_CATALOG_SECONDS, self.catalogs.floor) * 1000), private=True,
             fetched_at=started)
 
     # -- calls -----------------------------------------------------------------------
@@ -516,12 +313,6 @@ class StatelessBackends:
 
     # -- backends --------------------------------------------------------------------
 
-    def _backend_config(self, name: str) -> BackendConfig:
-        backend = self._config().backend(name)
-        if backend is None:
-            raise BackendError(name, "backend is no longer configured")
-        return backend
-
     def _modern_backend(self, name: str) -> ModernBackend:
         backend = self._modern_of(name)
         if backend is None:  # an SSE backend: never modern
@@ -529,9 +320,9 @@ class StatelessBackends:
         return backend
 
     def _modern_of(self, name: str) -> ModernBackend | None:
-        config = self._backend_config(name)
+        config = self._dialer.backend(name)
         static = self._outgoing.static_headers(name)
-        key = (config, tuple(sorted(static.items())), self._call_timeout(config))
+        key = (config, tuple(sorted(static.items())), self._dialer.call_timeout(config))
         cached = self._modern.get(name)
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -539,14 +330,10 @@ class StatelessBackends:
             self.kinds.forget(name)
         client = None
         if config.transport != "sse":
-            target = BackendTarget(name, config.url, config.transport,
-                                   {**config.headers, **static})
-            client = ModernBackend(target, self._http, timeout=self._call_timeout(config))
+            client = ModernBackend(self._dialer.target(config), self._http,
+                                   timeout=self._dialer.call_timeout(config))
         self._modern[name] = (key, client)
         return client
-
-    def _call_timeout(self, backend: BackendConfig) -> float:
-        return min(backend.call_timeout_seconds, self._config().limits.call_timeout_seconds)
 
     async def _auth_headers(self, name: str) -> dict[str, str]:
         return await self._outgoing.headers_for(name, current_caller())
@@ -563,22 +350,12 @@ class StatelessBackends:
 
     async def _connect(self, name: str) -> BackendConnection:
         """A new upstream session with a session-based backend, for the pool."""
-        config = self._backend_config(name)
-        target = BackendTarget(name, config.url, config.transport,
-                               {**config.headers, **self._outgoing.static_headers(name)})
         try:
-            with anyio.fail_after(config.connect_timeout_seconds):
-                connection = await connect(
-                    target, self._http, client_info=CLIENT_INFO,
-                    capabilities=CLIENT_CAPABILITIES, timeout=self._call_timeout(config),
-                    headers=await self._auth_headers(name))
-        except TimeoutError:
-            raise BackendError(name, "initialize not answered in time") from None
+            return await self._dialer.dial(self._dialer.backend(name))
         except BackendRpcError as exc:
             if exc.code == UNSUPPORTED_PROTOCOL_VERSION:
                 raise _ModernOnly(name) from exc
             raise
-        return self._outgoing.wrap(connection)
 
 
 def _upstream_params(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from vmcp.backend import BackendRpcError
-from vmcp.session.input_rounds import (
+from vmcp.stateless.input_rounds import (
     Ask,
     InputRounds,
     InvalidRound,

@@ -31,8 +31,9 @@ import anyio
 
 from vmcp.backend import BackendConnection
 from vmcp.backend.modern import speaks_modern
+from vmcp.concurrency import SingleFlight
 from vmcp.errors import BackendError, BackendTimeout, BackendUnavailable
-from vmcp.session.ledger import UpstreamLedger
+from vmcp.upstream.ledger import UpstreamLedger
 
 logger = logging.getLogger(__name__)
 
@@ -61,29 +62,22 @@ class BackendKinds:
     def __init__(self, probe: Probe) -> None:
         self._probe = probe
         self._kinds: dict[str, BackendKind] = {}
-        self._probing: dict[str, anyio.Event] = {}
+        self._probing: SingleFlight[str, BackendKind] = SingleFlight()
 
     def known(self, backend: str) -> BackendKind | None:
         return self._kinds.get(backend)
 
     async def kind(self, backend: str) -> BackendKind:
-        while (found := self._kinds.get(backend)) is None:
-            running = self._probing.get(backend)
-            if running is not None:
-                await running.wait()
-                if backend not in self._kinds:
-                    # The leader failed; this caller probes itself rather than share
-                    # an error it did not see.
-                    continue
-                return self._kinds[backend]
-            done = anyio.Event()
-            self._probing[backend] = done
-            try:
-                self._kinds[backend] = await self._classify(backend)
-            finally:
-                del self._probing[backend]
-                done.set()
-        return found
+        found = self._kinds.get(backend)
+        if found is not None:
+            return found
+        # A failed probe is not shared: each caller probes itself rather than share an
+        # error it did not see.
+        return await self._probing.run(backend, lambda: self._classify_and_keep(backend))
+
+    async def _classify_and_keep(self, backend: str) -> BackendKind:
+        kind = self._kinds[backend] = await self._classify(backend)
+        return kind
 
     def correct(self, backend: str, kind: BackendKind) -> None:
         """A call showed the backend to be of ``kind``; later calls go that way."""
@@ -161,7 +155,7 @@ class UpstreamPool:
         self._ledger = ledger
         self._clock = clock
         self._entries: dict[tuple[str, str], _Entry] = {}
-        self._opening: dict[tuple[str, str], anyio.Event] = {}
+        self._opening: SingleFlight[tuple[str, str], _Entry | None] = SingleFlight()
         self._opened = 0
         self._ended = 0
         self._closed = False
@@ -233,26 +227,21 @@ class UpstreamPool:
             entry = self._entries.get(key)
             if entry is not None:
                 return entry
-            running = self._opening.get(key)
-            if running is not None:
-                await running.wait()
-                continue  # opened, or failed: then this caller tries itself
-            done = anyio.Event()
-            self._opening[key] = done
-            try:
-                connection = await self._connect(key[1])
-                self._opened += 1
-                if self._ledger is not None:
-                    self._ledger.record_opened(key[1])
-                if self._closed:
-                    await self._end(key[1], connection)
-                    continue
-                entry = _Entry(connection, self._clock())
-                self._entries[key] = entry
+            entry = await self._opening.run(key, lambda: self._open(key))
+            if entry is not None:
                 return entry
-            finally:
-                del self._opening[key]
-                done.set()
+
+    async def _open(self, key: tuple[str, str]) -> _Entry | None:
+        """A new pooled upstream session; None if the pool closed meanwhile (try again)."""
+        connection = await self._connect(key[1])
+        self._opened += 1
+        if self._ledger is not None:
+            self._ledger.record_opened(key[1])
+        if self._closed:
+            await self._end(key[1], connection)
+            return None
+        entry = self._entries[key] = _Entry(connection, self._clock())
+        return entry
 
     async def _end(self, backend: str, connection: BackendConnection) -> None:
         try:

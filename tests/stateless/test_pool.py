@@ -10,8 +10,8 @@ import pytest
 
 from vmcp.backend import BackendConnection, BackendRpcError
 from vmcp.errors import BackendProtocolError, BackendUnavailable
-from vmcp.session.ledger import UpstreamLedger
-from vmcp.session.stateless_pool import BackendKind, BackendKinds, UpstreamPool
+from vmcp.stateless.pool import BackendKind, BackendKinds, UpstreamPool
+from vmcp.upstream.ledger import UpstreamLedger
 
 pytestmark = pytest.mark.anyio
 

@@ -11,42 +11,56 @@ TTL bounds how stale a catalog can be when no such notice comes.
 
 from __future__ import annotations
 
+import logging
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-from vmcp.aggregate import BackendCatalog
+from vmcp.aggregate import BackendCatalog, RoutingTable, build_routing_table
+from vmcp.config import AggregationConfig
+from vmcp.errors import ConfigError
+from vmcp.lru import LRU
+
+logger = logging.getLogger(__name__)
 
 SHARED = ""
 MAX_ENTRIES = 4096
 
 
+def routing_table(catalogs: Mapping[str, BackendCatalog],
+                  aggregation: AggregationConfig) -> RoutingTable:
+    """The routing table over ``catalogs``; conflicts and renames are logged as warnings,
+    an aggregation that cannot be built (manual conflicts left open) as an error."""
+    try:
+        return build_routing_table(catalogs, aggregation, on_warning=logger.warning)
+    except ConfigError as exc:
+        logger.error("aggregation failed: %s", exc)
+        raise
+
+
 class CatalogCache:
+    """Catalogs by (backend, scope), each kept for ``ttl_seconds`` (0: not at all)."""
+
     def __init__(self, ttl_seconds: float, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._ttl = ttl_seconds
         self._clock = clock
-        self._entries: OrderedDict[tuple[str, str], tuple[float, BackendCatalog]] = (
-            OrderedDict())
+        self._entries: LRU[tuple[str, str], tuple[float, BackendCatalog]] = LRU(MAX_ENTRIES)
 
     @property
     def enabled(self) -> bool:
         return self._ttl > 0
 
     def get(self, backend: str, scope: str) -> BackendCatalog | None:
-        entry = self._entries.get((backend, scope))
+        entry = self._entries.peek((backend, scope))
         if entry is None:
             return None
         stored_at, catalog = entry
         if self._clock() - stored_at >= self._ttl:
-            del self._entries[(backend, scope)]
+            self._entries.pop((backend, scope))
             return None
         return catalog
 
     def put(self, backend: str, scope: str, catalog: BackendCatalog) -> None:
         if not self.enabled:
             return
-        self._entries[(backend, scope)] = (self._clock(), catalog)
-        self._entries.move_to_end((backend, scope))
-        while len(self._entries) > MAX_ENTRIES:
-            self._entries.popitem(last=False)
+        self._entries.put((backend, scope), (self._clock(), catalog))

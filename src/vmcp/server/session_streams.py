@@ -1,0 +1,116 @@
+"""A session's event streams on the wire: a call's response stream, and its resumption.
+
+A call answered with SSE writes its events as they come; a client that drops the
+connection (or that the backend's polling pauses) resumes with ``Last-Event-ID``, here
+from the live stream or, when another replica runs the call, from the event log.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+from starlette.types import Receive, Send
+
+from vmcp.errors import StoreError
+from vmcp.server.responses import cancel_on_disconnect, cancel_on_event, sse_event
+from vmcp.session.multisession import MultiSession
+from vmcp.session.streams import Outbound, ResponseStream
+
+logger = logging.getLogger(__name__)
+
+
+async def write_events(receive: Receive, send: Send, session: MultiSession,
+                        stream: ResponseStream, *, after: int,
+                        stale_pauses: int = 0) -> None:
+    """Write ``stream``'s events past ``after`` until its final one or a pause.
+
+    Pauses at positions up to ``stale_pauses`` were meant for an earlier connection
+    (the one the client is resuming from) and are skipped. A client that disconnects
+    only stops the writing; the events stay for a resume.
+    """
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(cancel_on_disconnect, receive, tg.cancel_scope)
+        position = after
+        done = wrote_final = False
+        while not done:
+            events = await stream.after(position)
+            for position, item in events:
+                if item.pause_ms is not None:
+                    if position <= stale_pauses:
+                        continue
+                    body = f"retry: {item.pause_ms}\n\n".encode()
+                    done = True
+                elif item.message is None:  # cancelled by the client: nothing to say
+                    body = b""
+                    done = wrote_final = True
+                else:
+                    body = sse_event(item.message, stream.event_id(position))
+                    done = wrote_final = item.final
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+                if done:
+                    break
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        tg.cancel_scope.cancel()
+    if wrote_final:
+        session.streams.drop(stream.id)
+    else:  # paused, or the client went away: make it resumable on any replica
+        session.persist_stream(stream)
+
+async def write_logged_events(receive: Receive, send: Send, session: MultiSession,
+                               stream_id: str, *, after: int,
+                              draining: anyio.Event) -> None:
+    """Resume a stream another replica runs, from the event log, until its end.
+
+    Pauses recorded there were for earlier connections; this one stays to the end.
+    """
+    assert session.event_log is not None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(cancel_on_disconnect, receive, tg.cancel_scope)
+        tg.start_soon(cancel_on_close, session, tg.cancel_scope)
+        tg.start_soon(cancel_on_event, draining, tg.cancel_scope)
+        try:
+            async for position, record in session.event_log.read(
+                    session.session_id, stream_id, after):
+                message = record.get("m")
+                if isinstance(message, dict):
+                    await send({"type": "http.response.body", "more_body": True,
+                                "body": sse_event(message, f"{stream_id}.{position}")})
+                if record.get("final"):
+                    break
+        except StoreError as exc:
+            logger.warning("resuming from the event log failed: %s", exc,
+                           extra={"session_id": session.session_id})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        tg.cancel_scope.cancel()
+
+
+async def is_logged(session: MultiSession, stream_id: str) -> bool:
+    """True if another replica keeps this stream's events in the event log."""
+    assert session.event_log is not None
+    try:
+        return await session.event_log.exists(session.session_id, stream_id)
+    except StoreError:
+        return False
+
+
+
+async def cancel_on_close(session: MultiSession, scope: anyio.CancelScope) -> None:
+    """End a stream that the session's own close would not end."""
+    await session.wait_closed()
+    scope.cancel()
+
+
+async def first_event(receive: Receive, stream: ResponseStream) -> Outbound | None:
+    """The stream's first event, or None if the client disconnects before there is one.
+
+    Bounded by the work: it ends with an answer, or the session's close answers it.
+    """
+    first: Outbound | None = None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(cancel_on_disconnect, receive, tg.cancel_scope)
+        first = (await stream.after(0))[0][1]
+        tg.cancel_scope.cancel()
+    return first
+
+
