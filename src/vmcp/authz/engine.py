@@ -155,7 +155,8 @@ class CedarAuthorizer:
                     resources.append(entities.target_entity(
                         target, None, bundle.merge.get(key), bundle.referenced))
             world = _world(bundle, caller, resources)
-            requests = [caller.request(target, caller.claims) for target in present]
+            # One context for the whole batch, serialized once rather than per request.
+            requests = [caller.request(target, caller.claims_json) for target in present]
             results = iter(cedarpy.is_authorized_batch(requests, bundle.policies, world))
         except Exception as exc:
             self.evaluation_errors += 1
@@ -201,12 +202,14 @@ class _Caller:
             built["parents"] += [p for p in static.get("parents", [])
                                  if p not in built["parents"]]
         self.entity_json = json.dumps(built, separators=(",", ":"), ensure_ascii=False)
+        self.claims_json = json.dumps(self.claims, separators=(",", ":"), ensure_ascii=False)
 
-    def request(self, target: Target, context: Mapping[str, Any]) -> dict[str, Any]:
-        return {"principal": self.uid,
-                "action": entities.uid("Action", ACTION_OF[target.kind]),
-                "resource": entities.target_uid(target),
-                "context": context}
+    def request(self, target: Target, context: Mapping[str, Any] | str) -> dict[str, Any]:
+        return {"principal": self.uid, "action": _ACTIONS[target.kind],
+                "resource": entities.target_uid(target), "context": context}
+
+
+_ACTIONS = {kind: entities.uid("Action", action) for kind, action in ACTION_OF.items()}
 
 
 def _world(bundle: PolicyBundle, caller: _Caller, resources: Sequence[Mapping[str, Any]]
