@@ -236,7 +236,7 @@ def test_denied_hidden_and_unknown_names_get_one_answer_before_any_backend(
 
 
 def post_modern(http: httpx2.Client, url: str, bearer: str, method: str,
-                params: dict[str, Any], request_id: int = 5) -> httpx2.Response:
+                params: dict[str, Any], request_id: int | str = 5) -> httpx2.Response:
     headers = {**BASE_HEADERS, "MCP-Protocol-Version": MODERN, "Mcp-Method": method,
                "Authorization": f"Bearer {bearer}"}
     if method == "tools/call":
@@ -313,6 +313,17 @@ def test_audit_events_say_who_called_what_and_which_policies_decided(
     assert denied["metadata"]["extra"]["jsonrpc_error_code"] == INVALID_PARAMS
     assert denied["metadata"]["extra"]["policy_ids"] == []
 
+    # A 2026-07-28 request names its client in every request.
+    listed = post_modern(http, replicas["b"].url, token(idp, "alice", groups=["eng"]),
+                         "tools/list", {}, request_id=marker)
+    assert listed.status_code == 200
+    modern = wait_for_events(workdir, "b", lambda e: e["type"] == "mcp_tools_list" and (
+        e["subjects"].get("client_name") == "modern-test"))[-1]
+    assert modern["subjects"]["client_version"] == "9"
+    assert modern["metadata"]["extra"]["protocol_version"] == MODERN
+    assert "session_hash" not in modern["metadata"]["extra"]
+    assert modern["outcome"] == "success"
+
     # An authentication refusal is audited too: no user but "anonymous", and the client
     # as its initialize names it.
     response = http.post(replicas["b"].url, json=initialize_body(1),
@@ -326,6 +337,12 @@ def test_audit_events_say_who_called_what_and_which_policies_decided(
     assert refusal["subjects"] == {"user": "anonymous", "client_name": "raw-http-test",
                                    "client_version": "0"}
     assert refusal["metadata"]["extra"]["http_status"] == 401
+
+    metrics = http.get(f"{replicas['b'].base_url}/metrics",
+                       headers={"Authorization": f"Bearer {token(idp, 'ops')}"})
+    assert metrics.status_code == 200
+    assert "vmcp_audit_events_dropped_total 0.0" in metrics.text
+    assert "vmcp_audit_events_written_total" in metrics.text
 
 
 def test_an_anonymous_gateway_authorizes_client_anonymous(
