@@ -6,10 +6,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+import cedarpy
 import pytest
 
 from vmcp.authz import AllowAll, CedarAuthorizer, Target, load_bundle
-from vmcp.authz.entities import groups_of, prefixed, principal_id
+from vmcp.authz.entities import (
+    groups_of,
+    prefixed,
+    principal_entity,
+    principal_id,
+    target_entity,
+)
 from vmcp.authz.policies import split_statements
 from vmcp.config import AuthzConfig
 from vmcp.errors import ConfigError
@@ -214,3 +221,50 @@ def test_the_example_policies_decide_as_their_comments_say() -> None:
     assert not engine.check(staff, delete).allowed
     assert engine.check(editor, delete).allowed
     assert engine.check(editor, delete).policy_ids == ("staff-notes",)
+
+
+MIXED = """
+@id("eng") permit(principal in THVGroup::"eng", action, resource in Backend::"forecasts");
+@id("no-interns")
+forbid(principal in THVGroup::"interns", action, resource == Tool::"weather");
+@id("paris") permit(principal, action, resource == Tool::"calculator")
+  when { context has arg_city && context.arg_city == "Paris" };
+@id("no-rome") forbid(principal, action, resource)
+  when { resource has arg_city && resource.arg_city == "Rome" };
+@id("level") forbid(principal, action, resource == Tool::"calculator")
+  when { principal.claim_level > 3 };
+@id("days") permit(principal in THVGroup::"ops", action, resource)
+  when { context.arg_days < 5 };
+"""
+
+
+def test_deciding_in_two_parts_decides_like_the_whole_set(tmp_path: Path) -> None:
+    """The cached verdict of the argument-free policies combined with the per-call one
+    gives what evaluating every policy at once gives (any error denying)."""
+    engine = authorizer(tmp_path, MIXED)
+    whole = cedarpy.PolicySet.from_str(MIXED)
+    callers = [caller("a", groups=["eng"], level=1), caller("b", groups=["eng", "interns"]),
+               caller("c", groups=["ops"], level=5), caller("d"), ANONYMOUS]
+    argument_sets: list[dict[str, Any] | None] = [
+        None, {"city": "Paris"}, {"city": "Rome"}, {"days": 2}, {"days": 9, "city": "Paris"}]
+    outcomes: list[tuple[bool, bool]] = []
+    for principal in callers:
+        claims = {f"claim_{k}": v for k, v in principal.claims.items()}
+        for target in (CALCULATOR, WEATHER):
+            for arguments in argument_sets:
+                args = {f"arg_{k}": v for k, v in (arguments or {}).items()}
+                world = [principal_entity(principal, claims, ("groups",)),
+                         target_entity(target, arguments)]
+                request = {"principal": {"type": "Client", "id": world[0]["uid"]["id"]},
+                           "action": {"type": "Action", "id": "call_tool"},
+                           "resource": {"type": "Tool", "id": target.name},
+                           "context": {**claims, **args}}
+                expected = cedarpy.is_authorized(request, whole, world)
+                allowed = expected.allowed and not expected.diagnostics.errors
+                for _ in range(2):                               # uncached, then cached
+                    assert engine.check(principal, target, arguments).allowed == allowed, (
+                        principal.claims, target.name, arguments)
+                outcomes.append((allowed, bool(expected.diagnostics.errors)))
+    assert len(outcomes) == 50
+    assert {allowed for allowed, _ in outcomes} == {True, False}
+    assert any(errored for _, errored in outcomes)

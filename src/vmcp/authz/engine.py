@@ -9,9 +9,10 @@ What is cached, and why it is safe: every cache key holds the policy set's hash,
 reload misses every entry by construction; a caller is named by the hash of its
 verified token (which fixes its claims). Cached are the caller's entity; listing
 decisions per caller and catalog object (compared by identity, so a changed catalog
-misses); and, when no policy reads an argument, call decisions per caller and target
-(with arguments read only as ``context.arg_*``, the parsed entities of caller and
-target are cached instead, and only the context changes per call).
+misses); the parsed entities of caller and target; and, per caller and target, the
+verdict of the policies that read no argument. A call then evaluates only the policies
+that read arguments (none, for most sets), and the two verdicts combine exactly as the
+whole set's would: an error denies, a forbid beats a permit, nothing permitted is denied.
 
 Cedar leaves a policy that errors out of the decision; here any evaluation error denies
 the whole request (as ToolHive does), so a ``forbid`` that errors can never let a request
@@ -24,6 +25,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import cedarpy
@@ -37,7 +39,7 @@ from vmcp.authz.decisions import (
     PolicyStatus,
     Target,
 )
-from vmcp.authz.policies import PolicyBundle, load_bundle
+from vmcp.authz.policies import PolicyBundle, PolicySubset, load_bundle
 from vmcp.config import AuthzConfig
 from vmcp.identity import Principal
 from vmcp.lru import LRU
@@ -59,7 +61,7 @@ class CedarAuthorizer:
         # Used from the event loop only, so the caches need no lock.
         self._callers: LRU[tuple[str, str], _Caller] = LRU(CACHE_SIZE)
         self._listings: LRU[tuple[Any, ...], tuple[object, list[bool]]] = LRU(1024)
-        self._decisions: LRU[tuple[Any, ...], Decision] = LRU(CACHE_SIZE)
+        self._fixed: LRU[tuple[Any, ...], _Verdict] = LRU(CACHE_SIZE)
         self._worlds: LRU[tuple[Any, ...], cedarpy.Entities] = LRU(CACHE_SIZE)
         self.evaluation_errors = 0
 
@@ -80,7 +82,7 @@ class CedarAuthorizer:
         """Put ``bundle`` (already loaded and checked) in force, in one step. The caches
         are keyed by the policy set's hash; clearing them only frees the memory."""
         self._bundle = bundle
-        for cache in (self._callers, self._listings, self._decisions, self._worlds):
+        for cache in (self._callers, self._listings, self._fixed, self._worlds):
             cache.clear()
 
     def status(self) -> PolicyStatus:
@@ -91,38 +93,71 @@ class CedarAuthorizer:
 
     def check(self, principal: Principal, target: Target,
               arguments: Mapping[str, Any] | None = None) -> Decision:
+        """Decided in two parts with the same outcome as the whole set: the verdict of the
+        policies that read no argument, cached per caller and target, then (unless that
+        already denies) the policies that read arguments, on this call's arguments."""
         bundle = self._bundle
         try:
             caller = self._caller(principal, bundle)
             target_key = (caller.key, bundle.sha256, _target_key(target))
-            if not bundle.reads_arguments:
-                cached = self._decisions.get(target_key)
-                if cached is not None:
-                    return cached
+            fixed = self._fixed.get(target_key)
+            if fixed is None:
+                fixed = self._verdict(bundle.fixed, caller, target, caller.claims_json,
+                                      self._target_world(bundle, caller, target, target_key))
+                self._fixed.put(target_key, fixed)
+            if fixed.kind in ("error", "forbid") or bundle.per_call is None:
+                return self._conclude(fixed, _NOTHING)
             args = entities.argument_attributes(arguments, bundle.referenced)
-            static = bundle.merge.get((ENTITY_TYPE_OF[target.kind], target.name))
-            world: str | cedarpy.Entities
-            if bundle.arguments_on_resource:
-                world = _world(bundle, caller, [entities.target_entity(
-                    target, arguments, static, bundle.referenced)])
-            else:
-                handle = self._worlds.get(target_key)
-                if handle is None:
-                    handle = _handle(_world(bundle, caller, [entities.target_entity(
-                        target, None, static, bundle.referenced)]))
-                    self._worlds.put(target_key, handle)
-                world = handle
-            request = caller.request(target, {**caller.claims, **args} if args
-                                     else caller.claims)
-            result = cedarpy.is_authorized_batch([request], bundle.policies, world)[0]
+            world = (_world(bundle, caller, [entities.target_entity(
+                         target, arguments, _static(bundle, target), bundle.referenced)])
+                     if bundle.arguments_on_resource
+                     else self._target_world(bundle, caller, target, target_key))
+            context = {**caller.claims, **args} if args else caller.claims_json
+            per_call = self._verdict(bundle.per_call, caller, target, context, world)
         except Exception as exc:  # a decision that cannot be made denies
             self.evaluation_errors += 1
             logger.warning("authorization failed, denying: %s", exc)
             return Decision(False, errors=(str(exc),))
-        decision = self._decision(bundle, result)
-        if not bundle.reads_arguments:
-            self._decisions.put(target_key, decision)
-        return decision
+        return self._conclude(fixed, per_call)
+
+    def _target_world(self, bundle: PolicyBundle, caller: _Caller, target: Target,
+                      key: tuple[Any, ...]) -> cedarpy.Entities:
+        """The parsed entities of caller and target without arguments, built once."""
+        handle = self._worlds.get(key)
+        if handle is None:
+            handle = _handle(_world(bundle, caller, [entities.target_entity(
+                target, None, _static(bundle, target), bundle.referenced)]))
+            self._worlds.put(key, handle)
+        return handle
+
+    def _verdict(self, subset: PolicySubset | None, caller: _Caller, target: Target,
+                 context: Mapping[str, Any] | str, world: str | cedarpy.Entities) -> _Verdict:
+        if subset is None:
+            return _NOTHING
+        result = cedarpy.is_authorized_batch([caller.request(target, context)],
+                                             subset.policies, world)[0]
+        diagnostics = result.diagnostics
+        ids = tuple(subset.labels.get(p, p) for p in diagnostics.reasons)
+        if diagnostics.errors:
+            return _Verdict("error", ids, tuple(diagnostics.errors))
+        if result.allowed:
+            return _Verdict("permit", ids)
+        return _Verdict("forbid", ids) if ids else _NOTHING
+
+    def _conclude(self, fixed: _Verdict, per_call: _Verdict) -> Decision:
+        """The decision of the whole set from its two parts: an error denies, a forbid
+        beats a permit, and nothing permitted is denied."""
+        for verdict in (fixed, per_call):
+            if verdict.kind == "error":
+                self.evaluation_errors += 1
+                logger.warning("policy evaluation error, denying: %s",
+                               "; ".join(verdict.errors))
+                return Decision(False, verdict.ids, verdict.errors)
+        forbids = [v for v in (fixed, per_call) if v.kind == "forbid"]
+        if forbids:
+            return Decision(False, tuple(i for v in forbids for i in v.ids))
+        permits = [v for v in (fixed, per_call) if v.kind == "permit"]
+        return Decision(bool(permits), tuple(i for v in permits for i in v.ids))
 
     def filter_listing(self, principal: Principal, items: Sequence[Item],
                        target_of: Callable[[Item], Target | None], *,
@@ -185,6 +220,23 @@ class CedarAuthorizer:
                                "; ".join(diagnostics.errors))
             return Decision(False, ids, tuple(diagnostics.errors))
         return Decision(result.allowed, ids)
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """What some of the policies say: ``permit``, ``forbid`` (a forbid is satisfied),
+    ``none`` (nothing satisfied) or ``error``; with the satisfied policies' ids."""
+
+    kind: str
+    ids: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
+
+
+_NOTHING = _Verdict("none")
+
+
+def _static(bundle: PolicyBundle, target: Target) -> Mapping[str, Any] | None:
+    return bundle.merge.get((ENTITY_TYPE_OF[target.kind], target.name))
 
 
 class _Caller:

@@ -38,12 +38,25 @@ class Statement:
 
 
 @dataclass(frozen=True)
+class PolicySubset:
+    """Some of a set's policies, parsed on their own, with their labels in the whole set."""
+
+    policies: cedarpy.PolicySet
+    labels: Mapping[str, str]
+
+
+@dataclass(frozen=True)
 class PolicyBundle:
     """A loaded policy set and what goes with it."""
 
     policies: cedarpy.PolicySet
     labels: Mapping[str, str]
     """Cedar's positional id (``policyN``) -> the id shown in logs and audit events."""
+    fixed: PolicySubset | None
+    """The policies that read no argument: for one caller and target, their verdict is
+    the same on every call."""
+    per_call: PolicySubset | None
+    """The policies that may read an argument: evaluated on each call."""
     static_entities: cedarpy.Entities
     """The entities file, without the request-built types (see ``merge``)."""
     merge: Mapping[tuple[str, str], Mapping[str, Any]]
@@ -60,11 +73,6 @@ class PolicyBundle:
     arguments_on_resource: bool = True
     """Whether a policy may read an argument other than as ``context.arg_*``; if not, the
     resource entity of a call does not depend on its arguments."""
-
-    @property
-    def reads_arguments(self) -> bool:
-        """Whether any decision can depend on a call's arguments."""
-        return self.referenced is None or any(n.startswith("arg_") for n in self.referenced)
 
     @property
     def count(self) -> int:
@@ -102,9 +110,31 @@ def load_bundle(config: AuthzConfig) -> PolicyBundle:
     for part in (text, entities_text, json.dumps(list(config.group_claims))):
         digest.update(hashlib.sha256(part.encode()).digest())
     files = (str(policy_path),) + ((config.entities_file,) if config.entities_file else ())
-    referenced, on_resource = referenced_attributes(text)
-    return PolicyBundle(policies, _labels(text), static, merge, digest.hexdigest(),
-                        time.time(), files, config.group_claims, referenced, on_resource)
+    referenced, _ = referenced_attributes(text)
+    labels = _labels(text)
+    fixed: list[int] = []
+    per_call: list[int] = []
+    on_resource = False
+    for index, statement in enumerate(statements):
+        names, reads_on_resource = referenced_attributes(statement.text)
+        if names is not None and not any(n.startswith("arg_") for n in names):
+            fixed.append(index)
+        else:
+            per_call.append(index)
+            on_resource = on_resource or reads_on_resource
+    return PolicyBundle(policies, labels, _subset(statements, fixed, labels),
+                        _subset(statements, per_call, labels), static, merge,
+                        digest.hexdigest(), time.time(), files, config.group_claims,
+                        referenced, on_resource)
+
+
+def _subset(statements: list[Statement], indexes: list[int], labels: Mapping[str, str]
+            ) -> PolicySubset | None:
+    if not indexes:
+        return None
+    policies = cedarpy.PolicySet.from_str("\n".join(statements[i].text for i in indexes))
+    return PolicySubset(policies, {f"policy{position}": labels[f"policy{index}"]
+                                   for position, index in enumerate(indexes)})
 
 
 def _read(path: Path) -> str:
