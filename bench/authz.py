@@ -245,6 +245,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     best = {name: min(values) for name, values in call_ms.items()}
     warm = {name: min(values) for name, values in warm_ms.items()}
     report = render(best, warm, min(cold_ms), seen, engine, rounds, sessions * calls)
+    report += ("\nEvery round (gateway CPU ms per call, without / with): "
+               + ", ".join(f"{a:.3f} / {b:.3f}"
+                           for a, b in zip(call_ms["plain"], call_ms["authz"], strict=True))
+               + f"; machine load average at the end: {os.getloadavg()[0]:.1f} "
+               f"on {os.cpu_count()} cores.\n")
     RESULTS.write_text(report)
     print(report)
 
