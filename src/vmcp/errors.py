@@ -25,7 +25,11 @@ The tree::
     ├── NotPermitted               not permitted, or no such name (authorization on) → 403, -32602
     ├── SessionClosed              we closed the live session ourselves (not a failure)
     ├── RequestError               a request the gateway answers with a JSON-RPC error
-    │                              (unknown tool, bad cursor...) → its own code
+    │   │                          (unknown tool, bad cursor...) → its own code
+    │   ├── MessageError           a message that is not valid JSON-RPC MCP → 400 (mostly)
+    │   └── InvalidRound           an unusable ``requestState`` / ``inputResponses`` → -32602
+    ├── InvalidIdentity            credentials whose issuer/subject form no binding → 401
+    ├── DecorationError            a session decorator broke its contract (a bug)
     └── ConfigError                bad configuration; reported at start-up
 
 A session that was ended and one that never existed answer the same way on purpose: the
@@ -242,3 +246,32 @@ class RequestError(VmcpError):
         self.code = code
         self.message = message
         self.data = data
+
+
+class MessageError(RequestError):
+    """A client message that cannot be served; carries the JSON-RPC error to answer with,
+    the id it answers (when one could be read) and the HTTP status."""
+
+    def __init__(self, code: int, message: str, request_id: str | int | None = None,
+                 http_status: int = 400) -> None:
+        super().__init__(code, message)
+        self.request_id = request_id
+        self.status = http_status
+
+
+class InvalidRound(RequestError):
+    """The ``requestState`` or ``inputResponses`` of a retry cannot be used."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(INVALID_PARAMS_CODE, message)
+
+
+class InvalidIdentity(VmcpError):
+    """A caller presented credentials whose issuer/subject cannot form a binding."""
+
+    http_status = 401
+    public_message = "Unusable identity"
+
+
+class DecorationError(VmcpError):
+    """A session decorator returned nothing, or a session with another id."""

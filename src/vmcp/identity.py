@@ -11,22 +11,19 @@ a refreshed token for the same principal keeps working, and no credential is sto
 
 from __future__ import annotations
 
+import contextlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any
 
-from vmcp.errors import SessionNotYours, VmcpError
+from starlette.datastructures import Headers
+
+from vmcp.errors import InvalidIdentity, SessionNotYours
 
 UNAUTHENTICATED = "unauthenticated"
 SEPARATOR = "\x00"
-
-
-class InvalidIdentity(VmcpError):
-    """A caller presented credentials whose issuer/subject cannot form a binding."""
-
-    http_status = 401
-    public_message = "Unusable identity"
 
 
 @dataclass(frozen=True)
@@ -89,3 +86,62 @@ def check_binding(stored: str | None, principal: Principal) -> None:
         raise SessionNotYours("caller identity unusable") from exc
     if not hmac.compare_digest(stored.encode(), presented.encode()):
         raise SessionNotYours("caller is not the session's identity")
+
+
+# --------------------------------------------------------------------------- the caller
+# The one place identity travels implicitly: outgoing auth needs the caller's credentials
+# deep in backend calls, and a session restored in a task of its own keeps its caller.
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The client request a backend call is made for: who sent it, and its headers."""
+
+    principal: Principal
+    headers: Headers
+
+    def __repr__(self) -> str:  # the headers hold the bearer token
+        return f"Caller({self.principal!r})"
+
+
+_caller: ContextVar[Caller | None] = ContextVar("vmcp_caller", default=None)
+
+
+def act_for(principal: Principal, headers: Headers) -> None:
+    """Record the request being served; backend calls from here on carry its credentials.
+
+    Called by the transport once the request is authenticated, inside
+    :func:`request_scope`. The request's own task and the tasks it starts see it
+    (a task copies the context it was created in), and nothing else does.
+    """
+    _caller.set(Caller(principal, headers))
+
+
+def current_caller() -> Caller | None:
+    """The request this task serves, or None outside any client request."""
+    return _caller.get()
+
+
+@contextlib.contextmanager
+def request_scope() -> Iterator[None]:
+    """The extent of one client request: no caller at the start, none left afterwards."""
+    token: Token[Caller | None] = _caller.set(None)
+    try:
+        yield
+    finally:
+        _caller.reset(token)
+
+
+@contextlib.contextmanager
+def acting_for(principal: Principal) -> Iterator[None]:
+    """Within the block, ``principal`` is the caller (its request headers kept if it
+    already is, none otherwise)."""
+    caller = _caller.get()
+    if caller is not None and caller.principal == principal:
+        yield
+        return
+    token = _caller.set(Caller(principal, Headers()))
+    try:
+        yield
+    finally:
+        _caller.reset(token)

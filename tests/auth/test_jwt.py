@@ -28,9 +28,9 @@ from vmcp.errors import (
     AuthenticationError,
     AuthenticationUnavailable,
     ConfigError,
+    InvalidIdentity,
     MalformedCredentials,
 )
-from vmcp.identity import InvalidIdentity
 
 pytestmark = pytest.mark.anyio
 

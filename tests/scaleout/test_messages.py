@@ -15,6 +15,35 @@ from tests.support.mcp_http import RawSession
 pytestmark = pytest.mark.anyio
 
 
+async def test_list_changed_heard_before_the_client_opens_its_stream_is_delivered_on_it(
+    cluster: Cluster,
+) -> None:
+    """A tool that changes the list, called right after connecting: the notification is
+    held until the client's GET stream attaches, not dropped because none was open yet."""
+    first = cluster.replicas[0]
+    with httpx2.Client(timeout=10) as http:
+        session = RawSession.open(http, first.url)
+        # Runs first in this module, so the backend's list has not changed yet.
+        assert "notes_delete_note" not in session.tool_names(url=first.url)
+        session.result("tools/call", {"name": "notes_enable_deletion", "arguments": {}},
+                       url=first.url)
+    got: list[str] = []
+    async with httpx2.AsyncClient(timeout=20) as client:
+        headers = session.headers({"Accept": "text/event-stream"})
+        with anyio.fail_after(10):
+            async with client.stream("GET", first.url, headers=headers) as response:
+                assert response.status_code == 200
+                async for line in response.aiter_lines():
+                    if line.startswith("data:") and line[5:].strip():
+                        got.append(json.loads(line[5:]).get("method"))
+                        if got[-1] == "notifications/tools/list_changed":
+                            break
+    assert got[-1] == "notifications/tools/list_changed"
+    with httpx2.Client(timeout=10) as http:
+        session.http = http
+        session.delete()
+
+
 async def test_list_changed_seen_on_one_replica_reaches_the_get_stream_on_another(
     cluster: Cluster,
 ) -> None:
@@ -57,3 +86,4 @@ async def test_list_changed_seen_on_one_replica_reaches_the_get_stream_on_anothe
                                 url=third.url)
         assert result.get("isError") is not True, result
         session.delete()
+

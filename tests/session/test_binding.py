@@ -14,8 +14,8 @@ from tests.session.conftest import (
     MALLORY,
     RecordingFactory,
 )
-from vmcp.errors import SessionError, SessionNotYours
-from vmcp.identity import ANONYMOUS, InvalidIdentity, Principal, binding_for, check_binding
+from vmcp.errors import InvalidIdentity, SessionError, SessionNotYours
+from vmcp.identity import ANONYMOUS, Principal, binding_for, check_binding
 from vmcp.session import SessionManager
 from vmcp.session import metadata as md
 from vmcp.store import SessionStore

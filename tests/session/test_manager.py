@@ -9,11 +9,10 @@ import anyio
 import pytest
 
 from tests.session.conftest import ALICE, FakeLiveSession, RecordingFactory
-from vmcp.errors import SessionNotFound, SessionTerminated, StoreError
+from vmcp.errors import DecorationError, SessionNotFound, SessionTerminated, StoreError
 from vmcp.identity import ANONYMOUS
 from vmcp.session import LiveSession, SessionManager
 from vmcp.session import metadata as md
-from vmcp.session.manager import DecorationError
 from vmcp.store import MemoryStore, RedisStore, SessionStore
 
 pytestmark = pytest.mark.anyio

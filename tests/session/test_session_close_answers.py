@@ -58,7 +58,7 @@ async def test_a_request_whose_task_never_started_is_answered_session_not_found(
         ran.append(True)
         stream.append(Outbound({"jsonrpc": "2.0", "id": 41, "result": {}}, final=True))
 
-    session.spawn(work())
+    session.work.spawn(work())
     await session.aclose()  # before the event loop ever ran the task
 
     with anyio.fail_after(5):
@@ -77,7 +77,7 @@ async def test_a_request_cancelled_mid_work_is_answered_once() -> None:
         started.set()
         await anyio.sleep_forever()
 
-    session.spawn(work())
+    session.work.spawn(work())
     with anyio.fail_after(5):
         await started.wait()
     await session.aclose()
@@ -102,7 +102,7 @@ async def test_a_resumable_stream_records_the_session_end_for_other_replicas(
         progress = {"jsonrpc": "2.0", "method": "notifications/progress",
                     "params": {"progressToken": 9, "progress": 1}}
         stream.append(Outbound(progress))
-        running.persist_stream(stream)  # its client went away: resumable anywhere
+        running.work.persist(stream)  # its client went away: resumable anywhere
 
         await running.aclose()  # e.g. this replica is draining, or evicted the session
 

@@ -11,13 +11,8 @@ import anyio
 import pytest
 
 from vmcp.backend import BackendRpcError
-from vmcp.stateless.input_rounds import (
-    Ask,
-    InputRounds,
-    InvalidRound,
-    Notify,
-    is_round_token,
-)
+from vmcp.errors import InvalidRound
+from vmcp.stateless.input_rounds import Ask, InputRounds, Notify, is_round_token
 
 pytestmark = pytest.mark.anyio
 

@@ -40,16 +40,14 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
-from contextvars import ContextVar, Token
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Self
 from urllib.parse import quote
 
 import httpx2
-from starlette.datastructures import Headers
 
-from vmcp.backend.connection import (
+from vmcp.backend import (
     BackendConnection,
     BackendState,
     BackendStatistics,
@@ -59,7 +57,7 @@ from vmcp.backend.connection import (
 from vmcp.concurrency import SingleFlight
 from vmcp.config import OutgoingAuthConfig, VmcpConfig
 from vmcp.errors import ConfigError, OutgoingAuthError
-from vmcp.identity import Principal
+from vmcp.identity import Caller, act_for, current_caller, request_scope
 from vmcp.lru import LRU
 
 __all__ = [
@@ -93,44 +91,6 @@ _TOKEN_CHARS = re.compile(r"^[\x21-\x7e]{1,16384}$")
 
 
 # --------------------------------------------------------------------------- the caller
-
-
-@dataclass(frozen=True)
-class Caller:
-    """The client request a backend call is made for: who sent it, and its headers."""
-
-    principal: Principal
-    headers: Headers
-
-    def __repr__(self) -> str:  # the headers hold the bearer token
-        return f"Caller({self.principal!r})"
-
-
-_caller: ContextVar[Caller | None] = ContextVar("vmcp_caller", default=None)
-
-
-def act_for(principal: Principal, headers: Headers) -> None:
-    """Record the request being served; backend calls from here on carry its credentials.
-
-    Called by the transport once the request is authenticated, inside
-    :func:`request_scope`.
-    """
-    _caller.set(Caller(principal, headers))
-
-
-def current_caller() -> Caller | None:
-    """The request this task serves, or None outside any client request."""
-    return _caller.get()
-
-
-@contextlib.contextmanager
-def request_scope() -> Iterator[None]:
-    """The extent of one client request: no caller at the start, none left afterwards."""
-    token: Token[Caller | None] = _caller.set(None)
-    try:
-        yield
-    finally:
-        _caller.reset(token)
 
 
 # --------------------------------------------------------------------------- token exchange
@@ -362,15 +322,10 @@ class _CallerCredentials:
         headers = await self._auth.headers_for(self._inner.target.name, current_caller())
         return {**headers, **(extra or {})}
 
-    async def request(
-        self,
-        method: str,
-        params: dict[str, Any] | None,
-        *,
-        on_message: MessageHandler | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - the per-call deadline is the contract
-        headers: Mapping[str, str] | None = None,
-    ) -> dict[str, Any]:
+    async def request(self, method: str, params: dict[str, Any] | None, *,
+                      on_message: MessageHandler | None = None,
+                      timeout: float | None = None,  # noqa: ASYNC109 - the contract's deadline
+                      headers: Mapping[str, str] | None = None) -> dict[str, Any]:
         return await self._inner.request(method, params, on_message=on_message,
                                          timeout=timeout, headers=await self._headers(headers))
 

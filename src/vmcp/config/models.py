@@ -482,6 +482,37 @@ class StatelessConfig(_Frozen):
     """Bound on the client's answer to an input_required round."""
 
 
+class StatusConfig(_Frozen):
+    """The operator's view of the whole deployment on /status and /ui.
+
+    Every ``heartbeat_seconds`` each replica takes a sample of its traffic and announces
+    itself in the store (version, start time, live sessions, backends' health and its
+    last ``history_samples`` samples), so any replica's page shows every replica. One not
+    heard from for ``expiry_seconds`` is shown as gone, and dropped ``forget_seconds``
+    after its last beat.
+    """
+
+    heartbeat_seconds: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    """How often a replica samples its traffic and announces itself in the store."""
+    expiry_seconds: float = Field(default=15.0, gt=0, allow_inf_nan=False)
+    """A replica not heard from for this long is shown as gone (more than one heartbeat)."""
+    forget_seconds: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
+    """A gone replica is dropped from the view this long after its last heartbeat."""
+    history_samples: int = Field(default=60, ge=2, le=720)
+    """Samples kept per replica for the charts (60 x 5 s: the last 5 minutes)."""
+
+    @model_validator(mode="after")
+    def _windows(self) -> Self:
+        if self.expiry_seconds <= self.heartbeat_seconds:
+            raise ValueError(f"expiry_seconds ({self.expiry_seconds:g}) must be longer than "
+                             f"heartbeat_seconds ({self.heartbeat_seconds:g}), or a live "
+                             "replica would be shown as gone between two beats")
+        if self.forget_seconds < self.expiry_seconds:
+            raise ValueError(f"forget_seconds ({self.forget_seconds:g}) must be at least "
+                             f"expiry_seconds ({self.expiry_seconds:g})")
+        return self
+
+
 class VmcpConfig(_Frozen):
     """The whole configuration.
 
@@ -508,6 +539,8 @@ class VmcpConfig(_Frozen):
     """Trace export."""
     stateless: StatelessConfig = Field(default_factory=StatelessConfig)
     """Serving clients of the stateless revision (2026-07-28)."""
+    status: StatusConfig = Field(default_factory=StatusConfig)
+    """The operator's view of every replica on /status and /ui."""
     audit: AuditConfig = Field(default_factory=AuditConfig)
     """The audit trail of MCP operations and refusals."""
 

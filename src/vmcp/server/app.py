@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -32,11 +34,12 @@ from vmcp.audit.trail import AuditTrail
 from vmcp.auth.incoming import Authenticator, build_authenticator, metadata_paths
 from vmcp.auth.outgoing import OutgoingAuth, build_outgoing_auth
 from vmcp.authz import AllowAll, CedarAuthorizer, PolicyBundle, build_authorizer, load_bundle
-from vmcp.backend.connection import BackendTarget
+from vmcp.backend import BackendTarget
 from vmcp.backend.health import HealthMonitor
 from vmcp.backend.http_client import backend_http_client
 from vmcp.config import VmcpConfig, load_config, unmatched_env_warnings
 from vmcp.errors import AuthenticationError, ConfigError, StoreError
+from vmcp.server.overview import OperatorView, open_view
 from vmcp.server.security import RequestGuard
 from vmcp.server.session_methods import SessionMethods
 from vmcp.server.stateless import StatelessEndpoint
@@ -44,13 +47,14 @@ from vmcp.server.status import build_status, render_page
 from vmcp.server.transport import McpEndpoint
 from vmcp.session import SessionManager
 from vmcp.session.connector import BackendConnector
+from vmcp.session.metadata import record_backend_state
 from vmcp.stateless.backends import StatelessBackends
 from vmcp.store import RedisStore, open_store
+from vmcp.store.base import SessionStore
 from vmcp.store.event_log import RedisEventLog
 from vmcp.store.identity_index import IdentityIndex, MemoryIdentityIndex, RedisIdentityIndex
 from vmcp.store.pubsub import RedisEndedSessionBus, RedisSessionRelay
 from vmcp.telemetry import InstrumentedStore, Metrics
-from vmcp.upstream.ledger import UpstreamLedger
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +70,19 @@ ANSWER_SECONDS = 3
 live sessions are closed then, so every open request gets its final answer (``-32001``)
 and every open stream its end before the cut. Their stored records stay for the other
 replicas."""
+
+
+@dataclass
+class Runtime:
+    """What the lifespan has started, for the routes that report on it (None before
+    start-up and after shutdown)."""
+
+    store: SessionStore | None = None
+    manager: SessionManager | None = None
+    connector: BackendConnector | None = None
+    monitor: HealthMonitor | None = None
+    view: OperatorView | None = None
+    listening: anyio.Event | None = None
 
 
 class _Endpoint:
@@ -97,7 +114,7 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
         tracing.configure(config.telemetry.otlp_endpoint,
                           service_name=config.telemetry.service_name,
                           sample_ratio=config.telemetry.sample_ratio)
-    state: dict[str, object] = {}
+    state = Runtime()
     metrics = Metrics()
     if audit is not None:
         metrics.watch_audit(audit)
@@ -123,8 +140,10 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
         async with store, backend_http_client() as http, \
                 anyio.create_task_group() as background:
             monitor = _health_monitor(config, http, outgoing)
+            recorded = InstrumentedStore(store, metrics)
             connector = BackendConnector(
                 config, http, relay=relay, event_log=event_log,
+                record_state=functools.partial(record_backend_state, recorded),
                 is_healthy=monitor.usable_for_new_sessions if monitor else None,
                 outgoing=outgoing)
             if monitor is not None:
@@ -135,7 +154,7 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                                    timeout_seconds=session.store_timeout_seconds)
                 if isinstance(store, RedisStore)
                 else MemoryIdentityIndex(store.exists, ttl_seconds=session.ttl_seconds))
-            manager = SessionManager(InstrumentedStore(store, metrics), connector,
+            manager = SessionManager(recorded, connector,
                                      cache_capacity=session.cache_capacity,
                                      ended_sessions=ended, identities=identities,
                                      max_sessions_per_identity=(
@@ -150,7 +169,6 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
             background.start_soon(manager.follow_ended_sessions)
             if relay is not None:
                 background.start_soon(relay.run)
-            connector.set_state_recorder(manager.record_backend_state)
             stateless = StatelessBackends(
                 lambda: connector.config, http, outgoing=outgoing, ledger=connector.ledger,
                 is_healthy=monitor.usable_for_new_sessions if monitor else None, relay=relay)
@@ -161,18 +179,22 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                 stateless=StatelessEndpoint(stateless, authorizer=authorizer),
                 audit=audit, replica_id=config.server.replica_id,
             )
-            state.update(store=store, manager=manager, ledger=connector.ledger, monitor=monitor,
-                         connector=connector)
+            view = open_view(config, store, metrics, manager=manager, monitor=monitor,
+                             connector=connector)
+            background.start_soon(view.run)
+            state.store, state.manager, state.connector, state.monitor, state.view = (
+                store, manager, connector, monitor, view)
             if config_path is not None:
                 background.start_soon(_reload_on_sighup, config_path, connector, manager,
                                       monitor, outgoing, authorizer)
-            listening = anyio.Event()
-            state["listening"] = listening
-            background.start_soon(_log_when_ready, config, listening, monitor)
+            state.listening = anyio.Event()
+            background.start_soon(_log_when_ready, config, state.listening, monitor)
             try:
                 yield
             finally:
                 endpoint.app = None
+                await view.withdraw()
+                state.store = state.manager = state.connector = state.monitor = state.view = None
                 await manager.aclose()
                 await stateless.aclose()
                 background.cancel_scope.cancel()
@@ -183,37 +205,41 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
-        store = state.get("store")
+        store = state.store
         if store is None:
             return JSONResponse({"status": "starting"}, status_code=503)
         try:
-            await store.ping()  # type: ignore[attr-defined]
+            await store.ping()
         except StoreError as exc:
             # The store's address is for the log, not for whoever probes the port.
             logger.warning("not ready: %s", exc)
             return JSONResponse({"status": "store unavailable"}, status_code=503)
-        monitor = state.get("monitor")
-        if isinstance(monitor, HealthMonitor) and not monitor.probed:
+        monitor = state.monitor
+        if monitor is not None and not monitor.probed:
             return JSONResponse({"status": "backends not probed yet"}, status_code=503)
         return JSONResponse({"status": "ready"})
 
     def snapshot() -> dict[str, object]:
-        manager, ledger, monitor = (state.get("manager"), state.get("ledger"),
-                                    state.get("monitor"))
-        connector = state.get("connector")
-        current = connector.config if isinstance(connector, BackendConnector) else config
-        document = build_status(
-            current, manager if isinstance(manager, SessionManager) else None,
-            ledger if isinstance(ledger, UpstreamLedger) else None,
-            monitor if isinstance(monitor, HealthMonitor) else None)
+        connector = state.connector
+        document = build_status(connector.config if connector is not None else config,
+                                state.manager,
+                                connector.ledger if connector is not None else None,
+                                state.monitor)
         document["authorization"] = policy_status(authorizer)
         return document
 
+    async def full_snapshot() -> dict[str, object]:
+        """This replica's snapshot and, once running, the whole deployment's view."""
+        document = snapshot()
+        if state.view is not None:
+            document.update(await state.view.document())
+        return document
+
     async def status(request: Request) -> Response:
-        return JSONResponse(snapshot())
+        return JSONResponse(await full_snapshot())
 
     async def status_page(request: Request) -> Response:
-        return HTMLResponse(render_page(snapshot()))
+        return HTMLResponse(render_page(await full_snapshot()))
 
     async def resource_metadata(request: Request) -> Response:
         """RFC 9728 protected-resource metadata; 404 without an authorization server."""
@@ -256,14 +282,12 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
     ]
 
     def mark_listening() -> None:
-        listening = state.get("listening")
-        if isinstance(listening, anyio.Event):
-            listening.set()
+        if state.listening is not None:
+            state.listening.set()
 
     async def close_sessions() -> None:
-        manager = state.get("manager")
-        if isinstance(manager, SessionManager):
-            await manager.aclose()
+        if state.manager is not None:
+            await state.manager.aclose()
 
     return GatewayApp(Starlette(routes=routes, lifespan=authenticated), config.server.path,
                       endpoint, mark_listening, admin, close_sessions)
@@ -358,11 +382,7 @@ def _health_monitor(config: VmcpConfig, http: httpx2.AsyncClient,
     health = config.health
     if not health.enabled or not config.backends:
         return None
-    return HealthMonitor(_targets(config, outgoing), http,
-                         interval_seconds=health.interval_seconds,
-                         timeout_seconds=health.timeout_seconds,
-                         unhealthy_threshold=health.unhealthy_threshold,
-                         degraded_latency_seconds=health.degraded_latency_seconds,
+    return HealthMonitor(_targets(config, outgoing), http, health,
                          needs_caller=outgoing.per_caller)
 
 

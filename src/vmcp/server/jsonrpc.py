@@ -20,6 +20,7 @@ from vmcp.errors import (
     INVALID_PARAMS_CODE,
     INVALID_REQUEST_CODE,
     PARSE_ERROR_CODE,
+    MessageError,
 )
 
 RequestId = int | str
@@ -42,18 +43,6 @@ def _by_method(union: Any) -> dict[str, type[pydantic.BaseModel]]:
 
 REQUEST_MODELS = _by_method(ClientRequest)
 NOTIFICATION_MODELS = _by_method(ClientNotification)
-
-
-class MessageError(Exception):
-    """A client message that cannot be served; carries the JSON-RPC error to answer with."""
-
-    def __init__(self, code: int, message: str, request_id: RequestId | None = None,
-                 http_status: int = 400) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.request_id = request_id
-        self.http_status = http_status
 
 
 @dataclass(frozen=True, slots=True)

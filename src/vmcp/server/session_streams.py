@@ -55,7 +55,7 @@ async def write_events(receive: Receive, send: Send, session: MultiSession,
     if wrote_final:
         session.streams.drop(stream.id)
     else:  # paused, or the client went away: make it resumable on any replica
-        session.persist_stream(stream)
+        session.work.persist(stream)
 
 async def write_logged_events(receive: Receive, send: Send, session: MultiSession,
                                stream_id: str, *, after: int,

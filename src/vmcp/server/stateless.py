@@ -39,6 +39,7 @@ from typing import Any, Final
 
 import anyio
 import pydantic
+from anyio.streams.memory import MemoryObjectReceiveStream
 from mcp.shared.inbound import (
     ERROR_CODE_HTTP_STATUS,
     MCP_PARAM_HEADER_PREFIX,
@@ -71,13 +72,13 @@ from vmcp.audit import record as audit_record
 from vmcp.authz import Authorizer
 from vmcp.backend import BackendRpcError
 from vmcp.dispatch import LISTINGS, Dispatcher, Target, aggregate_capabilities, items_of
-from vmcp.errors import BackendError, ConfigError, NotPermitted, RequestError
-from vmcp.identity import InvalidIdentity, Principal, binding_for
+from vmcp.errors import BackendError, ConfigError, InvalidIdentity, NotPermitted, RequestError
+from vmcp.identity import Principal, binding_for
 from vmcp.server import auditing
 from vmcp.server.jsonrpc import first_error
 from vmcp.server.responses import SSE_HEADERS, cancel_on_disconnect, send_json, sse_event
 from vmcp.stateless.backends import Caller, StatelessBackends, View
-from vmcp.stateless.input_rounds import InvalidRound, Outcome
+from vmcp.stateless.input_rounds import Outcome
 from vmcp.stateless.pool import BackendKind
 
 logger = logging.getLogger(__name__)
@@ -293,8 +294,6 @@ class StatelessEndpoint:
             return _error(request_id, exc.jsonrpc_code, exc.public_message)
         except BackendRpcError as exc:
             return _error(request_id, exc.code, exc.message, exc.data)
-        except InvalidRound as exc:
-            return _error(request_id, INVALID_PARAMS, str(exc))
         except BackendError as exc:
             logger.warning("backend call failed: %s", exc, extra={"backend": exc.backend})
             return _error(request_id, INTERNAL_ERROR, str(exc), {"backend": exc.backend})
@@ -394,13 +393,7 @@ class StatelessEndpoint:
         async with receiver, anyio.create_task_group() as tg:
             tg.start_soon(run)
             tg.start_soon(cancel_on_disconnect, receive, tg.cancel_scope)
-            event: dict[str, Any] | None = None
-            done = False
-            with anyio.move_on_after(SSE_PING_SECONDS):
-                try:
-                    event = await receiver.receive()
-                except anyio.EndOfStream:
-                    done = True
+            done, event = await _next_event(receiver)
             if done:
                 await send_json(send, _message_status(answer[0]), answer[0])
             else:
@@ -409,15 +402,22 @@ class StatelessEndpoint:
                 while not done:
                     chunk = sse_event(event) if event is not None else b": ping\n\n"
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    event = None
-                    with anyio.move_on_after(SSE_PING_SECONDS):
-                        try:
-                            event = await receiver.receive()
-                        except anyio.EndOfStream:
-                            done = True
+                    done, event = await _next_event(receiver)
                 await send({"type": "http.response.body", "body": sse_event(answer[0]),
                             "more_body": False})
             tg.cancel_scope.cancel()
+
+
+async def _next_event(receiver: MemoryObjectReceiveStream[dict[str, Any]]
+                      ) -> tuple[bool, dict[str, Any] | None]:
+    """(the work is done, its next notification); neither after ``SSE_PING_SECONDS``
+    of silence, when a keep-alive comment is due."""
+    with anyio.move_on_after(SSE_PING_SECONDS):
+        try:
+            return False, await receiver.receive()
+        except anyio.EndOfStream:
+            return True, None
+    return False, None
 
 
 def _checked_param_headers(view: View, tool: str, params: Mapping[str, Any],

@@ -35,7 +35,9 @@ from vmcp.errors import (
     INVALID_REQUEST_CODE,
     AuthenticationError,
     BackendError,
+    InvalidIdentity,
     InvalidSessionId,
+    MessageError,
     NotPermitted,
     RequestError,
     SessionClosed,
@@ -45,9 +47,9 @@ from vmcp.errors import (
     StoreError,
     VmcpError,
 )
-from vmcp.identity import InvalidIdentity, Principal
+from vmcp.identity import Principal
 from vmcp.server import auditing, jsonrpc
-from vmcp.server.jsonrpc import Incoming, MessageError
+from vmcp.server.jsonrpc import Incoming
 from vmcp.server.request_log import VERB_LABELS, RequestRecord, current_record, method_label
 from vmcp.server.responses import (
     SSE_HEADERS,
@@ -71,7 +73,7 @@ from vmcp.server.stateless import StatelessEndpoint, is_stateless
 from vmcp.session import SessionManager
 from vmcp.session.channel import ClientChannel
 from vmcp.session.multisession import MultiSession, RequestCancelled
-from vmcp.session.streams import Outbound, parse_event_id
+from vmcp.session.streams import DuplicateRequestId, Outbound, parse_event_id
 from vmcp.telemetry import Metrics
 
 logger = logging.getLogger(__name__)
@@ -217,7 +219,7 @@ class McpEndpoint:
         try:
             message = jsonrpc.parse_message(body)
         except MessageError as exc:
-            raise _Reply(exc.http_status, jsonrpc.error(exc.request_id, exc.code, exc.message)
+            raise _Reply(exc.status, jsonrpc.error(exc.request_id, exc.code, exc.message)
                          ) from exc
         scope[METHOD_KEY] = method_label(message)
         attributes: dict[str, str] = {"mcp.method.name": scope[METHOD_KEY]}
@@ -360,7 +362,13 @@ class McpEndpoint:
                 target = await self._methods.authorize(session, message, principal)
             except VmcpError as exc:
                 raise _error_reply(exc, message.id) from exc
-        stream = session.streams.open(message.id)
+        try:
+            stream = session.streams.open(message.id)
+        except DuplicateRequestId:
+            raise _Reply(400, jsonrpc.error(
+                message.id, INVALID_REQUEST_CODE,
+                "Invalid Request: this request id is already in use in the session")
+                ) from None
         channel = session.channel(stream, message.id)
 
         async def run() -> None:
@@ -369,7 +377,7 @@ class McpEndpoint:
 
         work = run()
         try:
-            session.spawn(work)
+            session.work.spawn(work)
         except SessionClosed as exc:
             # Closed between lookup and use: the same answer as for an unknown session.
             work.close()
@@ -468,7 +476,7 @@ class McpEndpoint:
             # Closed before it subscribed, its stream would never be closed by the session.
             tg.start_soon(cancel_on_close, session, tg.cancel_scope)
             tg.start_soon(cancel_on_event, self._draining, tg.cancel_scope)
-            async with session.subscribe() as messages:
+            async with session.messages.subscribe() as messages:
                 # Only now, with the stream subscribed everywhere, tell the client it is
                 # open: what happens after this point cannot be missed.
                 await send({"type": "http.response.body", "body": b": stream open\n\n",

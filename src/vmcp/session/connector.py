@@ -13,8 +13,8 @@ from vmcp.auth.outgoing import OutgoingAuth, current_caller
 from vmcp.backend import BackendConnection, BackendState
 from vmcp.backend.breaker import CircuitBreaker
 from vmcp.config import BackendConfig, VmcpConfig
-from vmcp.errors import BackendError
-from vmcp.identity import InvalidIdentity, Principal, binding_for
+from vmcp.errors import BackendError, InvalidIdentity
+from vmcp.identity import Principal, binding_for
 from vmcp.session.live import LiveSession
 from vmcp.session.multisession import Discover, MultiSession
 from vmcp.store.event_log import EventLog
@@ -68,8 +68,9 @@ class BackendConnector:
         self._is_healthy = is_healthy
         self._connect_slots = anyio.Semaphore(config.limits.max_concurrent_backend_connects)
 
-    def set_state_recorder(self, record_state: StateRecorder) -> None:
-        self._record_state = record_state
+    def catalogs_seen(self) -> dict[str, BackendCatalog]:
+        """What each backend last listed here (shared catalogs only)."""
+        return self._catalogs.latest()
 
     @property
     def config(self) -> VmcpConfig:

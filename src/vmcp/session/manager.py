@@ -17,7 +17,6 @@ and a cached session keeps being served while its liveness cannot be checked.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import time
 import uuid
@@ -26,14 +25,14 @@ from dataclasses import dataclass, field
 
 from vmcp.cache import CacheStatistics, EvictedWhileLoading, ValidatingCache
 from vmcp.errors import (
+    DecorationError,
     SessionNotFound,
     SessionNotYours,
     SessionTerminated,
     StoreError,
     TooManySessions,
-    VmcpError,
 )
-from vmcp.identity import Principal, binding_for, check_binding
+from vmcp.identity import Principal, acting_for, binding_for, check_binding, current_caller
 from vmcp.session import metadata as md
 from vmcp.session.live import LiveSession, SessionFactory
 from vmcp.store.base import SessionStore, validate_session_id
@@ -42,19 +41,7 @@ from vmcp.store.pubsub import EndedSessionBus
 
 logger = logging.getLogger(__name__)
 
-# The principal of the request that started a restore. The cache runs the restore in a
-# task of its own (so a cancelled request cannot cancel work others wait on); a task
-# copies the context it was created in, so the restore keeps the caller's identity for
-# outgoing auth without inheriting the caller's cancellation.
-_restoring_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar(
-    "vmcp_restoring_principal"
-)
-
 GENERATE_ATTEMPTS = 2
-
-
-class DecorationError(VmcpError):
-    """A session decorator returned nothing, or a session with another id."""
 
 
 @dataclass(eq=False)
@@ -221,13 +208,14 @@ class SessionManager:
             if not md.is_full_session(record):
                 raise SessionNotFound(session_id)
             self._check_caller(session_id, record.get(md.IDENTITY), principal)
-        token = _restoring_principal.set(principal)
-        try:
-            entry = await self._cache.get(session_id)
-        except EvictedWhileLoading as exc:
-            raise SessionNotFound(session_id) from exc
-        finally:
-            _restoring_principal.reset(token)
+        # The cache restores in a task of its own (so a cancelled request cannot cancel
+        # work others wait on); the task copies this context, so the restore keeps the
+        # caller's identity for outgoing auth without inheriting its cancellation.
+        with acting_for(principal):
+            try:
+                entry = await self._cache.get(session_id)
+            except EvictedWhileLoading as exc:
+                raise SessionNotFound(session_id) from exc
         self._check_caller(session_id, entry.binding, principal)
         return entry.live
 
@@ -314,20 +302,8 @@ class SessionManager:
         await self._store.update(session_id, changed)
 
     async def record_backend_state(self, session_id: str, backend: str, state: str) -> bool:
-        """Store a backend's new state (its new session id after a re-initialize, B37).
-
-        Set-if-present: returns False, writing nothing, if the session ended meanwhile.
-        """
-        try:
-            record = await self._store.load(session_id)
-        except SessionNotFound:
-            return False
-        if not md.is_full_session(record):
-            return False
-        if backend not in md.parse_backend_list(record[md.BACKENDS]):
-            return False
-        record[md.backend_state_key(backend)] = state
-        return await self._store.update(session_id, record)
+        """Store a backend's new state (see :func:`~vmcp.session.metadata.record_backend_state`)."""
+        return await md.record_backend_state(self._store, session_id, backend, state)
 
     async def decorate_session(
         self,
@@ -402,7 +378,10 @@ class SessionManager:
 
     async def _restore(self, session_id: str) -> _Entry:
         """Rebuild a session another replica created (cache miss; B23-B27, B44)."""
-        principal = _restoring_principal.get()
+        caller = current_caller()
+        if caller is None:
+            raise RuntimeError("a restore runs on behalf of a caller (see get)")
+        principal = caller.principal
         record = await self._store.load(session_id)
         if not md.is_full_session(record):
             raise SessionNotFound(session_id)

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from vmcp.errors import SessionNotFound
+from vmcp.store.base import SessionStore
+
 IDENTITY = "identity"
 BACKENDS = "backends"
 TERMINATED = "terminated"
@@ -43,3 +46,23 @@ def backend_states(metadata: Mapping[str, str]) -> dict[str, str]:
         for key, value in metadata.items()
         if key.startswith(BACKEND_STATE_PREFIX)
     }
+
+
+async def record_backend_state(store: SessionStore, session_id: str, backend: str,
+                               state: str) -> bool:
+    """Store a backend's new state (its new session id after a re-initialize, B37).
+
+    Set-if-present: returns False, writing nothing, if the session ended meanwhile or
+    no longer has ``backend``. Needs nothing but the store, so that whatever connects
+    backends can record it without knowing the session manager.
+    """
+    try:
+        record = await store.load(session_id)
+    except SessionNotFound:
+        return False
+    if not is_full_session(record):
+        return False
+    if backend not in parse_backend_list(record[BACKENDS]):
+        return False
+    record[backend_state_key(backend)] = state
+    return await store.update(session_id, record)

@@ -1,35 +1,32 @@
 """One client session's live state on this replica: backend connections and routes.
 
 It cannot be serialized; each replica builds its own from the stored metadata (see
-``connector``). Closing it ends every backend session it holds.
+``connector``). It is put together from parts with one job each: ``routes`` (catalogs
+and the routing table), ``messages`` (what backends send outside any request, and the
+client's GET stream), ``work`` (request tasks and stream copies that outlive their HTTP
+connection) and ``streams`` (each request's outbound events). Closing it answers every
+request still open, then ends every backend session it holds.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import (
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Coroutine,
-    Iterator,
-    Mapping,
-    Sequence,
-)
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from opentelemetry.trace import SpanKind
 
 from vmcp.aggregate import BackendCatalog, RoutingTable
 from vmcp.backend import STREAM_PAUSED, BackendConnection, BackendRpcError
 from vmcp.backend.breaker import CircuitBreaker
-from vmcp.errors import BackendError, SessionClosed, StoreError
+from vmcp.errors import SessionClosed
 from vmcp.session.channel import ClientChannel, PendingClientRequests
+from vmcp.session.detached import DetachedWork
+from vmcp.session.routes import Discover, Rebuild, SessionRoutes
+from vmcp.session.server_messages import LIST_CHANGED, UNSOLICITED, ServerMessages
 from vmcp.session.streams import ResponseStream, ResponseStreams
 from vmcp.store.event_log import EventLog
 from vmcp.store.pubsub import SessionRelay
@@ -38,27 +35,11 @@ from vmcp.upstream.ledger import UpstreamLedger
 
 logger = logging.getLogger(__name__)
 
-LIST_CHANGED = {
-    "notifications/tools/list_changed",
-    "notifications/prompts/list_changed",
-    "notifications/resources/list_changed",
-}
-# Notifications about the session as a whole, not about the request they arrived with.
-UNSOLICITED = LIST_CHANGED | {"notifications/resources/updated"}
-SUBSCRIBER_BUFFER = 256
-REFRESH_INTERVAL = 5.0
-# How long a closing session waits for its event-log copies to record their streams'
-# final events (each append has the store's own deadline; this bounds them together).
-FINAL_COPY_SECONDS = 5.0
-
+__all__ = ["Discover", "MultiSession", "Rebuild", "RequestCancelled"]
 
 
 class RequestCancelled(Exception):
     """The client cancelled the request (``notifications/cancelled``): answer nothing."""
-
-
-Rebuild = Callable[[Mapping[str, BackendCatalog]], RoutingTable]
-Discover = Callable[[str, BackendConnection], Awaitable[BackendCatalog]]
 
 
 class MultiSession:
@@ -83,31 +64,34 @@ class MultiSession:
     ) -> None:
         self._session_id = session_id
         self._connections = dict(connections)
-        self._catalogs = dict(catalogs)
-        self._rebuild = rebuild
-        self._discover = discover
         self._relay = relay
-        self.event_log = event_log
         self._ledger = ledger
         self._breaker = breaker
-        self._persisted: set[str] = set()
-        self._replica_id = replica_id
-        self.routing = rebuild(self._catalogs)
+        self.routes = SessionRoutes(session_id, catalogs, rebuild=rebuild, discover=discover,
+                                    connection_of=self._connections.get)
         self.pending = PendingClientRequests(prefix=f"vmcp-{session_id[:8]}")
         # Stream ids carry the replica id: a client may resume a stream on another replica.
         self.streams = ResponseStreams(prefix=replica_id or "r")
+        self.work = DetachedWork(session_id, event_log)
+        self.messages = ServerMessages(
+            session_id, replica_id=replica_id, relay=relay, connections=self._connections,
+            routes=self.routes, pending=self.pending,
+            answers_elsewhere=self.answers_from_other_replicas, spawn=self.work.spawn)
         self._requests: dict[Any, anyio.CancelScope] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._copies: set[asyncio.Task[None]] = set()
-        self._subscriber: MemoryObjectSendStream[dict[str, Any]] | None = None
-        self._listeners: anyio.CancelScope | None = None
         self._closed = False
         self._ended = anyio.Event()
-        self._last_full_refresh = -REFRESH_INTERVAL
 
     @property
     def session_id(self) -> str:
         return self._session_id
+
+    @property
+    def routing(self) -> RoutingTable:
+        return self.routes.table
+
+    @property
+    def event_log(self) -> EventLog | None:
+        return self.work.event_log
 
     def backend_names(self) -> list[str]:
         return sorted(self._connections)
@@ -126,6 +110,10 @@ class MultiSession:
     def initialize_results(self) -> dict[str, dict[str, Any]]:
         return {name: conn.state.initialize_result for name, conn in self._connections.items()}
 
+    async def refresh_all(self) -> None:
+        """Re-list every backend (rate-limited; see ``SessionRoutes.refresh_all``)."""
+        await self.routes.refresh_all(list(self._connections))
+
     # -- calls ----------------------------------------------------------------------
 
     async def call(self, backend: str, method: str, params: dict[str, Any] | None,
@@ -143,7 +131,7 @@ class MultiSession:
             if message.get("method") == STREAM_PAUSED:
                 channel.pause(int(message["params"]["retryMs"]))
             elif message.get("method") in UNSOLICITED:
-                await self._announce(backend, message)
+                await self.messages.announce(backend, message)
             else:
                 await channel.notify(message)
             return None
@@ -192,6 +180,9 @@ class MultiSession:
             await self._relay.publish(self._session_id,
                                       {"type": "client-response", "message": message})
 
+    def deliver_client_response(self, message: dict[str, Any]) -> bool:
+        return self.pending.deliver(message)
+
     async def notify_all(self, method: str, params: dict[str, Any] | None) -> None:
         """Send a notification to every backend; one failing does not stop the others."""
         async def send(name: str, connection: BackendConnection) -> None:
@@ -203,58 +194,6 @@ class MultiSession:
         async with anyio.create_task_group() as tg:
             for name, connection in self._connections.items():
                 tg.start_soon(send, name, connection)
-
-    def spawn(self, work: Awaitable[None]) -> None:
-        """Run a request's work detached from its HTTP connection (a client may drop the
-        connection and resume the stream); it ends with the session at the latest."""
-        if self._closed:
-            raise SessionClosed(self._session_id)
-
-        async def run() -> None:
-            await work
-
-        task = asyncio.create_task(run(), name=f"vmcp-request-{self._session_id[:8]}")
-        self._tasks.add(task)
-
-        def done(finished: asyncio.Task[None]) -> None:
-            self._tasks.discard(finished)
-            if isinstance(work, Coroutine):
-                work.close()  # cancelled before it started: never awaited, close quietly
-
-        task.add_done_callback(done)
-
-    def persist_stream(self, stream: ResponseStream) -> None:
-        """Copy an interrupted stream's events to the event log, so that the client can
-        resume it on any replica; follows the stream until its final event.
-
-        The copy is not one of the request tasks that the session's close cancels: the
-        close finishes the stream (``-32001``) and the copy records that end too, so a
-        client resuming on another replica gets the same answer, not silence."""
-        if self.event_log is None or stream.id in self._persisted or self._closed:
-            return
-        self._persisted.add(stream.id)
-        log = self.event_log
-
-        async def copy() -> None:
-            position = 0
-            while True:
-                events = await stream.after(position)
-                for position, item in events:
-                    record: dict[str, Any] = {"m": item.message, "final": item.final}
-                    if item.pause_ms is not None:
-                        record["pause"] = item.pause_ms
-                    try:
-                        await log.append(self._session_id, stream.id, position, record)
-                    except StoreError as exc:
-                        logger.warning("could not persist stream events: %s", exc,
-                                       extra={"session_id": self._session_id})
-                        return
-                    if item.final:
-                        return
-
-        task = asyncio.create_task(copy(), name=f"vmcp-stream-copy-{self._session_id[:8]}")
-        self._copies.add(task)
-        task.add_done_callback(self._copies.discard)
 
     @contextlib.contextmanager
     def track_request(self, request_id: Any) -> Iterator[None]:
@@ -275,164 +214,21 @@ class MultiSession:
         if scope is not None:
             scope.cancel()
 
-    def deliver_client_response(self, message: dict[str, Any]) -> bool:
-        return self.pending.deliver(message)
-
-    # -- server-initiated messages ---------------------------------------------------
-
-    @contextlib.asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[MemoryObjectReceiveStream[dict[str, Any]]]:
-        """The client's GET stream: backend notifications that belong to no request.
-
-        Only the newest stream receives messages, so none is delivered twice. Backend
-        streams are opened only while a client listens.
-        """
-        send, receive = anyio.create_memory_object_stream[dict[str, Any]](SUBSCRIBER_BUFFER)
-        previous, self._subscriber = self._subscriber, send
-        if previous is not None:
-            previous.close()
-
-        def from_elsewhere(payload: dict[str, Any]) -> None:
-            message = payload.get("message")
-            if (payload.get("type") == "server-message" and isinstance(message, dict)
-                    and payload.get("origin") != self._replica_id):
-                backend = payload.get("backend")
-                if message.get("method") in LIST_CHANGED and isinstance(backend, str):
-                    self.spawn(self._refresh_then_publish(backend, message))
-                else:
-                    self._publish(message)
-
-        relayed = (self._relay.listen(self._session_id, from_elsewhere)
-                   if self._relay is not None else contextlib.nullcontext())
-        try:
-            async with relayed, anyio.create_task_group() as tg:
-                if self._listeners is None:
-                    self._listeners = tg.cancel_scope
-                    for name, connection in self._connections.items():
-                        tg.start_soon(self._listen, name, connection)
-                try:
-                    yield receive
-                finally:
-                    if self._listeners is tg.cancel_scope:
-                        self._listeners = None
-                    tg.cancel_scope.cancel()
-        finally:
-            if self._subscriber is send:
-                self._subscriber = None
-            send.close()
-
-    async def _listen(self, name: str, connection: BackendConnection) -> None:
-        try:
-            messages = connection.listen()
-            try:
-                async for message in messages:
-                    await self._on_backend_message(name, connection, message)
-            finally:
-                await _aclose_iterator(messages)
-        except SessionClosed:
-            return
-        except Exception as exc:
-            logger.warning("listening to backend %s stopped: %s", name, exc,
-                           extra={"session_id": self._session_id, "backend": name})
-
-    async def _on_backend_message(self, name: str, connection: BackendConnection,
-                                  message: dict[str, Any]) -> None:
-        method = message.get("method")
-        if "id" in message and method is not None:
-            await self._relay_backend_request(connection, message)
-            return
-        if method in LIST_CHANGED:
-            await self.refresh_backend(name)
-        self._publish(message)
-
-    async def _announce(self, backend: str, message: dict[str, Any]) -> None:
-        """A message that belongs to no request: to the client's GET stream, wherever it is."""
-        if message.get("method") in LIST_CHANGED:
-            await self.refresh_backend(backend)
-        self._publish(message)
-        if self._relay is not None:
-            try:
-                await self._relay.publish(self._session_id, {
-                    "type": "server-message", "origin": self._replica_id, "backend": backend,
-                    "message": message})
-            except StoreError as exc:
-                logger.warning("could not relay %s: %s", message.get("method"), exc,
-                               extra={"session_id": self._session_id})
-
-    async def _relay_backend_request(self, connection: BackendConnection,
-                                     message: dict[str, Any]) -> None:
-        request_id, answer = self.pending.open()
-        try:
-            async with self.answers_from_other_replicas():
-                self._publish({**message, "id": request_id})
-                with anyio.fail_after(300):
-                    reply = await answer
-        except (TimeoutError, asyncio.CancelledError):
-            self.pending.discard(request_id)
-            raise
-        body = {k: v for k, v in reply.items() if k in ("result", "error")}
-        await connection.respond({"jsonrpc": "2.0", "id": message["id"], **body})
-
-    def _publish(self, message: dict[str, Any]) -> None:
-        subscriber = self._subscriber
-        if subscriber is None:
-            return
-        try:
-            subscriber.send_nowait(message)
-        except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
-            logger.warning("client stream full or gone; dropped %s", message.get("method"),
-                           extra={"session_id": self._session_id})
-
-    async def _refresh_then_publish(self, backend: str, message: dict[str, Any]) -> None:
-        """Re-route first, so a client that lists again on ``list_changed`` sees the change."""
-        await self.refresh_backend(backend)
-        self._publish(message)
-
-    async def refresh_all(self) -> None:
-        """Re-discover every backend: a name the routing table lacks may be new (its
-        ``list_changed`` went to another replica, or to no listener at all).
-
-        At most once per ``REFRESH_INTERVAL`` per session, so that calls naming unknown
-        tools cannot turn into a stream of listings sent to every backend.
-        """
-        now = time.monotonic()
-        if now - self._last_full_refresh < REFRESH_INTERVAL:
-            return
-        self._last_full_refresh = now
-        async with anyio.create_task_group() as tg:
-            for name in self._connections:
-                tg.start_soon(self.refresh_backend, name)
-
-    async def refresh_backend(self, name: str) -> None:
-        """Re-discover one backend's catalog (after its ``list_changed``) and re-route."""
-        connection = self._connections.get(name)
-        if connection is None:
-            return
-        try:
-            self._catalogs[name] = await self._discover(name, connection)
-        except BackendError as exc:
-            logger.warning("re-discovering backend %s failed, keeping its old catalog: %s",
-                           name, exc, extra={"session_id": self._session_id, "backend": name})
-            return
-        self.routing = self._rebuild(self._catalogs)
+    # -- backends joining and leaving --------------------------------------------------
 
     async def reconcile(self, added: Mapping[str, BackendConnection],
                         removed: Sequence[str]) -> None:
         """Take in new backend connections, end removed ones, re-route, and tell the
-        client that the lists changed (configuration reload)."""
+        client that the lists changed (configuration reload, a backend recovered)."""
         closing = {name: self._connections.pop(name) for name in removed
                    if name in self._connections}
-        for name in removed:
-            self._catalogs.pop(name, None)
         self._connections.update(added)
         async with anyio.create_task_group() as tg:
-            for name in added:
-                tg.start_soon(self.refresh_backend, name)
+            tg.start_soon(self.routes.replace, list(added), list(removed))
             for name, connection in closing.items():
                 tg.start_soon(self._close_connection, name, connection)
-        self.routing = self._rebuild(self._catalogs)
         for method in sorted(LIST_CHANGED):
-            self._publish({"jsonrpc": "2.0", "method": method})
+            self.messages.publish({"jsonrpc": "2.0", "method": method})
 
     async def _close_connection(self, name: str, connection: BackendConnection) -> None:
         try:
@@ -446,43 +242,29 @@ class MultiSession:
 
     # -- closing --------------------------------------------------------------------
 
-    def _ended_answer(self, request_id: Any) -> dict[str, Any]:
-        return {"jsonrpc": "2.0", "id": request_id,
-                "error": {"code": SessionClosed.jsonrpc_code, "message": "Session not found"}}
-
     async def wait_closed(self) -> None:
         """Return once the session is closed (ends streams that outlive no session)."""
         await self._ended.wait()
 
     async def aclose(self) -> None:
-        """End every backend session (in parallel); idempotent, never raises."""
+        """Answer what is still open, then end every backend session (in parallel);
+        idempotent, never raises."""
         if self._closed:
             return
         self._closed = True
-        if self._listeners is not None:
-            self._listeners.cancel()
-        if self._subscriber is not None:
-            self._subscriber.close()
+        self.messages.close()
         self.pending.cancel_all()
-        for task in list(self._tasks):
-            task.cancel()
+        self.work.cancel_requests()
         # A cancelled task writes no answer (one cancelled before it started runs no code
         # at all): the session's own end answers every request still open.
-        self.streams.end_all(self._ended_answer)
+        self.streams.end_all(_ended_answer)
         self._ended.set()
-        if self._copies:
-            copies = list(self._copies)
-            _, late = await asyncio.wait(copies, timeout=FINAL_COPY_SECONDS)
-            for task in late:
-                task.cancel()
-
+        await self.work.finish_copies()
         async with anyio.create_task_group() as tg:
             for name, connection in self._connections.items():
                 tg.start_soon(self._close_connection, name, connection)
 
 
-async def _aclose_iterator(iterator: AsyncIterator[Any]) -> None:
-    """Release a backend's stream as soon as its consumer stops (async generators)."""
-    aclose = getattr(iterator, "aclose", None)
-    if aclose is not None:
-        await aclose()
+def _ended_answer(request_id: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id,
+            "error": {"code": SessionClosed.jsonrpc_code, "message": "Session not found"}}

@@ -35,11 +35,10 @@ from mcp_types.version import LATEST_MODERN_VERSION
 
 from vmcp.aggregate import BackendCatalog, RoutingTable
 from vmcp.auth.outgoing import OutgoingAuth, current_caller
-from vmcp.backend import STREAM_PAUSED, BackendConnection, BackendRpcError
-from vmcp.backend.connection import MessageHandler
+from vmcp.backend import STREAM_PAUSED, BackendConnection, BackendRpcError, MessageHandler
 from vmcp.backend.modern import ModernBackend, NotModern
 from vmcp.config import VmcpConfig
-from vmcp.errors import METHOD_NOT_FOUND_CODE, BackendSessionExpired
+from vmcp.errors import METHOD_NOT_FOUND_CODE, BackendSessionExpired, InvalidRound
 from vmcp.stateless.caller import LOG_LEVELS, Caller
 from vmcp.stateless.catalogs import (
     SESSION_CATALOG_SECONDS,
@@ -47,14 +46,7 @@ from vmcp.stateless.catalogs import (
     CatalogEntry,
     View,
 )
-from vmcp.stateless.input_rounds import (
-    Ask,
-    InputRounds,
-    InvalidRound,
-    Notify,
-    Outcome,
-    is_round_token,
-)
+from vmcp.stateless.input_rounds import Ask, InputRounds, Notify, Outcome, is_round_token
 from vmcp.stateless.pool import BackendKind, BackendKinds, UpstreamPool
 from vmcp.store.pubsub import SessionRelay
 from vmcp.upstream.catalogs import routing_table

@@ -38,7 +38,7 @@ from typing import Any
 import anyio
 
 from vmcp.backend import BackendRpcError
-from vmcp.errors import BackendError, StoreError, VmcpError
+from vmcp.errors import BackendError, InvalidRound, StoreError, VmcpError
 from vmcp.store.pubsub import SessionRelay
 
 logger = logging.getLogger(__name__)
@@ -60,10 +60,6 @@ or ``{"error": ...}``."""
 
 Work = Callable[[Ask, Notify], Awaitable[dict[str, Any]]]
 """The backend call: runs once, may ask and notify, returns the call's result."""
-
-
-class InvalidRound(Exception):
-    """The ``requestState`` or ``inputResponses`` of a retry cannot be used (-32602)."""
 
 
 class ForwardedBackendError(BackendError):

@@ -95,6 +95,13 @@ class MemoryStore:
         sessions must not keep them alive)."""
         return self._live(session_id) is not None
 
+    def live_records(self) -> list[tuple[str, dict[str, str]]]:
+        """Every live record with its id, without restarting TTL windows (for counts of
+        sessions); the dicts are the store's own: read them, never change them."""
+        now = self._clock()
+        return [(session_id, metadata) for session_id, (metadata, deadline)
+                in self._records.items() if deadline > now]
+
     async def ping(self) -> None:
         return None
 

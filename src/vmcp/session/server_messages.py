@@ -1,0 +1,216 @@
+"""What backends send a session outside any request, and the client's GET stream for it.
+
+Backends announce list changes and resource updates, and may send requests of their own
+(sampling, elicitation) on their own GET streams; a call may also carry such unsolicited
+messages. They reach the client on its GET stream, wherever it is: the replica that hears
+a message publishes it to the session's channel too, so a stream held by another replica
+delivers it. A ``list_changed`` re-routes the session first, so a client that lists again
+on it sees the change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, Final
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from vmcp.backend import BackendConnection
+from vmcp.errors import SessionClosed, StoreError
+from vmcp.session.channel import PendingClientRequests
+from vmcp.session.routes import SessionRoutes
+from vmcp.store.pubsub import SessionRelay
+
+logger = logging.getLogger(__name__)
+
+LIST_CHANGED: Final = frozenset({
+    "notifications/tools/list_changed",
+    "notifications/prompts/list_changed",
+    "notifications/resources/list_changed",
+})
+UNSOLICITED: Final = LIST_CHANGED | {"notifications/resources/updated"}
+"""Notifications about the session as a whole, not about the request they arrived with."""
+_LISTS: Final = (
+    ("notifications/tools/list_changed", "tools"),
+    ("notifications/prompts/list_changed", "prompts"),
+    ("notifications/resources/list_changed", "resources"),
+)
+SUBSCRIBER_BUFFER: Final = 256
+BACKLOG: Final = 64
+"""Messages kept while the client holds no GET stream here (a ``list_changed`` heard
+right after ``initialize``, before the client opened its stream): delivered when it does.
+The oldest go first beyond this, counted and logged, never silently."""
+BACKEND_REQUEST_SECONDS: Final = 300.0
+"""How long a backend's own request (sampling, elicitation) waits for the client."""
+
+Spawn = Callable[[Any], None]
+AnswersElsewhere = Callable[[], contextlib.AbstractAsyncContextManager[None]]
+
+
+class ServerMessages:
+    """Delivers a session's unsolicited backend messages to its client's GET stream."""
+
+    def __init__(self, session_id: str, *, replica_id: str, relay: SessionRelay | None,
+                 connections: Mapping[str, BackendConnection], routes: SessionRoutes,
+                 pending: PendingClientRequests, answers_elsewhere: AnswersElsewhere,
+                 spawn: Spawn) -> None:
+        self._session_id = session_id
+        self._replica_id = replica_id
+        self._relay = relay
+        self._connections = connections  # the session's own mapping, kept current
+        self._routes = routes
+        self._pending = pending
+        self._answers_elsewhere = answers_elsewhere
+        self._spawn = spawn
+        self._subscriber: MemoryObjectSendStream[dict[str, Any]] | None = None
+        self._listeners: anyio.CancelScope | None = None
+        self._backlog: deque[dict[str, Any]] = deque()
+        self.dropped = 0
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[MemoryObjectReceiveStream[dict[str, Any]]]:
+        """The client's GET stream: backend notifications that belong to no request.
+
+        Only the newest stream receives messages, so none is delivered twice. Backend
+        streams are opened only while a client listens.
+        """
+        send, receive = anyio.create_memory_object_stream[dict[str, Any]](SUBSCRIBER_BUFFER)
+        previous, self._subscriber = self._subscriber, send
+        if previous is not None:
+            previous.close()
+        while self._backlog:
+            self.publish(self._backlog.popleft())
+
+        def from_elsewhere(payload: dict[str, Any]) -> None:
+            message = payload.get("message")
+            if (payload.get("type") == "server-message" and isinstance(message, dict)
+                    and payload.get("origin") != self._replica_id):
+                backend = payload.get("backend")
+                if message.get("method") in LIST_CHANGED and isinstance(backend, str):
+                    self._spawn(self._refresh_then_publish(backend, message))
+                else:
+                    self.publish(message)
+
+        relayed = (self._relay.listen(self._session_id, from_elsewhere)
+                   if self._relay is not None else contextlib.nullcontext())
+        try:
+            async with relayed, anyio.create_task_group() as tg:
+                if self._listeners is None:
+                    self._listeners = tg.cancel_scope
+                    for name, connection in self._connections.items():
+                        tg.start_soon(self._listen, name, connection)
+                    tg.start_soon(self._catch_up)
+                try:
+                    yield receive
+                finally:
+                    if self._listeners is tg.cancel_scope:
+                        self._listeners = None
+                    tg.cancel_scope.cancel()
+        finally:
+            if self._subscriber is send:
+                self._subscriber = None
+            send.close()
+
+    async def _catch_up(self) -> None:
+        """Re-list the backends once the stream listens, and announce what changed.
+
+        A backend announces a change on its own stream, which is open only while the
+        client's is: a change made before the client opened its stream (a tool that
+        changes the list, called right after ``initialize``) would go unheard."""
+        before = self._routes.table
+        await self._routes.refresh_all(list(self._connections))
+        after = self._routes.table
+        for method, kind in _LISTS:
+            if getattr(before, kind) != getattr(after, kind):
+                self.publish({"jsonrpc": "2.0", "method": method})
+
+    async def announce(self, backend: str, message: dict[str, Any]) -> None:
+        """A message that came with a call but belongs to no request: to the client's GET
+        stream, wherever it is."""
+        if message.get("method") in LIST_CHANGED:
+            await self._routes.refresh(backend)
+        self.publish(message)
+        if self._relay is not None:
+            try:
+                await self._relay.publish(self._session_id, {
+                    "type": "server-message", "origin": self._replica_id, "backend": backend,
+                    "message": message})
+            except StoreError as exc:
+                logger.warning("could not relay %s: %s", message.get("method"), exc,
+                               extra={"session_id": self._session_id})
+
+    def publish(self, message: dict[str, Any]) -> None:
+        """To this replica's GET stream of the session, if the client holds one here."""
+        subscriber = self._subscriber
+        if subscriber is None:
+            self._backlog.append(message)
+            if len(self._backlog) > BACKLOG:
+                self._drop(self._backlog.popleft(), "no client stream for a while")
+            return
+        try:
+            subscriber.send_nowait(message)
+        except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self._drop(message, "client stream full or gone")
+
+    def _drop(self, message: dict[str, Any], why: str) -> None:
+        self.dropped += 1
+        if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:  # a flood logs a few lines
+            logger.warning("%s; dropped %s (%d dropped in this session)", why,
+                           message.get("method"), self.dropped,
+                           extra={"session_id": self._session_id})
+
+    def close(self) -> None:
+        """The session is closing: stop listening to backends, end the GET stream."""
+        if self._listeners is not None:
+            self._listeners.cancel()
+        if self._subscriber is not None:
+            self._subscriber.close()
+
+    async def _listen(self, name: str, connection: BackendConnection) -> None:
+        try:
+            messages = connection.listen()
+            try:
+                async for message in messages:
+                    await self._on_backend_message(name, connection, message)
+            finally:
+                aclose = getattr(messages, "aclose", None)
+                if aclose is not None:  # release the backend's stream at once
+                    await aclose()
+        except SessionClosed:
+            return
+        except Exception as exc:
+            logger.warning("listening to backend %s stopped: %s", name, exc,
+                           extra={"session_id": self._session_id, "backend": name})
+
+    async def _on_backend_message(self, name: str, connection: BackendConnection,
+                                  message: dict[str, Any]) -> None:
+        method = message.get("method")
+        if "id" in message and method is not None:
+            await self._relay_backend_request(connection, message)
+            return
+        if method in LIST_CHANGED:
+            await self._routes.refresh(name)
+        self.publish(message)
+
+    async def _relay_backend_request(self, connection: BackendConnection,
+                                     message: dict[str, Any]) -> None:
+        request_id, answer = self._pending.open()
+        try:
+            async with self._answers_elsewhere():
+                self.publish({**message, "id": request_id})
+                with anyio.fail_after(BACKEND_REQUEST_SECONDS):
+                    reply = await answer
+        except BaseException:
+            self._pending.discard(request_id)
+            raise
+        body = {k: v for k, v in reply.items() if k in ("result", "error")}
+        await connection.respond({"jsonrpc": "2.0", "id": message["id"], **body})
+
+    async def _refresh_then_publish(self, backend: str, message: dict[str, Any]) -> None:
+        """Re-route first, so a client that lists again on ``list_changed`` sees the change."""
+        await self._routes.refresh(backend)
+        self.publish(message)
