@@ -36,6 +36,7 @@ from jwt.algorithms import RSAAlgorithm
 
 from bench.load import LoadResult, McpHttpSession, cpu_snapshot, run, run_load
 from bench.procs import ROOT, Processes, free_ports, wait_http
+from bench.profile import Recording, py_spy
 from vmcp.authz import CedarAuthorizer, Target
 from vmcp.config import AuthzConfig
 from vmcp.identity import Principal
@@ -155,6 +156,32 @@ async def cold_listing_cpu(port: int, pid: int, policies: Path, token: str,
     return cpu
 
 
+def authorization_share(url: str, pid: int, token: str, workdir: Path, calls: int
+                        ) -> float | None:
+    """The share of the gateway's sampled CPU spent deciding (``vmcp/authz`` and cedarpy)
+    during an echo load, from py-spy; None without py-spy. Steadier on a shared machine
+    than a ratio of two processes' CPU times, which drift with other load."""
+    if py_spy() is None:
+        return None
+    output = workdir / "authz-gateway.spy"
+    recording = Recording(pid, output)
+    try:
+        run(functools.partial(run_load, url, sessions=4, calls=calls, tool="bench_echo",
+                              arguments=echo_arguments,
+                              headers={"authorization": f"Bearer {token}"}))
+    finally:
+        recording.stop()
+    total = deciding = 0
+    for line in output.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        total += int(count)
+        if "vmcp/authz/" in stack or "cedarpy" in stack:
+            deciding += int(count)
+    return deciding / total if total else None
+
+
 def engine_figures(workdir: Path, claims: dict[str, Any], repeat: int) -> dict[str, float]:
     """The engine alone: one call decision, and one uncached 502-tool listing batch."""
     policies = workdir / "engine.cedar"
@@ -241,10 +268,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             cold = run(functools.partial(cold_listing_cpu, authz_port, authz_proc.pid,
                                          policies, token, max(5, listings // 10)))
             cold_ms.append(cold)
+        share = authorization_share(f"http://127.0.0.1:{authz_port}/mcp",
+                                    gateways["authz"][0].pid, token, workdir, calls)
     engine = engine_figures(workdir, claims, 20 if args.quick else 100)
     best = {name: min(values) for name, values in call_ms.items()}
     warm = {name: min(values) for name, values in warm_ms.items()}
     report = render(best, warm, min(cold_ms), seen, engine, rounds, sessions * calls)
+    if share is not None:
+        report += (f"\nSampled with py-spy during an echo load, the gateway spends {share:.1%} "
+                   f"of its CPU deciding (vmcp/authz and cedarpy): a call costs "
+                   f"{1 / (1 - share):.3f}x what it costs without authorization.\n")
     report += ("\nEvery round (gateway CPU ms per call, without / with): "
                + ", ".join(f"{a:.3f} / {b:.3f}"
                            for a, b in zip(call_ms["plain"], call_ms["authz"], strict=True))
