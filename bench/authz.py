@@ -319,7 +319,8 @@ uncached listing batch of {TOOLS + 2} tools {engine['listing_ms']:.2f} ms
 {engine['one_by_one_ms']:.2f} ms ({engine['one_by_one_ms'] / engine['listing_ms']:.1f}x the
 batch).
 
-Timing on 2 shared cores is noisy; the ratios come from the same run.
+Timing on 2 shared cores is noisy (every round is listed below); for calls, the
+py-spy share is the steadier figure.
 """
 
 
