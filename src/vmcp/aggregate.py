@@ -131,7 +131,9 @@ class RoutingTable:
         "_prompts",
         "_resource_templates",
         "_resources",
+        "_template_backends",
         "_template_patterns",
+        "_tool_items",
         "_tool_routes",
         "_tools",
     )
@@ -150,6 +152,7 @@ class RoutingTable:
         templates their ``uriTemplate``.
         """
         self._tools, self._tool_routes = self._index_named(tools, "tool")
+        self._tool_items = {str(tool["name"]): tool for tool in self._tools}
         self._prompts, self._prompt_routes = self._index_named(prompts, "prompt")
         resource_list: list[dict[str, Any]] = []
         self._exact_resources: dict[str, str] = {}
@@ -159,8 +162,10 @@ class RoutingTable:
         self._resources = tuple(resource_list)
         template_list: list[dict[str, Any]] = []
         patterns: list[tuple[re.Pattern[str], str]] = []
+        self._template_backends: dict[str, str] = {}
         for template, backend in resource_templates:
             template_list.append(template)
+            self._template_backends.setdefault(str(template["uriTemplate"]), backend)
             pattern = compile_uri_template(str(template["uriTemplate"]))
             if pattern is not None:
                 patterns.append((pattern, backend))
@@ -209,6 +214,14 @@ class RoutingTable:
     def route_prompt(self, name: str) -> Route | None:
         """Where the exposed prompt ``name`` leads, or None if no such prompt is exposed."""
         return self._prompt_routes.get(name)
+
+    def tool(self, name: str) -> dict[str, Any] | None:
+        """The exposed tool ``name`` (its annotations, schema...), or None."""
+        return self._tool_items.get(name)
+
+    def template_backend(self, uri_template: str) -> str | None:
+        """The backend of the exposed resource template ``uri_template``, or None."""
+        return self._template_backends.get(uri_template)
 
     def route_resource(self, uri: str) -> str | None:
         """The backend serving ``uri``: the one listing it as a resource, else the first (in

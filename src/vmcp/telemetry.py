@@ -25,6 +25,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from vmcp.audit.trail import AuditTrail
 from vmcp.backend.health import HealthMonitor
 from vmcp.errors import SessionNotFound, StoreError, StoreTimeout
 from vmcp.session.manager import SessionManager
@@ -75,6 +76,10 @@ class Metrics:
         figures at scrape time, and take the ledger's per-call figures."""
         self.registry.register(_StateCollector(manager, ledger, relay, monitor))
         ledger.call_observer = self.observe_backend_call
+
+    def watch_audit(self, trail: AuditTrail) -> None:
+        """Expose the audit trail's written and dropped counts at scrape time."""
+        self.registry.register(_AuditCollector(trail))
 
     def observe_request(self, method: str, status: int, outcome: str, seconds: float) -> None:
         # Label lookups cost more than the observation; the label sets are few and fixed
@@ -143,6 +148,21 @@ class _StateCollector(Collector):
             relayed.add_metric(["published"], self._relay.published)
             relayed.add_metric(["delivered"], self._relay.delivered)
             yield relayed
+
+
+class _AuditCollector(Collector):
+    def __init__(self, trail: AuditTrail) -> None:
+        self._trail = trail
+
+    def collect(self) -> Iterator[Any]:
+        for name, value, doc in (
+            ("vmcp_audit_events_written", self._trail.written, "Audit events written."),
+            ("vmcp_audit_events_dropped", self._trail.dropped,
+             "Audit events dropped because the writer's queue was full."),
+            ("vmcp_audit_write_errors", self._trail.write_errors,
+             "Audit events the sink refused (disk full, closed output)."),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
 
 
 class InstrumentedStore:

@@ -19,7 +19,8 @@ LAYERS: list[set[str]] = [
     {"__init__", "errors"},                 # the version; the errors tree
     {"identity", "tracing", "cache", "concurrency", "lru"},  # who calls; spans; caches
     {"logs", "config"},
-    {"store", "backend", "aggregate"},      # metadata store; one backend; routing tables
+    {"store", "backend", "aggregate",       # metadata store; one backend; routing tables
+     "authz", "audit"},                     # what a caller may use; who did what
     {"auth", "dispatch"},                   # credentials in and out; one MCP method
     {"upstream"},                           # reaching backends for a caller
     {"session", "stateless"},               # the two revisions' backends

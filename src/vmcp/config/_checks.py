@@ -70,6 +70,15 @@ _TRANSPORT_HEADERS = frozenset(
     {"mcp-session-id", "mcp-protocol-version", "last-event-id", "accept", "content-type"}
 )
 
+AUDIT_EVENT_TYPES = (
+    "mcp_initialize", "mcp_tool_call", "mcp_tools_list", "mcp_prompt_get", "mcp_prompts_list",
+    "mcp_resource_read", "mcp_resources_list", "mcp_resource_templates_list",
+    "mcp_completion", "mcp_ping", "mcp_logging", "mcp_notification", "mcp_discover",
+    "mcp_session_end", "mcp_request",
+)
+"""The audit event types, named as ToolHive names them (plus ``mcp_discover``,
+``mcp_resource_templates_list`` and ``mcp_session_end``, which it has no name for)."""
+
 ConflictMode: TypeAlias = Literal["prefix", "priority", "manual"]
 IncomingAuthType: TypeAlias = Literal["anonymous", "oidc", "static"]
 OutgoingAuthType: TypeAlias = Literal["none", "header", "forward", "token_exchange"]

@@ -13,9 +13,11 @@ from typing import Any, Final
 
 from vmcp import __version__
 from vmcp.aggregate import RoutingTable
+from vmcp.authz import Authorizer
 from vmcp.backend import BackendRpcError
 from vmcp.dispatch import LISTINGS, ROUTED_METHODS, Dispatcher, Target, aggregate_capabilities
 from vmcp.errors import METHOD_NOT_FOUND_CODE, RequestError
+from vmcp.identity import ANONYMOUS, Principal
 from vmcp.server.jsonrpc import Incoming
 from vmcp.session.channel import ClientChannel
 from vmcp.session.multisession import MultiSession
@@ -29,7 +31,7 @@ RESOURCE_NOT_FOUND_CODE: Final = -32002
 class SessionUpstream:
     """One request's view of its session's backends (the dispatcher's ``Upstream``)."""
 
-    def __init__(self, session: MultiSession, channel: ClientChannel) -> None:
+    def __init__(self, session: MultiSession, channel: ClientChannel | None) -> None:
         self._session = session
         self._channel = channel
 
@@ -39,6 +41,7 @@ class SessionUpstream:
         return self._session.routing
 
     async def call(self, target: Target) -> dict[str, Any]:
+        assert self._channel is not None, "an upstream for calls needs the request's channel"
         return await self._session.call(target.backend, target.method, target.params,
                                         self._channel)
 
@@ -46,10 +49,23 @@ class SessionUpstream:
 class SessionMethods:
     """Serves the session-based MCP methods over a ``MultiSession``."""
 
-    def __init__(self, *, server_name: str = "vmcp") -> None:
+    def __init__(self, *, server_name: str = "vmcp", authorizer: Authorizer | None = None
+                 ) -> None:
         self._server_info = {"name": server_name, "version": __version__}
         self._dispatcher: Dispatcher[dict[str, Any]] = Dispatcher(
-            resource_not_found_code=RESOURCE_NOT_FOUND_CODE)
+            resource_not_found_code=RESOURCE_NOT_FOUND_CODE, authorizer=authorizer)
+
+    @property
+    def authorizing(self) -> bool:
+        """Whether routed requests must be authorized (:meth:`authorize`) before their work
+        starts, so that a refusal can be answered with its own HTTP status."""
+        return self._dispatcher.authorizing
+
+    async def authorize(self, session: MultiSession, message: Incoming,
+                        principal: Principal) -> Target:
+        """The target of a routed request ``principal`` may make; raises ``NotPermitted``."""
+        return await self._dispatcher.authorize(SessionUpstream(session, None), message.method,
+                                                message.params, principal)
 
     def initialize_result(self, session: MultiSession, params: dict[str, Any]) -> dict[str, Any]:
         requested = params.get("protocolVersion")
@@ -75,16 +91,19 @@ class SessionMethods:
             await session.notify_all(message.method, message.params or None)
 
     async def request(self, session: MultiSession, message: Incoming,
-                      channel: ClientChannel) -> dict[str, Any]:
+                      channel: ClientChannel, principal: Principal = ANONYMOUS, *,
+                      target: Target | None = None) -> dict[str, Any]:
         """The result of one request; raises ``RequestError`` for a JSON-RPC error answer
-        (the backend's own errors included)."""
+        (the backend's own errors included). ``target`` is what :meth:`authorize` gave for
+        a routed request, if it was asked."""
         method, params = message.method, message.params
         upstream = SessionUpstream(session, channel)
         try:
             if method in LISTINGS:
-                return await self._dispatcher.listing(upstream, method, params)
+                return await self._dispatcher.listing(upstream, method, params, principal)
             if method in ROUTED_METHODS:
-                return await self._dispatcher.call(upstream, method, params)
+                return await self._dispatcher.call(upstream, method, params, principal,
+                                                   target=target)
             if method == "ping":
                 return {}
             if method == "logging/setLevel":
