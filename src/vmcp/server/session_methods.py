@@ -13,14 +13,25 @@ from typing import Any, Final
 
 from vmcp import __version__
 from vmcp.aggregate import RoutingTable
+from vmcp.audit import record as audit_record
 from vmcp.authz import Authorizer
 from vmcp.backend import BackendRpcError
 from vmcp.dispatch import LISTINGS, ROUTED_METHODS, Dispatcher, Target, aggregate_capabilities
-from vmcp.errors import METHOD_NOT_FOUND_CODE, RequestError
+from vmcp.errors import (
+    INTERNAL_ERROR_CODE,
+    METHOD_NOT_FOUND_CODE,
+    BackendError,
+    NotPermitted,
+    RequestError,
+    SessionClosed,
+    VmcpError,
+)
 from vmcp.identity import ANONYMOUS, Principal
+from vmcp.server import jsonrpc
 from vmcp.server.jsonrpc import Incoming
+from vmcp.server.request_log import current_record
 from vmcp.session.channel import ClientChannel
-from vmcp.session.multisession import MultiSession
+from vmcp.session.multisession import MultiSession, RequestCancelled
 
 logger = logging.getLogger(__name__)
 
@@ -114,3 +125,51 @@ class SessionMethods:
         except BackendRpcError as exc:
             raise RequestError(exc.code, exc.message, exc.data) from exc
         raise RequestError(METHOD_NOT_FOUND_CODE, f"Method not found: {method}")
+
+    async def answer(self, session: MultiSession, message: Incoming, channel: ClientChannel,
+                      principal: Principal, target: Target | None = None
+                      ) -> dict[str, Any] | None:
+        """The JSON-RPC answer to one request (None for a request the client cancelled),
+        noted in the request's log record and audit record."""
+        record = current_record.get()
+        answer = await self._answer_for(session, message, channel, principal, target)
+        record.outcome = ("cancelled" if answer is None
+                          else "error" if "error" in answer else "ok")
+        operation = audit_record.current()
+        if operation is not None and answer is not None and isinstance(answer.get("error"),
+                                                                       dict):
+            operation.error_code = answer["error"].get("code")
+        if record.tool is not None and record.backend is None:
+            route = session.routing.route_tool(record.tool)
+            record.backend = route.backend if route is not None else None
+        return answer
+
+    async def _answer_for(self, session: MultiSession, message: Incoming,
+                          channel: ClientChannel, principal: Principal,
+                          target: Target | None = None) -> dict[str, Any] | None:
+        request_id = message.id
+        try:
+            with session.track_request(request_id):
+                payload = await self.request(session, message, channel, principal,
+                                                      target=target)
+            return jsonrpc.result(request_id, payload)
+        except RequestCancelled:
+            return None
+        except RequestError as exc:
+            return jsonrpc.error(request_id, exc.code, exc.message, exc.data)
+        except SessionClosed:
+            return jsonrpc.error(request_id, SessionClosed.jsonrpc_code, "Session not found")
+        except NotPermitted as exc:
+            return jsonrpc.error(request_id, exc.jsonrpc_code, exc.public_message)
+        except BackendError as exc:
+            current_record.get().backend = exc.backend
+            logger.warning("backend call failed: %s", exc,
+                           extra={"session_id": session.session_id, "backend": exc.backend})
+            return jsonrpc.error(request_id, INTERNAL_ERROR_CODE, str(exc),
+                                 {"backend": exc.backend})
+        except VmcpError as exc:
+            return jsonrpc.error(request_id, exc.jsonrpc_code, str(exc) or exc.public_message)
+        except Exception:
+            logger.exception("unexpected error answering %s", message.method,
+                             extra={"session_id": session.session_id})
+            return jsonrpc.error(request_id, INTERNAL_ERROR_CODE, "Internal error")

@@ -29,17 +29,15 @@ from vmcp import logs, tracing
 from vmcp.audit import record as audit_record
 from vmcp.audit.trail import AuditTrail
 from vmcp.auth import outgoing
-from vmcp.dispatch import ROUTED_METHODS, Target
+from vmcp.dispatch import ROUTED_METHODS
 from vmcp.errors import (
     INTERNAL_ERROR_CODE,
     INVALID_REQUEST_CODE,
     AuthenticationError,
-    BackendError,
     InvalidIdentity,
     InvalidSessionId,
     MessageError,
     NotPermitted,
-    RequestError,
     SessionClosed,
     SessionError,
     SessionNotFound,
@@ -50,7 +48,13 @@ from vmcp.errors import (
 from vmcp.identity import Principal
 from vmcp.server import auditing, jsonrpc
 from vmcp.server.jsonrpc import Incoming
-from vmcp.server.request_log import VERB_LABELS, RequestRecord, current_record, method_label
+from vmcp.server.request_log import (
+    VERB_LABELS,
+    RequestRecord,
+    current_record,
+    log_request,
+    method_label,
+)
 from vmcp.server.responses import (
     SSE_HEADERS,
     accepts,
@@ -71,8 +75,7 @@ from vmcp.server.session_streams import (
 )
 from vmcp.server.stateless import StatelessEndpoint, is_stateless
 from vmcp.session import SessionManager
-from vmcp.session.channel import ClientChannel
-from vmcp.session.multisession import MultiSession, RequestCancelled
+from vmcp.session.multisession import MultiSession
 from vmcp.session.streams import DuplicateRequestId, Outbound, parse_event_id
 from vmcp.telemetry import Metrics
 
@@ -159,27 +162,12 @@ class McpEndpoint:
         finally:
             label = scope.get(METHOD_KEY) or VERB_LABELS.get(verb, "invalid")
             seconds = time.perf_counter() - began
-            self._finish(record, label, headers.get(SESSION_HEADER), seconds)
+            log_request(record, label, headers.get(SESSION_HEADER), seconds, self._metrics)
             if self._audit is not None:
                 auditing.emit(self._audit, operation, label=label, scope=scope,
                               headers=headers, status=record.status, seconds=seconds,
                               replica_id=self._replica_id,
                               session_id=headers.get(SESSION_HEADER) or record.session_id)
-
-    def _finish(self, record: RequestRecord, method: str, session_id: str | None,
-                seconds: float) -> None:
-        """The request's metric and its one log line: what an operator keeps of it."""
-        outcome = record.outcome
-        if record.status >= 400 or not record.status:
-            outcome = "error"
-        if self._metrics is not None:
-            self._metrics.observe_request(method, record.status, outcome, seconds)
-        session = session_id or record.session_id
-        logger.info("%s %s %d in %.1f ms", method, outcome, record.status, seconds * 1000,
-                    extra={"method": method, "tool": record.tool, "backend": record.backend,
-                           "status": record.status, "outcome": outcome,
-                           "duration_ms": round(seconds * 1000, 3),
-                           "session_id": session or None})
 
     async def _dispatch(self, verb: str, scope: Scope, receive: Receive, send: Send,
                         headers: Headers) -> None:
@@ -382,7 +370,7 @@ class McpEndpoint:
         channel = session.channel(stream, message.id)
 
         async def run() -> None:
-            final = await self._answer(session, message, channel, principal, target)
+            final = await self._methods.answer(session, message, channel, principal, target)
             stream.append(Outbound(final, final=True))
 
         work = run()
@@ -411,52 +399,6 @@ class McpEndpoint:
         priming = f"id: {stream.event_id(0)}\nretry: {RECONNECT_MS}\ndata: \n\n".encode()
         await send({"type": "http.response.body", "body": priming, "more_body": True})
         await write_events(receive, send, session, stream, after=0)
-
-    async def _answer(self, session: MultiSession, message: Incoming, channel: ClientChannel,
-                      principal: Principal, target: Target | None = None
-                      ) -> dict[str, Any] | None:
-        record = current_record.get()
-        answer = await self._answer_for(session, message, channel, principal, target)
-        record.outcome = ("cancelled" if answer is None
-                          else "error" if "error" in answer else "ok")
-        operation = audit_record.current()
-        if operation is not None and answer is not None and isinstance(answer.get("error"),
-                                                                       dict):
-            operation.error_code = answer["error"].get("code")
-        if record.tool is not None and record.backend is None:
-            route = session.routing.route_tool(record.tool)
-            record.backend = route.backend if route is not None else None
-        return answer
-
-    async def _answer_for(self, session: MultiSession, message: Incoming,
-                          channel: ClientChannel, principal: Principal,
-                          target: Target | None = None) -> dict[str, Any] | None:
-        request_id = message.id
-        try:
-            with session.track_request(request_id):
-                payload = await self._methods.request(session, message, channel, principal,
-                                                      target=target)
-            return jsonrpc.result(request_id, payload)
-        except RequestCancelled:
-            return None
-        except RequestError as exc:
-            return jsonrpc.error(request_id, exc.code, exc.message, exc.data)
-        except SessionClosed:
-            return jsonrpc.error(request_id, SessionClosed.jsonrpc_code, "Session not found")
-        except NotPermitted as exc:
-            return jsonrpc.error(request_id, exc.jsonrpc_code, exc.public_message)
-        except BackendError as exc:
-            current_record.get().backend = exc.backend
-            logger.warning("backend call failed: %s", exc,
-                           extra={"session_id": session.session_id, "backend": exc.backend})
-            return jsonrpc.error(request_id, INTERNAL_ERROR_CODE, str(exc),
-                                 {"backend": exc.backend})
-        except VmcpError as exc:
-            return jsonrpc.error(request_id, exc.jsonrpc_code, str(exc) or exc.public_message)
-        except Exception:
-            logger.exception("unexpected error answering %s", message.method,
-                             extra={"session_id": session.session_id})
-            return jsonrpc.error(request_id, INTERNAL_ERROR_CODE, "Internal error")
 
     # -- GET ------------------------------------------------------------------------
 
