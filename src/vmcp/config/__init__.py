@@ -74,6 +74,12 @@ from vmcp.config.auth import (
     StaticTokenConfig,
     TrustedIssuerConfig,
 )
+from vmcp.config.backends import (
+    AggregationConfig,
+    BackendConfig,
+    BackendToolsConfig,
+    ToolOverride,
+)
 from vmcp.config.loading import (
     load_config,
     unmatched_env_warnings,
@@ -81,10 +87,7 @@ from vmcp.config.loading import (
 )
 from vmcp.config.models import (
     AdminConfig,
-    AggregationConfig,
     AuditConfig,
-    BackendConfig,
-    BackendToolsConfig,
     HealthConfig,
     LimitsConfig,
     ServerConfig,
@@ -92,7 +95,6 @@ from vmcp.config.models import (
     StatelessConfig,
     StatusConfig,
     TelemetryConfig,
-    ToolOverride,
     VmcpConfig,
 )
 
