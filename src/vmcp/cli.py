@@ -307,10 +307,10 @@ class _Serve(Protocol):
 
 
 def _load_server() -> _Serve:
-    """``vmcp.server.app.serve``, imported only when needed so that ``check-config`` and
+    """``vmcp.server.serving.serve``, imported only when needed so that ``check-config`` and
     configuration errors never pay for (or fail on) the server's imports."""
     try:
-        from vmcp.server.app import serve as run
+        from vmcp.server.serving import serve as run
     except ImportError as exc:
         typer.echo(f"vmcp: cannot load the server: {exc}", err=True)
         raise typer.Exit(EXIT_FAILURE) from None

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from vmcp.config import VmcpConfig, load_config
-from vmcp.server.app import DRAIN_SECONDS
+from vmcp.server.serving import DRAIN_SECONDS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = PROJECT_ROOT / "deploy" / "kubernetes"

@@ -16,7 +16,7 @@ from tests.support.nginx import EXAMPLE
 from tests.support.processes import ManagedProcess
 from tests.support.redis_server import RedisServer
 from vmcp.config import VmcpConfig
-from vmcp.server.app import server_config
+from vmcp.server.serving import server_config
 
 NGINX_UPSTREAM_KEEPALIVE_DEFAULT_SECONDS = 60
 
