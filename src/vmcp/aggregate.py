@@ -40,6 +40,7 @@ from typing import Any, Literal
 
 from vmcp.config import AggregationConfig, BackendToolsConfig
 from vmcp.errors import ConfigError
+from vmcp.uri_template import compile_uri_template
 
 __all__ = [
     "MAX_NAME_LENGTH",
@@ -89,34 +90,6 @@ class Route:
     name: str
 
 
-# RFC 6570 level 1: "{var}" only, var made of ALPHA / DIGIT / "_" / pct-encoded, dot-separated.
-_EXPRESSION = re.compile(r"\{([^{}]*)\}")
-_VARNAME = re.compile(
-    r"^(?:[A-Za-z0-9_]|%[0-9A-Fa-f]{2})+(?:\.(?:[A-Za-z0-9_]|%[0-9A-Fa-f]{2})+)*$"
-)
-# Level-1 expansion percent-encodes everything but unreserved characters, so a value never
-# holds "/", "?" or "#"; other characters are accepted unencoded for lenient clients.
-_VALUE = r"[^/?#]+"
-
-
-def compile_uri_template(template: str) -> re.Pattern[str] | None:
-    """A pattern matching the URIs ``template`` expands to (non-empty values), or None when
-    the template uses anything beyond RFC 6570 level 1 ``{var}`` expressions."""
-    pieces: list[str] = []
-    position = 0
-    for match in _EXPRESSION.finditer(template):
-        literal = template[position : match.start()]
-        if "{" in literal or "}" in literal or not _VARNAME.match(match.group(1)):
-            return None
-        pieces += [re.escape(literal), _VALUE]
-        position = match.end()
-    tail = template[position:]
-    if "{" in tail or "}" in tail:
-        return None
-    pieces.append(re.escape(tail))
-    return re.compile("".join(pieces))
-
-
 class RoutingTable:
     """The exposed catalog and the way back from each exposed name to its backend.
 
@@ -131,7 +104,9 @@ class RoutingTable:
         "_prompts",
         "_resource_templates",
         "_resources",
+        "_template_backends",
         "_template_patterns",
+        "_tool_items",
         "_tool_routes",
         "_tools",
     )
@@ -150,6 +125,7 @@ class RoutingTable:
         templates their ``uriTemplate``.
         """
         self._tools, self._tool_routes = self._index_named(tools, "tool")
+        self._tool_items = {str(tool["name"]): tool for tool in self._tools}
         self._prompts, self._prompt_routes = self._index_named(prompts, "prompt")
         resource_list: list[dict[str, Any]] = []
         self._exact_resources: dict[str, str] = {}
@@ -159,8 +135,10 @@ class RoutingTable:
         self._resources = tuple(resource_list)
         template_list: list[dict[str, Any]] = []
         patterns: list[tuple[re.Pattern[str], str]] = []
+        self._template_backends: dict[str, str] = {}
         for template, backend in resource_templates:
             template_list.append(template)
+            self._template_backends.setdefault(str(template["uriTemplate"]), backend)
             pattern = compile_uri_template(str(template["uriTemplate"]))
             if pattern is not None:
                 patterns.append((pattern, backend))
@@ -209,6 +187,14 @@ class RoutingTable:
     def route_prompt(self, name: str) -> Route | None:
         """Where the exposed prompt ``name`` leads, or None if no such prompt is exposed."""
         return self._prompt_routes.get(name)
+
+    def tool(self, name: str) -> dict[str, Any] | None:
+        """The exposed tool ``name`` (its annotations, schema...), or None."""
+        return self._tool_items.get(name)
+
+    def template_backend(self, uri_template: str) -> str | None:
+        """The backend of the exposed resource template ``uri_template``, or None."""
+        return self._template_backends.get(uri_template)
 
     def route_resource(self, uri: str) -> str | None:
         """The backend serving ``uri``: the one listing it as a resource, else the first (in

@@ -121,7 +121,8 @@ def check_config(
 
     Everything ``serve`` checks before it starts is checked here too (the environment
     variables that ``token_env``, ``value_env`` and ``client_secret_env`` name, the
-    ``jwks_file``s), so an OK here means ``serve`` accepts the file."""
+    ``jwks_file``s, the Cedar policies: syntax and the entity model's schema, with
+    file:line), so an OK here means ``serve`` accepts the file."""
     config = _load_or_exit(file)
     problems = _startup_problems(config)
     if problems:
@@ -139,9 +140,10 @@ def _startup_problems(config: VmcpConfig) -> list[str]:
     """What only start-up can check: secrets from the environment, key files."""
     from vmcp.auth.incoming import build_authenticator
     from vmcp.auth.outgoing import build_outgoing_auth
+    from vmcp.authz import build_authorizer
 
     problems: list[str] = []
-    for build in (build_authenticator, build_outgoing_auth):
+    for build in (build_authenticator, build_outgoing_auth, build_authorizer):
         try:
             build(config)
         except ConfigError as exc:
@@ -234,6 +236,19 @@ def _auth_summary(config: VmcpConfig) -> str:
     return "anonymous (development only)"
 
 
+def _authz_summary(config: VmcpConfig) -> str:
+    authz = config.auth.authz
+    if authz is None:
+        return "none (every caller may use everything)"
+    from vmcp.authz import load_bundle
+
+    try:
+        bundle = load_bundle(authz)
+    except ConfigError:
+        return "cedar (invalid)"
+    return f"cedar, {bundle.count} policies from {authz.policies_file}, sha256 {bundle.sha256[:12]}"
+
+
 def _summary(config: VmcpConfig) -> list[str]:
     server, session = config.server, config.session
     lines = [
@@ -243,6 +258,7 @@ def _summary(config: VmcpConfig) -> list[str]:
         f"aggregation: conflict {config.aggregation.conflict}, "
         f"prefix_format {config.aggregation.prefix_format!r}",
         f"auth:        {_auth_summary(config)}",
+        f"authz:       {_authz_summary(config)}",
         f"backends:    {len(config.backends)}",
     ]
     width = max((len(b.name) for b in config.backends), default=0)
@@ -291,10 +307,10 @@ class _Serve(Protocol):
 
 
 def _load_server() -> _Serve:
-    """``vmcp.server.app.serve``, imported only when needed so that ``check-config`` and
+    """``vmcp.server.serving.serve``, imported only when needed so that ``check-config`` and
     configuration errors never pay for (or fail on) the server's imports."""
     try:
-        from vmcp.server.app import serve as run
+        from vmcp.server.serving import serve as run
     except ImportError as exc:
         typer.echo(f"vmcp: cannot load the server: {exc}", err=True)
         raise typer.Exit(EXIT_FAILURE) from None

@@ -5,6 +5,7 @@ itself reads from the ConfigMap."""
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
@@ -18,7 +19,7 @@ import pytest
 import yaml
 
 from vmcp.config import VmcpConfig, load_config
-from vmcp.server.app import DRAIN_SECONDS
+from vmcp.server.serving import DRAIN_SECONDS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES = PROJECT_ROOT / "deploy" / "kubernetes"
@@ -182,6 +183,10 @@ def test_the_grace_period_outlasts_a_call_and_the_drain(overlay: str, tmp_path: 
                           for b in config.backends)])
     assert grace > int(pause[1]) + longest_call
     assert grace > int(pause[1]) + DRAIN_SECONDS + config.session.store_timeout_seconds
+    # The whole worst case in a row: a call that started just before SIGTERM, the drain,
+    # then the shutdown's store calls (withdrawing from the deployment view, closing).
+    assert grace > (int(pause[1]) + longest_call + DRAIN_SECONDS
+                    + 2 * config.session.store_timeout_seconds)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -235,6 +240,10 @@ def test_selectors_pick_the_deployment_pods(overlay: str) -> None:
     labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
     pdb = one(objects, "PodDisruptionBudget")["spec"]
     assert pdb["maxUnavailable"] == 1
+    spread = one(objects, "Deployment")["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in spread} == {"topology.kubernetes.io/zone",
+                                                  "kubernetes.io/hostname"}
+    assert all(c["maxSkew"] == 1 for c in spread)
     for selector in (pdb["selector"]["matchLabels"], one(objects, "Service")["spec"]["selector"],
                      *(c["labelSelector"]["matchLabels"] for c in one(
                          objects, "Deployment")["spec"]["template"]["spec"][
@@ -275,3 +284,39 @@ def test_the_build_context_holds_only_what_the_image_needs() -> None:
               for name, rest in stage if name == "COPY" and not rest.startswith("--from")
               for source in rest.split()[:-1]}
     assert copied == allowed
+
+
+def _figure(text: str, pattern: str) -> float:
+    found = re.search(pattern, text)
+    assert found, pattern
+    return float(found.group(1))
+
+
+def _mebibytes(quantity: str) -> float:
+    units = {"Ki": 1 / 1024, "Mi": 1.0, "Gi": 1024.0}
+    return float(quantity[:-2]) * units[quantity[-2:]]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_memory_is_sized_from_the_measured_cost_of_a_session(
+        overlay: str, tmp_path: Path) -> None:
+    """The request holds a replica at rest plus a full session cache at the measured cost
+    per live session (the larger of bench/RESULTS.md's one-backend figure and
+    bench/SIZING.md's two-backend one), so a replica under the cap is never evicted for
+    memory; the limit leaves room above it for open streams."""
+    objects = render(overlay)
+    config = app_config(objects, tmp_path)
+    results = (PROJECT_ROOT / "bench" / "RESULTS.md").read_text(encoding="utf-8")
+    sizing = (PROJECT_ROOT / "bench" / "SIZING.md").read_text(encoding="utf-8")
+    at_rest_mib = _figure(results, r"RSS of a fresh vmcp process, memory store, ([\d.]+) →")
+    per_session_kib = max(
+        _figure(results, r"\*\*Memory per live session\*\*: \*\*([\d.]+) KiB"),
+        _figure(sizing, r"Gateway RSS per idle live session \| ([\d.]+) KiB"))
+    per_stream_kib = _figure(sizing, r"Gateway RSS per GET stream open on \d+ \| ([\d.]+) KiB")
+    resources = container(objects)["resources"]
+    request = _mebibytes(resources["requests"]["memory"])
+    limit = _mebibytes(resources["limits"]["memory"])
+    full_cache = at_rest_mib + config.session.cache_capacity * per_session_kib / 1024
+    assert request >= full_cache, (request, full_cache)
+    # Above the request: a GET stream open on a fifth of the cached sessions.
+    assert limit >= full_cache + config.session.cache_capacity / 5 * per_stream_kib / 1024

@@ -21,7 +21,7 @@ import pytest
 from tests.support.mcp_http import EVENT_STREAM, RawSession, session_not_found
 from tests.support.processes import running_gateway
 from tests.support.recording_backend import recording_backend
-from vmcp.server.app import DRAIN_SECONDS
+from vmcp.server.serving import DRAIN_SECONDS
 
 pytestmark = pytest.mark.slow
 

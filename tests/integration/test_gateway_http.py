@@ -233,6 +233,30 @@ def test_cancelled_call_is_not_answered_with_session_not_found(live: RawSession)
     assert_still_works(live)
 
 
+def test_a_request_id_in_flight_in_the_session_is_refused(live: RawSession) -> None:
+    """A second request with an id still being answered is refused (-32600), so that a
+    cancel naming the id is never ambiguous; the first call is unaffected."""
+    call = live.message("tools/call", {"name": "weather_slow_count", "arguments": {"n": 10},
+                                       "_meta": {"progressToken": "dup"}})
+    with (
+        httpx2.Client(timeout=15.0) as other,
+        live.http.stream("POST", live.url, json=call, headers=live.headers()) as stream,
+    ):
+        messages = sse_messages(stream.iter_lines())
+        first = next(messages, None)
+        assert first is not None
+        assert first.get("method") == "notifications/progress"  # the call is in flight
+        again = other.post(live.url, headers=live.headers(),
+                           json={**call, "params": {"name": "weather_search",
+                                                    "arguments": {"query": "a"}}})
+        assert again.status_code == 400, again.text
+        assert again.json()["error"]["code"] == INVALID_REQUEST
+        assert again.json()["id"] == call["id"]
+        replies = [m for m in messages if is_reply_to(m, call["id"])]
+    assert [r["result"]["content"][0]["text"] for r in replies] == ["counted to 10"]
+    assert_still_works(live)
+
+
 # -- bad HTTP -------------------------------------------------------------------------
 
 

@@ -31,6 +31,8 @@ class FakeLiveSession:
         self.close_count = 0
         self.ended_upstream: list[bool] = []
         self.closed = asyncio.Event()
+        self.idle = asyncio.Event()
+        self.idle.set()
 
     @property
     def session_id(self) -> str:
@@ -41,6 +43,9 @@ class FakeLiveSession:
 
     def backend_states(self) -> dict[str, str]:
         return dict(self._states)
+
+    async def wait_calls(self) -> None:
+        await self.idle.wait()
 
     async def aclose(self, *, end_upstream: bool = True) -> None:
         self.close_count += 1

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+from redis.asyncio.cluster import RedisCluster
 
-from tests.support.redis_server import RedisServer
+from tests.support.redis_ha import STORE_FIXTURES, STORE_KINDS, StoreServer
 from vmcp.store import MemoryStore, RedisStore, SessionStore
 
 
@@ -26,7 +27,7 @@ class StoreUnderTest:
         store: SessionStore,
         kind: str,
         clock: ManualClock | None,
-        redis: RedisServer | None,
+        redis: StoreServer | None,
         prefix: str,
     ) -> None:
         self.store = store
@@ -52,11 +53,18 @@ class StoreUnderTest:
             else:
                 await client.pexpire(key, left)
 
+    @property
+    def counts_commands(self) -> bool:
+        """Whether :meth:`commands_sent` sees this store's commands (one Redis server)."""
+        return isinstance(self.store, RedisStore) and not isinstance(self.store.client,
+                                                                     RedisCluster)
+
     async def commands_sent(self) -> int:
         """How many commands the Redis server has run so far, INFO itself excluded (for
-        the memory store, always 0)."""
-        if not isinstance(self.store, RedisStore):
+        the memory store, and for a cluster, whose INFO answers per node: always 0)."""
+        if not self.counts_commands:
             return 0
+        assert isinstance(self.store, RedisStore)
         stats = await self.store.client.info("commandstats")
         return sum(int(value["calls"]) for name, value in stats.items()
                    if name != "cmdstat_info")
@@ -71,14 +79,16 @@ class StoreUnderTest:
 TTL = 60.0
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", *STORE_KINDS])
 async def subject(request: pytest.FixtureRequest, key_prefix: str) -> AsyncIterator[StoreUnderTest]:
+    """The contract on each implementation: memory, and Redis standalone, Sentinel and
+    Cluster (the same ``RedisStore`` on three kinds of client)."""
     if request.param == "memory":
         clock = ManualClock()
         async with MemoryStore(ttl_seconds=TTL, clock=clock) as memory:
             yield StoreUnderTest(memory, "memory", clock, None, key_prefix)
         return
-    server: RedisServer = request.getfixturevalue("redis_server")
+    server: StoreServer = request.getfixturevalue(STORE_FIXTURES[request.param])
     store = RedisStore.from_url(
         server.url, key_prefix=key_prefix, ttl_seconds=TTL, timeout_seconds=2.0
     )

@@ -15,7 +15,10 @@ Layout of the file (every key optional except each backend's ``name`` and ``url`
     limits:      {max_concurrent_backend_connects, max_sessions_per_identity,
                   call_timeout_seconds}
     stateless:   {upstream_idle_seconds, catalog_ttl_seconds, answer_timeout_seconds}
+    audit:       {enabled, sink: stdout | file:PATH, event_types, include_arguments,
+                  redact_keys, max_data_bytes, queue_size}
     auth:        {resource_url,
+                  authz: {type: cedar, policies_file, entities_file, group_claims},
                   incoming: {type: anonymous | oidc | static,
                              issuer, audience, jwks_url | jwks_file, algorithms, leeway_seconds,
                              jwks_min_refresh_seconds, jwks_max_age_seconds, jwks_timeout_seconds,
@@ -51,6 +54,7 @@ from __future__ import annotations
 
 from vmcp.config._checks import (
     ASYMMETRIC_ALGORITHMS,
+    AUDIT_EVENT_TYPES,
     DEFAULT_ALGORITHMS,
     ENV_NESTED_DELIMITER,
     ENV_PREFIX,
@@ -64,10 +68,17 @@ from vmcp.config._checks import (
 )
 from vmcp.config.auth import (
     AuthConfig,
+    AuthzConfig,
     IncomingAuthConfig,
     OutgoingAuthConfig,
     StaticTokenConfig,
     TrustedIssuerConfig,
+)
+from vmcp.config.backends import (
+    AggregationConfig,
+    BackendConfig,
+    BackendToolsConfig,
+    ToolOverride,
 )
 from vmcp.config.loading import (
     load_config,
@@ -76,28 +87,29 @@ from vmcp.config.loading import (
 )
 from vmcp.config.models import (
     AdminConfig,
-    AggregationConfig,
-    BackendConfig,
-    BackendToolsConfig,
+    AuditConfig,
     HealthConfig,
     LimitsConfig,
     ServerConfig,
     SessionConfig,
     StatelessConfig,
+    StatusConfig,
     TelemetryConfig,
-    ToolOverride,
     VmcpConfig,
 )
 
 __all__ = [
     "ASYMMETRIC_ALGORITHMS",
+    "AUDIT_EVENT_TYPES",
     "DEFAULT_ALGORITHMS",
     "ENV_NESTED_DELIMITER",
     "ENV_PREFIX",
     "EXPOSED_NAME_PATTERN",
     "AdminConfig",
     "AggregationConfig",
+    "AuditConfig",
     "AuthConfig",
+    "AuthzConfig",
     "BackendConfig",
     "BackendToolsConfig",
     "ConflictMode",
@@ -111,6 +123,7 @@ __all__ = [
     "SessionConfig",
     "StatelessConfig",
     "StaticTokenConfig",
+    "StatusConfig",
     "StoreKind",
     "TelemetryConfig",
     "ToolOverride",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -43,6 +43,18 @@ def _copyable_header_problem(header: str) -> str | None:
         return f"{header!r} is set by the MCP transport itself"
     return None
 
+
+
+def _check_file_path(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must be a file path")
+    return value
+
+
+IssuerUrl = Annotated[str, AfterValidator(lambda v: _check_http_url(v, allow_query=False))]
+"""An issuer: an http(s) URL with a host, no query and no fragment."""
+HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
+FilePath = Annotated[str, AfterValidator(_check_file_path)]
 
 class OutgoingAuthConfig(_Frozen):
     """How the gateway authenticates to one backend (``backends[].auth``), by ``type``.
@@ -210,29 +222,12 @@ class TrustedIssuerConfig(_Frozen):
     leeway) but only ever against its own keys, chosen by the token's ``iss``.
     """
 
-    issuer: str
+    issuer: IssuerUrl
     """The issuer (the tokens' iss, exactly)."""
-    jwks_url: str | None = None
+    jwks_url: HttpUrl | None = None
     """Where its signing keys are published."""
-    jwks_file: str | None = None
+    jwks_file: FilePath | None = None
     """Or: a file holding its JWK Set."""
-
-    @field_validator("issuer")
-    @classmethod
-    def _issuer(cls, value: str) -> str:
-        return _check_http_url(value, allow_query=False)
-
-    @field_validator("jwks_url")
-    @classmethod
-    def _jwks_url(cls, value: str | None) -> str | None:
-        return None if value is None else _check_http_url(value)
-
-    @field_validator("jwks_file")
-    @classmethod
-    def _jwks_file(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("must be a file path")
-        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> Self:
@@ -272,13 +267,13 @@ class IncomingAuthConfig(_Frozen):
     type: IncomingAuthType = "anonymous"
     """anonymous (development: no credentials), oidc (JWT bearer tokens) or static (fixed
     tokens)."""
-    issuer: str | None = None
+    issuer: IssuerUrl | None = None
     """oidc: the tokens' iss, exactly (trailing slash included)."""
     audience: tuple[str, ...] = ()
     """oidc: what the tokens' aud must name (a string or a list)."""
-    jwks_url: str | None = None
+    jwks_url: HttpUrl | None = None
     """oidc: where the issuer publishes its signing keys."""
-    jwks_file: str | None = None
+    jwks_file: FilePath | None = None
     """oidc: or a file holding them (a JWK Set)."""
     algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
     """oidc: accepted signature algorithms (public-key ones only)."""
@@ -294,23 +289,6 @@ class IncomingAuthConfig(_Frozen):
     """oidc: further issuers trusted, each with its own keys."""
     tokens: tuple[StaticTokenConfig, ...] = ()
     """static: the accepted tokens and the identity each stands for."""
-
-    @field_validator("issuer")
-    @classmethod
-    def _issuer(cls, value: str | None) -> str | None:
-        return None if value is None else _check_http_url(value, allow_query=False)
-
-    @field_validator("jwks_url")
-    @classmethod
-    def _jwks_url(cls, value: str | None) -> str | None:
-        return None if value is None else _check_http_url(value)
-
-    @field_validator("jwks_file")
-    @classmethod
-    def _jwks_file(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("must be a file path")
-        return value
 
     @field_validator("audience", mode="before")
     @classmethod
@@ -378,6 +356,48 @@ class IncomingAuthConfig(_Frozen):
         return self
 
 
+class AuthzConfig(_Frozen):
+    """Per-identity authorization of tools, prompts and resources by Cedar policies.
+
+    The entity model is ToolHive vMCP's, so its policies carry over: the caller is
+    ``Client::"<sub>"`` (``Client::"anonymous"`` without credentials) with each token
+    claim as an attribute ``claim_<name>`` and the values of ``group_claims`` (dot paths
+    such as ``realm_access.roles`` allowed) as parents ``THVGroup::"<group>"``; actions are
+    ``Action::"call_tool"``, ``"get_prompt"`` and ``"read_resource"``; resources are
+    ``Tool::"<name>"``, ``Prompt::"<name>"`` and ``Resource::"<uri>"`` (names as clients
+    see them) with attributes ``name``, ``backend``, ``original_name``, the tool's
+    annotations and, on calls, ``arg_<key>`` per argument, each a child of
+    ``Backend::"<backend>"``. The context holds the claims and arguments too.
+
+    Decisions: ``forbid`` beats ``permit``, nothing permitted is denied, and an evaluation
+    error denies. Listings show only what the caller may use. ``policies_file`` is
+    re-read on SIGHUP; an invalid new file keeps the running set.
+    """
+
+    type: Literal["cedar"] = "cedar"
+    """The policy engine (cedar)."""
+    policies_file: str
+    """The Cedar policy file."""
+    entities_file: str | None = None
+    """A JSON file of static Cedar entities, such as group hierarchies (THVGroup parents)."""
+    group_claims: tuple[str, ...] = ("groups", "roles")
+    """Claims whose values become the caller's THVGroup parents (dot paths allowed)."""
+
+    @field_validator("policies_file", "entities_file")
+    @classmethod
+    def _file(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must be a file path")
+        return value
+
+    @field_validator("group_claims")
+    @classmethod
+    def _group_claims(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not claim or claim != claim.strip() for claim in value):
+            raise ValueError("a claim name must be non-empty, without surrounding spaces")
+        return tuple(dict.fromkeys(value))
+
+
 class AuthConfig(_Frozen):
     """How callers authenticate to the gateway.
 
@@ -391,6 +411,8 @@ class AuthConfig(_Frozen):
     """This gateway's public URL for RFC 9728 metadata (default: derived from the request)."""
     incoming: IncomingAuthConfig = Field(default_factory=IncomingAuthConfig)
     """How callers authenticate."""
+    authz: AuthzConfig | None = None
+    """What each caller may use (Cedar policies); absent: every caller may use everything."""
 
     @field_validator("resource_url")
     @classmethod

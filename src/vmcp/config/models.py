@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import secrets
-import string
 import typing
 from collections.abc import Mapping
-from typing import Annotated, Any, Self
+from typing import Annotated, Self
 
 from pydantic import (
     AfterValidator,
@@ -17,18 +16,10 @@ from pydantic import (
 )
 
 from vmcp.config._checks import (
-    _BACKEND_NAME_PATTERN,
     _CROSS_CHECKED,
-    _HEADER_NAME_PATTERN,
-    _PREFIX_LITERAL_PATTERN,
     _REPLICA_ID_PATTERN,
-    _RESERVED_HEADERS,
-    ConflictMode,
-    Loc,
+    AUDIT_EVENT_TYPES,
     StoreKind,
-    Transport,
-    _check_backend_url,
-    _check_exposed_name,
     _check_store,
     _Frozen,
     _HostHeader,
@@ -39,8 +30,9 @@ from vmcp.config._report import (
 )
 from vmcp.config.auth import (
     AuthConfig,
-    OutgoingAuthConfig,
 )
+from vmcp.config.backends import AggregationConfig, BackendConfig
+from vmcp.config.cross_checks import cross_section_problems
 
 # --------------------------------------------------------------------------- models
 
@@ -128,13 +120,14 @@ class SessionConfig(_Frozen):
 
     ``store`` is ``memory`` (one process only) or a Redis URL - ``redis://``, ``rediss://``,
     ``unix://``, ``redis+sentinel://host:port[,host:port]/service[/db]`` or
-    ``redis+cluster://host:port`` - which every replica must share. ``ttl_seconds`` is a sliding
-    idle timeout; it is a float so tests can use sub-second values.
+    ``redis+cluster://host:port[,host:port]`` - which every replica must share.
+    ``ttl_seconds`` is a sliding idle timeout; it is a float so tests can use sub-second
+    values.
     """
 
     store: str = "memory"
     """memory (one process only) or the Redis URL every replica shares: redis://, rediss://,
-    unix://, redis+sentinel://h:p[,h:p]/service[/db], redis+cluster://h:p."""
+    unix://, redis+sentinel://h:p[,h:p]/service[/db], redis+cluster://h:p[,h:p]."""
     key_prefix: str = "vmcp:session:"
     """Prefix of every key and channel vmcp uses in Redis (must end with ':')."""
     ttl_seconds: float = Field(default=1800.0, gt=0, allow_inf_nan=False)
@@ -175,180 +168,57 @@ class SessionConfig(_Frozen):
         return typing.cast(StoreKind, self.store.partition("://")[0])
 
 
-class BackendConfig(_Frozen):
-    """One backend MCP server.
+class AuditConfig(_Frozen):
+    """An audit trail: one JSON event per MCP operation and per refused request, in the
+    shape ToolHive emits (``type``, ``loggedAt``, ``outcome``, ``subjects``, ``source``,
+    ``target``, ``metadata``). Off by default.
 
-    ``name`` (``[a-z0-9_-]``, unique) is what the gateway's prefixes, routes and logs use.
-    ``headers`` are sent with every request to the backend (for example an API key); headers
-    the transport manages itself (``Host``, ``Mcp-Session-Id``, ``MCP-Protocol-Version``, ...)
-    are refused, and so are those ``auth`` sets. ``call_timeout_seconds`` bounds each call
-    to this backend; ``limits.call_timeout_seconds`` caps it for every backend.
+    Writing never holds a call up: events go through a bounded queue to a background
+    writer, and what does not fit is dropped and counted (``vmcp_audit_events_dropped``).
+    Call arguments are left out unless ``include_arguments``; then the values of keys named
+    in ``redact_keys`` (any depth, case-insensitive) are replaced by ``"[REDACTED]"`` and the
+    whole is cut to ``max_data_bytes``.
     """
 
-    name: str
-    """The backend's name ([a-z0-9_-], unique): prefixes, routes, logs and metrics use it."""
-    url: str
-    """The backend's MCP endpoint (http:// or https://)."""
-    transport: Transport = "streamable-http"
-    """streamable-http or sse (the older HTTP+SSE transport)."""
-    headers: dict[str, str] = Field(default_factory=dict)
-    """Headers sent with every request to the backend (not those the transport or auth set)."""
-    connect_timeout_seconds: float = Field(default=10.0, gt=0, allow_inf_nan=False)
-    """Bound on opening (or re-attaching) a session on this backend."""
-    call_timeout_seconds: float = Field(default=60.0, gt=0, allow_inf_nan=False)
-    """Bound on each call to this backend (limits.call_timeout_seconds caps it)."""
-    auth: OutgoingAuthConfig = Field(default_factory=OutgoingAuthConfig)
-    """How the gateway authenticates to this backend."""
+    enabled: bool = False
+    """Write audit events."""
+    sink: str = "stdout"
+    """Where: stdout, or file:PATH (appended to, one JSON event per line)."""
+    event_types: tuple[str, ...] = AUDIT_EVENT_TYPES
+    """The event types written (default: all)."""
+    include_arguments: bool = False
+    """Also record the arguments of calls (redacted and capped)."""
+    redact_keys: tuple[str, ...] = ("password", "secret", "token", "api_key", "apikey",
+                                    "authorization", "credential", "private_key")
+    """Argument keys whose values are replaced by [REDACTED]."""
+    max_data_bytes: int = Field(default=4096, ge=64, le=1_048_576)
+    """Cap on the recorded arguments of one event (bytes of JSON)."""
+    queue_size: int = Field(default=10_000, ge=1, le=1_000_000)
+    """Events waiting to be written; beyond this they are dropped and counted."""
 
-    @model_validator(mode="after")
-    def _auth_headers_not_static(self) -> Self:
-        both = sorted(self.auth.header_names() & {h.lower() for h in self.headers})
-        if both:
-            raise ValueError(f"headers sets {', '.join(both)}, which auth sets too")
-        return self
-
-    @field_validator("name")
+    @field_validator("sink")
     @classmethod
-    def _name(cls, value: str) -> str:
-        if not _BACKEND_NAME_PATTERN.match(value):
-            raise ValueError(f"{value!r} must be 1-64 characters of a-z 0-9 _ -")
+    def _sink(cls, value: str) -> str:
+        if value == "stdout":
+            return value
+        kind, sep, path = value.partition(":")
+        if kind != "file" or not sep or not path.strip():
+            raise ValueError("must be 'stdout' or 'file:PATH'")
         return value
 
-    @field_validator("url")
+    @field_validator("event_types")
     @classmethod
-    def _url(cls, value: str) -> str:
-        return _check_backend_url(value)
+    def _event_types(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [name for name in value if name not in AUDIT_EVENT_TYPES]
+        if unknown:
+            raise ValueError(f"unknown event types {', '.join(unknown)} "
+                             f"(known: {', '.join(AUDIT_EVENT_TYPES)})")
+        return tuple(dict.fromkeys(value))
 
-    @field_validator("headers")
+    @field_validator("redact_keys")
     @classmethod
-    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
-        problems = []
-        for header, text in value.items():
-            if not _HEADER_NAME_PATTERN.match(header):
-                problems.append(f"{header!r} is not a valid header name")
-            elif header.lower() in _RESERVED_HEADERS:
-                problems.append(f"{header!r} is set by the transport and cannot be configured")
-            if any(c in text for c in "\r\n\x00"):
-                problems.append(f"the value of {header!r} contains a line break or NUL")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return value
-
-
-class ToolOverride(_Frozen):
-    """A new exposed name and/or description for one of a backend's tools."""
-
-    name: Annotated[str, AfterValidator(_check_exposed_name)] | None = None
-    """The name the tool is exposed under instead."""
-    description: str | None = None
-    """The description the tool is exposed with instead."""
-
-    @model_validator(mode="after")
-    def _not_empty(self) -> Self:
-        if self.name is None and self.description is None:
-            raise ValueError("an override needs a name, a description or both")
-        return self
-
-
-class BackendToolsConfig(_Frozen):
-    """Which of one backend's tools are exposed, and under what names.
-
-    Filters use the backend's own tool names: ``include`` (empty means all) is applied first,
-    then ``exclude``. ``overrides`` is keyed by the backend's own tool name as well.
-    """
-
-    include: tuple[str, ...] = ()
-    """The backend's own tool names to expose (empty: all)."""
-    exclude: tuple[str, ...] = ()
-    """The backend's own tool names to hide (applied after include)."""
-    overrides: dict[str, ToolOverride] = Field(default_factory=dict)
-    """New names or descriptions, keyed by the backend's own tool name."""
-
-    @field_validator("exclude")
-    @classmethod
-    def _exclude(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
-        both = sorted(set(value) & set(info.data.get("include", ())))
-        if both:
-            raise ValueError(f"listed in both include and exclude: {', '.join(both)}")
-        return value
-
-    @field_validator("overrides")
-    @classmethod
-    def _overrides(cls, value: dict[str, ToolOverride]) -> dict[str, ToolOverride]:
-        renamed: dict[str, list[str]] = {}
-        for tool, override in value.items():
-            if override.name is not None:
-                renamed.setdefault(override.name, []).append(tool)
-        clashes = [
-            f"{', '.join(sorted(tools))} are all renamed to {new_name!r}"
-            for new_name, tools in sorted(renamed.items())
-            if len(tools) > 1
-        ]
-        if clashes:
-            raise ValueError("; ".join(clashes))
-        return value
-
-
-class AggregationConfig(_Frozen):
-    """How the backends' tools and prompts are merged into one namespace.
-
-    ``conflict``:
-
-    * ``prefix`` - every tool and prompt is exposed as ``prefix_format.format(backend=...)``
-      followed by its name. With more than one backend ``prefix_format`` must contain
-      ``{backend}`` (an empty or constant prefix would make backends shadow each other); with a
-      single backend it may be ``""`` so names pass through unchanged.
-    * ``priority`` - names are exposed bare; a name several backends share goes to the first of
-      them in ``priority_order`` (backends not listed follow in name order) and the others are
-      exposed with their prefix in front (overridden or not), or dropped when
-      ``prefix_format`` is ``""``.
-    * ``manual`` - names are exposed bare and every clash must be resolved by ``overrides``;
-      ``prefix_format`` is only used for prompts, which have no overrides (see
-      :func:`vmcp.aggregate.build_routing_table`).
-
-    ``tools`` is keyed by backend name. Overrides apply before conflicts are resolved; in
-    ``prefix`` mode an override's name is used as given, without the prefix, so it can be
-    chosen freely.
-    """
-
-    conflict: ConflictMode = "prefix"
-    """How names are merged: prefix (every name prefixed), priority (bare names, the first
-    backend in priority_order wins a clash) or manual (bare names, clashes resolved by
-    overrides)."""
-    prefix_format: str = "{backend}_"
-    """The prefix, with {backend} for the backend's name ("" passes one backend's names through)."""
-    priority_order: tuple[str, ...] = ()
-    """priority: backends in order of precedence (others follow by name)."""
-    tools: dict[str, BackendToolsConfig] = Field(default_factory=dict)
-    """Per-backend tool filters and overrides, keyed by backend name."""
-
-    @field_validator("prefix_format")
-    @classmethod
-    def _prefix_format(cls, value: str) -> str:
-        try:
-            fields = list(string.Formatter().parse(value))
-        except ValueError as exc:
-            raise ValueError(f"{value!r} is not a format string: {exc}") from None
-        for literal, field, spec, conversion in fields:
-            if field is not None and (field != "backend" or spec or conversion):
-                raise ValueError(f"{value!r} may only use the placeholder {{backend}}")
-            if not _PREFIX_LITERAL_PATTERN.match(literal):
-                raise ValueError(
-                    f"{value!r} may only contain A-Z a-z 0-9 _ . - besides {{backend}}"
-                )
-        return value
-
-    @field_validator("priority_order")
-    @classmethod
-    def _priority_order(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        repeated = sorted({name for name in value if value.count(name) > 1})
-        if repeated:
-            raise ValueError(f"backends listed more than once: {', '.join(repeated)}")
-        return value
-
-    def prefix_for(self, backend: str) -> str:
-        """The prefix ``prefix_format`` gives ``backend``'s names."""
-        return self.prefix_format.format(backend=backend)
+    def _redact_keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(key.lower() for key in value if key))
 
 
 class LimitsConfig(_Frozen):
@@ -428,6 +298,37 @@ class StatelessConfig(_Frozen):
     """Bound on the client's answer to an input_required round."""
 
 
+class StatusConfig(_Frozen):
+    """The operator's view of the whole deployment on /status and /ui.
+
+    Every ``heartbeat_seconds`` each replica takes a sample of its traffic and announces
+    itself in the store (version, start time, live sessions, backends' health and its
+    last ``history_samples`` samples), so any replica's page shows every replica. One not
+    heard from for ``expiry_seconds`` is shown as gone, and dropped ``forget_seconds``
+    after its last beat.
+    """
+
+    heartbeat_seconds: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    """How often a replica samples its traffic and announces itself in the store."""
+    expiry_seconds: float = Field(default=15.0, gt=0, allow_inf_nan=False)
+    """A replica not heard from for this long is shown as gone (more than one heartbeat)."""
+    forget_seconds: float = Field(default=3600.0, gt=0, allow_inf_nan=False)
+    """A gone replica is dropped from the view this long after its last heartbeat."""
+    history_samples: int = Field(default=60, ge=2, le=720)
+    """Samples kept per replica for the charts (60 x 5 s: the last 5 minutes)."""
+
+    @model_validator(mode="after")
+    def _windows(self) -> Self:
+        if self.expiry_seconds <= self.heartbeat_seconds:
+            raise ValueError(f"expiry_seconds ({self.expiry_seconds:g}) must be longer than "
+                             f"heartbeat_seconds ({self.heartbeat_seconds:g}), or a live "
+                             "replica would be shown as gone between two beats")
+        if self.forget_seconds < self.expiry_seconds:
+            raise ValueError(f"forget_seconds ({self.forget_seconds:g}) must be at least "
+                             f"expiry_seconds ({self.expiry_seconds:g})")
+        return self
+
+
 class VmcpConfig(_Frozen):
     """The whole configuration.
 
@@ -454,12 +355,16 @@ class VmcpConfig(_Frozen):
     """Trace export."""
     stateless: StatelessConfig = Field(default_factory=StatelessConfig)
     """Serving clients of the stateless revision (2026-07-28)."""
+    status: StatusConfig = Field(default_factory=StatusConfig)
+    """The operator's view of every replica on /status and /ui."""
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    """The audit trail of MCP operations and refusals."""
 
     @model_validator(mode="after")
     def _cross_section(self, info: ValidationInfo) -> Self:
         if isinstance(info.context, Mapping) and info.context.get(_CROSS_CHECKED):
             return self
-        problems = _cross_section_problems(self.model_dump())
+        problems = cross_section_problems(self.model_dump())
         if problems:
             raise ValueError("; ".join(_format_loc(loc) + ": " + msg for loc, msg in problems))
         return self
@@ -467,93 +372,3 @@ class VmcpConfig(_Frozen):
     def backend(self, name: str) -> BackendConfig | None:
         """The backend called ``name``, if configured."""
         return next((b for b in self.backends if b.name == name), None)
-
-
-def _caller_credential_problems(data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
-    """Outgoing auth that passes on the caller's token needs incoming auth that has one:
-    an anonymous gateway refuses every ``Authorization`` header, so there is nothing to
-    forward or exchange."""
-    auth = data.get("auth")
-    incoming = auth.get("incoming") if isinstance(auth, Mapping) else None
-    incoming_type = incoming.get("type", "anonymous") if isinstance(incoming, Mapping) else (
-        "anonymous")
-    if incoming_type != "anonymous":
-        return []
-    backends = data.get("backends", ())
-    problems: list[tuple[Loc, str]] = []
-    for index, backend in enumerate(backends if isinstance(backends, list | tuple) else ()):
-        outgoing = backend.get("auth") if isinstance(backend, Mapping) else None
-        kind = outgoing.get("type") if isinstance(outgoing, Mapping) else None
-        if kind in ("forward", "token_exchange"):
-            problems.append((("backends", index, "auth", "type"),
-                             f"{kind!r} passes on the caller's token, but auth.incoming.type is "
-                             "'anonymous' (no tokens): use 'oidc' or 'static'"))
-    return problems
-
-
-def _cross_section_problems(data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
-    """Checks spanning sections, on raw data so they run even when other fields are invalid.
-
-    References to backends are checked against the entries that have a string name, and
-    only when ``backends`` is a list at all.
-    """
-    problems: list[tuple[Loc, str]] = []
-    backends = data.get("backends", ())
-    first_index: dict[str, int] = {}
-    is_list = isinstance(backends, list | tuple)
-    for index, backend in enumerate(backends if isinstance(backends, list | tuple) else ()):
-        name = backend.get("name") if isinstance(backend, Mapping) else None
-        if not isinstance(name, str):
-            continue
-        if name in first_index:
-            problems.append(
-                (
-                    ("backends", index, "name"),
-                    f"duplicate backend name {name!r} (also backends[{first_index[name]}])",
-                )
-            )
-        else:
-            first_index[name] = index
-    problems += _caller_credential_problems(data)
-    aggregation = data.get("aggregation", {})
-    if not isinstance(aggregation, Mapping):
-        return problems
-    known = ", ".join(sorted(first_index)) or "none configured"
-    if is_list:
-        order = aggregation.get("priority_order", ())
-        for index, name in enumerate(order if isinstance(order, list | tuple) else ()):
-            if isinstance(name, str) and name not in first_index:
-                problems.append(
-                    (
-                        ("aggregation", "priority_order", index),
-                        f"unknown backend {name!r} (backends: {known})",
-                    )
-                )
-        tools = aggregation.get("tools", {})
-        for name in tools if isinstance(tools, Mapping) else ():
-            if name not in first_index:
-                problems.append(
-                    (
-                        ("aggregation", "tools", name),
-                        f"unknown backend {name!r} (backends: {known})",
-                    )
-                )
-    conflict = aggregation.get("conflict", "prefix")
-    prefix_format = aggregation.get("prefix_format", "{backend}_")
-    if conflict == "prefix" and isinstance(prefix_format, str) and len(first_index) > 1:
-        try:
-            fields = {field for _, field, _, _ in string.Formatter().parse(prefix_format)}
-        except ValueError:
-            fields = {"backend"}  # malformed: reported by the field's own check
-        if "backend" not in fields:
-            problems.append(
-                (
-                    ("aggregation", "prefix_format"),
-                    f"{prefix_format!r} must contain {{backend}} when conflict is 'prefix' and "
-                    "there are several backends, or their tools would shadow each other "
-                    "(use conflict: priority or manual for bare names)",
-                )
-            )
-    return problems
-
-

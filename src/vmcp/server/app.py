@@ -8,19 +8,17 @@ restore them).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
 import signal
-import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 import httpx2
-import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -29,13 +27,16 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from vmcp import __version__, logs, tracing
+from vmcp.audit.trail import AuditTrail
 from vmcp.auth.incoming import Authenticator, build_authenticator, metadata_paths
 from vmcp.auth.outgoing import OutgoingAuth, build_outgoing_auth
-from vmcp.backend.connection import BackendTarget
+from vmcp.authz import AllowAll, CedarAuthorizer, PolicyBundle, build_authorizer, load_bundle
+from vmcp.backend import BackendTarget
 from vmcp.backend.health import HealthMonitor
 from vmcp.backend.http_client import backend_http_client
-from vmcp.config import VmcpConfig, load_config, unmatched_env_warnings
+from vmcp.config import VmcpConfig, load_config
 from vmcp.errors import AuthenticationError, ConfigError, StoreError
+from vmcp.server.overview import OperatorView, open_view
 from vmcp.server.security import RequestGuard
 from vmcp.server.session_methods import SessionMethods
 from vmcp.server.stateless import StatelessEndpoint
@@ -57,17 +58,6 @@ logger = logging.getLogger(__name__)
 # How long an interrupted response stream can be resumed on another replica.
 STREAM_EVENTS_TTL = 300.0
 
-DRAIN_SECONDS = 10
-"""After SIGTERM, how long in-flight requests may take to finish before they are cut (an
-orchestrator's grace period must be longer; deploy/kubernetes is checked against it)."""
-
-ANSWER_SECONDS = 3
-"""The end of the drain window kept for answering what is still open: this replica's
-live sessions are closed then, so every open request gets its final answer (``-32001``)
-and every open stream its end before the cut. Their stored records stay for the other
-replicas."""
-
-
 @dataclass
 class Runtime:
     """What the lifespan has started, for the routes that report on it (None before
@@ -77,6 +67,7 @@ class Runtime:
     manager: SessionManager | None = None
     connector: BackendConnector | None = None
     monitor: HealthMonitor | None = None
+    view: OperatorView | None = None
     listening: anyio.Event | None = None
 
 
@@ -103,12 +94,16 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
     logs.set_replica(config.server.replica_id)
     authenticator = build_authenticator(config)
     outgoing = build_outgoing_auth(config)
+    authorizer = build_authorizer(config)
+    audit = AuditTrail(config.audit) if config.audit.enabled else None
     if config.telemetry.otlp_endpoint:
         tracing.configure(config.telemetry.otlp_endpoint,
                           service_name=config.telemetry.service_name,
                           sample_ratio=config.telemetry.sample_ratio)
     state = Runtime()
     metrics = Metrics()
+    if audit is not None:
+        metrics.watch_audit(audit)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -165,22 +160,27 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                 is_healthy=monitor.usable_for_new_sessions if monitor else None, relay=relay)
             background.start_soon(stateless.run)
             endpoint.app = McpEndpoint(
-                manager, SessionMethods(), RequestGuard(config.server), authenticator,
-                max_body_bytes=config.server.max_body_bytes, metrics=metrics,
-                stateless=StatelessEndpoint(stateless),
+                manager, SessionMethods(authorizer=authorizer), RequestGuard(config.server),
+                authenticator, max_body_bytes=config.server.max_body_bytes, metrics=metrics,
+                stateless=StatelessEndpoint(stateless, authorizer=authorizer),
+                audit=audit, replica_id=config.server.replica_id,
             )
-            state.store, state.manager, state.connector, state.monitor = (
-                store, manager, connector, monitor)
+            view = open_view(config, store, metrics, manager=manager, monitor=monitor,
+                             connector=connector)
+            background.start_soon(view.run)
+            state.store, state.manager, state.connector, state.monitor, state.view = (
+                store, manager, connector, monitor, view)
             if config_path is not None:
                 background.start_soon(_reload_on_sighup, config_path, connector, manager,
-                                      monitor, outgoing)
+                                      monitor, outgoing, authorizer)
             state.listening = anyio.Event()
             background.start_soon(_log_when_ready, config, state.listening, monitor)
             try:
                 yield
             finally:
                 endpoint.app = None
-                state.store = state.manager = state.connector = state.monitor = None
+                await view.withdraw()
+                state.store = state.manager = state.connector = state.monitor = state.view = None
                 await manager.aclose()
                 await stateless.aclose()
                 background.cancel_scope.cancel()
@@ -207,15 +207,25 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
 
     def snapshot() -> dict[str, object]:
         connector = state.connector
-        return build_status(connector.config if connector is not None else config,
-                            state.manager, connector.ledger if connector is not None else None,
-                            state.monitor)
+        document = build_status(connector.config if connector is not None else config,
+                                state.manager,
+                                connector.ledger if connector is not None else None,
+                                state.monitor)
+        document["authorization"] = policy_status(authorizer)
+        return document
+
+    async def full_snapshot() -> dict[str, object]:
+        """This replica's snapshot and, once running, the whole deployment's view."""
+        document = snapshot()
+        if state.view is not None:
+            document.update(await state.view.document())
+        return document
 
     async def status(request: Request) -> Response:
-        return JSONResponse(snapshot())
+        return JSONResponse(await full_snapshot())
 
     async def status_page(request: Request) -> Response:
-        return HTMLResponse(render_page(snapshot()))
+        return HTMLResponse(render_page(await full_snapshot()))
 
     async def resource_metadata(request: Request) -> Response:
         """RFC 9728 protected-resource metadata; 404 without an authorization server."""
@@ -227,8 +237,11 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
 
     @contextlib.asynccontextmanager
     async def authenticated(app: Starlette) -> AsyncIterator[None]:
-        async with authenticator, outgoing, lifespan(app):
-            yield
+        async with contextlib.AsyncExitStack() as stack:
+            if audit is not None:
+                await stack.enter_async_context(audit)
+            async with authenticator, outgoing, lifespan(app):
+                yield
 
     async def metrics_route(request: Request) -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
@@ -355,32 +368,38 @@ def _health_monitor(config: VmcpConfig, http: httpx2.AsyncClient,
     health = config.health
     if not health.enabled or not config.backends:
         return None
-    return HealthMonitor(_targets(config, outgoing), http,
-                         interval_seconds=health.interval_seconds,
-                         timeout_seconds=health.timeout_seconds,
-                         unhealthy_threshold=health.unhealthy_threshold,
-                         degraded_latency_seconds=health.degraded_latency_seconds,
+    return HealthMonitor(_targets(config, outgoing), http, health,
                          needs_caller=outgoing.per_caller)
 
 
 async def _reload_on_sighup(path: Path, connector: BackendConnector, manager: SessionManager,
-                            monitor: HealthMonitor | None, outgoing: OutgoingAuth) -> None:
+                            monitor: HealthMonitor | None, outgoing: OutgoingAuth,
+                            authorizer: AllowAll | CedarAuthorizer) -> None:
     """SIGHUP re-reads the configuration file and applies its backends and aggregation to
-    this replica without a restart (other sections need one). Live sessions gain the added
-    backends, end their sessions on the removed ones, and are sent ``list_changed``."""
+    this replica without a restart (other sections need one), and re-reads the policy
+    files. Live sessions gain the added backends, end their sessions on the removed ones,
+    and are sent ``list_changed``. A configuration or policy set that is invalid changes
+    nothing: the running one stays, and the log says why."""
     with anyio.open_signal_receiver(signal.SIGHUP) as signals:
         async for _ in signals:
             try:
                 loaded = load_config(path)
                 reloaded_auth = build_outgoing_auth(loaded)
+                policies = _reload_policies(authorizer, loaded)
             except ConfigError as exc:
                 logger.error("configuration reload refused, keeping the running one:\n%s", exc)
                 continue
             current = connector.config
             if any(getattr(loaded, part) != getattr(current, part)
-                   for part in ("server", "session", "auth", "limits")):
-                logger.warning("reload applies backends, aggregation and health only; "
-                               "restart to change the other sections")
+                   for part in ("server", "session", "limits")) or (
+                    loaded.auth.model_copy(update={"authz": None})
+                    != current.auth.model_copy(update={"authz": None})):
+                logger.warning("reload applies backends, aggregation, health and policies "
+                               "only; restart to change the other sections")
+            if policies is not None and isinstance(authorizer, CedarAuthorizer):
+                authorizer.adopt(policies)
+                logger.info("authorization policies loaded: %d policies, sha256 %s",
+                            policies.count, policies.sha256)
             updated = current.model_copy(update={"backends": loaded.backends,
                                                  "aggregation": loaded.aggregation})
             outgoing.adopt(reloaded_auth)
@@ -392,74 +411,35 @@ async def _reload_on_sighup(path: Path, connector: BackendConnector, manager: Se
                         len(updated.backends), changed)
 
 
+def _reload_policies(authorizer: AllowAll | CedarAuthorizer, loaded: VmcpConfig
+                     ) -> PolicyBundle | None:
+    """The policy set the reloaded configuration names, read and checked (not yet in
+    force); None without authorization. Raises ``ConfigError`` if it is invalid."""
+    authz = loaded.auth.authz
+    if not isinstance(authorizer, CedarAuthorizer):
+        if authz is not None:
+            logger.warning("auth.authz was added: restart to turn authorization on")
+        return None
+    if authz is None:
+        logger.warning("auth.authz was removed: authorization stays on until a restart")
+        return None
+    try:
+        return load_bundle(authz)
+    except ConfigError as exc:
+        raise ConfigError(f"policies not reloaded, still in force: sha256 "
+                          f"{authorizer.bundle.sha256}\n{exc}") from None
+
+
+def policy_status(authorizer: AllowAll | CedarAuthorizer) -> dict[str, object] | None:
+    """What ``/status`` shows of the policy set in force (None without authorization)."""
+    status = authorizer.status()
+    if status is None:
+        return None
+    return {"sha256": status.sha256, "policies": status.policies, "files": list(status.files),
+            "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(status.loaded_at))}
+
+
 def _targets(config: VmcpConfig, outgoing: OutgoingAuth) -> list[BackendTarget]:
     return [BackendTarget(b.name, b.url, b.transport,
                           {**b.headers, **outgoing.static_headers(b.name)})
             for b in config.backends]
-
-
-def serve(config: VmcpConfig, *, log_level: str = "info", log_format: str = "auto",
-          config_path: Path | None = None) -> None:
-    """Run the gateway until SIGINT/SIGTERM (uvicorn finishes in-flight requests)."""
-    logs.configure(log_level, log_format)
-    for warning in unmatched_env_warnings():
-        logger.warning("%s", warning)
-    app = create_app(config, config_path=config_path)
-    server = _Server(uvicorn.Config(app, host=config.server.host, port=config.server.port,
-                                    log_level=log_level, log_config=None, lifespan="on",
-                                    timeout_graceful_shutdown=DRAIN_SECONDS), app)
-    admin = config.server.admin
-    if admin.port is None:
-        server.run()
-        return
-    sockets = [_bind(config.server.host, config.server.port), _bind(admin.host, admin.port)]
-    app.admin_port = sockets[1].getsockname()[1]
-    logger.info("admin listener (/status, /metrics, /ui) on http://%s:%d", admin.host,
-                app.admin_port)
-    server.run(sockets=sockets)
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host.strip("[]"), port), family=family)
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's server, telling the app when its sockets are bound, and answering what is
-    still open before its drain deadline instead of cutting it.
-
-    uvicorn waits for open connections up to ``timeout_graceful_shutdown`` and then
-    cancels their handlers: a call still running (or a stream still open) would get no
-    answer at all. Here the wait is split: requests may finish on their own until
-    ``ANSWER_SECONDS`` before the deadline, then the live sessions are closed, which
-    finishes every open request with ``-32001`` and ends every stream, and uvicorn's own
-    wait sees the connections end. Streams that only listen end as the drain begins.
-    (Overrides uvicorn's ``_wait_tasks_to_complete``, the
-    one step of its shutdown that waits; the version is pinned.)
-    """
-
-    def __init__(self, config: uvicorn.Config, app: GatewayApp) -> None:
-        super().__init__(config)
-        self._app = app
-        self._closing: asyncio.Future[None] | None = None
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        if self.started:
-            self._app.mark_listening()
-
-    async def _wait_tasks_to_complete(self) -> None:
-        self._app.begin_drain()
-        window = max(0, (self.config.timeout_graceful_shutdown or 0) - ANSWER_SECONDS)
-        try:
-            await asyncio.wait_for(super()._wait_tasks_to_complete(), timeout=window)
-            return
-        except TimeoutError:
-            pass
-        if self._app.close_sessions is not None:
-            logger.warning("drain deadline near: closing this replica's live sessions to "
-                           "answer the requests still open")
-            # In the background: closing answers at once, while backend sessions may take
-            # longer to end (the lifespan's shutdown waits for that).
-            self._closing = asyncio.ensure_future(self._app.close_sessions())
-        await super()._wait_tasks_to_complete()

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import html
-import json
 from dataclasses import asdict
 from typing import Any
 
 from vmcp import __version__, logs
 from vmcp.backend.health import HealthMonitor
 from vmcp.config import BackendConfig, VmcpConfig, redact_url
+from vmcp.server.overview_page import render_sections
 from vmcp.session.manager import SessionManager
 from vmcp.upstream.ledger import UpstreamLedger
 
@@ -46,8 +46,9 @@ def _backend(backend: BackendConfig, monitor: HealthMonitor | None) -> dict[str,
 
 
 def render_page(status: dict[str, Any]) -> str:
-    """The status page: server-rendered (readable without JavaScript), then refreshed in
-    place from ``/status`` every few seconds by a small inline script. No build step."""
+    """The status page: server-rendered, charts included (readable without JavaScript),
+    then refreshed in place every few seconds by a small inline script that fetches the
+    page again and swaps its content. No build step, no external asset."""
     e = html.escape
     rows = "".join(
         f'<tr data-backend="{e(b["name"])}"><td>{e(b["name"])}</td>'
@@ -64,7 +65,7 @@ def render_page(status: dict[str, Any]) -> str:
         replica=e(status["replica_id"]), version=e(status["version"]), store=e(status["store"]),
         live=status["live_sessions"], security=status["security_events"], rows=rows,
         figures=figures, errors=errors, refresh=REFRESH_MS,
-        initial=e(json.dumps(status, default=str)))
+        deployment=render_sections(status))
 
 
 def _ms(seconds: object) -> str:
@@ -76,37 +77,30 @@ _PAGE = """<!doctype html>
 <style>
 body {{ font: 14px system-ui, sans-serif; margin: 2em; color: #222; }}
 table {{ border-collapse: collapse; margin-bottom: 1.5em; }}
-td, th {{ border: 1px solid #ccc; padding: 4px 10px; text-align: left; }}
-.healthy {{ background: #d4f7d4; }} .degraded, .unknown {{ background: #fff3c4; }}
-.unhealthy, .unauthenticated {{ background: #ffd6d6; }} .unmonitored {{ background: #eee; }}
+td, th {{ border: 1px solid #ccc; padding: 4px 10px; text-align: left; vertical-align: top; }}
+.healthy, .up {{ background: #d4f7d4; }} .degraded, .unknown {{ background: #fff3c4; }}
+.unhealthy, .unauthenticated, .gone, .lost {{ background: #ffd6d6; }}
+.unmonitored, .filtered {{ background: #eee; }} .renamed {{ background: #e6f0ff; }}
+.problem {{ color: #a00; }}
+#charts svg {{ margin: 0 12px 12px 0; }}
+svg.chart text {{ font: 10px system-ui, sans-serif; fill: #555; }}
+svg.chart .chart-title {{ font-size: 11px; fill: #222; }}
 </style></head>
-<body data-status="{initial}">
+<body><main id="page">
 <h1>vmcp replica <span id="replica">{replica}</span></h1>
 <p>version {version} &middot; store {store} &middot; live sessions
 <span id="live">{live}</span> &middot; security events <span id="security">{security}</span></p>
-<h2>Backends</h2>
+{deployment}
+<h2>Backends (this replica)</h2>
 <table id="backends"><thead><tr><th>name</th><th>health</th><th>probe latency</th>
 <th>transport</th><th>url</th><th>last error</th></tr></thead><tbody>{rows}</tbody></table>
-<h2>Session cache</h2><table id="cache">{figures}</table>
-<h2>Recent errors</h2><ul id="errors">{errors}</ul>
+<h2>Session cache (this replica)</h2><table id="cache">{figures}</table>
+<h2>Recent errors (this replica)</h2><ul id="errors">{errors}</ul>
+</main>
 <script>
-const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => "&#" + c.charCodeAt(0) + ";");
-const ms = (s) => typeof s === "number" ? (s * 1000).toFixed(1) + " ms" : "-";
-function render(s) {{
-  document.getElementById("live").textContent = s.live_sessions;
-  document.getElementById("security").textContent = s.security_events;
-  document.querySelector("#backends tbody").innerHTML = s.backends.map((b) =>
-    `<tr data-backend="${{esc(b.name)}}"><td>${{esc(b.name)}}</td>` +
-    `<td class="health ${{esc(b.health)}}" data-health="${{esc(b.health)}}">` +
-    `${{esc(b.health)}}</td>` +
-    `<td>${{ms(b.latency_seconds)}}</td><td>${{esc(b.transport)}}</td><td>${{esc(b.url)}}</td>` +
-    `<td>${{esc(b.last_error)}}</td></tr>`).join("");
-  document.getElementById("cache").innerHTML = Object.entries(s.cache || {{}}).map(
-    ([k, v]) => `<tr><th>${{esc(k)}}</th><td>${{esc(v)}}</td></tr>`).join("");
-  const items = s.recent_errors.map(
-    (p) => `<li>${{esc(p.time)}} ${{esc(p.level)}} ${{esc(p.message)}}</li>`).join("");
-  document.getElementById("errors").innerHTML = items || "<li>none</li>";
-}}
-setInterval(() => fetch("status").then((r) => r.json()).then(render).catch(() => {{}}), {refresh});
+setInterval(() => fetch(location.href, {{cache: "no-store"}}).then((r) => r.text()).then((t) => {{
+  const fresh = new DOMParser().parseFromString(t, "text/html").getElementById("page");
+  if (fresh) document.getElementById("page").replaceWith(fresh);
+}}).catch(() => {{}}), {refresh});
 </script></body></html>
 """

@@ -68,6 +68,10 @@ class BackendConnector:
         self._is_healthy = is_healthy
         self._connect_slots = anyio.Semaphore(config.limits.max_concurrent_backend_connects)
 
+    def catalogs_seen(self) -> dict[str, BackendCatalog]:
+        """What each backend last listed here (shared catalogs only)."""
+        return self._catalogs.latest()
+
     @property
     def config(self) -> VmcpConfig:
         return self._config

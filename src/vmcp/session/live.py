@@ -27,8 +27,13 @@ class LiveSession(Protocol):
         """Per-backend state to store so another replica can re-attach (by backend name)."""
         ...
 
+    async def wait_calls(self) -> None:
+        """Return once no call is running on this session (later ones may start)."""
+        ...
+
     async def aclose(self, *, end_upstream: bool = True) -> None:
-        """Wait for in-flight calls, end every upstream session; idempotent, never raises.
+        """End every upstream session, answering the calls still running; idempotent,
+        never raises.
 
         With ``end_upstream`` False only this replica's connections close: the client
         session lives on, and its next copy re-attaches to the same upstream sessions."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Final
 
@@ -33,7 +34,16 @@ LIST_CHANGED: Final = frozenset({
 })
 UNSOLICITED: Final = LIST_CHANGED | {"notifications/resources/updated"}
 """Notifications about the session as a whole, not about the request they arrived with."""
+_LISTS: Final = (
+    ("notifications/tools/list_changed", "tools"),
+    ("notifications/prompts/list_changed", "prompts"),
+    ("notifications/resources/list_changed", "resources"),
+)
 SUBSCRIBER_BUFFER: Final = 256
+BACKLOG: Final = 64
+"""Messages kept while the client holds no GET stream here (a ``list_changed`` heard
+right after ``initialize``, before the client opened its stream): delivered when it does.
+The oldest go first beyond this, counted and logged, never silently."""
 BACKEND_REQUEST_SECONDS: Final = 300.0
 """How long a backend's own request (sampling, elicitation) waits for the client."""
 
@@ -58,6 +68,8 @@ class ServerMessages:
         self._spawn = spawn
         self._subscriber: MemoryObjectSendStream[dict[str, Any]] | None = None
         self._listeners: anyio.CancelScope | None = None
+        self._backlog: deque[dict[str, Any]] = deque()
+        self.dropped = 0
 
     @contextlib.asynccontextmanager
     async def subscribe(self) -> AsyncIterator[MemoryObjectReceiveStream[dict[str, Any]]]:
@@ -70,6 +82,8 @@ class ServerMessages:
         previous, self._subscriber = self._subscriber, send
         if previous is not None:
             previous.close()
+        while self._backlog:
+            self.publish(self._backlog.popleft())
 
         def from_elsewhere(payload: dict[str, Any]) -> None:
             message = payload.get("message")
@@ -89,6 +103,7 @@ class ServerMessages:
                     self._listeners = tg.cancel_scope
                     for name, connection in self._connections.items():
                         tg.start_soon(self._listen, name, connection)
+                    tg.start_soon(self._catch_up)
                 try:
                     yield receive
                 finally:
@@ -99,6 +114,19 @@ class ServerMessages:
             if self._subscriber is send:
                 self._subscriber = None
             send.close()
+
+    async def _catch_up(self) -> None:
+        """Re-list the backends once the stream listens, and announce what changed.
+
+        A backend announces a change on its own stream, which is open only while the
+        client's is: a change made before the client opened its stream (a tool that
+        changes the list, called right after ``initialize``) would go unheard."""
+        before = self._routes.table
+        await self._routes.refresh_all(list(self._connections))
+        after = self._routes.table
+        for method, kind in _LISTS:
+            if getattr(before, kind) != getattr(after, kind):
+                self.publish({"jsonrpc": "2.0", "method": method})
 
     async def announce(self, backend: str, message: dict[str, Any]) -> None:
         """A message that came with a call but belongs to no request: to the client's GET
@@ -119,11 +147,20 @@ class ServerMessages:
         """To this replica's GET stream of the session, if the client holds one here."""
         subscriber = self._subscriber
         if subscriber is None:
+            self._backlog.append(message)
+            if len(self._backlog) > BACKLOG:
+                self._drop(self._backlog.popleft(), "no client stream for a while")
             return
         try:
             subscriber.send_nowait(message)
         except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
-            logger.warning("client stream full or gone; dropped %s", message.get("method"),
+            self._drop(message, "client stream full or gone")
+
+    def _drop(self, message: dict[str, Any], why: str) -> None:
+        self.dropped += 1
+        if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:  # a flood logs a few lines
+            logger.warning("%s; dropped %s (%d dropped in this session)", why,
+                           message.get("method"), self.dropped,
                            extra={"session_id": self._session_id})
 
     def close(self) -> None:

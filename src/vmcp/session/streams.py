@@ -39,6 +39,10 @@ class Outbound:
     session_ended: bool = False
 
 
+class DuplicateRequestId(Exception):
+    """A request id that is already in flight in the same session."""
+
+
 class ResponseStream:
     """The ordered events of one request; sequence numbers start at 1."""
 
@@ -78,20 +82,37 @@ class ResponseStreams:
     def __init__(self, prefix: str) -> None:
         self._prefix = prefix
         self._streams: LRU[str, ResponseStream] = LRU(MAX_STREAMS_PER_SESSION)
+        self._by_request: dict[Any, ResponseStream] = {}
         self._next = 1
 
     def open(self, request_id: Any = None) -> ResponseStream:
+        """A new stream for the request ``request_id``. Raises ``DuplicateRequestId`` if a
+        request of this session with that id is still being answered here: a client must
+        not reuse an id (MCP), and a cancel naming it would be ambiguous."""
+        if request_id is not None:
+            current = self._by_request.get(request_id)
+            if current is not None and current.finished_at is None:
+                raise DuplicateRequestId(request_id)
         self._prune()
         stream = ResponseStream(f"{self._prefix}-{self._next}", request_id)
         self._next += 1
-        self._streams.put(stream.id, stream)
+        for _, evicted in self._streams.put(stream.id, stream):
+            self._forget(evicted)
+        if request_id is not None:
+            self._by_request[request_id] = stream
         return stream
 
     def get(self, stream_id: str) -> ResponseStream | None:
         return self._streams.peek(stream_id)
 
     def drop(self, stream_id: str) -> None:
-        self._streams.pop(stream_id)
+        stream = self._streams.pop(stream_id)
+        if stream is not None:
+            self._forget(stream)
+
+    def _forget(self, stream: ResponseStream) -> None:
+        if self._by_request.get(stream.request_id) is stream:
+            del self._by_request[stream.request_id]
 
     def end_all(self, answer: Callable[[Any], dict[str, Any]]) -> None:
         """Finish every open stream with ``answer(request_id)``: the session closed, and
@@ -107,7 +128,7 @@ class ResponseStreams:
             stream = self._streams.peek(stream_id)
             if (stream is not None and stream.finished_at is not None
                     and now - stream.finished_at > KEEP_FINISHED_SECONDS):
-                self._streams.pop(stream_id)
+                self.drop(stream_id)
 
 
 MAX_EVENT_SEQ_DIGITS = 18

@@ -45,6 +45,7 @@ class CatalogCache:
         self._ttl = ttl_seconds
         self._clock = clock
         self._entries: LRU[tuple[str, str], tuple[float, BackendCatalog]] = LRU(MAX_ENTRIES)
+        self._latest: dict[str, BackendCatalog] = {}
 
     @property
     def enabled(self) -> bool:
@@ -61,6 +62,14 @@ class CatalogCache:
         return catalog
 
     def put(self, backend: str, scope: str, catalog: BackendCatalog) -> None:
+        if scope == SHARED:
+            self._latest[backend] = catalog
         if not self.enabled:
             return
         self._entries.put((backend, scope), (self._clock(), catalog))
+
+    def latest(self) -> dict[str, BackendCatalog]:
+        """Each backend's most recently listed catalog shared by everybody, however old
+        (for the operator's view of the aggregated catalog; per-caller catalogs are not
+        shown)."""
+        return dict(self._latest)

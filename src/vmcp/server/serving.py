@@ -1,0 +1,108 @@
+"""Running the gateway: uvicorn, its sockets (the public one and the admin listener), and
+a drain on SIGTERM that answers what is still open before the cut."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from pathlib import Path
+
+import uvicorn
+from starlette.types import ASGIApp
+
+from vmcp import logs
+from vmcp.config import VmcpConfig, unmatched_env_warnings
+from vmcp.server.app import GatewayApp, create_app
+
+logger = logging.getLogger(__name__)
+
+DRAIN_SECONDS = 10
+"""After SIGTERM, how long in-flight requests may take to finish before they are cut (an
+orchestrator's grace period must be longer; deploy/kubernetes is checked against it)."""
+KEEP_ALIVE_SECONDS = 75
+"""How long an idle client connection stays open. A balancer keeps its connections to the
+replicas for reuse (nginx's ``keepalive`` pool 60 s, cloud balancers 60 s by default); a
+replica that closed one sooner (uvicorn's default is 5 s) could close it just as the
+balancer sent a request on it, which the balancer answers 502 (it does not retry a POST)."""
+
+ANSWER_SECONDS = 3
+"""The end of the drain window kept for answering what is still open: this replica's
+live sessions are closed then, so every open request gets its final answer (``-32001``)
+and every open stream its end before the cut. Their stored records stay for the other
+replicas."""
+
+
+def server_config(app: ASGIApp, config: VmcpConfig, log_level: str = "info"
+                  ) -> uvicorn.Config:
+    """How uvicorn serves the gateway: the drain on SIGTERM, and idle connections kept
+    open longer than a balancer keeps them (``KEEP_ALIVE_SECONDS``)."""
+    return uvicorn.Config(app, host=config.server.host, port=config.server.port,
+                          log_level=log_level, log_config=None, lifespan="on",
+                          timeout_graceful_shutdown=DRAIN_SECONDS,
+                          timeout_keep_alive=KEEP_ALIVE_SECONDS)
+
+
+def serve(config: VmcpConfig, *, log_level: str = "info", log_format: str = "auto",
+          config_path: Path | None = None) -> None:
+    """Run the gateway until SIGINT/SIGTERM (uvicorn finishes in-flight requests)."""
+    logs.configure(log_level, log_format)
+    for warning in unmatched_env_warnings():
+        logger.warning("%s", warning)
+    app = create_app(config, config_path=config_path)
+    server = _Server(server_config(app, config, log_level), app)
+    admin = config.server.admin
+    if admin.port is None:
+        server.run()
+        return
+    sockets = [_bind(config.server.host, config.server.port), _bind(admin.host, admin.port)]
+    app.admin_port = sockets[1].getsockname()[1]
+    logger.info("admin listener (/status, /metrics, /ui) on http://%s:%d", admin.host,
+                app.admin_port)
+    server.run(sockets=sockets)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host.strip("[]"), port), family=family)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling the app when its sockets are bound, and answering what is
+    still open before its drain deadline instead of cutting it.
+
+    uvicorn waits for open connections up to ``timeout_graceful_shutdown`` and then
+    cancels their handlers: a call still running (or a stream still open) would get no
+    answer at all. Here the wait is split: requests may finish on their own until
+    ``ANSWER_SECONDS`` before the deadline, then the live sessions are closed, which
+    finishes every open request with ``-32001`` and ends every stream, and uvicorn's own
+    wait sees the connections end. Streams that only listen end as the drain begins.
+    (Overrides uvicorn's ``_wait_tasks_to_complete``, the
+    one step of its shutdown that waits; the version is pinned.)
+    """
+
+    def __init__(self, config: uvicorn.Config, app: GatewayApp) -> None:
+        super().__init__(config)
+        self._app = app
+        self._closing: asyncio.Future[None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self._app.mark_listening()
+
+    async def _wait_tasks_to_complete(self) -> None:
+        self._app.begin_drain()
+        window = max(0, (self.config.timeout_graceful_shutdown or 0) - ANSWER_SECONDS)
+        try:
+            await asyncio.wait_for(super()._wait_tasks_to_complete(), timeout=window)
+            return
+        except TimeoutError:
+            pass
+        if self._app.close_sessions is not None:
+            logger.warning("drain deadline near: closing this replica's live sessions to "
+                           "answer the requests still open")
+            # In the background: closing answers at once, while backend sessions may take
+            # longer to end (the lifespan's shutdown waits for that).
+            self._closing = asyncio.ensure_future(self._app.close_sessions())
+        await super()._wait_tasks_to_complete()
