@@ -83,10 +83,12 @@ def listings_for(capabilities: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 @dataclass(frozen=True)
 class Route:
-    """Where an exposed name leads: the backend and that backend's own name for the item."""
+    """Where an exposed name leads: the backend and that backend's own name for the item.
+    A tool that is not ``visible`` is left out of listings (composite tools' steps call it)."""
 
     backend: str
     name: str
+    visible: bool = True
 
 
 # RFC 6570 level 1: "{var}" only, var made of ALPHA / DIGIT / "_" / pct-encoded, dot-separated.
@@ -127,6 +129,7 @@ class RoutingTable:
 
     __slots__ = (
         "_exact_resources",
+        "_hidden_tools",
         "_prompt_routes",
         "_prompts",
         "_resource_templates",
@@ -149,7 +152,10 @@ class RoutingTable:
         Tool and prompt dicts carry their exposed ``name``, resources their ``uri`` and
         templates their ``uriTemplate``.
         """
-        self._tools, self._tool_routes = self._index_named(tools, "tool")
+        every_tool, self._tool_routes = self._index_named(tools, "tool")
+        self._tools = tuple(t for t in every_tool if self._tool_routes[t["name"]].visible)
+        self._hidden_tools = {str(t["name"]): t for t in every_tool
+                              if not self._tool_routes[t["name"]].visible}
         self._prompts, self._prompt_routes = self._index_named(prompts, "prompt")
         resource_list: list[dict[str, Any]] = []
         self._exact_resources: dict[str, str] = {}
@@ -183,8 +189,8 @@ class RoutingTable:
 
     @property
     def tools(self) -> list[dict[str, Any]]:
-        """Exposed tools: the backends' JSON with ``name`` (and an overridden
-        ``description``) replaced."""
+        """Exposed tools that are listed: the backends' JSON with ``name`` (and an
+        overridden ``description``) replaced."""
         return list(self._tools)
 
     @property
@@ -201,6 +207,13 @@ class RoutingTable:
     def resource_templates(self) -> list[dict[str, Any]]:
         """Exposed resource templates, one per ``uriTemplate``."""
         return list(self._resource_templates)
+
+    def tool(self, name: str) -> dict[str, Any] | None:
+        """The exposed tool ``name``, listed or hidden (its ``inputSchema`` for a step)."""
+        hidden = self._hidden_tools.get(name)
+        if hidden is not None:
+            return hidden
+        return next((t for t in self._tools if t["name"] == name), None)
 
     def route_tool(self, name: str) -> Route | None:
         """Where the exposed tool ``name`` leads, or None if no such tool is exposed."""
@@ -239,6 +252,7 @@ class _Candidate:
     base_name: str  # the override's name, else the backend's own
     overridden: bool
     description: str | None  # the override's description, if any
+    visible: bool = True
 
 
 def build_routing_table(
@@ -266,7 +280,8 @@ def build_routing_table(
     tools = _settle_names(tool_candidates, config, backends, "tool", warn)
     prompts = _settle_names(prompt_candidates, config, backends, "prompt", warn)
     return RoutingTable(
-        tools=[(_exposed(c, name), Route(c.backend, c.own_name)) for c, name in tools],
+        tools=[(_exposed(c, name), Route(c.backend, c.own_name, c.visible))
+               for c, name in tools],
         prompts=[(_exposed(c, name), Route(c.backend, c.own_name)) for c, name in prompts],
         resources=_first_by_key(catalogs, backends, "resources", "uri", warn),
         resource_templates=_templates(catalogs, backends, warn),
@@ -316,6 +331,7 @@ def _tool_candidates(
                 override.name if override.name is not None else candidate.own_name,
                 override.name is not None,
                 override.description,
+                override.visible,
             )
         candidates.append(candidate)
     return candidates

@@ -17,9 +17,11 @@ PACKAGE = Path(__file__).resolve().parents[2] / "src" / "vmcp"
 
 LAYERS: list[set[str]] = [
     {"__init__", "errors"},                 # the version; the errors tree
-    {"identity", "tracing", "cache", "concurrency", "lru"},  # who calls; spans; caches
+    {"identity", "tracing", "cache", "concurrency", "lru", "templating"},  # who calls; spans;
+    # caches; sandboxed templates
     {"logs", "config"},
-    {"store", "backend", "aggregate"},      # metadata store; one backend; routing tables
+    {"store", "backend", "aggregate", "composite"},  # metadata store; one backend; routing
+    # tables; composite tools' workflows
     {"auth", "dispatch"},                   # credentials in and out; one MCP method
     {"upstream"},                           # reaching backends for a caller
     {"session", "stateless"},               # the two revisions' backends

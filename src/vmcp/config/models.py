@@ -41,6 +41,7 @@ from vmcp.config.auth import (
     AuthConfig,
     OutgoingAuthConfig,
 )
+from vmcp.config.composite import CompositeToolConfig, composite_problems
 
 # --------------------------------------------------------------------------- models
 
@@ -242,11 +243,14 @@ class ToolOverride(_Frozen):
     """The name the tool is exposed under instead."""
     description: str | None = None
     """The description the tool is exposed with instead."""
+    visible: bool = True
+    """false: left out of tools/list and refused to clients, yet callable from composite
+    tools' steps."""
 
     @model_validator(mode="after")
     def _not_empty(self) -> Self:
-        if self.name is None and self.description is None:
-            raise ValueError("an override needs a name, a description or both")
+        if self.name is None and self.description is None and self.visible:
+            raise ValueError("an override needs a name, a description or visible: false")
         return self
 
 
@@ -487,6 +491,8 @@ class VmcpConfig(_Frozen):
     """Serving clients of the stateless revision (2026-07-28)."""
     status: StatusConfig = Field(default_factory=StatusConfig)
     """The operator's view of every replica on /status and /ui."""
+    composite_tools: tuple[CompositeToolConfig, ...] = ()
+    """Tools served by running a workflow over the backends' tools."""
 
     @model_validator(mode="after")
     def _cross_section(self, info: ValidationInfo) -> Self:
@@ -548,6 +554,7 @@ def _cross_section_problems(data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
         else:
             first_index[name] = index
     problems += _caller_credential_problems(data)
+    problems += composite_problems(data)
     aggregation = data.get("aggregation", {})
     if not isinstance(aggregation, Mapping):
         return problems
