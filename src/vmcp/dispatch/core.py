@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Final, Generic, Protocol, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from vmcp.aggregate import RoutingTable
+from vmcp.composite import CompositeRegistry
+from vmcp.dispatch.seam import Target, Upstream
+from vmcp.dispatch.workflows import WorkflowHost, WorkflowUpstream
 from vmcp.errors import INVALID_PARAMS_CODE, RequestError
 
-ResultT_co = TypeVar("ResultT_co", covariant=True)
 ResultT = TypeVar("ResultT")
 
 LISTINGS: Final = {
@@ -27,46 +28,20 @@ ROUTED_METHODS: Final = frozenset({
 """Methods answered by one backend, chosen by the name or URI the request names."""
 
 
-@dataclass(frozen=True)
-class Target:
-    """Where a routed request goes: ``backend``, with ``params`` naming things the way the
-    backend does; ``exposed`` is the name or URI the client used (what a multi-round
-    request stays bound to)."""
-
-    backend: str
-    method: str
-    exposed: str
-    params: dict[str, Any]
-
-
-class Upstream(Protocol[ResultT_co]):
-    """The backends as one request sees them.
-
-    The session-based revisions implement it over the client session's live backend
-    connections; the stateless revision over the caller's view of every backend.
-    """
-
-    async def routing(self, *, refresh: bool = False) -> RoutingTable:
-        """The routing table; ``refresh`` re-lists the backends first (an unknown name may
-        be new: its ``list_changed`` may have gone elsewhere). May return the same table
-        when a re-listing is not due."""
-        ...
-
-    async def call(self, target: Target) -> ResultT_co:
-        """Send one routed request to its backend. Raises ``BackendRpcError`` for the
-        backend's own error, other ``BackendError`` kinds for failures."""
-        ...
-
-
 class Dispatcher(Generic[ResultT]):
     """Serves listings and routed requests over an :class:`Upstream`; one per revision.
 
     ``resource_not_found_code`` is what the revision answers for a URI no backend serves
     (the handshake revisions have a code of their own; 2026-07-28 uses invalid params).
+    ``composites`` are served next to the backends' tools (a composite tool shadows a
+    backend tool of the same name); the tools they hide are neither listed nor callable
+    by clients.
     """
 
-    def __init__(self, *, resource_not_found_code: int) -> None:
+    def __init__(self, *, resource_not_found_code: int,
+                 composites: CompositeRegistry | None = None) -> None:
         self._resource_not_found = resource_not_found_code
+        self._composites = composites if composites is not None else CompositeRegistry(())
 
     async def listing(self, upstream: Upstream[ResultT], method: str,
                       params: Mapping[str, Any]) -> dict[str, Any]:
@@ -75,12 +50,48 @@ class Dispatcher(Generic[ResultT]):
             # No cursor of ours exists to resume.
             raise RequestError(INVALID_PARAMS_CODE, "Invalid cursor")
         routing = await upstream.routing()
-        return {LISTINGS[method]: items_of(routing, method)}
+        items = items_of(routing, method)
+        if method == "tools/list" and self._composites:
+            own = self._composites.definitions()
+            unlisted = self._composites.hidden | {t["name"] for t in own}
+            items = [t for t in items if t.get("name") not in unlisted] + own
+        return {LISTINGS[method]: items}
 
     async def call(self, upstream: Upstream[ResultT], method: str,
                    params: Mapping[str, Any]) -> ResultT:
-        """Route one request to its backend and return what the backend answers."""
+        """Route one request to its backend and return what the backend answers, or run
+        the composite tool it names."""
+        if method == "tools/call" and self._composites:
+            name = params.get("name")
+            if isinstance(name, str) and self._composites.get(name) is not None:
+                return await self._run_composite(upstream, name, params)
+        target = await self.resolve(upstream, method, params)
+        if target.hidden or (method == "tools/call" and target.exposed in
+                             self._composites.hidden):
+            raise self._not_found(method, params)
+        return await upstream.call(target)
+
+    async def _step_call(self, upstream: Upstream[ResultT], method: str,
+                         params: Mapping[str, Any]) -> ResultT:
+        """A composite tool step's call: routed like a client's, hidden tools included."""
         return await upstream.call(await self.resolve(upstream, method, params))
+
+    async def _run_composite(self, upstream: Upstream[ResultT], name: str,
+                             params: Mapping[str, Any]) -> ResultT:
+        if not isinstance(upstream, WorkflowUpstream):
+            raise RequestError(INVALID_PARAMS_CODE, f"Composite tool {name} cannot be "
+                               "served on this path")
+        arguments = params.get("arguments")
+        if arguments is None:
+            arguments = {}
+        if not isinstance(arguments, Mapping):
+            raise RequestError(INVALID_PARAMS_CODE, "arguments must be an object")
+        meta = params.get("_meta")
+        token = meta.get("progressToken") if isinstance(meta, Mapping) else None
+        host = WorkflowHost(upstream, self._step_call, token)
+        result = await self._composites.start(name, arguments, host).run()
+        done: ResultT = upstream.as_result(result)
+        return done
 
     async def resolve(self, upstream: Upstream[ResultT], method: str,
                       params: Mapping[str, Any]) -> Target:
@@ -126,7 +137,8 @@ def _lookup(routing: RoutingTable, method: str, params: Mapping[str, Any]) -> Ta
         route = routing.route_tool(name) if method == "tools/call" else routing.route_prompt(name)
         if route is None:
             return None
-        return Target(route.backend, method, name, {**params, "name": route.name})
+        return Target(route.backend, method, name, {**params, "name": route.name},
+                      hidden=not route.visible)
     if method == "completion/complete":
         ref = params.get("ref")
         ref = ref if isinstance(ref, Mapping) else {}

@@ -34,6 +34,7 @@ from vmcp.auth.outgoing import OutgoingAuth, build_outgoing_auth
 from vmcp.backend.connection import BackendTarget
 from vmcp.backend.health import HealthMonitor
 from vmcp.backend.http_client import backend_http_client
+from vmcp.composite import CompositeRegistry
 from vmcp.config import VmcpConfig, load_config, unmatched_env_warnings
 from vmcp.errors import AuthenticationError, ConfigError, StoreError
 from vmcp.server.overview import OperatorView, open_view
@@ -162,14 +163,15 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
             background.start_soon(manager.follow_ended_sessions)
             if relay is not None:
                 background.start_soon(relay.run)
+            composites = CompositeRegistry(config.composite_tools)
             stateless = StatelessBackends(
                 lambda: connector.config, http, outgoing=outgoing, ledger=connector.ledger,
                 is_healthy=monitor.usable_for_new_sessions if monitor else None, relay=relay)
             background.start_soon(stateless.run)
             endpoint.app = McpEndpoint(
-                manager, SessionMethods(), RequestGuard(config.server), authenticator,
-                max_body_bytes=config.server.max_body_bytes, metrics=metrics,
-                stateless=StatelessEndpoint(stateless),
+                manager, SessionMethods(composites=composites), RequestGuard(config.server),
+                authenticator, max_body_bytes=config.server.max_body_bytes, metrics=metrics,
+                stateless=StatelessEndpoint(stateless, composites=composites),
             )
             view = open_view(config, store, metrics, manager=manager, monitor=monitor,
                              connector=connector)

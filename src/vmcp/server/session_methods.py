@@ -14,8 +14,9 @@ from typing import Any, Final
 from vmcp import __version__
 from vmcp.aggregate import RoutingTable
 from vmcp.backend import BackendRpcError
+from vmcp.composite import CompositeRegistry
 from vmcp.dispatch import LISTINGS, ROUTED_METHODS, Dispatcher, Target, aggregate_capabilities
-from vmcp.errors import METHOD_NOT_FOUND_CODE, RequestError
+from vmcp.errors import INTERNAL_ERROR_CODE, METHOD_NOT_FOUND_CODE, RequestError
 from vmcp.server.jsonrpc import Incoming
 from vmcp.session.channel import ClientChannel
 from vmcp.session.multisession import MultiSession
@@ -42,14 +43,43 @@ class SessionUpstream:
         return await self._session.call(target.backend, target.method, target.params,
                                         self._channel)
 
+    # -- composite tools (WorkflowUpstream) ------------------------------------------
+
+    def for_steps(self) -> SessionUpstream:
+        return self
+
+    def tool_result(self, result: dict[str, Any]) -> dict[str, Any]:
+        return result
+
+    def as_result(self, result: dict[str, Any]) -> dict[str, Any]:
+        return result
+
+    def step_meta(self) -> dict[str, Any]:
+        return {}
+
+    async def notify(self, message: dict[str, Any]) -> None:
+        await self._channel.notify(message)
+
+    async def elicit(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Ask the client over the session's relay: its answer may be POSTed to any
+        replica (see ``ClientChannel.request``); the workflow waits here meanwhile."""
+        answer = await self._channel.request("elicitation/create", params)
+        error = answer.get("error")
+        if isinstance(error, dict):
+            raise RequestError(int(error.get("code", INTERNAL_ERROR_CODE)),
+                               f"the client refused elicitation: {error.get('message')}")
+        result = answer.get("result")
+        return result if isinstance(result, dict) else {}
+
 
 class SessionMethods:
     """Serves the session-based MCP methods over a ``MultiSession``."""
 
-    def __init__(self, *, server_name: str = "vmcp") -> None:
+    def __init__(self, *, server_name: str = "vmcp",
+                 composites: CompositeRegistry | None = None) -> None:
         self._server_info = {"name": server_name, "version": __version__}
         self._dispatcher: Dispatcher[dict[str, Any]] = Dispatcher(
-            resource_not_found_code=RESOURCE_NOT_FOUND_CODE)
+            resource_not_found_code=RESOURCE_NOT_FOUND_CODE, composites=composites)
 
     def initialize_result(self, session: MultiSession, params: dict[str, Any]) -> dict[str, Any]:
         requested = params.get("protocolVersion")

@@ -68,7 +68,8 @@ from starlette.types import Receive, Scope, Send
 from vmcp import __version__, tracing
 from vmcp.aggregate import RoutingTable
 from vmcp.backend import BackendRpcError
-from vmcp.dispatch import LISTINGS, Dispatcher, Target, aggregate_capabilities, items_of
+from vmcp.composite import CompositeRegistry
+from vmcp.dispatch import LISTINGS, Dispatcher, Target, aggregate_capabilities
 from vmcp.errors import BackendError, ConfigError, InvalidIdentity, RequestError
 from vmcp.identity import Principal, binding_for
 from vmcp.server.jsonrpc import first_error
@@ -149,15 +150,42 @@ class CallerUpstream:
             self._caller, target.backend, target.method, target.params,
             target=(target.method, target.exposed), headers=forwarded, notify=self._notify)
 
+    # -- composite tools (WorkflowUpstream) ------------------------------------------
+
+    def for_steps(self) -> CallerUpstream:
+        """Steps carry none of the composite call's ``Mcp-Param-*`` headers."""
+        return CallerUpstream(self._backends, self._caller, notify=self._notify)
+
+    def tool_result(self, result: tuple[BackendKind, Outcome]) -> dict[str, Any]:
+        _, outcome = result
+        if outcome.result is None:
+            raise RequestError(INVALID_PARAMS, "the tool asked for input (input_required), "
+                               "which a composite tool's step cannot pass on")
+        return outcome.result
+
+    def as_result(self, result: dict[str, Any]) -> tuple[BackendKind, Outcome]:
+        return BackendKind.MODERN, Outcome(result=result)
+
+    def step_meta(self) -> dict[str, Any]:
+        return {k: v for k, v in self._caller.meta.items() if k != "progressToken"}
+
+    async def notify(self, message: dict[str, Any]) -> None:
+        await self._notify(message)
+
+    async def elicit(self, params: dict[str, Any]) -> dict[str, Any]:
+        raise RequestError(INVALID_PARAMS, "elicitation steps of composite tools need a "
+                           "session (MCP 2025-11-25 or earlier) at this gateway")
+
 
 class StatelessEndpoint:
     """Serves stateless-revision POSTs; one instance per process."""
 
-    def __init__(self, backends: StatelessBackends, *, server_name: str = "vmcp") -> None:
+    def __init__(self, backends: StatelessBackends, *, server_name: str = "vmcp",
+                 composites: CompositeRegistry | None = None) -> None:
         self._backends = backends
         self._server_info = {"name": server_name, "version": __version__}
         self._dispatcher: Dispatcher[tuple[BackendKind, Outcome]] = Dispatcher(
-            resource_not_found_code=INVALID_PARAMS)
+            resource_not_found_code=INVALID_PARAMS, composites=composites)
 
     async def serve(self, scope: Scope, receive: Receive, send: Send, body: bytes,
                     principal: Principal) -> None:
@@ -277,18 +305,20 @@ class StatelessEndpoint:
     async def _listing(self, caller: Caller, method: str, params: dict[str, Any]
                        ) -> dict[str, Any]:
         upstream = CallerUpstream(self._backends, caller)
+        listed: dict[str, Any] = {}
         if method == "server/discover":
             await upstream.routing()
         else:
-            await self._dispatcher.listing(upstream, method, params)
+            listed = await self._dispatcher.listing(upstream, method, params)
         view = upstream.view
         shaped = view.shaped.get(method)
         if shaped is None:
-            shaped = self._shape_listing(view, method)
+            shaped = self._shape_listing(view, method, listed)
             view.shaped[method] = shaped
         return shaped
 
-    def _shape_listing(self, view: View, method: str) -> dict[str, Any]:
+    def _shape_listing(self, view: View, method: str, listed: dict[str, Any]
+                       ) -> dict[str, Any]:
         hints = {"ttlMs": view.ttl_ms, "cacheScope": "private" if view.private else "public",
                  "resultType": "complete"}
         if method == "server/discover":
@@ -300,7 +330,7 @@ class StatelessEndpoint:
             if instructions:
                 payload["instructions"] = "\n\n".join(instructions)
         else:
-            payload = {LISTINGS[method]: items_of(view.routing, method), **hints}
+            payload = {**listed, **hints}
         return self._stamp(_sieve(method, payload))
 
     async def _call(self, caller: Caller, method: str, params: dict[str, Any],
