@@ -25,6 +25,7 @@ import typer
 
 from vmcp.config import (
     BackendConfig,
+    CompositeToolConfig,
     ServerConfig,
     SessionConfig,
     VmcpConfig,
@@ -364,6 +365,7 @@ def demo(
             server=ServerConfig(port=port, allowed_origins=_DEMO_ORIGINS),
             session=SessionConfig(store="memory"),
             backends=tuple(BackendConfig(name=b.name, url=b.url) for b in backends),
+            composite_tools=_demo_composite_tools(root),
         )
         _print_demo_banner(config, backends)
         _run_gateway(run, config, log_level)
@@ -441,6 +443,15 @@ def _stop(process: subprocess.Popen[Any]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
     process.wait()
+
+
+def _demo_composite_tools(root: Path) -> tuple[CompositeToolConfig, ...]:
+    """The composite tools of examples/vmcp.yaml, which the demo serves too."""
+    import yaml
+
+    data = yaml.safe_load((root / "examples" / "vmcp.yaml").read_text(encoding="utf-8"))
+    return tuple(CompositeToolConfig.model_validate(tool)
+                 for tool in data.get("composite_tools") or ())
 
 
 def _print_demo_banner(config: VmcpConfig, backends: Sequence[_DemoBackend]) -> None:
