@@ -80,15 +80,18 @@ class FakeUpstream:
     def tool_result(self, result: dict[str, Any]) -> dict[str, Any]:
         return result
 
-    def as_result(self, result: dict[str, Any]) -> dict[str, Any]:
-        return result
-
     def step_meta(self) -> dict[str, Any]:
         return {}
 
-    async def notify(self, message: dict[str, Any]) -> None:
+    async def run_workflow(self, exposed: str, params: Any, work: Any, *,
+                           asks: bool) -> dict[str, Any]:
+        result: dict[str, Any] = await work(self._ask, self._notify)
+        return result
+
+    async def _notify(self, message: dict[str, Any]) -> None:
         self.notifications.append(message)
 
-    async def elicit(self, params: dict[str, Any]) -> dict[str, Any]:
-        self.elicitations.append(params)
-        return self._answers.pop(0)
+    async def _ask(self, method: str, params: dict[str, Any] | None) -> dict[str, Any]:
+        assert method == "elicitation/create"
+        self.elicitations.append(params or {})
+        return {"result": self._answers.pop(0)}

@@ -216,8 +216,29 @@ def test_an_elicitation_step_asks_the_session_client(
     assert reply["result"]["structuredContent"] == {"title": "from the user"}, reply
 
 
-def test_an_elicitation_step_is_refused_clearly_to_a_stateless_client(
+def test_an_elicitation_step_is_an_input_required_round_for_a_stateless_client(
         http: httpx2.Client, composite_gateway: ManagedProcess) -> None:
-    result = call(StatelessClient(http, composite_gateway.url), "ask_then_save", {})
-    assert result["isError"] is True
-    assert "elicitation steps of composite tools need a session" in json.dumps(result)
+    client = StatelessClient(http, composite_gateway.url)
+    meta = {"io.modelcontextprotocol/clientCapabilities": {"elicitation": {}}}
+    first = client.result("tools/call", {"name": "ask_then_save", "arguments": {},
+                                         "_meta": meta})
+    assert first["resultType"] == "input_required", first
+    [(key, question)] = first["inputRequests"].items()
+    assert question["method"] == "elicitation/create"
+    assert question["params"]["message"] == "Title for the note?"
+    state = first["requestState"]
+    answer = {"action": "accept", "content": {"title": "asked statelessly"}}
+    retry = {"name": "ask_then_save", "arguments": {}, "_meta": meta,
+             "requestState": state, "inputResponses": {key: answer}}
+    done = client.result("tools/call", retry)
+    assert done["structuredContent"] == {"title": "asked statelessly"}, done
+    _, replayed = client.rpc("tools/call", retry)  # a round is answered once
+    assert replayed["error"]["message"] == "Invalid or expired requestState"
+
+
+def test_an_elicitation_step_fails_for_a_client_that_cannot_be_asked(
+        http: httpx2.Client, composite_gateway: ManagedProcess) -> None:
+    client = StatelessClient(http, composite_gateway.url)
+    first = client.result("tools/call", {"name": "ask_then_save", "arguments": {}})
+    assert first["isError"] is True
+    assert "did not declare the elicitation capability" in json.dumps(first)

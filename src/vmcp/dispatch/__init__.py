@@ -12,7 +12,7 @@ sees them, and frames what the dispatcher returns.
 from vmcp.dispatch.capabilities import aggregate_capabilities
 from vmcp.dispatch.core import LISTINGS, ROUTED_METHODS, Dispatcher, items_of
 from vmcp.dispatch.seam import Target, Upstream
-from vmcp.dispatch.workflows import WorkflowUpstream
+from vmcp.dispatch.workflows import Work, WorkflowUpstream
 
 __all__ = [
     "LISTINGS",
@@ -20,6 +20,7 @@ __all__ = [
     "Dispatcher",
     "Target",
     "Upstream",
+    "Work",
     "WorkflowUpstream",
     "aggregate_capabilities",
     "items_of",

@@ -8,7 +8,7 @@ from typing import Any, Final, Generic, TypeVar
 from vmcp.aggregate import RoutingTable
 from vmcp.composite import CompositeRegistry
 from vmcp.dispatch.seam import Target, Upstream
-from vmcp.dispatch.workflows import WorkflowHost, WorkflowUpstream
+from vmcp.dispatch.workflows import Ask, Notify, WorkflowHost, WorkflowUpstream
 from vmcp.errors import INVALID_PARAMS_CODE, RequestError
 
 ResultT = TypeVar("ResultT")
@@ -88,9 +88,16 @@ class Dispatcher(Generic[ResultT]):
             raise RequestError(INVALID_PARAMS_CODE, "arguments must be an object")
         meta = params.get("_meta")
         token = meta.get("progressToken") if isinstance(meta, Mapping) else None
-        host = WorkflowHost(upstream, self._step_call, token)
-        result = await self._composites.start(name, arguments, host).run()
-        done: ResultT = upstream.as_result(result)
+        steps = upstream.for_steps()
+        tool = self._composites.get(name)
+        assert tool is not None
+
+        async def work(ask: Ask, notify: Notify) -> dict[str, Any]:
+            host = WorkflowHost(steps, self._step_call, ask, notify, token)
+            return await self._composites.start(name, arguments, host).run()
+
+        asks = any(step.type == "elicitation" for step in tool.steps)
+        done: ResultT = await upstream.run_workflow(name, params, work, asks=asks)
         return done
 
     async def resolve(self, upstream: Upstream[ResultT], method: str,

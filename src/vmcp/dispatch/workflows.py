@@ -5,8 +5,9 @@ A composite tool's call runs its workflow here; each tool step goes back through
 upstream, so a step reaches exactly what the caller could reach (and is re-listed,
 refused or authorized like a call of the caller's), except that a step may call tools
 hidden from listings. What differs between revisions, the upstream supplies: how a
-routed result holds a ``CallToolResult``, the envelope a step's request carries, how
-the client is notified and how the user is asked.
+routed result holds a ``CallToolResult``, the envelope a step's request carries, and
+how the user is asked (a request on the session's stream, or an ``input_required``
+round for a 2026-07-28 client).
 """
 
 from __future__ import annotations
@@ -20,6 +21,20 @@ from vmcp.dispatch.seam import Upstream
 from vmcp.errors import BackendError, RequestError
 
 ResultT = TypeVar("ResultT")
+
+
+Ask = Callable[[str, dict[str, Any] | None], Awaitable[dict[str, Any]]]
+"""Puts a request (method, params) to the client; its answer, ``{"result": ...}`` or
+``{"error": ...}``."""
+
+Notify = Callable[[dict[str, Any]], Awaitable[None]]
+"""Sends a notification to the client request the workflow currently answers."""
+
+Work = Callable[[Ask, Notify], Awaitable[dict[str, Any]]]
+"""A composite tool's run: may ask the client and notify it; returns the call's result."""
+
+RoutedCall = Callable[[Upstream[ResultT], str, Mapping[str, Any]], Awaitable[ResultT]]
+"""The dispatcher's routing of one step's request."""
 
 
 @runtime_checkable
@@ -36,35 +51,27 @@ class WorkflowUpstream(Upstream[ResultT], Protocol[ResultT]):
         ``RequestError`` when it is not one (a round asking the client for input)."""
         ...
 
-    def as_result(self, result: dict[str, Any]) -> ResultT:
-        """A composite tool's ``CallToolResult`` as this revision returns a call's."""
-        ...
-
     def step_meta(self) -> dict[str, Any]:
         """The ``_meta`` a step's request carries (never the client's progress token)."""
         ...
 
-    async def notify(self, message: dict[str, Any]) -> None:
-        """Send a notification to the client on the call's response stream."""
+    async def run_workflow(self, exposed: str, params: Mapping[str, Any], work: Work, *,
+                           asks: bool) -> ResultT:
+        """Run ``work`` (a composite tool's call, or continue it when ``params`` answer an
+        earlier question) with this revision's way of asking the client; ``asks`` says
+        whether the workflow may ask at all."""
         ...
-
-    async def elicit(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Ask the user; the ``ElicitResult``. Raises ``RequestError`` when this client
-        cannot be asked."""
-        ...
-
-
-RoutedCall = Callable[[Upstream[ResultT], str, Mapping[str, Any]], Awaitable[ResultT]]
 
 
 class WorkflowHost:
     """A workflow's way to the tools, the user and the client, for one composite call."""
 
-    def __init__(self, upstream: WorkflowUpstream[Any], routed: RoutedCall[Any],
-                 progress_token: Any) -> None:
-        self._upstream = upstream
-        self._steps = upstream.for_steps()
+    def __init__(self, steps: WorkflowUpstream[Any], routed: RoutedCall[Any], ask: Ask,
+                 notify: Notify, progress_token: Any) -> None:
+        self._steps = steps
         self._routed = routed
+        self._ask = ask
+        self._notify = notify
         self._token = progress_token
 
     async def call_tool(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
@@ -88,15 +95,19 @@ class WorkflowHost:
         return schema if isinstance(schema, Mapping) else None
 
     async def elicit(self, params: dict[str, Any]) -> dict[str, Any]:
-        try:
-            return await self._upstream.elicit(params)
-        except RequestError as exc:
-            raise StepFailed(exc.message) from None
+        answer = await self._ask("elicitation/create", params)
+        error = answer.get("error")
+        if error is not None:
+            message = error.get("message") if isinstance(error, Mapping) else error
+            raise StepFailed(f"the client could not be asked: {message}")
+        result = answer.get("result")
+        return result if isinstance(result, dict) else {}
 
     async def progress(self, done: int, total: int, message: str) -> None:
         if self._token is None:
             return
-        await self._upstream.notify({
+        await self._notify({
             "jsonrpc": "2.0", "method": "notifications/progress",
             "params": {"progressToken": self._token, "progress": done, "total": total,
                        "message": message}})
+

@@ -9,14 +9,22 @@ that logs) and the client's notifications. Listings and routed requests go to th
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any, Final
 
 from vmcp import __version__
 from vmcp.aggregate import RoutingTable
 from vmcp.backend import BackendRpcError
 from vmcp.composite import CompositeRegistry
-from vmcp.dispatch import LISTINGS, ROUTED_METHODS, Dispatcher, Target, aggregate_capabilities
-from vmcp.errors import INTERNAL_ERROR_CODE, METHOD_NOT_FOUND_CODE, RequestError
+from vmcp.dispatch import (
+    LISTINGS,
+    ROUTED_METHODS,
+    Dispatcher,
+    Target,
+    Work,
+    aggregate_capabilities,
+)
+from vmcp.errors import METHOD_NOT_FOUND_CODE, RequestError
 from vmcp.server.jsonrpc import Incoming
 from vmcp.session.channel import ClientChannel
 from vmcp.session.multisession import MultiSession
@@ -51,25 +59,14 @@ class SessionUpstream:
     def tool_result(self, result: dict[str, Any]) -> dict[str, Any]:
         return result
 
-    def as_result(self, result: dict[str, Any]) -> dict[str, Any]:
-        return result
-
     def step_meta(self) -> dict[str, Any]:
         return {}
 
-    async def notify(self, message: dict[str, Any]) -> None:
-        await self._channel.notify(message)
-
-    async def elicit(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Ask the client over the session's relay: its answer may be POSTed to any
-        replica (see ``ClientChannel.request``); the workflow waits here meanwhile."""
-        answer = await self._channel.request("elicitation/create", params)
-        error = answer.get("error")
-        if isinstance(error, dict):
-            raise RequestError(int(error.get("code", INTERNAL_ERROR_CODE)),
-                               f"the client refused elicitation: {error.get('message')}")
-        result = answer.get("result")
-        return result if isinstance(result, dict) else {}
+    async def run_workflow(self, exposed: str, params: Mapping[str, Any], work: Work, *,
+                           asks: bool) -> dict[str, Any]:
+        """The workflow waits here for the user; the client's answer may be POSTed to any
+        replica, and the session's relay brings it back (see ``ClientChannel.request``)."""
+        return await work(self._channel.request, self._channel.notify)
 
 
 class SessionMethods:

@@ -69,13 +69,13 @@ from vmcp import __version__, tracing
 from vmcp.aggregate import RoutingTable
 from vmcp.backend import BackendRpcError
 from vmcp.composite import CompositeRegistry
-from vmcp.dispatch import LISTINGS, Dispatcher, Target, aggregate_capabilities
-from vmcp.errors import BackendError, ConfigError, InvalidIdentity, RequestError
+from vmcp.dispatch import LISTINGS, Dispatcher, Target, Work, aggregate_capabilities
+from vmcp.errors import BackendError, ConfigError, InvalidIdentity, InvalidRound, RequestError
 from vmcp.identity import Principal, binding_for
 from vmcp.server.jsonrpc import first_error
 from vmcp.server.responses import SSE_HEADERS, cancel_on_disconnect, send_json, sse_event
 from vmcp.stateless.backends import Caller, StatelessBackends, View
-from vmcp.stateless.input_rounds import Outcome
+from vmcp.stateless.input_rounds import Ask, Outcome, is_round_token
 from vmcp.stateless.pool import BackendKind
 
 logger = logging.getLogger(__name__)
@@ -163,18 +163,37 @@ class CallerUpstream:
                                "which a composite tool's step cannot pass on")
         return outcome.result
 
-    def as_result(self, result: dict[str, Any]) -> tuple[BackendKind, Outcome]:
-        return BackendKind.MODERN, Outcome(result=result)
-
     def step_meta(self) -> dict[str, Any]:
         return {k: v for k, v in self._caller.meta.items() if k != "progressToken"}
 
-    async def notify(self, message: dict[str, Any]) -> None:
-        await self._notify(message)
+    async def run_workflow(self, exposed: str, params: Mapping[str, Any], work: Work, *,
+                           asks: bool) -> tuple[BackendKind, Outcome]:
+        """A workflow that asks the user runs as an ``input_required`` round: the call is
+        parked on this replica while the client answers, and its retry (``requestState``,
+        one use, bound to the identity and this tool) resumes it, here or - forwarded over
+        the relay - from any replica."""
+        rounds = self._backends.rounds
+        binding, target = self._caller.binding, ("tools/call", exposed)
+        state = params.get("requestState")
+        if state is not None:
+            if not is_round_token(state):
+                raise InvalidRound("Invalid or expired requestState")
+            return BackendKind.MODERN, await rounds.resume(
+                state, binding, target, _responses(params), self._notify)
+        if not asks:
+            return BackendKind.MODERN, Outcome(result=await work(_cannot_ask, self._notify))
+        capabilities = self._caller.capabilities
 
-    async def elicit(self, params: dict[str, Any]) -> dict[str, Any]:
-        raise RequestError(INVALID_PARAMS, "elicitation steps of composite tools need a "
-                           "session (MCP 2025-11-25 or earlier) at this gateway")
+        async def parked(ask: Ask, notify: Notify) -> dict[str, Any]:
+            async def elicit(method: str, question: dict[str, Any] | None
+                             ) -> dict[str, Any]:
+                if "elicitation" not in capabilities:
+                    return {"error": {"code": INVALID_PARAMS, "message": "the client did "
+                                      "not declare the elicitation capability"}}
+                return await ask(method, question)
+            return await work(elicit, notify)
+
+        return BackendKind.MODERN, await rounds.start(binding, target, parked, self._notify)
 
 
 class StatelessEndpoint:
@@ -426,6 +445,17 @@ def _checked_param_headers(view: View, tool: str, params: Mapping[str, Any],
         raise RequestError(rejection.code, rejection.message, rejection.data)
     prefix = MCP_PARAM_HEADER_PREFIX.lower()
     return {k: v for k, v in headers.items() if k.startswith(prefix)}
+
+
+async def _cannot_ask(method: str, params: dict[str, Any] | None) -> dict[str, Any]:
+    return {"error": {"code": INVALID_PARAMS, "message": f"{method} is not expected here"}}
+
+
+def _responses(params: Mapping[str, Any]) -> dict[str, Any] | None:
+    responses = params.get("inputResponses")
+    if responses is not None and not isinstance(responses, dict):
+        raise InvalidRound("inputResponses must be an object")
+    return responses
 
 
 async def _drop(message: dict[str, Any]) -> None:
