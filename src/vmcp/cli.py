@@ -170,7 +170,7 @@ def _has_content(file: Path) -> bool:
 
 
 def _probe_or_exit(config: VmcpConfig) -> None:
-    from vmcp.probe import ProbeResult, format_table, probe_backends
+    from vmcp.probe import ProbeResult, composite_problems, format_table, probe_backends
 
     typer.echo(f"probing {len(config.backends)} backends...")
 
@@ -184,7 +184,10 @@ def _probe_or_exit(config: VmcpConfig) -> None:
     results = anyio.run(probe_backends, config, progress)
     for line in format_table(results):
         typer.echo(line)
-    if store_problem is not None or not all(r.ok for r in results):
+    workflow_problems = composite_problems(config, results)
+    for problem in workflow_problems:
+        typer.echo(f"  {problem}", err=True)
+    if store_problem is not None or not all(r.ok for r in results) or workflow_problems:
         raise typer.Exit(EXIT_FAILURE)
 
 

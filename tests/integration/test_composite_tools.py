@@ -10,6 +10,7 @@ listings that only steps may call, and an elicitation step answered by the clien
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,12 @@ import pytest
 import yaml
 
 from tests.support.mcp_http import BASE_HEADERS, RawSession, reply_to, sse_messages
-from tests.support.processes import ManagedProcess, gateway_config, running_gateway
+from tests.support.processes import (
+    VMCP_EXECUTABLE,
+    ManagedProcess,
+    gateway_config,
+    running_gateway,
+)
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "vmcp.yaml"
 MODERN = "2026-07-28"
@@ -242,3 +248,25 @@ def test_an_elicitation_step_fails_for_a_client_that_cannot_be_asked(
     first = client.result("tools/call", {"name": "ask_then_save", "arguments": {}})
     assert first["isError"] is True
     assert "did not declare the elicitation capability" in json.dumps(first)
+
+
+def test_check_config_probe_checks_steps_against_the_backends_tools(
+        demo_backends: dict[str, ManagedProcess], tmp_path: Path) -> None:
+    demo = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))["composite_tools"]
+    wrong = {"name": "wrong", "steps": [
+        {"id": "a", "tool": "weather_forcast", "arguments": {"city": "Oslo"}},
+        {"id": "b", "tool": "weather_forecast", "arguments": {"town": "Oslo"}}]}
+    config = gateway_config(demo_backends, composite_tools=[*demo, wrong])
+    path = tmp_path / "probe.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run([str(VMCP_EXECUTABLE), "check-config", str(path), "--probe"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    problems = [line.strip() for line in result.stderr.splitlines()
+                if line.strip().startswith("composite_tools")]
+    assert problems == [
+        "composite_tools[1].steps[0].tool: no backend offers a tool 'weather_forcast'",
+        "composite_tools[1].steps[1].arguments.town: not a parameter of 'weather_forecast' "
+        "(it takes: city, days)",
+        "composite_tools[1].steps[1].arguments: 'weather_forecast' requires 'city'",
+    ], result.stderr
