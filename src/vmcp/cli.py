@@ -449,10 +449,14 @@ def _stop(process: subprocess.Popen[Any]) -> None:
 
 
 def _demo_composite_tools(root: Path) -> tuple[CompositeToolConfig, ...]:
-    """The composite tools of examples/vmcp.yaml, which the demo serves too."""
+    """The composite tools of examples/vmcp.yaml (if the checkout has it), which the demo
+    serves too."""
     import yaml
 
-    data = yaml.safe_load((root / "examples" / "vmcp.yaml").read_text(encoding="utf-8"))
+    example = root / "examples" / "vmcp.yaml"
+    if not example.is_file():
+        return ()
+    data = yaml.safe_load(example.read_text(encoding="utf-8"))
     return tuple(CompositeToolConfig.model_validate(tool)
                  for tool in data.get("composite_tools") or ())
 
