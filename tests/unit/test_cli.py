@@ -436,3 +436,8 @@ def test_demo_needs_the_examples(
 
 def test_repo_root_holds_the_examples() -> None:
     assert (cli._repo_root() / "examples" / "backends").is_dir()
+
+
+def test_demo_serves_the_example_composite_tools() -> None:
+    tools = cli._demo_composite_tools(cli._repo_root())
+    assert [tool.name for tool in tools] == ["city_brief"]
