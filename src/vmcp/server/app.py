@@ -393,7 +393,7 @@ async def _reload_on_sighup(path: Path, connector: BackendConnector, manager: Se
                 continue
             current = connector.config
             if any(getattr(loaded, part) != getattr(current, part)
-                   for part in ("server", "session", "auth", "limits")):
+                   for part in ("server", "session", "auth", "limits", "composite_tools")):
                 logger.warning("reload applies backends, aggregation and health only; "
                                "restart to change the other sections")
             updated = current.model_copy(update={"backends": loaded.backends,
