@@ -368,3 +368,18 @@ async def test_elicitation_answers_feed_later_steps_and_a_decline_skips_the_rest
     assert result["isError"] is False
     assert result["structuredContent"] == {"ok": None, "save": None}
     assert len(box.calls) == 1
+
+
+async def test_an_expression_that_raises_fails_its_step_not_the_gateway() -> None:
+    box = ToolBox()
+    echo(box)
+    tool = composite(steps=[
+        {"id": "a", "tool": "echo", "arguments": {"x": "{{ 1 / 0 }}"},
+         "on_error": {"action": "continue"}, "default": "d"},
+        {"id": "b", "tool": "echo", "depends_on": ["a"],
+         "arguments": {"y": "{{ steps.a.output + 1 }}"}}])
+    result = await call(FakeUpstream(box), tool)
+    assert result["isError"] is True
+    text = result["content"][0]["text"]
+    assert "step 'b' failed: template error in field 'arguments.y'" in text
+    assert box.calls == []

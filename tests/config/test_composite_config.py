@@ -100,3 +100,15 @@ composite_tools:
 """)
     assert any("steps[0]: an elicitation step needs schema" in p for p in found)
     assert any("steps[1].id: '9lives' is not a step id" in p for p in found)
+
+
+def test_a_step_cannot_call_a_composite_tool(tmp_path: Path) -> None:
+    found = problems(tmp_path, """
+composite_tools:
+  - name: inner
+    steps: [{id: a, tool: notes_search}]
+  - name: outer
+    steps: [{id: a, tool: inner}]
+""")
+    assert found == ["composite_tools[1].steps[0].tool: 'inner' is a composite tool: a step "
+                     "calls backend tools only (line 7)"]

@@ -29,12 +29,18 @@ import anyio
 from vmcp.composite.coerce import coerce_value
 from vmcp.config import CompositeToolConfig, InnerStep, OutputField, StepConfig
 from vmcp.templating import TemplateError, render
+from vmcp.tracing import tracer
 
 __all__ = ["StepFailed", "StepHost", "WorkflowFailed", "WorkflowRun"]
 
 logger = logging.getLogger(__name__)
 
 Status = Literal["pending", "running", "completed", "failed", "skipped"]
+
+RENDER_ERRORS: tuple[type[Exception], ...] = (
+    TemplateError, TypeError, ValueError, ArithmeticError, LookupError, AttributeError)
+"""What rendering can raise: Jinja's own errors, and what an expression raises at run
+time (``{{ 1 + 'a' }}``, ``{{ 1 / 0 }}``): a failure of the step, not of the gateway."""
 
 
 class StepHost(Protocol):
@@ -124,6 +130,24 @@ class WorkflowRun:
 
     async def structured(self) -> dict[str, Any]:
         """The workflow's structured output; raises :class:`WorkflowFailed`."""
+        started = time.monotonic()
+        outcome = "cancelled"
+        try:
+            with tracer.start_as_current_span(f"composite {self.tool.name}", attributes={
+                    "mcp.tool.name": self.tool.name}):
+                result = await self._scheduled()
+            outcome = "ok"
+            return result
+        except WorkflowFailed:
+            outcome = "failed"
+            raise
+        finally:
+            logger.info("composite tool %s: %s", self.tool.name, outcome, extra={
+                "composite": self.tool.name, "outcome": outcome,
+                "seconds": round(time.monotonic() - started, 4),
+                "steps": {sid: st.status for sid, st in self.states.items()}})
+
+    async def _scheduled(self) -> dict[str, Any]:
         timeout = self.tool.timeout_seconds
         with anyio.move_on_after(timeout) as scope:
             async with anyio.create_task_group() as tg:
@@ -151,7 +175,9 @@ class WorkflowRun:
             async with self._slots:
                 state.status, state.started = "running", time.monotonic()
                 self.events.append((step.id, "start", state.started))
-                output = await self._attempts(step)
+                with tracer.start_as_current_span(f"composite step {step.id}", attributes={
+                        "mcp.tool.name": self.tool.name, "vmcp.step": step.id}):
+                    output = await self._attempts(step)
             self._finish(step, "completed", output)
         except StepFailed as exc:
             if step.on_error.action == "continue":
@@ -189,7 +215,12 @@ class WorkflowRun:
         if error is not None:
             state.error = error
         self._run.finished += 1
-        self.events.append((step.id, status, time.monotonic()))
+        now = time.monotonic()
+        self.events.append((step.id, status, now))
+        logger.debug("composite step %s.%s: %s", self.tool.name, step.id, status, extra={
+            "composite": self.tool.name, "step": step.id, "outcome": status,
+            "attempts": state.attempts, "error": state.error,
+            "seconds": round(now - state.started, 4) if state.started else 0.0})
 
     async def _attempts(self, step: StepConfig) -> Any:
         retries = step.on_error.retries if step.on_error.action == "retry" else 0
@@ -302,7 +333,7 @@ class WorkflowRun:
         for key, spec in self.tool.output.items():
             try:
                 value = render(spec.value, context)
-            except TemplateError as exc:
+            except RENDER_ERRORS as exc:
                 raise WorkflowFailed(
                     f"composite tool {self.tool.name!r}, output field {key!r}: "
                     f"template error: {exc}") from None
@@ -322,7 +353,7 @@ def _render_located(value: Any, context: Mapping[str, Any], where: str) -> Any:
         return [_render_located(v, context, f"{where}[{i}]") for i, v in enumerate(value)]
     try:
         return render(value, context)
-    except TemplateError as exc:
+    except RENDER_ERRORS as exc:
         raise StepFailed(f"template error in field {where!r}: {exc}") from None
 
 

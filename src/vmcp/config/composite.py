@@ -349,6 +349,19 @@ def composite_problems(data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
                              f"duplicate composite tool {name!r} "
                              f"(also composite_tools[{seen[name]}])"))
         seen.setdefault(name, index)
+    for index, tool in enumerate(tools if isinstance(tools, list | tuple) else ()):
+        steps = tool.get("steps") if isinstance(tool, Mapping) else None
+        for position, step in enumerate(steps if isinstance(steps, list | tuple) else ()):
+            if not isinstance(step, Mapping):
+                continue
+            inner = step.get("step")
+            for loc, name in ((("tool",), step.get("tool")),
+                              (("step", "tool"), inner.get("tool") if isinstance(
+                                  inner, Mapping) else None)):
+                if isinstance(name, str) and name in seen:
+                    problems.append((("composite_tools", index, "steps", position, *loc),
+                                     f"{name!r} is a composite tool: a step calls "
+                                     "backend tools only"))
     return problems
 
 
