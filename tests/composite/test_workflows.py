@@ -383,3 +383,24 @@ async def test_an_expression_that_raises_fails_its_step_not_the_gateway() -> Non
     text = result["content"][0]["text"]
     assert "step 'b' failed: template error in field 'arguments.y'" in text
     assert box.calls == []
+
+
+async def test_for_each_retries_the_failed_elements_only() -> None:
+    box = ToolBox()
+    failures = {"b": 1}
+
+    @box.tool("fetch")
+    async def _(arguments: dict[str, Any]) -> dict[str, Any]:
+        item = arguments["n"]
+        if failures.get(item, 0) > 0:
+            failures[item] -= 1
+            return text_result("flaky", error=True)
+        return text_result(item, structured={"n": item})
+
+    tool = composite(steps=[{"id": "each", "type": "for_each", "items": "{{ ['a', 'b'] }}",
+                             "on_error": {"action": "retry", "retries": 2,
+                                          "delay_seconds": 0},
+                             "step": {"tool": "fetch", "arguments": {"n": "{{ item }}"}}}])
+    result = await call(FakeUpstream(box), tool)
+    assert result["structuredContent"] == {"each": [{"n": "a"}, {"n": "b"}]}
+    assert sorted(args["n"] for _, args in box.calls) == ["a", "b", "b"]

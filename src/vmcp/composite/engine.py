@@ -223,7 +223,9 @@ class WorkflowRun:
             "seconds": round(now - state.started, 4) if state.started else 0.0})
 
     async def _attempts(self, step: StepConfig) -> Any:
-        retries = step.on_error.retries if step.on_error.action == "retry" else 0
+        # A for_each step retries each failed element, not the whole list again.
+        retries = step.on_error.retries if (
+            step.on_error.action == "retry" and step.type != "for_each") else 0
         for attempt in range(retries + 1):
             self.states[step.id].attempts = attempt + 1
             try:
