@@ -253,6 +253,8 @@ def _summary(config: VmcpConfig) -> list[str]:
     lines += [
         f"  {b.name:<{width}}  {b.transport:<15}  {redact_url(b.url)}" for b in config.backends
     ]
+    lines += [f"composite:   {t.name} ({len(t.steps)} steps, timeout {t.timeout_seconds:g}s)"
+              for t in config.composite_tools]
     return lines
 
 

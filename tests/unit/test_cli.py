@@ -441,3 +441,10 @@ def test_repo_root_holds_the_examples() -> None:
 def test_demo_serves_the_example_composite_tools() -> None:
     tools = cli._demo_composite_tools(cli._repo_root())
     assert [tool.name for tool in tools] == ["city_brief"]
+
+
+def test_check_config_lists_the_example_composite_tool(runner: CliRunner) -> None:
+    example = cli._repo_root() / "examples" / "vmcp.yaml"
+    result = runner.invoke(cli.app, ["check-config", str(example)])
+    assert result.exit_code == 0, result.output
+    assert "composite:   city_brief (3 steps, timeout 30s)" in result.stdout
