@@ -94,4 +94,7 @@ class FakeUpstream:
     async def _ask(self, method: str, params: dict[str, Any] | None) -> dict[str, Any]:
         assert method == "elicitation/create"
         self.elicitations.append(params or {})
-        return {"result": self._answers.pop(0)}
+        answer = self._answers.pop(0)
+        if "raise" in answer:
+            raise answer["raise"]
+        return {"result": answer}

@@ -404,3 +404,12 @@ async def test_for_each_retries_the_failed_elements_only() -> None:
     result = await call(FakeUpstream(box), tool)
     assert result["structuredContent"] == {"each": [{"n": "a"}, {"n": "b"}]}
     assert sorted(args["n"] for _, args in box.calls) == ["a", "b", "b"]
+
+
+async def test_a_user_who_never_answers_fails_the_elicitation_step() -> None:
+    tool = composite(steps=[{"id": "ask", "type": "elicitation", "message": "?",
+                             "schema": {"type": "object"}}])
+    upstream = FakeUpstream(ToolBox(), answers=[{"raise": TimeoutError()}])
+    result = await call(upstream, tool)
+    assert result["isError"] is True
+    assert "step 'ask' failed: the user did not answer in time" in result["content"][0]["text"]

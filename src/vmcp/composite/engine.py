@@ -229,9 +229,8 @@ class WorkflowRun:
         for attempt in range(retries + 1):
             self.states[step.id].attempts = attempt + 1
             try:
-                with anyio.fail_after(step.timeout_seconds):
+                with anyio.move_on_after(step.timeout_seconds):
                     return await self._once(step)
-            except TimeoutError:
                 error = StepFailed(f"timed out after {step.timeout_seconds:g}s")
             except StepFailed as exc:
                 error = exc

@@ -88,6 +88,8 @@ class WorkflowHost:
             raise StepFailed(f"tool {name!r}: {exc.message}") from None
         except BackendError as exc:
             raise StepFailed(f"tool {name!r}: {exc}") from None
+        except TimeoutError:
+            raise StepFailed(f"tool {name!r}: no answer in time") from None
 
     async def input_schema(self, name: str) -> Mapping[str, Any] | None:
         tool = (await self._steps.routing()).tool(name)
@@ -95,7 +97,10 @@ class WorkflowHost:
         return schema if isinstance(schema, Mapping) else None
 
     async def elicit(self, params: dict[str, Any]) -> dict[str, Any]:
-        answer = await self._ask("elicitation/create", params)
+        try:
+            answer = await self._ask("elicitation/create", params)
+        except TimeoutError:
+            raise StepFailed("the user did not answer in time") from None
         error = answer.get("error")
         if error is not None:
             message = error.get("message") if isinstance(error, Mapping) else error
