@@ -129,7 +129,6 @@ class RoutingTable:
 
     __slots__ = (
         "_exact_resources",
-        "_hidden_tools",
         "_prompt_routes",
         "_prompts",
         "_resource_templates",
@@ -137,6 +136,7 @@ class RoutingTable:
         "_template_patterns",
         "_tool_routes",
         "_tools",
+        "_tools_by_name",
     )
 
     def __init__(
@@ -154,8 +154,7 @@ class RoutingTable:
         """
         every_tool, self._tool_routes = self._index_named(tools, "tool")
         self._tools = tuple(t for t in every_tool if self._tool_routes[t["name"]].visible)
-        self._hidden_tools = {str(t["name"]): t for t in every_tool
-                              if not self._tool_routes[t["name"]].visible}
+        self._tools_by_name = {str(t["name"]): t for t in every_tool}
         self._prompts, self._prompt_routes = self._index_named(prompts, "prompt")
         resource_list: list[dict[str, Any]] = []
         self._exact_resources: dict[str, str] = {}
@@ -210,10 +209,7 @@ class RoutingTable:
 
     def tool(self, name: str) -> dict[str, Any] | None:
         """The exposed tool ``name``, listed or hidden (its ``inputSchema`` for a step)."""
-        hidden = self._hidden_tools.get(name)
-        if hidden is not None:
-            return hidden
-        return next((t for t in self._tools if t["name"] == name), None)
+        return self._tools_by_name.get(name)
 
     def route_tool(self, name: str) -> Route | None:
         """Where the exposed tool ``name`` leads, or None if no such tool is exposed."""

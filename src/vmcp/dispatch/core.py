@@ -61,20 +61,26 @@ class Dispatcher(Generic[ResultT]):
                    params: Mapping[str, Any]) -> ResultT:
         """Route one request to its backend and return what the backend answers, or run
         the composite tool it names."""
-        if method == "tools/call" and self._composites:
+        return await self._call(upstream, method, params, from_step=False)
+
+    async def _step_call(self, upstream: Upstream[ResultT], method: str,
+                         params: Mapping[str, Any]) -> ResultT:
+        """A composite tool step's call: the client's path, hidden tools included."""
+        return await self._call(upstream, method, params, from_step=True)
+
+    async def _call(self, upstream: Upstream[ResultT], method: str,
+                    params: Mapping[str, Any], *, from_step: bool) -> ResultT:
+        """The one path of a routed request, a client's or a step's: a rule added here
+        (authorization) applies to both. Steps reach backend tools only, listed or not."""
+        if method == "tools/call" and self._composites and not from_step:
             name = params.get("name")
             if isinstance(name, str) and self._composites.get(name) is not None:
                 return await self._run_composite(upstream, name, params)
         target = await self.resolve(upstream, method, params)
-        if target.hidden or (method == "tools/call" and target.exposed in
-                             self._composites.hidden):
+        if not from_step and (target.hidden or (
+                method == "tools/call" and target.exposed in self._composites.hidden)):
             raise self._not_found(method, params)
         return await upstream.call(target)
-
-    async def _step_call(self, upstream: Upstream[ResultT], method: str,
-                         params: Mapping[str, Any]) -> ResultT:
-        """A composite tool step's call: routed like a client's, hidden tools included."""
-        return await upstream.call(await self.resolve(upstream, method, params))
 
     async def _run_composite(self, upstream: Upstream[ResultT], name: str,
                              params: Mapping[str, Any]) -> ResultT:
