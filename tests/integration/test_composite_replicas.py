@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -22,19 +21,20 @@ from tests.support.mcp_http import RawSession, is_reply_to, sse_messages
 from tests.support.processes import ManagedProcess, gateway_config, running_gateways
 from tests.support.redis_server import RedisServer
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 ASK = next(tool for tool in TEST_TOOLS if tool["name"] == "ask_then_save")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def replicas(demo_backends: dict[str, ManagedProcess], redis_server: RedisServer,
-             tmp_path: Path) -> Iterator[tuple[ManagedProcess, ManagedProcess]]:
+             tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[tuple[ManagedProcess, ManagedProcess]]:
     session = {"store": redis_server.url, "key_prefix": f"cx:{uuid.uuid4().hex[:12]}:"}
     configs = {name: gateway_config(demo_backends, session=session,
                                     server={"replica_id": name}, composite_tools=[ASK])
                for name in ("replica-1", "replica-2")}
-    with running_gateways(configs, tmp_path) as started:
+    with running_gateways(configs, tmp_path_factory.mktemp("composite-replicas")) as started:
         yield started["replica-1"], started["replica-2"]
 
 
