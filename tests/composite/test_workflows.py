@@ -413,3 +413,20 @@ async def test_a_user_who_never_answers_fails_the_elicitation_step() -> None:
     result = await call(upstream, tool)
     assert result["isError"] is True
     assert "step 'ask' failed: the user did not answer in time" in result["content"][0]["text"]
+
+
+async def test_required_parameters_are_checked_and_converted_before_any_step() -> None:
+    box = ToolBox()
+    echo(box)
+    tool = composite(
+        parameters={"type": "object", "required": ["city", "days"],
+                    "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}},
+        steps=[{"id": "a", "tool": "echo",
+                "arguments": {"twice": "{{ params.days * 2 }}"}}])
+    missing = await call(FakeUpstream(box), tool, {"days": 1})
+    assert missing["isError"] is True
+    assert missing["content"][0]["text"] == ("composite tool 'flow': missing required "
+                                             "argument 'city'")
+    assert box.calls == []
+    converted = await call(FakeUpstream(box), tool, {"city": "Oslo", "days": "2"})
+    assert converted["structuredContent"] == {"a": {"twice": 4}}

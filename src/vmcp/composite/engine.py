@@ -26,7 +26,7 @@ from typing import Any, Literal, Protocol
 
 import anyio
 
-from vmcp.composite.coerce import coerce_value
+from vmcp.composite.coerce import coerce_arguments, coerce_value
 from vmcp.config import CompositeToolConfig, InnerStep, OutputField, StepConfig
 from vmcp.templating import TemplateError, render
 from vmcp.tracing import tracer
@@ -122,11 +122,25 @@ class WorkflowRun:
 
     async def run(self) -> dict[str, Any]:
         try:
+            self._check_params()
             structured = await self.structured()
         except WorkflowFailed as exc:
             return {"content": [{"type": "text", "text": str(exc)}], "isError": True}
         return {"content": [{"type": "text", "text": json.dumps(structured, default=str)}],
                 "structuredContent": structured, "isError": False}
+
+    def _check_params(self) -> None:
+        """Required parameters present, each converted to its declared type, before any
+        step runs (a missing one would otherwise surface as a template error)."""
+        schema = self.tool.parameters
+        required = schema.get("required")
+        missing = [k for k in (required if isinstance(required, list) else ())
+                   if k not in self.params]
+        if missing:
+            raise WorkflowFailed(f"composite tool {self.tool.name!r}: missing required "
+                                 f"argument{'s' if len(missing) > 1 else ''} "
+                                 f"{', '.join(map(repr, missing))}")
+        self.params = coerce_arguments(self.params, schema)
 
     async def structured(self) -> dict[str, Any]:
         """The workflow's structured output; raises :class:`WorkflowFailed`."""
