@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import anyio
@@ -96,7 +96,6 @@ class _Run:
     skip_rest: bool = False
     failure: str | None = None
     finished: int = 0
-    events: list[tuple[str, str, float]] = field(default_factory=list)
 
 
 class WorkflowRun:
@@ -114,11 +113,6 @@ class WorkflowRun:
     @property
     def states(self) -> dict[str, StepState]:
         return self._run.states
-
-    @property
-    def events(self) -> list[tuple[str, str, float]]:
-        """(step, "start" | final status, monotonic time), in order: what ran when."""
-        return self._run.events
 
     async def run(self) -> dict[str, Any]:
         try:
@@ -188,7 +182,6 @@ class WorkflowRun:
                 return
             async with self._slots:
                 state.status, state.started = "running", time.monotonic()
-                self.events.append((step.id, "start", state.started))
                 with tracer.start_as_current_span(f"composite step {step.id}", attributes={
                         "mcp.tool.name": self.tool.name, "vmcp.step": step.id}):
                     output = await self._attempts(step)
@@ -230,7 +223,6 @@ class WorkflowRun:
             state.error = error
         self._run.finished += 1
         now = time.monotonic()
-        self.events.append((step.id, status, now))
         logger.debug("composite step %s.%s: %s", self.tool.name, step.id, status, extra={
             "composite": self.tool.name, "step": step.id, "outcome": status,
             "attempts": state.attempts, "error": state.error,
