@@ -19,6 +19,7 @@ import httpx2
 import pytest
 import yaml
 
+from tests.integration.test_operations import metric
 from tests.support.mcp_http import BASE_HEADERS, RawSession, reply_to, sse_messages
 from tests.support.processes import (
     VMCP_EXECUTABLE,
@@ -270,3 +271,19 @@ def test_check_config_probe_checks_steps_against_the_backends_tools(
         "(it takes: city, days)",
         "composite_tools[1].steps[1].arguments: 'weather_forecast' requires 'city'",
     ], result.stderr
+
+
+def test_composite_calls_and_steps_are_counted_in_the_metrics(
+        http: httpx2.Client, composite_gateway: ManagedProcess) -> None:
+    metrics_url = composite_gateway.base_url + "/metrics"
+    before = http.get(metrics_url).text
+    client = StatelessClient(http, composite_gateway.url)
+    call(client, "forecast_or_default", {"city": "Atlantis"})
+    after = http.get(metrics_url).text
+    for name, labels, grew_by in (
+            ("vmcp_composite_calls_total", {"tool": "forecast_or_default", "outcome": "ok"}, 1),
+            ("vmcp_composite_steps_total", {"tool": "forecast_or_default",
+                                            "outcome": "failed"}, 1),
+            ("vmcp_composite_steps_total", {"tool": "forecast_or_default",
+                                            "outcome": "completed"}, 1)):
+        assert metric(after, name, **labels) == metric(before, name, **labels) + grew_by, name

@@ -20,7 +20,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -65,6 +66,11 @@ class StepHost(Protocol):
         ...
 
 
+Observer = Callable[[str, str, float, Mapping[str, int]], None]
+"""Told of each finished call: (tool, outcome ok | failed | cancelled, seconds, how many
+steps ended completed / failed / skipped)."""
+
+
 class StepFailed(Exception):
     """One attempt of a step failed; the message says why."""
 
@@ -102,10 +108,11 @@ class WorkflowRun:
     """One call of a composite tool; :meth:`run` returns the ``CallToolResult``."""
 
     def __init__(self, tool: CompositeToolConfig, params: Mapping[str, Any],
-                 host: StepHost) -> None:
+                 host: StepHost, observer: Observer | None = None) -> None:
         self.tool = tool
         self.params = dict(params)
         self.host = host
+        self._observer = observer
         self._run = _Run({s.id: StepState() for s in tool.steps},
                          {s.id: anyio.Event() for s in tool.steps})
         self._slots = anyio.Semaphore(tool.max_parallel)
@@ -150,10 +157,15 @@ class WorkflowRun:
             outcome = "failed"
             raise
         finally:
+            seconds = time.monotonic() - started
             logger.info("composite tool %s: %s", self.tool.name, outcome, extra={
-                "composite": self.tool.name, "outcome": outcome,
-                "seconds": round(time.monotonic() - started, 4),
+                "composite": self.tool.name, "outcome": outcome, "seconds": round(seconds, 4),
                 "steps": {sid: st.status for sid, st in self.states.items()}})
+            if self._observer is not None:
+                ended: Counter[str] = Counter(
+                    str(st.status) for st in self.states.values()
+                    if st.status in ("completed", "failed", "skipped"))
+                self._observer(self.tool.name, outcome, seconds, ended)
 
     async def _scheduled(self) -> dict[str, Any]:
         timeout = self.tool.timeout_seconds

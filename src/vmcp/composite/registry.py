@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from vmcp.composite.engine import StepHost, WorkflowRun, output_schema
+from vmcp.composite.engine import Observer, StepHost, WorkflowRun, output_schema
 from vmcp.config import CompositeToolConfig
 
 __all__ = ["CompositeRegistry"]
@@ -19,6 +19,8 @@ class CompositeRegistry:
         self._definitions = tuple(_definition(tool) for tool in tools)
         self.hidden = frozenset(name for tool in tools for name in tool.hide_tools)
         """Exposed backend tool names left out of listings and refused to clients."""
+        self.observer: Observer | None = None
+        """Told of every finished call (metrics)."""
 
     def __bool__(self) -> bool:
         return bool(self._tools)
@@ -32,7 +34,7 @@ class CompositeRegistry:
 
     def start(self, name: str, arguments: Mapping[str, Any], host: StepHost) -> WorkflowRun:
         """A run of the composite tool ``name`` (which must exist) with ``arguments``."""
-        return WorkflowRun(self._tools[name], arguments, host)
+        return WorkflowRun(self._tools[name], arguments, host, self.observer)
 
 
 def _definition(tool: CompositeToolConfig) -> dict[str, Any]:

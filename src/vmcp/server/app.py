@@ -164,6 +164,7 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
             if relay is not None:
                 background.start_soon(relay.run)
             composites = CompositeRegistry(config.composite_tools)
+            composites.observer = metrics.observe_composite
             stateless = StatelessBackends(
                 lambda: connector.config, http, outgoing=outgoing, ledger=connector.ledger,
                 is_healthy=monitor.usable_for_new_sessions if monitor else None, relay=relay)
