@@ -28,6 +28,7 @@ from typing import NoReturn
 import uvicorn
 from mcp.server.mcpserver import MCPServer
 from mcp.shared.exceptions import MCPDeprecationWarning
+from mcp_types import ToolAnnotations
 
 BLOB_BYTES = 5 * 1024
 # Printable, and not one repeated character, so nothing on the way can shortcut it.
@@ -35,8 +36,18 @@ BLOB = ("0123456789abcdef" * (BLOB_BYTES // 16 + 1))[:BLOB_BYTES]
 MCP_PATH = "/mcp"
 
 
-def create_server() -> MCPServer:
+def create_server(extra_tools: int = 0) -> MCPServer:
+    """``extra_tools`` more tools ``t0``... (read-only ones and destructive ones in turn),
+    for measuring listings of a large catalog."""
     server: MCPServer = MCPServer("bench", version="1.0.0", log_level="WARNING")
+    for index in range(extra_tools):
+        def filler(text: str = "") -> str:
+            return text
+
+        server.add_tool(filler, name=f"t{index}", description=f"filler tool {index}",
+                        annotations=ToolAnnotations(readOnlyHint=index % 2 == 0,
+                                                    destructiveHint=index % 2 == 1),
+                        structured_output=False)
 
     @server.tool(structured_output=False)
     def echo(text: str) -> str:
@@ -61,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--sse", action="store_true",
                         help="answer POSTs as SSE streams (the SDK default) instead of JSON")
+    parser.add_argument("--tools", type=int, default=0,
+                        help="this many more (filler) tools, for listing figures")
     parser.add_argument("--stateless", action="store_true",
                         help="no sessions: every request is served by a fresh transport")
     args = parser.parse_args(argv)
@@ -68,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         signal.signal(signum, _exit_quietly)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     warnings.simplefilter("ignore", MCPDeprecationWarning)
-    app = create_server().streamable_http_app(
+    app = create_server(args.tools).streamable_http_app(
         streamable_http_path=MCP_PATH,
         json_response=not args.sse,
         stateless_http=args.stateless,

@@ -1,4 +1,10 @@
-"""Fixtures shared by every test: the anyio backend and one real redis-server."""
+"""Fixtures shared by every test: the anyio backend, one real redis-server, and (started
+only when a test asks for them) Redis Sentinel and Redis Cluster setups.
+
+``any_store`` is the store a scale-out behaviour test runs on: parametrized over a
+standalone server, Sentinel and Cluster. The setups are shared by the whole run; tests
+isolate themselves by key prefix, and a test that kills a store's master starts its own.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.redis_ha import (
+    STORE_FIXTURES,
+    STORE_KINDS,
+    ClusterSetup,
+    SentinelSetup,
+    StoreServer,
+    running,
+)
 from tests.support.redis_server import RedisServer
 from vmcp.store import RedisStore
 
@@ -24,6 +38,27 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSetup]:
+    """A master, a replica and three sentinels, for the whole run once a test asks."""
+    with running(SentinelSetup(Path(tmp_path_factory.mktemp("sentinel")))) as setup:
+        yield setup
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSetup]:
+    """Six Cluster nodes (three masters with a replica each), once a test asks."""
+    with running(ClusterSetup(Path(tmp_path_factory.mktemp("redis-cluster")))) as setup:
+        yield setup
+
+
+@pytest.fixture(params=STORE_KINDS)
+def any_store(request: pytest.FixtureRequest) -> StoreServer:
+    """The shared store of each kind in turn: standalone, Sentinel, Cluster."""
+    store: StoreServer = request.getfixturevalue(STORE_FIXTURES[request.param])
+    return store
 
 
 @pytest.fixture

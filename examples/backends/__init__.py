@@ -13,6 +13,7 @@ import logging
 import signal
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Any, Literal, NoReturn
 
@@ -25,6 +26,8 @@ from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from examples.backends.session_log import logging_sessions
 
 __all__ = ["build_parser", "handshake_only", "run_backend"]
 
@@ -60,6 +63,12 @@ def build_parser(description: str, default_port: int) -> argparse.ArgumentParser
             "serve only the session-based revisions (2025-11-25 and earlier), as servers "
             "written before 2026-07-28 do: stateless-revision requests get HTTP 400"
         ),
+    )
+    parser.add_argument(
+        "--session-log",
+        type=Path,
+        default=None,
+        help="append a JSON line for every session this backend opens and ends to this file",
     )
     return parser
 
@@ -131,6 +140,8 @@ def run_backend(
     )
     if args.handshake_only:
         app = handshake_only(app)
+    if args.session_log is not None:
+        app = logging_sessions(app, args.session_log)
     config = uvicorn.Config(
         app,
         host=args.host,

@@ -133,6 +133,7 @@ class RoutingTable:
         "_prompts",
         "_resource_templates",
         "_resources",
+        "_template_backends",
         "_template_patterns",
         "_tool_routes",
         "_tools",
@@ -164,8 +165,10 @@ class RoutingTable:
         self._resources = tuple(resource_list)
         template_list: list[dict[str, Any]] = []
         patterns: list[tuple[re.Pattern[str], str]] = []
+        self._template_backends: dict[str, str] = {}
         for template, backend in resource_templates:
             template_list.append(template)
+            self._template_backends.setdefault(str(template["uriTemplate"]), backend)
             pattern = compile_uri_template(str(template["uriTemplate"]))
             if pattern is not None:
                 patterns.append((pattern, backend))
@@ -208,7 +211,8 @@ class RoutingTable:
         return list(self._resource_templates)
 
     def tool(self, name: str) -> dict[str, Any] | None:
-        """The exposed tool ``name``, listed or hidden (its ``inputSchema`` for a step)."""
+        """The exposed tool ``name``, listed or hidden (its annotations, schema...), or
+        None."""
         return self._tools_by_name.get(name)
 
     def route_tool(self, name: str) -> Route | None:
@@ -218,6 +222,10 @@ class RoutingTable:
     def route_prompt(self, name: str) -> Route | None:
         """Where the exposed prompt ``name`` leads, or None if no such prompt is exposed."""
         return self._prompt_routes.get(name)
+
+    def template_backend(self, uri_template: str) -> str | None:
+        """The backend of the exposed resource template ``uri_template``, or None."""
+        return self._template_backends.get(uri_template)
 
     def route_resource(self, uri: str) -> str | None:
         """The backend serving ``uri``: the one listing it as a resource, else the first (in

@@ -122,7 +122,8 @@ def check_config(
 
     Everything ``serve`` checks before it starts is checked here too (the environment
     variables that ``token_env``, ``value_env`` and ``client_secret_env`` name, the
-    ``jwks_file``s), so an OK here means ``serve`` accepts the file."""
+    ``jwks_file``s, the Cedar policies: syntax and the entity model's schema, with
+    file:line), so an OK here means ``serve`` accepts the file."""
     config = _load_or_exit(file)
     problems = _startup_problems(config)
     if problems:
@@ -140,9 +141,10 @@ def _startup_problems(config: VmcpConfig) -> list[str]:
     """What only start-up can check: secrets from the environment, key files."""
     from vmcp.auth.incoming import build_authenticator
     from vmcp.auth.outgoing import build_outgoing_auth
+    from vmcp.authz import build_authorizer
 
     problems: list[str] = []
-    for build in (build_authenticator, build_outgoing_auth):
+    for build in (build_authenticator, build_outgoing_auth, build_authorizer):
         try:
             build(config)
         except ConfigError as exc:
@@ -238,6 +240,19 @@ def _auth_summary(config: VmcpConfig) -> str:
     return "anonymous (development only)"
 
 
+def _authz_summary(config: VmcpConfig) -> str:
+    authz = config.auth.authz
+    if authz is None:
+        return "none (every caller may use everything)"
+    from vmcp.authz import load_bundle
+
+    try:
+        bundle = load_bundle(authz)
+    except ConfigError:
+        return "cedar (invalid)"
+    return f"cedar, {bundle.count} policies from {authz.policies_file}, sha256 {bundle.sha256[:12]}"
+
+
 def _summary(config: VmcpConfig) -> list[str]:
     server, session = config.server, config.session
     lines = [
@@ -247,6 +262,7 @@ def _summary(config: VmcpConfig) -> list[str]:
         f"aggregation: conflict {config.aggregation.conflict}, "
         f"prefix_format {config.aggregation.prefix_format!r}",
         f"auth:        {_auth_summary(config)}",
+        f"authz:       {_authz_summary(config)}",
         f"backends:    {len(config.backends)}",
     ]
     width = max((len(b.name) for b in config.backends), default=0)

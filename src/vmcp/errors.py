@@ -22,6 +22,7 @@ The tree::
     │   ├── BackendSessionExpired  the backend forgot our session (its 404)
     │   └── OutgoingAuthError      no credentials for the backend (token exchange failed)
     ├── TooManySessions            the identity holds its maximum of live sessions → 429
+    ├── NotPermitted               not permitted, or no such name (authorization on) → 403, -32602
     ├── SessionClosed              we closed the live session ourselves (not a failure)
     ├── RequestError               a request the gateway answers with a JSON-RPC error
     │   │                          (unknown tool, bad cursor...) → its own code
@@ -207,6 +208,21 @@ class TooManySessions(VmcpError):
     http_status = 429
     jsonrpc_code = INVALID_REQUEST_CODE
     public_message = "Too many sessions"
+
+
+class NotPermitted(VmcpError):
+    """A call, prompt or read the caller may not make, or of a name that does not exist.
+
+    With authorization configured, a denied name, a name the caller's listings leave out
+    and a name that does not exist at all get this one answer, identical byte for byte
+    apart from the request id: 403 and ``{"code": -32602, "message": "Not found or not
+    permitted"}``, naming nothing. Anything else would tell a caller which hidden names
+    are real. Raised before any backend is touched.
+    """
+
+    http_status = 403
+    jsonrpc_code = INVALID_PARAMS_CODE
+    public_message = "Not found or not permitted"
 
 
 class SessionClosed(VmcpError):

@@ -25,6 +25,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from vmcp.audit.trail import AuditTrail
 from vmcp.backend.health import HealthMonitor
 from vmcp.errors import SessionNotFound, StoreError, StoreTimeout
 from vmcp.session.manager import SessionManager
@@ -85,27 +86,19 @@ class Metrics:
         self.registry.register(_StateCollector(manager, ledger, relay, monitor))
         ledger.call_observer = self.observe_backend_call
 
+    def watch_audit(self, trail: AuditTrail) -> None:
+        """Expose the audit trail's written and dropped counts at scrape time."""
+        self.registry.register(_AuditCollector(trail))
+
     def observe_request(self, method: str, status: int, outcome: str, seconds: float) -> None:
         # Label lookups cost more than the observation; the label sets are few and fixed
         # (methods are MCP's own names, see the transport), so keep the children.
-        key = (method, status, outcome)
-        children = self._request_children.get(key)
-        if children is None:
-            children = (self.requests.labels(method, str(status), outcome),
-                        self.request_seconds.labels(method))
-            self._request_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        _observe(self._request_children, (method, status, outcome), seconds,
+                 self.requests, self.request_seconds)
 
     def observe_backend_call(self, backend: str, outcome: str, seconds: float) -> None:
-        key = (backend, outcome)
-        children = self._backend_children.get(key)
-        if children is None:
-            children = (self.backend_calls.labels(backend, outcome),
-                        self.backend_call_seconds.labels(backend))
-            self._backend_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        _observe(self._backend_children, (backend, outcome), seconds,
+                 self.backend_calls, self.backend_call_seconds)
 
     def observe_composite(self, tool: str, outcome: str, seconds: float,
                           steps: Mapping[str, int]) -> None:
@@ -116,14 +109,8 @@ class Metrics:
             self.composite_steps.labels(tool, step_outcome).inc(count)
 
     def observe_store(self, op: str, outcome: str, started: float) -> None:
-        key = (op, outcome)
-        children = self._store_children.get(key)
-        if children is None:
-            children = (self.store_operations.labels(op, outcome),
-                        self.store_seconds.labels(op))
-            self._store_children[key] = children
-        children[0].inc()
-        children[1].observe(time.perf_counter() - started)
+        _observe(self._store_children, (op, outcome), time.perf_counter() - started,
+                 self.store_operations, self.store_seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -180,6 +167,21 @@ class _StateCollector(Collector):
             yield relayed
 
 
+class _AuditCollector(Collector):
+    def __init__(self, trail: AuditTrail) -> None:
+        self._trail = trail
+
+    def collect(self) -> Iterator[Any]:
+        for name, value, doc in (
+            ("vmcp_audit_events_written", self._trail.written, "Audit events written."),
+            ("vmcp_audit_events_dropped", self._trail.dropped,
+             "Audit events dropped because the writer's queue was full."),
+            ("vmcp_audit_write_errors", self._trail.write_errors,
+             "Audit events the sink refused (disk full, closed output)."),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+
+
 class InstrumentedStore:
     """A ``SessionStore`` that counts and times every call of the store it wraps."""
 
@@ -227,3 +229,15 @@ class InstrumentedStore:
 
     async def aclose(self) -> None:
         await self._store.aclose()
+
+
+def _observe(children: dict[Any, tuple[Any, Any]], key: tuple[Any, ...], seconds: float,
+             counter: Counter, histogram: Histogram) -> None:
+    """Count one event and observe its duration: ``counter`` labelled by all of ``key``,
+    ``histogram`` by its first part. The labelled children are looked up once per key and
+    kept (label lookups cost more than the observation); nothing is allocated on a hit."""
+    pair = children.get(key)
+    if pair is None:
+        pair = children[key] = (counter.labels(*map(str, key)), histogram.labels(str(key[0])))
+    pair[0].inc()
+    pair[1].observe(seconds)

@@ -27,7 +27,7 @@ from vmcp.auth.outgoing import (
 )
 from vmcp.backend import BackendState, BackendTarget, connect
 from vmcp.backend.health import HealthMonitor, HealthStatus
-from vmcp.config import VmcpConfig, with_overrides
+from vmcp.config import HealthConfig, VmcpConfig, with_overrides
 from vmcp.errors import BackendTimeout, ConfigError, OutgoingAuthError
 from vmcp.identity import Principal
 
@@ -335,8 +335,9 @@ async def test_a_probe_refused_for_lack_of_a_callers_token_is_not_unhealthy() ->
         async with httpx2.AsyncClient() as http:
             targets = [BackendTarget("forwarded", backend.url),
                        BackendTarget("static", backend.url)]
-            monitor = HealthMonitor(targets, http, interval_seconds=60, timeout_seconds=2,
-                                    unhealthy_threshold=1, degraded_latency_seconds=5,
+            policy = HealthConfig(interval_seconds=60, timeout_seconds=2,
+                                  unhealthy_threshold=1, degraded_latency_seconds=5)
+            monitor = HealthMonitor(targets, http, policy,
                                     needs_caller=lambda name: name == "forwarded")
             await monitor.probe_all()
 

@@ -11,10 +11,10 @@ import pytest
 
 from tests.support.processes import NOTES_MODULE, ManagedProcess, running_backends
 from tests.support.redis_server import free_port
+from vmcp.backend import BackendTarget
 from vmcp.backend.breaker import CircuitState
-from vmcp.backend.connection import BackendTarget
 from vmcp.backend.health import HealthMonitor, HealthStatus
-from vmcp.config import VmcpConfig
+from vmcp.config import HealthConfig, VmcpConfig
 from vmcp.errors import BackendError, BackendUnavailable
 from vmcp.identity import ANONYMOUS
 from vmcp.session.connector import BackendConnector
@@ -41,8 +41,8 @@ async def refusing_server() -> AsyncIterator[str]:
 
 
 def monitor_for(targets: list[BackendTarget], http: httpx2.AsyncClient) -> HealthMonitor:
-    return HealthMonitor(targets, http, interval_seconds=60, timeout_seconds=2,
-                         unhealthy_threshold=2, degraded_latency_seconds=5)
+    return HealthMonitor(targets, http, HealthConfig(
+        interval_seconds=60, timeout_seconds=2, unhealthy_threshold=2, degraded_latency_seconds=5))
 
 
 async def test_statuses_follow_probe_results(

@@ -7,16 +7,19 @@ the real demo backends in tests/integration/test_composite_tools.py.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
 from tests.composite.fake_upstream import FakeUpstream, ToolBox, text_result
+from vmcp.authz import CedarAuthorizer
 from vmcp.composite import CompositeRegistry
-from vmcp.config import CompositeToolConfig
+from vmcp.config import AuthzConfig, CompositeToolConfig
 from vmcp.dispatch import Dispatcher
-from vmcp.errors import RequestError
+from vmcp.errors import NotPermitted, RequestError
+from vmcp.identity import Principal
 
 pytestmark = pytest.mark.anyio
 
@@ -430,3 +433,53 @@ async def test_required_parameters_are_checked_and_converted_before_any_step() -
     assert box.calls == []
     converted = await call(FakeUpstream(box), tool, {"city": "Oslo", "days": "2"})
     assert converted["structuredContent"] == {"a": {"twice": 4}}
+
+
+# -- authorization -----------------------------------------------------------------------
+
+
+def cedar(tmp_path: Path, policies: str) -> CedarAuthorizer:
+    (tmp_path / "p.cedar").write_text(policies)
+    return CedarAuthorizer(AuthzConfig.model_validate({"policies_file": str(
+        tmp_path / "p.cedar")}))
+
+
+ALICE = Principal("https://idp", "alice", "token-alice", {"sub": "alice"})
+
+
+async def test_a_policy_denying_one_step_fails_that_step_for_the_caller(
+        tmp_path: Path) -> None:
+    box = ToolBox()
+    echo(box)
+    echo(box, "secret")
+    tool = composite(steps=[
+        {"id": "a", "tool": "echo", "arguments": {"v": 1}},
+        {"id": "b", "tool": "secret", "on_error": {"action": "continue"}, "default": "no"}])
+    authz = cedar(tmp_path, '''
+        permit(principal, action, resource);
+        forbid(principal, action, resource == Tool::"secret");''')
+    served = Dispatcher(resource_not_found_code=-32002, authorizer=authz,
+                        composites=CompositeRegistry([tool]))
+    upstream = FakeUpstream(box)
+    with anyio.fail_after(WAIT):
+        result = await served.call(upstream, "tools/call", {"name": "flow", "arguments": {}},
+                                   ALICE)
+    assert result["structuredContent"] == {"a": {"v": 1}, "b": "no"}
+    assert [name for name, _ in box.calls] == ["echo"]  # the denied step never left
+
+
+async def test_the_composite_tool_is_authorized_and_listed_as_itself(tmp_path: Path) -> None:
+    box = ToolBox()
+    echo(box)
+    tool = composite(steps=[{"id": "a", "tool": "echo"}])
+    authz = cedar(tmp_path, '''
+        permit(principal, action, resource);
+        forbid(principal, action, resource == Tool::"flow");''')
+    served = Dispatcher(resource_not_found_code=-32002, authorizer=authz,
+                        composites=CompositeRegistry([tool]))
+    upstream = FakeUpstream(box)
+    listed = await served.listing(upstream, "tools/list", {}, ALICE)
+    assert [t["name"] for t in listed["tools"]] == ["echo"]
+    with pytest.raises(NotPermitted):
+        await served.call(upstream, "tools/call", {"name": "flow", "arguments": {}}, ALICE)
+    assert box.calls == []

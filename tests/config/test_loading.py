@@ -480,6 +480,7 @@ def test_odd_keys_are_quoted_in_locations(tmp_path: Path) -> None:
         "redis+sentinel://:pw@h1:26379,h2:26379,[::1]:26379/mymaster/4",
         "redis+cluster://h:7000",
         "redis+cluster://h:7000/0",
+        "redis+cluster://a:7000,b:7001,c",
     ],
 )
 def test_valid_store_urls(store: str) -> None:
@@ -503,7 +504,8 @@ def test_valid_store_urls(store: str) -> None:
         ("redis+sentinel://h1:26379", "service name"),
         ("redis+sentinel://h1:26379/m/x", "database number"),
         ("redis+sentinel://h1:26379/m/1/2", "/service or /service/db"),
-        ("redis+cluster://a:1,b:2", "single host:port"),
+        ("redis://a:1,b:2", "single host:port"),
+        ("redis+cluster://a:1,:2", "node"),
         ("redis+cluster://a:1/3", "only database 0"),
     ],
 )

@@ -22,6 +22,7 @@ import pytest
 from tests.support.mcp_http import BASE_HEADERS, PROTOCOL_VERSION, RawSession, initialize_body
 from tests.support.processes import ManagedProcess, running_gateway, running_gateways
 from tests.support.recording_backend import recording_backend
+from tests.support.redis_ha import StoreServer
 from tests.support.redis_server import RedisServer
 
 ALICE_TOKEN = "limits-alice-0123456789"
@@ -55,9 +56,9 @@ def http() -> Iterator[httpx2.Client]:
 
 @pytest.mark.redis
 def test_an_identity_at_its_cap_is_refused_on_every_replica(
-        redis_server: RedisServer, tmp_path: Path, http: httpx2.Client) -> None:
+        any_store: StoreServer, tmp_path: Path, http: httpx2.Client) -> None:
     with recording_backend() as backend:
-        session = {"store": redis_server.url, "key_prefix": f"limits:{uuid.uuid4().hex[:12]}:"}
+        session = {"store": any_store.url, "key_prefix": f"limits:{uuid.uuid4().hex[:12]}:"}
         configs = {name: {"backends": [{"name": "rec", "url": backend.url}],
                           "session": session, "auth": static_auth(),
                           "limits": {"max_sessions_per_identity": 2}}

@@ -26,6 +26,7 @@ from tests.support.mcp_http import (
     sse_messages,
 )
 from tests.support.processes import ManagedProcess, gateway_config, running_gateways
+from tests.support.redis_ha import StoreServer
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -76,13 +77,13 @@ def start_pair(demo_backends: dict[str, ManagedProcess], tmp_path: Path) -> Iter
         yield start
 
 
-def _redis_session(redis_server: RedisServer, **extra: Any) -> dict[str, Any]:
+def _redis_session(redis_server: StoreServer, **extra: Any) -> dict[str, Any]:
     return {"store": redis_server.url, "key_prefix": f"it:{uuid.uuid4().hex[:12]}:", **extra}
 
 
 def test_b24_session_started_on_one_replica_is_served_by_the_other(
-        http: httpx2.Client, start_pair: StartPair, redis_server: RedisServer) -> None:
-    first, second = start_pair(_redis_session(redis_server))
+        http: httpx2.Client, start_pair: StartPair, any_store: StoreServer) -> None:
+    first, second = start_pair(_redis_session(any_store))
     session = RawSession.open(http, first.url)
     token = uuid.uuid4().hex
 

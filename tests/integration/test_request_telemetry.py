@@ -33,7 +33,7 @@ def test_each_request_has_one_log_line_and_an_outcome_label(
         exposition = httpx2.get(gateway.base_url + "/metrics").text
         assert session.delete().status_code == 200
         after_delete = httpx2.get(gateway.base_url + "/metrics").text
-        lines = [e for e in _entries(gateway) if e.get("logger") == "vmcp.server.transport"
+        lines = [e for e in _entries(gateway) if e.get("logger") == "vmcp.server.request_log"
                  and e.get("method") == "tools/call"]
         raw_log = gateway.log_tail(2000)
 

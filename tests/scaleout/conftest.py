@@ -22,6 +22,7 @@ from tests.support.processes import (
     running_backends,
     running_gateways,
 )
+from tests.support.redis_ha import STORE_FIXTURES, STORE_KINDS, StoreServer
 from tests.support.redis_server import RedisServer
 
 
@@ -31,7 +32,7 @@ class Cluster:
 
     url: str
     replicas: list[ManagedProcess]
-    redis: RedisServer
+    redis: StoreServer
     key_prefix: str
 
     def status(self, replica: ManagedProcess) -> dict[str, Any]:
@@ -47,7 +48,7 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def running_cluster(backends: dict[str, ManagedProcess], redis: RedisServer, workdir: Path,
+def running_cluster(backends: dict[str, ManagedProcess], redis: StoreServer, workdir: Path,
                     *, replicas: int = 3, **sections: Any) -> Iterator[Cluster]:
     prefix = f"vmcp:{uuid.uuid4().hex[:8]}:"
     session = {"store": redis.url, "key_prefix": prefix, "store_timeout_seconds": 1.0,
@@ -74,6 +75,20 @@ def cluster(scaleout_backends: dict[str, ManagedProcess], redis_server: RedisSer
     """Three replicas in front of the demo backends, shared by the non-destructive tests."""
     with running_cluster(scaleout_backends, redis_server,
                          tmp_path_factory.mktemp("cluster")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session", params=STORE_KINDS)
+def any_cluster(request: pytest.FixtureRequest,
+                          scaleout_backends: dict[str, ManagedProcess],
+                          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """``cluster``, then the same three replicas on Sentinel and on Cluster."""
+    if request.param == "standalone":
+        yield request.getfixturevalue("cluster")
+        return
+    store: StoreServer = request.getfixturevalue(STORE_FIXTURES[request.param])
+    with running_cluster(scaleout_backends, store,
+                         tmp_path_factory.mktemp(f"cluster-{request.param}")) as running:
         yield running
 
 

@@ -17,7 +17,7 @@ import httpx2
 import pytest
 
 from tests.scaleout.conftest import running_cluster
-from tests.support.mcp_http import RawSession
+from tests.support.mcp_http import BASE_HEADERS, RawSession, initialize_body
 from tests.support.processes import (
     HOST,
     NOTES_MODULE,
@@ -84,6 +84,58 @@ def test_redis_outage_answers_503_never_404_and_loses_nothing(
             lost = sum(1 for s in sessions if http.post(
                 cluster.url, json=s.message("ping"), headers=s.headers()).status_code != 200)
             assert lost == 0
+    finally:
+        redis.stop()
+
+
+def _subscribers(redis: RedisServer, channel: str) -> int:
+    reply = redis.command("PUBSUB", "NUMSUB", channel)
+    return int(reply.split(b"\r\n")[-2].lstrip(b":"))
+
+
+def test_the_first_request_after_a_redis_restart_succeeds_on_every_replica(
+    scaleout_backends: dict[str, ManagedProcess], tmp_path: Path
+) -> None:
+    """Each replica holds pooled connections that died with the old server: none of them
+    may turn a request that needs the store (an initialize, a session the replica has
+    not cached yet) into a 503. Pub/sub comes back too: every replica listens for ended
+    sessions again, and a DELETE on one closes the others' copies."""
+    redis = RedisServer(tmp_path / "redis", appendonly=True)
+    redis.start()
+    try:
+        with running_cluster(scaleout_backends, redis, tmp_path) as cluster, \
+                httpx2.Client(timeout=10) as http:
+            first, *others = cluster.replicas
+            warm = [RawSession.open(http, first.url) for _ in range(2)]
+            for session in warm:
+                for replica in cluster.replicas:   # every replica has used the store
+                    assert call_status(session, replica.url) == 200
+            cold = [RawSession.open(http, first.url) for _ in others]
+            ended = cluster.key_prefix + "ended"
+            assert _subscribers(redis, ended) == len(cluster.replicas)
+
+            redis.restart()
+
+            answers = {}
+            for replica, session in zip(others, cold, strict=True):
+                opened = http.post(replica.url, json=initialize_body(1), headers=BASE_HEADERS)
+                answers[f"initialize on {replica.name}"] = opened.status_code
+                answers[f"restore on {replica.name}"] = call_status(session, replica.url)
+            answers["initialize on " + first.name] = http.post(
+                first.url, json=initialize_body(1), headers=BASE_HEADERS).status_code
+            answers["delete on " + first.name] = warm[0].delete(url=first.url).status_code
+            assert set(answers.values()) == {200}, answers
+
+            deadline = time.monotonic() + 10
+            while _subscribers(redis, ended) < len(cluster.replicas):
+                assert time.monotonic() < deadline, "replicas did not resubscribe"
+                time.sleep(0.05)
+            before = [cluster.open_upstream(r) for r in cluster.replicas]
+            assert warm[1].delete(url=others[-1].url).status_code == 200
+            while [cluster.open_upstream(r) for r in cluster.replicas] != [
+                    n - 2 for n in before]:   # each replica held two upstream sessions
+                assert time.monotonic() < deadline, "the ended session was not broadcast"
+                time.sleep(0.05)
     finally:
         redis.stop()
 

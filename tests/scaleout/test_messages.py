@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import anyio
@@ -10,7 +11,7 @@ import httpx2
 import pytest
 
 from tests.scaleout.conftest import Cluster
-from tests.support.mcp_http import RawSession
+from tests.support.mcp_http import EVENT_STREAM, RawSession, reply_to, sse_messages
 
 pytestmark = pytest.mark.anyio
 
@@ -45,9 +46,9 @@ async def test_list_changed_heard_before_the_client_opens_its_stream_is_delivere
 
 
 async def test_list_changed_seen_on_one_replica_reaches_the_get_stream_on_another(
-    cluster: Cluster,
+    any_cluster: Cluster,
 ) -> None:
-    first, second, third = cluster.replicas
+    first, second, third = any_cluster.replicas
     with httpx2.Client(timeout=10) as http:
         session = RawSession.open(http, first.url)
     received: list[dict[str, Any]] = []
@@ -87,3 +88,41 @@ async def test_list_changed_seen_on_one_replica_reaches_the_get_stream_on_anothe
         assert result.get("isError") is not True, result
         session.delete()
 
+
+def test_a_stream_dropped_on_one_replica_is_resumed_on_another(any_cluster: Cluster) -> None:
+    """The client loses a call's response stream mid-way and reconnects, through the
+    balancer, to another replica with ``Last-Event-ID``: the rest of the stream comes
+    from the event log in the store, nothing missing, nothing twice."""
+    first, second, _ = any_cluster.replicas
+    with httpx2.Client(timeout=10) as http:
+        session = RawSession.open(http, first.url)
+        call = session.message("tools/call", {
+            "name": "weather_slow_count", "arguments": {"n": 20},
+            "_meta": {"progressToken": "resume"}})
+        seen: list[int] = []
+        last_id = ""
+        with http.stream("POST", first.url, json=call, headers=session.headers()) as response:
+            assert response.headers["content-type"].startswith(EVENT_STREAM)
+            for line in response.iter_lines():
+                if line.startswith("id:"):
+                    last_id = line[3:].strip()
+                elif line.startswith("data:") and line[5:].strip():
+                    seen.append(json.loads(line[5:])["params"]["progress"])
+                    if len(seen) == 3:
+                        break      # the connection drops here; the call runs on
+        stream_id = last_id.rpartition(".")[0]
+        logged = f"{any_cluster.key_prefix}events:{session.session_id}:{stream_id}"
+        deadline = time.monotonic() + 5
+        while any_cluster.redis.command_value("EXISTS", logged) != "1":
+            assert time.monotonic() < deadline, "the dropped stream never reached the log"
+            time.sleep(0.02)
+
+        resumed = http.get(second.url, headers=session.headers(
+            {"Accept": EVENT_STREAM, "Last-Event-ID": last_id}))
+        messages = list(sse_messages(resumed.text.splitlines()))
+
+    assert resumed.status_code == 200, resumed.text
+    progress = [m["params"]["progress"] for m in messages
+                if m.get("method") == "notifications/progress"]
+    assert seen + progress == list(range(1, 21)), (seen, progress)
+    assert reply_to(resumed, call["id"])["result"]["content"][0]["text"] == "counted to 20"

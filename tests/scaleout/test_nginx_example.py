@@ -4,14 +4,21 @@ Host that is not listed is refused 421 with a log line that names it and the key
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import httpx2
+from starlette.applications import Starlette
 
 from tests.scaleout.conftest import running_cluster
 from tests.support.mcp_http import BASE_HEADERS, RawSession, initialize_body
+from tests.support.nginx import EXAMPLE
 from tests.support.processes import ManagedProcess
 from tests.support.redis_server import RedisServer
+from vmcp.config import VmcpConfig
+from vmcp.server.app import server_config
+
+NGINX_UPSTREAM_KEEPALIVE_DEFAULT_SECONDS = 60
 
 PUBLIC_NAME = "mcp.example.test"
 
@@ -37,3 +44,15 @@ def test_the_nginx_example_serves_sessions_and_names_a_refused_host(
         logs = "".join(replica.log_tail(500) for replica in cluster.replicas)
         assert "refused a request with Host 'lb.internal'" in logs
         assert "server.allowed_hosts" in logs
+
+
+def test_replicas_keep_idle_connections_longer_than_the_example_balancer_pools_them() -> None:
+    """nginx reuses a pooled connection to a replica for a new request; a replica that had
+    closed that connection a moment before makes nginx answer 502 (a POST is not retried).
+    Seen in a chaos run as 502s with no replica down: uvicorn closed idle connections after
+    5 s while nginx kept them 60 s. The replica must outlast the pool's idle timeout."""
+    upstream = re.search(r"(?s)upstream vmcp \{(.*?)\}", EXAMPLE.read_text(encoding="utf-8"))
+    assert upstream is not None
+    idle = re.search(r"keepalive_timeout\s+(\d+)s;", upstream.group(1))
+    pooled_for = int(idle.group(1)) if idle else NGINX_UPSTREAM_KEEPALIVE_DEFAULT_SECONDS
+    assert server_config(Starlette(), VmcpConfig()).timeout_keep_alive > pooled_for

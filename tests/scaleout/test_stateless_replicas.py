@@ -23,7 +23,7 @@ from tests.support.processes import (
     ManagedProcess,
     running_backends,
 )
-from tests.support.redis_server import RedisServer
+from tests.support.redis_ha import STORE_FIXTURES, STORE_KINDS, StoreServer
 
 pytestmark = pytest.mark.anyio
 
@@ -31,16 +31,17 @@ MODERN = "2026-07-28"
 
 
 @pytest.fixture(scope="module")
-def mixed_cluster(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+def mixed_cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
                   ) -> Iterator[Cluster]:
     """Three replicas in front of notes (stateless revision too) and weather (session-based
-    revisions only)."""
-    workdir: Path = tmp_path_factory.mktemp("stateless-cluster")
+    revisions only), on the kind of store the test names (indirect parameter)."""
+    store: StoreServer = request.getfixturevalue(STORE_FIXTURES[request.param])
+    workdir: Path = tmp_path_factory.mktemp(f"stateless-cluster-{request.param}")
     modules = {"notes": f"{NOTES_MODULE} --stateless",
                "weather": f"{WEATHER_MODULE} --handshake-only"}
     backends: dict[str, ManagedProcess]
     with running_backends(modules, workdir / "backends") as backends, \
-            running_cluster(backends, redis_server, workdir) as cluster:
+            running_cluster(backends, store, workdir) as cluster:
         yield cluster
 
 
@@ -52,6 +53,7 @@ async def _answer(context: ClientRequestContext,
                                content=TextContent(type="text", text=f"re: {text}"))
 
 
+@pytest.mark.parametrize("mixed_cluster", ["standalone"], indirect=True)
 async def test_stateless_clients_are_served_by_every_replica(mixed_cluster: Cluster) -> None:
     async with Client(mixed_cluster.url, mode=MODERN, read_timeout_seconds=30,
                       sampling_callback=_answer) as client:
@@ -81,6 +83,7 @@ def _calls_served(replica: ManagedProcess) -> float:
     return total
 
 
+@pytest.mark.parametrize("mixed_cluster", STORE_KINDS, indirect=True)
 def test_a_round_started_on_one_replica_is_finished_on_another(mixed_cluster: Cluster) -> None:
     first, second, third = mixed_cluster.replicas
     meta = {"io.modelcontextprotocol/protocolVersion": MODERN,

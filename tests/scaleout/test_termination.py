@@ -25,37 +25,37 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.02)
 
 
-def test_delete_on_one_replica_closes_every_replicas_copy_at_once(cluster: Cluster) -> None:
+def test_delete_on_one_replica_closes_every_replicas_copy_at_once(any_cluster: Cluster) -> None:
     """B22 through real processes: the other replicas end their upstream sessions without
     waiting for a request (the ended-session broadcast), and all answer 404 afterwards."""
-    first, _, third = cluster.replicas
-    before = [cluster.open_upstream(r) for r in cluster.replicas]
+    first, _, third = any_cluster.replicas
+    before = [any_cluster.open_upstream(r) for r in any_cluster.replicas]
     with httpx2.Client(timeout=10) as http:
         session = RawSession.open(http, first.url)
-        for replica in cluster.replicas:
+        for replica in any_cluster.replicas:
             assert session.tool_names(url=replica.url) >= {"notes_search", "weather_search"}
-        held = [cluster.open_upstream(r) for r in cluster.replicas]
+        held = [any_cluster.open_upstream(r) for r in any_cluster.replicas]
         assert [h - b for h, b in zip(held, before, strict=True)] == [2, 2, 2]
 
         assert session.delete(url=third.url).status_code == 200
-        wait_until(lambda: [cluster.open_upstream(r) for r in cluster.replicas] == before,
+        wait_until(lambda: [any_cluster.open_upstream(r) for r in any_cluster.replicas] == before,
                    "every replica closed its copy")
-        for replica in cluster.replicas:
+        for replica in any_cluster.replicas:
             request_id, response = session.rpc("tools/list", url=replica.url)
             assert response.status_code == 404
             assert error_of(response) == {"code": -32001, "message": "Session not found"}
             assert response.json().get("id") == request_id
 
 
-def test_any_replica_serves_a_session_through_the_load_balancer(cluster: Cluster) -> None:
+def test_any_replica_serves_a_session_through_the_load_balancer(any_cluster: Cluster) -> None:
     with httpx2.Client(timeout=10) as http:
-        session = RawSession.open(http, cluster.url)
+        session = RawSession.open(http, any_cluster.url)
         for n in range(9):
             result = session.result("tools/call", {"name": "notes_add_note",
                                                    "arguments": {"title": f"t{n}", "body": "b"}})
             assert result.get("isError") is not True, result
         assert session.delete().status_code == 200
-    loads = [cluster.status(r)["cache"]["loads"] for r in cluster.replicas]
+    loads = [any_cluster.status(r)["cache"]["loads"] for r in any_cluster.replicas]
     assert all(n > 0 for n in loads), f"every replica restored sessions: {loads}"
 
 

@@ -30,6 +30,8 @@ class FakeLiveSession:
         self.principal = principal
         self.close_count = 0
         self.closed = asyncio.Event()
+        self.idle = asyncio.Event()
+        self.idle.set()
 
     @property
     def session_id(self) -> str:
@@ -40,6 +42,9 @@ class FakeLiveSession:
 
     def backend_states(self) -> dict[str, str]:
         return dict(self._states)
+
+    async def wait_calls(self) -> None:
+        await self.idle.wait()
 
     async def aclose(self) -> None:
         self.close_count += 1

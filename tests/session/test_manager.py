@@ -419,3 +419,70 @@ async def test_liveness_interval_trades_store_round_trips_for_staleness(
     assert await relaxed.get(live.session_id, ALICE) is live   # the documented staleness
     await strict.aclose()
     await relaxed.aclose()
+
+
+async def test_a_copy_rebuilt_while_a_reconcile_runs_is_the_one_kept(
+    manager: SessionManager, factory: RecordingFactory, store: SessionStore
+) -> None:
+    """A recovered backend joins the live sessions (a slow connect); meanwhile a request
+    sees that another replica changed the stored backend list and rebuilds this copy,
+    closing the old one. The reconcile must not put the closed copy back in the cache
+    (every later request would be refused as if the session were gone) nor write the
+    old backend list over the newer one."""
+    live = await manager.initialize(ALICE)
+    sid = live.session_id
+    reconciling = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def slow_reconcile(session: LiveSession) -> bool:
+        reconciling.set()
+        await go_on.wait()
+        return True
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(manager.reconcile_live_sessions, slow_reconcile)
+        await reconciling.wait()
+        record = await store.load(sid)
+        assert await store.update(sid, {**record, md.BACKENDS: "alpha,beta,gamma"})
+        rebuilt = await manager.get(sid, ALICE)
+        assert rebuilt is not live
+        go_on.set()
+    assert await manager.get(sid, ALICE) is rebuilt
+    assert (await store.load(sid))[md.BACKENDS] == "alpha,beta,gamma"
+
+
+async def test_calls_on_a_copy_outdated_by_another_replica_finish_before_it_closes(
+    manager: SessionManager, factory: RecordingFactory, store: SessionStore
+) -> None:
+    """Another replica changed the stored backend list (a backend rejoined there): this
+    replica rebuilds its copy for new requests. The session lives on, so a call already
+    running on the old copy must finish there, not be answered "session not found" (seen
+    in a chaos run: a sampling call answered -32001 while its session was live)."""
+    live = await manager.initialize(ALICE)
+    assert isinstance(live, FakeLiveSession)
+    sid = live.session_id
+    live.idle.clear()  # a call is running on it
+    record = await store.load(sid)
+    assert await store.update(sid, {**record, md.BACKENDS: "alpha,beta,gamma"})
+    rebuilt = await manager.get(sid, ALICE)
+    assert rebuilt is not live
+    await anyio.wait_all_tasks_blocked()
+    assert live.close_count == 0
+    live.idle.set()  # the call is done
+    with anyio.fail_after(5):
+        await manager.wait_closed()
+    assert live.close_count == 1
+
+
+async def test_an_outdated_copy_does_not_hold_shutdown_up(
+    manager: SessionManager, factory: RecordingFactory, store: SessionStore
+) -> None:
+    live = await manager.initialize(ALICE)
+    assert isinstance(live, FakeLiveSession)
+    live.idle.clear()
+    record = await store.load(live.session_id)
+    assert await store.update(live.session_id, {**record, md.BACKENDS: "alpha"})
+    await manager.get(live.session_id, ALICE)
+    with anyio.fail_after(5):
+        await manager.aclose()
+    assert live.close_count == 1

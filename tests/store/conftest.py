@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.support.redis_server import RedisServer
+from tests.support.redis_ha import STORE_FIXTURES, STORE_KINDS, StoreServer
 from vmcp.store import MemoryStore, RedisStore, SessionStore
 
 
@@ -26,7 +26,7 @@ class StoreUnderTest:
         store: SessionStore,
         kind: str,
         clock: ManualClock | None,
-        redis: RedisServer | None,
+        redis: StoreServer | None,
         prefix: str,
     ) -> None:
         self.store = store
@@ -62,14 +62,16 @@ class StoreUnderTest:
 TTL = 60.0
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", *STORE_KINDS])
 async def subject(request: pytest.FixtureRequest, key_prefix: str) -> AsyncIterator[StoreUnderTest]:
+    """The contract on each implementation: memory, and Redis standalone, Sentinel and
+    Cluster (the same ``RedisStore`` on three kinds of client)."""
     if request.param == "memory":
         clock = ManualClock()
         async with MemoryStore(ttl_seconds=TTL, clock=clock) as memory:
             yield StoreUnderTest(memory, "memory", clock, None, key_prefix)
         return
-    server: RedisServer = request.getfixturevalue("redis_server")
+    server: StoreServer = request.getfixturevalue(STORE_FIXTURES[request.param])
     store = RedisStore.from_url(
         server.url, key_prefix=key_prefix, ttl_seconds=TTL, timeout_seconds=2.0
     )

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 import pytest
 import redis.exceptions
+from redis.asyncio.cluster import RedisCluster
 
+from tests.support.redis_ha import ClusterSetup
 from tests.support.redis_server import RedisServer
 from tests.support.tcp_proxy import TcpProxy
 from vmcp.errors import SessionNotFound, StoreError, StoreTimeout, StoreUnavailable
@@ -21,6 +26,32 @@ pytestmark = pytest.mark.anyio
 
 def make_store(url: str, prefix: str, *, timeout: float = 2.0, ttl: float = 60) -> RedisStore:
     return RedisStore.from_url(url, key_prefix=prefix, ttl_seconds=ttl, timeout_seconds=timeout)
+
+
+@contextlib.asynccontextmanager
+async def proxied_store(server: RedisServer, prefix: str, *, deadline: float
+                        ) -> AsyncIterator[tuple[TcpProxy, RedisStore]]:
+    """A store that reaches ``server`` through a fault-injecting proxy."""
+    async with TcpProxy(server.port) as proxy:
+        store = make_store(proxy.url, prefix, timeout=deadline)
+        try:
+            yield proxy, store
+        finally:
+            await store.aclose()
+
+
+@contextlib.asynccontextmanager
+async def own_server_store(workdir: Path, prefix: str) -> AsyncIterator[
+        tuple[RedisServer, RedisStore]]:
+    """A redis-server of the test's own (AOF on, so it can be restarted) and a store."""
+    server = RedisServer(workdir, appendonly=True)
+    server.start()
+    store = make_store(server.url, prefix, timeout=1.0)
+    try:
+        yield server, store
+    finally:
+        await store.aclose()
+        server.stop()
 
 
 @pytest.mark.parametrize("prefix", ["vmcp", "vmcp:x", ""])
@@ -75,11 +106,14 @@ async def test_corrupt_record_is_reported_as_store_fault(
 
 
 def test_every_redis_exception_is_translated_to_a_store_error() -> None:
+    """Including those that do not derive from RedisError: the Cluster client's
+    RedisClusterException ("cannot be connected") once reached clients as a 500."""
     exported = [
         obj for _, obj in inspect.getmembers(redis.exceptions, inspect.isclass)
-        if issubclass(obj, redis.exceptions.RedisError)
+        if issubclass(obj, Exception)
     ]
     assert len(exported) > 20
+    assert redis.exceptions.RedisClusterException in exported
     for exc_type in exported:
         with pytest.raises(StoreError) as caught, translated_store_errors("op"):
             raise exc_type("1 127.0.0.1:1")  # the one message every constructor parses
@@ -92,10 +126,7 @@ def test_every_redis_exception_is_translated_to_a_store_error() -> None:
 async def test_stopped_server_gives_store_unavailable_then_service_resumes(
     tmp_path: Path, key_prefix: str
 ) -> None:
-    server = RedisServer(tmp_path / "r", appendonly=True)
-    server.start()
-    store = make_store(server.url, key_prefix, timeout=1.0)
-    try:
+    async with own_server_store(tmp_path / "r", key_prefix) as (server, store):
         assert await store.create("s", {"a": "1"})
         server.stop()
         for call in (store.load("s"), store.update("s", {}), store.create("t", {}),
@@ -105,39 +136,122 @@ async def test_stopped_server_gives_store_unavailable_then_service_resumes(
             assert not isinstance(caught.value, SessionNotFound)
         server.start()
         assert await store.load("s") == {"a": "1"}
-    finally:
-        await store.aclose()
-        server.stop()
 
 
 async def test_stalled_server_hits_the_per_call_deadline(
     redis_server: RedisServer, key_prefix: str
 ) -> None:
-    async with TcpProxy(redis_server.port) as proxy:
-        store = make_store(proxy.url, key_prefix, timeout=0.3)
-        try:
-            await store.create("s", {})
-            proxy.stall()
-            with anyio.fail_after(3), pytest.raises(StoreTimeout):
-                await store.load("s")
-            proxy.resume()
-            assert await store.load("s") == {}
-        finally:
-            await store.aclose()
+    async with proxied_store(redis_server, key_prefix, deadline=0.3) as (proxy, store):
+        await store.create("s", {})
+        proxy.stall()
+        with anyio.fail_after(3), pytest.raises(StoreTimeout):
+            await store.load("s")
+        proxy.resume()
+        assert await store.load("s") == {}
 
 
 async def test_slow_read_does_not_eat_the_next_writes_deadline(
     redis_server: RedisServer, key_prefix: str
 ) -> None:
     """A read that takes 98% of the deadline, then a write: the write gets its own."""
-    async with TcpProxy(redis_server.port) as proxy:
-        store = make_store(proxy.url, key_prefix, timeout=1.0)
-        try:
-            await store.create("s", {"v": "1"})
-            proxy.delay_once(0.98)
+    async with proxied_store(redis_server, key_prefix, deadline=1.0) as (proxy, store):
+        await store.create("s", {"v": "1"})
+        proxy.delay_once(0.98)
+        assert await store.load("s") == {"v": "1"}
+        proxy.delay_once(0.5)
+        assert await store.update("s", {"v": "2"}) is True
+        assert await store.load("s") == {"v": "2"}
+
+
+async def test_the_first_call_after_a_restart_succeeds_on_pooled_connections(
+    tmp_path: Path, key_prefix: str
+) -> None:
+    """Every pooled connection died with the old server; none of them fails a call."""
+    async with own_server_store(tmp_path / "r", key_prefix) as (server, store):
+        await store.create("s", {"a": "1"})
+        async with anyio.create_task_group() as tg:   # several connections in the pool
+            for _ in range(4):
+                tg.start_soon(store.load, "s")
+        server.restart()
+        assert await store.load("s") == {"a": "1"}
+        assert await store.update("s", {"a": "2"}) is True
+        server.restart()
+        assert await store.create("t", {}) is True
+        server.restart()
+        await store.delete("s")
+        with pytest.raises(SessionNotFound):
+            await store.load("s")
+
+
+async def test_a_create_whose_reply_was_lost_is_not_reported_as_a_conflict(
+    redis_server: RedisServer, key_prefix: str
+) -> None:
+    """SET NX landed, its answer did not: the retry finds our own value, not a rival's."""
+    async with proxied_store(redis_server, key_prefix, deadline=2.0) as (proxy, store):
+        assert await store.create("warm", {}) is True   # connected, handshake done
+        proxy.lose_next_reply()
+        assert await store.create("s", {"who": "me"}) is True
+        assert proxy.replies_lost == 1
+        assert await store.load("s") == {"who": "me"}
+        assert await store.create("s", {"who": "me"}) is False   # a real conflict
+
+
+@pytest.mark.parametrize("operation", ["load", "update", "delete"])
+async def test_a_call_whose_reply_was_lost_is_sent_once_more(
+    redis_server: RedisServer, key_prefix: str, operation: str
+) -> None:
+    async with proxied_store(redis_server, key_prefix, deadline=2.0) as (proxy, store):
+        await store.create("s", {"v": "1"})
+        proxy.lose_next_reply()
+        if operation == "load":
             assert await store.load("s") == {"v": "1"}
-            proxy.delay_once(0.5)
+        elif operation == "update":
             assert await store.update("s", {"v": "2"}) is True
             assert await store.load("s") == {"v": "2"}
+        else:
+            await store.delete("s")
+            with pytest.raises(SessionNotFound):
+                await store.load("s")
+        assert proxy.replies_lost == 1
+
+
+async def test_the_retry_stays_within_the_calls_one_deadline(
+    redis_server: RedisServer, key_prefix: str
+) -> None:
+    """The first try loses its reply, the retry meets a stalled server: one deadline."""
+    async with proxied_store(redis_server, key_prefix, deadline=0.5) as (proxy, store):
+        await store.create("s", {})
+        proxy.lose_next_reply()
+        proxy.delay_once(0)   # the first try goes through at once
+        proxy.delay_once(3)   # the retry's handshake is held past the deadline
+        started = anyio.current_time()
+        with anyio.fail_after(3), pytest.raises(StoreTimeout):
+            await store.load("s")
+        assert anyio.current_time() - started < 0.9
+        assert proxy.replies_lost == 1
+
+
+def test_cluster_url_seeds_the_client_with_every_node_it_names() -> None:
+    store = open_store("redis+cluster://u:p%40ss@10.0.0.1:7000,[::1]:7001,node3",
+                       key_prefix="p:", ttl_seconds=1, timeout_seconds=1)
+    client = store.client
+    assert isinstance(client, RedisCluster)
+    seeds = sorted(client.nodes_manager.startup_nodes)
+    assert seeds == sorted(["10.0.0.1:7000", "::1:7001", "node3:6379"])
+    assert client.nodes_manager.connection_kwargs["password"] == "p@ss"
+
+
+@pytest.mark.slow
+async def test_concurrent_first_calls_on_a_fresh_cluster_client_all_succeed(
+    redis_cluster: ClusterSetup, key_prefix: str
+) -> None:
+    """A replica that starts under load: its first calls arrive together, before its
+    client knows the cluster. redis-py alone failed about one such burst in six, some
+    with an AttributeError; 30 bursts all pass."""
+    for burst in range(30):
+        store = make_store(redis_cluster.url, f"{key_prefix}{burst}:")
+        try:
+            created = await asyncio.gather(*(store.create(f"s{n}", {}) for n in range(50)))
+            assert created == [True] * 50, burst
         finally:
             await store.aclose()

@@ -7,7 +7,7 @@ tests can move a session between gateway processes by pointing it elsewhere.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +91,31 @@ def sse_messages(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
         message = json.loads("\n".join(data))
         assert isinstance(message, dict), message
         yield message
+
+
+async def sse_events(response: httpx2.Response) -> AsyncIterator[
+        tuple[str | None, dict[str, Any] | None]]:
+    """(event id, JSON-RPC message or None) for each event of an SSE response, as it comes.
+
+    Events without data (a priming event, a bare ``retry``) give None for the message; the
+    id is what a client sends back as ``Last-Event-ID`` to resume.
+    """
+    data: list[str] = []
+    event_id: str | None = None
+    async for raw in response.aiter_lines():
+        line = raw.rstrip("\r")
+        if line:
+            value = _field_value(line, "data")
+            if value is not None:
+                data.append(value)
+            elif line.startswith("id:"):
+                event_id = line[3:].strip()
+            continue
+        text = "\n".join(data).strip()
+        message = json.loads(text) if text else None
+        if event_id is not None or message is not None:
+            yield event_id, message if isinstance(message, dict) else None
+        data, event_id = [], None
 
 
 def is_reply_to(message: Mapping[str, Any], request_id: int | str) -> bool:

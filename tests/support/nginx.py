@@ -33,15 +33,18 @@ http {{
 """
 
 
-def example_site(upstream_ports: Sequence[int], port: int) -> str:
-    """docs/nginx.conf with its ``server`` lines and ``listen`` address replaced."""
+def example_site(upstream_ports: Sequence[int], port: int, extra: str = "") -> str:
+    """docs/nginx.conf with its ``server`` lines and ``listen`` address replaced, and
+    ``extra`` directives added to its ``location``."""
     text = EXAMPLE.read_text(encoding="utf-8")
     servers = "".join(f"    server {HOST}:{p} max_fails=0;\n" for p in upstream_ports)
     text, count = re.subn(r"(?m)^    server \S+ max_fails=0;.*\n(    server .*\n)*", servers,
                           text, count=1)
     text, listens = re.subn(r"(?m)^    listen \S+;", f"    listen {HOST}:{port};", text)
-    if count != 1 or listens != 1:
-        raise RuntimeError(f"{EXAMPLE} no longer has the upstream servers and one listen line")
+    text, locations = re.subn(r"(?m)^    location / \{\n", lambda m: m.group(0) + extra, text)
+    if count != 1 or listens != 1 or locations != 1:
+        raise RuntimeError(f"{EXAMPLE} no longer has the upstream servers, one listen line "
+                           "and one location")
     return text
 
 
@@ -54,12 +57,18 @@ def nginx_binary() -> str:
 
 
 @contextlib.contextmanager
-def running_nginx(upstream_ports: Sequence[int], workdir: Path) -> Iterator[str]:
-    """nginx on a free port in front of ``upstream_ports``; yields its MCP endpoint URL."""
+def running_nginx(upstream_ports: Sequence[int], workdir: Path, *,
+                  extra: str = "") -> Iterator[str]:
+    """nginx on a free port in front of ``upstream_ports``; yields its MCP endpoint URL.
+
+    ``extra`` holds directives for the example's ``location`` block (for instance an
+    ``add_header`` that names the replica which answered).
+    """
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
     (workdir / "tmp").mkdir(exist_ok=True)
     port = free_port()
-    (workdir / "nginx.conf").write_text(CONFIG.format(site=example_site(upstream_ports, port)))
+    site = example_site(upstream_ports, port, extra)
+    (workdir / "nginx.conf").write_text(CONFIG.format(site=site))
     with (workdir / "logs" / "stdout.log").open("ab") as log:
         process = subprocess.Popen(
             [nginx_binary(), "-p", str(workdir), "-c", "nginx.conf", "-g", "daemon off;"],

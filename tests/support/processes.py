@@ -277,6 +277,24 @@ def start_gateways(configs: Mapping[str, Mapping[str, Any]], workdir: Path,
     return _start_all(configs, launch, timeout)
 
 
+def restart_gateway(managed: ManagedProcess, config: Mapping[str, Any], workdir: Path,
+                    timeout: float = STARTUP_TIMEOUT_SECONDS) -> None:
+    """Start a stopped gateway again on its own port with ``config`` and wait for it.
+
+    The balancer in front keeps the replica's port, so the new process must take it again.
+    """
+    path = write_config(workdir / f"{managed.name}.yaml", _with_port(config, managed.port))
+    with managed.log_path.open("ab") as log:
+        managed.process = subprocess.Popen(
+            [str(VMCP_EXECUTABLE), "serve", "--config", str(path)], cwd=PROJECT_ROOT,
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    managed.stopped = False
+    RUNNING.append(managed)
+    if wait_until_ready([managed], timeout):
+        raise ProcessStartError(f"{managed.describe()} did not start again:\n"
+                                f"{managed.log_tail()}")
+
+
 @contextlib.contextmanager
 def running_gateways(configs: Mapping[str, Mapping[str, Any]],
                      workdir: Path) -> Iterator[dict[str, ManagedProcess]]:
@@ -308,6 +326,7 @@ __all__ = [
     "ProcessStartError",
     "gateway_config",
     "restart_backend",
+    "restart_gateway",
     "running_backends",
     "running_gateway",
     "running_gateways",

@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 STARTUP_TIMEOUT = 10.0
@@ -31,40 +32,42 @@ def redis_binary() -> str:
 
 
 class RedisServer:
-    """Start, stop, restart one redis-server; data survives restarts when ``appendonly``."""
+    """Start, stop, restart one redis-server; data survives restarts when ``appendonly``.
 
-    def __init__(self, workdir: Path, *, appendonly: bool = False) -> None:
+    ``extra_args`` are appended to the command line (a replica's ``--replicaof``, a
+    Cluster node's ``--cluster-enabled``); ``sentinel`` starts a Sentinel instead, from
+    a config file in ``workdir`` that the Sentinel rewrites as it learns the topology.
+    """
+
+    def __init__(self, workdir: Path, *, appendonly: bool = False,
+                 extra_args: Sequence[str] = (), sentinel: str = "") -> None:
         self.workdir = workdir
         self.port = free_port()
         self.appendonly = appendonly
+        self.extra_args = list(extra_args)
+        self.sentinel = sentinel
         self.process: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
+        if sentinel:
+            (workdir / "sentinel.conf").write_text(
+                f"port {self.port}\nbind 127.0.0.1\n{sentinel}")
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def _command_line(self) -> list[str]:
+        if self.sentinel:
+            return [redis_binary(), str(self.workdir / "sentinel.conf"), "--sentinel",
+                    "--protected-mode", "no"]
+        return [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "yes" if self.appendonly else "no",
+                "--dir", str(self.workdir), "--protected-mode", "no", *self.extra_args]
+
     def start(self) -> None:
         log = open(self.workdir / "redis.log", "ab")  # noqa: SIM115 - owned by the process
-        self.process = subprocess.Popen(
-            [
-                redis_binary(),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes" if self.appendonly else "no",
-                "--dir",
-                str(self.workdir),
-                "--protected-mode",
-                "no",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        self.process = subprocess.Popen(self._command_line(), stdout=log,
+                                        stderr=subprocess.STDOUT)
         log.close()
         deadline = time.monotonic() + STARTUP_TIMEOUT
         while time.monotonic() < deadline:
@@ -98,6 +101,13 @@ class RedisServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye to clients, replicas or the cluster bus."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
 
     def command(self, *args: str) -> bytes:
         """One raw command over a fresh socket (for fault setup, outside the client)."""

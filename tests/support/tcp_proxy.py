@@ -11,7 +11,9 @@ class TcpProxy:
 
     ``delay_once(s)`` holds the next chunk from client to server for ``s`` seconds (a slow
     store call); ``stall()``/``resume()`` hold all traffic (a hung server); ``cut()``
-    drops every open connection.
+    drops every open connection; ``lose_next_reply()`` lets the next request reach the
+    server, then drops its reply and the client's connection (a server that died after
+    doing the work, before answering).
     """
 
     def __init__(self, target_port: int) -> None:
@@ -22,7 +24,9 @@ class TcpProxy:
         self._flowing = asyncio.Event()
         self._flowing.set()
         self._pending_delays: list[float] = []
+        self._lose_reply = False
         self.chunks_forwarded = 0
+        self.replies_lost = 0
 
     async def __aenter__(self) -> TcpProxy:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -42,6 +46,9 @@ class TcpProxy:
 
     def delay_once(self, seconds: float) -> None:
         self._pending_delays.append(seconds)
+
+    def lose_next_reply(self) -> None:
+        self._lose_reply = True
 
     def stall(self) -> None:
         self._flowing.clear()
@@ -78,6 +85,10 @@ class TcpProxy:
                 await self._flowing.wait()
                 if upstream and self._pending_delays:
                     await asyncio.sleep(self._pending_delays.pop(0))
+                if not upstream and self._lose_reply:
+                    self._lose_reply = False
+                    self.replies_lost += 1
+                    break
                 writer.write(chunk)
                 await writer.drain()
                 self.chunks_forwarded += 1

@@ -130,6 +130,26 @@ def test_check_config_lists_every_problem_and_exits_2(runner: CliRunner, tmp_pat
     assert result.stdout == ""
 
 
+def test_check_config_checks_the_policies_with_file_and_line(runner: CliRunner,
+                                                            tmp_path: Path) -> None:
+    policies = tmp_path / "policies.cedar"
+    policies.write_text('permit(principal, action, resource in Backend::"notes");\n'
+                        'permit(principal, action == Action::"call_tools", resource);\n')
+    config = write(tmp_path, f"""
+        backends: [{{name: notes, url: "http://127.0.0.1:9001/mcp"}}]
+        auth: {{authz: {{policies_file: "{policies}"}}}}
+        """)
+
+    refused = runner.invoke(cli.app, ["check-config", str(config)])
+
+    assert refused.exit_code == 2
+    assert f'{policies}:2: unrecognized action `Action::"call_tools"`' in refused.stderr
+    policies.write_text('permit(principal, action, resource in Backend::"notes");\n')
+    accepted = runner.invoke(cli.app, ["check-config", str(config)])
+    assert accepted.exit_code == 0, accepted.output
+    assert f"authz:       cedar, 1 policies from {policies}" in accepted.stdout
+
+
 def test_check_config_reports_yaml_syntax_errors(runner: CliRunner, tmp_path: Path) -> None:
     result = runner.invoke(cli.app, ["check-config", str(write(tmp_path, "a: [\n"))])
 

@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-PACKAGES = ["vmcp.config", "vmcp.store", "vmcp.session", "vmcp.backend"]
+PACKAGES = ["vmcp.config", "vmcp.store", "vmcp.session", "vmcp.backend", "vmcp.authz"]
 
 
 @pytest.mark.parametrize("name", PACKAGES)

@@ -20,8 +20,8 @@ LAYERS: list[set[str]] = [
     {"identity", "tracing", "cache", "concurrency", "lru", "templating"},  # who calls; spans;
     # caches; sandboxed templates
     {"logs", "config"},
-    {"store", "backend", "aggregate", "composite"},  # metadata store; one backend; routing
-    # tables; composite tools' workflows
+    {"store", "backend", "aggregate",       # metadata store; one backend; routing tables
+     "authz", "audit", "composite"},        # what a caller may use; who did what; workflows
     {"auth", "dispatch"},                   # credentials in and out; one MCP method
     {"upstream"},                           # reaching backends for a caller
     {"session", "stateless"},               # the two revisions' backends

@@ -47,7 +47,7 @@ from urllib.parse import quote
 
 import httpx2
 
-from vmcp.backend.connection import (
+from vmcp.backend import (
     BackendConnection,
     BackendState,
     BackendStatistics,
@@ -322,15 +322,10 @@ class _CallerCredentials:
         headers = await self._auth.headers_for(self._inner.target.name, current_caller())
         return {**headers, **(extra or {})}
 
-    async def request(
-        self,
-        method: str,
-        params: dict[str, Any] | None,
-        *,
-        on_message: MessageHandler | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - the per-call deadline is the contract
-        headers: Mapping[str, str] | None = None,
-    ) -> dict[str, Any]:
+    async def request(self, method: str, params: dict[str, Any] | None, *,
+                      on_message: MessageHandler | None = None,
+                      timeout: float | None = None,  # noqa: ASYNC109 - the contract's deadline
+                      headers: Mapping[str, str] | None = None) -> dict[str, Any]:
         return await self._inner.request(method, params, on_message=on_message,
                                          timeout=timeout, headers=await self._headers(headers))
 

@@ -24,7 +24,8 @@ import anyio
 import httpx2
 
 from vmcp import __version__
-from vmcp.backend.connection import BackendTarget
+from vmcp.backend.contract import BackendTarget
+from vmcp.config import HealthConfig
 
 logger = logging.getLogger(__name__)
 
@@ -55,20 +56,16 @@ class HealthMonitor:
         self,
         targets: Sequence[BackendTarget],
         http: httpx2.AsyncClient,
+        policy: HealthConfig,
         *,
-        interval_seconds: float,
-        timeout_seconds: float,
-        unhealthy_threshold: int,
-        degraded_latency_seconds: float,
         needs_caller: Callable[[str], bool] | None = None,
     ) -> None:
+        """``policy`` gives the interval, the probe's bound and the thresholds (its
+        ``enabled`` and breaker settings are for the caller)."""
         self._targets = {t.name: t for t in targets}
         self._needs_caller = needs_caller
         self._http = http
-        self._interval = interval_seconds
-        self._timeout = timeout_seconds
-        self._threshold = unhealthy_threshold
-        self._degraded_latency = degraded_latency_seconds
+        self._policy = policy
         self._health: dict[str, BackendHealth] = {name: BackendHealth() for name in self._targets}
         self._probed = anyio.Event()
         # Told the name of a backend that answers again after failing, so that live
@@ -100,7 +97,7 @@ class HealthMonitor:
         while True:
             await self.probe_all()
             self._probed.set()
-            await anyio.sleep(self._interval)
+            await anyio.sleep(self._policy.interval_seconds)
 
     async def probe_all(self) -> None:
         async with anyio.create_task_group() as tg:
@@ -111,11 +108,11 @@ class HealthMonitor:
         previous = self._health[target.name]
         started = time.perf_counter()
         try:
-            with anyio.fail_after(self._timeout):
+            with anyio.fail_after(self._policy.timeout_seconds):
                 status_code = await self._probe(target)
         except (TimeoutError, httpx2.HTTPError, ValueError) as exc:
             failures = previous.consecutive_failures + 1
-            status = (HealthStatus.UNHEALTHY if failures >= self._threshold
+            status = (HealthStatus.UNHEALTHY if failures >= self._policy.unhealthy_threshold
                       else HealthStatus.DEGRADED)
             # The last good probe's latency says nothing about a backend that stopped
             # answering: the status page shows none rather than a stale figure.
@@ -130,7 +127,7 @@ class HealthMonitor:
                 health = BackendHealth(HealthStatus.UNAUTHENTICATED, latency, 0,
                                        f"HTTP {status_code}", time.time())
             else:
-                slow = latency > self._degraded_latency
+                slow = latency > self._policy.degraded_latency_seconds
                 health = BackendHealth(HealthStatus.DEGRADED if slow else HealthStatus.HEALTHY,
                                        latency, 0, None, time.time())
         self._health[target.name] = health
@@ -146,7 +143,7 @@ class HealthMonitor:
         extra = {"backend": name, "error": health.last_error}
         if health.consecutive_failures == 1:
             logger.warning("backend %s probe failed (%d of %d before unhealthy): %s", name,
-                           1, self._threshold, health.last_error, extra=extra)
+                           1, self._policy.unhealthy_threshold, health.last_error, extra=extra)
         if health.status == previous.status:
             return
         bad = (health.status in (HealthStatus.UNHEALTHY, HealthStatus.UNAUTHENTICATED)

@@ -15,11 +15,9 @@ cancelled.
 
 from __future__ import annotations
 
-import itertools
 import logging
-import secrets
-from collections.abc import AsyncGenerator, Mapping
-from typing import Any, Final, cast
+from collections.abc import Mapping
+from typing import Any, Final
 
 import anyio
 import httpx2
@@ -27,22 +25,8 @@ from mcp.shared.inbound import NAME_BEARING_METHODS, encode_header_value
 from mcp_types import PROTOCOL_VERSION_META_KEY, UNSUPPORTED_PROTOCOL_VERSION
 from mcp_types.version import LATEST_MODERN_VERSION, MODERN_PROTOCOL_VERSIONS
 
-from vmcp.backend.connection import (
-    EVENT_STREAM,
-    JSON,
-    MAX_MESSAGE_BYTES,
-    BackendRpcError,
-    BackendTarget,
-    MessageHandler,
-    decode,
-    encode,
-    is_response_to,
-    read_body,
-    result_of,
-    rpc_error_for,
-    status_error,
-    transport_error,
-)
+from vmcp.backend import wire
+from vmcp.backend.contract import BackendRpcError, BackendTarget, MessageHandler
 from vmcp.errors import BackendError, BackendProtocolError, BackendTimeout
 
 logger = logging.getLogger(__name__)
@@ -50,9 +34,6 @@ logger = logging.getLogger(__name__)
 VERSION_HEADER: Final = "mcp-protocol-version"
 METHOD_HEADER: Final = "mcp-method"
 NAME_HEADER: Final = "mcp-name"
-
-_ID_SPACE: Final = 2**52
-"""Request ids start at a random point below this bound (see ``connection._ID_SPACE``)."""
 
 
 class NotModern(BackendError):
@@ -75,7 +56,7 @@ class ModernBackend:
         self.target = target
         self._http = http
         self._timeout = timeout
-        self._ids = itertools.count(secrets.randbelow(_ID_SPACE))
+        self._ids = wire.request_ids()
         # Reads are bounded by each call's own deadline, connects by the default one.
         self._http_timeout = httpx2.Timeout(None, connect=timeout)
 
@@ -109,41 +90,27 @@ class ModernBackend:
                     on_message: MessageHandler | None) -> dict[str, Any]:
         name = self.target.name
         request_id = next(self._ids)
-        body = encode({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
+        body = wire.encode({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
         headers = {**self.target.headers, **extra, **routing_headers(method, params),
-                   "accept": f"{JSON}, {EVENT_STREAM}", "content-type": JSON}
-        try:
-            request = self._http.build_request("POST", self.target.url, content=body,
-                                               headers=headers, timeout=self._http_timeout)
-            response = await self._http.send(request, stream=True)
-            try:
-                if response.status_code >= 300 or response.status_code == 202:
-                    await self._refuse(response, request_id)
-                content_type = response.headers.get("content-type", "").lower()
-                if content_type.startswith(JSON):
-                    for message in decode(name, await read_body(name, response)):
-                        if is_response_to(message, request_id):
-                            return _result(name, message)
-                    raise BackendProtocolError(name, "JSON answer does not contain the response")
-                if content_type.startswith(EVENT_STREAM):
-                    return _result(name, await self._pump(response, request_id, on_message))
-                raise BackendProtocolError(name, f"unexpected content type {content_type!r}")
-            finally:
-                await response.aclose()
-        except httpx2.HTTPError as exc:
-            raise transport_error(name, exc) from exc
+                   "accept": f"{wire.JSON}, {wire.EVENT_STREAM}", "content-type": wire.JSON}
+
+        async def read_stream(response: httpx2.Response) -> dict[str, Any]:
+            return await self._pump(response, request_id, on_message)
+
+        async with wire.posted(name, self._http, self.target.url, body, headers,
+                               self._http_timeout) as response:
+            if response.status_code >= 300 or response.status_code == 202:
+                await self._refuse(response, request_id)
+            return _result(name, await wire.response_in(name, response, request_id, read_stream))
 
     async def _refuse(self, response: httpx2.Response, request_id: int) -> None:
         name = self.target.name
-        if response.status_code == 202:
-            raise BackendProtocolError(name, "backend answered a request with 202 Accepted")
-        body = await read_body(name, response)
-        rpc_error = rpc_error_for(name, body, request_id)
+        body, rpc_error = await wire.refusal(name, response, request_id)
         if rpc_error is not None:
             if rpc_error.code == UNSUPPORTED_PROTOCOL_VERSION:
                 raise NotModern(name, f"refused the revision: {rpc_error.message}")
             raise rpc_error
-        error = status_error(name, response, body)
+        error = wire.status_error(name, response, body)
         if 400 <= response.status_code < 500 and response.status_code not in (401, 403, 429):
             raise NotModern(name, f"refused the revision with HTTP {response.status_code}")
         raise error
@@ -151,17 +118,14 @@ class ModernBackend:
     async def _pump(self, response: httpx2.Response, request_id: int,
                     on_message: MessageHandler | None) -> dict[str, Any]:
         name = self.target.name
-        events = cast(
-            AsyncGenerator[httpx2.ServerSentEvent, None],
-            httpx2.EventSource(response, max_event_size=MAX_MESSAGE_BYTES).__aiter__(),
-        )
+        events = wire.event_stream(response)
         try:
             async for event in events:
                 if not event.data or event.event != "message":
                     continue
-                for message in decode(name, event.data):
+                for message in wire.decode(name, event.data):
                     if "method" not in message:
-                        if is_response_to(message, request_id):
+                        if wire.is_response_to(message, request_id):
                             return message
                     elif "id" in message:
                         # Not allowed at this revision; there is no way to answer it.
@@ -194,7 +158,7 @@ def speaks_modern(discover_result: Mapping[str, Any]) -> bool:
 
 def _result(backend: str, message: dict[str, Any]) -> dict[str, Any]:
     try:
-        return result_of(backend, message)
+        return wire.result_of(backend, message)
     except BackendRpcError as exc:
         if exc.code == UNSUPPORTED_PROTOCOL_VERSION:
             raise NotModern(backend, f"refused the revision: {exc.message}") from None

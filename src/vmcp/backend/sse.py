@@ -3,9 +3,9 @@
 A GET on the backend URL opens an event stream. Its first ``endpoint`` event names the
 URL that messages are POSTed to. Every answer arrives on that stream, never on the
 POST. The backend's session exists only while this one stream is open. So the session
-cannot be handed to another replica: :meth:`SseBackend.attach` simply opens a fresh
-session, and :meth:`SseBackend.connect` and ``attach`` are the same apart from the
-version they offer. If the stream drops, the session is gone. The next call notices
+cannot be handed to another replica: :meth:`SseBackend.resume_session` simply opens a
+fresh session, so :func:`vmcp.backend.connect` and ``attach`` are the same apart from
+the version they offer. If the stream drops, the session is gone. The next call notices
 and re-initializes, exactly as after a 404.
 
 The stream must be read all the time, whether or not a caller is waiting, and its
@@ -34,31 +34,18 @@ from typing import Any, Final
 import anyio
 import httpx2
 from anyio.streams.memory import MemoryObjectSendStream
-from mcp_types import InitializeResult
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
-from pydantic import ValidationError
 
-from vmcp.backend.connection import (
+from vmcp.backend import wire
+from vmcp.backend.base import (
     DEFAULT_RETRY,
-    EVENT_STREAM,
-    JSON,
+    INITIALIZED,
     LISTEN_BACKOFF_MAX,
-    MAX_MESSAGE_BYTES,
     TERMINATE_TIMEOUT,
-    BackendState,
-    BackendTarget,
     BaseBackend,
-    MessageHandler,
-    ReinitializedHook,
+    Call,
     _SessionGone,
-    decode,
-    encode,
-    error_reply,
-    read_body,
-    result_of,
-    status_error,
-    transport_error,
 )
+from vmcp.backend.contract import BackendState, MessageHandler
 from vmcp.errors import (
     METHOD_NOT_FOUND_CODE,
     BackendError,
@@ -111,7 +98,7 @@ class _Stream:
 
 
 class SseBackend(BaseBackend):
-    """A :class:`~vmcp.backend.connection.BackendConnection` over legacy HTTP+SSE."""
+    """A :class:`~vmcp.backend.BackendConnection` over legacy HTTP+SSE."""
 
     def _setup(self) -> None:
         """Transport settings derived from the connection's timeout."""
@@ -122,60 +109,33 @@ class SseBackend(BaseBackend):
         self._post_timeout = httpx2.Timeout(timeout)
         self._get_headers = {
             **self.target.headers,
-            "accept": EVENT_STREAM,
+            "accept": wire.EVENT_STREAM,
             "cache-control": "no-store",
         }
-        self._post_headers = {**self.target.headers, "content-type": JSON}
+        self._post_headers = {**self.target.headers, "content-type": wire.JSON}
         self._stream: _Stream | None = None
         self._listeners: set[MemoryObjectSendStream[dict[str, Any]]] = set()
 
-    @classmethod
-    async def attach(
-        cls,
-        target: BackendTarget,
-        http: httpx2.AsyncClient,
-        state: BackendState,
-        *,
-        client_info: Mapping[str, Any],
-        capabilities: Mapping[str, Any],
-        timeout: float,  # noqa: ASYNC109 - bounds the handshake, then every call
-        on_reinitialized: ReinitializedHook | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> SseBackend:
-        """Open a fresh session, offering the version recorded in ``state``.
+    async def resume_session(self, headers: Mapping[str, str] | None) -> None:
+        """Open a fresh session, offering the version recorded in the state to resume.
 
         A legacy session lives and dies with its stream, which another process cannot
-        take over. The new connection's :attr:`state` is what the session metadata
-        should store from now on.
+        take over. The new :attr:`state` is what the session metadata should store from
+        now on.
         """
-        return await cls.connect(
-            target,
-            http,
-            client_info=client_info,
-            capabilities=capabilities,
-            protocol_version=state.protocol_version,
-            timeout=timeout,
-            on_reinitialized=on_reinitialized,
-            headers=headers,
-        )
+        await self.open_session(headers)
 
     # -- calls ---------------------------------------------------------------
 
-    async def _call(
-        self,
-        request_id: int,
-        body: bytes,
-        params: dict[str, Any] | None,
-        on_message: MessageHandler | None,
-        headers: Mapping[str, str],
-    ) -> dict[str, Any]:
+    async def _call(self, call: Call) -> dict[str, Any]:
         stream = self._stream
         if stream is None or not stream.alive:
             raise _SessionGone  # the stream was the session
         token = None
-        if params is not None and isinstance(meta := params.get("_meta"), dict):
+        if call.params is not None and isinstance(meta := call.params.get("_meta"), dict):
             token = meta.get("progressToken")
-        return await self._exchange(stream, request_id, body, on_message, token, headers)
+        return await self._exchange(stream, call.id, call.body, call.on_message, token,
+                                    call.headers)
 
     async def _exchange(
         self,
@@ -196,13 +156,13 @@ class SseBackend(BaseBackend):
                 await self._post(stream, body, headers)
                 async for message in outbox:
                     if "method" not in message:
-                        return result_of(name, message)
+                        return wire.result_of(name, message)
                     if "id" not in message:
-                        await self._deliver(message, on_message)
+                        await wire.deliver(name, message, on_message)
                         continue
-                    reply = await self._answer(message, on_message)
+                    reply = await wire.answer(name, message, on_message)
                     try:
-                        await self._post(stream, encode(reply), headers)
+                        await self._post(stream, wire.encode(reply), headers)
                     except _SessionGone:
                         raise BackendSessionExpired(
                             name, "backend forgot the session during the request"
@@ -230,12 +190,12 @@ class SseBackend(BaseBackend):
                 timeout=self._post_timeout,
             )
         except httpx2.HTTPError as exc:
-            raise transport_error(self.target.name, exc) from exc
+            raise wire.transport_error(self.target.name, exc) from exc
         if 200 <= response.status_code < 300:
             return
         if response.status_code == 404:
             raise _SessionGone
-        raise status_error(self.target.name, response, response.content)
+        raise wire.status_error(self.target.name, response, response.content)
 
     # -- session lifecycle ---------------------------------------------------
 
@@ -250,47 +210,14 @@ class SseBackend(BaseBackend):
         stream.task = asyncio.get_running_loop().create_task(
             self._read(stream), name=f"vmcp-sse-reader:{name}"
         )
-        try:
+        async with self._opening(lambda: _stop(stream)):
             await stream.opened.wait()
             if stream.error is not None:
                 raise stream.error
-            request_id = next(self._ids)
-            body = encode(
-                {
-                    "jsonrpc": "2.0",
-                    "id": request_id,
-                    "method": "initialize",
-                    "params": {
-                        "protocolVersion": protocol_version,
-                        "capabilities": self._capabilities,
-                        "clientInfo": self._client_info,
-                    },
-                }
-            )
-            try:
-                result = await self._exchange(stream, request_id, body, None, None, headers)
-                try:
-                    version = InitializeResult.model_validate(
-                        result, by_name=False
-                    ).protocol_version
-                except ValidationError as exc:
-                    raise BackendProtocolError(
-                        name, f"invalid InitializeResult: {exc.error_count()} problem(s)"
-                    ) from None
-                if version not in HANDSHAKE_PROTOCOL_VERSIONS:
-                    raise BackendProtocolError(
-                        name, f"backend chose unsupported protocol version {version!r}"
-                    )
-                initialized = encode({"jsonrpc": "2.0", "method": "notifications/initialized"})
-                await self._post(stream, initialized, headers)
-            except _SessionGone:
-                raise BackendSessionExpired(
-                    name, "backend forgot the session it just opened"
-                ) from None
-        except BaseException:
-            with anyio.move_on_after(TERMINATE_TIMEOUT, shield=True):
-                await _stop(stream)
-            raise
+            request_id, body = self._initialize(protocol_version)
+            result = await self._exchange(stream, request_id, body, None, None, headers)
+            version = wire.negotiated_version(name, result)
+            await self._post(stream, INITIALIZED, headers)
         previous, self._stream = self._stream, stream
         if previous is not None:
             with anyio.move_on_after(TERMINATE_TIMEOUT, shield=True):
@@ -315,35 +242,30 @@ class SseBackend(BaseBackend):
             )
             response = await self._http.send(request, stream=True)
             try:
-                content_type = response.headers.get("content-type", "").lower()
-                if response.status_code != 200 or not content_type.startswith(EVENT_STREAM):
-                    body = await read_body(name, response)
+                kind = wire.content_type(response)
+                if response.status_code != 200 or not kind.startswith(wire.EVENT_STREAM):
+                    body = await wire.read_body(name, response)
                     if response.status_code == 200:
                         stream.error = BackendProtocolError(
-                            name, f"unexpected content type {content_type!r}"
+                            name, f"unexpected content type {kind!r}"
                         )
                     else:
-                        stream.error = status_error(name, response, body)
+                        stream.error = wire.status_error(name, response, body)
                     return
-                async for event in httpx2.EventSource(response, max_event_size=MAX_MESSAGE_BYTES):
+                async for event in wire.event_stream(response):
                     if event.event == "endpoint":
                         if stream.endpoint is None:
                             stream.endpoint = self._endpoint_url(event.data)
                             stream.opened.set()
                         continue
-                    if event.event != "message" or not event.data or stream.endpoint is None:
+                    if stream.endpoint is None:
                         continue
-                    try:
-                        messages = decode(name, event.data)
-                    except BackendProtocolError as exc:
-                        logger.warning("%s", exc)
-                        continue
-                    for message in messages:
+                    for message in wire.messages_in(name, event):
                         await self._dispatch(stream, message)
             finally:
                 await response.aclose()
         except httpx2.HTTPError as exc:
-            stream.error = transport_error(name, exc)
+            stream.error = wire.transport_error(name, exc)
         except BackendError as exc:
             stream.error = exc
         except Exception:
@@ -386,7 +308,8 @@ class SseBackend(BaseBackend):
             return
         method = message["method"]
         if method == "ping" and "id" in message:
-            await self._reply_from_reader(stream, await self._answer(message, None))
+            reply = await wire.answer(self.target.name, message, None)
+            await self._reply_from_reader(stream, reply)
             return
         if method == "notifications/progress":
             params = message.get("params")
@@ -410,13 +333,13 @@ class SseBackend(BaseBackend):
                     _put(listener, message)
             return
         if "id" in message:
-            reply = error_reply(message["id"], METHOD_NOT_FOUND_CODE, "Method not found")
+            reply = wire.error_reply(message["id"], METHOD_NOT_FOUND_CODE, "Method not found")
             await self._reply_from_reader(stream, reply)
 
     async def _reply_from_reader(self, stream: _Stream, reply: dict[str, Any]) -> None:
         with anyio.move_on_after(self._timeout):
             try:
-                await self._post(stream, encode(reply), stream.headers)
+                await self._post(stream, wire.encode(reply), stream.headers)
             except (BackendError, _SessionGone) as exc:
                 logger.debug("backend %r: reply not delivered: %s", self.target.name, exc)
 

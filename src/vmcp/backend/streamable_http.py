@@ -7,7 +7,7 @@ to no request arrive on an optional GET stream (:meth:`StreamableHttpBackend.lis
 
 The connection holds no background task and no open stream between calls. Its whole
 session is the :class:`BackendState` (session id, protocol version, initialize
-result), so another replica can take it over with :meth:`StreamableHttpBackend.attach`.
+result), so another replica can take it over with :func:`vmcp.backend.attach`.
 Because a request reads its own response stream, a caller's cancellation or deadline
 reaches exactly that call.
 """
@@ -17,44 +17,24 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import AsyncExitStack
-from typing import Any, Final, NoReturn, cast
+from typing import Any, Final, NoReturn
 
 import anyio
 import httpx2
-from mcp_types import InitializeResult
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
-from pydantic import ValidationError
 
-from vmcp.backend.connection import (
+from vmcp.backend import wire
+from vmcp.backend.base import (
     DEFAULT_RETRY,
-    EVENT_STREAM,
-    JSON,
+    INITIALIZED,
     LISTEN_BACKOFF_MAX,
-    MAX_MESSAGE_BYTES,
     NO_HEADERS,
-    STREAM_PAUSED,
     TERMINATE_TIMEOUT,
-    BackendState,
-    BackendTarget,
     BaseBackend,
-    MessageHandler,
-    ReinitializedHook,
+    Call,
     _SessionGone,
-    decode,
-    encode,
-    is_response_to,
-    read_body,
-    result_of,
-    rpc_error_for,
-    status_error,
-    transport_error,
 )
-from vmcp.errors import (
-    BackendError,
-    BackendProtocolError,
-    BackendSessionExpired,
-    BackendUnavailable,
-)
+from vmcp.backend.contract import STREAM_PAUSED, BackendState, MessageHandler
+from vmcp.errors import BackendError, BackendSessionExpired, BackendUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +48,8 @@ RESUME_ATTEMPTS: Final = 3
 DRAIN_TIMEOUT: Final = 0.05
 """How long to wait for a response stream to end after its response (see ``_drain``)."""
 
-_POST_HEADERS: Final = {"accept": f"{JSON}, {EVENT_STREAM}", "content-type": JSON}
+_POST_HEADERS: Final = {"accept": f"{wire.JSON}, {wire.EVENT_STREAM}",
+                        "content-type": wire.JSON}
 """What every POST declares: a JSON body, and either answer form accepted."""
 
 LISTEN_READ_TIMEOUT: Final = 300.0
@@ -79,7 +60,7 @@ Without it, a half-open TCP connection would end notifications for good.
 
 
 class StreamableHttpBackend(BaseBackend):
-    """A :class:`~vmcp.backend.connection.BackendConnection` over Streamable HTTP."""
+    """A :class:`~vmcp.backend.BackendConnection` over Streamable HTTP."""
 
     def _setup(self) -> None:
         """Transport settings derived from the connection's timeout."""
@@ -92,38 +73,6 @@ class StreamableHttpBackend(BaseBackend):
         self._base_headers: dict[str, str] = {}
         self._post_headers: dict[str, str] = {}
         self._set_headers(self._state)
-
-    @classmethod
-    async def attach(
-        cls,
-        target: BackendTarget,
-        http: httpx2.AsyncClient,
-        state: BackendState,
-        *,
-        client_info: Mapping[str, Any],
-        capabilities: Mapping[str, Any],
-        timeout: float,  # noqa: ASYNC109 - the default deadline of every call
-        on_reinitialized: ReinitializedHook | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> StreamableHttpBackend:
-        """Resume a backend session another connection opened, without wire traffic.
-
-        If the backend has forgotten it, the first call finds out (404) and
-        re-initializes with ``client_info`` and ``capabilities``, offering
-        ``state.protocol_version``. ``headers`` are the credentials of the request that
-        resumes the session (kept only to end the session if no call follows).
-        """
-        connection = cls(
-            target,
-            http,
-            client_info=client_info,
-            capabilities=capabilities,
-            timeout=timeout,
-            on_reinitialized=on_reinitialized,
-            state=state,
-        )
-        connection._call_headers(headers)
-        return connection
 
     def _install(self, state: BackendState) -> None:
         super()._install(state)
@@ -143,17 +92,9 @@ class StreamableHttpBackend(BaseBackend):
 
     # -- one POST ------------------------------------------------------------
 
-    async def _call(
-        self,
-        request_id: int,
-        body: bytes,
-        params: dict[str, Any] | None,
-        on_message: MessageHandler | None,
-        headers: Mapping[str, str],
-    ) -> dict[str, Any]:
-        result, _ = await self._post_request(
-            request_id, body, {**headers, **self._post_headers}, on_message
-        )
+    async def _call(self, call: Call) -> dict[str, Any]:
+        headers = {**call.headers, **self._post_headers}
+        result, _ = await self._post_request(call.id, call.body, headers, call.on_message)
         return result
 
     async def _post_request(
@@ -162,65 +103,62 @@ class StreamableHttpBackend(BaseBackend):
         body: bytes,
         headers: dict[str, str],
         on_message: MessageHandler | None,
+        answered: list[str] | None = None,
     ) -> tuple[dict[str, Any], str | None]:
-        """POST one request; returns its result and the ``Mcp-Session-Id`` answered."""
+        """POST one request; returns its result and the ``Mcp-Session-Id`` answered.
+
+        The session id is also put in ``answered`` as soon as the headers arrive, so a
+        caller learns it even when the rest of the answer then fails."""
         name = self.target.name
+
+        async def read_stream(response: httpx2.Response) -> dict[str, Any]:
+            return await self._read_stream(response, request_id, headers, on_message)
+
+        async with wire.posted(name, self._http, self.target.url, body, headers,
+                               self._call_timeout) as response:
+            if answered is not None and (session_id := response.headers.get(SESSION_HEADER)):
+                answered.append(session_id)
+            if response.status_code >= 300 or response.status_code == 202:
+                await self._refuse(response, request_id, headers)
+            final = await wire.response_in(name, response, request_id, read_stream)
+            return wire.result_of(name, final), response.headers.get(SESSION_HEADER)
+
+    async def _read_stream(
+        self,
+        response: httpx2.Response,
+        request_id: int,
+        headers: dict[str, str],
+        on_message: MessageHandler | None,
+    ) -> dict[str, Any]:
+        """The response to ``request_id`` from its event stream, resumed if the backend
+        ends the stream first."""
+        cursor = _Cursor()
         try:
-            request = self._http.build_request(
-                "POST", self.target.url, content=body, headers=headers, timeout=self._call_timeout
-            )
-            response = await self._http.send(request, stream=True)
-            try:
-                status = response.status_code
-                if status >= 300 or status == 202:
-                    await self._refuse(response, request_id, headers)
-                content_type = response.headers.get("content-type", "").lower()
-                if content_type.startswith(JSON):
-                    for message in decode(name, await read_body(name, response)):
-                        if is_response_to(message, request_id):
-                            return result_of(name, message), response.headers.get(SESSION_HEADER)
-                    raise BackendProtocolError(name, "JSON answer does not contain the response")
-                if content_type.startswith(EVENT_STREAM):
-                    cursor = _Cursor()
-                    try:
-                        final = await self._pump(response, request_id, headers, on_message, cursor)
-                    except httpx2.TransportError as exc:
-                        # A broken connection can be resumed; a malformed stream cannot.
-                        if cursor.last_event_id is None or isinstance(exc, httpx2.SSEError):
-                            raise
-                        final = None
-                    if final is None:
-                        # The backend ended the stream early (SSE polling): let the caller
-                        # mirror that to its own client before this call resumes.
-                        retry = DEFAULT_RETRY if cursor.retry is None else cursor.retry
-                        await self._deliver(
-                            {"method": STREAM_PAUSED, "params": {"retryMs": int(retry * 1000)}},
-                            on_message,
-                        )
-                        final = await self._resume(request_id, headers, on_message, cursor)
-                    return result_of(name, final), response.headers.get(SESSION_HEADER)
-                raise BackendProtocolError(name, f"unexpected content type {content_type!r}")
-            finally:
-                await response.aclose()
-        except httpx2.HTTPError as exc:
-            raise transport_error(name, exc) from exc
+            final = await self._pump(response, request_id, headers, on_message, cursor)
+        except httpx2.TransportError as exc:
+            # A broken connection can be resumed; a malformed stream cannot.
+            if cursor.last_event_id is None or isinstance(exc, httpx2.SSEError):
+                raise
+            final = None
+        if final is None:
+            # The backend ended the stream early (SSE polling): let the caller mirror
+            # that to its own client before this call resumes.
+            retry = DEFAULT_RETRY if cursor.retry is None else cursor.retry
+            paused = {"method": STREAM_PAUSED, "params": {"retryMs": int(retry * 1000)}}
+            await wire.deliver(self.target.name, paused, on_message)
+            final = await self._resume_stream(request_id, headers, on_message, cursor)
+        return final
 
     async def _refuse(
         self, response: httpx2.Response, request_id: int | None, headers: dict[str, str]
     ) -> NoReturn:
         """Raise the error for a POST the backend did not answer with a response."""
-        name = self.target.name
-        if response.status_code == 202:
-            raise BackendProtocolError(name, "backend answered a request with 202 Accepted")
-        body = await read_body(name, response)
-        if (
-            request_id is not None
-            and (rpc_error := rpc_error_for(name, body, request_id)) is not None
-        ):
+        body, rpc_error = await wire.refusal(self.target.name, response, request_id)
+        if rpc_error is not None:
             raise rpc_error
         if response.status_code == 404 and SESSION_HEADER in headers:
             raise _SessionGone
-        raise status_error(name, response, body)
+        raise wire.status_error(self.target.name, response, body)
 
     async def _pump(
         self,
@@ -233,10 +171,7 @@ class StreamableHttpBackend(BaseBackend):
         """Consume one event stream; return the response to ``request_id``, or None if
         the stream ended first."""
         name = self.target.name
-        events = cast(
-            AsyncGenerator[httpx2.ServerSentEvent, None],
-            httpx2.EventSource(response, max_event_size=MAX_MESSAGE_BYTES).__aiter__(),
-        )
+        events = wire.event_stream(response)
         async for event in events:
             if event.id:
                 cursor.last_event_id = event.id
@@ -245,17 +180,16 @@ class StreamableHttpBackend(BaseBackend):
                 cursor.retry = event.retry / 1000
             if not event.data or event.event != "message":
                 continue  # priming events carry only an id
-            for message in decode(name, event.data):
+            for message in wire.decode(name, event.data):
                 if "method" not in message:
-                    if is_response_to(message, request_id):
+                    if wire.is_response_to(message, request_id):
                         await self._drain(events)
                         return message
                     continue  # a response to something else: not ours to take
                 if "id" in message:
-                    reply = await self._answer(message, on_message)
-                    await self._post_reply(reply, headers)
+                    await self._post_reply(await wire.answer(name, message, on_message), headers)
                 else:
-                    await self._deliver(message, on_message)
+                    await wire.deliver(name, message, on_message)
         return None
 
     async def _drain(self, events: AsyncGenerator[httpx2.ServerSentEvent, None]) -> None:
@@ -282,7 +216,7 @@ class StreamableHttpBackend(BaseBackend):
                 "backend %r keeps response streams open; not waiting for them", self.target.name
             )
 
-    async def _resume(
+    async def _resume_stream(
         self,
         request_id: int,
         headers: dict[str, str],
@@ -304,7 +238,7 @@ class StreamableHttpBackend(BaseBackend):
             # The POST's own headers (its session, its credentials), minus the body's type.
             get_headers = {
                 **{k: v for k, v in headers.items() if k != "content-type"},
-                "accept": EVENT_STREAM,
+                "accept": wire.EVENT_STREAM,
                 LAST_EVENT_ID_HEADER: cursor.last_event_id,
             }
             request = self._http.build_request(
@@ -314,12 +248,12 @@ class StreamableHttpBackend(BaseBackend):
             try:
                 response = await self._http.send(request, stream=True)
                 try:
-                    content_type = response.headers.get("content-type", "").lower()
                     if response.status_code == 404 and SESSION_HEADER in headers:
                         raise BackendSessionExpired(
                             name, "backend forgot the session during the request"
                         )
-                    if response.status_code == 200 and content_type.startswith(EVENT_STREAM):
+                    if (response.status_code == 200
+                            and wire.content_type(response).startswith(wire.EVENT_STREAM)):
                         final = await self._pump(response, request_id, headers, on_message, cursor)
                         if final is not None:
                             return final
@@ -335,7 +269,7 @@ class StreamableHttpBackend(BaseBackend):
     async def _post_reply(self, reply: dict[str, Any], headers: dict[str, str]) -> None:
         """Answer a server-to-client request within the session that asked."""
         try:
-            await self._post(encode(reply), headers)
+            await self._post(wire.encode(reply), headers)
         except _SessionGone:
             raise BackendSessionExpired(
                 self.target.name, "backend forgot the session during the request"
@@ -345,7 +279,7 @@ class StreamableHttpBackend(BaseBackend):
         try:
             await self._post(body, {**headers, **self._post_headers})
         except httpx2.HTTPError as exc:
-            raise transport_error(self.target.name, exc) from exc
+            raise wire.transport_error(self.target.name, exc) from exc
 
     async def _post(self, body: bytes, headers: dict[str, str]) -> None:
         """POST a notification or response; the backend should accept it with 202."""
@@ -363,45 +297,29 @@ class StreamableHttpBackend(BaseBackend):
 
     async def _handshake(self, protocol_version: str, headers: Mapping[str, str]) -> BackendState:
         name = self.target.name
-        request_id = next(self._ids)
-        body = encode(
-            {
-                "jsonrpc": "2.0",
-                "id": request_id,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": protocol_version,
-                    "capabilities": self._capabilities,
-                    "clientInfo": self._client_info,
-                },
-            }
-        )
+        request_id, body = self._initialize(protocol_version)
         # No session and no version yet: initialize is what negotiates them.
         post_headers = {**headers, **self.target.headers, **_POST_HEADERS}
-        result, session_id = await self._post_request(request_id, body, post_headers, None)
-        session_id = session_id or None
+        answered: list[str] = []
         try:
-            version = _negotiated_version(name, result)
-            if version not in HANDSHAKE_PROTOCOL_VERSIONS:
-                raise BackendProtocolError(
-                    name, f"backend chose unsupported protocol version {version!r}"
-                )
+            result, session_id = await self._post_request(request_id, body, post_headers, None,
+                                                          answered)
+        except BaseException:
+            # The backend opened the session and named it before the answer broke: the
+            # session exists there, and only this client knows its id.
+            if answered:
+                with anyio.move_on_after(TERMINATE_TIMEOUT, shield=True):
+                    await self._delete(answered[0], protocol_version, headers)
+            raise
+        session_id = session_id or None
+        async with self._opening(lambda: self._delete(session_id, protocol_version, headers)):
+            version = wire.negotiated_version(name, result)
             state = BackendState(session_id, version, result)
-            initialized = encode({"jsonrpc": "2.0", "method": "notifications/initialized"})
             try:
-                await self._post(initialized, {
+                await self._post(INITIALIZED, {
                     **headers, **self._session_headers(session_id, version), **_POST_HEADERS})
             except httpx2.HTTPError as exc:
-                raise transport_error(name, exc) from exc
-            except _SessionGone:
-                raise BackendSessionExpired(
-                    name, "backend forgot the session it just created"
-                ) from None
-        except BaseException:
-            # Do not leave a half-made session behind on the backend.
-            with anyio.move_on_after(TERMINATE_TIMEOUT, shield=True):
-                await self._delete(session_id, protocol_version, headers)
-            raise
+                raise wire.transport_error(name, exc) from exc
         return state
 
     async def _terminate(self) -> None:
@@ -443,7 +361,7 @@ class StreamableHttpBackend(BaseBackend):
         # A stateless backend has no session to push messages on.
         while not self._closed and self._state.session_id is not None:
             generation = self._generation
-            get_headers = {**extra, **self._base_headers, "accept": EVENT_STREAM}
+            get_headers = {**extra, **self._base_headers, "accept": wire.EVENT_STREAM}
             if last_event_id is not None:
                 get_headers[LAST_EVENT_ID_HEADER] = last_event_id
             async with AsyncExitStack() as stack:
@@ -452,9 +370,7 @@ class StreamableHttpBackend(BaseBackend):
                 if scope.cancelled_caught:
                     return
                 status = 0 if response is None else response.status_code
-                content_type = (
-                    "" if response is None else response.headers.get("content-type", "").lower()
-                )
+                kind = "" if response is None else wire.content_type(response)
                 if status == 405:
                     return  # the backend offers no such stream
                 if status == 404 and not recovered:
@@ -467,14 +383,9 @@ class StreamableHttpBackend(BaseBackend):
                         return
                     if recovered:
                         continue
-                elif (
-                    response is not None and status == 200 and content_type.startswith(EVENT_STREAM)
-                ):
+                elif response is not None and status == 200 and kind.startswith(wire.EVENT_STREAM):
                     recovered = False
-                    events = cast(
-                        AsyncGenerator[httpx2.ServerSentEvent, None],
-                        httpx2.EventSource(response, max_event_size=MAX_MESSAGE_BYTES).__aiter__(),
-                    )
+                    events = wire.event_stream(response)
                     stack.push_async_callback(events.aclose)
                     while True:
                         with self._interruptible() as scope:
@@ -488,10 +399,12 @@ class StreamableHttpBackend(BaseBackend):
                             last_event_id = event.id
                         if event.retry is not None:
                             delay = min(event.retry / 1000, LISTEN_BACKOFF_MAX)
-                        for message in self._server_messages(event):
+                        for message in wire.messages_in(name, event):
+                            if "method" not in message:
+                                continue  # only requests and notifications come this way
                             if message.get("method") == "ping" and "id" in message:
                                 with self._interruptible():
-                                    reply = await self._answer(message, None)
+                                    reply = await wire.answer(name, message, None)
                                     await self._reply_quietly(reply, extra)
                             else:
                                 yield message
@@ -531,22 +444,11 @@ class StreamableHttpBackend(BaseBackend):
             logger.debug("backend %r: GET stream broke: %s", self.target.name, exc)
             return None
 
-    def _server_messages(self, event: httpx2.ServerSentEvent) -> list[dict[str, Any]]:
-        """The requests and notifications in one event of the GET stream."""
-        if not event.data or event.event != "message":
-            return []
-        try:
-            messages = decode(self.target.name, event.data)
-        except BackendProtocolError as exc:
-            logger.warning("%s", exc)
-            return []
-        return [message for message in messages if "method" in message]
-
     async def _reply_quietly(
         self, reply: dict[str, Any], headers: Mapping[str, str] = NO_HEADERS
     ) -> None:
         try:
-            await self._send(encode(reply), headers)
+            await self._send(wire.encode(reply), headers)
         except (BackendError, _SessionGone) as exc:
             logger.debug("backend %r: reply not delivered: %s", self.target.name, exc)
 
@@ -560,13 +462,3 @@ class _Cursor:
         self.last_event_id: str | None = None
         self.retry: float | None = None
         self.progressed = False
-
-
-def _negotiated_version(backend: str, result: dict[str, Any]) -> str:
-    """Validate an ``InitializeResult`` and return the protocol version it names."""
-    try:
-        return InitializeResult.model_validate(result, by_name=False).protocol_version
-    except ValidationError as exc:
-        raise BackendProtocolError(
-            backend, f"invalid InitializeResult: {exc.error_count()} problem(s)"
-        ) from None

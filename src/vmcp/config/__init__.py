@@ -24,7 +24,10 @@ Layout of the file (every key optional except each backend's ``name`` and ``url`
                                items, max_parallel, max_iterations,
                                step: {tool, arguments}}]}]
     stateless:   {upstream_idle_seconds, catalog_ttl_seconds, answer_timeout_seconds}
+    audit:       {enabled, sink: stdout | file:PATH, event_types, include_arguments,
+                  redact_keys, max_data_bytes, queue_size}
     auth:        {resource_url,
+                  authz: {type: cedar, policies_file, entities_file, group_claims},
                   incoming: {type: anonymous | oidc | static,
                              issuer, audience, jwks_url | jwks_file, algorithms, leeway_seconds,
                              jwks_min_refresh_seconds, jwks_max_age_seconds, jwks_timeout_seconds,
@@ -60,6 +63,7 @@ from __future__ import annotations
 
 from vmcp.config._checks import (
     ASYMMETRIC_ALGORITHMS,
+    AUDIT_EVENT_TYPES,
     DEFAULT_ALGORITHMS,
     ENV_NESTED_DELIMITER,
     ENV_PREFIX,
@@ -73,6 +77,7 @@ from vmcp.config._checks import (
 )
 from vmcp.config.auth import (
     AuthConfig,
+    AuthzConfig,
     IncomingAuthConfig,
     OutgoingAuthConfig,
     StaticTokenConfig,
@@ -93,6 +98,7 @@ from vmcp.config.loading import (
 from vmcp.config.models import (
     AdminConfig,
     AggregationConfig,
+    AuditConfig,
     BackendConfig,
     BackendToolsConfig,
     HealthConfig,
@@ -108,13 +114,16 @@ from vmcp.config.models import (
 
 __all__ = [
     "ASYMMETRIC_ALGORITHMS",
+    "AUDIT_EVENT_TYPES",
     "DEFAULT_ALGORITHMS",
     "ENV_NESTED_DELIMITER",
     "ENV_PREFIX",
     "EXPOSED_NAME_PATTERN",
     "AdminConfig",
     "AggregationConfig",
+    "AuditConfig",
     "AuthConfig",
+    "AuthzConfig",
     "BackendConfig",
     "BackendToolsConfig",
     "CompositeToolConfig",

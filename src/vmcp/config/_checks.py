@@ -70,6 +70,15 @@ _TRANSPORT_HEADERS = frozenset(
     {"mcp-session-id", "mcp-protocol-version", "last-event-id", "accept", "content-type"}
 )
 
+AUDIT_EVENT_TYPES = (
+    "mcp_initialize", "mcp_tool_call", "mcp_tools_list", "mcp_prompt_get", "mcp_prompts_list",
+    "mcp_resource_read", "mcp_resources_list", "mcp_resource_templates_list",
+    "mcp_completion", "mcp_ping", "mcp_logging", "mcp_notification", "mcp_discover",
+    "mcp_session_end", "mcp_request",
+)
+"""The audit event types, named as ToolHive names them (plus ``mcp_discover``,
+``mcp_resource_templates_list`` and ``mcp_session_end``, which it has no name for)."""
+
 ConflictMode: TypeAlias = Literal["prefix", "priority", "manual"]
 IncomingAuthType: TypeAlias = Literal["anonymous", "oidc", "static"]
 OutgoingAuthType: TypeAlias = Literal["none", "header", "forward", "token_exchange"]
@@ -155,7 +164,7 @@ def _check_store(value: str) -> str:
         raise ValueError(
             "must be 'memory' or a URL: redis://host:port/db, rediss://host:port/db, "
             "unix:///path, redis+sentinel://host:port[,host:port]/service[/db] or "
-            "redis+cluster://host:port"
+            "redis+cluster://host:port[,host:port]"
         )
     if scheme == "unix":
         parts = urlsplit(value)
@@ -181,9 +190,14 @@ def _check_store(value: str) -> str:
         if len(segments) == 2:
             _check_db(segments[1], f"{what} db")
         return value
-    if "," in hosts:
+    if scheme == "redis+cluster":
+        # Several seed nodes: the client finds the cluster from any one that answers.
+        for item in hosts.split(","):
+            _check_host_port(item, port_required=False, what=f"{what} node")
+    elif "," in hosts:
         raise ValueError(f"{what} takes a single host:port")
-    _check_host_port(hosts, port_required=False, what=what)
+    else:
+        _check_host_port(hosts, port_required=False, what=what)
     if len(segments) > 1:
         raise ValueError(f"{what} path must be empty or /db")
     if segments:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
@@ -378,6 +378,48 @@ class IncomingAuthConfig(_Frozen):
         return self
 
 
+class AuthzConfig(_Frozen):
+    """Per-identity authorization of tools, prompts and resources by Cedar policies.
+
+    The entity model is ToolHive vMCP's, so its policies carry over: the caller is
+    ``Client::"<sub>"`` (``Client::"anonymous"`` without credentials) with each token
+    claim as an attribute ``claim_<name>`` and the values of ``group_claims`` (dot paths
+    such as ``realm_access.roles`` allowed) as parents ``THVGroup::"<group>"``; actions are
+    ``Action::"call_tool"``, ``"get_prompt"`` and ``"read_resource"``; resources are
+    ``Tool::"<name>"``, ``Prompt::"<name>"`` and ``Resource::"<uri>"`` (names as clients
+    see them) with attributes ``name``, ``backend``, ``original_name``, the tool's
+    annotations and, on calls, ``arg_<key>`` per argument, each a child of
+    ``Backend::"<backend>"``. The context holds the claims and arguments too.
+
+    Decisions: ``forbid`` beats ``permit``, nothing permitted is denied, and an evaluation
+    error denies. Listings show only what the caller may use. ``policies_file`` is
+    re-read on SIGHUP; an invalid new file keeps the running set.
+    """
+
+    type: Literal["cedar"] = "cedar"
+    """The policy engine (cedar)."""
+    policies_file: str
+    """The Cedar policy file."""
+    entities_file: str | None = None
+    """A JSON file of static Cedar entities, such as group hierarchies (THVGroup parents)."""
+    group_claims: tuple[str, ...] = ("groups", "roles")
+    """Claims whose values become the caller's THVGroup parents (dot paths allowed)."""
+
+    @field_validator("policies_file", "entities_file")
+    @classmethod
+    def _file(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must be a file path")
+        return value
+
+    @field_validator("group_claims")
+    @classmethod
+    def _group_claims(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not claim or claim != claim.strip() for claim in value):
+            raise ValueError("a claim name must be non-empty, without surrounding spaces")
+        return tuple(dict.fromkeys(value))
+
+
 class AuthConfig(_Frozen):
     """How callers authenticate to the gateway.
 
@@ -391,6 +433,8 @@ class AuthConfig(_Frozen):
     """This gateway's public URL for RFC 9728 metadata (default: derived from the request)."""
     incoming: IncomingAuthConfig = Field(default_factory=IncomingAuthConfig)
     """How callers authenticate."""
+    authz: AuthzConfig | None = None
+    """What each caller may use (Cedar policies); absent: every caller may use everything."""
 
     @field_validator("resource_url")
     @classmethod

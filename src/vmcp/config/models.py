@@ -23,6 +23,7 @@ from vmcp.config._checks import (
     _PREFIX_LITERAL_PATTERN,
     _REPLICA_ID_PATTERN,
     _RESERVED_HEADERS,
+    AUDIT_EVENT_TYPES,
     ConflictMode,
     Loc,
     StoreKind,
@@ -129,13 +130,14 @@ class SessionConfig(_Frozen):
 
     ``store`` is ``memory`` (one process only) or a Redis URL - ``redis://``, ``rediss://``,
     ``unix://``, ``redis+sentinel://host:port[,host:port]/service[/db]`` or
-    ``redis+cluster://host:port`` - which every replica must share. ``ttl_seconds`` is a sliding
-    idle timeout; it is a float so tests can use sub-second values.
+    ``redis+cluster://host:port[,host:port]`` - which every replica must share.
+    ``ttl_seconds`` is a sliding idle timeout; it is a float so tests can use sub-second
+    values.
     """
 
     store: str = "memory"
     """memory (one process only) or the Redis URL every replica shares: redis://, rediss://,
-    unix://, redis+sentinel://h:p[,h:p]/service[/db], redis+cluster://h:p."""
+    unix://, redis+sentinel://h:p[,h:p]/service[/db], redis+cluster://h:p[,h:p]."""
     key_prefix: str = "vmcp:session:"
     """Prefix of every key and channel vmcp uses in Redis (must end with ':')."""
     ttl_seconds: float = Field(default=1800.0, gt=0, allow_inf_nan=False)
@@ -355,6 +357,59 @@ class AggregationConfig(_Frozen):
         return self.prefix_format.format(backend=backend)
 
 
+class AuditConfig(_Frozen):
+    """An audit trail: one JSON event per MCP operation and per refused request, in the
+    shape ToolHive emits (``type``, ``loggedAt``, ``outcome``, ``subjects``, ``source``,
+    ``target``, ``metadata``). Off by default.
+
+    Writing never holds a call up: events go through a bounded queue to a background
+    writer, and what does not fit is dropped and counted (``vmcp_audit_events_dropped``).
+    Call arguments are left out unless ``include_arguments``; then the values of keys named
+    in ``redact_keys`` (any depth, case-insensitive) are replaced by ``"[REDACTED]"`` and the
+    whole is cut to ``max_data_bytes``.
+    """
+
+    enabled: bool = False
+    """Write audit events."""
+    sink: str = "stdout"
+    """Where: stdout, or file:PATH (appended to, one JSON event per line)."""
+    event_types: tuple[str, ...] = AUDIT_EVENT_TYPES
+    """The event types written (default: all)."""
+    include_arguments: bool = False
+    """Also record the arguments of calls (redacted and capped)."""
+    redact_keys: tuple[str, ...] = ("password", "secret", "token", "api_key", "apikey",
+                                    "authorization", "credential", "private_key")
+    """Argument keys whose values are replaced by [REDACTED]."""
+    max_data_bytes: int = Field(default=4096, ge=64, le=1_048_576)
+    """Cap on the recorded arguments of one event (bytes of JSON)."""
+    queue_size: int = Field(default=10_000, ge=1, le=1_000_000)
+    """Events waiting to be written; beyond this they are dropped and counted."""
+
+    @field_validator("sink")
+    @classmethod
+    def _sink(cls, value: str) -> str:
+        if value == "stdout":
+            return value
+        kind, sep, path = value.partition(":")
+        if kind != "file" or not sep or not path.strip():
+            raise ValueError("must be 'stdout' or 'file:PATH'")
+        return value
+
+    @field_validator("event_types")
+    @classmethod
+    def _event_types(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [name for name in value if name not in AUDIT_EVENT_TYPES]
+        if unknown:
+            raise ValueError(f"unknown event types {', '.join(unknown)} "
+                             f"(known: {', '.join(AUDIT_EVENT_TYPES)})")
+        return tuple(dict.fromkeys(value))
+
+    @field_validator("redact_keys")
+    @classmethod
+    def _redact_keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(key.lower() for key in value if key))
+
+
 class LimitsConfig(_Frozen):
     """Resource limits.
 
@@ -491,6 +546,8 @@ class VmcpConfig(_Frozen):
     """Serving clients of the stateless revision (2026-07-28)."""
     status: StatusConfig = Field(default_factory=StatusConfig)
     """The operator's view of every replica on /status and /ui."""
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    """The audit trail of MCP operations and refusals."""
     composite_tools: tuple[CompositeToolConfig, ...] = ()
     """Tools served by running a workflow over the backends' tools."""
 

@@ -23,6 +23,8 @@ class Target:
     params: dict[str, Any]
     hidden: bool = False
     """A tool left out of listings: only composite tools' steps may call it."""
+    composite: bool = False
+    """A composite tool the dispatcher runs itself (``backend`` is empty)."""
 
 
 class Upstream(Protocol[ResultT_co]):

@@ -18,7 +18,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from vmcp.backend import BackendRpcError
 from vmcp.composite import StepFailed
 from vmcp.dispatch.seam import Upstream
-from vmcp.errors import BackendError, RequestError
+from vmcp.errors import BackendError, NotPermitted, RequestError
 
 ResultT = TypeVar("ResultT")
 
@@ -84,6 +84,9 @@ class WorkflowHost:
                                                               params))
         except RequestError as exc:
             raise StepFailed(exc.message) from None
+        except NotPermitted:
+            # The caller's own answer for a name it may not use, naming nothing more.
+            raise StepFailed(f"tool {name!r}: not found or not permitted") from None
         except BackendRpcError as exc:
             raise StepFailed(f"tool {name!r}: {exc.message}") from None
         except BackendError as exc:

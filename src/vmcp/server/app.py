@@ -14,6 +14,7 @@ import functools
 import logging
 import signal
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +27,14 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vmcp import __version__, logs, tracing
+from vmcp.audit.trail import AuditTrail
 from vmcp.auth.incoming import Authenticator, build_authenticator, metadata_paths
 from vmcp.auth.outgoing import OutgoingAuth, build_outgoing_auth
-from vmcp.backend.connection import BackendTarget
+from vmcp.authz import AllowAll, CedarAuthorizer, PolicyBundle, build_authorizer, load_bundle
+from vmcp.backend import BackendTarget
 from vmcp.backend.health import HealthMonitor
 from vmcp.backend.http_client import backend_http_client
 from vmcp.composite import CompositeRegistry
@@ -60,6 +63,11 @@ logger = logging.getLogger(__name__)
 STREAM_EVENTS_TTL = 300.0
 
 DRAIN_SECONDS = 10
+KEEP_ALIVE_SECONDS = 75
+"""How long an idle client connection stays open. A balancer keeps its connections to the
+replicas for reuse (nginx's ``keepalive`` pool 60 s, cloud balancers 60 s by default); a
+replica that closed one sooner (uvicorn's default is 5 s) could close it just as the
+balancer sent a request on it, which the balancer answers 502 (it does not retry a POST)."""
 """After SIGTERM, how long in-flight requests may take to finish before they are cut (an
 orchestrator's grace period must be longer; deploy/kubernetes is checked against it)."""
 
@@ -106,12 +114,16 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
     logs.set_replica(config.server.replica_id)
     authenticator = build_authenticator(config)
     outgoing = build_outgoing_auth(config)
+    authorizer = build_authorizer(config)
+    audit = AuditTrail(config.audit) if config.audit.enabled else None
     if config.telemetry.otlp_endpoint:
         tracing.configure(config.telemetry.otlp_endpoint,
                           service_name=config.telemetry.service_name,
                           sample_ratio=config.telemetry.sample_ratio)
     state = Runtime()
     metrics = Metrics()
+    if audit is not None:
+        metrics.watch_audit(audit)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -170,9 +182,12 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                 is_healthy=monitor.usable_for_new_sessions if monitor else None, relay=relay)
             background.start_soon(stateless.run)
             endpoint.app = McpEndpoint(
-                manager, SessionMethods(composites=composites), RequestGuard(config.server),
-                authenticator, max_body_bytes=config.server.max_body_bytes, metrics=metrics,
-                stateless=StatelessEndpoint(stateless, composites=composites),
+                manager, SessionMethods(authorizer=authorizer, composites=composites),
+                RequestGuard(config.server), authenticator,
+                max_body_bytes=config.server.max_body_bytes, metrics=metrics,
+                stateless=StatelessEndpoint(stateless, authorizer=authorizer,
+                                            composites=composites),
+                audit=audit, replica_id=config.server.replica_id,
             )
             view = open_view(config, store, metrics, manager=manager, monitor=monitor,
                              connector=connector)
@@ -181,7 +196,7 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                 store, manager, connector, monitor, view)
             if config_path is not None:
                 background.start_soon(_reload_on_sighup, config_path, connector, manager,
-                                      monitor, outgoing)
+                                      monitor, outgoing, authorizer)
             state.listening = anyio.Event()
             background.start_soon(_log_when_ready, config, state.listening, monitor)
             try:
@@ -216,9 +231,12 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
 
     def snapshot() -> dict[str, object]:
         connector = state.connector
-        return build_status(connector.config if connector is not None else config,
-                            state.manager, connector.ledger if connector is not None else None,
-                            state.monitor)
+        document = build_status(connector.config if connector is not None else config,
+                                state.manager,
+                                connector.ledger if connector is not None else None,
+                                state.monitor)
+        document["authorization"] = policy_status(authorizer)
+        return document
 
     async def full_snapshot() -> dict[str, object]:
         """This replica's snapshot and, once running, the whole deployment's view."""
@@ -243,8 +261,11 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
 
     @contextlib.asynccontextmanager
     async def authenticated(app: Starlette) -> AsyncIterator[None]:
-        async with authenticator, outgoing, lifespan(app):
-            yield
+        async with contextlib.AsyncExitStack() as stack:
+            if audit is not None:
+                await stack.enter_async_context(audit)
+            async with authenticator, outgoing, lifespan(app):
+                yield
 
     async def metrics_route(request: Request) -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
@@ -371,32 +392,38 @@ def _health_monitor(config: VmcpConfig, http: httpx2.AsyncClient,
     health = config.health
     if not health.enabled or not config.backends:
         return None
-    return HealthMonitor(_targets(config, outgoing), http,
-                         interval_seconds=health.interval_seconds,
-                         timeout_seconds=health.timeout_seconds,
-                         unhealthy_threshold=health.unhealthy_threshold,
-                         degraded_latency_seconds=health.degraded_latency_seconds,
+    return HealthMonitor(_targets(config, outgoing), http, health,
                          needs_caller=outgoing.per_caller)
 
 
 async def _reload_on_sighup(path: Path, connector: BackendConnector, manager: SessionManager,
-                            monitor: HealthMonitor | None, outgoing: OutgoingAuth) -> None:
+                            monitor: HealthMonitor | None, outgoing: OutgoingAuth,
+                            authorizer: AllowAll | CedarAuthorizer) -> None:
     """SIGHUP re-reads the configuration file and applies its backends and aggregation to
-    this replica without a restart (other sections need one). Live sessions gain the added
-    backends, end their sessions on the removed ones, and are sent ``list_changed``."""
+    this replica without a restart (other sections need one), and re-reads the policy
+    files. Live sessions gain the added backends, end their sessions on the removed ones,
+    and are sent ``list_changed``. A configuration or policy set that is invalid changes
+    nothing: the running one stays, and the log says why."""
     with anyio.open_signal_receiver(signal.SIGHUP) as signals:
         async for _ in signals:
             try:
                 loaded = load_config(path)
                 reloaded_auth = build_outgoing_auth(loaded)
+                policies = _reload_policies(authorizer, loaded)
             except ConfigError as exc:
                 logger.error("configuration reload refused, keeping the running one:\n%s", exc)
                 continue
             current = connector.config
             if any(getattr(loaded, part) != getattr(current, part)
-                   for part in ("server", "session", "auth", "limits", "composite_tools")):
-                logger.warning("reload applies backends, aggregation and health only; "
-                               "restart to change the other sections")
+                   for part in ("server", "session", "limits", "composite_tools")) or (
+                    loaded.auth.model_copy(update={"authz": None})
+                    != current.auth.model_copy(update={"authz": None})):
+                logger.warning("reload applies backends, aggregation, health and policies "
+                               "only; restart to change the other sections")
+            if policies is not None and isinstance(authorizer, CedarAuthorizer):
+                authorizer.adopt(policies)
+                logger.info("authorization policies loaded: %d policies, sha256 %s",
+                            policies.count, policies.sha256)
             updated = current.model_copy(update={"backends": loaded.backends,
                                                  "aggregation": loaded.aggregation})
             outgoing.adopt(reloaded_auth)
@@ -408,10 +435,48 @@ async def _reload_on_sighup(path: Path, connector: BackendConnector, manager: Se
                         len(updated.backends), changed)
 
 
+def _reload_policies(authorizer: AllowAll | CedarAuthorizer, loaded: VmcpConfig
+                     ) -> PolicyBundle | None:
+    """The policy set the reloaded configuration names, read and checked (not yet in
+    force); None without authorization. Raises ``ConfigError`` if it is invalid."""
+    authz = loaded.auth.authz
+    if not isinstance(authorizer, CedarAuthorizer):
+        if authz is not None:
+            logger.warning("auth.authz was added: restart to turn authorization on")
+        return None
+    if authz is None:
+        logger.warning("auth.authz was removed: authorization stays on until a restart")
+        return None
+    try:
+        return load_bundle(authz)
+    except ConfigError as exc:
+        raise ConfigError(f"policies not reloaded, still in force: sha256 "
+                          f"{authorizer.bundle.sha256}\n{exc}") from None
+
+
+def policy_status(authorizer: AllowAll | CedarAuthorizer) -> dict[str, object] | None:
+    """What ``/status`` shows of the policy set in force (None without authorization)."""
+    status = authorizer.status()
+    if status is None:
+        return None
+    return {"sha256": status.sha256, "policies": status.policies, "files": list(status.files),
+            "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(status.loaded_at))}
+
+
 def _targets(config: VmcpConfig, outgoing: OutgoingAuth) -> list[BackendTarget]:
     return [BackendTarget(b.name, b.url, b.transport,
                           {**b.headers, **outgoing.static_headers(b.name)})
             for b in config.backends]
+
+
+def server_config(app: ASGIApp, config: VmcpConfig, log_level: str = "info"
+                  ) -> uvicorn.Config:
+    """How uvicorn serves the gateway: the drain on SIGTERM, and idle connections kept
+    open longer than a balancer keeps them (``KEEP_ALIVE_SECONDS``)."""
+    return uvicorn.Config(app, host=config.server.host, port=config.server.port,
+                          log_level=log_level, log_config=None, lifespan="on",
+                          timeout_graceful_shutdown=DRAIN_SECONDS,
+                          timeout_keep_alive=KEEP_ALIVE_SECONDS)
 
 
 def serve(config: VmcpConfig, *, log_level: str = "info", log_format: str = "auto",
@@ -421,9 +486,7 @@ def serve(config: VmcpConfig, *, log_level: str = "info", log_format: str = "aut
     for warning in unmatched_env_warnings():
         logger.warning("%s", warning)
     app = create_app(config, config_path=config_path)
-    server = _Server(uvicorn.Config(app, host=config.server.host, port=config.server.port,
-                                    log_level=log_level, log_config=None, lifespan="on",
-                                    timeout_graceful_shutdown=DRAIN_SECONDS), app)
+    server = _Server(server_config(app, config, log_level), app)
     admin = config.server.admin
     if admin.port is None:
         server.run()

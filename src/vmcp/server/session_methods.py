@@ -14,6 +14,8 @@ from typing import Any, Final
 
 from vmcp import __version__
 from vmcp.aggregate import RoutingTable
+from vmcp.audit import record as audit_record
+from vmcp.authz import Authorizer
 from vmcp.backend import BackendRpcError
 from vmcp.composite import CompositeRegistry
 from vmcp.dispatch import (
@@ -24,10 +26,21 @@ from vmcp.dispatch import (
     Work,
     aggregate_capabilities,
 )
-from vmcp.errors import METHOD_NOT_FOUND_CODE, RequestError
+from vmcp.errors import (
+    INTERNAL_ERROR_CODE,
+    METHOD_NOT_FOUND_CODE,
+    BackendError,
+    NotPermitted,
+    RequestError,
+    SessionClosed,
+    VmcpError,
+)
+from vmcp.identity import ANONYMOUS, Principal
+from vmcp.server import jsonrpc
 from vmcp.server.jsonrpc import Incoming
+from vmcp.server.request_log import current_record
 from vmcp.session.channel import ClientChannel
-from vmcp.session.multisession import MultiSession
+from vmcp.session.multisession import MultiSession, RequestCancelled
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +51,7 @@ RESOURCE_NOT_FOUND_CODE: Final = -32002
 class SessionUpstream:
     """One request's view of its session's backends (the dispatcher's ``Upstream``)."""
 
-    def __init__(self, session: MultiSession, channel: ClientChannel) -> None:
+    def __init__(self, session: MultiSession, channel: ClientChannel | None) -> None:
         self._session = session
         self._channel = channel
 
@@ -48,6 +61,7 @@ class SessionUpstream:
         return self._session.routing
 
     async def call(self, target: Target) -> dict[str, Any]:
+        assert self._channel is not None, "an upstream for calls needs the request's channel"
         return await self._session.call(target.backend, target.method, target.params,
                                         self._channel)
 
@@ -66,17 +80,31 @@ class SessionUpstream:
                            asks: bool) -> dict[str, Any]:
         """The workflow waits here for the user; the client's answer may be POSTed to any
         replica, and the session's relay brings it back (see ``ClientChannel.request``)."""
+        assert self._channel is not None, "an upstream for calls needs the request's channel"
         return await work(self._channel.request, self._channel.notify)
 
 
 class SessionMethods:
     """Serves the session-based MCP methods over a ``MultiSession``."""
 
-    def __init__(self, *, server_name: str = "vmcp",
+    def __init__(self, *, server_name: str = "vmcp", authorizer: Authorizer | None = None,
                  composites: CompositeRegistry | None = None) -> None:
         self._server_info = {"name": server_name, "version": __version__}
         self._dispatcher: Dispatcher[dict[str, Any]] = Dispatcher(
-            resource_not_found_code=RESOURCE_NOT_FOUND_CODE, composites=composites)
+            resource_not_found_code=RESOURCE_NOT_FOUND_CODE, authorizer=authorizer,
+            composites=composites)
+
+    @property
+    def authorizing(self) -> bool:
+        """Whether routed requests must be authorized (:meth:`authorize`) before their work
+        starts, so that a refusal can be answered with its own HTTP status."""
+        return self._dispatcher.authorizing
+
+    async def authorize(self, session: MultiSession, message: Incoming,
+                        principal: Principal) -> Target:
+        """The target of a routed request ``principal`` may make; raises ``NotPermitted``."""
+        return await self._dispatcher.authorize(SessionUpstream(session, None), message.method,
+                                                message.params, principal)
 
     def initialize_result(self, session: MultiSession, params: dict[str, Any]) -> dict[str, Any]:
         requested = params.get("protocolVersion")
@@ -102,16 +130,19 @@ class SessionMethods:
             await session.notify_all(message.method, message.params or None)
 
     async def request(self, session: MultiSession, message: Incoming,
-                      channel: ClientChannel) -> dict[str, Any]:
+                      channel: ClientChannel, principal: Principal = ANONYMOUS, *,
+                      target: Target | None = None) -> dict[str, Any]:
         """The result of one request; raises ``RequestError`` for a JSON-RPC error answer
-        (the backend's own errors included)."""
+        (the backend's own errors included). ``target`` is what :meth:`authorize` gave for
+        a routed request, if it was asked."""
         method, params = message.method, message.params
         upstream = SessionUpstream(session, channel)
         try:
             if method in LISTINGS:
-                return await self._dispatcher.listing(upstream, method, params)
+                return await self._dispatcher.listing(upstream, method, params, principal)
             if method in ROUTED_METHODS:
-                return await self._dispatcher.call(upstream, method, params)
+                return await self._dispatcher.call(upstream, method, params, principal,
+                                                   target=target)
             if method == "ping":
                 return {}
             if method == "logging/setLevel":
@@ -122,3 +153,51 @@ class SessionMethods:
         except BackendRpcError as exc:
             raise RequestError(exc.code, exc.message, exc.data) from exc
         raise RequestError(METHOD_NOT_FOUND_CODE, f"Method not found: {method}")
+
+    async def answer(self, session: MultiSession, message: Incoming, channel: ClientChannel,
+                      principal: Principal, target: Target | None = None
+                      ) -> dict[str, Any] | None:
+        """The JSON-RPC answer to one request (None for a request the client cancelled),
+        noted in the request's log record and audit record."""
+        record = current_record.get()
+        answer = await self._answer_for(session, message, channel, principal, target)
+        record.outcome = ("cancelled" if answer is None
+                          else "error" if "error" in answer else "ok")
+        operation = audit_record.current()
+        if operation is not None and answer is not None and isinstance(answer.get("error"),
+                                                                       dict):
+            operation.error_code = answer["error"].get("code")
+        if record.tool is not None and record.backend is None:
+            route = session.routing.route_tool(record.tool)
+            record.backend = route.backend if route is not None else None
+        return answer
+
+    async def _answer_for(self, session: MultiSession, message: Incoming,
+                          channel: ClientChannel, principal: Principal,
+                          target: Target | None = None) -> dict[str, Any] | None:
+        request_id = message.id
+        try:
+            with session.track_request(request_id):
+                payload = await self.request(session, message, channel, principal,
+                                                      target=target)
+            return jsonrpc.result(request_id, payload)
+        except RequestCancelled:
+            return None
+        except RequestError as exc:
+            return jsonrpc.error(request_id, exc.code, exc.message, exc.data)
+        except SessionClosed:
+            return jsonrpc.error(request_id, SessionClosed.jsonrpc_code, "Session not found")
+        except NotPermitted as exc:
+            return jsonrpc.error(request_id, exc.jsonrpc_code, exc.public_message)
+        except BackendError as exc:
+            current_record.get().backend = exc.backend
+            logger.warning("backend call failed: %s", exc,
+                           extra={"session_id": session.session_id, "backend": exc.backend})
+            return jsonrpc.error(request_id, INTERNAL_ERROR_CODE, str(exc),
+                                 {"backend": exc.backend})
+        except VmcpError as exc:
+            return jsonrpc.error(request_id, exc.jsonrpc_code, str(exc) or exc.public_message)
+        except Exception:
+            logger.exception("unexpected error answering %s", message.method,
+                             extra={"session_id": session.session_id})
+            return jsonrpc.error(request_id, INTERNAL_ERROR_CODE, "Internal error")

@@ -39,6 +39,11 @@ async def write_events(receive: Receive, send: Send, session: MultiSession,
                 if item.pause_ms is not None:
                     if position <= stale_pauses:
                         continue
+                    # The client resumes as soon as this connection ends, maybe on
+                    # another replica: the stream must be in the event log by then.
+                    # If the log cannot take it, this connection carries on instead.
+                    if not await session.work.persist(stream).wait():
+                        continue
                     body = f"retry: {item.pause_ms}\n\n".encode()
                     done = True
                 elif item.message is None:  # cancelled by the client: nothing to say

@@ -50,6 +50,7 @@ from mcp.shared.inbound import (
     validate_mcp_param_headers,
 )
 from mcp_types import (
+    CLIENT_INFO_META_KEY,
     HEADER_MISMATCH,
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -67,11 +68,21 @@ from starlette.types import Receive, Scope, Send
 
 from vmcp import __version__, tracing
 from vmcp.aggregate import RoutingTable
+from vmcp.audit import record as audit_record
+from vmcp.authz import Authorizer
 from vmcp.backend import BackendRpcError
 from vmcp.composite import CompositeRegistry
 from vmcp.dispatch import LISTINGS, Dispatcher, Target, Work, aggregate_capabilities
-from vmcp.errors import BackendError, ConfigError, InvalidIdentity, InvalidRound, RequestError
+from vmcp.errors import (
+    BackendError,
+    ConfigError,
+    InvalidIdentity,
+    InvalidRound,
+    NotPermitted,
+    RequestError,
+)
 from vmcp.identity import Principal, binding_for
+from vmcp.server import auditing
 from vmcp.server.jsonrpc import first_error
 from vmcp.server.responses import SSE_HEADERS, cancel_on_disconnect, send_json, sse_event
 from vmcp.stateless.backends import Caller, StatelessBackends, View
@@ -200,11 +211,13 @@ class StatelessEndpoint:
     """Serves stateless-revision POSTs; one instance per process."""
 
     def __init__(self, backends: StatelessBackends, *, server_name: str = "vmcp",
+                 authorizer: Authorizer | None = None,
                  composites: CompositeRegistry | None = None) -> None:
         self._backends = backends
         self._server_info = {"name": server_name, "version": __version__}
         self._dispatcher: Dispatcher[tuple[BackendKind, Outcome]] = Dispatcher(
-            resource_not_found_code=INVALID_PARAMS, composites=composites)
+            resource_not_found_code=INVALID_PARAMS, authorizer=authorizer,
+            composites=composites)
 
     async def serve(self, scope: Scope, receive: Receive, send: Send, body: bytes,
                     principal: Principal) -> None:
@@ -234,9 +247,18 @@ class StatelessEndpoint:
         if request.method == "tools/call" and isinstance(name := (request.params or {}).get(
                 "name"), str):
             attributes["mcp.tool.name"] = name[:128]
+        operation = audit_record.current()
+        if operation is not None:
+            operation.method = label
+            operation.protocol_version = headers.get(VERSION_HEADER, "")[:32] or None
+            meta = (request.params or {}).get("_meta")
+            if isinstance(meta, dict):
+                auditing.note_client(operation, meta.get(CLIENT_INFO_META_KEY))
         with tracing.tracer.start_as_current_span(
                 f"mcp {label}", context=tracing.incoming_context(headers),
                 kind=SpanKind.SERVER, attributes=attributes):
+            if operation is not None:
+                auditing.note_trace(operation)
             await self._serve_request(receive, send, decoded, request, raw_headers, headers,
                                       principal)
 
@@ -253,12 +275,25 @@ class StatelessEndpoint:
         params = dict(request.params or {})
         if request.method in ("server/discover", *LISTINGS):
             message = await self._answer(request_id, self._listing(caller, request.method,
-                                                                   params))
+                                                                   params, principal))
             await send_json(send, _message_status(message), message)
             return
+        target = None
+        if self._dispatcher.authorizing:
+            # Before any work starts, so a refusal gets its own status (403).
+            try:
+                target = await self._dispatcher.authorize(
+                    CallerUpstream(self._backends, caller, headers=headers), request.method,
+                    params, principal)
+            except NotPermitted as exc:
+                await send_json(send, exc.http_status,
+                                _error(request_id, exc.jsonrpc_code, exc.public_message))
+                return
+            except Exception:  # answered below, where the call meets it again
+                logger.debug("authorizing before the call failed", exc_info=True)
         await self._stream(receive, send, request_id,
                            lambda notify: self._call(caller, request.method, params, headers,
-                                                     notify))
+                                                     notify, principal, target))
 
     # -- admission ----------------------------------------------------------------
 
@@ -310,6 +345,8 @@ class StatelessEndpoint:
             return {"jsonrpc": "2.0", "id": request_id, "result": await work}
         except RequestError as exc:
             return _error(request_id, exc.code, exc.message, exc.data)
+        except NotPermitted as exc:
+            return _error(request_id, exc.jsonrpc_code, exc.public_message)
         except BackendRpcError as exc:
             return _error(request_id, exc.code, exc.message, exc.data)
         except BackendError as exc:
@@ -321,23 +358,27 @@ class StatelessEndpoint:
             logger.exception("unexpected error answering a stateless request")
             return _error(request_id, INTERNAL_ERROR, "Internal error")
 
-    async def _listing(self, caller: Caller, method: str, params: dict[str, Any]
-                       ) -> dict[str, Any]:
+    async def _listing(self, caller: Caller, method: str, params: dict[str, Any],
+                       principal: Principal) -> dict[str, Any]:
         upstream = CallerUpstream(self._backends, caller)
-        listed: dict[str, Any] = {}
         if method == "server/discover":
             await upstream.routing()
         else:
-            listed = await self._dispatcher.listing(upstream, method, params)
+            await self._dispatcher.listing(upstream, method, params, principal)
         view = upstream.view
         shaped = view.shaped.get(method)
         if shaped is None:
-            shaped = self._shape_listing(view, method, listed)
+            shaped = self._shape_listing(view, method)
             view.shaped[method] = shaped
+        if method != "server/discover" and self._dispatcher.authorizing:
+            # The shaped listing is shared; what this caller sees of it is theirs alone.
+            key = LISTINGS[method]
+            shaped = {**shaped, key: self._dispatcher.visible(principal, view.routing, method,
+                                                             shaped[key]),
+                      "cacheScope": "private"}
         return shaped
 
-    def _shape_listing(self, view: View, method: str, listed: dict[str, Any]
-                       ) -> dict[str, Any]:
+    def _shape_listing(self, view: View, method: str) -> dict[str, Any]:
         hints = {"ttlMs": view.ttl_ms, "cacheScope": "private" if view.private else "public",
                  "resultType": "complete"}
         if method == "server/discover":
@@ -349,13 +390,18 @@ class StatelessEndpoint:
             if instructions:
                 payload["instructions"] = "\n\n".join(instructions)
         else:
-            payload = {**listed, **hints}
+            payload = {LISTINGS[method]: self._dispatcher.listed(view.routing, method),
+                       **hints}
         return self._stamp(_sieve(method, payload))
 
     async def _call(self, caller: Caller, method: str, params: dict[str, Any],
-                    headers: Headers, notify: Notify) -> dict[str, Any]:
+                    headers: Headers, notify: Notify, principal: Principal,
+                    target: Target | None) -> dict[str, Any]:
         upstream = CallerUpstream(self._backends, caller, headers=headers, notify=notify)
-        kind, outcome = await self._dispatcher.call(upstream, method, params)
+        if target is not None:
+            await upstream.routing()  # the view the call's header checks read
+        kind, outcome = await self._dispatcher.call(upstream, method, params, principal,
+                                                    target=target)
         return self._finish(method, kind, outcome)
 
     def _finish(self, method: str, kind: BackendKind, outcome: Outcome) -> dict[str, Any]:
@@ -475,7 +521,11 @@ def _sieve(method: str, payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _error(request_id: Any, code: int, message: str, data: Any = None) -> dict[str, Any]:
-    """A JSON-RPC error; ``id`` is null when the request's could not be read."""
+    """A JSON-RPC error; ``id`` is null when the request's could not be read. The request's
+    audit record learns its code."""
+    operation = audit_record.current()
+    if operation is not None:
+        operation.error_code = code
     error: dict[str, Any] = {"code": code, "message": message}
     if data is not None:
         error["data"] = data

@@ -26,16 +26,18 @@ from starlette.datastructures import Headers
 from starlette.types import Message, Receive, Scope, Send
 
 from vmcp import logs, tracing
+from vmcp.audit import record as audit_record
+from vmcp.audit.trail import AuditTrail
 from vmcp.auth import outgoing
+from vmcp.dispatch import ROUTED_METHODS
 from vmcp.errors import (
     INTERNAL_ERROR_CODE,
     INVALID_REQUEST_CODE,
     AuthenticationError,
-    BackendError,
     InvalidIdentity,
     InvalidSessionId,
     MessageError,
-    RequestError,
+    NotPermitted,
     SessionClosed,
     SessionError,
     SessionNotFound,
@@ -44,9 +46,15 @@ from vmcp.errors import (
     VmcpError,
 )
 from vmcp.identity import Principal
-from vmcp.server import jsonrpc
+from vmcp.server import auditing, jsonrpc
 from vmcp.server.jsonrpc import Incoming
-from vmcp.server.request_log import VERB_LABELS, RequestRecord, current_record, method_label
+from vmcp.server.request_log import (
+    VERB_LABELS,
+    RequestRecord,
+    current_record,
+    log_request,
+    method_label,
+)
 from vmcp.server.responses import (
     SSE_HEADERS,
     accepts,
@@ -67,8 +75,7 @@ from vmcp.server.session_streams import (
 )
 from vmcp.server.stateless import StatelessEndpoint, is_stateless
 from vmcp.session import SessionManager
-from vmcp.session.channel import ClientChannel
-from vmcp.session.multisession import MultiSession, RequestCancelled
+from vmcp.session.multisession import MultiSession
 from vmcp.session.streams import DuplicateRequestId, Outbound, parse_event_id
 from vmcp.telemetry import Metrics
 
@@ -98,8 +105,12 @@ class McpEndpoint:
         max_body_bytes: int,
         metrics: Metrics | None = None,
         stateless: StatelessEndpoint | None = None,
+        audit: AuditTrail | None = None,
+        replica_id: str = "",
     ) -> None:
         self._stateless = stateless
+        self._audit = audit
+        self._replica_id = replica_id
         self._manager = manager
         self._methods = methods
         self._guard = guard
@@ -126,6 +137,7 @@ class McpEndpoint:
         logs.request_id.set(secrets.token_hex(6))
         record = RequestRecord()
         current_record.set(record)
+        operation = audit_record.start()
         began = time.perf_counter()
 
         async def tracking_send(message: Message) -> None:
@@ -137,6 +149,9 @@ class McpEndpoint:
             with outgoing.request_scope():
                 await self._dispatch(verb, scope, receive, tracking_send, headers)
         except _Reply as reply:
+            error = reply.body.get("error")
+            if isinstance(error, dict):
+                operation.error_code = error.get("code")
             await send_json(tracking_send, reply.status, reply.body, extra=reply.headers)
         except Exception:
             # The last line of defence: a bug must still answer in JSON-RPC, not crash.
@@ -145,23 +160,14 @@ class McpEndpoint:
                 await send_json(tracking_send, 500, jsonrpc.error(None, INTERNAL_ERROR_CODE,
                                                                    "Internal error"))
         finally:
-            self._finish(record, scope.get(METHOD_KEY) or VERB_LABELS.get(verb, "invalid"),
-                         headers.get(SESSION_HEADER), time.perf_counter() - began)
-
-    def _finish(self, record: RequestRecord, method: str, session_id: str | None,
-                seconds: float) -> None:
-        """The request's metric and its one log line: what an operator keeps of it."""
-        outcome = record.outcome
-        if record.status >= 400 or not record.status:
-            outcome = "error"
-        if self._metrics is not None:
-            self._metrics.observe_request(method, record.status, outcome, seconds)
-        session = session_id or record.session_id
-        logger.info("%s %s %d in %.1f ms", method, outcome, record.status, seconds * 1000,
-                    extra={"method": method, "tool": record.tool, "backend": record.backend,
-                           "status": record.status, "outcome": outcome,
-                           "duration_ms": round(seconds * 1000, 3),
-                           "session_id": session or None})
+            label = scope.get(METHOD_KEY) or VERB_LABELS.get(verb, "invalid")
+            seconds = time.perf_counter() - began
+            log_request(record, label, headers.get(SESSION_HEADER), seconds, self._metrics)
+            if self._audit is not None:
+                auditing.emit(self._audit, operation, label=label, scope=scope,
+                              headers=headers, status=record.status, seconds=seconds,
+                              replica_id=self._replica_id,
+                              session_id=headers.get(SESSION_HEADER) or record.session_id)
 
     async def _dispatch(self, verb: str, scope: Scope, receive: Receive, send: Send,
                         headers: Headers) -> None:
@@ -210,9 +216,18 @@ class McpEndpoint:
             current_record.get().tool = attributes["mcp.tool.name"]
         if session_id := headers.get(SESSION_HEADER):
             attributes["mcp.session.tag"] = tracing.session_tag(session_id)
+        operation = audit_record.current()
+        if operation is not None:
+            operation.method = scope[METHOD_KEY]
+            operation.protocol_version = headers.get(VERSION_HEADER)
+            if message.method == "initialize":
+                auditing.note_client(operation, message.params.get("clientInfo"))
+                operation.protocol_version = str(message.params.get("protocolVersion"))[:32]
         with tracing.tracer.start_as_current_span(
                 f"mcp {scope[METHOD_KEY]}", context=tracing.incoming_context(headers),
                 kind=SpanKind.SERVER, attributes=attributes):
+            if operation is not None:
+                auditing.note_trace(operation)
             await self._serve_message(scope, receive, send, headers, message)
 
     async def _serve_message(self, scope: Scope, receive: Receive, send: Send,
@@ -234,7 +249,17 @@ class McpEndpoint:
             await self._methods.notification(session, message)
             await send_empty(send, 202)
         else:
-            await self._request(receive, send, session, message, principal)
+            try:
+                await self._request(receive, send, session, message, principal)
+            except SessionClosed:
+                # The copy looked up was closed before the call started: rebuilt from the
+                # store (another replica changed its backends) or ended. Look once more;
+                # an ended session answers 404 from the lookup itself.
+                session = await self._session(headers, principal, message.id)
+                try:
+                    await self._request(receive, send, session, message, principal)
+                except SessionClosed as exc:
+                    raise _error_reply(exc, message.id) from exc
 
     async def _read_body(self, receive: Receive, headers: Headers) -> bytes:
         declared = headers.get("content-length")
@@ -270,6 +295,9 @@ class McpEndpoint:
         try:
             principal = await self._authenticate(headers)
             outgoing.act_for(principal, headers)
+            operation = audit_record.current()
+            if operation is not None:
+                operation.principal = principal
             return principal
         except AuthenticationError as exc:
             # Before any session lookup, so the answer is the same for every session id.
@@ -325,6 +353,13 @@ class McpEndpoint:
         runs detached from this connection, so a client that drops the stream can resume
         it with ``Last-Event-ID`` and nothing is lost.
         """
+        target = None
+        if self._methods.authorizing and message.method in ROUTED_METHODS:
+            # Before any work starts, so a refusal gets its own status (403).
+            try:
+                target = await self._methods.authorize(session, message, principal)
+            except VmcpError as exc:
+                raise _error_reply(exc, message.id) from exc
         try:
             stream = session.streams.open(message.id)
         except DuplicateRequestId:
@@ -335,17 +370,17 @@ class McpEndpoint:
         channel = session.channel(stream, message.id)
 
         async def run() -> None:
-            final = await self._answer(session, message, channel, principal)
+            final = await self._methods.answer(session, message, channel, principal, target)
             stream.append(Outbound(final, final=True))
 
         work = run()
         try:
             session.work.spawn(work)
-        except SessionClosed as exc:
-            # Closed between lookup and use: the same answer as for an unknown session.
+        except SessionClosed:
+            # Closed between lookup and use: the caller looks the session up again.
             work.close()
             session.streams.drop(stream.id)
-            raise _error_reply(exc, message.id) from exc
+            raise
         first = await first_event(receive, stream)
         if first is None:  # the client went away first; the work runs on, resumable
             return
@@ -364,44 +399,6 @@ class McpEndpoint:
         priming = f"id: {stream.event_id(0)}\nretry: {RECONNECT_MS}\ndata: \n\n".encode()
         await send({"type": "http.response.body", "body": priming, "more_body": True})
         await write_events(receive, send, session, stream, after=0)
-
-    async def _answer(self, session: MultiSession, message: Incoming, channel: ClientChannel,
-                      principal: Principal) -> dict[str, Any] | None:
-        record = current_record.get()
-        answer = await self._answer_for(session, message, channel, principal)
-        record.outcome = ("cancelled" if answer is None
-                          else "error" if "error" in answer else "ok")
-        if record.tool is not None and record.backend is None:
-            route = session.routing.route_tool(record.tool)
-            record.backend = route.backend if route is not None else None
-        return answer
-
-    async def _answer_for(self, session: MultiSession, message: Incoming,
-                          channel: ClientChannel, principal: Principal
-                          ) -> dict[str, Any] | None:
-        request_id = message.id
-        try:
-            with session.track_request(request_id):
-                payload = await self._methods.request(session, message, channel)
-            return jsonrpc.result(request_id, payload)
-        except RequestCancelled:
-            return None
-        except RequestError as exc:
-            return jsonrpc.error(request_id, exc.code, exc.message, exc.data)
-        except SessionClosed:
-            return jsonrpc.error(request_id, SessionClosed.jsonrpc_code, "Session not found")
-        except BackendError as exc:
-            current_record.get().backend = exc.backend
-            logger.warning("backend call failed: %s", exc,
-                           extra={"session_id": session.session_id, "backend": exc.backend})
-            return jsonrpc.error(request_id, INTERNAL_ERROR_CODE, str(exc),
-                                 {"backend": exc.backend})
-        except VmcpError as exc:
-            return jsonrpc.error(request_id, exc.jsonrpc_code, str(exc) or exc.public_message)
-        except Exception:
-            logger.exception("unexpected error answering %s", message.method,
-                             extra={"session_id": session.session_id})
-            return jsonrpc.error(request_id, INTERNAL_ERROR_CODE, "Internal error")
 
     # -- GET ------------------------------------------------------------------------
 
@@ -477,7 +474,7 @@ def _error_reply(exc: VmcpError, request_id: Any) -> _Reply:
         # The detail (which store, which address) is for the log, not for clients.
         logger.warning("session store unavailable: %s", exc)
         message = exc.public_message
-    elif isinstance(exc, SessionError | SessionClosed | InvalidSessionId):
+    elif isinstance(exc, SessionError | SessionClosed | InvalidSessionId | NotPermitted):
         message = exc.public_message
     else:
         message = str(exc) or exc.public_message

@@ -15,6 +15,8 @@ import logging
 from collections.abc import Awaitable, Coroutine
 from typing import Any
 
+import anyio
+
 from vmcp.errors import SessionClosed, StoreError
 from vmcp.session.streams import ResponseStream
 from vmcp.store.event_log import EventLog
@@ -24,6 +26,25 @@ logger = logging.getLogger(__name__)
 FINAL_COPY_SECONDS = 5.0
 """How long a closing session waits for its event-log copies to record their streams'
 final events (each append has the store's own deadline; this bounds them together)."""
+
+
+class StreamCopy:
+    """Whether a stream's events so far reached the event log (see ``DetachedWork.persist``)."""
+
+    def __init__(self) -> None:
+        self._settled = anyio.Event()
+        self._copied = False
+
+    def settle(self, copied: bool) -> None:
+        """Record the outcome once; later calls change nothing."""
+        if not self._settled.is_set():
+            self._copied = copied
+            self._settled.set()
+
+    async def wait(self) -> bool:
+        """True once the events are in the log; False if they could not be written."""
+        await self._settled.wait()
+        return self._copied
 
 
 class DetachedWork:
@@ -56,37 +77,54 @@ class DetachedWork:
 
         task.add_done_callback(done)
 
-    def persist(self, stream: ResponseStream) -> None:
+    def persist(self, stream: ResponseStream) -> StreamCopy:
         """Copy an interrupted stream's events to the event log, so that the client can
         resume it on any replica; follows the stream until its final event.
 
         The copy is not one of the request tasks that the session's close cancels: the
         close finishes the stream (``-32001``) and the copy records that end too, so a
-        client resuming on another replica gets the same answer, not silence."""
+        client resuming on another replica gets the same answer, not silence.
+
+        The returned copy says once the events so far are in the log, or that they could
+        not be written: a connection the server means to end (a pause) waits for it, so
+        the client's resume, wherever it lands, finds the stream in the log."""
+        copied = StreamCopy()
         if self.event_log is None or stream.id in self._persisted or self._closed:
-            return
+            copied.settle(True)
+            return copied
         self._persisted.add(stream.id)
-        task = asyncio.create_task(self._copy(self.event_log, stream),
+        task = asyncio.create_task(self._copy(self.event_log, stream, copied),
                                    name=f"vmcp-stream-copy-{self._session_id[:8]}")
         self._copies.add(task)
         task.add_done_callback(self._copies.discard)
+        return copied
 
-    async def _copy(self, log: EventLog, stream: ResponseStream) -> None:
+    async def _copy(self, log: EventLog, stream: ResponseStream, copied: StreamCopy) -> None:
         position = 0
-        while True:
-            events = await stream.after(position)
-            for position, item in events:
-                record: dict[str, Any] = {"m": item.message, "final": item.final}
-                if item.pause_ms is not None:
-                    record["pause"] = item.pause_ms
-                try:
-                    await log.append(self._session_id, stream.id, position, record)
-                except StoreError as exc:
-                    logger.warning("could not persist stream events: %s", exc,
-                                   extra={"session_id": self._session_id})
-                    return
-                if item.final:
-                    return
+        try:
+            while True:
+                events = await stream.after(position)
+                for position, item in events:
+                    record: dict[str, Any] = {"m": item.message, "final": item.final}
+                    if item.pause_ms is not None:
+                        record["pause"] = item.pause_ms
+                    try:
+                        await log.append(self._session_id, stream.id, position, record)
+                    except StoreError as exc:
+                        logger.warning("could not persist stream events: %s", exc,
+                                       extra={"session_id": self._session_id})
+                        copied.settle(False)
+                        return
+                    if item.final:
+                        return
+                copied.settle(True)
+        finally:
+            copied.settle(True)
+
+    async def wait_requests(self) -> None:
+        """Return once no request's work is running (later ones may start)."""
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))
 
     def cancel_requests(self) -> None:
         """Stop every request's work (the session is closing); no new work starts."""

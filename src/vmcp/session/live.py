@@ -27,8 +27,13 @@ class LiveSession(Protocol):
         """Per-backend state to store so another replica can re-attach (by backend name)."""
         ...
 
+    async def wait_calls(self) -> None:
+        """Return once no call is running on this session (later ones may start)."""
+        ...
+
     async def aclose(self) -> None:
-        """Wait for in-flight calls, end every upstream session; idempotent, never raises."""
+        """End every upstream session, answering the calls still running; idempotent,
+        never raises."""
         ...
 
 

@@ -23,6 +23,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import anyio
+
 from vmcp.cache import CacheStatistics, EvictedWhileLoading, ValidatingCache
 from vmcp.errors import (
     DecorationError,
@@ -41,6 +43,10 @@ from vmcp.store.pubsub import EndedSessionBus
 
 logger = logging.getLogger(__name__)
 
+OUTDATED_CALLS_SECONDS = 60.0
+"""How long the calls running on an outdated copy of a session may take to finish before
+the copy closes anyway (and answers what is left "session not found")."""
+
 GENERATE_ATTEMPTS = 2
 
 
@@ -52,6 +58,9 @@ class _Entry:
     binding: str
     backends: str
     checked_at: float = field(default_factory=time.monotonic)
+    outdated: bool = False
+    """Replaced because another replica changed the session's backend list: the session
+    lives on, so the calls running on this copy are let finish before it closes."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,7 @@ class SessionManager:
         )
         self._security_events = 0
         self._reconciling = asyncio.Lock()
+        self._closing = anyio.Event()
 
     # -- creation -------------------------------------------------------------------
 
@@ -357,6 +367,10 @@ class SessionManager:
             entry = self._cache.peek(session_id)
             if entry is None or not await reconcile(entry.live):
                 continue
+            if self._cache.peek(session_id) is not entry:
+                # Rebuilt from the store (or ended) while the backends connected: this
+                # copy is closed, and the newer one already has what the store says.
+                continue
             changed += 1
             backends = md.backend_list(entry.live.backend_names())
             try:
@@ -414,9 +428,27 @@ class SessionManager:
         entry.checked_at = now
         # Only the backend list counts: per-backend session ids differ between replicas
         # after a re-initialize, and must not make them evict each other (B28).
-        return md.is_full_session(record) and record[md.BACKENDS] == entry.backends
+        if not md.is_full_session(record):
+            return False
+        entry.outdated = record[md.BACKENDS] != entry.backends
+        return not entry.outdated
 
     async def _close(self, session_id: str, entry: _Entry) -> None:
+        if entry.outdated:
+            # The rebuilt copy serves new requests; the calls already running here would
+            # otherwise be answered "session not found" for a session that lives on.
+            with anyio.move_on_after(OUTDATED_CALLS_SECONDS):
+                async with anyio.create_task_group() as tg:
+                    async def calls_done() -> None:
+                        await entry.live.wait_calls()
+                        tg.cancel_scope.cancel()
+
+                    async def shutting_down() -> None:
+                        await self._closing.wait()
+                        tg.cancel_scope.cancel()
+
+                    tg.start_soon(calls_done)
+                    tg.start_soon(shutting_down)
         await entry.live.aclose()
 
     # -- housekeeping ---------------------------------------------------------------
@@ -433,6 +465,7 @@ class SessionManager:
 
     async def aclose(self) -> None:
         """Close every live session of this replica; stored records stay for the others."""
+        self._closing.set()
         await self._cache.aclose()
 
 

@@ -219,7 +219,15 @@ class MultiSession:
     async def reconcile(self, added: Mapping[str, BackendConnection],
                         removed: Sequence[str]) -> None:
         """Take in new backend connections, end removed ones, re-route, and tell the
-        client that the lists changed (configuration reload, a backend recovered)."""
+        client that the lists changed (configuration reload, a backend recovered).
+
+        A session closed meanwhile (its copy was rebuilt, or it ended) takes nothing in:
+        the new connections are closed again, ending the backend sessions just opened."""
+        if self._closed:
+            async with anyio.create_task_group() as tg:
+                for name, connection in added.items():
+                    tg.start_soon(self._close_connection, name, connection)
+            return
         closing = {name: self._connections.pop(name) for name in removed
                    if name in self._connections}
         self._connections.update(added)
@@ -241,6 +249,10 @@ class MultiSession:
                 self._ledger.record_ended(name)
 
     # -- closing --------------------------------------------------------------------
+
+    async def wait_calls(self) -> None:
+        """Return once no request's work is running on this session."""
+        await self.work.wait_requests()
 
     async def wait_closed(self) -> None:
         """Return once the session is closed (ends streams that outlive no session)."""

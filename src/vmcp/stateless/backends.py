@@ -35,8 +35,7 @@ from mcp_types.version import LATEST_MODERN_VERSION
 
 from vmcp.aggregate import BackendCatalog, RoutingTable
 from vmcp.auth.outgoing import OutgoingAuth, current_caller
-from vmcp.backend import STREAM_PAUSED, BackendConnection, BackendRpcError
-from vmcp.backend.connection import MessageHandler
+from vmcp.backend import STREAM_PAUSED, BackendConnection, BackendRpcError, MessageHandler
 from vmcp.backend.modern import ModernBackend, NotModern
 from vmcp.config import VmcpConfig
 from vmcp.errors import METHOD_NOT_FOUND_CODE, BackendSessionExpired, InvalidRound

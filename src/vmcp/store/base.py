@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from types import TracebackType
+from typing import Protocol, Self
 
 from vmcp.errors import InvalidMetadata, InvalidSessionId
 
@@ -94,3 +95,17 @@ def validate_timeout(timeout_seconds: float) -> float:
     if not timeout_seconds > 0:
         raise ValueError(f"timeout_seconds must be > 0, got {timeout_seconds!r}")
     return float(timeout_seconds)
+
+
+class ClosedOnExit:
+    """A store is an async context manager that closes itself on exit."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        raise NotImplementedError

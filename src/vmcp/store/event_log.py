@@ -20,7 +20,7 @@ import anyio
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from vmcp.store._redis_errors import translated_store_errors
+from vmcp.store._redis_errors import once_more_if_dropped, translated_store_errors
 from vmcp.store.base import validate_session_id
 
 BLOCK_MS = 1000
@@ -70,21 +70,33 @@ class RedisEventLog:
                 await pipe.execute()
 
     async def exists(self, session_id: str, stream_id: str) -> bool:
+        key = self._key(session_id, stream_id)
+
+        async def attempt(retried: bool) -> bool:
+            return bool(await self._client.exists(key))
+
         with translated_store_errors("exists"), anyio.fail_after(self._timeout):
-            return bool(await self._client.exists(self._key(session_id, stream_id)))
+            return await once_more_if_dropped(attempt)
 
     async def read(self, session_id: str, stream_id: str, after: int) -> AsyncIterator[
             tuple[int, dict[str, Any]]]:
         key = self._key(session_id, stream_id)
         last = f"0-{after}"
+
+        async def next_batch(retried: bool) -> Any:  # a read: safe to repeat
+            return await self._client.xread({key: last}, block=BLOCK_MS, count=100)
+
+        async def still_there(retried: bool) -> bool:
+            return bool(await self._client.exists(key))
+
         while True:
             with translated_store_errors("xread"), \
                     anyio.fail_after(self._timeout + BLOCK_MS / 1000):
-                batches: Any = await self._client.xread({key: last}, block=BLOCK_MS, count=100)
+                batches: Any = await once_more_if_dropped(next_batch)
             if not batches:
                 # Nothing new: a stream whose writer is gone must not be followed forever.
                 with translated_store_errors("exists"), anyio.fail_after(self._timeout):
-                    if not await self._client.exists(key):
+                    if not await once_more_if_dropped(still_there):
                         return
             for _, entries in batches or []:
                 for entry_id, fields in entries:

@@ -39,9 +39,9 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
-from vmcp.store._redis_errors import translated_store_errors
+from vmcp.store._redis_errors import once_more_if_dropped, translated_store_errors
 from vmcp.store.base import validate_timeout, validate_ttl
 from vmcp.store.redis import RedisStore
 
@@ -165,18 +165,23 @@ class RedisIdentityIndex:
 
     async def admit(self, binding: str, session_id: str, limit: int) -> bool:
         key = index_key(self._prefix, binding)
-        dead: list[str] = []
+
+        async def attempt(retried: bool) -> bool:
+            # Safe to repeat: a reservation that landed is found again (it holds a slot).
+            dead: list[str] = []
+            for _ in range(ADMIT_ROUNDS):
+                reply = await self._reserve(
+                    keys=[key], args=[session_id, limit, self._clock(), self._ttl_ms, *dead])
+                if int(reply[0]) == 1:
+                    return True
+                dead = await self._dead([_text(member) for member in reply[1:]])
+                if not dead:
+                    return False
+            return False
+
         with translated_store_errors("identity index"):
             async with asyncio.timeout(self._timeout):
-                for _ in range(ADMIT_ROUNDS):
-                    reply = await self._reserve(
-                        keys=[key], args=[session_id, limit, self._clock(), self._ttl_ms, *dead])
-                    if int(reply[0]) == 1:
-                        return True
-                    dead = await self._dead([_text(member) for member in reply[1:]])
-                    if not dead:
-                        return False
-        return False
+                return await once_more_if_dropped(attempt)
 
     async def _dead(self, members: list[str]) -> list[str]:
         """Those of ``members`` whose session record is gone."""
@@ -189,9 +194,14 @@ class RedisIdentityIndex:
         return [member for member, held in zip(members, found, strict=True) if not held]
 
     async def remove(self, binding: str, session_id: str) -> None:
+        key = index_key(self._prefix, binding)
+
+        async def attempt(retried: bool) -> Any:
+            return await self._store.client.zrem(key, session_id)
+
         with translated_store_errors("identity index"):
             async with asyncio.timeout(self._timeout):
-                await self._store.client.zrem(index_key(self._prefix, binding), session_id)
+                await once_more_if_dropped(attempt)
 
 
 def _text(member: bytes | str) -> str:

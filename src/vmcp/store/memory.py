@@ -6,16 +6,20 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Mapping
-from types import TracebackType
 from typing import Self
 
 from vmcp.errors import SessionNotFound
-from vmcp.store.base import validate_metadata, validate_session_id, validate_ttl
+from vmcp.store.base import (
+    ClosedOnExit,
+    validate_metadata,
+    validate_session_id,
+    validate_ttl,
+)
 
 Clock = Callable[[], float]
 
 
-class MemoryStore:
+class MemoryStore(ClosedOnExit):
     """``SessionStore`` in memory: the default for a single replica, and for unit tests.
 
     Expired records are invisible at once (every read checks the deadline) and are
@@ -41,14 +45,6 @@ class MemoryStore:
         if self._sweeper is None:
             self._sweeper = asyncio.create_task(self._sweep_forever(), name="vmcp-store-sweep")
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def _live(self, session_id: str) -> dict[str, str] | None:
         record = self._records.get(session_id)

@@ -19,12 +19,30 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from vmcp.errors import InvalidSessionId
-from vmcp.store._redis_errors import translated_store_errors
+from vmcp.store._redis_errors import once_more_if_dropped, translated_store_errors
 from vmcp.store.base import validate_session_id
 
 logger = logging.getLogger(__name__)
 
 RECONNECT_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
+
+
+async def new_pubsub(client: aioredis.Redis | RedisCluster, *, after_loss: bool = False
+                     ) -> Any:
+    """A pub/sub object on ``client``.
+
+    A Cluster client picks the pub/sub's node from its slot map, which it fills only on
+    its first command (before that, redis-py fails with a bare ``KeyError``) and marks
+    stale only when a command fails, not when a pub/sub connection does. So the map is
+    filled first, and read again from the cluster ``after_loss`` of a pub/sub connection:
+    otherwise the new pub/sub would dial the node that failed over.
+    """
+    if isinstance(client, RedisCluster):
+        if after_loss:
+            await client.nodes_manager.initialize()
+        else:
+            await client.initialize()
+    return client.pubsub()
 
 
 class EndedSessionBus(Protocol):
@@ -40,7 +58,13 @@ class EndedSessionBus(Protocol):
 
 
 class RedisEndedSessionBus:
-    """``EndedSessionBus`` on one Redis pub/sub channel; resubscribes after outages."""
+    """``EndedSessionBus`` on one Redis pub/sub channel; resubscribes after outages.
+
+    Each outage gets a new pub/sub object rather than a reconnect of the old one: on
+    Cluster the old one is tied to a node that may be gone for good after a failover,
+    while a new one asks the client's current map for a node. Classic (not sharded)
+    pub/sub: Cluster carries a ``PUBLISH`` to every node, so any node serves.
+    """
 
     def __init__(self, client: aioredis.Redis | RedisCluster, channel: str,
                  *, timeout_seconds: float) -> None:
@@ -50,15 +74,18 @@ class RedisEndedSessionBus:
 
     async def publish(self, session_id: str) -> None:
         validate_session_id(session_id)
-        with translated_store_errors("publish"):
-            with anyio.fail_after(self._timeout):
-                await self._client.publish(self._channel, session_id)
+
+        async def attempt(retried: bool) -> Any:  # a second announcement is harmless
+            return await self._client.publish(self._channel, session_id)
+
+        with translated_store_errors("publish"), anyio.fail_after(self._timeout):
+            await once_more_if_dropped(attempt)
 
     async def subscribe(self) -> AsyncIterator[str]:
         attempt = 0
         while True:
             try:
-                async for session_id in self._listen_once():
+                async for session_id in self._listen_once(after_loss=attempt > 0):
                     attempt = 0
                     yield session_id
             except Exception as exc:
@@ -67,8 +94,8 @@ class RedisEndedSessionBus:
                 logger.warning("ended-session channel lost (%s); again in %.1fs", exc, delay)
                 await anyio.sleep(delay)
 
-    async def _listen_once(self) -> AsyncIterator[str]:
-        pubsub = self._client.pubsub()
+    async def _listen_once(self, *, after_loss: bool) -> AsyncIterator[str]:
+        pubsub = await new_pubsub(self._client, after_loss=after_loss)
         try:
             await pubsub.subscribe(self._channel)
             async for message in pubsub.listen():
@@ -82,7 +109,7 @@ class RedisEndedSessionBus:
                     logger.warning("ignored a malformed id on the ended-session channel")
         finally:
             with anyio.CancelScope(shield=True):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
 
 
 RelayHandler = Callable[[dict[str, Any]], None]
@@ -111,7 +138,10 @@ class RedisSessionRelay:
     """``SessionRelay`` over one pub/sub connection per replica, one channel per session.
 
     Channels are subscribed while at least one local listener needs them, so the cost
-    is one connection per replica, not per session.
+    is one connection per replica, not per session. When that connection is lost, ``run``
+    builds a new one and subscribes it to every channel still needed, retrying with
+    backoff while the store is down (a new one, for the reason ``RedisEndedSessionBus``
+    gives). Messages published meanwhile are lost, like any pub/sub message.
     """
 
     def __init__(self, client: aioredis.Redis | RedisCluster, prefix: str,
@@ -122,6 +152,7 @@ class RedisSessionRelay:
         self._handlers: dict[str, list[RelayHandler]] = {}
         self._confirmed: dict[str, anyio.Event] = {}
         self._pubsub: Any = None
+        self._lost = False
         self._lock = anyio.Lock()
         self.published = 0
         self.delivered = 0
@@ -145,7 +176,7 @@ class RedisSessionRelay:
                 confirmed = self._confirmed[channel] = anyio.Event()
                 async with self._lock:
                     with translated_store_errors("subscribe"), anyio.fail_after(self._timeout):
-                        await self._ensure_pubsub().subscribe(channel)
+                        await (await self._ensure_pubsub()).subscribe(channel)
             else:
                 confirmed = self._confirmed[channel]
             with anyio.fail_after(self._timeout):
@@ -158,16 +189,29 @@ class RedisSessionRelay:
                 self._confirmed.pop(channel, None)
                 with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                     async with self._lock:
-                        await self._ensure_pubsub().unsubscribe(channel)
+                        await (await self._ensure_pubsub()).unsubscribe(channel)
 
-    def _ensure_pubsub(self) -> Any:
+    async def _ensure_pubsub(self, *, after_loss: bool = False) -> Any:
         if self._pubsub is None:
-            self._pubsub = self._client.pubsub()
+            self._pubsub = await new_pubsub(self._client, after_loss=after_loss)
         return self._pubsub
 
     async def run(self) -> None:
         """Deliver incoming payloads to local handlers; a lifespan task, until cancelled."""
+        attempt = 0
         while True:
+            if self._lost:
+                try:
+                    await self._resubscribe()
+                except Exception as exc:
+                    delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
+                    attempt += 1
+                    logger.warning("session relay: resubscribing failed (%s); again in %.1fs",
+                                   exc, delay)
+                    await anyio.sleep(delay)
+                    continue
+                self._lost = False
+                attempt = 0
             pubsub = self._pubsub
             if pubsub is None or not pubsub.subscribed:
                 await anyio.sleep(0.05)
@@ -176,10 +220,22 @@ class RedisSessionRelay:
                 message = await pubsub.get_message(timeout=1.0)
             except Exception as exc:
                 logger.warning("session relay connection lost: %s", exc)
-                await anyio.sleep(0.5)
+                self._lost = True
                 continue
             if message is not None:
                 self._dispatch(message)
+
+    async def _resubscribe(self) -> None:
+        """Replace the pub/sub connection with a new one on every channel still needed."""
+        async with self._lock:
+            old, self._pubsub = self._pubsub, None
+            if old is not None:
+                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                    await old.aclose()
+            channels = list(self._handlers)
+            if channels:
+                with translated_store_errors("subscribe"), anyio.fail_after(self._timeout):
+                    await (await self._ensure_pubsub(after_loss=True)).subscribe(*channels)
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         channel = message.get("channel")

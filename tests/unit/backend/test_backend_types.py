@@ -12,7 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vmcp.backend import BackendRpcError, BackendState, BackendTarget
-from vmcp.backend.connection import (
+from vmcp.backend.wire import (
+    answer,
     decode,
     is_response_to,
     result_of,
@@ -155,3 +156,39 @@ def test_transport_errors_map_to_their_cause(
     mapped = transport_error("b", exc)
     assert type(mapped) is expected
     assert mapped.backend == "b"
+
+
+@pytest.mark.anyio
+async def test_ping_is_answered_without_the_handler() -> None:
+    async def handler(message: dict[str, Any]) -> dict[str, Any] | None:
+        raise AssertionError("ping must not reach the handler")
+
+    reply = await answer("memory", {"jsonrpc": "2.0", "id": 4, "method": "ping"}, handler)
+    assert reply == {"jsonrpc": "2.0", "id": 4, "result": {}}
+
+
+@pytest.mark.anyio
+async def test_server_requests_get_an_answer_whatever_the_handler_does() -> None:
+    request = {"jsonrpc": "2.0", "id": "srv-1", "method": "roots/list"}
+
+    async def raises(message: dict[str, Any]) -> dict[str, Any] | None:
+        raise RuntimeError("client went away")
+
+    async def declines(message: dict[str, Any]) -> dict[str, Any] | None:
+        return None
+
+    async def malformed(message: dict[str, Any]) -> dict[str, Any] | None:
+        return {"id": 99}
+
+    async def answers(message: dict[str, Any]) -> dict[str, Any] | None:
+        return {"id": 99, "result": {"roots": []}}
+
+    assert (await answer("memory", request, None))["error"]["code"] == -32601
+    assert (await answer("memory", request, declines))["error"]["code"] == -32601
+    assert (await answer("memory", request, raises))["error"]["code"] == -32603
+    assert (await answer("memory", request, malformed))["error"]["code"] == -32603
+    assert await answer("memory", request, answers) == {
+        "jsonrpc": "2.0",
+        "id": "srv-1",
+        "result": {"roots": []},
+    }

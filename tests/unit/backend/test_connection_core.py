@@ -15,7 +15,7 @@ import httpx2
 import pytest
 
 from vmcp.backend import BackendState, BackendTarget
-from vmcp.backend.connection import BaseBackend, MessageHandler, _SessionGone
+from vmcp.backend.base import BaseBackend, Call, _SessionGone
 from vmcp.errors import BackendSessionExpired, BackendTimeout, BackendUnavailable, SessionClosed
 
 pytestmark = pytest.mark.anyio
@@ -47,14 +47,7 @@ class MemoryBackend(BaseBackend):
         self.sent: list[bytes] = []
         self.terminated = 0
 
-    async def _call(
-        self,
-        request_id: int,
-        body: bytes,
-        params: dict[str, Any] | None,
-        on_message: MessageHandler | None,
-        headers: Mapping[str, str],
-    ) -> dict[str, Any]:
+    async def _call(self, call: Call) -> dict[str, Any]:
         session = self._state.session_id
         await anyio.lowlevel.checkpoint()
         if session not in self.sessions:
@@ -226,39 +219,3 @@ async def test_concurrent_aclose_waits_for_the_first(backend: MemoryBackend) -> 
     assert order[0] == "call"
     assert sorted(order[1:]) == ["first", "second"]
     assert backend.terminated == 1
-
-
-async def test_ping_is_answered_without_the_handler(backend: MemoryBackend) -> None:
-    async def handler(message: dict[str, Any]) -> dict[str, Any] | None:
-        raise AssertionError("ping must not reach the handler")
-
-    reply = await backend._answer({"jsonrpc": "2.0", "id": 4, "method": "ping"}, handler)
-    assert reply == {"jsonrpc": "2.0", "id": 4, "result": {}}
-
-
-async def test_server_requests_get_an_answer_whatever_the_handler_does(
-    backend: MemoryBackend,
-) -> None:
-    request = {"jsonrpc": "2.0", "id": "srv-1", "method": "roots/list"}
-
-    async def raises(message: dict[str, Any]) -> dict[str, Any] | None:
-        raise RuntimeError("client went away")
-
-    async def declines(message: dict[str, Any]) -> dict[str, Any] | None:
-        return None
-
-    async def malformed(message: dict[str, Any]) -> dict[str, Any] | None:
-        return {"id": 99}
-
-    async def answers(message: dict[str, Any]) -> dict[str, Any] | None:
-        return {"id": 99, "result": {"roots": []}}
-
-    assert (await backend._answer(request, None))["error"]["code"] == -32601
-    assert (await backend._answer(request, declines))["error"]["code"] == -32601
-    assert (await backend._answer(request, raises))["error"]["code"] == -32603
-    assert (await backend._answer(request, malformed))["error"]["code"] == -32603
-    assert await backend._answer(request, answers) == {
-        "jsonrpc": "2.0",
-        "id": "srv-1",
-        "result": {"roots": []},
-    }

@@ -1,0 +1,94 @@
+"""A session copy closed between its lookup and the call's start is looked up once more.
+
+Another replica changing a session's backends makes this replica rebuild its copy; a
+request that had just looked up the old copy must be served by the new one, not be told
+that a live session is gone (404 would make the client throw the session away).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio
+import pytest
+from starlette.datastructures import Headers
+
+from tests.session.test_session_close_answers import session_without_backends
+from vmcp.config import ServerConfig
+from vmcp.errors import SessionNotFound
+from vmcp.identity import ANONYMOUS, Principal
+from vmcp.server.security import RequestGuard
+from vmcp.server.session_methods import SessionMethods
+from vmcp.server.transport import McpEndpoint
+from vmcp.session.multisession import MultiSession
+
+pytestmark = pytest.mark.anyio
+
+SESSION_ID = "close-answers-" + "0" * 18
+
+
+class Copies:
+    """A manager whose lookups hand out the given copies in turn."""
+
+    def __init__(self, *copies: MultiSession | None) -> None:
+        self._copies = list(copies)
+        self.lookups = 0
+
+    async def get(self, session_id: str, principal: Principal) -> MultiSession:
+        self.lookups += 1
+        copy = self._copies.pop(0)
+        if copy is None:
+            raise SessionNotFound(session_id)
+        return copy
+
+    def evict_local(self, session_id: str) -> None:
+        pass
+
+
+async def anonymous(headers: Headers) -> Principal:
+    return ANONYMOUS
+
+
+async def ping(manager: Copies) -> tuple[int, dict[str, Any]]:
+    endpoint = McpEndpoint(manager, SessionMethods(), RequestGuard(ServerConfig()),  # type: ignore[arg-type]
+                           anonymous, max_body_bytes=65536)
+    body = json.dumps({"jsonrpc": "2.0", "id": 7, "method": "ping"}).encode()
+    scope = {"type": "http", "method": "POST", "path": "/mcp", "headers": [
+        (b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
+        (b"accept", b"application/json, text/event-stream"),
+        (b"mcp-session-id", SESSION_ID.encode()), (b"mcp-protocol-version", b"2025-11-25")]}
+    sent: list[dict[str, Any]] = []
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop(0)
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await endpoint(scope, receive, send)
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    payload = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, json.loads(payload)
+
+
+async def test_a_copy_closed_before_the_call_started_is_looked_up_again() -> None:
+    outdated, rebuilt = session_without_backends(), session_without_backends()
+    await outdated.aclose()
+    manager = Copies(outdated, rebuilt)
+    status, answer = await ping(manager)
+    assert (status, answer) == (200, {"jsonrpc": "2.0", "id": 7, "result": {}})
+    assert manager.lookups == 2
+    await rebuilt.aclose()
+
+
+async def test_a_session_that_ended_meanwhile_answers_404() -> None:
+    ended = session_without_backends()
+    await ended.aclose()
+    status, answer = await ping(Copies(ended, None))
+    assert status == 404
+    assert answer["error"]["code"] == -32001
