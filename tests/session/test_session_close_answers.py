@@ -19,7 +19,7 @@ import pytest
 from tests.support.redis_server import RedisServer
 from vmcp.aggregate import BackendCatalog, RoutingTable, build_routing_table
 from vmcp.backend import BackendConnection
-from vmcp.config.models import AggregationConfig
+from vmcp.config import AggregationConfig
 from vmcp.session.multisession import MultiSession
 from vmcp.session.streams import Outbound
 from vmcp.store import RedisStore

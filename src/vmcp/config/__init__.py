@@ -83,6 +83,12 @@ from vmcp.config.auth import (
     StaticTokenConfig,
     TrustedIssuerConfig,
 )
+from vmcp.config.backends import (
+    AggregationConfig,
+    BackendConfig,
+    BackendToolsConfig,
+    ToolOverride,
+)
 from vmcp.config.composite import (
     CompositeToolConfig,
     InnerStep,
@@ -97,10 +103,7 @@ from vmcp.config.loading import (
 )
 from vmcp.config.models import (
     AdminConfig,
-    AggregationConfig,
     AuditConfig,
-    BackendConfig,
-    BackendToolsConfig,
     HealthConfig,
     LimitsConfig,
     ServerConfig,
@@ -108,7 +111,6 @@ from vmcp.config.models import (
     StatelessConfig,
     StatusConfig,
     TelemetryConfig,
-    ToolOverride,
     VmcpConfig,
 )
 

@@ -208,18 +208,8 @@ def _check_store(value: str) -> str:
 
 
 def _check_backend_url(value: str) -> str:
-    try:
-        parts = urlsplit(value)
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"not a valid URL: {exc}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("must be an http:// or https:// URL with a host")
-    if port == 0:
-        raise ValueError("port 0 is not a port a backend can listen on")
-    if parts.fragment:
-        raise ValueError("must not have a #fragment")
-    return value
+    """A backend's endpoint: an absolute http(s) URL with a host and no fragment."""
+    return _check_http_url(value)
 
 
 def _check_http_url(value: str, *, allow_query: bool = True) -> str:

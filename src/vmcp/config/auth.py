@@ -44,6 +44,18 @@ def _copyable_header_problem(header: str) -> str | None:
     return None
 
 
+
+def _check_file_path(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must be a file path")
+    return value
+
+
+IssuerUrl = Annotated[str, AfterValidator(lambda v: _check_http_url(v, allow_query=False))]
+"""An issuer: an http(s) URL with a host, no query and no fragment."""
+HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
+FilePath = Annotated[str, AfterValidator(_check_file_path)]
+
 class OutgoingAuthConfig(_Frozen):
     """How the gateway authenticates to one backend (``backends[].auth``), by ``type``.
 
@@ -210,29 +222,12 @@ class TrustedIssuerConfig(_Frozen):
     leeway) but only ever against its own keys, chosen by the token's ``iss``.
     """
 
-    issuer: str
+    issuer: IssuerUrl
     """The issuer (the tokens' iss, exactly)."""
-    jwks_url: str | None = None
+    jwks_url: HttpUrl | None = None
     """Where its signing keys are published."""
-    jwks_file: str | None = None
+    jwks_file: FilePath | None = None
     """Or: a file holding its JWK Set."""
-
-    @field_validator("issuer")
-    @classmethod
-    def _issuer(cls, value: str) -> str:
-        return _check_http_url(value, allow_query=False)
-
-    @field_validator("jwks_url")
-    @classmethod
-    def _jwks_url(cls, value: str | None) -> str | None:
-        return None if value is None else _check_http_url(value)
-
-    @field_validator("jwks_file")
-    @classmethod
-    def _jwks_file(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("must be a file path")
-        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> Self:
@@ -272,13 +267,13 @@ class IncomingAuthConfig(_Frozen):
     type: IncomingAuthType = "anonymous"
     """anonymous (development: no credentials), oidc (JWT bearer tokens) or static (fixed
     tokens)."""
-    issuer: str | None = None
+    issuer: IssuerUrl | None = None
     """oidc: the tokens' iss, exactly (trailing slash included)."""
     audience: tuple[str, ...] = ()
     """oidc: what the tokens' aud must name (a string or a list)."""
-    jwks_url: str | None = None
+    jwks_url: HttpUrl | None = None
     """oidc: where the issuer publishes its signing keys."""
-    jwks_file: str | None = None
+    jwks_file: FilePath | None = None
     """oidc: or a file holding them (a JWK Set)."""
     algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
     """oidc: accepted signature algorithms (public-key ones only)."""
@@ -294,23 +289,6 @@ class IncomingAuthConfig(_Frozen):
     """oidc: further issuers trusted, each with its own keys."""
     tokens: tuple[StaticTokenConfig, ...] = ()
     """static: the accepted tokens and the identity each stands for."""
-
-    @field_validator("issuer")
-    @classmethod
-    def _issuer(cls, value: str | None) -> str | None:
-        return None if value is None else _check_http_url(value, allow_query=False)
-
-    @field_validator("jwks_url")
-    @classmethod
-    def _jwks_url(cls, value: str | None) -> str | None:
-        return None if value is None else _check_http_url(value)
-
-    @field_validator("jwks_file")
-    @classmethod
-    def _jwks_file(cls, value: str | None) -> str | None:
-        if value is not None and not value.strip():
-            raise ValueError("must be a file path")
-        return value
 
     @field_validator("audience", mode="before")
     @classmethod

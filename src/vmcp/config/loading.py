@@ -27,10 +27,8 @@ from vmcp.config._report import (
     _origin,
 )
 from vmcp.config.composite import LocatedProblems
-from vmcp.config.models import (
-    VmcpConfig,
-    _cross_section_problems,
-)
+from vmcp.config.cross_checks import cross_section_problems
+from vmcp.config.models import VmcpConfig
 from vmcp.errors import ConfigError
 
 # --------------------------------------------------------------------------- loading
@@ -91,7 +89,7 @@ def _validate(
     sources: Sequence[tuple[Loc, str]],
 ) -> VmcpConfig:
     """Validate ``data``; raise one ConfigError with ``problems`` and every new one."""
-    located: list[tuple[Loc, str]] = list(_cross_section_problems(data))
+    located: list[tuple[Loc, str]] = list(cross_section_problems(data))
     config: VmcpConfig | None
     try:
         config = VmcpConfig.model_validate(data, context={_CROSS_CHECKED: True})
