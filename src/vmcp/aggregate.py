@@ -84,10 +84,12 @@ def listings_for(capabilities: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 @dataclass(frozen=True)
 class Route:
-    """Where an exposed name leads: the backend and that backend's own name for the item."""
+    """Where an exposed name leads: the backend and that backend's own name for the item.
+    A tool that is not ``visible`` is left out of listings (composite tools' steps call it)."""
 
     backend: str
     name: str
+    visible: bool = True
 
 
 class RoutingTable:
@@ -106,9 +108,9 @@ class RoutingTable:
         "_resources",
         "_template_backends",
         "_template_patterns",
-        "_tool_items",
         "_tool_routes",
         "_tools",
+        "_tools_by_name",
     )
 
     def __init__(
@@ -124,8 +126,9 @@ class RoutingTable:
         Tool and prompt dicts carry their exposed ``name``, resources their ``uri`` and
         templates their ``uriTemplate``.
         """
-        self._tools, self._tool_routes = self._index_named(tools, "tool")
-        self._tool_items = {str(tool["name"]): tool for tool in self._tools}
+        every_tool, self._tool_routes = self._index_named(tools, "tool")
+        self._tools = tuple(t for t in every_tool if self._tool_routes[t["name"]].visible)
+        self._tools_by_name = {str(t["name"]): t for t in every_tool}
         self._prompts, self._prompt_routes = self._index_named(prompts, "prompt")
         resource_list: list[dict[str, Any]] = []
         self._exact_resources: dict[str, str] = {}
@@ -161,8 +164,8 @@ class RoutingTable:
 
     @property
     def tools(self) -> list[dict[str, Any]]:
-        """Exposed tools: the backends' JSON with ``name`` (and an overridden
-        ``description``) replaced."""
+        """Exposed tools that are listed: the backends' JSON with ``name`` (and an
+        overridden ``description``) replaced."""
         return list(self._tools)
 
     @property
@@ -180,6 +183,11 @@ class RoutingTable:
         """Exposed resource templates, one per ``uriTemplate``."""
         return list(self._resource_templates)
 
+    def tool(self, name: str) -> dict[str, Any] | None:
+        """The exposed tool ``name``, listed or hidden (its annotations, schema...), or
+        None."""
+        return self._tools_by_name.get(name)
+
     def route_tool(self, name: str) -> Route | None:
         """Where the exposed tool ``name`` leads, or None if no such tool is exposed."""
         return self._tool_routes.get(name)
@@ -187,10 +195,6 @@ class RoutingTable:
     def route_prompt(self, name: str) -> Route | None:
         """Where the exposed prompt ``name`` leads, or None if no such prompt is exposed."""
         return self._prompt_routes.get(name)
-
-    def tool(self, name: str) -> dict[str, Any] | None:
-        """The exposed tool ``name`` (its annotations, schema...), or None."""
-        return self._tool_items.get(name)
 
     def template_backend(self, uri_template: str) -> str | None:
         """The backend of the exposed resource template ``uri_template``, or None."""
@@ -225,6 +229,7 @@ class _Candidate:
     base_name: str  # the override's name, else the backend's own
     overridden: bool
     description: str | None  # the override's description, if any
+    visible: bool = True
 
 
 def build_routing_table(
@@ -252,7 +257,8 @@ def build_routing_table(
     tools = _settle_names(tool_candidates, config, backends, "tool", warn)
     prompts = _settle_names(prompt_candidates, config, backends, "prompt", warn)
     return RoutingTable(
-        tools=[(_exposed(c, name), Route(c.backend, c.own_name)) for c, name in tools],
+        tools=[(_exposed(c, name), Route(c.backend, c.own_name, c.visible))
+               for c, name in tools],
         prompts=[(_exposed(c, name), Route(c.backend, c.own_name)) for c, name in prompts],
         resources=_first_by_key(catalogs, backends, "resources", "uri", warn),
         resource_templates=_templates(catalogs, backends, warn),
@@ -302,6 +308,7 @@ def _tool_candidates(
                 override.name if override.name is not None else candidate.own_name,
                 override.name is not None,
                 override.description,
+                override.visible,
             )
         candidates.append(candidate)
     return candidates

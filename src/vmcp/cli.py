@@ -25,6 +25,7 @@ import typer
 
 from vmcp.config import (
     BackendConfig,
+    CompositeToolConfig,
     ServerConfig,
     SessionConfig,
     VmcpConfig,
@@ -171,7 +172,7 @@ def _has_content(file: Path) -> bool:
 
 
 def _probe_or_exit(config: VmcpConfig) -> None:
-    from vmcp.probe import ProbeResult, format_table, probe_backends
+    from vmcp.probe import ProbeResult, composite_problems, format_table, probe_backends
 
     typer.echo(f"probing {len(config.backends)} backends...")
 
@@ -185,7 +186,10 @@ def _probe_or_exit(config: VmcpConfig) -> None:
     results = anyio.run(probe_backends, config, progress)
     for line in format_table(results):
         typer.echo(line)
-    if store_problem is not None or not all(r.ok for r in results):
+    workflow_problems = composite_problems(config, results)
+    for problem in workflow_problems:
+        typer.echo(f"  {problem}", err=True)
+    if store_problem is not None or not all(r.ok for r in results) or workflow_problems:
         raise typer.Exit(EXIT_FAILURE)
 
 
@@ -265,6 +269,8 @@ def _summary(config: VmcpConfig) -> list[str]:
     lines += [
         f"  {b.name:<{width}}  {b.transport:<15}  {redact_url(b.url)}" for b in config.backends
     ]
+    lines += [f"composite:   {t.name} ({len(t.steps)} steps, timeout {t.timeout_seconds:g}s)"
+              for t in config.composite_tools]
     return lines
 
 
@@ -380,6 +386,7 @@ def demo(
             server=ServerConfig(port=port, allowed_origins=_DEMO_ORIGINS),
             session=SessionConfig(store="memory"),
             backends=tuple(BackendConfig(name=b.name, url=b.url) for b in backends),
+            composite_tools=_demo_composite_tools(root),
         )
         _print_demo_banner(config, backends)
         _run_gateway(run, config, log_level)
@@ -457,6 +464,19 @@ def _stop(process: subprocess.Popen[Any]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
     process.wait()
+
+
+def _demo_composite_tools(root: Path) -> tuple[CompositeToolConfig, ...]:
+    """The composite tools of examples/vmcp.yaml (if the checkout has it), which the demo
+    serves too."""
+    import yaml
+
+    example = root / "examples" / "vmcp.yaml"
+    if not example.is_file():
+        return ()
+    data = yaml.safe_load(example.read_text(encoding="utf-8"))
+    return tuple(CompositeToolConfig.model_validate(tool)
+                 for tool in data.get("composite_tools") or ())
 
 
 def _print_demo_banner(config: VmcpConfig, backends: Sequence[_DemoBackend]) -> None:

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 import anyio
 import httpx2
 
+from vmcp.aggregate import BackendCatalog, build_routing_table
 from vmcp.backend import BackendTarget, connect
+from vmcp.composite.catalog_checks import catalog_problems
 from vmcp.config import BackendConfig, VmcpConfig
 from vmcp.errors import BackendError
 from vmcp.upstream.discovery import CLIENT_CAPABILITIES, CLIENT_INFO, discover
@@ -25,6 +27,7 @@ class ProbeResult:
     resources: int = 0
     prompts: int = 0
     error: str = ""
+    catalog: BackendCatalog | None = None
 
 
 async def probe_backends(config: VmcpConfig,
@@ -61,7 +64,7 @@ async def _probe(backend: BackendConfig, http: httpx2.AsyncClient) -> ProbeResul
     server = f"{info.get('name', '?')} {info.get('version', '')}".strip()
     return ProbeResult(backend.name, True, time.perf_counter() - started, server,
                        len(catalog.tools), len(catalog.resources) + len(
-                           catalog.resource_templates), len(catalog.prompts))
+                           catalog.resource_templates), len(catalog.prompts), catalog=catalog)
 
 
 def format_table(results: list[ProbeResult]) -> list[str]:
@@ -73,3 +76,28 @@ def format_table(results: list[ProbeResult]) -> list[str]:
                      f"{r.seconds * 1000:>6.0f}ms  {r.tools:>5}  {r.resources:>9}  "
                      f"{r.prompts:>7}  {detail}")
     return lines
+
+
+def composite_problems(config: VmcpConfig, results: list[ProbeResult]) -> list[str]:
+    """The composite tools' steps against the tools the reachable backends offer."""
+    if not config.composite_tools:
+        return []
+    catalogs = {r.backend: r.catalog for r in results if r.catalog is not None}
+    routing = build_routing_table(catalogs, config.aggregation)
+    names = _step_tools(config)
+    offered = {t["name"]: t for t in routing.tools}
+    offered.update({name: tool for name in names if (tool := routing.tool(name)) is not None})
+    problems = catalog_problems(config.composite_tools, offered)
+    down = sorted(r.backend for r in results if not r.ok)
+    if down and problems:
+        problems.append(f"(backends not reached, whose tools are unknown: {', '.join(down)})")
+    return problems
+
+
+def _step_tools(config: VmcpConfig) -> set[str]:
+    names: set[str] = set()
+    for tool in config.composite_tools:
+        names.update(tool.hide_tools)
+        for step in tool.steps:
+            names.update(n for n in (step.tool, step.step.tool if step.step else None) if n)
+    return names

@@ -65,6 +65,15 @@ class Metrics:
         self.backend_call_seconds = Histogram(
             "vmcp_backend_call_duration_seconds", "Backend call latency, as vmcp sees it.",
             ["backend"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.composite_calls = Counter(
+            "vmcp_composite_calls", "Composite tool calls by tool and outcome (ok, failed, "
+            "cancelled).", ["tool", "outcome"], registry=self.registry)
+        self.composite_call_seconds = Histogram(
+            "vmcp_composite_call_duration_seconds", "Time a composite tool's workflow ran.",
+            ["tool"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.composite_steps = Counter(
+            "vmcp_composite_steps", "Composite tool steps by tool and how they ended "
+            "(completed, failed, skipped).", ["tool", "outcome"], registry=self.registry)
         self._backend_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._request_children: dict[tuple[str, int, str], tuple[Any, Any]] = {}
         self._store_children: dict[tuple[str, str], tuple[Any, Any]] = {}
@@ -90,6 +99,14 @@ class Metrics:
     def observe_backend_call(self, backend: str, outcome: str, seconds: float) -> None:
         _observe(self._backend_children, (backend, outcome), seconds,
                  self.backend_calls, self.backend_call_seconds)
+
+    def observe_composite(self, tool: str, outcome: str, seconds: float,
+                          steps: Mapping[str, int]) -> None:
+        """One composite tool call: its outcome and time, and how its steps ended."""
+        self.composite_calls.labels(tool, outcome).inc()
+        self.composite_call_seconds.labels(tool).observe(seconds)
+        for step_outcome, count in steps.items():
+            self.composite_steps.labels(tool, step_outcome).inc(count)
 
     def observe_store(self, op: str, outcome: str, started: float) -> None:
         _observe(self._store_children, (op, outcome), time.perf_counter() - started,

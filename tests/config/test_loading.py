@@ -603,7 +603,7 @@ def test_tool_rules() -> None:
         BackendToolsConfig(include=("a", "b"), exclude=("a",))
     with pytest.raises(ValidationError, match="a, b are all renamed to 'c'"):
         BackendToolsConfig(overrides={"a": ToolOverride(name="c"), "b": ToolOverride(name="c")})
-    with pytest.raises(ValidationError, match="needs a name, a description or both"):
+    with pytest.raises(ValidationError, match="needs a name, a description or visible: false"):
         ToolOverride()
     assert ToolOverride(description="only the text").name is None
 

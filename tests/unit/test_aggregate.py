@@ -590,3 +590,18 @@ def test_prefix_mode_names_are_unique_and_route_back_to_their_origin(
         assert len(item["name"]) <= MAX_NAME_LENGTH
     # every tool that is not exposed is accounted for by exactly one warning
     assert len(exposed) + len(warnings) == sum(len(own) for own in spec.values())
+
+
+def test_a_tool_that_is_not_visible_is_routed_but_not_listed() -> None:
+    catalogs = {"notes": BackendCatalog(tools=[tool("add"), tool("purge")])}
+    rules = BackendToolsConfig(overrides={"purge": ToolOverride(visible=False)})
+    table, _ = build(catalogs, tools={"notes": rules})
+    assert names(table.tools) == ["notes_add"]
+    route = table.route_tool("notes_purge")
+    assert route is not None
+    assert (route.backend, route.name, route.visible) == ("notes", "purge", False)
+    hidden = table.tool("notes_purge")
+    assert hidden is not None
+    assert hidden["name"] == "notes_purge"
+    assert table.tool("notes_add") is not None
+    assert table.tool("nothing") is None

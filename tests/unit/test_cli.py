@@ -66,12 +66,12 @@ ServeCalls = list[VmcpConfig]
 
 @pytest.fixture
 def fake_server(monkeypatch: pytest.MonkeyPatch) -> Callable[..., ServeCalls]:
-    """Install a stand-in ``vmcp.server.app`` whose ``serve`` records its config (and, in
+    """Install a stand-in ``vmcp.server.serving`` whose ``serve`` records its config (and, in
     the module's ``levels``, the log level it was given)."""
 
     def install(action: Callable[[VmcpConfig], None] | None = None) -> ServeCalls:
         calls: ServeCalls = []
-        module = types.ModuleType("vmcp.server.app")
+        module = types.ModuleType("vmcp.server.serving")
         module.levels = levels = []  # type: ignore[attr-defined]
 
         def serve(config: VmcpConfig, *, log_level: str = "info",
@@ -82,7 +82,7 @@ def fake_server(monkeypatch: pytest.MonkeyPatch) -> Callable[..., ServeCalls]:
                 action(config)
 
         module.serve = serve  # type: ignore[attr-defined]
-        monkeypatch.setitem(sys.modules, "vmcp.server.app", module)
+        monkeypatch.setitem(sys.modules, "vmcp.server.serving", module)
         return calls
 
     return install
@@ -259,7 +259,7 @@ def test_serve_passes_the_config_with_host_and_port_overrides(
     )
 
     assert result.exit_code == 0, result.output
-    assert sys.modules["vmcp.server.app"].levels == ["debug"]  # type: ignore[attr-defined]
+    assert sys.modules["vmcp.server.serving"].levels == ["debug"]  # type: ignore[attr-defined]
     [config] = calls
     assert config.server.host == "0.0.0.0"
     assert config.server.port == 5000
@@ -275,7 +275,7 @@ def test_serve_without_overrides_keeps_the_file(
 
     assert result.exit_code == 0, result.output
     assert calls[0].server.port == 4483
-    assert sys.modules["vmcp.server.app"].levels == ["info"]  # type: ignore[attr-defined]
+    assert sys.modules["vmcp.server.serving"].levels == ["info"]  # type: ignore[attr-defined]
 
 
 def test_serve_reports_a_bad_host_override(
@@ -305,7 +305,7 @@ def test_serve_rejects_an_out_of_range_port(runner: CliRunner, tmp_path: Path) -
 def test_serve_says_so_when_the_server_cannot_be_imported(
     runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(sys.modules, "vmcp.server.app", None)
+    monkeypatch.setitem(sys.modules, "vmcp.server.serving", None)
 
     result = runner.invoke(cli.app, ["serve", "--config", str(write(tmp_path, GOOD))])
 
@@ -456,3 +456,15 @@ def test_demo_needs_the_examples(
 
 def test_repo_root_holds_the_examples() -> None:
     assert (cli._repo_root() / "examples" / "backends").is_dir()
+
+
+def test_demo_serves_the_example_composite_tools() -> None:
+    tools = cli._demo_composite_tools(cli._repo_root())
+    assert [tool.name for tool in tools] == ["city_brief"]
+
+
+def test_check_config_lists_the_example_composite_tool(runner: CliRunner) -> None:
+    example = cli._repo_root() / "examples" / "vmcp.yaml"
+    result = runner.invoke(cli.app, ["check-config", str(example)])
+    assert result.exit_code == 0, result.output
+    assert "composite:   city_brief (3 steps, timeout 30s)" in result.stdout

@@ -17,11 +17,11 @@ PACKAGE = Path(__file__).resolve().parents[2] / "src" / "vmcp"
 
 LAYERS: list[set[str]] = [
     {"__init__", "errors"},                 # the version; the errors tree
-    # who calls; spans; caches and shared loads; matching URI templates
-    {"identity", "tracing", "cache", "concurrency", "lru", "uri_template"},
+    # who calls; spans; caches and shared loads; URI templates; sandboxed templates
+    {"identity", "tracing", "cache", "concurrency", "lru", "uri_template", "templating"},
     {"logs", "config"},
     {"store", "backend", "aggregate",       # metadata store; one backend; routing tables
-     "authz", "audit"},                     # what a caller may use; who did what
+     "authz", "audit", "composite"},        # what a caller may use; who did what; workflows
     {"auth", "dispatch"},                   # credentials in and out; one MCP method
     {"upstream"},                           # reaching backends for a caller
     {"session", "stateless"},               # the two revisions' backends

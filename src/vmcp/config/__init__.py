@@ -14,6 +14,15 @@ Layout of the file (every key optional except each backend's ``name`` and ``url`
                   tools: {<backend>: {include, exclude, overrides: {<tool>: {name, description}}}}}
     limits:      {max_concurrent_backend_connects, max_sessions_per_identity,
                   call_timeout_seconds}
+    composite_tools: [{name, description, parameters, timeout_seconds, max_parallel,
+                      hide_tools, output: {<field>: {type, value, description}},
+                      steps: [{id, type: tool | elicitation | for_each, depends_on, when,
+                               timeout_seconds, default,
+                               on_error: {action: abort | continue | retry, retries,
+                                          delay_seconds},
+                               tool, arguments, message, schema, on_decline,
+                               items, max_parallel, max_iterations,
+                               step: {tool, arguments}}]}]
     stateless:   {upstream_idle_seconds, catalog_ttl_seconds, answer_timeout_seconds}
     audit:       {enabled, sink: stdout | file:PATH, event_types, include_arguments,
                   redact_keys, max_data_bytes, queue_size}
@@ -80,6 +89,13 @@ from vmcp.config.backends import (
     BackendToolsConfig,
     ToolOverride,
 )
+from vmcp.config.composite import (
+    CompositeToolConfig,
+    InnerStep,
+    OnError,
+    OutputField,
+    StepConfig,
+)
 from vmcp.config.loading import (
     load_config,
     unmatched_env_warnings,
@@ -112,18 +128,23 @@ __all__ = [
     "AuthzConfig",
     "BackendConfig",
     "BackendToolsConfig",
+    "CompositeToolConfig",
     "ConflictMode",
     "HealthConfig",
     "IncomingAuthConfig",
     "IncomingAuthType",
+    "InnerStep",
     "LimitsConfig",
+    "OnError",
     "OutgoingAuthConfig",
     "OutgoingAuthType",
+    "OutputField",
     "ServerConfig",
     "SessionConfig",
     "StatelessConfig",
     "StaticTokenConfig",
     "StatusConfig",
+    "StepConfig",
     "StoreKind",
     "TelemetryConfig",
     "ToolOverride",

@@ -97,11 +97,14 @@ class ToolOverride(_Frozen):
     """The name the tool is exposed under instead."""
     description: str | None = None
     """The description the tool is exposed with instead."""
+    visible: bool = True
+    """false: left out of tools/list and refused to clients, yet callable from composite
+    tools' steps."""
 
     @model_validator(mode="after")
     def _not_empty(self) -> Self:
-        if self.name is None and self.description is None:
-            raise ValueError("an override needs a name, a description or both")
+        if self.name is None and self.description is None and self.visible:
+            raise ValueError("an override needs a name, a description or visible: false")
         return self
 
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from vmcp.config._checks import Loc
+from vmcp.config.composite import composite_problems
 
 
 def _caller_credential_problems(data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
@@ -56,6 +57,7 @@ def cross_section_problems(data: Mapping[str, Any]) -> list[tuple[Loc, str]]:
         else:
             first_index[name] = index
     problems += _caller_credential_problems(data)
+    problems += composite_problems(data)
     aggregation = data.get("aggregation", {})
     if not isinstance(aggregation, Mapping):
         return problems

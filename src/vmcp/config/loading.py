@@ -26,6 +26,7 @@ from vmcp.config._report import (
     _format_loc,
     _origin,
 )
+from vmcp.config.composite import LocatedProblems
 from vmcp.config.cross_checks import cross_section_problems
 from vmcp.config.models import VmcpConfig
 from vmcp.errors import ConfigError
@@ -93,7 +94,8 @@ def _validate(
     try:
         config = VmcpConfig.model_validate(data, context={_CROSS_CHECKED: True})
     except ValidationError as exc:
-        located = [_describe_error(error) for error in exc.errors()] + located
+        located = [problem for error in exc.errors()
+                   for problem in _describe_errors(error)] + located
         config = None
     for loc, message in located:
         problems.append(_format_loc(loc) + ": " + message + _origin(loc, lines, sources))
@@ -334,6 +336,15 @@ def _decode_env_value(raw: str, annotation: Any) -> Any:
     except json.JSONDecodeError as exc:
         kind = "a JSON list" if _is_sequence(annotation) else "a JSON object"
         raise ValueError(f"expected {kind}: {exc}") from None
+
+
+def _describe_errors(error: ErrorDetails) -> list[tuple[Loc, str]]:
+    """A pydantic error as located problems: one, or each of a workflow's."""
+    cause = error.get("ctx", {}).get("error") if error["type"] == "value_error" else None
+    if isinstance(cause, LocatedProblems):
+        loc: Loc = tuple(part for part in error["loc"] if part != "[key]")
+        return [((*loc, *where), message) for where, message in cause.problems]
+    return [_describe_error(error)]
 
 
 def _describe_error(error: ErrorDetails) -> tuple[Loc, str]:

@@ -32,6 +32,7 @@ from vmcp.config.auth import (
     AuthConfig,
 )
 from vmcp.config.backends import AggregationConfig, BackendConfig
+from vmcp.config.composite import CompositeToolConfig
 from vmcp.config.cross_checks import cross_section_problems
 
 # --------------------------------------------------------------------------- models
@@ -359,6 +360,8 @@ class VmcpConfig(_Frozen):
     """The operator's view of every replica on /status and /ui."""
     audit: AuditConfig = Field(default_factory=AuditConfig)
     """The audit trail of MCP operations and refusals."""
+    composite_tools: tuple[CompositeToolConfig, ...] = ()
+    """Tools served by running a workflow over the backends' tools."""
 
     @model_validator(mode="after")
     def _cross_section(self, info: ValidationInfo) -> Self:

@@ -10,7 +10,9 @@ sees them, and frames what the dispatcher returns.
 """
 
 from vmcp.dispatch.capabilities import aggregate_capabilities
-from vmcp.dispatch.core import LISTINGS, ROUTED_METHODS, Dispatcher, Target, Upstream, items_of
+from vmcp.dispatch.core import LISTINGS, ROUTED_METHODS, Dispatcher, items_of
+from vmcp.dispatch.seam import Target, Upstream
+from vmcp.dispatch.workflows import Work, WorkflowUpstream
 
 __all__ = [
     "LISTINGS",
@@ -18,6 +20,8 @@ __all__ = [
     "Dispatcher",
     "Target",
     "Upstream",
+    "Work",
+    "WorkflowUpstream",
     "aggregate_capabilities",
     "items_of",
 ]

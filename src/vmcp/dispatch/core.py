@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Final, Generic, Protocol, TypeVar
+from functools import partial
+from typing import Any, Final, Generic, TypeVar
 
 from vmcp.aggregate import RoutingTable
 from vmcp.audit import record as audit_record
 from vmcp.authz import AllowAll, Authorizer
+from vmcp.authz import Target as Subject
+from vmcp.composite import CompositeRegistry
 from vmcp.dispatch.authorization import arguments_of, listed_subject, routed_subject
+from vmcp.dispatch.seam import Target, Upstream
+from vmcp.dispatch.workflows import Ask, Notify, WorkflowHost, WorkflowUpstream
 from vmcp.errors import INVALID_PARAMS_CODE, NotPermitted, RequestError
 from vmcp.identity import ANONYMOUS, Principal
 
-ResultT_co = TypeVar("ResultT_co", covariant=True)
 ResultT = TypeVar("ResultT")
+
+COMPOSITE_BACKEND: Final = "vmcp:composite"
+"""The backend a composite tool is authorized as coming from (no backend can be named so:
+backend names are lower-case letters, digits, ``_`` and ``-``)."""
 
 LISTINGS: Final = {
     "tools/list": "tools",
@@ -31,37 +38,6 @@ ROUTED_METHODS: Final = frozenset({
 """Methods answered by one backend, chosen by the name or URI the request names."""
 
 
-@dataclass(frozen=True)
-class Target:
-    """Where a routed request goes: ``backend``, with ``params`` naming things the way the
-    backend does; ``exposed`` is the name or URI the client used (what a multi-round
-    request stays bound to)."""
-
-    backend: str
-    method: str
-    exposed: str
-    params: dict[str, Any]
-
-
-class Upstream(Protocol[ResultT_co]):
-    """The backends as one request sees them.
-
-    The session-based revisions implement it over the client session's live backend
-    connections; the stateless revision over the caller's view of every backend.
-    """
-
-    async def routing(self, *, refresh: bool = False) -> RoutingTable:
-        """The routing table; ``refresh`` re-lists the backends first (an unknown name may
-        be new: its ``list_changed`` may have gone elsewhere). May return the same table
-        when a re-listing is not due."""
-        ...
-
-    async def call(self, target: Target) -> ResultT_co:
-        """Send one routed request to its backend. Raises ``BackendRpcError`` for the
-        backend's own error, other ``BackendError`` kinds for failures."""
-        ...
-
-
 class Dispatcher(Generic[ResultT]):
     """Serves listings and routed requests over an :class:`Upstream`; one per revision.
 
@@ -72,12 +48,19 @@ class Dispatcher(Generic[ResultT]):
     routed request is authorized (:meth:`authorize`) before any backend is touched. With
     authorization on, a name that does not exist is refused exactly like a denied one
     (:class:`~vmcp.errors.NotPermitted`), so refusals tell nothing about hidden names.
+
+    ``composites`` are served next to the backends' tools (a composite tool shadows a
+    backend tool of the same name) and authorized as themselves; each of their tool steps
+    takes the client's own path again (authorized for the caller); the tools they hide are
+    neither listed nor callable by clients.
     """
 
     def __init__(self, *, resource_not_found_code: int,
-                 authorizer: Authorizer | None = None) -> None:
+                 authorizer: Authorizer | None = None,
+                 composites: CompositeRegistry | None = None) -> None:
         self._resource_not_found = resource_not_found_code
         self._authorizer: Authorizer = authorizer if authorizer is not None else AllowAll()
+        self._composites = composites if composites is not None else CompositeRegistry(())
 
     @property
     def authorizing(self) -> bool:
@@ -93,7 +76,17 @@ class Dispatcher(Generic[ResultT]):
             raise RequestError(INVALID_PARAMS_CODE, "Invalid cursor")
         routing = await upstream.routing()
         return {LISTINGS[method]: self.visible(principal, routing, method,
-                                               items_of(routing, method))}
+                                               self.listed(routing, method))}
+
+    def listed(self, routing: RoutingTable, method: str) -> list[dict[str, Any]]:
+        """Everything ``method`` lists, before authorization: the backends' items, and for
+        tools the composite tools in place of those they hide or shadow."""
+        items = items_of(routing, method)
+        if method == "tools/list" and self._composites:
+            own = self._composites.definitions()
+            unlisted = self._composites.hidden | {t["name"] for t in own}
+            items = [t for t in items if t.get("name") not in unlisted] + own
+        return items
 
     def visible(self, principal: Principal, routing: RoutingTable, method: str,
                 items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -102,20 +95,63 @@ class Dispatcher(Generic[ResultT]):
         if not self._authorizer.enabled:
             return items
         return self._authorizer.filter_listing(
-            principal, items, lambda item: listed_subject(routing, method, item),
+            principal, items, lambda item: self._listed_subject(routing, method, item),
             catalog=routing, listing=method)
+
+    def _listed_subject(self, routing: RoutingTable, method: str,
+                        item: Mapping[str, Any]) -> Subject | None:
+        name = item.get("name")
+        if method == "tools/list" and isinstance(name, str) and self._composites.get(name):
+            return _composite_subject(name)
+        return listed_subject(routing, method, item)
 
     async def call(self, upstream: Upstream[ResultT], method: str,
                    params: Mapping[str, Any], principal: Principal = ANONYMOUS, *,
                    target: Target | None = None) -> ResultT:
-        """Route one request to its backend and return what the backend answers;
-        ``target`` is one :meth:`authorize` already gave (else it is authorized here)."""
+        """Route one request to its backend and return what the backend answers, or run
+        the composite tool it names; ``target`` is one :meth:`authorize` already gave (else
+        it is authorized here)."""
         if target is None:
             target = await self.authorize(upstream, method, params, principal)
+        if target.composite:
+            return await self._run_composite(upstream, target.exposed, params, principal)
         return await upstream.call(target)
 
+    async def _step_call(self, principal: Principal, upstream: Upstream[ResultT],
+                         method: str, params: Mapping[str, Any]) -> ResultT:
+        """A composite tool step's call: the client's own path (authorized again for the
+        caller), except that it may reach hidden tools and no composite tool."""
+        target = await self.authorize(upstream, method, params, principal, from_step=True)
+        return await upstream.call(target)
+
+    async def _run_composite(self, upstream: Upstream[ResultT], name: str,
+                             params: Mapping[str, Any], principal: Principal) -> ResultT:
+        if not isinstance(upstream, WorkflowUpstream):
+            raise RequestError(INVALID_PARAMS_CODE, f"Composite tool {name} cannot be "
+                               "served on this path")
+        arguments = params.get("arguments")
+        if arguments is None:
+            arguments = {}
+        if not isinstance(arguments, Mapping):
+            raise RequestError(INVALID_PARAMS_CODE, "arguments must be an object")
+        meta = params.get("_meta")
+        token = meta.get("progressToken") if isinstance(meta, Mapping) else None
+        steps = upstream.for_steps()
+        tool = self._composites.get(name)
+        assert tool is not None
+        step_call = partial(self._step_call, principal)
+
+        async def work(ask: Ask, notify: Notify) -> dict[str, Any]:
+            host = WorkflowHost(steps, step_call, ask, notify, token)
+            return await self._composites.start(name, arguments, host).run()
+
+        asks = any(step.type == "elicitation" for step in tool.steps)
+        done: ResultT = await upstream.run_workflow(name, params, work, asks=asks)
+        return done
+
     async def authorize(self, upstream: Upstream[ResultT], method: str,
-                        params: Mapping[str, Any], principal: Principal) -> Target:
+                        params: Mapping[str, Any], principal: Principal, *,
+                        from_step: bool = False) -> Target:
         """The target of a routed request, once ``principal`` may use it.
 
         Raises ``NotPermitted`` (authorization on: denied or unknown) or ``RequestError``
@@ -124,14 +160,16 @@ class Dispatcher(Generic[ResultT]):
         """
         record = audit_record.current()
         try:
-            target, routing = await self._resolve(upstream, method, params)
+            target, routing = await self._resolve(upstream, method, params,
+                                                  from_step=from_step)
         except RequestError:
             if not self._authorizer.enabled:
                 raise
             if record is not None:
                 record.denied = True
             raise NotPermitted(f"no {method} target for the request") from None
-        subject = routed_subject(routing, method, target.exposed, target.backend, target.params)
+        subject = _composite_subject(target.exposed) if target.composite else routed_subject(
+            routing, method, target.exposed, target.backend, target.params)
         arguments = arguments_of(method, params)
         if record is not None:
             record.target_type, record.name = subject.kind, subject.name
@@ -153,13 +191,25 @@ class Dispatcher(Generic[ResultT]):
         return (await self._resolve(upstream, method, params))[0]
 
     async def _resolve(self, upstream: Upstream[ResultT], method: str,
-                       params: Mapping[str, Any]) -> tuple[Target, RoutingTable]:
+                       params: Mapping[str, Any], *, from_step: bool = False
+                       ) -> tuple[Target, RoutingTable]:
+        """A client's request may name a composite tool but no hidden tool; a step's, any
+        backend tool."""
+        name = params.get("name")
+        if (method == "tools/call" and not from_step and isinstance(name, str)
+                and self._composites.get(name) is not None):
+            return (Target("", method, name, dict(params), composite=True),
+                    await upstream.routing())
         for refresh in (False, True):
             routing = await upstream.routing(refresh=refresh)
             target = _lookup(routing, method, params)
-            if target is not None:
+            if target is not None and (from_step or not self._hidden(target)):
                 return target, routing
         raise self._not_found(method, params)
+
+    def _hidden(self, target: Target) -> bool:
+        return target.hidden or (target.method == "tools/call"
+                                 and target.exposed in self._composites.hidden)
 
     def _not_found(self, method: str, params: Mapping[str, Any]) -> RequestError:
         if method == "tools/call":
@@ -195,7 +245,8 @@ def _lookup(routing: RoutingTable, method: str, params: Mapping[str, Any]) -> Ta
         route = routing.route_tool(name) if method == "tools/call" else routing.route_prompt(name)
         if route is None:
             return None
-        return Target(route.backend, method, name, {**params, "name": route.name})
+        return Target(route.backend, method, name, {**params, "name": route.name},
+                      hidden=not route.visible)
     if method == "completion/complete":
         ref = params.get("ref")
         ref = ref if isinstance(ref, Mapping) else {}
@@ -211,3 +262,8 @@ def _lookup(routing: RoutingTable, method: str, params: Mapping[str, Any]) -> Ta
         uri = str(params.get("uri"))
     backend = routing.route_resource(uri)
     return None if backend is None else Target(backend, method, uri, dict(params))
+
+
+def _composite_subject(name: str) -> Subject:
+    """A composite tool as a policy sees it: a tool of its own (pseudo-)backend."""
+    return Subject("tool", name, COMPOSITE_BACKEND, name)

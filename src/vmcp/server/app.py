@@ -34,6 +34,7 @@ from vmcp.authz import AllowAll, CedarAuthorizer, PolicyBundle, build_authorizer
 from vmcp.backend import BackendTarget
 from vmcp.backend.health import HealthMonitor
 from vmcp.backend.http_client import backend_http_client
+from vmcp.composite import CompositeRegistry
 from vmcp.config import VmcpConfig, load_config
 from vmcp.errors import AuthenticationError, ConfigError, StoreError
 from vmcp.server.overview import OperatorView, open_view
@@ -155,14 +156,18 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
             background.start_soon(manager.follow_ended_sessions)
             if relay is not None:
                 background.start_soon(relay.run)
+            composites = CompositeRegistry(config.composite_tools)
+            composites.observer = metrics.observe_composite
             stateless = StatelessBackends(
                 lambda: connector.config, http, outgoing=outgoing, ledger=connector.ledger,
                 is_healthy=monitor.usable_for_new_sessions if monitor else None, relay=relay)
             background.start_soon(stateless.run)
             endpoint.app = McpEndpoint(
-                manager, SessionMethods(authorizer=authorizer), RequestGuard(config.server),
-                authenticator, max_body_bytes=config.server.max_body_bytes, metrics=metrics,
-                stateless=StatelessEndpoint(stateless, authorizer=authorizer),
+                manager, SessionMethods(authorizer=authorizer, composites=composites),
+                RequestGuard(config.server), authenticator,
+                max_body_bytes=config.server.max_body_bytes, metrics=metrics,
+                stateless=StatelessEndpoint(stateless, authorizer=authorizer,
+                                            composites=composites),
                 audit=audit, replica_id=config.server.replica_id,
             )
             view = open_view(config, store, metrics, manager=manager, monitor=monitor,
@@ -391,7 +396,7 @@ async def _reload_on_sighup(path: Path, connector: BackendConnector, manager: Se
                 continue
             current = connector.config
             if any(getattr(loaded, part) != getattr(current, part)
-                   for part in ("server", "session", "limits")) or (
+                   for part in ("server", "session", "limits", "composite_tools")) or (
                     loaded.auth.model_copy(update={"authz": None})
                     != current.auth.model_copy(update={"authz": None})):
                 logger.warning("reload applies backends, aggregation, health and policies "

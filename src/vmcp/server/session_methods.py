@@ -9,6 +9,7 @@ that logs) and the client's notifications. Listings and routed requests go to th
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any, Final
 
 from vmcp import __version__
@@ -16,7 +17,15 @@ from vmcp.aggregate import RoutingTable
 from vmcp.audit import record as audit_record
 from vmcp.authz import Authorizer
 from vmcp.backend import BackendRpcError
-from vmcp.dispatch import LISTINGS, ROUTED_METHODS, Dispatcher, Target, aggregate_capabilities
+from vmcp.composite import CompositeRegistry
+from vmcp.dispatch import (
+    LISTINGS,
+    ROUTED_METHODS,
+    Dispatcher,
+    Target,
+    Work,
+    aggregate_capabilities,
+)
 from vmcp.errors import (
     INTERNAL_ERROR_CODE,
     METHOD_NOT_FOUND_CODE,
@@ -56,15 +65,34 @@ class SessionUpstream:
         return await self._session.call(target.backend, target.method, target.params,
                                         self._channel)
 
+    # -- composite tools (WorkflowUpstream) ------------------------------------------
+
+    def for_steps(self) -> SessionUpstream:
+        return self
+
+    def tool_result(self, result: dict[str, Any]) -> dict[str, Any]:
+        return result
+
+    def step_meta(self) -> dict[str, Any]:
+        return {}
+
+    async def run_workflow(self, exposed: str, params: Mapping[str, Any], work: Work, *,
+                           asks: bool) -> dict[str, Any]:
+        """The workflow waits here for the user; the client's answer may be POSTed to any
+        replica, and the session's relay brings it back (see ``ClientChannel.request``)."""
+        assert self._channel is not None, "an upstream for calls needs the request's channel"
+        return await work(self._channel.request, self._channel.notify)
+
 
 class SessionMethods:
     """Serves the session-based MCP methods over a ``MultiSession``."""
 
-    def __init__(self, *, server_name: str = "vmcp", authorizer: Authorizer | None = None
-                 ) -> None:
+    def __init__(self, *, server_name: str = "vmcp", authorizer: Authorizer | None = None,
+                 composites: CompositeRegistry | None = None) -> None:
         self._server_info = {"name": server_name, "version": __version__}
         self._dispatcher: Dispatcher[dict[str, Any]] = Dispatcher(
-            resource_not_found_code=RESOURCE_NOT_FOUND_CODE, authorizer=authorizer)
+            resource_not_found_code=RESOURCE_NOT_FOUND_CODE, authorizer=authorizer,
+            composites=composites)
 
     @property
     def authorizing(self) -> bool:

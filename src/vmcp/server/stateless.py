@@ -71,14 +71,22 @@ from vmcp.aggregate import RoutingTable
 from vmcp.audit import record as audit_record
 from vmcp.authz import Authorizer
 from vmcp.backend import BackendRpcError
-from vmcp.dispatch import LISTINGS, Dispatcher, Target, aggregate_capabilities, items_of
-from vmcp.errors import BackendError, ConfigError, InvalidIdentity, NotPermitted, RequestError
+from vmcp.composite import CompositeRegistry
+from vmcp.dispatch import LISTINGS, Dispatcher, Target, Work, aggregate_capabilities
+from vmcp.errors import (
+    BackendError,
+    ConfigError,
+    InvalidIdentity,
+    InvalidRound,
+    NotPermitted,
+    RequestError,
+)
 from vmcp.identity import Principal, binding_for
 from vmcp.server import auditing
 from vmcp.server.jsonrpc import first_error
 from vmcp.server.responses import SSE_HEADERS, cancel_on_disconnect, send_json, sse_event
 from vmcp.stateless.backends import Caller, StatelessBackends, View
-from vmcp.stateless.input_rounds import Outcome
+from vmcp.stateless.input_rounds import Ask, Outcome, is_round_token
 from vmcp.stateless.pool import BackendKind
 
 logger = logging.getLogger(__name__)
@@ -153,16 +161,63 @@ class CallerUpstream:
             self._caller, target.backend, target.method, target.params,
             target=(target.method, target.exposed), headers=forwarded, notify=self._notify)
 
+    # -- composite tools (WorkflowUpstream) ------------------------------------------
+
+    def for_steps(self) -> CallerUpstream:
+        """Steps carry none of the composite call's ``Mcp-Param-*`` headers."""
+        return CallerUpstream(self._backends, self._caller, notify=self._notify)
+
+    def tool_result(self, result: tuple[BackendKind, Outcome]) -> dict[str, Any]:
+        _, outcome = result
+        if outcome.result is None:
+            raise RequestError(INVALID_PARAMS, "the tool asked for input (input_required), "
+                               "which a composite tool's step cannot pass on")
+        return outcome.result
+
+    def step_meta(self) -> dict[str, Any]:
+        return {k: v for k, v in self._caller.meta.items() if k != "progressToken"}
+
+    async def run_workflow(self, exposed: str, params: Mapping[str, Any], work: Work, *,
+                           asks: bool) -> tuple[BackendKind, Outcome]:
+        """A workflow that asks the user runs as an ``input_required`` round: the call is
+        parked on this replica while the client answers, and its retry (``requestState``,
+        one use, bound to the identity and this tool) resumes it, here or - forwarded over
+        the relay - from any replica."""
+        rounds = self._backends.rounds
+        binding, target = self._caller.binding, ("tools/call", exposed)
+        state = params.get("requestState")
+        if state is not None:
+            if not is_round_token(state):
+                raise InvalidRound("Invalid or expired requestState")
+            return BackendKind.MODERN, await rounds.resume(
+                state, binding, target, _responses(params), self._notify)
+        if not asks:
+            return BackendKind.MODERN, Outcome(result=await work(_cannot_ask, self._notify))
+        capabilities = self._caller.capabilities
+
+        async def parked(ask: Ask, notify: Notify) -> dict[str, Any]:
+            async def elicit(method: str, question: dict[str, Any] | None
+                             ) -> dict[str, Any]:
+                if "elicitation" not in capabilities:
+                    return {"error": {"code": INVALID_PARAMS, "message": "the client did "
+                                      "not declare the elicitation capability"}}
+                return await ask(method, question)
+            return await work(elicit, notify)
+
+        return BackendKind.MODERN, await rounds.start(binding, target, parked, self._notify)
+
 
 class StatelessEndpoint:
     """Serves stateless-revision POSTs; one instance per process."""
 
     def __init__(self, backends: StatelessBackends, *, server_name: str = "vmcp",
-                 authorizer: Authorizer | None = None) -> None:
+                 authorizer: Authorizer | None = None,
+                 composites: CompositeRegistry | None = None) -> None:
         self._backends = backends
         self._server_info = {"name": server_name, "version": __version__}
         self._dispatcher: Dispatcher[tuple[BackendKind, Outcome]] = Dispatcher(
-            resource_not_found_code=INVALID_PARAMS, authorizer=authorizer)
+            resource_not_found_code=INVALID_PARAMS, authorizer=authorizer,
+            composites=composites)
 
     async def serve(self, scope: Scope, receive: Receive, send: Send, body: bytes,
                     principal: Principal) -> None:
@@ -335,7 +390,8 @@ class StatelessEndpoint:
             if instructions:
                 payload["instructions"] = "\n\n".join(instructions)
         else:
-            payload = {LISTINGS[method]: items_of(view.routing, method), **hints}
+            payload = {LISTINGS[method]: self._dispatcher.listed(view.routing, method),
+                       **hints}
         return self._stamp(_sieve(method, payload))
 
     async def _call(self, caller: Caller, method: str, params: dict[str, Any],
@@ -435,6 +491,17 @@ def _checked_param_headers(view: View, tool: str, params: Mapping[str, Any],
         raise RequestError(rejection.code, rejection.message, rejection.data)
     prefix = MCP_PARAM_HEADER_PREFIX.lower()
     return {k: v for k, v in headers.items() if k.startswith(prefix)}
+
+
+async def _cannot_ask(method: str, params: dict[str, Any] | None) -> dict[str, Any]:
+    return {"error": {"code": INVALID_PARAMS, "message": f"{method} is not expected here"}}
+
+
+def _responses(params: Mapping[str, Any]) -> dict[str, Any] | None:
+    responses = params.get("inputResponses")
+    if responses is not None and not isinstance(responses, dict):
+        raise InvalidRound("inputResponses must be an object")
+    return responses
 
 
 async def _drop(message: dict[str, Any]) -> None:

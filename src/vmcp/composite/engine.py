@@ -1,0 +1,403 @@
+"""Running one composite tool call: steps scheduled on their dependencies.
+
+Every step is a task from the start; it waits for the steps it depends on, not for a
+whole level, so one slow step delays only what needs its output. A semaphore bounds the
+steps running at once (``max_parallel``); a ``for_each`` step bounds its own elements.
+
+Failures follow each step's ``on_error``: ``abort`` cancels what is running and fails the
+call, ``continue`` lets the step's ``default`` stand in for its output, ``retry`` tries
+again after ``delay_seconds`` before aborting. A step's ``timeout_seconds`` bounds each
+attempt; the tool's ``timeout_seconds`` the whole call. Cancelling the call (the client's
+cancellation, a closed stream) cancels every running step, and so the backend calls under
+them, through the one task group.
+
+A failed call is answered as a tool result with ``isError`` (the model reads why), naming
+the workflow, the step and, for a template, the field.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import anyio
+
+from vmcp.composite.coerce import coerce_arguments, coerce_value
+from vmcp.config import CompositeToolConfig, InnerStep, OutputField, StepConfig
+from vmcp.templating import TemplateError, render
+from vmcp.tracing import tracer
+
+__all__ = ["StepFailed", "StepHost", "WorkflowFailed", "WorkflowRun"]
+
+logger = logging.getLogger(__name__)
+
+Status = Literal["pending", "running", "completed", "failed", "skipped"]
+
+RENDER_ERRORS: tuple[type[Exception], ...] = (
+    TemplateError, TypeError, ValueError, ArithmeticError, LookupError, AttributeError)
+"""What rendering can raise: Jinja's own errors, and what an expression raises at run
+time (``{{ 1 + 'a' }}``, ``{{ 1 / 0 }}``): a failure of the step, not of the gateway."""
+
+
+class StepHost(Protocol):
+    """What a workflow needs from the gateway: its tools, the user, the client."""
+
+    async def call_tool(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        """Call the exposed tool ``name``; its ``CallToolResult``. Raises
+        :class:`StepFailed` when there is no result (unknown tool, backend error)."""
+        ...
+
+    async def input_schema(self, name: str) -> Mapping[str, Any] | None:
+        """The exposed tool's ``inputSchema``, if it is known."""
+        ...
+
+    async def elicit(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Ask the user (``elicitation/create``); the ``ElicitResult``. Raises
+        :class:`StepFailed` when the client cannot be asked."""
+        ...
+
+    async def progress(self, done: int, total: int, message: str) -> None:
+        """Tell the client how far the call is (dropped when it asked for no progress)."""
+        ...
+
+
+Observer = Callable[[str, str, float, Mapping[str, int]], None]
+"""Told of each finished call: (tool, outcome ok | failed | cancelled, seconds, how many
+steps ended completed / failed / skipped)."""
+
+
+class StepFailed(Exception):
+    """One attempt of a step failed; the message says why."""
+
+
+class WorkflowFailed(Exception):
+    """The call fails; the message names the workflow and, when one is at fault, the step."""
+
+
+@dataclass
+class StepState:
+    """What templates read as ``steps.<id>``."""
+
+    status: Status = "pending"
+    output: Any = None
+    error: str | None = None
+    text: str = ""
+    started: float | None = None
+    attempts: int = 0
+
+    def view(self) -> dict[str, Any]:
+        return {"status": self.status, "output": self.output, "error": self.error,
+                "text": self.text}
+
+
+@dataclass
+class _Run:
+    states: dict[str, StepState]
+    done: dict[str, anyio.Event]
+    skip_rest: bool = False
+    failure: str | None = None
+    finished: int = 0
+
+
+class WorkflowRun:
+    """One call of a composite tool; :meth:`run` returns the ``CallToolResult``."""
+
+    def __init__(self, tool: CompositeToolConfig, params: Mapping[str, Any],
+                 host: StepHost, observer: Observer | None = None) -> None:
+        self.tool = tool
+        self.params = dict(params)
+        self.host = host
+        self._observer = observer
+        self._run = _Run({s.id: StepState() for s in tool.steps},
+                         {s.id: anyio.Event() for s in tool.steps})
+        self._slots = anyio.Semaphore(tool.max_parallel)
+
+    @property
+    def states(self) -> dict[str, StepState]:
+        return self._run.states
+
+    async def run(self) -> dict[str, Any]:
+        try:
+            self._check_params()
+            structured = await self.structured()
+        except WorkflowFailed as exc:
+            return {"content": [{"type": "text", "text": str(exc)}], "isError": True}
+        return {"content": [{"type": "text", "text": json.dumps(structured, default=str)}],
+                "structuredContent": structured, "isError": False}
+
+    def _check_params(self) -> None:
+        """Required parameters present, each converted to its declared type, before any
+        step runs (a missing one would otherwise surface as a template error)."""
+        schema = self.tool.parameters
+        required = schema.get("required")
+        missing = [k for k in (required if isinstance(required, list) else ())
+                   if k not in self.params]
+        if missing:
+            raise WorkflowFailed(f"composite tool {self.tool.name!r}: missing required "
+                                 f"argument{'s' if len(missing) > 1 else ''} "
+                                 f"{', '.join(map(repr, missing))}")
+        self.params = coerce_arguments(self.params, schema)
+
+    async def structured(self) -> dict[str, Any]:
+        """The workflow's structured output; raises :class:`WorkflowFailed`."""
+        started = time.monotonic()
+        outcome = "cancelled"
+        try:
+            with tracer.start_as_current_span(f"composite {self.tool.name}", attributes={
+                    "mcp.tool.name": self.tool.name}):
+                result = await self._scheduled()
+            outcome = "ok"
+            return result
+        except WorkflowFailed:
+            outcome = "failed"
+            raise
+        finally:
+            seconds = time.monotonic() - started
+            logger.info("composite tool %s: %s", self.tool.name, outcome, extra={
+                "composite": self.tool.name, "outcome": outcome, "seconds": round(seconds, 4),
+                "steps": {sid: st.status for sid, st in self.states.items()}})
+            if self._observer is not None:
+                ended: Counter[str] = Counter(
+                    str(st.status) for st in self.states.values()
+                    if st.status in ("completed", "failed", "skipped"))
+                self._observer(self.tool.name, outcome, seconds, ended)
+
+    async def _scheduled(self) -> dict[str, Any]:
+        timeout = self.tool.timeout_seconds
+        with anyio.move_on_after(timeout) as scope:
+            async with anyio.create_task_group() as tg:
+                for step in self.tool.steps:
+                    tg.start_soon(self._step, step, tg.cancel_scope)
+        if scope.cancelled_caught:
+            running = [s for s, st in self.states.items() if st.status == "running"]
+            raise WorkflowFailed(
+                f"composite tool {self.tool.name!r} timed out after {timeout:g}s"
+                + (f" (still running: {', '.join(running)})" if running else ""))
+        if self._run.failure is not None:
+            raise WorkflowFailed(self._run.failure)
+        return self._output()
+
+    # -- one step -------------------------------------------------------------------
+
+    async def _step(self, step: StepConfig, workflow: anyio.CancelScope) -> None:
+        state = self.states[step.id]
+        try:
+            for dep in step.depends_on:
+                await self._run.done[dep].wait()
+            if self._run.skip_rest or not self._wanted(step):
+                self._finish(step, "skipped", step.default)
+                return
+            async with self._slots:
+                state.status, state.started = "running", time.monotonic()
+                with tracer.start_as_current_span(f"composite step {step.id}", attributes={
+                        "mcp.tool.name": self.tool.name, "vmcp.step": step.id}):
+                    output = await self._attempts(step)
+            self._finish(step, "completed", output)
+        except StepFailed as exc:
+            if step.on_error.action == "continue":
+                self._finish(step, "failed", step.default, str(exc))
+            else:
+                self._finish(step, "failed", None, str(exc))
+                self._run.failure = (f"composite tool {self.tool.name!r}, step {step.id!r} "
+                                     f"failed: {exc}")
+                workflow.cancel()
+        except _Declined as exc:
+            self._finish(step, "skipped", step.default, str(exc))
+            if step.on_decline == "abort":
+                self._run.failure = (f"composite tool {self.tool.name!r}, step {step.id!r}: "
+                                     f"{exc}")
+                workflow.cancel()
+            else:
+                self._run.skip_rest = True
+        finally:
+            self._run.done[step.id].set()
+        await self.host.progress(self._run.finished, len(self.tool.steps),
+                                 self.progress_message(step.id))
+
+    def _wanted(self, step: StepConfig) -> bool:
+        if step.when is None:
+            return True
+        value = self._render(step, "when", step.when, {})
+        if isinstance(value, str):
+            return value.strip().lower() not in ("", "false", "0", "no", "none", "null")
+        return bool(value)
+
+    def _finish(self, step: StepConfig, status: Status, output: Any,
+                error: str | None = None) -> None:
+        state = self.states[step.id]
+        state.status, state.output = status, output
+        if error is not None:
+            state.error = error
+        self._run.finished += 1
+        now = time.monotonic()
+        logger.debug("composite step %s.%s: %s", self.tool.name, step.id, status, extra={
+            "composite": self.tool.name, "step": step.id, "outcome": status,
+            "attempts": state.attempts, "error": state.error,
+            "seconds": round(now - state.started, 4) if state.started else 0.0})
+
+    async def _attempts(self, step: StepConfig) -> Any:
+        # A for_each step retries each failed element, not the whole list again.
+        retries = step.on_error.retries if (
+            step.on_error.action == "retry" and step.type != "for_each") else 0
+        for attempt in range(retries + 1):
+            self.states[step.id].attempts = attempt + 1
+            try:
+                with anyio.move_on_after(step.timeout_seconds):
+                    return await self._once(step)
+                error = StepFailed(f"timed out after {step.timeout_seconds:g}s")
+            except StepFailed as exc:
+                error = exc
+            if attempt < retries:
+                logger.info("composite step failed, retrying", extra={
+                    "composite": self.tool.name, "step": step.id, "error": str(error)})
+                await anyio.sleep(step.on_error.delay_seconds)
+        raise error
+
+    async def _once(self, step: StepConfig) -> Any:
+        if step.type == "elicitation":
+            return await self._elicit(step)
+        if step.type == "for_each":
+            return await self._for_each(step)
+        assert step.tool is not None
+        arguments = self._render(step, "arguments", step.arguments, {})
+        return await self._call(step.id, step.tool, arguments)
+
+    async def _call(self, step_id: str, tool: str, arguments: Any) -> Any:
+        if not isinstance(arguments, dict):
+            raise StepFailed("arguments must render to an object")
+        schema = await self.host.input_schema(tool)
+        properties = schema.get("properties") if isinstance(schema, Mapping) else None
+        if isinstance(properties, Mapping):
+            arguments = {k: coerce_value(v, properties.get(k)) for k, v in arguments.items()}
+        result = await self.host.call_tool(tool, arguments)
+        text = "\n".join(str(c.get("text", "")) for c in result.get("content") or ()
+                         if isinstance(c, Mapping) and c.get("type") == "text")
+        self.states[step_id].text = text
+        if result.get("isError"):
+            raise StepFailed(f"tool {tool!r} returned an error: {text or 'no message'}")
+        return _output_of(result, text)
+
+    async def _elicit(self, step: StepConfig) -> Any:
+        message = self._render(step, "message", step.message, {})
+        answer = await self.host.elicit({"message": str(message),
+                                         "requestedSchema": step.schema_ or {}})
+        action = answer.get("action")
+        content = answer.get("content")
+        if action != "accept" and step.on_decline != "continue":
+            raise _Declined(f"the user answered {action!r}")
+        return {"action": action, "accept": action == "accept",
+                "content": content if isinstance(content, dict) else {}}
+
+    async def _for_each(self, step: StepConfig) -> Any:
+        assert step.step is not None
+        assert step.items is not None
+        items = self._render(step, "items", step.items, {})
+        if isinstance(items, str) or not isinstance(items, list | tuple):
+            raise StepFailed(f"items must render to a list, not {type(items).__name__}")
+        if len(items) > step.max_iterations:
+            raise StepFailed(f"{len(items)} items, more than max_iterations "
+                             f"({step.max_iterations})")
+        inner: InnerStep = step.step
+        outputs: list[Any] = [step.default] * len(items)
+        errors: dict[int, str] = {}
+        slots = anyio.Semaphore(step.max_parallel)
+
+        async def one(index: int, item: Any) -> None:
+            async with slots:
+                extra = {"item": item, "index": index}
+                arguments = self._render(step, "step.arguments", inner.arguments, extra)
+                retries = step.on_error.retries if step.on_error.action == "retry" else 0
+                for attempt in range(retries + 1):
+                    try:
+                        outputs[index] = await self._call(step.id, inner.tool, arguments)
+                        errors.pop(index, None)
+                        return
+                    except StepFailed as exc:
+                        errors[index] = str(exc)
+                    if attempt < retries:
+                        await anyio.sleep(step.on_error.delay_seconds)
+
+        async with anyio.create_task_group() as tg:
+            for index, item in enumerate(items):
+                tg.start_soon(one, index, item)
+        if errors:
+            failed = "; ".join(f"[{i}] {e}" for i, e in sorted(errors.items()))
+            if step.on_error.action == "continue":
+                state = self.states[step.id]
+                state.error = f"{len(errors)} of {len(items)} items failed: {failed}"
+                return outputs
+            raise StepFailed(f"{len(errors)} of {len(items)} items failed: {failed}")
+        return outputs
+
+    # -- templates and output -------------------------------------------------------
+
+    def _context(self, extra: Mapping[str, Any]) -> dict[str, Any]:
+        return {"params": self.params,
+                "steps": {sid: st.view() for sid, st in self.states.items()}, **extra}
+
+    def _render(self, step: StepConfig, field_name: str, value: Any,
+                extra: Mapping[str, Any]) -> Any:
+        return _render_located(value, self._context(extra), field_name)
+
+    def _output(self) -> dict[str, Any]:
+        if self.tool.output is None:
+            return {sid: st.output for sid, st in self.states.items()}
+        context = self._context({})
+        result: dict[str, Any] = {}
+        for key, spec in self.tool.output.items():
+            try:
+                value = render(spec.value, context)
+            except RENDER_ERRORS as exc:
+                raise WorkflowFailed(
+                    f"composite tool {self.tool.name!r}, output field {key!r}: "
+                    f"template error: {exc}") from None
+            result[key] = coerce_value(value, {"type": spec.type})
+        return result
+
+    def progress_message(self, step_id: str) -> str:
+        state = self.states[step_id]
+        return f"step {step_id} {state.status}"
+
+
+def _render_located(value: Any, context: Mapping[str, Any], where: str) -> Any:
+    """``value`` rendered; a template error names the field it is in (``arguments.url``)."""
+    if isinstance(value, Mapping):
+        return {k: _render_located(v, context, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_render_located(v, context, f"{where}[{i}]") for i, v in enumerate(value)]
+    try:
+        return render(value, context)
+    except RENDER_ERRORS as exc:
+        raise StepFailed(f"template error in field {where!r}: {exc}") from None
+
+
+class _Declined(Exception):
+    """The user declined or cancelled an elicitation step."""
+
+
+def _output_of(result: Mapping[str, Any], text: str) -> Any:
+    """What ``steps.<id>.output`` is: the structured content, else the text as JSON when
+    it is JSON, else the text."""
+    structured = result.get("structuredContent")
+    if structured is not None:
+        return structured
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def output_schema(output: Mapping[str, OutputField]) -> dict[str, Any]:
+    """The ``outputSchema`` a composite tool with an output mapping advertises."""
+    properties: dict[str, Any] = {}
+    for key, spec in output.items():
+        prop: dict[str, Any] = {"type": spec.type}
+        if spec.description:
+            prop["description"] = spec.description
+        properties[key] = prop
+    return {"type": "object", "properties": properties, "required": sorted(output)}
