@@ -19,6 +19,7 @@ class RequestRecord:
     detached work of a call shares it through the context)."""
 
     status: int = 0
+    complete: bool = False
     outcome: str = "ok"
     tool: str | None = None
     backend: str | None = None

@@ -14,6 +14,7 @@ checked before any session is looked up: 401 missing or refused (with ``WWW-Auth
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
@@ -143,6 +144,8 @@ class McpEndpoint:
         async def tracking_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 record.status = message["status"]
+            elif not message.get("more_body", False):
+                record.complete = True
             await send(message)
 
         try:
@@ -159,6 +162,11 @@ class McpEndpoint:
             if not record.status:
                 await send_json(tracking_send, 500, jsonrpc.error(None, INTERNAL_ERROR_CODE,
                                                                    "Internal error"))
+            elif not record.complete:
+                # A stream already under way ends as a stream, not as a cut connection.
+                with contextlib.suppress(Exception):
+                    await tracking_send({"type": "http.response.body", "body": b"",
+                                         "more_body": False})
         finally:
             label = scope.get(METHOD_KEY) or VERB_LABELS.get(verb, "invalid")
             seconds = time.perf_counter() - began

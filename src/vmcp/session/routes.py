@@ -10,7 +10,7 @@ import anyio
 
 from vmcp.aggregate import BackendCatalog, RoutingTable
 from vmcp.backend import BackendConnection
-from vmcp.errors import BackendError
+from vmcp.errors import BackendError, SessionClosed
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,8 @@ class SessionRoutes:
             return
         try:
             self._catalogs[name] = await self._discover(name, connection)
+        except SessionClosed:
+            return  # the session is closing: there is nothing left to route
         except BackendError as exc:
             logger.warning("re-discovering backend %s failed, keeping its old catalog: %s",
                            name, exc, extra={"session_id": self._session_id, "backend": name})

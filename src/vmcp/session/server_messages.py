@@ -122,7 +122,13 @@ class ServerMessages:
         client's is: a change made before the client opened its stream (a tool that
         changes the list, called right after ``initialize``) would go unheard."""
         before = self._routes.table
-        await self._routes.refresh_all(list(self._connections))
+        try:
+            await self._routes.refresh_all(list(self._connections))
+        except Exception:
+            # A catch-up is a courtesy: it must never end the stream it serves.
+            logger.warning("re-listing for a new stream failed", exc_info=True,
+                           extra={"session_id": self._session_id})
+            return
         after = self._routes.table
         for method, kind in _LISTS:
             if getattr(before, kind) != getattr(after, kind):
