@@ -166,6 +166,8 @@ class ConformanceReport:
     scenarios: tuple[ScenarioResult, ...]
     problems: tuple[CheckOutcome, ...]
     output: str = field(repr=False)
+    statuses: dict[str, str] = field(default_factory=dict, repr=False)
+    """Every check's status by its id (``SUCCESS``, ``FAILURE``, ``SKIPPED``, ...)."""
 
     @property
     def failed_scenarios(self) -> list[str]:
@@ -200,9 +202,11 @@ def _parse_summary(output: str) -> tuple[list[ScenarioResult], tuple[int, int]]:
     return scenarios, total
 
 
-def _read_checks(result_dirs: Sequence[Path]) -> tuple[int, list[CheckOutcome]]:
+def _read_checks(result_dirs: Sequence[Path]
+                 ) -> tuple[int, list[CheckOutcome], dict[str, str]]:
     warnings = 0
     problems: list[CheckOutcome] = []
+    statuses: dict[str, str] = {}
     for directory in sorted(result_dirs):
         match = _RESULT_DIR.match(directory.name)
         checks_file = directory / "checks.json"
@@ -210,6 +214,7 @@ def _read_checks(result_dirs: Sequence[Path]) -> tuple[int, list[CheckOutcome]]:
             continue
         for check in json.loads(checks_file.read_text(encoding="utf-8")):
             status = str(check.get("status", ""))
+            statuses[str(check.get("id", "?"))] = status
             if status == "WARNING":
                 warnings += 1
             if status in ("WARNING", "FAILURE"):
@@ -221,7 +226,7 @@ def _read_checks(result_dirs: Sequence[Path]) -> tuple[int, list[CheckOutcome]]:
                         message=str(check.get("errorMessage") or check.get("description") or ""),
                     )
                 )
-    return warnings, problems
+    return warnings, problems, statuses
 
 
 def run_conformance(
@@ -278,7 +283,7 @@ def run_conformance(
         raise ConformanceRunError(f"the suite did not finish within {timeout:.0f}s") from exc
     scenarios, (passed, failed) = _parse_summary(completed.stdout)
     new_dirs = [path for path in out_dir.iterdir() if path not in existing and path.is_dir()]
-    warnings, problems = _read_checks(new_dirs)
+    warnings, problems, statuses = _read_checks(new_dirs)
     return ConformanceReport(
         exit_code=completed.returncode,
         passed=passed,
@@ -287,6 +292,7 @@ def run_conformance(
         scenarios=tuple(scenarios),
         problems=tuple(problems),
         output=completed.stdout,
+        statuses=statuses,
     )
 
 

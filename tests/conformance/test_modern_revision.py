@@ -4,8 +4,10 @@ Two legs over the same fixture backend: the backend on its own, which pins the b
 and a gateway in front of it passing the backend's names through unchanged
 (``aggregation.prefix_format: ""``), which must pass the very same checks. The fixture
 needs no flag for this revision: the SDK serves it beside the handshake ones on any
-endpoint. Checks the suite marks as skipped (the ``subscriptions/listen`` ones: neither
-the fixture nor the gateway announces list changes) count as neither passed nor failed.
+endpoint. The suite's ``subscriptions/listen`` checks run only against a server that
+announces list changes in ``server/discover`` (else they are skipped, counting as neither
+passed nor failed): the fixture does, and so does the gateway, which must deliver its
+backend's changes on its own listen streams for them to pass.
 """
 
 from __future__ import annotations
@@ -25,6 +27,13 @@ from tests.support.processes import (
 )
 
 SPEC_VERSION = "2026-07-28"
+SUBSCRIPTION_CHECKS = (
+    "sep-2575-server-sends-subscription-ack",
+    "sep-2575-server-tags-subscription-id",
+    "sep-2575-server-honors-notification-filter",
+    "sep-2575-server-sends-tools-list-changed-on-subscription",
+    "sep-2575-server-sends-prompts-list-changed-on-subscription",
+)
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +58,8 @@ def _assert_clean(report: ConformanceReport, leg: str) -> None:
     assert report.warnings == 0, summary
     assert report.passed > 0, summary
     assert report.exit_code == 0, summary
+    ran = {check: report.statuses.get(check) for check in SUBSCRIPTION_CHECKS}
+    assert set(ran.values()) == {"SUCCESS"}, f"{leg}: subscription checks {ran}"
 
 
 # The first run installs the suite from npm, which can take a while.

@@ -39,7 +39,12 @@ from vmcp.backend import STREAM_PAUSED, BackendConnection, BackendRpcError
 from vmcp.backend.connection import MessageHandler
 from vmcp.backend.modern import ModernBackend, NotModern
 from vmcp.config import VmcpConfig
-from vmcp.errors import METHOD_NOT_FOUND_CODE, BackendSessionExpired, InvalidRound
+from vmcp.errors import (
+    METHOD_NOT_FOUND_CODE,
+    BackendError,
+    BackendSessionExpired,
+    InvalidRound,
+)
 from vmcp.stateless.caller import LOG_LEVELS, Caller
 from vmcp.stateless.catalogs import (
     SESSION_CATALOG_SECONDS,
@@ -107,6 +112,9 @@ class StatelessBackends:
                                   clock=clock)
         self.catalogs = CallerCatalogs(self._list, self._route,
                                        floor_seconds=settings.catalog_ttl_seconds, clock=clock)
+        self.on_list_changed: Callable[[str, str], None] | None = None
+        """Told (backend, notification method) when a backend announces a list change
+        during a call."""
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -136,6 +144,13 @@ class StatelessBackends:
     def invalidate(self, backend: str, binding: str) -> None:
         """Forget ``backend``'s listing as seen by ``binding`` (and its shared one)."""
         self.catalogs.invalidate(backend, binding)
+
+    def _list_changed(self, backend: str, binding: str, method: str) -> None:
+        """A backend announced a change during a call: the caller re-lists it, and
+        listen streams hear of it."""
+        self.invalidate(backend, binding)
+        if self.on_list_changed is not None:
+            self.on_list_changed(backend, method)
 
     def _usable(self, name: str) -> bool:
         """Skip what the health monitor found down - but its probe is a handshake, which
@@ -238,8 +253,9 @@ class StatelessBackends:
                            params: dict[str, Any], headers: Mapping[str, str],
                            notify: Notify) -> dict[str, Any]:
         async def relay(message: dict[str, Any]) -> dict[str, Any] | None:
-            if message.get("method") in LIST_CHANGED:
-                self.invalidate(backend, caller.binding)
+            method = message.get("method")
+            if isinstance(method, str) and method in LIST_CHANGED:
+                self._list_changed(backend, caller.binding, method)
             else:
                 await notify(message)
             return None
@@ -282,7 +298,7 @@ class StatelessBackends:
             if "id" in message and isinstance(method, str):
                 return await self._client_request(caller, method, message.get("params"), ask)
             if method in LIST_CHANGED:
-                self.invalidate(backend, caller.binding)
+                self._list_changed(backend, caller.binding, method)
             elif method == "notifications/message":
                 if _log_wanted(caller, message):
                     await notify(message)
@@ -303,6 +319,28 @@ class StatelessBackends:
         if ask is None:
             return _refusal(f"{method} cannot be answered during this request")
         return await ask(method, params if isinstance(params, dict) else None)
+
+    # -- what the upstream watch needs -----------------------------------------------
+
+    def backend_names(self) -> list[str]:
+        """The configured backends, as of now (a reload changes them)."""
+        return [b.name for b in self._config().backends]
+
+    def modern_client(self, name: str) -> ModernBackend:
+        """``name``'s client of the stateless revision; raises ``NotModern`` for SSE."""
+        return self._modern_backend(name)
+
+    async def gateway_headers(self, name: str) -> dict[str, str]:
+        """What the gateway sends ``name`` for the caller in context (outgoing auth)."""
+        return await self._auth_headers(name)
+
+    async def dial(self, name: str) -> BackendConnection:
+        """A new upstream session with session-based ``name``, owned by the caller."""
+        try:
+            return await self._connect(name)
+        except _ModernOnly:
+            self.kinds.correct(name, BackendKind.MODERN)
+            raise BackendError(name, "speaks the stateless revision only") from None
 
     # -- backends --------------------------------------------------------------------
 
