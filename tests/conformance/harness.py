@@ -39,6 +39,14 @@ BACKEND_STOP_TIMEOUT_SECONDS = 10.0
 _POLL_INTERVAL_SECONDS = 0.05
 _PORT_ATTEMPTS = 3
 
+SUBSCRIPTION_CHECKS = (  # the checks of subscriptions/listen (2026-07-28)
+    "sep-2575-server-sends-subscription-ack",
+    "sep-2575-server-tags-subscription-id",
+    "sep-2575-server-honors-notification-filter",
+    "sep-2575-server-sends-tools-list-changed-on-subscription",
+    "sep-2575-server-sends-prompts-list-changed-on-subscription",
+)
+
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 _SCENARIO_LINE = re.compile(r"^[✓✗] (?P<name>\S+): (?P<passed>\d+) passed, (?P<failed>\d+) failed$")
 _TOTAL_LINE = re.compile(r"^Total: (?P<passed>\d+) passed, (?P<failed>\d+) failed$")

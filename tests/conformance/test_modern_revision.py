@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conformance.harness import ConformanceReport, run_conformance
+from tests.conformance.harness import SUBSCRIPTION_CHECKS, ConformanceReport, run_conformance
 from tests.support.processes import (
     CONFORMANCE_MODULE,
     ManagedProcess,
@@ -27,13 +27,6 @@ from tests.support.processes import (
 )
 
 SPEC_VERSION = "2026-07-28"
-SUBSCRIPTION_CHECKS = (
-    "sep-2575-server-sends-subscription-ack",
-    "sep-2575-server-tags-subscription-id",
-    "sep-2575-server-honors-notification-filter",
-    "sep-2575-server-sends-tools-list-changed-on-subscription",
-    "sep-2575-server-sends-prompts-list-changed-on-subscription",
-)
 
 
 @pytest.fixture(scope="module")
