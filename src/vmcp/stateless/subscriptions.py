@@ -150,8 +150,11 @@ class ChangeHub:
         self._quiet_until: dict[str, float] = {}
         self._pending: set[str] = set()
         self._wake = anyio.Event()
-        self._outbox, self._outgoing = anyio.create_memory_object_stream[dict[str, Any]](
-            PUBLISH_QUEUE)
+        self._outbox: MemoryObjectSendStream[dict[str, Any]] | None = None
+        self._outgoing: MemoryObjectReceiveStream[dict[str, Any]] | None = None
+        if channel is not None:
+            self._outbox, self._outgoing = anyio.create_memory_object_stream[
+                dict[str, Any]](PUBLISH_QUEUE)
         self._draining = False
         self.ready: Callable[[], Awaitable[None]] | None = None
         """Set by the upstream watch: waits (bounded) until every backend's stream is open,
@@ -193,7 +196,7 @@ class ChangeHub:
         if not wanted:
             return
         self._arrived(wanted, backend)
-        if self._channel is not None:
+        if self._outbox is not None:
             payload = {"origin": self._replica, "kinds": wanted, "backend": backend}
             try:
                 self._outbox.send_nowait(payload)
@@ -227,8 +230,8 @@ class ChangeHub:
         """Until cancelled: flush coalesced changes; exchange changes with other replicas."""
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._flush)
-            if self._channel is not None:
-                tg.start_soon(self._publish, self._channel)
+            if self._channel is not None and self._outgoing is not None:
+                tg.start_soon(self._publish, self._channel, self._outgoing)
                 tg.start_soon(self._receive, self._channel)
 
     async def _flush(self) -> None:
@@ -245,8 +248,10 @@ class ChangeHub:
                     self._quiet_until[kind] = now + self._window
                     self._fan_out(kind)
 
-    async def _publish(self, channel: ChangeChannel) -> None:
-        async for payload in self._outgoing:
+    @staticmethod
+    async def _publish(channel: ChangeChannel,
+                       outgoing: MemoryObjectReceiveStream[dict[str, Any]]) -> None:
+        async for payload in outgoing:
             try:
                 await channel.publish(payload)
             except StoreError as exc:
