@@ -28,6 +28,7 @@ from typing import Any, Final, TextIO
 
 import anyio
 import anyio.to_thread
+import pydantic
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPError
@@ -89,9 +90,10 @@ class StdioSupervisor:
                 "last_error": self.last_error}
 
     async def session(self, wait_seconds: float = 0.0) -> ClientSession:
-        """The running server's session (waiting up to ``wait_seconds`` for one); raises
-        :class:`ServerDown` naming the last failure otherwise."""
-        if self._session is None and wait_seconds > 0:
+        """The running server's session (waiting up to ``wait_seconds`` for its first
+        start); raises :class:`ServerDown` naming the last failure otherwise (a server
+        that failed is not waited for: its restart may be far off)."""
+        if self._session is None and wait_seconds > 0 and self.last_error is None:
             with anyio.move_on_after(wait_seconds):
                 await self._up.wait()
         if self._session is None:
@@ -133,7 +135,7 @@ class StdioSupervisor:
 
         async def on_message(message: Any) -> None:
             if isinstance(message, Exception):
-                text = str(message).splitlines()[0][:200] if str(message) else repr(message)
+                text = _unreadable(message)
                 garbage.append(text)
                 self.fail(f"it wrote something that is not JSON-RPC on stdout ({text})")
 
@@ -228,6 +230,16 @@ def _lines(stream: io.BufferedReader) -> Iterator[bytes]:
             while (more := stream.readline(STDERR_LINE_CHARS * 4)) and not more.endswith(b"\n"):
                 pass
         yield line
+
+
+def _unreadable(exc: Exception) -> str:
+    """What the server wrote instead of JSON-RPC, as far as the parse error tells."""
+    if isinstance(exc, pydantic.ValidationError):
+        errors = exc.errors()
+        if errors and isinstance(errors[0].get("input"), str):
+            return repr(errors[0]["input"][:120])
+    first = str(exc).splitlines()
+    return first[0][:200] if first else repr(exc)
 
 
 def _describe(exc: BaseException) -> str:
