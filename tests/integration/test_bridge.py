@@ -18,7 +18,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from tests.support.mcp_http import RawSession, modern_call
+from tests.support.mcp_http import ListenStream, RawSession, modern_call
 from tests.support.node_tools import ensure_npm_package, node_executable
 from tests.support.processes import (
     PROJECT_ROOT,
@@ -109,6 +109,30 @@ def test_a_python_stdio_server_is_served_to_both_revisions_and_behind_the_gatewa
             assert "stdio_list_notes" in through.tool_names()
         assert len(processes_with(marker, bridge)) == 1
     assert_no_leak(marker)
+
+
+def test_a_stdio_servers_list_change_reaches_a_listener_through_the_gateway(
+        http: httpx2.Client, marker: str, tmp_path: Path) -> None:
+    with running_bridge(python(NOTES_STDIO, marker), tmp_path) as bridge:
+        wait_for(lambda: ready(http, bridge), "the stdio server to start")
+        config = gateway_config({"stdio": bridge}, session={"store": "memory"})
+        with running_gateway(config, tmp_path / "gateway") as gateway, \
+                ListenStream(gateway.url, {"toolsListChanged": True}) as stream:
+            stream.wait_for(lambda s: s.messages, "the acknowledgement")
+            assert "stdio_delete_note" not in tool_names(http, gateway.url)
+            enabled = modern_call(http, gateway.url, "tools/call",
+                                  {"name": "stdio_enable_deletion", "arguments": {}},
+                                  name="stdio_enable_deletion")
+            assert "result" in enabled, enabled
+            stream.wait_for(lambda s: "notifications/tools/list_changed" in s.methods(),
+                            "the stdio server's tools list_changed")
+            assert "stdio_delete_note" in tool_names(http, gateway.url)
+    assert_no_leak(marker)
+
+
+def tool_names(http: httpx2.Client, url: str) -> set[str]:
+    answer = modern_call(http, url, "tools/list")
+    return {tool["name"] for tool in answer["result"]["tools"]}
 
 
 def test_the_npm_everything_server_in_stdio_mode(http: httpx2.Client, marker: str,

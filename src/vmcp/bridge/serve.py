@@ -20,6 +20,14 @@ import mcp_types as types
 import uvicorn
 from mcp.server import Server
 from mcp.server.context import ServerRequestContext
+from mcp.server.subscriptions import (
+    InMemorySubscriptionBus,
+    ListenHandler,
+    PromptsListChanged,
+    ResourcesListChanged,
+    ServerEvent,
+    ToolsListChanged,
+)
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel
 from starlette.requests import Request
@@ -39,6 +47,11 @@ WAIT_FOR_START_SECONDS: Final = 10.0
 CALL_SECONDS: Final = 300.0
 RESERVED_META_PREFIX: Final = "io.modelcontextprotocol/"
 ResultT = TypeVar("ResultT", bound=BaseModel)
+CHANGES: Final[dict[type, ServerEvent]] = {
+    types.ToolListChangedNotification: ToolsListChanged(),
+    types.PromptListChangedNotification: PromptsListChanged(),
+    types.ResourceListChangedNotification: ResourcesListChanged(),
+}
 Ctx = ServerRequestContext[Any]
 
 
@@ -90,8 +103,20 @@ def _handshake_params(params: BaseModel | None) -> BaseModel | None:
 
 
 def bridge_server(supervisor: StdioSupervisor) -> Server[Any]:
-    """The SDK server whose every request goes to the supervised stdio server."""
+    """The SDK server whose every request goes to the supervised stdio server.
+
+    The stdio server's list changes reach 2026-07-28 clients on their
+    ``subscriptions/listen`` streams (a gateway in front holds one).
+    """
     forward = _Forward(supervisor)
+    changes = InMemorySubscriptionBus()
+
+    async def announce(notification: Any) -> None:
+        event = CHANGES.get(type(notification))
+        if event is not None:
+            await changes.publish(event)
+
+    supervisor.on_notification = announce
     return Server(
         "vmcp-bridge",
         version=__version__,
@@ -105,6 +130,7 @@ def bridge_server(supervisor: StdioSupervisor) -> Server[Any]:
         on_list_prompts=forward.handler(types.ListPromptsRequest, types.ListPromptsResult),
         on_get_prompt=forward.handler(types.GetPromptRequest, types.GetPromptResult),
         on_completion=forward.handler(types.CompleteRequest, types.CompleteResult),
+        on_subscriptions_listen=ListenHandler(changes),
     )
 
 

@@ -23,7 +23,7 @@ import os
 import shlex
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, Final, TextIO
 
 import anyio
@@ -32,7 +32,13 @@ import pydantic
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPError
-from mcp_types import Implementation, InitializeResult
+from mcp_types import (
+    Implementation,
+    InitializeResult,
+    PromptListChangedNotification,
+    ResourceListChangedNotification,
+    ToolListChangedNotification,
+)
 
 from vmcp import __version__
 
@@ -72,6 +78,8 @@ class StdioSupervisor:
         self._up = anyio.Event()
         self._fault: str | None = None
         self._faulted = anyio.Event()
+        self.on_notification: Callable[[Any], Awaitable[None]] | None = None
+        """Given every notification the server sends outside a request (a list change)."""
         self.initialize_result: InitializeResult | None = None
         self.last_error: str | None = None
         self.starts = 0
@@ -138,6 +146,8 @@ class StdioSupervisor:
                 text = _unreadable(message)
                 garbage.append(text)
                 self.fail(f"it wrote something that is not JSON-RPC on stdout ({text})")
+            elif self.on_notification is not None:
+                await self.on_notification(message)
 
         async with _stderr_to_log(self.name) as errlog, \
                 stdio_client(self._params, errlog=errlog) as (read, write), \
@@ -157,6 +167,11 @@ class StdioSupervisor:
             self.last_error = None
             self._session = session
             self._up.set()
+            if self.starts > 1 and self.on_notification is not None:
+                # Restarted: whatever it lists now may differ from before.
+                for changed in (ToolListChangedNotification(), PromptListChangedNotification(),
+                                ResourceListChangedNotification()):
+                    await self.on_notification(changed)
             info = self.initialize_result.server_info
             logger.info("stdio server (%s) running: %s %s", self.name, info.name, info.version)
             await self._watch(session)
