@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 from vmcp.backend.health import HealthMonitor
 from vmcp.errors import SessionNotFound, StoreError, StoreTimeout
 from vmcp.session.manager import SessionManager
+from vmcp.stateless.subscriptions import ChangeHub
 from vmcp.store.base import SessionStore
 from vmcp.store.pubsub import RedisSessionRelay
 from vmcp.tracing import tracer
@@ -75,6 +76,10 @@ class Metrics:
         figures at scrape time, and take the ledger's per-call figures."""
         self.registry.register(_StateCollector(manager, ledger, relay, monitor))
         ledger.call_observer = self.observe_backend_call
+
+    def watch_changes(self, hub: ChangeHub) -> None:
+        """Expose the listen streams' figures at scrape time."""
+        self.registry.register(_ChangesCollector(hub))
 
     def observe_request(self, method: str, status: int, outcome: str, seconds: float) -> None:
         # Label lookups cost more than the observation; the label sets are few and fixed
@@ -161,6 +166,22 @@ class _StateCollector(Collector):
             relayed.add_metric(["published"], self._relay.published)
             relayed.add_metric(["delivered"], self._relay.delivered)
             yield relayed
+
+
+class _ChangesCollector(Collector):
+    def __init__(self, hub: ChangeHub) -> None:
+        self._hub = hub
+
+    def collect(self) -> Iterator[Any]:
+        yield GaugeMetricFamily("vmcp_listen_streams",
+                                "subscriptions/listen streams open on this replica.",
+                                value=self._hub.listeners)
+        yield CounterMetricFamily("vmcp_list_changes_delivered",
+                                  "List changes sent to this replica's listen streams "
+                                  "(after coalescing).", value=self._hub.delivered)
+        yield CounterMetricFamily("vmcp_listen_streams_ended_slow",
+                                  "Listen streams ended because their client stopped reading.",
+                                  value=self._hub.ended_slow)
 
 
 class InstrumentedStore:

@@ -107,6 +107,8 @@ def test_a_listen_beyond_the_replicas_limit_is_refused_with_503(
             ListenStream(gateway.url, {"toolsListChanged": True}, request_id=2) as two:
         for stream in (one, two):
             stream.wait_for(lambda s: s.messages, "the acknowledgement")
+        metrics = httpx2.get(f"{gateway.base_url}/metrics", timeout=5).text
+        assert "vmcp_listen_streams 2.0" in metrics
         with ListenStream(gateway.url, {"toolsListChanged": True}, request_id=3) as three:
             assert three.status == 503
             (refusal,) = three.messages

@@ -82,6 +82,7 @@ async def test_a_listener_that_stops_reading_is_ended_at_its_buffer() -> None:
     with pytest.raises(anyio.EndOfStream):
         slow.events.receive_nowait()
     hub.close(slow)
+    assert hub.ended_slow == 1
 
 
 async def test_listeners_are_bounded_and_slots_come_back() -> None:

@@ -169,6 +169,7 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                 is_healthy=monitor.usable_for_new_sessions if monitor else None, relay=relay)
             background.start_soon(stateless.run)
             changes, watch = _change_delivery(config, store, stateless)
+            metrics.watch_changes(changes)
             background.start_soon(changes.run)
             background.start_soon(watch.run)
             if monitor is not None:

@@ -160,6 +160,7 @@ class ChangeHub:
         """Set by the upstream watch: waits (bounded) until every backend's stream is open,
         so that a change made right after the acknowledgement is heard."""
         self.delivered = 0
+        self.ended_slow = 0
 
     @property
     def listeners(self) -> int:
@@ -178,6 +179,8 @@ class ChangeHub:
         return listener
 
     def close(self, listener: Listener) -> None:
+        if listener in self._listeners and listener.end is ListenerEnd.SLOW:
+            self.ended_slow += 1
         self._listeners.discard(listener)
         listener.close()
 
