@@ -8,6 +8,7 @@ notes in front of which the gateway holds a session (session-based revisions onl
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,6 +44,21 @@ def gateway(fixture_backend: ManagedProcess,
 
 
 @pytest.fixture
+def idle_gateway(gateway: ManagedProcess) -> ManagedProcess:
+    """The module's gateway once the listen streams of earlier tests are gone (they end
+    when the gateway sees their clients hang up), so its two slots are free."""
+    wait_for_streams(gateway, "0.0")
+    return gateway
+
+
+def wait_for_streams(gateway: ManagedProcess, count: str) -> None:
+    deadline = time.monotonic() + 10
+    while open_streams(gateway) != count:
+        assert time.monotonic() < deadline, f"listen streams open: not {count}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
 def http() -> Iterator[httpx2.Client]:
     with httpx2.Client(timeout=15.0) as client:
         yield client
@@ -59,7 +75,8 @@ def trigger(http: httpx2.Client, url: str, tool: str) -> None:
 
 
 def test_the_acknowledgement_comes_first_and_honours_only_list_changes(
-        gateway: ManagedProcess) -> None:
+        idle_gateway: ManagedProcess) -> None:
+    gateway = idle_gateway
     requested = {"toolsListChanged": True, "resourceSubscriptions": ["test://static-text"]}
     with ListenStream(gateway.url, requested, request_id=41) as stream:
         assert stream.status == 200
@@ -71,7 +88,8 @@ def test_the_acknowledgement_comes_first_and_honours_only_list_changes(
 
 
 def test_a_backend_change_reaches_the_listener_and_the_next_listing_shows_it(
-        http: httpx2.Client, gateway: ManagedProcess) -> None:
+        http: httpx2.Client, idle_gateway: ManagedProcess) -> None:
+    gateway = idle_gateway
     before = tool_names(http, gateway.url)
     with ListenStream(gateway.url, {"toolsListChanged": True}) as stream:
         stream.wait_for(lambda s: s.messages, "the acknowledgement")
@@ -86,10 +104,12 @@ def test_a_backend_change_reaches_the_listener_and_the_next_listing_shows_it(
 
 
 def test_a_listener_hears_only_the_kinds_it_asked_for(
-        http: httpx2.Client, gateway: ManagedProcess) -> None:
+        http: httpx2.Client, idle_gateway: ManagedProcess) -> None:
+    gateway = idle_gateway
     with ListenStream(gateway.url, {"promptsListChanged": True}, request_id="p") as prompts, \
             ListenStream(gateway.url, {"toolsListChanged": True}, request_id="t") as tools:
         for stream in (prompts, tools):
+            assert stream.status == 200
             stream.wait_for(lambda s: s.messages, "the acknowledgement")
         trigger(http, gateway.url, "fx_test_trigger_tool_change")
         trigger(http, gateway.url, "fx_test_trigger_prompt_change")
@@ -101,14 +121,21 @@ def test_a_listener_hears_only_the_kinds_it_asked_for(
         assert "notifications/prompts/list_changed" not in tools.methods()
 
 
+def open_streams(gateway: ManagedProcess) -> str:
+    metrics = httpx2.get(f"{gateway.base_url}/metrics", timeout=5).text
+    return next(line.split()[1] for line in metrics.splitlines()
+                if line.startswith("vmcp_listen_streams "))
+
+
 def test_a_listen_beyond_the_replicas_limit_is_refused_with_503(
-        gateway: ManagedProcess) -> None:
+        idle_gateway: ManagedProcess) -> None:
+    gateway = idle_gateway
     with ListenStream(gateway.url, {"toolsListChanged": True}, request_id=1) as one, \
             ListenStream(gateway.url, {"toolsListChanged": True}, request_id=2) as two:
         for stream in (one, two):
+            assert stream.status == 200
             stream.wait_for(lambda s: s.messages, "the acknowledgement")
-        metrics = httpx2.get(f"{gateway.base_url}/metrics", timeout=5).text
-        assert "vmcp_listen_streams 2.0" in metrics
+        assert open_streams(gateway) == "2.0"
         with ListenStream(gateway.url, {"toolsListChanged": True}, request_id=3) as three:
             assert three.status == 503
             (refusal,) = three.messages
@@ -116,6 +143,7 @@ def test_a_listen_beyond_the_replicas_limit_is_refused_with_503(
             assert refusal["error"]["code"] == -32603
             assert "limit" in refusal["error"]["message"]
     # Slots are given back when streams end.
+    wait_for_streams(gateway, "0.0")
     with ListenStream(gateway.url, {"toolsListChanged": True}, request_id=4) as four:
         assert four.status == 200
 

@@ -2,8 +2,9 @@
 
 A backend of the stateless revision announces changes on a ``subscriptions/listen``
 stream; a session-based one on the GET stream of an upstream session. Either way the
-gateway holds one such stream per backend on each replica, as itself (outgoing auth as
-for a caller-less request), shared by every listener here, and hands what it hears to
+gateway holds one such stream per backend on each replica, as itself (the backend's
+static headers; a backend that takes only callers' credentials refuses it, and its
+changes are heard only during calls), shared by every listener here, and hands what it hears to
 the :class:`~vmcp.stateless.subscriptions.ChangeHub` (which also tells the other
 replicas). The streams open when the first listener arrives and stay until shutdown;
 one that drops is opened again with backoff, and since changes may have been missed
@@ -14,11 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any, Final
 
 import anyio
-from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectSendStream
 from mcp_types import (
     CLIENT_CAPABILITIES_META_KEY,
     CLIENT_INFO_META_KEY,
@@ -56,7 +58,7 @@ class BackendWatch:
     def __init__(self, backends: StatelessBackends, hub: ChangeHub) -> None:
         self._backends = backends
         self._hub = hub
-        self._group: TaskGroup | None = None
+        self._starts: MemoryObjectSendStream[str] | None = None
         self._watching: dict[str, tuple[anyio.CancelScope, anyio.Event]] = {}
         hub.ready = self.ready
         backends.on_list_changed = self._heard_in_call
@@ -67,13 +69,20 @@ class BackendWatch:
             self._hub.changed([kind], backend=backend)
 
     async def run(self) -> None:
-        """Hold the task group the streams run in, until cancelled."""
-        async with anyio.create_task_group() as tg:
-            self._group = tg
-            try:
-                await anyio.sleep_forever()
-            finally:
-                self._group = None
+        """Run the streams until cancelled. They start here, not in the request that
+        asked for them, so they carry no caller's identity or credentials: a stream
+        shared by every listener is the gateway's own."""
+        starts, requested = anyio.create_memory_object_stream[str](math.inf)
+        self._starts = starts
+        try:
+            async with anyio.create_task_group() as tg, requested:
+                async for name in requested:
+                    if name in self._watching:
+                        scope, opened = self._watching[name]
+                        tg.start_soon(self._watch, name, scope, opened)
+        finally:
+            self._starts = None
+            starts.close()
 
     async def ready(self) -> None:
         """Open the streams not open yet and wait (bounded) until each is listening."""
@@ -85,7 +94,7 @@ class BackendWatch:
     def reconcile(self, *, start: bool = False) -> None:
         """Follow the configured backends: stop watching removed ones, and watch new ones
         if watching has begun (or ``start``)."""
-        if self._group is None:
+        if self._starts is None:
             return
         names = set(self._backends.backend_names())
         for name in set(self._watching) - names:
@@ -96,7 +105,7 @@ class BackendWatch:
         for name in sorted(names - set(self._watching)):
             scope, opened = anyio.CancelScope(), anyio.Event()
             self._watching[name] = (scope, opened)
-            self._group.start_soon(self._watch, name, scope, opened)
+            self._starts.send_nowait(name)
 
     @property
     def watching(self) -> list[str]:
