@@ -18,6 +18,7 @@ import pytest
 from tests.support.mcp_http import ListenStream, modern_call
 from tests.support.processes import (
     CONFORMANCE_MODULE,
+    NOTES_MODULE,
     ManagedProcess,
     gateway_config,
     running_backends,
@@ -159,3 +160,20 @@ def test_a_draining_replica_ends_listen_streams_with_their_result(
         final = stream.messages[-1]
         assert final == {"jsonrpc": "2.0", "id": 9, "result": {"_meta": {SUBSCRIPTION_ID: 9}}}
         gateway.process.wait(timeout=15)  # and the stream did not hold the drain up
+
+
+def test_a_session_based_backends_change_made_by_a_call_reaches_the_listener(
+        http: httpx2.Client, tmp_path: Path) -> None:
+    """notes (session-based revisions only) tells only the session whose call changed its
+    tools, on that session's GET stream: the one pooled for the caller."""
+    with running_backends({"notes": f"{NOTES_MODULE} --handshake-only"},
+                          tmp_path / "backends") as backends, \
+            running_gateway(gateway_config(backends, session={"store": "memory"}),
+                            tmp_path / "gateway") as gateway, \
+            ListenStream(gateway.url, {"toolsListChanged": True}) as stream:
+        stream.wait_for(lambda s: s.messages, "the acknowledgement")
+        assert "notes_delete_note" not in tool_names(http, gateway.url)
+        trigger(http, gateway.url, "notes_enable_deletion")
+        stream.wait_for(lambda s: "notifications/tools/list_changed" in s.methods(),
+                        "tools list_changed")
+        assert "notes_delete_note" in tool_names(http, gateway.url)

@@ -17,7 +17,9 @@ envelope its request carries) and from state every replica can rebuild.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -114,12 +116,46 @@ class StatelessBackends:
                                        floor_seconds=settings.catalog_ttl_seconds, clock=clock)
         self.on_list_changed: Callable[[str, str], None] | None = None
         """Told (backend, notification method) when a backend announces a list change
-        during a call."""
+        (during a call, or on a pooled session's stream)."""
+        self._to_follow, self._following = anyio.create_memory_object_stream[
+            tuple[str, BackendConnection]](math.inf)
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Background upkeep until cancelled: idle upstream sessions, expired rounds."""
+        """Background upkeep until cancelled: idle upstream sessions, expired rounds,
+        and the streams of pooled sessions."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._follow_pooled)
+            await self._upkeep()
+
+    async def _follow_pooled(self) -> None:
+        """Hear what each pooled session's backend announces outside a call: a backend
+        tells only the session whose request changed its lists, on that session's GET
+        stream. Started here, so the streams carry no caller's credentials (a backend
+        that takes only callers' credentials is not followed)."""
+        async with anyio.create_task_group() as tg, self._following:
+            async for name, connection in self._following:
+                tg.start_soon(self._follow, name, connection)
+
+    async def _follow(self, name: str, connection: BackendConnection) -> None:
+        try:
+            async with contextlib.aclosing(connection.listen()) as messages:
+                async for message in messages:
+                    method = message.get("method")
+                    if "id" in message and isinstance(method, str):
+                        await connection.respond(
+                            {"jsonrpc": "2.0", "id": message["id"],
+                             **_refusal(f"{method} cannot be answered outside a request")})
+                    elif isinstance(method, str) and method in LIST_CHANGED:
+                        self.catalogs.forget(name)
+                        if self.on_list_changed is not None:
+                            self.on_list_changed(name, method)
+        except BackendError as exc:
+            logger.debug("stream of a pooled session with %s ended: %s", name, exc,
+                         extra={"backend": name})
+
+    async def _upkeep(self) -> None:
         interval = max(0.05, min(self._config().stateless.upstream_idle_seconds / 4, 5.0))
         while True:
             await anyio.sleep(interval)
@@ -130,6 +166,7 @@ class StatelessBackends:
                 logger.exception("ending idle upstream sessions failed")
 
     async def aclose(self) -> None:
+        self._to_follow.close()
         self.rounds.aclose()
         await self.pool.aclose()
 
@@ -337,7 +374,7 @@ class StatelessBackends:
     async def dial(self, name: str) -> BackendConnection:
         """A new upstream session with session-based ``name``, owned by the caller."""
         try:
-            return await self._connect(name)
+            return await self._dial_session(name)
         except _ModernOnly:
             self.kinds.correct(name, BackendKind.MODERN)
             raise BackendError(name, "speaks the stateless revision only") from None
@@ -380,7 +417,14 @@ class StatelessBackends:
                                      headers=await self._auth_headers(name))
 
     async def _connect(self, name: str) -> BackendConnection:
-        """A new upstream session with a session-based backend, for the pool."""
+        """A new upstream session with a session-based backend, for the pool (its stream
+        followed)."""
+        connection = await self._dial_session(name)
+        if not self._outgoing.per_caller(name):
+            self._to_follow.send_nowait((name, connection))
+        return connection
+
+    async def _dial_session(self, name: str) -> BackendConnection:
         try:
             return await self._dialer.dial(self._dialer.backend(name))
         except BackendRpcError as exc:
