@@ -424,7 +424,7 @@ async def _reload_on_sighup(path: Path, connector: BackendConnector, manager: Se
             connector.reconfigure(updated)
             if monitor is not None:
                 monitor.set_targets(_targets(updated, outgoing))
-            watch.reconcile()
+            watch.reconcile(restart=True)
             changes.changed()
             changed = await manager.reconcile_live_sessions(connector.reconcile)
             logger.info("configuration reloaded: %d backends; %d live sessions updated",

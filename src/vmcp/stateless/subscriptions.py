@@ -259,6 +259,8 @@ class ChangeHub:
                 await channel.publish(payload)
             except StoreError as exc:
                 logger.warning("could not tell the other replicas of a change: %s", exc)
+            except Exception:  # a hint only: never let it take the replica down
+                logger.exception("could not tell the other replicas of a change")
 
     async def _receive(self, channel: ChangeChannel) -> None:
         async for payload in channel.subscribe():

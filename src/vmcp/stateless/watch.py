@@ -28,8 +28,9 @@ from mcp_types import (
 )
 from mcp_types.version import LATEST_MODERN_VERSION
 
+from vmcp.backend.connection import BackendRpcError
 from vmcp.backend.modern import NotModern
-from vmcp.errors import BackendError
+from vmcp.errors import METHOD_NOT_FOUND_CODE, BackendError
 from vmcp.stateless.backends import StatelessBackends
 from vmcp.stateless.pool import BackendKind
 from vmcp.stateless.subscriptions import ALL_KINDS, ChangeHub
@@ -91,13 +92,16 @@ class BackendWatch:
             for _, opened in list(self._watching.values()):
                 await opened.wait()
 
-    def reconcile(self, *, start: bool = False) -> None:
+    def reconcile(self, *, start: bool = False, restart: bool = False) -> None:
         """Follow the configured backends: stop watching removed ones, and watch new ones
-        if watching has begun (or ``start``)."""
+        if watching has begun (or ``start``); ``restart`` (a reload, which may have
+        changed a backend's address or credentials) opens every stream again."""
         if self._starts is None:
             return
         names = set(self._backends.backend_names())
-        for name in set(self._watching) - names:
+        gone = set(self._watching) if restart else set(self._watching) - names
+        start = start or (restart and bool(self._watching))
+        for name in gone:
             scope, _ = self._watching.pop(name)
             scope.cancel()
         if not (start or self._watching):
@@ -126,6 +130,15 @@ class BackendWatch:
                     await self._listen_once(name, listening, reopened=attempt > 0)
                 except NotModern:
                     self._backends.kinds.correct(name, BackendKind.SESSION)
+                except BackendRpcError as exc:
+                    if exc.code == METHOD_NOT_FOUND_CODE:
+                        # It offers no change stream; its changes are heard during calls.
+                        logger.info("backend %s offers no subscriptions/listen", name,
+                                    extra={"backend": name})
+                        opened.set()
+                        await anyio.sleep_forever()
+                    logger.info("change stream of backend %s: %s", name, exc,
+                                extra={"backend": name})
                 except (BackendError, TimeoutError) as exc:
                     logger.info("change stream of backend %s: %s", name, exc,
                                 extra={"backend": name})
