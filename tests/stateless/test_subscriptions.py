@@ -11,6 +11,7 @@ from mcp.shared.subscriptions import PromptsListChanged, ToolsListChanged
 from mcp_types import SubscriptionFilter
 from starlette.types import Message
 
+from tests.support.redis_server import RedisServer
 from vmcp.server.listen import PING, Listening
 from vmcp.stateless.subscriptions import (
     ChangeHub,
@@ -18,6 +19,8 @@ from vmcp.stateless.subscriptions import (
     SubscriptionLimit,
     SubscriptionsClosed,
 )
+from vmcp.store import RedisStore
+from vmcp.store.pubsub import RedisChangeChannel
 
 pytestmark = pytest.mark.anyio
 
@@ -144,3 +147,44 @@ async def test_the_stream_acknowledges_first_then_keeps_alive_with_comments() ->
     assert json.loads(change["body"].split(b"data: ", 1)[1])["params"]["_meta"] == {
         "io.modelcontextprotocol/subscriptionId": 5}
     assert hub.listeners == 0  # the hang-up gave its slot back
+
+
+async def test_closing_releases_every_stream_and_later_changes_are_dropped() -> None:
+    hub = hub_with(Clock())
+    listener = hub.open(TOOLS)
+    hub.close_all()
+    assert hub.listeners == 0
+    assert listener.end is ListenerEnd.DRAINED
+    hub.changed(["tools"])  # nothing left to deliver to: no error either
+
+
+async def test_a_change_on_one_hub_reaches_the_listeners_of_another_over_redis(
+        redis_server: RedisServer) -> None:
+    prefix = "vmcp:changes-test:"
+    store = RedisStore.from_url(redis_server.url, key_prefix=prefix, ttl_seconds=60,
+                                timeout_seconds=2.0)
+    forgotten: list[str | None] = []
+
+    def hub(replica: str) -> ChangeHub:
+        channel = RedisChangeChannel(store.client, prefix + "changes", timeout_seconds=2.0)
+        return ChangeHub(max_listeners=2, buffer=4, coalesce_seconds=0.0, replica=replica,
+                         channel=channel, on_change=forgotten.append)
+
+    first, second = hub("r1"), hub("r2")
+    listener = second.open(SubscriptionFilter(prompts_list_changed=True))
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first.run)
+            tg.start_soon(second.run)
+            with anyio.fail_after(10):
+                while True:  # until the second hub's subscription is in place
+                    first.changed(["prompts"], backend="notes")
+                    with anyio.move_on_after(0.2):
+                        assert await listener.events.receive() == PromptsListChanged()
+                        break
+            assert "notes" in forgotten  # its cached listings were dropped there too
+            tg.cancel_scope.cancel()
+    finally:
+        first.close_all()
+        second.close_all()
+        await store.aclose()

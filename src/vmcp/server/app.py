@@ -197,6 +197,7 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                 state.store = state.manager = state.connector = state.monitor = state.view = None
                 await manager.aclose()
                 await stateless.aclose()
+                changes.close_all()
                 background.cancel_scope.cancel()
                 if relay is not None:
                     await relay.aclose()

@@ -167,6 +167,7 @@ class StatelessBackends:
 
     async def aclose(self) -> None:
         self._to_follow.close()
+        self._following.close()
         self.rounds.aclose()
         await self.pool.aclose()
 

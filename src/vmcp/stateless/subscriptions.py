@@ -190,6 +190,17 @@ class ChangeHub:
         for listener in list(self._listeners):
             listener.finish(ListenerEnd.DRAINED)
 
+    def close_all(self) -> None:
+        """Shutdown: end every stream and release the hub's own buffers."""
+        self.drain()
+        for listener in list(self._listeners):
+            self.close(listener)
+        # The sending side first: the publisher, if waiting, sees the end of the stream.
+        if self._outbox is not None:
+            self._outbox.close()
+        if self._outgoing is not None:
+            self._outgoing.close()
+
     # -- changes ---------------------------------------------------------------------
 
     def changed(self, kinds: Iterable[str] = ALL_KINDS, *, backend: str | None = None) -> None:
@@ -205,6 +216,8 @@ class ChangeHub:
                 self._outbox.send_nowait(payload)
             except anyio.WouldBlock:
                 logger.warning("too many changes waiting for the other replicas; one dropped")
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                pass  # shutting down
 
     def _arrived(self, kinds: Iterable[str], backend: str | None) -> None:
         if self._on_change is not None:
