@@ -8,6 +8,10 @@ and at ``2026-07-28`` (the SDK serves the stateless revision on the same
 endpoint, whatever ``--stateless`` says); put behind the gateway, the same runs
 measure what the gateway changes on the way.
 
+``test_trigger_tool_change`` and ``test_trigger_prompt_change`` change the tool and
+prompt lists and announce it on ``subscriptions/listen`` streams (2026-07-28), which is
+what the suite's subscription checks watch for.
+
 The ``test_input_required_result_*`` tools and prompt, ``test_streaming_elicitation``,
 ``test_missing_capability``, ``test_logging_tool`` and ``test_x_mcp_header`` exist for
 the 2026-07-28 scenarios: they answer with ``input_required`` results (the
@@ -42,6 +46,12 @@ from mcp.server import Server
 from mcp.server.context import ServerRequestContext
 from mcp.server.request_state import RequestStateBoundary, RequestStateSecurity
 from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
+from mcp.server.subscriptions import (
+    InMemorySubscriptionBus,
+    ListenHandler,
+    PromptsListChanged,
+    ToolsListChanged,
+)
 from mcp.shared.exceptions import MCPError
 from mcp_types import (
     INVALID_PARAMS,
@@ -382,6 +392,8 @@ class ConformanceFixture:
     _tools: dict[str, _ToolEntry] = field(default_factory=dict)
     _log_levels: dict[str, LoggingLevel] = field(default_factory=dict)
     _subscriptions: dict[str, set[str]] = field(default_factory=dict)
+    _changes: InMemorySubscriptionBus = field(default_factory=InMemorySubscriptionBus)
+    _dynamic_prompt: bool = False
 
     def __post_init__(self) -> None:
         self._add_tool("test_simple_text", "Returns a simple text response", self._simple_text)
@@ -512,6 +524,16 @@ class ConformanceFixture:
             "Asks only for the inputs the client declared it can give",
             self._ir_capabilities,
         )
+        self._add_tool(
+            "test_trigger_tool_change",
+            "Adds or removes test_dynamic_tool and announces the change",
+            self._trigger_tool_change,
+        )
+        self._add_tool(
+            "test_trigger_prompt_change",
+            "Adds or removes test_dynamic_prompt and announces the change",
+            self._trigger_prompt_change,
+        )
 
     def _add_tool(
         self,
@@ -558,6 +580,17 @@ class ConformanceFixture:
             return await entry.rounds(ctx, params)
         assert entry.handler is not None
         return await entry.handler(ctx, params.arguments or {})
+
+    async def _trigger_tool_change(self, ctx: Ctx, args: Mapping[str, Any]) -> CallToolResult:
+        if self._tools.pop("test_dynamic_tool", None) is None:
+            self._add_tool("test_dynamic_tool", "Appears and disappears", self._simple_text)
+        await self._changes.publish(ToolsListChanged())
+        return CallToolResult(content=[TextContent(text="tool list changed")])
+
+    async def _trigger_prompt_change(self, ctx: Ctx, args: Mapping[str, Any]) -> CallToolResult:
+        self._dynamic_prompt = not self._dynamic_prompt
+        await self._changes.publish(PromptsListChanged())
+        return CallToolResult(content=[TextContent(text="prompt list changed")])
 
     async def _simple_text(self, ctx: Ctx, args: Mapping[str, Any]) -> CallToolResult:
         return _text("This is a simple text response for testing.")
@@ -908,6 +941,11 @@ class ConformanceFixture:
                     description="Asks for context through an input_required result first",
                 ),
             ]
+            + (
+                [Prompt(name="test_dynamic_prompt", description="Appears and disappears")]
+                if self._dynamic_prompt
+                else []
+            )
         )
 
     async def get_prompt(
@@ -1001,6 +1039,7 @@ class ConformanceFixture:
             on_get_prompt=self.get_prompt,
             on_completion=self.complete,
             on_set_logging_level=self.set_logging_level,
+            on_subscriptions_listen=ListenHandler(self._changes),
         )
         # Seals every requestState the tools mint and refuses an echo that was altered (the
         # input-required-result-tampered-state scenario). The key lives in this process only.

@@ -358,6 +358,33 @@ def _repo_root() -> Path:
 
 
 @app.command()
+def bridge(
+    command: Annotated[list[str], typer.Argument(
+        help="The stdio MCP server's command and its arguments, after `--`.",
+        metavar="-- COMMAND [ARGS]...")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8765,
+    initialize_timeout: Annotated[float, typer.Option(
+        min=0.1, help="Seconds the stdio server has to answer initialize.")] = 30.0,
+    log_level: Annotated[
+        LogLevel, typer.Option(case_sensitive=False, help="Logging threshold.")
+    ] = LogLevel.info,
+    log_format: Annotated[
+        str, typer.Option(help="json, console, or auto (console on a terminal, else json).")
+    ] = "auto",
+) -> None:
+    """Serve one stdio MCP server (a command) over Streamable HTTP, restarting it if it
+    stops: run it beside the gateway and configure it there as an ordinary backend."""
+    if log_format not in ("json", "console", "auto"):
+        typer.echo("vmcp: --log-format must be json, console or auto", err=True)
+        raise typer.Exit(EXIT_CONFIG_ERROR)
+    from vmcp.bridge.serve import serve_bridge
+
+    serve_bridge(command, host=host, port=port, log_level=log_level.value,
+                 log_format=log_format, initialize_seconds=initialize_timeout)
+
+
+@app.command()
 def demo(
     port: Annotated[
         int, typer.Option(min=1, max=65535, help="Port for the gateway on 127.0.0.1.")

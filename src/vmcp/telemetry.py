@@ -29,6 +29,7 @@ from vmcp.audit.trail import AuditTrail
 from vmcp.backend.health import HealthMonitor
 from vmcp.errors import SessionNotFound, StoreError, StoreTimeout
 from vmcp.session.manager import SessionManager
+from vmcp.stateless.subscriptions import ChangeHub
 from vmcp.store.base import SessionStore
 from vmcp.store.pubsub import RedisSessionRelay
 from vmcp.tracing import tracer
@@ -89,6 +90,10 @@ class Metrics:
     def watch_audit(self, trail: AuditTrail) -> None:
         """Expose the audit trail's written and dropped counts at scrape time."""
         self.registry.register(_AuditCollector(trail))
+
+    def watch_changes(self, hub: ChangeHub) -> None:
+        """Expose the listen streams' figures at scrape time."""
+        self.registry.register(_ChangesCollector(hub))
 
     def observe_request(self, method: str, status: int, outcome: str, seconds: float) -> None:
         # Label lookups cost more than the observation; the label sets are few and fixed
@@ -180,6 +185,21 @@ class _AuditCollector(Collector):
              "Audit events the sink refused (disk full, closed output)."),
         ):
             yield CounterMetricFamily(name, doc, value=value)
+
+class _ChangesCollector(Collector):
+    def __init__(self, hub: ChangeHub) -> None:
+        self._hub = hub
+
+    def collect(self) -> Iterator[Any]:
+        yield GaugeMetricFamily("vmcp_listen_streams",
+                                "subscriptions/listen streams open on this replica.",
+                                value=self._hub.listeners)
+        yield CounterMetricFamily("vmcp_list_changes_delivered",
+                                  "List changes sent to this replica's listen streams "
+                                  "(after coalescing).", value=self._hub.delivered)
+        yield CounterMetricFamily("vmcp_listen_streams_ended_slow",
+                                  "Listen streams ended because their client stopped reading.",
+                                  value=self._hub.ended_slow)
 
 
 class InstrumentedStore:

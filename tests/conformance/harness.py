@@ -39,6 +39,14 @@ BACKEND_STOP_TIMEOUT_SECONDS = 10.0
 _POLL_INTERVAL_SECONDS = 0.05
 _PORT_ATTEMPTS = 3
 
+SUBSCRIPTION_CHECKS = (  # the checks of subscriptions/listen (2026-07-28)
+    "sep-2575-server-sends-subscription-ack",
+    "sep-2575-server-tags-subscription-id",
+    "sep-2575-server-honors-notification-filter",
+    "sep-2575-server-sends-tools-list-changed-on-subscription",
+    "sep-2575-server-sends-prompts-list-changed-on-subscription",
+)
+
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 _SCENARIO_LINE = re.compile(r"^[✓✗] (?P<name>\S+): (?P<passed>\d+) passed, (?P<failed>\d+) failed$")
 _TOTAL_LINE = re.compile(r"^Total: (?P<passed>\d+) passed, (?P<failed>\d+) failed$")
@@ -173,6 +181,8 @@ class ConformanceReport:
     def informational_checks(self) -> list[str]:
         """``scenario/check-id`` of each informational check, sorted."""
         return sorted(f"{c.scenario}/{c.check_id}" for c in self.informational)
+    statuses: dict[str, str] = field(default_factory=dict, repr=False)
+    """Every check's status by its id (``SUCCESS``, ``FAILURE``, ``SKIPPED``, ...)."""
 
     @property
     def failed_scenarios(self) -> list[str]:
@@ -229,10 +239,11 @@ def _parse_summary(output: str) -> tuple[list[ScenarioResult], tuple[int, int]]:
 
 
 def _read_checks(result_dirs: Sequence[Path]
-                 ) -> tuple[int, list[CheckOutcome], list[CheckOutcome]]:
+                 ) -> tuple[int, list[CheckOutcome], list[CheckOutcome], dict[str, str]]:
     warnings = 0
     problems: list[CheckOutcome] = []
     informational: list[CheckOutcome] = []
+    statuses: dict[str, str] = {}
     for directory in sorted(result_dirs):
         match = _RESULT_DIR.match(directory.name)
         checks_file = directory / "checks.json"
@@ -240,6 +251,7 @@ def _read_checks(result_dirs: Sequence[Path]
             continue
         for check in json.loads(checks_file.read_text(encoding="utf-8")):
             status = str(check.get("status", ""))
+            statuses[str(check.get("id", "?"))] = status
             if status == "WARNING":
                 warnings += 1
             outcome = CheckOutcome(
@@ -252,7 +264,7 @@ def _read_checks(result_dirs: Sequence[Path]
                 problems.append(outcome)
             elif status != "SUCCESS":
                 informational.append(outcome)
-    return warnings, problems, informational
+    return warnings, problems, informational, statuses
 
 
 def run_conformance(
@@ -309,7 +321,7 @@ def run_conformance(
         raise ConformanceRunError(f"the suite did not finish within {timeout:.0f}s") from exc
     scenarios, (passed, failed) = _parse_summary(completed.stdout)
     new_dirs = [path for path in out_dir.iterdir() if path not in existing and path.is_dir()]
-    warnings, problems, informational = _read_checks(new_dirs)
+    warnings, problems, informational, statuses = _read_checks(new_dirs)
     return ConformanceReport(
         exit_code=completed.returncode,
         passed=passed,
@@ -319,6 +331,7 @@ def run_conformance(
         problems=tuple(problems),
         output=completed.stdout,
         informational=tuple(informational),
+        statuses=statuses,
     )
 
 

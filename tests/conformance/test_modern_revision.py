@@ -4,8 +4,10 @@ Two legs over the same fixture backend: the backend on its own, which pins the b
 and a gateway in front of it passing the backend's names through unchanged
 (``aggregation.prefix_format: ""``), which must pass the very same checks. The fixture
 needs no flag for this revision: the SDK serves it beside the handshake ones on any
-endpoint. Checks the suite marks as skipped (the ``subscriptions/listen`` ones: neither
-the fixture nor the gateway announces list changes) count as neither passed nor failed.
+endpoint. The suite's ``subscriptions/listen`` checks run only against a server that
+announces list changes in ``server/discover`` (else they are skipped, counting as neither
+passed nor failed): the fixture does, and so does the gateway, which must deliver its
+backend's changes on its own listen streams for them to pass.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conformance.harness import ConformanceReport, run_conformance
+from tests.conformance.harness import SUBSCRIPTION_CHECKS, ConformanceReport, run_conformance
 from tests.support.processes import (
     CONFORMANCE_MODULE,
     ManagedProcess,
@@ -49,6 +51,8 @@ def _assert_clean(report: ConformanceReport, leg: str) -> None:
     assert report.warnings == 0, summary
     assert report.passed > 0, summary
     assert report.exit_code == 0, summary
+    ran = {check: report.statuses.get(check) for check in SUBSCRIPTION_CHECKS}
+    assert set(ran.values()) == {"SUCCESS"}, f"{leg}: subscription checks {ran}"
 
 
 # The first run installs the suite from npm, which can take a while.

@@ -84,13 +84,13 @@ def test_listings_carry_caching_hints_and_name_the_gateway(
     assert {"notes_add_note", "weather_forecast"} <= tools
 
 
-def test_discover_names_the_stateless_revision_and_no_list_change_stream(
+def test_discover_announces_list_changes_but_not_resource_subscriptions(
         http: httpx2.Client, mixed_gateway: ManagedProcess) -> None:
     result = result_of(post(http, mixed_gateway.url, "server/discover"))
     assert result["supportedVersions"] == [MODERN]
     capabilities = result["capabilities"]
-    assert {"tools", "resources", "prompts"} <= set(capabilities), capabilities
-    assert not any(isinstance(v, dict) and v.get("listChanged") for v in capabilities.values())
+    for kind in ("tools", "resources", "prompts"):
+        assert capabilities[kind] == {"listChanged": True}, capabilities
     assert "Deterministic fake forecasts" in result["instructions"]
 
 
@@ -145,7 +145,7 @@ def test_a_request_without_its_envelope_is_refused(
 
 
 @pytest.mark.parametrize("method", ["initialize", "ping", "logging/setLevel",
-                                    "resources/subscribe", "subscriptions/listen", "no/such"])
+                                    "resources/subscribe", "no/such"])
 def test_methods_this_revision_lacks_are_not_found(
         http: httpx2.Client, mixed_gateway: ManagedProcess, method: str) -> None:
     response = post(http, mixed_gateway.url, method)

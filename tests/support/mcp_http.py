@@ -6,7 +6,11 @@ tests can move a session between gateway processes by pointing it elsewhere.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
+import socket
+import threading
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -231,3 +235,116 @@ async def listen_until(client: httpx2.AsyncClient, url: str, session: RawSession
                 received.append(json.loads(line[5:]))
                 if received[-1].get("method") == method:
                     return
+
+
+MODERN_VERSION = "2026-07-28"
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": MODERN_VERSION,
+    "io.modelcontextprotocol/clientInfo": {"name": "listen-test", "version": "0"},
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+
+
+def modern_headers(method: str, name: str | None = None) -> dict[str, str]:
+    """The routing headers of a stateless-revision request."""
+    headers = {**BASE_HEADERS, "MCP-Protocol-Version": MODERN_VERSION, "Mcp-Method": method}
+    if name is not None:
+        headers["Mcp-Name"] = name
+    return headers
+
+
+def modern_call(http: httpx2.Client, url: str, method: str, params: dict[str, Any] | None = None,
+                *, name: str | None = None, request_id: int | str = 1) -> dict[str, Any]:
+    """One stateless-revision request; its JSON-RPC answer (JSON or the end of a stream)."""
+    body = {"jsonrpc": "2.0", "id": request_id, "method": method,
+            "params": {**(params or {}), "_meta": MODERN_META}}
+    response = http.post(url, json=body, headers=modern_headers(method, name))
+    if response.headers.get("content-type", "").startswith(EVENT_STREAM):
+        return reply_to(response, request_id)
+    answer = response.json()
+    assert isinstance(answer, dict), answer
+    return answer
+
+
+class ListenStream:
+    """A ``subscriptions/listen`` stream read on a thread of its own, as it arrives.
+
+    ``messages`` holds every JSON-RPC message in order, ``comments`` counts keep-alive
+    comments, ``ended`` is set when the server ends the stream. Leaving the block hangs
+    up (the socket is shut down, which also unblocks the reading thread).
+    """
+
+    def __init__(self, url: str, notifications: Mapping[str, Any], *,
+                 request_id: int | str = "listen-1", timeout: float = 30.0) -> None:
+        parsed = httpx2.URL(url)
+        self._connection = http.client.HTTPConnection(parsed.host, parsed.port, timeout=timeout)
+        self._body = json.dumps({"jsonrpc": "2.0", "id": request_id,
+                                 "method": "subscriptions/listen",
+                                 "params": {"notifications": dict(notifications),
+                                            "_meta": MODERN_META}})
+        self._path = parsed.raw_path.decode()
+        self.request_id = request_id
+        self.status = 0
+        self.messages: list[dict[str, Any]] = []
+        self.comments = 0
+        self.ended = threading.Event()
+        self._arrived = threading.Condition()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+
+    def __enter__(self) -> ListenStream:
+        self._connection.request("POST", self._path, body=self._body,
+                                 headers=modern_headers("subscriptions/listen"))
+        response = self._connection.getresponse()
+        self.status = response.status
+        if response.status != 200:
+            self.messages.append(json.loads(response.read()))
+            self.ended.set()
+            return self
+        self._response = response
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sock = self._connection.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        self._connection.close()
+
+    def _read(self) -> None:
+        data: list[str] = []
+        try:
+            while True:
+                raw = self._response.readline()
+                if not raw:
+                    break
+                line = raw.decode().rstrip("\r\n")
+                if line.startswith(":"):
+                    with self._arrived:
+                        self.comments += 1
+                        self._arrived.notify_all()
+                elif line.startswith("data:"):
+                    data.append(line[5:].strip())
+                elif not line and data:
+                    message = json.loads("\n".join(data))
+                    data = []
+                    with self._arrived:
+                        self.messages.append(message)
+                        self._arrived.notify_all()
+        except (OSError, http.client.HTTPException, ValueError):
+            pass
+        finally:
+            with self._arrived:
+                self.ended.set()
+                self._arrived.notify_all()
+
+    def wait_for(self, predicate: Any, what: str, timeout: float = 10.0) -> None:
+        """Until ``predicate(self)`` holds; fails naming ``what`` after ``timeout``."""
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: predicate(self), timeout=timeout):
+                raise AssertionError(f"not within {timeout}s: {what}; got {self.messages}")
+
+    def methods(self) -> list[str]:
+        return [str(m.get("method")) for m in self.messages if "method" in m]

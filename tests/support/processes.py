@@ -237,6 +237,26 @@ def restart_backend(managed: ManagedProcess, module: str,
                                 f"{managed.log_tail()}")
 
 
+# -- bridges --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def running_bridge(command: Sequence[str], workdir: Path, *bridge_args: str,
+                   name: str = "bridge") -> Iterator[ManagedProcess]:
+    """``vmcp bridge [bridge_args] -- command`` for the duration of the block (ready once
+    it answers ``/healthz``: the stdio server may still be starting)."""
+    def launch(_: str, port: int) -> ManagedProcess:
+        argv = [str(VMCP_EXECUTABLE), "bridge", "--host", HOST, "--port", str(port),
+                "--log-format", "json", *bridge_args, "--", *command]
+        return _launch(name, argv, port, workdir / f"{name}.log", "/healthz")
+
+    bridge = _start_all([name], launch, STARTUP_TIMEOUT_SECONDS)[name]
+    try:
+        yield bridge
+    finally:
+        bridge.stop()
+
+
 # -- gateways -------------------------------------------------------------------------
 
 
@@ -328,6 +348,7 @@ __all__ = [
     "restart_backend",
     "restart_gateway",
     "running_backends",
+    "running_bridge",
     "running_gateway",
     "running_gateways",
     "start_backends",

@@ -26,7 +26,7 @@ LAYERS: list[set[str]] = [
     {"upstream"},                           # reaching backends for a caller
     {"session", "stateless"},               # the two revisions' backends
     {"telemetry"},
-    {"server", "probe"},                    # the ASGI app; check-config's probe
+    {"server", "probe", "bridge"},          # the ASGI app; check-config's probe; stdio bridge
     {"cli"},
 ]
 RANK = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}

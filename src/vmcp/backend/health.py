@@ -71,6 +71,9 @@ class HealthMonitor:
         # Told the name of a backend that answers again after failing, so that live
         # sessions which left it out (it was down when they were created) take it in.
         self.on_recovered: Callable[[str], None] | None = None
+        self.on_usability_change: Callable[[str], None] | None = None
+        """Told a backend's name when it turns usable or unusable (what clients can list
+        changes with it)."""
 
     def set_targets(self, targets: Sequence[BackendTarget]) -> None:
         """Follow a reloaded configuration: keep what is known of kept backends."""
@@ -136,6 +139,9 @@ class HealthMonitor:
                      and (previous.consecutive_failures > 0 or not _usable(previous.status)))
         if recovered and self.on_recovered is not None:
             self.on_recovered(target.name)
+        if _usable(health.status) != _usable(previous.status) and (
+                self.on_usability_change is not None):
+            self.on_usability_change(target.name)
 
     def _log_change(self, name: str, previous: BackendHealth, health: BackendHealth) -> None:
         """A failed probe is a WARNING from the first one on, not only once the backend

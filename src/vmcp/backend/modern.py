@@ -86,6 +86,22 @@ class ModernBackend:
         except TimeoutError:
             raise BackendTimeout(self.target.name, f"no answer within {seconds:g}s") from None
 
+    async def listen(
+        self,
+        params: dict[str, Any],
+        *,
+        headers: Mapping[str, str] | None = None,
+        on_message: MessageHandler,
+    ) -> dict[str, Any]:
+        """Hold one ``subscriptions/listen`` stream open for as long as the backend keeps it.
+
+        Every notification on it (the acknowledgement first, then the changes) goes to
+        ``on_message``; the return value is the result the backend ends it with when it
+        closes the stream gracefully (for instance while it drains). There is no deadline:
+        cancelling is how the caller ends it. Raises like :meth:`request`.
+        """
+        return await self._post("subscriptions/listen", params, headers or {}, on_message)
+
     async def _post(self, method: str, params: dict[str, Any], extra: Mapping[str, str],
                     on_message: MessageHandler | None) -> dict[str, Any]:
         name = self.target.name

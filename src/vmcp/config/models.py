@@ -287,6 +287,8 @@ class StatelessConfig(_Frozen):
     ``catalog_ttl_seconds`` (or as the backend's own caching hint allows, if longer). A
     backend's question to the client (sampling, elicitation, roots) becomes an
     ``input_required`` round whose answer must come back within ``answer_timeout_seconds``.
+    Changes to what they can list reach them on ``subscriptions/listen`` streams, at most
+    ``max_listeners`` per replica, each buffering at most ``listener_buffer`` changes.
     """
 
     upstream_idle_seconds: float = Field(default=300.0, gt=0, allow_inf_nan=False)
@@ -297,6 +299,12 @@ class StatelessConfig(_Frozen):
     backend's hint allows, if longer)."""
     answer_timeout_seconds: float = Field(default=300.0, gt=0, allow_inf_nan=False)
     """Bound on the client's answer to an input_required round."""
+    max_listeners: int = Field(default=1024, ge=1)
+    """subscriptions/listen streams this replica serves at once; one more is refused (503)."""
+    listener_buffer: int = Field(default=64, ge=1)
+    """Changes buffered for one listen stream; a client that lets more pile up is ended."""
+    coalesce_seconds: float = Field(default=0.1, ge=0, allow_inf_nan=False)
+    """Changes of one kind within this window reach listen streams as one notification."""
 
 
 class StatusConfig(_Frozen):

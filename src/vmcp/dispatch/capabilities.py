@@ -7,14 +7,16 @@ from typing import Any
 
 
 def aggregate_capabilities(offered: Iterable[Mapping[str, Any]], *, list_changed: bool,
-                           logging_always: bool) -> dict[str, Any]:
+                           logging_always: bool,
+                           resource_subscriptions: bool = True) -> dict[str, Any]:
     """The gateway's server capabilities over backends offering ``offered``.
 
     Listings are always announced (an empty list is a fine answer). ``list_changed`` is
     announced only where the revision has a stream to deliver it on; completions and
     resource subscriptions only if some backend can serve them; logging always where the
     gateway answers ``logging/setLevel`` itself (``logging_always``), else if some backend
-    logs.
+    logs. ``resource_subscriptions`` is False where the revision's stream does not carry
+    a backend's resource updates.
     """
     offered = [c for c in offered if isinstance(c, Mapping)]
     flag = {"listChanged": True} if list_changed else {}
@@ -24,6 +26,7 @@ def aggregate_capabilities(offered: Iterable[Mapping[str, Any]], *, list_changed
         capabilities["logging"] = {}
     if any("completions" in c for c in offered):
         capabilities["completions"] = {}
-    if list_changed and any((c.get("resources") or {}).get("subscribe") for c in offered):
+    if list_changed and resource_subscriptions and any(
+            (c.get("resources") or {}).get("subscribe") for c in offered):
         capabilities["resources"]["subscribe"] = True
     return capabilities

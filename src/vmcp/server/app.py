@@ -47,11 +47,13 @@ from vmcp.session import SessionManager
 from vmcp.session.connector import BackendConnector
 from vmcp.session.metadata import record_backend_state
 from vmcp.stateless.backends import StatelessBackends
+from vmcp.stateless.subscriptions import ChangeHub
+from vmcp.stateless.watch import BackendWatch
 from vmcp.store import RedisStore, open_store
 from vmcp.store.base import SessionStore
 from vmcp.store.event_log import RedisEventLog
 from vmcp.store.identity_index import IdentityIndex, MemoryIdentityIndex, RedisIdentityIndex
-from vmcp.store.pubsub import RedisEndedSessionBus, RedisSessionRelay
+from vmcp.store.pubsub import RedisChangeChannel, RedisEndedSessionBus, RedisSessionRelay
 from vmcp.telemetry import InstrumentedStore, Metrics
 
 logger = logging.getLogger(__name__)
@@ -162,12 +164,18 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                 lambda: connector.config, http, outgoing=outgoing, ledger=connector.ledger,
                 is_healthy=monitor.usable_for_new_sessions if monitor else None, relay=relay)
             background.start_soon(stateless.run)
+            changes, watch = _change_delivery(config, store, stateless)
+            metrics.watch_changes(changes)
+            background.start_soon(changes.run)
+            background.start_soon(watch.run)
+            if monitor is not None:
+                monitor.on_usability_change = lambda name: changes.changed(backend=name)
             endpoint.app = McpEndpoint(
                 manager, SessionMethods(authorizer=authorizer, composites=composites),
                 RequestGuard(config.server), authenticator,
                 max_body_bytes=config.server.max_body_bytes, metrics=metrics,
                 stateless=StatelessEndpoint(stateless, authorizer=authorizer,
-                                            composites=composites),
+                                            composites=composites, subscriptions=changes),
                 audit=audit, replica_id=config.server.replica_id,
             )
             view = open_view(config, store, metrics, manager=manager, monitor=monitor,
@@ -177,7 +185,7 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                 store, manager, connector, monitor, view)
             if config_path is not None:
                 background.start_soon(_reload_on_sighup, config_path, connector, manager,
-                                      monitor, outgoing, authorizer)
+                                      monitor, outgoing, authorizer, changes, watch)
             state.listening = anyio.Event()
             background.start_soon(_log_when_ready, config, state.listening, monitor)
             try:
@@ -188,6 +196,7 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                 state.store = state.manager = state.connector = state.monitor = state.view = None
                 await manager.aclose()
                 await stateless.aclose()
+                changes.close_all()
                 background.cancel_scope.cancel()
                 if relay is not None:
                     await relay.aclose()
@@ -377,9 +386,25 @@ def _health_monitor(config: VmcpConfig, http: httpx2.AsyncClient,
                          needs_caller=outgoing.per_caller)
 
 
+def _change_delivery(config: VmcpConfig, store: SessionStore,
+                     backends: StatelessBackends) -> tuple[ChangeHub, BackendWatch]:
+    """What delivers list changes to stateless clients' listen streams: this replica's hub
+    (over Redis, the other replicas' too) and its watch over the backends' own streams."""
+    settings = config.stateless
+    channel = (RedisChangeChannel(store.client, config.session.key_prefix + "changes",
+                                  timeout_seconds=config.session.store_timeout_seconds)
+               if isinstance(store, RedisStore) else None)
+    hub = ChangeHub(max_listeners=settings.max_listeners, buffer=settings.listener_buffer,
+                    coalesce_seconds=settings.coalesce_seconds,
+                    replica=config.server.replica_id,
+                    channel=channel, on_change=backends.catalogs.forget)
+    return hub, BackendWatch(backends, hub)
+
+
 async def _reload_on_sighup(path: Path, connector: BackendConnector, manager: SessionManager,
                             monitor: HealthMonitor | None, outgoing: OutgoingAuth,
-                            authorizer: AllowAll | CedarAuthorizer) -> None:
+                            authorizer: AllowAll | CedarAuthorizer, changes: ChangeHub,
+                            watch: BackendWatch) -> None:
     """SIGHUP re-reads the configuration file and applies its backends and aggregation to
     this replica without a restart (other sections need one), and re-reads the policy
     files. Live sessions gain the added backends, end their sessions on the removed ones,
@@ -411,6 +436,8 @@ async def _reload_on_sighup(path: Path, connector: BackendConnector, manager: Se
             connector.reconfigure(updated)
             if monitor is not None:
                 monitor.set_targets(_targets(updated, outgoing))
+            watch.reconcile(restart=True)
+            changes.changed()
             changed = await manager.reconcile_live_sessions(connector.reconcile)
             logger.info("configuration reloaded: %d backends; %d live sessions updated",
                         len(updated.backends), changed)

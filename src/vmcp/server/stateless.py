@@ -84,10 +84,12 @@ from vmcp.errors import (
 from vmcp.identity import Principal, binding_for
 from vmcp.server import auditing
 from vmcp.server.jsonrpc import first_error
+from vmcp.server.listen import Listening
 from vmcp.server.responses import SSE_HEADERS, cancel_on_disconnect, send_json, sse_event
 from vmcp.stateless.backends import Caller, StatelessBackends, View
 from vmcp.stateless.input_rounds import Ask, Outcome, is_round_token
 from vmcp.stateless.pool import BackendKind
+from vmcp.stateless.subscriptions import ChangeHub
 
 logger = logging.getLogger(__name__)
 
@@ -100,10 +102,11 @@ METHOD_KEY: Final = "vmcp.method"  # the ASGI scope key the transport's metrics 
 SERVED_METHODS: Final = frozenset({
     "server/discover", "tools/list", "tools/call", "resources/list",
     "resources/templates/list", "resources/read", "prompts/list", "prompts/get",
-    "completion/complete",
+    "completion/complete", "subscriptions/listen",
 })
-"""What the gateway serves at the stateless revision. ``subscriptions/listen`` is not among
-them, so no capability announces list changes (there is no stream to announce them on)."""
+"""What the gateway serves at the stateless revision (``subscriptions/listen`` only where
+change delivery is set up: without it, no capability announces list changes)."""
+LISTEN: Final = "subscriptions/listen"
 
 SSE_PING_SECONDS = 15.0
 """Silence after which a call's answer becomes an event stream kept open by comments,
@@ -212,12 +215,20 @@ class StatelessEndpoint:
 
     def __init__(self, backends: StatelessBackends, *, server_name: str = "vmcp",
                  authorizer: Authorizer | None = None,
-                 composites: CompositeRegistry | None = None) -> None:
+                 composites: CompositeRegistry | None = None,
+                 subscriptions: ChangeHub | None = None) -> None:
         self._backends = backends
+        self._subscriptions = subscriptions
+        self._listening = Listening(subscriptions) if subscriptions is not None else None
         self._server_info = {"name": server_name, "version": __version__}
         self._dispatcher: Dispatcher[tuple[BackendKind, Outcome]] = Dispatcher(
             resource_not_found_code=INVALID_PARAMS, authorizer=authorizer,
             composites=composites)
+
+    def drain(self) -> None:
+        """The replica is stopping: listen streams end gracefully, none open."""
+        if self._subscriptions is not None:
+            self._subscriptions.drain()
 
     async def serve(self, scope: Scope, receive: Receive, send: Send, body: bytes,
                     principal: Principal) -> None:
@@ -278,6 +289,9 @@ class StatelessEndpoint:
                                                                    params, principal))
             await send_json(send, _message_status(message), message)
             return
+        if request.method == LISTEN and self._listening is not None:
+            await self._listening.serve(receive, send, request_id, params)
+            return
         target = None
         if self._dispatcher.authorizing:
             # Before any work starts, so a refusal gets its own status (403).
@@ -321,7 +335,8 @@ class StatelessEndpoint:
         verdict = classify_inbound_request(decoded, headers=dict(headers.items()))
         if isinstance(verdict, InboundLadderRejection):
             raise RequestError(verdict.code, verdict.message, verdict.data)
-        if request.method not in SERVED_METHODS:
+        if request.method not in SERVED_METHODS or (
+                request.method == LISTEN and self._listening is None):
             raise RequestError(METHOD_NOT_FOUND, "Method not found", request.method)
         try:
             validate_client_request(request.method, verdict.protocol_version, request.params)
@@ -385,7 +400,8 @@ class StatelessEndpoint:
             payload: dict[str, Any] = {"supportedVersions": list(MODERN_PROTOCOL_VERSIONS),
                                        "capabilities": aggregate_capabilities(
                            (e.capabilities for e in view.entries.values()),
-                           list_changed=False, logging_always=False), **hints}
+                           list_changed=self._listening is not None,
+                           logging_always=False, resource_subscriptions=False), **hints}
             instructions = [e.instructions for e in view.entries.values() if e.instructions]
             if instructions:
                 payload["instructions"] = "\n\n".join(instructions)

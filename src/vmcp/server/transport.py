@@ -126,6 +126,8 @@ class McpEndpoint:
         clients reconnect, through the balancer, to a replica that stays. Streams that
         carry this replica's own answers stay until they end or their session closes."""
         self._draining.set()
+        if self._stateless is not None:
+            self._stateless.drain()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)

@@ -17,7 +17,9 @@ envelope its request carries) and from state every replica can rebuild.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -38,7 +40,12 @@ from vmcp.auth.outgoing import OutgoingAuth, current_caller
 from vmcp.backend import STREAM_PAUSED, BackendConnection, BackendRpcError, MessageHandler
 from vmcp.backend.modern import ModernBackend, NotModern
 from vmcp.config import VmcpConfig
-from vmcp.errors import METHOD_NOT_FOUND_CODE, BackendSessionExpired, InvalidRound
+from vmcp.errors import (
+    METHOD_NOT_FOUND_CODE,
+    BackendError,
+    BackendSessionExpired,
+    InvalidRound,
+)
 from vmcp.stateless.caller import LOG_LEVELS, Caller
 from vmcp.stateless.catalogs import (
     SESSION_CATALOG_SECONDS,
@@ -106,11 +113,48 @@ class StatelessBackends:
                                   clock=clock)
         self.catalogs = CallerCatalogs(self._list, self._route,
                                        floor_seconds=settings.catalog_ttl_seconds, clock=clock)
+        self.on_list_changed: Callable[[str, str], None] | None = None
+        """Told (backend, notification method) when a backend announces a list change
+        (during a call, or on a pooled session's stream)."""
+        self._to_follow, self._following = anyio.create_memory_object_stream[
+            tuple[str, BackendConnection]](math.inf)
 
     # -- lifecycle -------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Background upkeep until cancelled: idle upstream sessions, expired rounds."""
+        """Background upkeep until cancelled: idle upstream sessions, expired rounds,
+        and the streams of pooled sessions."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._follow_pooled)
+            await self._upkeep()
+
+    async def _follow_pooled(self) -> None:
+        """Hear what each pooled session's backend announces outside a call: a backend
+        tells only the session whose request changed its lists, on that session's GET
+        stream. Started here, so the streams carry no caller's credentials (a backend
+        that takes only callers' credentials is not followed)."""
+        async with anyio.create_task_group() as tg, self._following:
+            async for name, connection in self._following:
+                tg.start_soon(self._follow, name, connection)
+
+    async def _follow(self, name: str, connection: BackendConnection) -> None:
+        try:
+            async with contextlib.aclosing(connection.listen()) as messages:
+                async for message in messages:
+                    method = message.get("method")
+                    if "id" in message and isinstance(method, str):
+                        await connection.respond(
+                            {"jsonrpc": "2.0", "id": message["id"],
+                             **_refusal(f"{method} cannot be answered outside a request")})
+                    elif isinstance(method, str) and method in LIST_CHANGED:
+                        self.catalogs.forget(name)
+                        if self.on_list_changed is not None:
+                            self.on_list_changed(name, method)
+        except BackendError as exc:
+            logger.debug("stream of a pooled session with %s ended: %s", name, exc,
+                         extra={"backend": name})
+
+    async def _upkeep(self) -> None:
         interval = max(0.05, min(self._config().stateless.upstream_idle_seconds / 4, 5.0))
         while True:
             await anyio.sleep(interval)
@@ -121,6 +165,8 @@ class StatelessBackends:
                 logger.exception("ending idle upstream sessions failed")
 
     async def aclose(self) -> None:
+        self._to_follow.close()
+        self._following.close()
         self.rounds.aclose()
         await self.pool.aclose()
 
@@ -135,6 +181,13 @@ class StatelessBackends:
     def invalidate(self, backend: str, binding: str) -> None:
         """Forget ``backend``'s listing as seen by ``binding`` (and its shared one)."""
         self.catalogs.invalidate(backend, binding)
+
+    def _list_changed(self, backend: str, binding: str, method: str) -> None:
+        """A backend announced a change during a call: the caller re-lists it, and
+        listen streams hear of it."""
+        self.invalidate(backend, binding)
+        if self.on_list_changed is not None:
+            self.on_list_changed(backend, method)
 
     def _usable(self, name: str) -> bool:
         """Skip what the health monitor found down - but its probe is a handshake, which
@@ -237,8 +290,9 @@ class StatelessBackends:
                            params: dict[str, Any], headers: Mapping[str, str],
                            notify: Notify) -> dict[str, Any]:
         async def relay(message: dict[str, Any]) -> dict[str, Any] | None:
-            if message.get("method") in LIST_CHANGED:
-                self.invalidate(backend, caller.binding)
+            method = message.get("method")
+            if isinstance(method, str) and method in LIST_CHANGED:
+                self._list_changed(backend, caller.binding, method)
             else:
                 await notify(message)
             return None
@@ -281,7 +335,7 @@ class StatelessBackends:
             if "id" in message and isinstance(method, str):
                 return await self._client_request(caller, method, message.get("params"), ask)
             if method in LIST_CHANGED:
-                self.invalidate(backend, caller.binding)
+                self._list_changed(backend, caller.binding, method)
             elif method == "notifications/message":
                 if _log_wanted(caller, message):
                     await notify(message)
@@ -302,6 +356,28 @@ class StatelessBackends:
         if ask is None:
             return _refusal(f"{method} cannot be answered during this request")
         return await ask(method, params if isinstance(params, dict) else None)
+
+    # -- what the upstream watch needs -----------------------------------------------
+
+    def backend_names(self) -> list[str]:
+        """The configured backends, as of now (a reload changes them)."""
+        return [b.name for b in self._config().backends]
+
+    def modern_client(self, name: str) -> ModernBackend:
+        """``name``'s client of the stateless revision; raises ``NotModern`` for SSE."""
+        return self._modern_backend(name)
+
+    async def gateway_headers(self, name: str) -> dict[str, str]:
+        """What the gateway sends ``name`` for the caller in context (outgoing auth)."""
+        return await self._auth_headers(name)
+
+    async def dial(self, name: str) -> BackendConnection:
+        """A new upstream session with session-based ``name``, owned by the caller."""
+        try:
+            return await self._dial_session(name)
+        except _ModernOnly:
+            self.kinds.correct(name, BackendKind.MODERN)
+            raise BackendError(name, "speaks the stateless revision only") from None
 
     # -- backends --------------------------------------------------------------------
 
@@ -341,7 +417,14 @@ class StatelessBackends:
                                      headers=await self._auth_headers(name))
 
     async def _connect(self, name: str) -> BackendConnection:
-        """A new upstream session with a session-based backend, for the pool."""
+        """A new upstream session with a session-based backend, for the pool (its stream
+        followed)."""
+        connection = await self._dial_session(name)
+        if not self._outgoing.per_caller(name):
+            self._to_follow.send_nowait((name, connection))
+        return connection
+
+    async def _dial_session(self, name: str) -> BackendConnection:
         try:
             return await self._dialer.dial(self._dialer.backend(name))
         except BackendRpcError as exc:

@@ -134,6 +134,13 @@ class CallerCatalogs:
         self._entries.pop((backend, binding))
         self._entries.pop((backend, SHARED))
 
+    def forget(self, backend: str | None) -> None:
+        """Forget every caller's listing of ``backend`` (of every backend if None): it
+        announced a change, so whoever lists next must see the new one."""
+        for key in self._entries:
+            if backend is None or key[0] == backend:
+                self._entries.pop(key)
+
     def _may_refresh(self, binding: str) -> bool:
         now = self._clock()
         last = self._last_refresh.get(binding)

@@ -1,9 +1,10 @@
-"""Telling every replica at once that a session has ended (Redis pub/sub).
+"""Telling every replica at once what it should know now (Redis pub/sub): a session
+ended, a message for a session, a change to what clients can list.
 
-Without it, a replica that holds an ended session finds out at the session's next request
-there (its liveness check) or when LRU pressure evicts it; meanwhile it keeps backend
-sessions open. A broadcast closes them promptly. It is an optimisation only: a lost
-message leaves correctness to the per-request check.
+Without the ended-session broadcast, a replica that holds an ended session finds out at
+the session's next request there (its liveness check) or when LRU pressure evicts it;
+meanwhile it keeps backend sessions open. A broadcast closes them promptly. It is an
+optimisation only: a lost message leaves correctness to the per-request check.
 """
 
 from __future__ import annotations
@@ -110,6 +111,72 @@ class RedisEndedSessionBus:
         finally:
             with anyio.CancelScope(shield=True):
                 await pubsub.aclose()
+
+
+async def _resubscribing(client: aioredis.Redis | RedisCluster, channel: str,
+                         what: str) -> AsyncIterator[str]:
+    """Every message on ``channel``, subscribing again (with backoff, on a new connection)
+    after an outage; what was published meanwhile is lost, so channels carry only hints."""
+    attempt = 0
+    while True:
+        try:
+            pubsub = await new_pubsub(client, after_loss=attempt > 0)
+            try:
+                await pubsub.subscribe(channel)
+                async for message in pubsub.listen():
+                    if message.get("type") != "message":
+                        continue
+                    attempt = 0
+                    data = message.get("data")
+                    yield data.decode(errors="replace") if isinstance(data, bytes) else str(data)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await pubsub.aclose()
+        except Exception as exc:
+            delay = RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)]
+            attempt += 1
+            logger.warning("%s channel lost (%s); again in %.1fs", what, exc, delay)
+            await anyio.sleep(delay)
+
+
+class ChangeChannel(Protocol):
+    """Changes to what clients can list, between replicas: whichever replica sees a change
+    (a backend's ``list_changed``, a reload, a health turn) tells the others, whose
+    subscribed clients hear it too."""
+
+    async def publish(self, payload: dict[str, Any]) -> None:
+        """Send ``payload`` (JSON) to every replica, the sender included."""
+        ...
+
+    def subscribe(self) -> AsyncIterator[dict[str, Any]]:
+        """Payloads from any replica, for as long as the iterator is consumed."""
+        ...
+
+
+class RedisChangeChannel:
+    """``ChangeChannel`` on one Redis pub/sub channel; resubscribes after outages."""
+
+    def __init__(self, client: aioredis.Redis | RedisCluster, channel: str,
+                 *, timeout_seconds: float) -> None:
+        self._client = client
+        self._channel = channel
+        self._timeout = timeout_seconds
+
+    async def publish(self, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload, separators=(",", ":"))
+        with translated_store_errors("publish"), anyio.fail_after(self._timeout):
+            await self._client.publish(self._channel, data)
+
+    async def subscribe(self) -> AsyncIterator[dict[str, Any]]:
+        async for value in _resubscribing(self._client, self._channel, "change"):
+            try:
+                payload = json.loads(value)
+            except ValueError:
+                payload = None
+            if isinstance(payload, dict):
+                yield payload
+            else:
+                logger.warning("ignored a malformed message on the change channel")
 
 
 RelayHandler = Callable[[dict[str, Any]], None]

@@ -1,0 +1,1 @@
+"""Serving one stdio MCP server over Streamable HTTP (``vmcp bridge``)."""
