@@ -7,18 +7,11 @@ vmcp.
 
 from __future__ import annotations
 
-import http.client
 import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any, NoReturn, Protocol
+from typing import Annotated, NoReturn, Protocol
 
 import anyio
 import typer
@@ -34,6 +27,17 @@ from vmcp.config import (
     unmatched_env_warnings,
     with_overrides,
 )
+from vmcp.demo import (
+    DEMO_BACKENDS,
+    DEMO_READY_TIMEOUT_SECONDS,
+    DemoBackend,
+    DemoError,
+    free_ports,
+    print_demo_banner,
+    start_backend,
+    stop,
+    wait_until_answering,
+)
 from vmcp.errors import ConfigError
 
 __all__ = ["app", "main"]
@@ -42,10 +46,6 @@ EXIT_CONFIG_ERROR = 2
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
 
-DEMO_BACKENDS = ("notes", "weather")
-DEMO_READY_TIMEOUT_SECONDS = 30.0
-_DEMO_POLL_SECONDS = 0.1
-_DEMO_STOP_TIMEOUT_SECONDS = 5.0
 # The MCP Inspector's default origins, so the demo can be explored from it as is.
 _DEMO_ORIGINS = ("http://localhost:6274", "http://127.0.0.1:6274")
 
@@ -66,6 +66,12 @@ class LogLevel(StrEnum):
     info = "info"
     debug = "debug"
     trace = "trace"  # debug, and the HTTP client libraries' debug lines too
+
+
+LogLevelOption = Annotated[
+    LogLevel, typer.Option(case_sensitive=False, help="Logging threshold.")]
+LogFormatOption = Annotated[
+    str, typer.Option(help="json, console, or auto (console on a terminal, else json).")]
 
 
 def main() -> None:
@@ -286,12 +292,8 @@ def serve(
     port: Annotated[
         int | None, typer.Option(min=0, max=65535, help="Override server.port.")
     ] = None,
-    log_level: Annotated[
-        LogLevel, typer.Option(case_sensitive=False, help="Logging threshold.")
-    ] = LogLevel.info,
-    log_format: Annotated[
-        str, typer.Option(help="json, console, or auto (console on a terminal, else json).")
-    ] = "auto",
+    log_level: LogLevelOption = LogLevel.info,
+    log_format: LogFormatOption = "auto",
 ) -> None:
     """Serve the gateway described by the configuration file until interrupted."""
     config = _load_or_exit(config_file)
@@ -337,21 +339,6 @@ def _run_gateway(run: _Serve, config: VmcpConfig, log_level: LogLevel,
 # --------------------------------------------------------------------------- demo
 
 
-class _DemoError(Exception):
-    """The demo could not be set up; the message says why, for the person running it."""
-
-
-@dataclass
-class _DemoBackend:
-    name: str
-    port: int
-    process: subprocess.Popen[bytes]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/mcp"
-
-
 def _repo_root() -> Path:
     """The source checkout holding ``examples/`` (``src/vmcp/cli.py`` is two levels down)."""
     return Path(__file__).resolve().parents[2]
@@ -366,12 +353,8 @@ def bridge(
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8765,
     initialize_timeout: Annotated[float, typer.Option(
         min=0.1, help="Seconds the stdio server has to answer initialize.")] = 30.0,
-    log_level: Annotated[
-        LogLevel, typer.Option(case_sensitive=False, help="Logging threshold.")
-    ] = LogLevel.info,
-    log_format: Annotated[
-        str, typer.Option(help="json, console, or auto (console on a terminal, else json).")
-    ] = "auto",
+    log_level: LogLevelOption = LogLevel.info,
+    log_format: LogFormatOption = "auto",
 ) -> None:
     """Serve one stdio MCP server (a command) over Streamable HTTP, restarting it if it
     stops: run it beside the gateway and configure it there as an ordinary backend."""
@@ -403,28 +386,28 @@ def demo(
         raise typer.Exit(EXIT_FAILURE)
     run = _load_server()
     previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_signal)
-    backends: list[_DemoBackend] = []
+    backends: list[DemoBackend] = []
     try:
-        for name, backend_port in zip(DEMO_BACKENDS, _free_ports(len(DEMO_BACKENDS)), strict=True):
-            backends.append(_start_backend(root, name, backend_port))
+        for name, backend_port in zip(DEMO_BACKENDS, free_ports(len(DEMO_BACKENDS)), strict=True):
+            backends.append(start_backend(root, name, backend_port))
         for backend in backends:
-            _wait_until_answering(backend, DEMO_READY_TIMEOUT_SECONDS)
+            wait_until_answering(backend, DEMO_READY_TIMEOUT_SECONDS)
         config = VmcpConfig(
             server=ServerConfig(port=port, allowed_origins=_DEMO_ORIGINS),
             session=SessionConfig(store="memory"),
             backends=tuple(BackendConfig(name=b.name, url=b.url) for b in backends),
             composite_tools=_demo_composite_tools(root),
         )
-        _print_demo_banner(config, backends)
+        print_demo_banner(config, backends)
         _run_gateway(run, config, log_level)
-    except _DemoError as exc:
+    except DemoError as exc:
         typer.echo(f"vmcp demo: {exc}", err=True)
         raise typer.Exit(EXIT_FAILURE) from None
     except KeyboardInterrupt:
         raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         for backend in backends:
-            _stop(backend.process)
+            stop(backend.process)
         signal.signal(signal.SIGTERM, previous_sigterm)
 
 
@@ -432,65 +415,6 @@ def _exit_on_signal(signum: int, frame: FrameType | None) -> NoReturn:
     # SIGTERM's default action would end the process without running ``finally`` blocks
     # and leave the backends running; as an exception it unwinds like Ctrl-C does.
     raise SystemExit(128 + signum)
-
-
-def _free_ports(count: int) -> list[int]:
-    """``count`` distinct loopback ports that were free a moment ago."""
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def _start_backend(root: Path, name: str, port: int) -> _DemoBackend:
-    command = [sys.executable, "-m", f"examples.backends.{name}", "--port", str(port)]
-    # A session of its own, so Ctrl-C reaches only vmcp, which then stops the backends in
-    # order instead of every process racing to print its own interruption.
-    process = subprocess.Popen(command, cwd=root, start_new_session=True)
-    return _DemoBackend(name, port, process)
-
-
-def _wait_until_answering(backend: _DemoBackend, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        status = backend.process.poll()
-        if status is not None:
-            raise _DemoError(f"backend {backend.name!r} exited with status {status} at start-up")
-        if _answers_http(backend.port):
-            return
-        if time.monotonic() >= deadline:
-            raise _DemoError(
-                f"backend {backend.name!r} did not answer on port {backend.port} "
-                f"within {timeout:g}s"
-            )
-        time.sleep(_DEMO_POLL_SECONDS)
-
-
-def _answers_http(port: int) -> bool:
-    """Whether anything answers HTTP on the port; any status counts as ready."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1.0)
-    try:
-        connection.request("GET", "/mcp")
-        connection.getresponse().close()
-    except (OSError, http.client.HTTPException):
-        return False
-    finally:
-        connection.close()
-    return True
-
-
-def _stop(process: subprocess.Popen[Any]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=_DEMO_STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    process.wait()
 
 
 def _demo_composite_tools(root: Path) -> tuple[CompositeToolConfig, ...]:
@@ -506,35 +430,3 @@ def _demo_composite_tools(root: Path) -> tuple[CompositeToolConfig, ...]:
                  for tool in data.get("composite_tools") or ())
 
 
-def _print_demo_banner(config: VmcpConfig, backends: Sequence[_DemoBackend]) -> None:
-    server = config.server
-    url = f"http://{server.host}:{server.port}{server.path}"
-    typer.echo(f"vmcp demo: gateway at {url}")
-    for backend in backends:
-        typer.echo(f"  backend {backend.name}: {backend.url}")
-    typer.echo("Try it (a session: initialize, then a tool call with the session's id):")
-    for line in demo_session_commands(url):
-        typer.echo(f"  {line}")
-    typer.echo("Press Ctrl-C to stop.")
-
-
-def demo_session_commands(url: str) -> list[str]:
-    """Shell lines that open a session on the demo with curl and call a tool in it: the
-    headers a client needs after ``initialize`` (its session id, the protocol version)."""
-    from mcp_types.version import LATEST_HANDSHAKE_VERSION
-
-    version = LATEST_HANDSHAKE_VERSION
-    headers = "-H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream'"
-    session = f"{headers} -H \"Mcp-Session-Id: $SID\" -H 'MCP-Protocol-Version: {version}'"
-    initialize = ('{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"'
-                  + version + '","capabilities":{},"clientInfo":{"name":"curl","version":"0"}}}')
-    call = ('{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"notes_add_note",'
-            '"arguments":{"title":"hello","body":"from curl"}}}')
-    return [
-        f"SID=$(curl -s -o /dev/null -D - {url} {headers} -d '{initialize}' "
-        "| tr -d '\\r' | sed -n 's/^mcp-session-id: //Ip')",
-        f"curl -s {url} {session} -d '{{\"jsonrpc\":\"2.0\",\"method\":"
-        f"\"notifications/initialized\"}}'",
-        f"curl -s {url} {session} -d '{call}'",
-        f"curl -s -X DELETE {url} {session}",
-    ]

@@ -71,7 +71,7 @@ def test_check_config_probe_reports_each_backend(
 
 
 def test_the_demo_curl_lines_open_a_session_and_call_a_tool(gateway: ManagedProcess) -> None:
-    from vmcp.cli import demo_session_commands
+    from vmcp.demo import demo_session_commands
 
     script = "set -e\n" + "\n".join(demo_session_commands(gateway.url)) + '\necho "SID=$SID"\n'
     result = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
@@ -83,7 +83,7 @@ def test_the_demo_curl_lines_open_a_session_and_call_a_tool(gateway: ManagedProc
 
 
 def test_the_readme_shows_the_demo_curl_lines() -> None:
-    from vmcp.cli import demo_session_commands
+    from vmcp.demo import demo_session_commands
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     for line in demo_session_commands("http://127.0.0.1:4483/mcp"):

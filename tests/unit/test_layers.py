@@ -26,7 +26,7 @@ LAYERS: list[set[str]] = [
     {"upstream"},                           # reaching backends for a caller
     {"session", "stateless"},               # the two revisions' backends
     {"telemetry"},
-    {"server", "probe", "bridge"},          # the ASGI app; check-config's probe; stdio bridge
+    {"server", "probe", "bridge", "demo"},  # the ASGI app; check-config's probe; stdio bridge; demo
     {"cli"},
 ]
 RANK = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}

@@ -36,6 +36,7 @@ from starlette.routing import Route
 
 from vmcp import __version__, logs
 from vmcp.bridge.supervisor import ServerDown, StdioSupervisor
+from vmcp.stateless.caller import without_envelope
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,6 @@ MCP_PATH: Final = "/mcp"
 WAIT_FOR_START_SECONDS: Final = 10.0
 """How long a request waits for a server that is (re)starting before it is refused."""
 CALL_SECONDS: Final = 300.0
-RESERVED_META_PREFIX: Final = "io.modelcontextprotocol/"
 ResultT = TypeVar("ResultT", bound=BaseModel)
 CHANGES: Final[dict[type, ServerEvent]] = {
     types.ToolListChangedNotification: ToolsListChanged(),
@@ -91,14 +91,7 @@ def _handshake_params(params: BaseModel | None) -> BaseModel | None:
     2026-07-28 envelope in ``_meta`` (a progress token stays)."""
     if params is None:
         return None
-    data = params.model_dump(by_alias=True, exclude_none=True, mode="json")
-    meta = data.get("_meta")
-    if isinstance(meta, dict):
-        kept = {k: v for k, v in meta.items() if not k.startswith(RESERVED_META_PREFIX)}
-        if kept:
-            data["_meta"] = kept
-        else:
-            del data["_meta"]
+    data = without_envelope(params.model_dump(by_alias=True, exclude_none=True, mode="json"))
     return type(params).model_validate(data)
 
 

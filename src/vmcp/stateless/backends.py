@@ -46,7 +46,7 @@ from vmcp.errors import (
     BackendSessionExpired,
     InvalidRound,
 )
-from vmcp.stateless.caller import LOG_LEVELS, Caller
+from vmcp.stateless.caller import LOG_LEVELS, Caller, without_envelope
 from vmcp.stateless.catalogs import (
     SESSION_CATALOG_SECONDS,
     CallerCatalogs,
@@ -65,7 +65,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Caller", "CatalogEntry", "InvalidRound", "Outcome", "StatelessBackends", "View"]
 
-RESERVED_META_PREFIX = "io.modelcontextprotocol/"
 LIST_CHANGED = frozenset({
     "notifications/tools/list_changed",
     "notifications/prompts/list_changed",
@@ -436,15 +435,8 @@ class StatelessBackends:
 def _upstream_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """A stateless request's params as a session-based backend takes them: without the
     multi-round fields and the reserved ``_meta`` keys (progress tokens stay)."""
-    upstream = {k: v for k, v in params.items() if k not in ("inputResponses", "requestState")}
-    meta = params.get("_meta")
-    if isinstance(meta, Mapping):
-        kept = {k: v for k, v in meta.items() if not k.startswith(RESERVED_META_PREFIX)}
-        if kept:
-            upstream["_meta"] = kept
-        else:
-            upstream.pop("_meta", None)
-    return upstream
+    return without_envelope({k: v for k, v in params.items()
+                             if k not in ("inputResponses", "requestState")})
 
 
 def _log_wanted(caller: Caller, message: Mapping[str, Any]) -> bool:

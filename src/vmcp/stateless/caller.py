@@ -46,3 +46,20 @@ class Caller:
         info = self.meta.get(CLIENT_INFO_META_KEY)
         meta[CLIENT_INFO_META_KEY] = info if isinstance(info, Mapping) else CLIENT_INFO
         return meta
+
+
+RESERVED_META_PREFIX: Final = "io.modelcontextprotocol/"
+
+
+def without_envelope(params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` without the 2026-07-28 envelope's reserved ``_meta`` keys, as a
+    handshake-era server takes them (other ``_meta`` keys, a progress token, stay)."""
+    data = dict(params)
+    meta = data.get("_meta")
+    if isinstance(meta, Mapping):
+        kept = {k: v for k, v in meta.items() if not k.startswith(RESERVED_META_PREFIX)}
+        if kept:
+            data["_meta"] = kept
+        else:
+            del data["_meta"]
+    return data
