@@ -111,7 +111,7 @@ async def test_a_stalled_store_under_a_reinitialize_ends_in_the_store_error_not_
     old = await rig.backend_forgets(live)
     rig.proxy.stall()
     started = time.monotonic()
-    with caplog.at_level(logging.ERROR, logger="vmcp.backend.connection"), \
+    with caplog.at_level(logging.ERROR, logger="vmcp.backend.base"), \
             anyio.fail_after(DEADLINE * 2 + 5):
         result = await live.call(BACKEND, "tools/call", ECHO, None)
     assert result["content"][0]["text"] == "still here"   # the call is served regardless
