@@ -353,6 +353,11 @@ def bridge(
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8765,
     initialize_timeout: Annotated[float, typer.Option(
         min=0.1, help="Seconds the stdio server has to answer initialize.")] = 30.0,
+    env: Annotated[list[str] | None, typer.Option(
+        "--env", metavar="KEY=VALUE",
+        help="Set an environment variable for the stdio server (repeatable).")] = None,
+    cwd: Annotated[Path | None, typer.Option(
+        file_okay=False, exists=True, help="The stdio server's working directory.")] = None,
     log_level: LogLevelOption = LogLevel.info,
     log_format: LogFormatOption = "auto",
 ) -> None:
@@ -361,10 +366,18 @@ def bridge(
     if log_format not in ("json", "console", "auto"):
         typer.echo("vmcp: --log-format must be json, console or auto", err=True)
         raise typer.Exit(EXIT_CONFIG_ERROR)
+    variables: dict[str, str] = {}
+    for item in env or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            typer.echo(f"vmcp: --env needs KEY=VALUE, got {item!r}", err=True)
+            raise typer.Exit(EXIT_CONFIG_ERROR)
+        variables[key] = value
     from vmcp.bridge.serve import serve_bridge
 
     serve_bridge(command, host=host, port=port, log_level=log_level.value,
-                 log_format=log_format, initialize_seconds=initialize_timeout)
+                 log_format=log_format, initialize_seconds=initialize_timeout,
+                 env=variables or None, cwd=str(cwd) if cwd is not None else None)
 
 
 @app.command()
