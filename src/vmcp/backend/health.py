@@ -99,14 +99,16 @@ class HealthMonitor:
         if target is None or target.transport != "stdio":
             return recorded
         process = self._stdio.get(name) if self._stdio is not None else None
-        if process is None or not process.started:
+        if process is None:
             return recorded
         if process.running:
             return BackendHealth(HealthStatus.HEALTHY, recorded.latency_seconds, 0, None,
                                  time.time())
+        if process.supervisor.last_error is None:  # still starting for the first time
+            return BackendHealth()
         return BackendHealth(HealthStatus.UNHEALTHY, None,
                              max(recorded.consecutive_failures, 1),
-                             process.supervisor.last_error or "not running", time.time())
+                             process.supervisor.last_error, time.time())
 
     async def first_round(self) -> None:
         """Wait until every backend has been probed once."""
@@ -188,10 +190,10 @@ class HealthMonitor:
         """
         if target.transport == "stdio":
             process = self._stdio.get(target.name) if self._stdio is not None else None
-            if process is None or not process.running:
-                last = process.supervisor.last_error if process is not None else None
-                raise ValueError(f"stdio process not running: {last or 'not started'}")
-            return 200
+            last = process.supervisor.last_error if process is not None else "not started"
+            if last is not None and not (process is not None and process.running):
+                raise ValueError(f"stdio process not running: {last}")
+            return 200  # running, or starting for the first time (not a failure yet)
         if target.transport == "sse":
             async with self._http.stream("GET", target.url, headers={
                     "Accept": "text/event-stream", **target.headers}) as stream:

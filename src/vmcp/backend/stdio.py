@@ -108,11 +108,6 @@ class StdioProcess:
     def running(self) -> bool:
         return self.supervisor.running
 
-    @property
-    def started(self) -> bool:
-        """Whether a start was tried (or refused) yet: before that, health is unknown."""
-        return self.supervisor.starts > 0 or self.supervisor.last_error is not None
-
     async def link(self, wait_seconds: float) -> StdioLink:
         """The running process's link; ``BackendUnavailable`` (saying why) if it is down."""
         try:

@@ -16,7 +16,8 @@ What the server sends outside an answer is routed like this:
 * ``ping`` — answered here;
 * any other request (sampling, elicitation, ``roots/list``) — stdio carries no "related
   request" id, so it goes to the request whose ``progressToken`` it names in ``_meta``,
-  or, if exactly one request is in flight, to that one (its session's client answers);
+  or, if exactly one request that can take one is in flight (a client's call, not a
+  listing the gateway makes for itself), to that one (its session's client answers);
   otherwise it is refused with a JSON-RPC error saying why. It is never left unanswered.
 
 The framing (one JSON-RPC message per line) is the SDK's stdio client's; its message
@@ -116,7 +117,10 @@ class StdioLink:
     async def initialize(self) -> InitializeResult:
         """The handshake, once per process; raises ``MCPError`` if the server refuses."""
         params = {"protocolVersion": self._protocol_version, **self._hello}
-        answer = await self._request_raw("initialize", params, internal=True)
+        try:
+            answer = await self._request_raw("initialize", params, internal=True)
+        except BackendUnavailable:
+            raise MCPError(code=types.CONNECTION_CLOSED, message="Connection closed") from None
         if "error" in answer:
             error = answer["error"]
             raise MCPError(code=error.get("code", types.INTERNAL_ERROR),
@@ -127,7 +131,10 @@ class StdioLink:
         return result
 
     async def send_ping(self) -> None:
-        answer = await self._request_raw("ping", None, internal=True)
+        try:
+            answer = await self._request_raw("ping", None, internal=True)
+        except BackendUnavailable:
+            raise MCPError(code=types.CONNECTION_CLOSED, message="Connection closed") from None
         if "error" in answer:
             raise MCPError(code=types.INTERNAL_ERROR, message="ping refused")
 
@@ -262,12 +269,15 @@ class StdioLink:
         token = meta.get("progressToken") if isinstance(meta, dict) else None
         if isinstance(token, str) and token in self._by_token:
             return self._pending.get(self._by_token[token]), ""
-        live = [p for p in self._pending.values() if not p.done.is_set() and not p.internal]
+        # Only requests that can take a server request count (listings the gateway makes
+        # for its catalogs cannot, and are not what a server would be asking for).
+        live = [p for p in self._pending.values()
+                if not p.done.is_set() and not p.internal and p.on_message is not None]
         if len(live) == 1:
             return live[0], ""
         return None, (f"the stdio backend {self._backend!r} sent {message.get('method')!r} "
-                      f"while {len(live)} requests were in flight on it; stdio cannot tell "
-                      "which client it is for, so vmcp refused it")
+                      f"while {len(live)} client requests were in flight on it; stdio cannot "
+                      "tell which client it is for, so vmcp refused it")
 
     async def _answer_server_request(self, message: dict[str, Any]) -> None:
         request_id = message.get("id")
@@ -278,10 +288,6 @@ class StdioLink:
             if owner is None:
                 logger.warning("%s", why, extra={"backend": self._backend})
                 reply = wire.error_reply(request_id, types.INVALID_REQUEST, why)
-            elif owner.on_message is None:
-                reply = wire.error_reply(request_id, types.METHOD_NOT_FOUND,
-                                         "the client request it belongs to cannot take "
-                                         "server requests")
             else:
                 reply = await wire.answer(self._backend, message, owner.on_message)
         try:

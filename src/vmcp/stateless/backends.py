@@ -170,8 +170,10 @@ class StatelessBackends:
                 logger.exception("ending idle upstream sessions failed")
 
     async def aclose(self) -> None:
+        # Only the sending end: the follower then ends at the end of the stream. Closing
+        # its receiving end too would fail it with ClosedResourceError whenever it wakes
+        # during the awaits below (it closes that end itself on the way out).
         self._to_follow.close()
-        self._following.close()
         self.rounds.aclose()
         await self.pool.aclose()
 
