@@ -7,6 +7,7 @@ vmcp.
 
 from __future__ import annotations
 
+import shlex
 import signal
 from enum import StrEnum
 from pathlib import Path
@@ -24,6 +25,7 @@ from vmcp.config import (
     VmcpConfig,
     load_config,
     redact_url,
+    stdio_warnings,
     unmatched_env_warnings,
     with_overrides,
 )
@@ -160,7 +162,7 @@ def _startup_problems(config: VmcpConfig) -> list[str]:
 
 def _warnings(file: Path, config: VmcpConfig) -> list[str]:
     """Valid, but probably not what was meant."""
-    warnings = unmatched_env_warnings()
+    warnings = unmatched_env_warnings() + stdio_warnings(config)
     if not _has_content(file):
         warnings.append(f"{file} is empty: every key takes its default")
     if not config.backends:
@@ -273,7 +275,9 @@ def _summary(config: VmcpConfig) -> list[str]:
     ]
     width = max((len(b.name) for b in config.backends), default=0)
     lines += [
-        f"  {b.name:<{width}}  {b.transport:<15}  {redact_url(b.url)}" for b in config.backends
+        f"  {b.name:<{width}}  {b.transport:<15}  "
+        f"{redact_url(b.url) if b.url else shlex.join([b.command or '', *b.args])}"
+        for b in config.backends
     ]
     lines += [f"composite:   {t.name} ({len(t.steps)} steps, timeout {t.timeout_seconds:g}s)"
               for t in config.composite_tools]

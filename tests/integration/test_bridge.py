@@ -185,3 +185,19 @@ def test_a_server_flooding_stderr_still_serves_and_its_log_stays_bounded(
         logged = bridge.log_path.read_text().count("noise")
         assert logged < 20_000, logged
     assert_no_leak(marker)
+
+
+def test_env_and_cwd_options_reach_the_stdio_server(
+        http: httpx2.Client, marker: str, tmp_path: Path) -> None:
+    server = str(PROJECT_ROOT / "tests" / "integration" / "stdio_server.py")
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    with running_bridge([sys.executable, server, marker], tmp_path,
+                        "--env", "GREETING=hello=world", "--env", "OTHER=1",
+                        "--cwd", str(workdir)) as bridge:
+        wait_for(lambda: ready(http, bridge), "the stdio server to start")
+        session = RawSession.open(http, bridge.url)
+        answer = session.result("tools/call", {"name": "environment",
+                                               "arguments": {"name": "GREETING"}})
+    assert answer["structuredContent"] == {"value": "hello=world", "cwd": str(workdir)}, answer
+    assert_no_leak(marker)

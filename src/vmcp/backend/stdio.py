@@ -50,8 +50,7 @@ from vmcp.backend.stdio_supervisor import (
     StdioSupervisor,
     WriteStream,
 )
-from vmcp.config import BackendConfig
-from vmcp.config.backends import EnvFrom
+from vmcp.config import BackendConfig, EnvFrom
 from vmcp.errors import BackendUnavailable
 
 logger = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ from vmcp.backend import BackendTarget, StdioProcesses, target_of
 from vmcp.backend.health import HealthMonitor
 from vmcp.backend.http_client import backend_http_client
 from vmcp.composite import CompositeRegistry
-from vmcp.config import VmcpConfig, load_config
+from vmcp.config import VmcpConfig, load_config, stdio_warnings
 from vmcp.errors import AuthenticationError, ConfigError, StoreError
 from vmcp.server.overview import OperatorView, open_view
 from vmcp.server.security import RequestGuard
@@ -130,6 +130,8 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
         stdio = StdioProcesses(client_info=CLIENT_INFO, capabilities=CLIENT_CAPABILITIES)
         async with store, backend_http_client() as http, stdio, \
                 anyio.create_task_group() as background:
+            for warning in stdio_warnings(config):
+                logger.warning("%s", warning)
             stdio.reconcile(_targets(config, outgoing))
             monitor = _health_monitor(config, http, outgoing, stdio)
             recorded = InstrumentedStore(store, metrics)
