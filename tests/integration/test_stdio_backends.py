@@ -81,8 +81,10 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess
         "flood": python("-c", FLOOD),
         "hang": python("-c", "import sys; sys.stdin.read()", connect_timeout_seconds=1),
     }
+    # One health round only (at start-up): a stdio backend's health must come from its
+    # process's state as it changes, not from periodic probes.
     config = {"backends": [{"name": name, **spec} for name, spec in backends.items()],
-              "session": {"store": "memory"}}
+              "session": {"store": "memory"}, "health": {"interval_seconds": 3600}}
     with running_gateway(config, tmp_path_factory.mktemp("stdio-gateway")) as process:
         wait_for(lambda: {"py", "everything", "flood"} <= healthy(process),
                  "the working stdio servers to run")
