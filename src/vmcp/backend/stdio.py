@@ -87,7 +87,8 @@ class StdioProcess:
         self.name = name
         self.command = command
         self._hello = dict(hello)
-        self._listeners: set[MemoryObjectSendStream[dict[str, Any]]] = set()
+        self._listeners: dict[MemoryObjectReceiveStream[dict[str, Any]],
+                              MemoryObjectSendStream[dict[str, Any]]] = {}
         self.supervisor: StdioSupervisor[StdioLink] = StdioSupervisor(
             command.argv(), link=self._link, env=dict(command.env) or None, cwd=command.cwd,
             initialize_seconds=command.initialize_seconds)
@@ -123,12 +124,14 @@ class StdioProcess:
 
     def subscribe(self) -> MemoryObjectReceiveStream[dict[str, Any]]:
         send, receive = anyio.create_memory_object_stream[dict[str, Any]](LISTENER_BUFFER)
-        self._listeners.add(send)
+        self._listeners[receive] = send
         return receive
 
     def unsubscribe(self, receive: MemoryObjectReceiveStream[dict[str, Any]]) -> None:
+        send = self._listeners.pop(receive, None)
+        if send is not None:
+            send.close()
         receive.close()
-        self._listeners = {s for s in self._listeners if s.statistics().open_receive_streams}
 
     async def _broadcast(self, message: Any) -> None:
         if isinstance(message, BaseModel):  # the supervisor's "lists may differ" after a restart
@@ -140,14 +143,14 @@ class StdioProcess:
             logger.debug("stdio backend %r: %r outside any request dropped", self.name,
                          message.get("method"))
             return
-        for listener in list(self._listeners):
+        for listener in list(self._listeners.values()):
             try:
                 listener.send_nowait(message)
             except anyio.WouldBlock:
                 logger.warning("stdio backend %r: a session's listener is full; %r dropped "
                                "for it", self.name, message.get("method"))
             except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                self._listeners.discard(listener)
+                pass  # its session is ending; unsubscribe removes it
 
 
 class StdioProcesses:
