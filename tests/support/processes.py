@@ -98,6 +98,36 @@ class ManagedProcess:
 RUNNING: list[ManagedProcess] = []
 """Processes started here and not yet stopped, in start order."""
 
+
+def wait_for(condition: Callable[[], Any], what: str,
+             timeout: float = STARTUP_TIMEOUT_SECONDS) -> Any:
+    """Poll ``condition`` (something another process changes) until it is true, within
+    ``timeout``; its value."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        time.sleep(_POLL_SECONDS)
+    return value
+
+
+def processes_with(marker: str, exclude: ManagedProcess | None = None
+                   ) -> list[tuple[int, str]]:
+    """(pid, state) of every process whose command line names ``marker`` (a stdio
+    server's argument), but ``exclude``'s own (a bridge names it too)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker.encode() in cmdline and (
+                exclude is None or int(proc.name) != exclude.process.pid):
+            found.append((int(proc.name), state))
+    return found
+
 STARTED: list[ManagedProcess] = []
 """Every process started here, in start order (for the logs of a failed test)."""
 
@@ -345,6 +375,7 @@ __all__ = [
     "ManagedProcess",
     "ProcessStartError",
     "gateway_config",
+    "processes_with",
     "restart_backend",
     "restart_gateway",
     "running_backends",
@@ -353,6 +384,7 @@ __all__ = [
     "running_gateways",
     "start_backends",
     "start_gateways",
+    "wait_for",
     "wait_until_ready",
     "write_config",
 ]

@@ -75,6 +75,7 @@ from vmcp.config._checks import (
     Transport,
     redact_url,
 )
+from vmcp.config.advice import stdio_warnings
 from vmcp.config.auth import (
     AuthConfig,
     AuthzConfig,
@@ -87,6 +88,7 @@ from vmcp.config.backends import (
     AggregationConfig,
     BackendConfig,
     BackendToolsConfig,
+    EnvFrom,
     ToolOverride,
 )
 from vmcp.config.composite import (
@@ -130,6 +132,7 @@ __all__ = [
     "BackendToolsConfig",
     "CompositeToolConfig",
     "ConflictMode",
+    "EnvFrom",
     "HealthConfig",
     "IncomingAuthConfig",
     "IncomingAuthType",
@@ -153,6 +156,7 @@ __all__ = [
     "VmcpConfig",
     "load_config",
     "redact_url",
+    "stdio_warnings",
     "unmatched_env_warnings",
     "with_overrides",
 ]

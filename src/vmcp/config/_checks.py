@@ -82,7 +82,7 @@ AUDIT_EVENT_TYPES = (
 ConflictMode: TypeAlias = Literal["prefix", "priority", "manual"]
 IncomingAuthType: TypeAlias = Literal["anonymous", "oidc", "static"]
 OutgoingAuthType: TypeAlias = Literal["none", "header", "forward", "token_exchange"]
-Transport: TypeAlias = Literal["streamable-http", "sse"]
+Transport: TypeAlias = Literal["streamable-http", "sse", "stdio"]
 StoreKind: TypeAlias = Literal[
     "memory", "redis", "rediss", "unix", "redis+sentinel", "redis+cluster"
 ]

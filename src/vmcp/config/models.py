@@ -351,7 +351,8 @@ class VmcpConfig(_Frozen):
     session: SessionConfig = Field(default_factory=SessionConfig)
     """Where session metadata lives, and for how long."""
     backends: tuple[BackendConfig, ...] = ()
-    """The backend MCP servers (name and url required)."""
+    """The backend MCP servers (name and url required; a stdio backend has a command instead
+    of a url)."""
     aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
     """How the backends' names are merged into one namespace."""
     limits: LimitsConfig = Field(default_factory=LimitsConfig)

@@ -31,11 +31,11 @@ from vmcp.audit.trail import AuditTrail
 from vmcp.auth.incoming import Authenticator, build_authenticator, metadata_paths
 from vmcp.auth.outgoing import OutgoingAuth, build_outgoing_auth
 from vmcp.authz import AllowAll, CedarAuthorizer, PolicyBundle, build_authorizer, load_bundle
-from vmcp.backend import BackendTarget
+from vmcp.backend import BackendTarget, StdioProcesses, target_of
 from vmcp.backend.health import HealthMonitor
 from vmcp.backend.http_client import backend_http_client
 from vmcp.composite import CompositeRegistry
-from vmcp.config import VmcpConfig, load_config
+from vmcp.config import VmcpConfig, load_config, stdio_warnings
 from vmcp.errors import AuthenticationError, ConfigError, StoreError
 from vmcp.server.overview import OperatorView, open_view
 from vmcp.server.security import RequestGuard
@@ -55,6 +55,7 @@ from vmcp.store.event_log import RedisEventLog
 from vmcp.store.identity_index import IdentityIndex, MemoryIdentityIndex, RedisIdentityIndex
 from vmcp.store.pubsub import RedisChangeChannel, RedisEndedSessionBus, RedisSessionRelay
 from vmcp.telemetry import InstrumentedStore, Metrics
+from vmcp.upstream.discovery import CLIENT_CAPABILITIES, CLIENT_INFO
 
 logger = logging.getLogger(__name__)
 
@@ -126,15 +127,19 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                                          timeout_seconds=session.store_timeout_seconds)
             relay = RedisSessionRelay(store.client, session.key_prefix + "relay:",
                                       timeout_seconds=session.store_timeout_seconds)
-        async with store, backend_http_client() as http, \
+        stdio = StdioProcesses(client_info=CLIENT_INFO, capabilities=CLIENT_CAPABILITIES)
+        async with store, backend_http_client() as http, stdio, \
                 anyio.create_task_group() as background:
-            monitor = _health_monitor(config, http, outgoing)
+            for warning in stdio_warnings(config):
+                logger.warning("%s", warning)
+            stdio.reconcile(_targets(config, outgoing))
+            monitor = _health_monitor(config, http, outgoing, stdio)
             recorded = InstrumentedStore(store, metrics)
             connector = BackendConnector(
                 config, http, relay=relay, event_log=event_log,
                 record_state=functools.partial(record_backend_state, recorded),
                 is_healthy=monitor.usable_for_new_sessions if monitor else None,
-                outgoing=outgoing)
+                outgoing=outgoing, stdio=stdio)
             if monitor is not None:
                 background.start_soon(monitor.run)
             identities: IdentityIndex = (
@@ -162,7 +167,8 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
             composites.observer = metrics.observe_composite
             stateless = StatelessBackends(
                 lambda: connector.config, http, outgoing=outgoing, ledger=connector.ledger,
-                is_healthy=monitor.usable_for_new_sessions if monitor else None, relay=relay)
+                is_healthy=monitor.usable_for_new_sessions if monitor else None, relay=relay,
+                stdio=stdio)
             background.start_soon(stateless.run)
             changes, watch = _change_delivery(config, store, stateless)
             metrics.watch_changes(changes)
@@ -185,7 +191,7 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                 store, manager, connector, monitor, view)
             if config_path is not None:
                 background.start_soon(_reload_on_sighup, config_path, connector, manager,
-                                      monitor, outgoing, authorizer, changes, watch)
+                                      monitor, outgoing, authorizer, changes, watch, stdio)
             state.listening = anyio.Event()
             background.start_soon(_log_when_ready, config, state.listening, monitor)
             try:
@@ -378,12 +384,12 @@ async def _log_when_ready(config: VmcpConfig, listening: anyio.Event,
 
 
 def _health_monitor(config: VmcpConfig, http: httpx2.AsyncClient,
-                    outgoing: OutgoingAuth) -> HealthMonitor | None:
+                    outgoing: OutgoingAuth, stdio: StdioProcesses) -> HealthMonitor | None:
     health = config.health
     if not health.enabled or not config.backends:
         return None
     return HealthMonitor(_targets(config, outgoing), http, health,
-                         needs_caller=outgoing.per_caller)
+                         needs_caller=outgoing.per_caller, stdio=stdio)
 
 
 def _change_delivery(config: VmcpConfig, store: SessionStore,
@@ -404,7 +410,7 @@ def _change_delivery(config: VmcpConfig, store: SessionStore,
 async def _reload_on_sighup(path: Path, connector: BackendConnector, manager: SessionManager,
                             monitor: HealthMonitor | None, outgoing: OutgoingAuth,
                             authorizer: AllowAll | CedarAuthorizer, changes: ChangeHub,
-                            watch: BackendWatch) -> None:
+                            watch: BackendWatch, stdio: StdioProcesses) -> None:
     """SIGHUP re-reads the configuration file and applies its backends and aggregation to
     this replica without a restart (other sections need one), and re-reads the policy
     files. Live sessions gain the added backends, end their sessions on the removed ones,
@@ -434,6 +440,7 @@ async def _reload_on_sighup(path: Path, connector: BackendConnector, manager: Se
                                                  "aggregation": loaded.aggregation})
             outgoing.adopt(reloaded_auth)
             connector.reconfigure(updated)
+            stdio.reconcile(_targets(updated, outgoing))
             if monitor is not None:
                 monitor.set_targets(_targets(updated, outgoing))
             watch.reconcile(restart=True)
@@ -472,6 +479,5 @@ def policy_status(authorizer: AllowAll | CedarAuthorizer) -> dict[str, object] |
 
 
 def _targets(config: VmcpConfig, outgoing: OutgoingAuth) -> list[BackendTarget]:
-    return [BackendTarget(b.name, b.url, b.transport,
-                          {**b.headers, **outgoing.static_headers(b.name)})
+    return [target_of(b, {**b.headers, **outgoing.static_headers(b.name)})
             for b in config.backends]
