@@ -40,6 +40,7 @@ from vmcp.errors import AuthenticationError, ConfigError, StoreError
 from vmcp.server.overview import OperatorView, open_view
 from vmcp.server.security import RequestGuard
 from vmcp.server.session_methods import SessionMethods
+from vmcp.server.session_workflows import SessionQuestions
 from vmcp.server.stateless import StatelessEndpoint
 from vmcp.server.status import build_status, render_page
 from vmcp.server.transport import McpEndpoint
@@ -54,6 +55,11 @@ from vmcp.store.base import SessionStore
 from vmcp.store.event_log import RedisEventLog
 from vmcp.store.identity_index import IdentityIndex, MemoryIdentityIndex, RedisIdentityIndex
 from vmcp.store.pubsub import RedisChangeChannel, RedisEndedSessionBus, RedisSessionRelay
+from vmcp.store.workflow_states import (
+    MemoryWorkflowStates,
+    RedisWorkflowStates,
+    WorkflowStates,
+)
 from vmcp.telemetry import InstrumentedStore, Metrics
 
 logger = logging.getLogger(__name__)
@@ -160,6 +166,10 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                 background.start_soon(relay.run)
             composites = CompositeRegistry(config.composite_tools)
             composites.observer = metrics.observe_composite
+            workflow_states: WorkflowStates = (
+                RedisWorkflowStates(store.client, session.key_prefix,
+                                    timeout_seconds=session.store_timeout_seconds)
+                if isinstance(store, RedisStore) else MemoryWorkflowStates())
             stateless = StatelessBackends(
                 lambda: connector.config, http, outgoing=outgoing, ledger=connector.ledger,
                 is_healthy=monitor.usable_for_new_sessions if monitor else None, relay=relay)
@@ -171,11 +181,13 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
             if monitor is not None:
                 monitor.on_usability_change = lambda name: changes.changed(backend=name)
             endpoint.app = McpEndpoint(
-                manager, SessionMethods(authorizer=authorizer, composites=composites),
+                manager, SessionMethods(authorizer=authorizer, composites=composites,
+                                        questions=SessionQuestions(workflow_states, relay)),
                 RequestGuard(config.server), authenticator,
                 max_body_bytes=config.server.max_body_bytes, metrics=metrics,
                 stateless=StatelessEndpoint(stateless, authorizer=authorizer,
-                                            composites=composites, subscriptions=changes),
+                                            composites=composites, subscriptions=changes,
+                                            workflow_states=workflow_states),
                 audit=audit, replica_id=config.server.replica_id,
             )
             view = open_view(config, store, metrics, manager=manager, monitor=monitor,

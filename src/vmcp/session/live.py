@@ -19,6 +19,10 @@ class LiveSession(Protocol):
     @property
     def session_id(self) -> str: ...
 
+    client_capabilities: frozenset[str] | None
+    """What the client declared at ``initialize`` (kept in the session's record); None
+    when unknown (a record from before they were kept)."""
+
     def backend_names(self) -> list[str]:
         """The backends this session is connected to (stored as the backend-id list)."""
         ...
