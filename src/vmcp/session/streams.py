@@ -74,9 +74,9 @@ class ResponseStream:
 
     async def after(self, seq: int) -> list[tuple[int, Outbound]]:
         """The events after ``seq``, waiting until there is at least one."""
-        while len(self) <= seq:
-            await self._changed.wait()
         first = max(seq, self._start) + 1
+        while len(self) < first:
+            await self._changed.wait()
         return [(n, self._events[n - self._start - 1]) for n in range(first, len(self) + 1)]
 
 
