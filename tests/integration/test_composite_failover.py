@@ -15,6 +15,7 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -34,13 +35,16 @@ TOKENS = {"alice-token": "alice", "bob-token": "bob"}
 ELICITS = {"io.modelcontextprotocol/clientCapabilities": {"elicitation": {}}}
 
 
-def _configs(backends: dict[str, ManagedProcess], redis: RedisServer) -> dict[str, Any]:
+def _configs(backends: dict[str, ManagedProcess], redis: RedisServer,
+             workdir: Path) -> dict[str, Any]:
     session = {"store": redis.url, "key_prefix": f"cf:{uuid.uuid4().hex[:12]}:"}
     auth = {"incoming": {"type": "static", "tokens": [
         {"token_sha256": hashlib.sha256(token.encode()).hexdigest(), "issuer": "static",
          "subject": subject} for token, subject in TOKENS.items()]}}
     return {name: gateway_config(backends, session=session, auth=auth,
                                  server={"replica_id": name},
+                                 audit={"enabled": True,
+                                        "sink": f"file:{workdir / f'{name}-audit.jsonl'}"},
                                  composite_tools=[ASK, ASK_BRIEFLY])
             for name in ("doomed", "replica-1", "replica-2")}
 
@@ -49,8 +53,9 @@ def _configs(backends: dict[str, ManagedProcess], redis: RedisServer) -> dict[st
 def gateways(demo_backends: dict[str, ManagedProcess], redis_server: RedisServer,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ManagedProcess]]:
     """Three replicas; ``doomed`` is killed by the failover test, and used by no other."""
-    with running_gateways(_configs(demo_backends, redis_server),
-                          tmp_path_factory.mktemp("composite-failover")) as started:
+    workdir = tmp_path_factory.mktemp("composite-failover")
+    with running_gateways(_configs(demo_backends, redis_server, workdir),
+                          workdir) as started:
         yield started
 
 
@@ -173,3 +178,55 @@ def test_a_session_client_without_elicitation_gets_a_named_error(
     result = reply_to(response, request_id)["result"]
     assert result["isError"] is True
     assert "did not declare the elicitation capability" in result["content"][0]["text"]
+
+
+def _audit_events(gateway: ManagedProcess, run_ended: int) -> list[dict[str, Any]]:
+    """The gateway's audit events once ``run_ended`` runs ended, the last one's call too
+    (the writer is a thread: wait for it, bounded)."""
+    path = gateway.log_path.with_name(f"{gateway.name}-audit.jsonl")
+    deadline = time.monotonic() + 10
+    while True:
+        events = [json.loads(line) for line in path.read_text().splitlines() if line]
+        ends = [i for i, e in enumerate(events) if e["type"] == "mcp_composite_end"]
+        if len(ends) >= run_ended and any(e["type"] == "mcp_tool_call"
+                                          for e in events[ends[-1]:]):
+            return events
+        assert time.monotonic() < deadline, events
+        time.sleep(0.05)
+
+
+def test_a_runs_steps_and_questions_are_audited_with_the_caller(
+        http: httpx2.Client, gateways: dict[str, ManagedProcess]) -> None:
+    gateway = gateways["replica-1"]
+    path = gateway.log_path.with_name(f"{gateway.name}-audit.jsonl")
+    ended_before = sum(json.loads(line)["type"] == "mcp_composite_end"
+                       for line in path.read_text().splitlines() if line)
+    session = RawSession.open(http, gateway.url, capabilities={"elicitation": {}})
+    call = session.message("tools/call", {"name": "ask_then_save", "arguments": {}})
+    with http.stream("POST", gateway.url, json=call, headers=session.headers()) as stream:
+        events = _events(stream.iter_lines())
+        _, question = next((i, m) for i, m in events
+                           if m.get("method") == "elicitation/create")
+        answer = {"jsonrpc": "2.0", "id": question["id"], "result": {
+            "action": "accept", "content": {"title": "audited", "password": "hunter2"}}}
+        assert http.post(gateway.url, json=answer, headers=session.headers()
+                         ).status_code == 202
+        final = next(m for _, m in list(events) if m.get("id") == call["id"])
+    assert final["result"]["isError"] is False, final
+    audited = _audit_events(gateway, ended_before + 1)
+    run = [e for e in audited if e["type"].startswith("mcp_composite")][-6:]
+    assert [(e["type"], e["target"].get("step"), e["outcome"]) for e in run] == [
+        ("mcp_composite_start", None, "success"),
+        ("mcp_composite_elicitation", "ask", "asked"),
+        ("mcp_composite_elicitation", "ask", "answered"),
+        ("mcp_composite_step", "ask", "success"),
+        ("mcp_composite_step", "save", "success"),
+        ("mcp_composite_end", None, "success")], run
+    assert {e["metadata"]["extra"]["run_id"] for e in run} == {
+        run[0]["metadata"]["extra"]["run_id"]}
+    assert all(e["subjects"]["user_id"] == "alice" for e in run)
+    assert run[4]["target"]["backend_tool"] == "notes_add_note"
+    assert run[4]["metadata"]["extra"]["attempts"] == 1
+    assert "hunter2" not in json.dumps(audited)  # no answers, no arguments by default
+    call_event = next(e for e in reversed(audited) if e["type"] == "mcp_tool_call")
+    assert call_event["target"]["name"] == "ask_then_save", call_event  # not its last step

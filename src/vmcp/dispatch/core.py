@@ -164,7 +164,8 @@ class Dispatcher(Generic[ResultT]):
         (authorization off: unknown). The audit record learns the target and the
         policies that decided.
         """
-        record = audit_record.current()
+        # A step's call is the composite call's, audited as its step (not as the call).
+        record = None if from_step else audit_record.current()
         try:
             target, routing = await self._resolve(upstream, method, params,
                                                   from_step=from_step)

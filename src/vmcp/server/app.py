@@ -27,6 +27,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from vmcp import __version__, logs, tracing
+from vmcp.audit import workflows as audit_workflows
 from vmcp.audit.trail import AuditTrail
 from vmcp.auth.incoming import Authenticator, build_authenticator, metadata_paths
 from vmcp.auth.outgoing import OutgoingAuth, build_outgoing_auth
@@ -166,6 +167,9 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                 background.start_soon(relay.run)
             composites = CompositeRegistry(config.composite_tools)
             composites.observer = metrics.observe_composite
+            if audit is not None:
+                composites.step_events = audit_workflows.observer_for(
+                    audit, replica_id=config.server.replica_id)
             workflow_states: WorkflowStates = (
                 RedisWorkflowStates(store.client, session.key_prefix,
                                     timeout_seconds=session.store_timeout_seconds)
