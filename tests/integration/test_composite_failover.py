@@ -9,6 +9,7 @@ the identity, and expires with the tool's ``answer_ttl_seconds``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import signal
@@ -93,19 +94,29 @@ def _events(lines: Iterator[str]) -> Iterator[tuple[str | None, dict[str, Any]]]
             event_id, data = None, []
 
 
+@contextlib.contextmanager
+def _asking(http: httpx2.Client, url: str) -> Iterator[tuple[
+        RawSession, dict[str, Any], Iterator[tuple[str | None, dict[str, Any]]], str,
+        dict[str, Any]]]:
+    """A session client's call of ``ask_then_save``, its stream open at the question:
+    (session, call, the stream's further events, the question's event id, question)."""
+    session = RawSession.open(http, url, capabilities={"elicitation": {}})
+    call = session.message("tools/call", {"name": "ask_then_save", "arguments": {}})
+    with http.stream("POST", url, json=call, headers=session.headers()) as stream:
+        events = _events(stream.iter_lines())
+        asked_at, question = next((i, m) for i, m in events
+                                  if m.get("method") == "elicitation/create")
+        assert asked_at is not None
+        yield session, call, events, asked_at, question
+
+
 def test_waiting_workflows_complete_on_another_replica_after_theirs_is_killed(
         http: httpx2.Client, gateways: dict[str, ManagedProcess]) -> None:
     doomed, other = gateways["doomed"], gateways["replica-2"]
     # A 2026-07-28 client's run, and a session client's, both waiting on the same replica.
     started = _ask(http, doomed.url)
     assert started["requestState"].startswith("vmcp-wf.")
-    session = RawSession.open(http, doomed.url, capabilities={"elicitation": {}})
-    call = session.message("tools/call", {"name": "ask_then_save", "arguments": {}})
-    with http.stream("POST", doomed.url, json=call, headers=session.headers()) as stream:
-        events = _events(stream.iter_lines())
-        asked_at, question = next((i, m) for i, m in events
-                                  if m.get("method") == "elicitation/create")
-        assert asked_at is not None
+    with _asking(http, doomed.url) as (session, call, _, asked_at, question):
         _kill(doomed)  # while both workflows wait for the user
 
     retry = _retry(started, "stored, not held")
@@ -201,12 +212,7 @@ def test_a_runs_steps_and_questions_are_audited_with_the_caller(
     path = gateway.log_path.with_name(f"{gateway.name}-audit.jsonl")
     ended_before = sum(json.loads(line)["type"] == "mcp_composite_end"
                        for line in path.read_text().splitlines() if line)
-    session = RawSession.open(http, gateway.url, capabilities={"elicitation": {}})
-    call = session.message("tools/call", {"name": "ask_then_save", "arguments": {}})
-    with http.stream("POST", gateway.url, json=call, headers=session.headers()) as stream:
-        events = _events(stream.iter_lines())
-        _, question = next((i, m) for i, m in events
-                           if m.get("method") == "elicitation/create")
+    with _asking(http, gateway.url) as (session, call, events, _, question):
         answer = {"jsonrpc": "2.0", "id": question["id"], "result": {
             "action": "accept", "content": {"title": "audited", "password": "hunter2"}}}
         assert http.post(gateway.url, json=answer, headers=session.headers()
