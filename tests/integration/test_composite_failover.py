@@ -9,7 +9,6 @@ the identity, and expires with the tool's ``answer_ttl_seconds``.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import signal
@@ -23,7 +22,7 @@ import httpx2
 import pytest
 
 from tests.integration.test_composite_tools import TEST_TOOLS, StatelessClient
-from tests.support.mcp_http import RawSession, reply_to
+from tests.support.mcp_http import RawSession, reply_to, sse_event_lines, waiting_at_question
 from tests.support.processes import ManagedProcess, gateway_config, running_gateways
 from tests.support.redis_server import RedisServer
 
@@ -78,45 +77,13 @@ def _kill(replica: ManagedProcess) -> None:
     replica.stop()
 
 
-def _events(lines: Iterator[str]) -> Iterator[tuple[str | None, dict[str, Any]]]:
-    """(event id, message) of each SSE event that carries a message."""
-    event_id: str | None = None
-    data: list[str] = []
-    for raw in lines:
-        line = raw.rstrip("\r\n")
-        if line.startswith("id:"):
-            event_id = line[3:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].strip())
-        elif not line:
-            if "".join(data):
-                yield event_id, json.loads("".join(data))
-            event_id, data = None, []
-
-
-@contextlib.contextmanager
-def _asking(http: httpx2.Client, url: str) -> Iterator[tuple[
-        RawSession, dict[str, Any], Iterator[tuple[str | None, dict[str, Any]]], str,
-        dict[str, Any]]]:
-    """A session client's call of ``ask_then_save``, its stream open at the question:
-    (session, call, the stream's further events, the question's event id, question)."""
-    session = RawSession.open(http, url, capabilities={"elicitation": {}})
-    call = session.message("tools/call", {"name": "ask_then_save", "arguments": {}})
-    with http.stream("POST", url, json=call, headers=session.headers()) as stream:
-        events = _events(stream.iter_lines())
-        asked_at, question = next((i, m) for i, m in events
-                                  if m.get("method") == "elicitation/create")
-        assert asked_at is not None
-        yield session, call, events, asked_at, question
-
-
 def test_waiting_workflows_complete_on_another_replica_after_theirs_is_killed(
         http: httpx2.Client, gateways: dict[str, ManagedProcess]) -> None:
     doomed, other = gateways["doomed"], gateways["replica-2"]
     # A 2026-07-28 client's run, and a session client's, both waiting on the same replica.
     started = _ask(http, doomed.url)
     assert started["requestState"].startswith("vmcp-wf.")
-    with _asking(http, doomed.url) as (session, call, _, asked_at, question):
+    with waiting_at_question(http, doomed.url) as (session, call, _, asked_at, question):
         _kill(doomed)  # while both workflows wait for the user
 
     retry = _retry(started, "stored, not held")
@@ -134,7 +101,7 @@ def test_waiting_workflows_complete_on_another_replica_after_theirs_is_killed(
                                        "Last-Event-ID": asked_at})
     with http.stream("GET", other.url, headers=resumed_headers) as resumed:
         assert resumed.status_code == 200
-        final = next(m for _, m in _events(resumed.iter_lines())
+        final = next(m for _, m in sse_event_lines(resumed.iter_lines())
                      if m.get("id") == call["id"])
     assert final["result"]["structuredContent"] == {"title": "after a failover"}, final
     again = http.post(other.url, json=answer, headers=session.headers())
@@ -212,7 +179,7 @@ def test_a_runs_steps_and_questions_are_audited_with_the_caller(
     path = gateway.log_path.with_name(f"{gateway.name}-audit.jsonl")
     ended_before = sum(json.loads(line)["type"] == "mcp_composite_end"
                        for line in path.read_text().splitlines() if line)
-    with _asking(http, gateway.url) as (session, call, events, _, question):
+    with waiting_at_question(http, gateway.url) as (session, call, events, _, question):
         answer = {"jsonrpc": "2.0", "id": question["id"], "result": {
             "action": "accept", "content": {"title": "audited", "password": "hunter2"}}}
         assert http.post(gateway.url, json=answer, headers=session.headers()

@@ -29,6 +29,8 @@ class CompositeRegistry:
     def replace(self, tools: Sequence[CompositeToolConfig]) -> bool:
         """Serve ``tools`` from now on; whether anything changed."""
         before = getattr(self, "_tools", None)
+        self.generation = getattr(self, "generation", -1) + 1
+        """Counts replacements: what a cached listing was made from."""
         self._tools = {tool.name: tool for tool in tools}
         self._definitions = tuple(_definition(tool) for tool in tools)
         self.hidden = frozenset(name for tool in tools for name in tool.hide_tools)

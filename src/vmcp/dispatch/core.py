@@ -97,7 +97,7 @@ class Dispatcher(Generic[ResultT]):
             return items
         return self._authorizer.filter_listing(
             principal, items, lambda item: self._listed_subject(routing, method, item),
-            catalog=routing, listing=method)
+            catalog=routing, listing=f"{method}#{self._composites.generation}")
 
     def _listed_subject(self, routing: RoutingTable, method: str,
                         item: Mapping[str, Any]) -> Subject | None:

@@ -201,7 +201,8 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                 store, manager, connector, monitor, view)
             if config_path is not None:
                 background.start_soon(_reload_on_sighup, config_path, connector, manager,
-                                      monitor, outgoing, authorizer, changes, watch)
+                                      monitor, outgoing, authorizer, changes, watch,
+                                      composites)
             state.listening = anyio.Event()
             background.start_soon(_log_when_ready, config, state.listening, monitor)
             try:
@@ -420,12 +421,14 @@ def _change_delivery(config: VmcpConfig, store: SessionStore,
 async def _reload_on_sighup(path: Path, connector: BackendConnector, manager: SessionManager,
                             monitor: HealthMonitor | None, outgoing: OutgoingAuth,
                             authorizer: AllowAll | CedarAuthorizer, changes: ChangeHub,
-                            watch: BackendWatch) -> None:
-    """SIGHUP re-reads the configuration file and applies its backends and aggregation to
-    this replica without a restart (other sections need one), and re-reads the policy
-    files. Live sessions gain the added backends, end their sessions on the removed ones,
-    and are sent ``list_changed``. A configuration or policy set that is invalid changes
-    nothing: the running one stays, and the log says why."""
+                            watch: BackendWatch, composites: CompositeRegistry) -> None:
+    """SIGHUP re-reads the configuration file and applies its backends, aggregation and
+    composite tools to this replica without a restart (other sections need one), and
+    re-reads the policy files. Live sessions gain the added backends, end their sessions
+    on the removed ones, and are sent ``list_changed``, as they are when the composite
+    tools change (a run under way finishes with the definition it started with). A
+    configuration or policy set that is invalid changes nothing: the running one stays,
+    and the log says why."""
     with anyio.open_signal_receiver(signal.SIGHUP) as signals:
         async for _ in signals:
             try:
@@ -437,17 +440,20 @@ async def _reload_on_sighup(path: Path, connector: BackendConnector, manager: Se
                 continue
             current = connector.config
             if any(getattr(loaded, part) != getattr(current, part)
-                   for part in ("server", "session", "limits", "composite_tools")) or (
+                   for part in ("server", "session", "limits")) or (
                     loaded.auth.model_copy(update={"authz": None})
                     != current.auth.model_copy(update={"authz": None})):
-                logger.warning("reload applies backends, aggregation, health and policies "
-                               "only; restart to change the other sections")
+                logger.warning("reload applies backends, aggregation, composite tools, "
+                               "health and policies only; restart to change the other "
+                               "sections")
             if policies is not None and isinstance(authorizer, CedarAuthorizer):
                 authorizer.adopt(policies)
                 logger.info("authorization policies loaded: %d policies, sha256 %s",
                             policies.count, policies.sha256)
             updated = current.model_copy(update={"backends": loaded.backends,
-                                                 "aggregation": loaded.aggregation})
+                                                 "aggregation": loaded.aggregation,
+                                                 "composite_tools": loaded.composite_tools})
+            composites_changed = composites.replace(loaded.composite_tools)
             outgoing.adopt(reloaded_auth)
             connector.reconfigure(updated)
             if monitor is not None:
@@ -455,8 +461,11 @@ async def _reload_on_sighup(path: Path, connector: BackendConnector, manager: Se
             watch.reconcile(restart=True)
             changes.changed()
             changed = await manager.reconcile_live_sessions(connector.reconcile)
-            logger.info("configuration reloaded: %d backends; %d live sessions updated",
-                        len(updated.backends), changed)
+            if composites_changed:
+                manager.announce_to_live_sessions("notifications/tools/list_changed")
+            logger.info("configuration reloaded: %d backends, %d composite tools; %d live "
+                        "sessions updated", len(updated.backends),
+                        len(updated.composite_tools), changed)
 
 
 def _reload_policies(authorizer: AllowAll | CedarAuthorizer, loaded: VmcpConfig

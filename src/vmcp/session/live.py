@@ -31,6 +31,10 @@ class LiveSession(Protocol):
         """Per-backend state to store so another replica can re-attach (by backend name)."""
         ...
 
+    def announce(self, method: str) -> None:
+        """Send the client the notification ``method`` (no params) on its GET stream."""
+        ...
+
     async def wait_calls(self) -> None:
         """Return once no call is running on this session (later ones may start)."""
         ...

@@ -362,6 +362,17 @@ class SessionManager:
             raise
         return decorated
 
+    def announce_to_live_sessions(self, method: str) -> int:
+        """Send the notification ``method`` to the client of every session live here (on
+        its GET stream); how many. Each replica tells its own sessions' clients."""
+        told = 0
+        for session_id in self._cache.cached_keys():
+            entry = self._cache.peek(session_id)
+            if entry is not None:
+                entry.live.announce(method)
+                told += 1
+        return told
+
     async def reconcile_live_sessions(
         self, reconcile: Callable[[LiveSession], Awaitable[bool]]
     ) -> int:

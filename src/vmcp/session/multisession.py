@@ -185,6 +185,10 @@ class MultiSession:
     def deliver_client_response(self, message: dict[str, Any]) -> bool:
         return self.pending.deliver(message)
 
+    def announce(self, method: str) -> None:
+        """Send the client a notification about the session as a whole (``list_changed``)."""
+        self.messages.publish({"jsonrpc": "2.0", "method": method})
+
     async def notify_all(self, method: str, params: dict[str, Any] | None) -> None:
         """Send a notification to every backend; one failing does not stop the others."""
         async def send(name: str, connection: BackendConnection) -> None:
