@@ -105,7 +105,8 @@ def test_waiting_workflows_complete_on_another_replica_after_theirs_is_killed(
                      if m.get("id") == call["id"])
     assert final["result"]["structuredContent"] == {"title": "after a failover"}, final
     again = http.post(other.url, json=answer, headers=session.headers())
-    assert again.status_code == 404, again.text  # an answer is taken once
+    assert again.status_code == 400, again.text  # an answer is taken once
+    assert "No workflow waits for this answer" in again.text
 
 
 def _ask(http: httpx2.Client, url: str, tool: str = "ask_then_save") -> dict[str, Any]:

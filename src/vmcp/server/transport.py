@@ -259,7 +259,8 @@ class McpEndpoint:
                 except StoreError as exc:
                     raise _error_reply(exc, None) from exc
                 except WorkflowGone:
-                    raise _Reply(404, jsonrpc.error(
+                    # Not 404: clients take that for an ended session and start over.
+                    raise _Reply(400, jsonrpc.error(
                         None, INVALID_REQUEST_CODE, "No workflow waits for this answer: "
                         "it expired, was answered already, or is not this session's")
                         ) from None
