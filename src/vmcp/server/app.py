@@ -27,6 +27,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from vmcp import __version__, logs, tracing
+from vmcp.audit import workflows as audit_workflows
 from vmcp.audit.trail import AuditTrail
 from vmcp.auth.incoming import Authenticator, build_authenticator, metadata_paths
 from vmcp.auth.outgoing import OutgoingAuth, build_outgoing_auth
@@ -40,6 +41,7 @@ from vmcp.errors import AuthenticationError, ConfigError, StoreError
 from vmcp.server.overview import OperatorView, open_view
 from vmcp.server.security import RequestGuard
 from vmcp.server.session_methods import SessionMethods
+from vmcp.server.session_workflows import SessionQuestions
 from vmcp.server.stateless import StatelessEndpoint
 from vmcp.server.status import build_status, render_page
 from vmcp.server.transport import McpEndpoint
@@ -54,6 +56,11 @@ from vmcp.store.base import SessionStore
 from vmcp.store.event_log import RedisEventLog
 from vmcp.store.identity_index import IdentityIndex, MemoryIdentityIndex, RedisIdentityIndex
 from vmcp.store.pubsub import RedisChangeChannel, RedisEndedSessionBus, RedisSessionRelay
+from vmcp.store.workflow_states import (
+    MemoryWorkflowStates,
+    RedisWorkflowStates,
+    WorkflowStates,
+)
 from vmcp.telemetry import InstrumentedStore, Metrics
 from vmcp.upstream.discovery import CLIENT_CAPABILITIES, CLIENT_INFO
 
@@ -165,6 +172,13 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                 background.start_soon(relay.run)
             composites = CompositeRegistry(config.composite_tools)
             composites.observer = metrics.observe_composite
+            if audit is not None:
+                composites.step_events = audit_workflows.observer_for(
+                    audit, replica_id=config.server.replica_id)
+            workflow_states: WorkflowStates = (
+                RedisWorkflowStates(store.client, session.key_prefix,
+                                    timeout_seconds=session.store_timeout_seconds)
+                if isinstance(store, RedisStore) else MemoryWorkflowStates())
             stateless = StatelessBackends(
                 lambda: connector.config, http, outgoing=outgoing, ledger=connector.ledger,
                 is_healthy=monitor.usable_for_new_sessions if monitor else None, relay=relay,
@@ -177,11 +191,13 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
             if monitor is not None:
                 monitor.on_usability_change = lambda name: changes.changed(backend=name)
             endpoint.app = McpEndpoint(
-                manager, SessionMethods(authorizer=authorizer, composites=composites),
+                manager, SessionMethods(authorizer=authorizer, composites=composites,
+                                        questions=SessionQuestions(workflow_states, relay)),
                 RequestGuard(config.server), authenticator,
                 max_body_bytes=config.server.max_body_bytes, metrics=metrics,
                 stateless=StatelessEndpoint(stateless, authorizer=authorizer,
-                                            composites=composites, subscriptions=changes),
+                                            composites=composites, subscriptions=changes,
+                                            workflow_states=workflow_states),
                 audit=audit, replica_id=config.server.replica_id,
             )
             view = open_view(config, store, metrics, manager=manager, monitor=monitor,
@@ -191,7 +207,8 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                 store, manager, connector, monitor, view)
             if config_path is not None:
                 background.start_soon(_reload_on_sighup, config_path, connector, manager,
-                                      monitor, outgoing, authorizer, changes, watch, stdio)
+                                      monitor, outgoing, authorizer, changes, watch, stdio,
+                                      composites)
             state.listening = anyio.Event()
             background.start_soon(_log_when_ready, config, state.listening, monitor)
             try:
@@ -410,12 +427,15 @@ def _change_delivery(config: VmcpConfig, store: SessionStore,
 async def _reload_on_sighup(path: Path, connector: BackendConnector, manager: SessionManager,
                             monitor: HealthMonitor | None, outgoing: OutgoingAuth,
                             authorizer: AllowAll | CedarAuthorizer, changes: ChangeHub,
-                            watch: BackendWatch, stdio: StdioProcesses) -> None:
-    """SIGHUP re-reads the configuration file and applies its backends and aggregation to
-    this replica without a restart (other sections need one), and re-reads the policy
-    files. Live sessions gain the added backends, end their sessions on the removed ones,
-    and are sent ``list_changed``. A configuration or policy set that is invalid changes
-    nothing: the running one stays, and the log says why."""
+                            watch: BackendWatch, stdio: StdioProcesses,
+                            composites: CompositeRegistry) -> None:
+    """SIGHUP re-reads the configuration file and applies its backends, aggregation and
+    composite tools to this replica without a restart (other sections need one), and
+    re-reads the policy files. Live sessions gain the added backends, end their sessions
+    on the removed ones, and are sent ``list_changed``, as they are when the composite
+    tools change (a run under way finishes with the definition it started with). A
+    configuration or policy set that is invalid changes nothing: the running one stays,
+    and the log says why."""
     with anyio.open_signal_receiver(signal.SIGHUP) as signals:
         async for _ in signals:
             try:
@@ -427,17 +447,20 @@ async def _reload_on_sighup(path: Path, connector: BackendConnector, manager: Se
                 continue
             current = connector.config
             if any(getattr(loaded, part) != getattr(current, part)
-                   for part in ("server", "session", "limits", "composite_tools")) or (
+                   for part in ("server", "session", "limits")) or (
                     loaded.auth.model_copy(update={"authz": None})
                     != current.auth.model_copy(update={"authz": None})):
-                logger.warning("reload applies backends, aggregation, health and policies "
-                               "only; restart to change the other sections")
+                logger.warning("reload applies backends, aggregation, composite tools, "
+                               "health and policies only; restart to change the other "
+                               "sections")
             if policies is not None and isinstance(authorizer, CedarAuthorizer):
                 authorizer.adopt(policies)
                 logger.info("authorization policies loaded: %d policies, sha256 %s",
                             policies.count, policies.sha256)
             updated = current.model_copy(update={"backends": loaded.backends,
-                                                 "aggregation": loaded.aggregation})
+                                                 "aggregation": loaded.aggregation,
+                                                 "composite_tools": loaded.composite_tools})
+            composites_changed = composites.replace(loaded.composite_tools)
             outgoing.adopt(reloaded_auth)
             connector.reconfigure(updated)
             stdio.reconcile(_targets(updated, outgoing))
@@ -446,8 +469,11 @@ async def _reload_on_sighup(path: Path, connector: BackendConnector, manager: Se
             watch.reconcile(restart=True)
             changes.changed()
             changed = await manager.reconcile_live_sessions(connector.reconcile)
-            logger.info("configuration reloaded: %d backends; %d live sessions updated",
-                        len(updated.backends), changed)
+            if composites_changed:
+                manager.announce_to_live_sessions("notifications/tools/list_changed")
+            logger.info("configuration reloaded: %d backends, %d composite tools; %d live "
+                        "sessions updated", len(updated.backends),
+                        len(updated.composite_tools), changed)
 
 
 def _reload_policies(authorizer: AllowAll | CedarAuthorizer, loaded: VmcpConfig

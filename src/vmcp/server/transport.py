@@ -30,7 +30,7 @@ from vmcp import logs, tracing
 from vmcp.audit import record as audit_record
 from vmcp.audit.trail import AuditTrail
 from vmcp.auth import outgoing
-from vmcp.dispatch import ROUTED_METHODS
+from vmcp.dispatch import ROUTED_METHODS, is_handle
 from vmcp.errors import (
     INTERNAL_ERROR_CODE,
     INVALID_REQUEST_CODE,
@@ -74,6 +74,7 @@ from vmcp.server.session_streams import (
     write_events,
     write_logged_events,
 )
+from vmcp.server.session_workflows import WorkflowGone
 from vmcp.server.stateless import StatelessEndpoint, is_stateless
 from vmcp.session import SessionManager
 from vmcp.session.multisession import MultiSession
@@ -251,9 +252,18 @@ class McpEndpoint:
         if message.kind == "response":
             if not session.deliver_client_response(message.raw):
                 try:
-                    await session.forward_client_response(message.raw)
+                    if is_handle(message.raw.get("id")):
+                        await self._methods.workflow_answer(session, message.raw, principal)
+                    else:
+                        await session.forward_client_response(message.raw)
                 except StoreError as exc:
                     raise _error_reply(exc, None) from exc
+                except WorkflowGone:
+                    # Not 404: clients take that for an ended session and start over.
+                    raise _Reply(400, jsonrpc.error(
+                        None, INVALID_REQUEST_CODE, "No workflow waits for this answer: "
+                        "it expired, was answered already, or is not this session's")
+                        ) from None
             await send_empty(send, 202)
         elif message.kind == "notification":
             await self._methods.notification(session, message)
@@ -323,7 +333,9 @@ class McpEndpoint:
                 message.id, INVALID_REQUEST_CODE,
                 "initialize must not carry Mcp-Session-Id; the session is already initialized"))
         try:
-            live = await self._manager.initialize(principal)
+            declared = message.params.get("capabilities")
+            live = await self._manager.initialize(
+                principal, [str(k) for k in declared] if isinstance(declared, dict) else [])
         except VmcpError as exc:
             raise _error_reply(exc, message.id) from exc
         assert isinstance(live, MultiSession)

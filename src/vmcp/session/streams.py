@@ -44,11 +44,13 @@ class DuplicateRequestId(Exception):
 
 
 class ResponseStream:
-    """The ordered events of one request; sequence numbers start at 1."""
+    """The ordered events of one request; sequence numbers start at ``start + 1`` (a
+    stream continued here after events another replica wrote starts after them)."""
 
-    def __init__(self, stream_id: str, request_id: Any = None) -> None:
+    def __init__(self, stream_id: str, request_id: Any = None, *, start: int = 0) -> None:
         self.id = stream_id
         self.request_id = request_id
+        self._start = start
         self._events: list[Outbound] = []
         self._changed = anyio.Event()
         self.finished_at: float | None = None
@@ -64,16 +66,18 @@ class ResponseStream:
         self._changed = anyio.Event()
 
     def __len__(self) -> int:
-        return len(self._events)
+        """The sequence number of the last event (0 before any)."""
+        return self._start + len(self._events)
 
     def event_id(self, seq: int) -> str:
         return f"{self.id}.{seq}"
 
     async def after(self, seq: int) -> list[tuple[int, Outbound]]:
         """The events after ``seq``, waiting until there is at least one."""
-        while len(self._events) <= seq:
+        first = max(seq, self._start) + 1
+        while len(self) < first:
             await self._changed.wait()
-        return [(n, self._events[n - 1]) for n in range(seq + 1, len(self._events) + 1)]
+        return [(n, self._events[n - self._start - 1]) for n in range(first, len(self) + 1)]
 
 
 class ResponseStreams:
@@ -96,6 +100,16 @@ class ResponseStreams:
         self._prune()
         stream = ResponseStream(f"{self._prefix}-{self._next}", request_id)
         self._next += 1
+        for _, evicted in self._streams.put(stream.id, stream):
+            self._forget(evicted)
+        if request_id is not None:
+            self._by_request[request_id] = stream
+        return stream
+
+    def adopt(self, stream_id: str, request_id: Any, *, start: int) -> ResponseStream:
+        """A stream that continues, here, one another replica began (its id, its request,
+        numbered after its last event ``start``)."""
+        stream = ResponseStream(stream_id, request_id, start=start)
         for _, evicted in self._streams.put(stream.id, stream):
             self._forget(evicted)
         if request_id is not None:
