@@ -86,6 +86,7 @@ from vmcp.config.auth import (
 from vmcp.config.backends import (
     AggregationConfig,
     BackendConfig,
+    BackendConnectionsConfig,
     BackendToolsConfig,
     ToolOverride,
 )
@@ -127,6 +128,7 @@ __all__ = [
     "AuthConfig",
     "AuthzConfig",
     "BackendConfig",
+    "BackendConnectionsConfig",
     "BackendToolsConfig",
     "CompositeToolConfig",
     "ConflictMode",

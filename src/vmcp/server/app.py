@@ -13,7 +13,7 @@ import functools
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +33,7 @@ from vmcp.auth.outgoing import OutgoingAuth, build_outgoing_auth
 from vmcp.authz import AllowAll, CedarAuthorizer, PolicyBundle, build_authorizer, load_bundle
 from vmcp.backend import BackendTarget
 from vmcp.backend.health import HealthMonitor
-from vmcp.backend.http_client import backend_http_client
+from vmcp.backend.http_client import backend_http_client, follow_backends
 from vmcp.composite import CompositeRegistry
 from vmcp.config import VmcpConfig, load_config
 from vmcp.errors import AuthenticationError, ConfigError, StoreError
@@ -126,9 +126,10 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                                          timeout_seconds=session.store_timeout_seconds)
             relay = RedisSessionRelay(store.client, session.key_prefix + "relay:",
                                       timeout_seconds=session.store_timeout_seconds)
-        async with store, backend_http_client() as http, \
+        async with store, backend_http_client(config.backends) as http, \
+                backend_http_client(config.backends, kind="health") as probe_http, \
                 anyio.create_task_group() as background:
-            monitor = _health_monitor(config, http, outgoing)
+            monitor = _health_monitor(config, probe_http, outgoing)
             recorded = InstrumentedStore(store, metrics)
             connector = BackendConnector(
                 config, http, relay=relay, event_log=event_log,
@@ -185,7 +186,8 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                 store, manager, connector, monitor, view)
             if config_path is not None:
                 background.start_soon(_reload_on_sighup, config_path, connector, manager,
-                                      monitor, outgoing, authorizer, changes, watch)
+                                      monitor, outgoing, authorizer, changes, watch,
+                                      (http, probe_http))
             state.listening = anyio.Event()
             background.start_soon(_log_when_ready, config, state.listening, monitor)
             try:
@@ -404,7 +406,8 @@ def _change_delivery(config: VmcpConfig, store: SessionStore,
 async def _reload_on_sighup(path: Path, connector: BackendConnector, manager: SessionManager,
                             monitor: HealthMonitor | None, outgoing: OutgoingAuth,
                             authorizer: AllowAll | CedarAuthorizer, changes: ChangeHub,
-                            watch: BackendWatch) -> None:
+                            watch: BackendWatch,
+                            clients: Sequence[httpx2.AsyncClient]) -> None:
     """SIGHUP re-reads the configuration file and applies its backends and aggregation to
     this replica without a restart (other sections need one), and re-reads the policy
     files. Live sessions gain the added backends, end their sessions on the removed ones,
@@ -433,6 +436,8 @@ async def _reload_on_sighup(path: Path, connector: BackendConnector, manager: Se
             updated = current.model_copy(update={"backends": loaded.backends,
                                                  "aggregation": loaded.aggregation})
             outgoing.adopt(reloaded_auth)
+            for client in clients:
+                follow_backends(client, updated.backends)
             connector.reconfigure(updated)
             if monitor is not None:
                 monitor.set_targets(_targets(updated, outgoing))
