@@ -80,7 +80,9 @@ def test_a_hanging_backend_delays_only_its_own_callers(
 
     assert during <= max(3 * baseline, 0.25), (baseline, during)
     assert "alpha_echo" in tools
-    busy = [seconds for reply, seconds in answers if "busy" in reply["error"]["message"]]
+    busy = [seconds for reply, seconds in answers if reply["error"]["message"] == (
+        f"backend 'beta': busy: all {CALL_BUDGET} connections for calls in use for "
+        f"{ACQUIRE_TIMEOUT:g}s")]
     timed_out = [seconds for reply, seconds in answers
                  if "no answer within" in reply["error"]["message"]]
     for reply, _ in answers:

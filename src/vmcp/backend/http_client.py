@@ -119,7 +119,11 @@ class BulkheadTransport(httpx2.AsyncBaseTransport):
         if pool_timeout is None or pool_timeout > budget.acquire_timeout_seconds:
             timeouts["pool"] = budget.acquire_timeout_seconds
         request.extensions = {**request.extensions, "timeout": timeouts}
-        return await pool.handle_async_request(request)
+        try:
+            return await pool.handle_async_request(request)
+        except httpx2.PoolTimeout as exc:
+            raise httpx2.PoolTimeout(f"all {size} connections for {kind} in use for "
+                                     f"{timeouts['pool']:g}s", request=request) from exc
 
     async def aclose(self) -> None:
         pools, self._pools = list(self._pools.values()), {}

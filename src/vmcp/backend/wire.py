@@ -109,7 +109,7 @@ def transport_error(backend: str, exc: httpx2.HTTPError) -> BackendError:
     if isinstance(exc, httpx2.SSEError):
         return BackendProtocolError(backend, f"bad event stream: {exc}")
     if isinstance(exc, httpx2.PoolTimeout):
-        return BackendBusy(backend, f"busy: no free connection ({exc})")
+        return BackendBusy(backend, f"busy: {exc}")
     if isinstance(exc, httpx2.ConnectTimeout):
         return BackendUnavailable(backend, f"connect timed out: {exc}")
     if isinstance(exc, httpx2.TimeoutException):

@@ -255,6 +255,12 @@ class LimitsConfig(_Frozen):
     call_timeout_seconds: float = Field(default=300.0, gt=0, allow_inf_nan=False)
     """Bound on every backend call; a call still running is cancelled at the backend and answered
     with an error."""
+    max_streams_per_session: int = Field(default=4, ge=1)
+    """GET streams one session may hold open on a replica at once; one more gets 429 with
+    Retry-After."""
+    max_streams: int = Field(default=500, ge=1)
+    """GET streams a replica holds open in all (each also holds a stream from every backend of
+    its session); one more gets 503 with Retry-After."""
 
 
 class HealthConfig(_Frozen):

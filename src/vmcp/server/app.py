@@ -42,6 +42,7 @@ from vmcp.server.security import RequestGuard
 from vmcp.server.session_methods import SessionMethods
 from vmcp.server.stateless import StatelessEndpoint
 from vmcp.server.status import build_status, render_page
+from vmcp.server.stream_limits import StreamLimits
 from vmcp.server.transport import McpEndpoint
 from vmcp.session import SessionManager
 from vmcp.session.connector import BackendConnector
@@ -178,6 +179,8 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                 stateless=StatelessEndpoint(stateless, authorizer=authorizer,
                                             composites=composites, subscriptions=changes),
                 audit=audit, replica_id=config.server.replica_id,
+                streams=StreamLimits(per_session=config.limits.max_streams_per_session,
+                                     per_replica=config.limits.max_streams),
             )
             view = open_view(config, store, metrics, manager=manager, monitor=monitor,
                              connector=connector)

@@ -75,9 +75,15 @@ from vmcp.server.session_streams import (
     write_logged_events,
 )
 from vmcp.server.stateless import StatelessEndpoint, is_stateless
+from vmcp.server.stream_limits import StreamLimits, StreamRefused
 from vmcp.session import SessionManager
 from vmcp.session.multisession import MultiSession
-from vmcp.session.streams import DuplicateRequestId, Outbound, parse_event_id
+from vmcp.session.streams import (
+    DuplicateRequestId,
+    Outbound,
+    ResponseStream,
+    parse_event_id,
+)
 from vmcp.telemetry import Metrics
 
 logger = logging.getLogger(__name__)
@@ -108,7 +114,9 @@ class McpEndpoint:
         stateless: StatelessEndpoint | None = None,
         audit: AuditTrail | None = None,
         replica_id: str = "",
+        streams: StreamLimits | None = None,
     ) -> None:
+        self._streams = streams or StreamLimits(per_session=4, per_replica=500)
         self._stateless = stateless
         self._audit = audit
         self._replica_id = replica_id
@@ -424,6 +432,20 @@ class McpEndpoint:
         logged = (last_event_id is not None and local is None
                   and session.event_log is not None
                   and await is_logged(session, last_event_id[0]))
+        try:
+            self._streams.acquire(session.session_id)
+        except StreamRefused as refused:
+            raise _Reply(refused.status, jsonrpc.error(None, INVALID_REQUEST_CODE,
+                                                       refused.message),
+                         [(b"retry-after", str(refused.retry_after).encode())]) from None
+        try:
+            await self._stream(receive, send, session, last_event_id, local, logged)
+        finally:
+            self._streams.release(session.session_id)
+
+    async def _stream(self, receive: Receive, send: Send, session: MultiSession,
+                      last_event_id: tuple[str, int] | None, local: ResponseStream | None,
+                      logged: bool) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         if last_event_id is not None and local is not None:
             await write_events(receive, send, session, local, after=last_event_id[1],
