@@ -255,6 +255,11 @@ class LimitsConfig(_Frozen):
     call_timeout_seconds: float = Field(default=300.0, gt=0, allow_inf_nan=False)
     """Bound on every backend call; a call still running is cancelled at the backend and answered
     with an error."""
+    abandoned_call_grace_seconds: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    """A call whose client closed its connection before the answer, and did not resume the
+    stream (Last-Event-ID) within this time, is cancelled at the backend. Only with the
+    memory store: with Redis the client may resume on another replica, and the call runs
+    to its end or its timeout."""
     max_streams_per_session: int = Field(default=4, ge=1)
     """GET streams one session may hold open on a replica at once; one more gets 429 with
     Retry-After."""

@@ -181,6 +181,7 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                 audit=audit, replica_id=config.server.replica_id,
                 streams=StreamLimits(per_session=config.limits.max_streams_per_session,
                                      per_replica=config.limits.max_streams),
+                abandon_grace=config.limits.abandoned_call_grace_seconds,
             )
             view = open_view(config, store, metrics, manager=manager, monitor=monitor,
                              connector=connector)
