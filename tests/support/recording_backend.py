@@ -20,7 +20,7 @@ from typing import Literal
 
 import anyio
 import uvicorn
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MCP_PATH = "/mcp"
@@ -51,6 +51,13 @@ def build_server() -> MCPServer:
     @server.tool()
     async def sleep(seconds: float) -> str:
         """Sleep, then say so (for timeouts and cancellation)."""
+        await anyio.sleep(seconds)
+        return f"slept {seconds}"
+
+    @server.tool()
+    async def report_then_sleep(seconds: float, ctx: Context) -> str:
+        """Report progress at once, then sleep (a call whose answer streams)."""
+        await ctx.report_progress(0, 1, "started")
         await anyio.sleep(seconds)
         return f"slept {seconds}"
 

@@ -33,6 +33,7 @@ from vmcp.backend.contract import BackendRpcError, MessageHandler
 from vmcp.errors import (
     INTERNAL_ERROR_CODE,
     METHOD_NOT_FOUND_CODE,
+    BackendBusy,
     BackendError,
     BackendProtocolError,
     BackendTimeout,
@@ -107,6 +108,8 @@ def transport_error(backend: str, exc: httpx2.HTTPError) -> BackendError:
     """Map an ``httpx2`` failure to the vmcp error that names its cause."""
     if isinstance(exc, httpx2.SSEError):
         return BackendProtocolError(backend, f"bad event stream: {exc}")
+    if isinstance(exc, httpx2.PoolTimeout):
+        return BackendBusy(backend, f"busy: {exc}")
     if isinstance(exc, httpx2.ConnectTimeout):
         return BackendUnavailable(backend, f"connect timed out: {exc}")
     if isinstance(exc, httpx2.TimeoutException):

@@ -87,6 +87,7 @@ from vmcp.config.auth import (
 from vmcp.config.backends import (
     AggregationConfig,
     BackendConfig,
+    BackendConnectionsConfig,
     BackendToolsConfig,
     EnvFrom,
     ToolOverride,
@@ -129,6 +130,7 @@ __all__ = [
     "AuthConfig",
     "AuthzConfig",
     "BackendConfig",
+    "BackendConnectionsConfig",
     "BackendToolsConfig",
     "CompositeToolConfig",
     "ConflictMode",

@@ -48,6 +48,27 @@ class EnvFrom(_Frozen):
         return value
 
 
+class BackendConnectionsConfig(_Frozen):
+    """The connections one replica may hold to one backend, in budgets of their own.
+
+    Every backend has its own pools, so a backend that is saturated or hangs delays only
+    its own callers: calls (POST, DELETE), long-lived streams (GET streams and the SSE
+    transport's event stream) and health probes each draw on a separate budget, and probes
+    never wait behind traffic. A request that finds its budget in use waits at most
+    ``acquire_timeout_seconds`` for a connection, then fails with an error naming the backend
+    as busy. Descriptors per replica: the sum over backends of ``calls + streams + health``.
+    """
+
+    calls: int = Field(default=100, ge=1)
+    """Connections for calls (requests waiting for an answer) to this backend."""
+    streams: int = Field(default=500, ge=1)
+    """Connections for long-lived streams from this backend (one per listening session)."""
+    health: int = Field(default=2, ge=1)
+    """Connections for this backend's health probes."""
+    acquire_timeout_seconds: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    """How long a request waits for a free connection of its budget before it fails as busy."""
+
+
 class BackendConfig(_Frozen):
     """One backend MCP server.
 
@@ -87,6 +108,8 @@ class BackendConfig(_Frozen):
     """Bound on each call to this backend (limits.call_timeout_seconds caps it)."""
     auth: OutgoingAuthConfig = Field(default_factory=OutgoingAuthConfig)
     """How the gateway authenticates to this backend."""
+    connections: BackendConnectionsConfig = Field(default_factory=BackendConnectionsConfig)
+    """This backend's own connection budgets (calls, streams, health probes)."""
 
     @model_validator(mode="after")
     def _address(self) -> Self:

@@ -13,7 +13,7 @@ import functools
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +34,7 @@ from vmcp.auth.outgoing import OutgoingAuth, build_outgoing_auth
 from vmcp.authz import AllowAll, CedarAuthorizer, PolicyBundle, build_authorizer, load_bundle
 from vmcp.backend import BackendTarget, StdioProcesses, target_of
 from vmcp.backend.health import HealthMonitor
-from vmcp.backend.http_client import backend_http_client
+from vmcp.backend.http_client import backend_http_client, follow_backends
 from vmcp.composite import CompositeRegistry
 from vmcp.config import VmcpConfig, load_config, stdio_warnings
 from vmcp.errors import AuthenticationError, ConfigError, StoreError
@@ -44,6 +44,7 @@ from vmcp.server.session_methods import SessionMethods
 from vmcp.server.session_workflows import SessionQuestions
 from vmcp.server.stateless import StatelessEndpoint
 from vmcp.server.status import build_status, render_page
+from vmcp.server.stream_limits import StreamLimits
 from vmcp.server.transport import McpEndpoint
 from vmcp.session import SessionManager
 from vmcp.session.connector import BackendConnector
@@ -135,12 +136,13 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
             relay = RedisSessionRelay(store.client, session.key_prefix + "relay:",
                                       timeout_seconds=session.store_timeout_seconds)
         stdio = StdioProcesses(client_info=CLIENT_INFO, capabilities=CLIENT_CAPABILITIES)
-        async with store, backend_http_client() as http, stdio, \
+        async with store, backend_http_client(config.backends) as http, \
+                backend_http_client(config.backends, kind="health") as probe_http, stdio, \
                 anyio.create_task_group() as background:
             for warning in stdio_warnings(config):
                 logger.warning("%s", warning)
             stdio.reconcile(_targets(config, outgoing))
-            monitor = _health_monitor(config, http, outgoing, stdio)
+            monitor = _health_monitor(config, probe_http, outgoing, stdio)
             recorded = InstrumentedStore(store, metrics)
             connector = BackendConnector(
                 config, http, relay=relay, event_log=event_log,
@@ -199,6 +201,9 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                                             composites=composites, subscriptions=changes,
                                             workflow_states=workflow_states),
                 audit=audit, replica_id=config.server.replica_id,
+                streams=StreamLimits(per_session=config.limits.max_streams_per_session,
+                                     per_replica=config.limits.max_streams),
+                abandon_grace=config.limits.abandoned_call_grace_seconds,
             )
             view = open_view(config, store, metrics, manager=manager, monitor=monitor,
                              connector=connector)
@@ -208,7 +213,7 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
             if config_path is not None:
                 background.start_soon(_reload_on_sighup, config_path, connector, manager,
                                       monitor, outgoing, authorizer, changes, watch, stdio,
-                                      composites)
+                                      composites, (http, probe_http))
             state.listening = anyio.Event()
             background.start_soon(_log_when_ready, config, state.listening, monitor)
             try:
@@ -428,7 +433,8 @@ async def _reload_on_sighup(path: Path, connector: BackendConnector, manager: Se
                             monitor: HealthMonitor | None, outgoing: OutgoingAuth,
                             authorizer: AllowAll | CedarAuthorizer, changes: ChangeHub,
                             watch: BackendWatch, stdio: StdioProcesses,
-                            composites: CompositeRegistry) -> None:
+                            composites: CompositeRegistry,
+                            clients: Sequence[httpx2.AsyncClient]) -> None:
     """SIGHUP re-reads the configuration file and applies its backends, aggregation and
     composite tools to this replica without a restart (other sections need one), and
     re-reads the policy files. Live sessions gain the added backends, end their sessions
@@ -462,6 +468,8 @@ async def _reload_on_sighup(path: Path, connector: BackendConnector, manager: Se
                                                  "composite_tools": loaded.composite_tools})
             composites_changed = composites.replace(loaded.composite_tools)
             outgoing.adopt(reloaded_auth)
+            for client in clients:
+                follow_backends(client, updated.backends)
             connector.reconfigure(updated)
             stdio.reconcile(_targets(updated, outgoing))
             if monitor is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import socket
 from pathlib import Path
 
@@ -14,18 +15,13 @@ from starlette.types import ASGIApp
 from vmcp import logs
 from vmcp.config import VmcpConfig, unmatched_env_warnings
 from vmcp.server.app import GatewayApp, create_app
+from vmcp.server.front_door import FrontDoorLimits, GuardedHttpToolsProtocol
 
 logger = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 10
 """After SIGTERM, how long in-flight requests may take to finish before they are cut (an
 orchestrator's grace period must be longer; deploy/kubernetes is checked against it)."""
-KEEP_ALIVE_SECONDS = 75
-"""How long an idle client connection stays open. A balancer keeps its connections to the
-replicas for reuse (nginx's ``keepalive`` pool 60 s, cloud balancers 60 s by default); a
-replica that closed one sooner (uvicorn's default is 5 s) could close it just as the
-balancer sent a request on it, which the balancer answers 502 (it does not retry a POST)."""
-
 ANSWER_SECONDS = 3
 """The end of the drain window kept for answering what is still open: this replica's
 live sessions are closed then, so every open request gets its final answer (``-32001``)
@@ -35,18 +31,38 @@ replicas."""
 
 def server_config(app: ASGIApp, config: VmcpConfig, log_level: str = "info"
                   ) -> uvicorn.Config:
-    """How uvicorn serves the gateway: the drain on SIGTERM, and idle connections kept
-    open longer than a balancer keeps them (``KEEP_ALIVE_SECONDS``)."""
-    return uvicorn.Config(app, host=config.server.host, port=config.server.port,
+    """How uvicorn serves the gateway: the drain on SIGTERM, the front door's limits
+    (``front_door``), and idle connections kept open longer than a balancer keeps them
+    (``server.keep_alive_seconds``)."""
+    server = config.server
+    limits = FrontDoorLimits(max_connections=server.max_connections,
+                             max_header_bytes=server.max_header_bytes,
+                             header_timeout_seconds=server.header_timeout_seconds,
+                             body_timeout_seconds=server.body_timeout_seconds)
+    return uvicorn.Config(app, host=server.host, port=server.port,
                           log_level=log_level, log_config=None, lifespan="on",
+                          http=GuardedHttpToolsProtocol.bind(limits),
                           timeout_graceful_shutdown=DRAIN_SECONDS,
-                          timeout_keep_alive=KEEP_ALIVE_SECONDS)
+                          timeout_keep_alive=server.keep_alive_seconds)
+
+
+def raise_file_limit() -> None:
+    """Raise the soft limit on open files to the hard one: each client connection and each
+    backend connection holds a descriptor, and the usual soft limit (1,024) is below what
+    ``server.max_connections`` and the backends' budgets together allow."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            logger.warning("could not raise the open-file limit from %d: %s", soft, exc)
 
 
 def serve(config: VmcpConfig, *, log_level: str = "info", log_format: str = "auto",
           config_path: Path | None = None) -> None:
     """Run the gateway until SIGINT/SIGTERM (uvicorn finishes in-flight requests)."""
     logs.configure(log_level, log_format)
+    raise_file_limit()
     for warning in unmatched_env_warnings():
         logger.warning("%s", warning)
     app = create_app(config, config_path=config_path)

@@ -22,13 +22,15 @@ logger = logging.getLogger(__name__)
 
 async def write_events(receive: Receive, send: Send, session: MultiSession,
                         stream: ResponseStream, *, after: int,
-                        stale_pauses: int = 0) -> None:
+                        stale_pauses: int = 0, abandon_after: float | None = None) -> None:
     """Write ``stream``'s events past ``after`` until its final one or a pause.
 
     Pauses at positions up to ``stale_pauses`` were meant for an earlier connection
     (the one the client is resuming from) and are skipped. A client that disconnects
-    only stops the writing; the events stay for a resume.
+    only stops the writing; the events stay for a resume, and the work is cancelled if
+    none comes within ``abandon_after`` seconds (None: it runs on).
     """
+    paused = False
     async with anyio.create_task_group() as tg:
         tg.start_soon(cancel_on_disconnect, receive, tg.cancel_scope)
         position = after
@@ -45,7 +47,7 @@ async def write_events(receive: Receive, send: Send, session: MultiSession,
                     if not await session.work.persist(stream).wait():
                         continue
                     body = f"retry: {item.pause_ms}\n\n".encode()
-                    done = True
+                    done = paused = True
                 elif item.message is None:  # cancelled by the client: nothing to say
                     body = b""
                     done = wrote_final = True
@@ -61,6 +63,8 @@ async def write_events(receive: Receive, send: Send, session: MultiSession,
         session.streams.drop(stream.id)
     else:  # paused, or the client went away: make it resumable on any replica
         session.work.persist(stream)
+        if not paused and abandon_after is not None:
+            session.work.abandon(stream, abandon_after)
 
 async def write_logged_events(receive: Receive, send: Send, session: MultiSession,
                                stream_id: str, *, after: int,

@@ -76,9 +76,15 @@ from vmcp.server.session_streams import (
 )
 from vmcp.server.session_workflows import WorkflowGone
 from vmcp.server.stateless import StatelessEndpoint, is_stateless
+from vmcp.server.stream_limits import StreamLimits, StreamRefused
 from vmcp.session import SessionManager
 from vmcp.session.multisession import MultiSession
-from vmcp.session.streams import DuplicateRequestId, Outbound, parse_event_id
+from vmcp.session.streams import (
+    DuplicateRequestId,
+    Outbound,
+    ResponseStream,
+    parse_event_id,
+)
 from vmcp.telemetry import Metrics
 
 logger = logging.getLogger(__name__)
@@ -109,7 +115,11 @@ class McpEndpoint:
         stateless: StatelessEndpoint | None = None,
         audit: AuditTrail | None = None,
         replica_id: str = "",
+        streams: StreamLimits | None = None,
+        abandon_grace: float = 5.0,
     ) -> None:
+        self._abandon_grace = abandon_grace
+        self._streams = streams or StreamLimits(per_session=4, per_replica=500)
         self._stateless = stateless
         self._audit = audit
         self._replica_id = replica_id
@@ -397,14 +407,17 @@ class McpEndpoint:
 
         work = run()
         try:
-            session.work.spawn(work)
+            session.work.spawn(work, stream.id)
         except SessionClosed:
             # Closed between lookup and use: the caller looks the session up again.
             work.close()
             session.streams.drop(stream.id)
             raise
         first = await first_event(receive, stream)
+        abandon_after = self._abandon_after(session)
         if first is None:  # the client went away first; the work runs on, resumable
+            if abandon_after is not None:
+                session.work.abandon(stream, abandon_after)
             return
         if first.final:
             session.streams.drop(stream.id)
@@ -420,7 +433,14 @@ class McpEndpoint:
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         priming = f"id: {stream.event_id(0)}\nretry: {RECONNECT_MS}\ndata: \n\n".encode()
         await send({"type": "http.response.body", "body": priming, "more_body": True})
-        await write_events(receive, send, session, stream, after=0)
+        await write_events(receive, send, session, stream, after=0,
+                           abandon_after=abandon_after)
+
+    def _abandon_after(self, session: MultiSession) -> float | None:
+        """How long a call's work outlives a client that left its stream. Not bounded
+        when the session has an event log: the client may resume on another replica,
+        which this one would not hear of."""
+        return self._abandon_grace if session.event_log is None else None
 
     # -- GET ------------------------------------------------------------------------
 
@@ -436,10 +456,26 @@ class McpEndpoint:
         logged = (last_event_id is not None and local is None
                   and session.event_log is not None
                   and await is_logged(session, last_event_id[0]))
+        try:
+            self._streams.acquire(session.session_id)
+        except StreamRefused as refused:
+            raise _Reply(refused.status, jsonrpc.error(None, INVALID_REQUEST_CODE,
+                                                       refused.message),
+                         [(b"retry-after", str(refused.retry_after).encode())]) from None
+        try:
+            await self._stream(receive, send, session, last_event_id, local, logged)
+        finally:
+            self._streams.release(session.session_id)
+
+    async def _stream(self, receive: Receive, send: Send, session: MultiSession,
+                      last_event_id: tuple[str, int] | None, local: ResponseStream | None,
+                      logged: bool) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         if last_event_id is not None and local is not None:
+            session.work.resume(local.id)
             await write_events(receive, send, session, local, after=last_event_id[1],
-                                     stale_pauses=len(local))
+                               stale_pauses=len(local),
+                               abandon_after=self._abandon_after(session))
             return
         if last_event_id is not None and logged:
             await write_logged_events(receive, send, session, last_event_id[0],

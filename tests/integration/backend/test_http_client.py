@@ -6,14 +6,20 @@ import httpcore2
 import pytest
 
 from tests.support.processes import ManagedProcess
-from vmcp.backend.http_client import _CachedSocketStream, _Transport, backend_http_client
+from vmcp.backend.http_client import (
+    BulkheadTransport,
+    _CachedSocketStream,
+    _Transport,
+    backend_http_client,
+)
 
 pytestmark = pytest.mark.anyio
 
 
-def test_the_private_pool_attribute_it_replaces_still_exists() -> None:
+def test_the_private_attributes_it_relies_on_still_exist() -> None:
     transport = _Transport(limits=__import__("httpx2").Limits(max_connections=4))
     assert isinstance(transport._pool, httpcore2.AsyncConnectionPool)
+    assert isinstance(backend_http_client()._transport, BulkheadTransport)
 
 
 async def test_pooled_connections_use_the_cached_socket_stream(
@@ -24,9 +30,9 @@ async def test_pooled_connections_use_the_cached_socket_stream(
             response = await http.get(demo_backends["notes"].url,
                                       headers={"Accept": "text/event-stream"})
             assert response.status_code < 500
-        pool = http._transport._pool  # type: ignore[attr-defined]
-        streams = [c._connection._network_stream for c in pool.connections
-                   if c._connection is not None]
+        pools = http._transport._pools.values()  # type: ignore[attr-defined]
+        streams = [c._connection._network_stream for pool in pools
+                   for c in pool._pool.connections if c._connection is not None]
         assert streams
         assert all(isinstance(s, _CachedSocketStream) for s in streams)
         assert all(s.get_extra_info("is_readable") is False for s in streams)
