@@ -20,7 +20,7 @@ from typing import Literal
 
 import anyio
 import uvicorn
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MCP_PATH = "/mcp"
@@ -53,6 +53,20 @@ def build_server() -> MCPServer:
         """Sleep, then say so (for timeouts and cancellation)."""
         await anyio.sleep(seconds)
         return f"slept {seconds}"
+
+    @server.tool()
+    async def flood(count: int, size: int, ctx: Context) -> str:
+        """Send ``count`` log notifications of ``size`` characters, then answer (a tool
+        that outpaces a slow reader)."""
+        text = "x" * size
+        for _ in range(count):
+            await ctx.info(text)
+        return f"sent {count}"
+
+    @server.tool()
+    async def big(size: int) -> str:
+        """A result of ``size`` characters."""
+        return "y" * size
 
     return server
 

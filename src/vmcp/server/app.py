@@ -148,6 +148,8 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                                      ended_sessions=ended, identities=identities,
                                      max_sessions_per_identity=(
                                          config.limits.max_sessions_per_identity),
+                                     max_initializes_in_flight=(
+                                         config.limits.max_initializes_in_flight),
                                      liveness_interval=session.liveness_interval_seconds)
             metrics.watch(manager, connector.ledger, relay, monitor)
             if monitor is not None:

@@ -63,14 +63,24 @@ class ClientChannel:
         *,
         request_id: Any,
         answers_elsewhere: Callable[[], AbstractAsyncContextManager[None]] | None = None,
+        stop: Callable[[], None] | None = None,
     ) -> None:
         self._pending = pending
         self._stream = stream
         self.request_id = request_id
         self._answers_elsewhere = answers_elsewhere
+        self._stop = stop
 
     async def notify(self, message: dict[str, Any]) -> None:
-        self._stream.append(Outbound(message))
+        """Queue a message on the request's stream; waits while the client is behind
+        (which stops the backend's response being read: backpressure)."""
+        await self._put(Outbound(message))
+
+    async def _put(self, item: Outbound) -> None:
+        if not await self._stream.put(item) and self._stop is not None:
+            # The stream is over (the client fell too far behind, or it was answered):
+            # the request stops, and the backend is told it was cancelled.
+            self._stop()
 
     def pause(self, retry_ms: int) -> None:
         """Ask the client to drop this stream now and resume it after ``retry_ms``."""
@@ -86,7 +96,7 @@ class ClientChannel:
         elsewhere = self._answers_elsewhere() if self._answers_elsewhere else nullcontext()
         try:
             async with elsewhere:
-                self._stream.append(Outbound(message))
+                await self._put(Outbound(message))
                 with anyio.fail_after(CLIENT_ANSWER_TIMEOUT):
                     return await answer
         finally:

@@ -28,13 +28,21 @@ import anyio
 from vmcp.cache import CacheStatistics, EvictedWhileLoading, ValidatingCache
 from vmcp.errors import (
     DecorationError,
+    ReplicaBusy,
     SessionNotFound,
     SessionNotYours,
     SessionTerminated,
     StoreError,
     TooManySessions,
 )
-from vmcp.identity import Principal, acting_for, binding_for, check_binding, current_caller
+from vmcp.identity import (
+    UNAUTHENTICATED,
+    Principal,
+    acting_for,
+    binding_for,
+    check_binding,
+    current_caller,
+)
 from vmcp.session import metadata as md
 from vmcp.session.live import LiveSession, SessionFactory
 from vmcp.store.base import SessionStore, validate_session_id
@@ -88,6 +96,7 @@ class SessionManager:
         liveness_interval: float = 0.0,
         identities: IdentityIndex | None = None,
         max_sessions_per_identity: int = 0,
+        max_initializes_in_flight: int = 0,
     ) -> None:
         self._store = store
         self._factory = factory
@@ -95,6 +104,8 @@ class SessionManager:
         self._liveness_interval = liveness_interval
         self._identities = identities if max_sessions_per_identity > 0 else None
         self._max_per_identity = max_sessions_per_identity
+        self._max_initializing = max_initializes_in_flight
+        self._initializing = 0
         self._cache: ValidatingCache[str, _Entry] = ValidatingCache(
             capacity=cache_capacity, load=self._restore, check=self._is_alive,
             on_evict=self._close, on_displace=self._displace,
@@ -112,11 +123,23 @@ class SessionManager:
         a per-identity cap, the new id must be admitted by the identity index before any
         backend is contacted; beyond the cap ``TooManySessions`` (429) is raised and the
         placeholder ended. The identity's existing sessions are never ended to make room
-        (see ``TooManySessions``).
+        (see ``TooManySessions``). Beyond ``max_initializes_in_flight`` on this replica,
+        ``ReplicaBusy`` (503) is raised before anything is stored.
         """
         binding = binding_for(principal)
+        if self._max_initializing and self._initializing >= self._max_initializing:
+            raise ReplicaBusy(f"{self._initializing} initializes under way on this replica")
+        self._initializing += 1
+        try:
+            return await self._initialize(binding, principal)
+        finally:
+            self._initializing -= 1
+
+    async def _initialize(self, binding: str, principal: Principal) -> LiveSession:
         session_id = await self.generate()
-        if self._identities is None:
+        # Anonymous callers all share one binding: a per-identity cap would be a cap on
+        # everyone together, which the per-replica bounds already are.
+        if self._identities is None or binding == UNAUTHENTICATED:
             return await self.create_session(session_id, principal)
         try:
             admitted = await self._identities.admit(binding, session_id,
