@@ -40,7 +40,9 @@ class SeenRequest:
         return self.headers.get(name.lower())
 
 
-def build_server() -> MCPServer:
+def build_server(*, stress: bool = False) -> MCPServer:
+    """The recorder's tools; with ``stress``, also ``flood`` and ``big`` (for tests of
+    what slow clients cost)."""
     server = MCPServer("recorder", version="0.0.1", log_level="WARNING")
 
     @server.tool()
@@ -54,6 +56,12 @@ def build_server() -> MCPServer:
         await anyio.sleep(seconds)
         return f"slept {seconds}"
 
+    if stress:
+        _add_stress_tools(server)
+    return server
+
+
+def _add_stress_tools(server: MCPServer) -> None:
     @server.tool()
     async def flood(count: int, size: int, ctx: Context) -> str:
         """Send ``count`` log notifications of ``size`` characters, then answer (a tool
@@ -67,8 +75,6 @@ def build_server() -> MCPServer:
     async def big(size: int) -> str:
         """A result of ``size`` characters."""
         return "y" * size
-
-    return server
 
 
 class _Recorder:
@@ -125,9 +131,11 @@ class RecordingBackend:
     as a context manager."""
 
     def __init__(self, require: Callable[[Mapping[str, str]], bool] | None = None, *,
-                 transport: Literal["streamable-http", "sse"] = "streamable-http") -> None:
+                 transport: Literal["streamable-http", "sse"] = "streamable-http",
+                 stress: bool = False) -> None:
         self.require = require
         self.transport = transport
+        self.stress = stress
         self.port = 0
         self._recorder: _Recorder | None = None
         self._server: uvicorn.Server | None = None
@@ -178,7 +186,7 @@ class RecordingBackend:
         sock.bind(("127.0.0.1", 0))
         sock.listen(128)
         self.port = sock.getsockname()[1]
-        server = build_server()
+        server = build_server(stress=self.stress)
         app = (server.sse_app() if self.transport == "sse"
                else server.streamable_http_app(streamable_http_path=MCP_PATH, host="127.0.0.1"))
         self._recorder = _Recorder(app, self.require)

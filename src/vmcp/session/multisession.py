@@ -277,7 +277,11 @@ class MultiSession:
         # at all): the session's own end answers every request still open.
         self.streams.end_all(_ended_answer)
         self._ended.set()
-        await self.work.finish_copies()
+        if end_upstream:
+            # The session itself ended: nobody can resume its streams, stop copying.
+            await self.work.stop_copies()
+        else:
+            await self.work.finish_copies()
         async with anyio.create_task_group() as tg:
             for name, connection in self._connections.items():
                 tg.start_soon(self._close_connection, name, connection, end_upstream)

@@ -157,6 +157,11 @@ class ResponseStream:
     def event_id(self, seq: int) -> str:
         return f"{self.id}.{seq}"
 
+    async def wait_finished(self) -> None:
+        """Return once the stream has its final event (taking nothing)."""
+        while self.finished_at is None:
+            await self._changed.wait()
+
     def can_replay(self, seq: int) -> bool:
         """Whether every event after ``seq`` is still held (none dropped for the bound)."""
         return seq >= self._first - 1
