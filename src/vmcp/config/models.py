@@ -139,7 +139,8 @@ class SessionConfig(_Frozen):
     store_timeout_seconds: float = Field(default=2.0, gt=0, allow_inf_nan=False)
     """Deadline of each store call; past it the request is answered 503 with Retry-After."""
     sweep_interval_seconds: float = Field(default=30.0, gt=0, allow_inf_nan=False)
-    """How often the memory store drops expired sessions."""
+    """How often expired sessions are looked for: the memory store drops them, and their
+    upstream sessions are ended (by one replica, whichever claims each first)."""
     catalog_ttl_seconds: float = Field(default=30.0, ge=0, allow_inf_nan=False)
     """How long a backend's listed tools/resources/prompts are reused by new sessions and
     restores on this replica (0: list on every one). ``list_changed`` refreshes at once."""

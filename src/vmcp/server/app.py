@@ -45,6 +45,7 @@ from vmcp.server.status import build_status, render_page
 from vmcp.server.transport import McpEndpoint
 from vmcp.session import SessionManager
 from vmcp.session.connector import BackendConnector
+from vmcp.session.expiry import TrackedStore, sweep_expired
 from vmcp.session.metadata import record_backend_state
 from vmcp.stateless.backends import StatelessBackends
 from vmcp.stateless.subscriptions import ChangeHub
@@ -52,6 +53,7 @@ from vmcp.stateless.watch import BackendWatch
 from vmcp.store import RedisStore, open_store
 from vmcp.store.base import SessionStore
 from vmcp.store.event_log import RedisEventLog
+from vmcp.store.expiry_index import ExpiryIndex, MemoryExpiryIndex, RedisExpiryIndex
 from vmcp.store.identity_index import IdentityIndex, MemoryIdentityIndex, RedisIdentityIndex
 from vmcp.store.pubsub import RedisChangeChannel, RedisEndedSessionBus, RedisSessionRelay
 from vmcp.telemetry import InstrumentedStore, Metrics
@@ -129,7 +131,13 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
         async with store, backend_http_client() as http, \
                 anyio.create_task_group() as background:
             monitor = _health_monitor(config, http, outgoing)
-            recorded = InstrumentedStore(store, metrics)
+            expiry: ExpiryIndex = (
+                RedisExpiryIndex(store, key_prefix=session.key_prefix,
+                                 ttl_seconds=session.ttl_seconds,
+                                 timeout_seconds=session.store_timeout_seconds)
+                if isinstance(store, RedisStore)
+                else MemoryExpiryIndex(store.expires_at, ttl_seconds=session.ttl_seconds))
+            recorded = InstrumentedStore(TrackedStore(store, expiry), metrics)
             connector = BackendConnector(
                 config, http, relay=relay, event_log=event_log,
                 record_state=functools.partial(record_backend_state, recorded),
@@ -150,6 +158,7 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                                          config.limits.max_sessions_per_identity),
                                      max_initializes_in_flight=(
                                          config.limits.max_initializes_in_flight),
+                                     expiry=expiry,
                                      liveness_interval=session.liveness_interval_seconds)
             metrics.watch(manager, connector.ledger, relay, monitor)
             if monitor is not None:
@@ -158,6 +167,9 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
 
                 monitor.on_recovered = rejoin
             background.start_soon(manager.follow_ended_sessions)
+            background.start_soon(functools.partial(
+                sweep_expired, expiry, manager.end_expired,
+                interval_seconds=session.sweep_interval_seconds))
             if relay is not None:
                 background.start_soon(relay.run)
             composites = CompositeRegistry(config.composite_tools)

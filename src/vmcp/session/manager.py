@@ -46,6 +46,7 @@ from vmcp.identity import (
 from vmcp.session import metadata as md
 from vmcp.session.live import LiveSession, SessionFactory
 from vmcp.store.base import SessionStore, validate_session_id
+from vmcp.store.expiry_index import ExpiryIndex
 from vmcp.store.identity_index import IdentityIndex
 from vmcp.store.pubsub import EndedSessionBus
 
@@ -97,6 +98,7 @@ class SessionManager:
         identities: IdentityIndex | None = None,
         max_sessions_per_identity: int = 0,
         max_initializes_in_flight: int = 0,
+        expiry: ExpiryIndex | None = None,
     ) -> None:
         self._store = store
         self._factory = factory
@@ -106,6 +108,8 @@ class SessionManager:
         self._max_per_identity = max_sessions_per_identity
         self._max_initializing = max_initializes_in_flight
         self._initializing = 0
+        self._expiry = expiry
+        self._claimed: set[str] = set()  # sessions whose end this replica has claimed
         self._cache: ValidatingCache[str, _Entry] = ValidatingCache(
             capacity=cache_capacity, load=self._restore, check=self._is_alive,
             on_evict=self._close, on_displace=self._displace,
@@ -281,16 +285,20 @@ class SessionManager:
             self._cache.evict(session_id)
             return False
         ended = md.IDENTITY in record
+        claimed = False
         if ended:
             self._check_caller(session_id, record[md.IDENTITY], principal)
+            # Claimed before the record goes, so an expiry sweep cannot take it too.
+            claimed = await self._claim(session_id)
             await self._store.delete(session_id)
             await self._forget_identity(record[md.IDENTITY], session_id)
         elif not md.is_terminated(record):
             await self._store.update(session_id, {**record, md.TERMINATED: "true"})
-        if not self._cache.evict(session_id) and ended:
-            # No copy here to end its upstream sessions: the ones dropped for capacity
-            # left them open (B38), so end them from the stored states.
-            await self._end_upstream(session_id, record)
+        await self._end_here(session_id, record, claimed)
+        await self._announce_end(session_id)
+        return ended
+
+    async def _announce_end(self, session_id: str) -> None:
         if self._ended is not None:
             try:
                 await self._ended.publish(session_id)
@@ -298,7 +306,35 @@ class SessionManager:
                 # The others still find out at their next request for it (liveness check).
                 logger.warning("could not announce ended session: %s", exc,
                                extra={"session_id": session_id})
-        return ended
+
+    async def _end_here(self, session_id: str, record: dict[str, str], claimed: bool) -> None:
+        """Close this replica's copy; with ``claimed``, end the upstream sessions too, from
+        the copy or, with none here (dropped for capacity, B38), from ``record``."""
+        if claimed:
+            self._claimed.add(session_id)
+        if not self._cache.evict(session_id):
+            self._claimed.discard(session_id)
+            if claimed:
+                await self._end_upstream(session_id, record)
+
+    async def end_expired(self, session_id: str, record: dict[str, str]) -> None:
+        """A session whose record expired, claimed by this replica's sweep: end its
+        upstream sessions (once, here) and tell the others to drop their copies."""
+        await self._end_here(session_id, record, claimed=True)
+        await self._announce_end(session_id)
+
+    async def _claim(self, session_id: str) -> bool:
+        """Whether this replica ends ``session_id``'s upstream sessions (see
+        ``vmcp.store.expiry_index``); always, without an index. A store that cannot
+        answer leaves the claim to a later sweep."""
+        if self._expiry is None:
+            return True
+        try:
+            return await self._expiry.claim(session_id) is not None
+        except StoreError as exc:
+            logger.warning("could not claim the end of a session: %s", exc,
+                           extra={"session_id": session_id})
+            return False
 
     async def _end_upstream(self, session_id: str, record: dict[str, str]) -> None:
         try:
@@ -483,7 +519,13 @@ class SessionManager:
 
                     tg.start_soon(calls_done)
                     tg.start_soon(shutting_down)
-        await entry.live.aclose()
+            await entry.live.aclose()
+            return
+        # The session ended (or this replica stops): its upstream sessions are ended by
+        # whoever claims that end, here or elsewhere, exactly once.
+        end = session_id in self._claimed or await self._claim(session_id)
+        self._claimed.discard(session_id)
+        await entry.live.aclose(end_upstream=end)
 
     async def _displace(self, session_id: str, entry: _Entry) -> None:
         """LRU pressure drops a copy of a session that is still valid (B38): its
