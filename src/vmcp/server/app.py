@@ -36,6 +36,7 @@ from vmcp.backend.health import HealthMonitor
 from vmcp.backend.http_client import backend_http_client
 from vmcp.composite import CompositeRegistry
 from vmcp.config import VmcpConfig, load_config
+from vmcp.config.models import SessionConfig
 from vmcp.errors import AuthenticationError, ConfigError, StoreError
 from vmcp.server.overview import OperatorView, open_view
 from vmcp.server.security import RequestGuard
@@ -50,7 +51,7 @@ from vmcp.session.metadata import record_backend_state
 from vmcp.stateless.backends import StatelessBackends
 from vmcp.stateless.subscriptions import ChangeHub
 from vmcp.stateless.watch import BackendWatch
-from vmcp.store import RedisStore, open_store
+from vmcp.store import MemoryStore, RedisStore, open_store
 from vmcp.store.base import SessionStore
 from vmcp.store.event_log import RedisEventLog
 from vmcp.store.expiry_index import ExpiryIndex, MemoryExpiryIndex, RedisExpiryIndex
@@ -62,6 +63,20 @@ logger = logging.getLogger(__name__)
 
 # How long an interrupted response stream can be resumed on another replica.
 STREAM_EVENTS_TTL = 300.0
+
+def _indexes(store: MemoryStore | RedisStore, session: SessionConfig
+             ) -> tuple[IdentityIndex, ExpiryIndex]:
+    """The per-identity index (for the session cap) and the expiry index, beside ``store``."""
+    if isinstance(store, RedisStore):
+        prefix, ttl = session.key_prefix, session.ttl_seconds
+        timeout = session.store_timeout_seconds
+        return (RedisIdentityIndex(store, key_prefix=prefix, ttl_seconds=ttl,
+                                   timeout_seconds=timeout),
+                RedisExpiryIndex(store, key_prefix=prefix, ttl_seconds=ttl,
+                                 timeout_seconds=timeout))
+    return (MemoryIdentityIndex(store.exists, ttl_seconds=session.ttl_seconds),
+            MemoryExpiryIndex(store.expires_at, ttl_seconds=session.ttl_seconds))
+
 
 @dataclass
 class Runtime:
@@ -131,12 +146,7 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
         async with store, backend_http_client() as http, \
                 anyio.create_task_group() as background:
             monitor = _health_monitor(config, http, outgoing)
-            expiry: ExpiryIndex = (
-                RedisExpiryIndex(store, key_prefix=session.key_prefix,
-                                 ttl_seconds=session.ttl_seconds,
-                                 timeout_seconds=session.store_timeout_seconds)
-                if isinstance(store, RedisStore)
-                else MemoryExpiryIndex(store.expires_at, ttl_seconds=session.ttl_seconds))
+            identities, expiry = _indexes(store, session)
             recorded = InstrumentedStore(TrackedStore(store, expiry), metrics)
             connector = BackendConnector(
                 config, http, relay=relay, event_log=event_log,
@@ -145,12 +155,6 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                 outgoing=outgoing)
             if monitor is not None:
                 background.start_soon(monitor.run)
-            identities: IdentityIndex = (
-                RedisIdentityIndex(store, key_prefix=session.key_prefix,
-                                   ttl_seconds=session.ttl_seconds,
-                                   timeout_seconds=session.store_timeout_seconds)
-                if isinstance(store, RedisStore)
-                else MemoryIdentityIndex(store.exists, ttl_seconds=session.ttl_seconds))
             manager = SessionManager(recorded, connector,
                                      cache_capacity=session.cache_capacity,
                                      ended_sessions=ended, identities=identities,

@@ -28,15 +28,12 @@ import anyio
 from vmcp.cache import CacheStatistics, EvictedWhileLoading, ValidatingCache
 from vmcp.errors import (
     DecorationError,
-    ReplicaBusy,
     SessionNotFound,
     SessionNotYours,
     SessionTerminated,
     StoreError,
-    TooManySessions,
 )
 from vmcp.identity import (
-    UNAUTHENTICATED,
     Principal,
     acting_for,
     binding_for,
@@ -44,6 +41,7 @@ from vmcp.identity import (
     current_caller,
 )
 from vmcp.session import metadata as md
+from vmcp.session.admission import Admission
 from vmcp.session.live import LiveSession, SessionFactory
 from vmcp.store.base import SessionStore, validate_session_id
 from vmcp.store.expiry_index import ExpiryIndex
@@ -104,10 +102,8 @@ class SessionManager:
         self._factory = factory
         self._ended = ended_sessions
         self._liveness_interval = liveness_interval
-        self._identities = identities if max_sessions_per_identity > 0 else None
-        self._max_per_identity = max_sessions_per_identity
-        self._max_initializing = max_initializes_in_flight
-        self._initializing = 0
+        self._admission = Admission(identities, max_per_identity=max_sessions_per_identity,
+                                    max_in_flight=max_initializes_in_flight)
         self._expiry = expiry
         self._claimed: set[str] = set()  # sessions whose end this replica has claimed
         self._cache: ValidatingCache[str, _Entry] = ValidatingCache(
@@ -123,57 +119,25 @@ class SessionManager:
     async def initialize(self, principal: Principal) -> LiveSession:
         """Serve an ``initialize``: a new id, then a full session bound to ``principal``.
 
-        The binding is computed first, so an unusable identity stores nothing (B40). With
-        a per-identity cap, the new id must be admitted by the identity index before any
-        backend is contacted; beyond the cap ``TooManySessions`` (429) is raised and the
-        placeholder ended. The identity's existing sessions are never ended to make room
-        (see ``TooManySessions``). Beyond ``max_initializes_in_flight`` on this replica,
-        ``ReplicaBusy`` (503) is raised before anything is stored.
+        The binding is computed first, so an unusable identity stores nothing (B40). Then
+        the caps (``Admission``): beyond the replica's initializes under way,
+        ``ReplicaBusy`` (503) before anything is stored; beyond the identity's cap,
+        ``TooManySessions`` (429) before any backend is contacted, the placeholder ended.
         """
         binding = binding_for(principal)
-        if self._max_initializing and self._initializing >= self._max_initializing:
-            raise ReplicaBusy(f"{self._initializing} initializes under way on this replica")
-        self._initializing += 1
-        try:
-            return await self._initialize(binding, principal)
-        finally:
-            self._initializing -= 1
-
-    async def _initialize(self, binding: str, principal: Principal) -> LiveSession:
-        session_id = await self.generate()
-        # Anonymous callers all share one binding: a per-identity cap would be a cap on
-        # everyone together, which the per-replica bounds already are.
-        if self._identities is None or binding == UNAUTHENTICATED:
-            return await self.create_session(session_id, principal)
-        try:
-            admitted = await self._identities.admit(binding, session_id,
-                                                    self._max_per_identity)
-        except BaseException:
-            # The reservation may have landed before the error: release it too.
-            await _shielded(self._mark_terminated(session_id))
-            await _shielded(self._forget_identity(binding, session_id))
-            raise
-        if not admitted:
-            await _shielded(self._mark_terminated(session_id))
-            raise TooManySessions(
-                f"Too many sessions: at most {self._max_per_identity} live sessions per "
-                "identity; end one (HTTP DELETE) or let one expire, then initialize again")
-        try:
-            return await self.create_session(session_id, principal)
-        except BaseException:
-            # Its placeholder, marked terminated, still exists: it must not count.
-            await _shielded(self._forget_identity(binding, session_id))
-            raise
-
-    async def _forget_identity(self, binding: str, session_id: str) -> None:
-        """Release ``session_id``'s slot in the identity index (a no-op without a cap)."""
-        if self._identities is None:
-            return
-        try:
-            await self._identities.remove(binding, session_id)
-        except StoreError:
-            logger.warning("could not release a session's slot in the identity index",
-                           extra={"session_id": session_id}, exc_info=True)
+        with self._admission.initializing():
+            session_id = await self.generate()
+            if not self._admission.counts(binding):
+                return await self.create_session(session_id, principal)
+            try:
+                await self._admission.reserve(binding, session_id)
+                return await self.create_session(session_id, principal)
+            except BaseException:
+                # A reservation may have landed before an error; a placeholder left
+                # (marked terminated) must not count either.
+                await _shielded(self._mark_terminated(session_id))
+                await _shielded(self._admission.release(binding, session_id))
+                raise
 
     async def generate(self) -> str:
         """Reserve a fresh random id with a ``{}`` placeholder (create-if-absent)."""
@@ -291,7 +255,7 @@ class SessionManager:
             # Claimed before the record goes, so an expiry sweep cannot take it too.
             claimed = await self._claim(session_id)
             await self._store.delete(session_id)
-            await self._forget_identity(record[md.IDENTITY], session_id)
+            await self._admission.release(record[md.IDENTITY], session_id)
         elif not md.is_terminated(record):
             await self._store.update(session_id, {**record, md.TERMINATED: "true"})
         await self._end_here(session_id, record, claimed)
