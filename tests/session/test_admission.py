@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import anyio
 import pytest
 from starlette.datastructures import Headers
 
+from tests.server.asgi_call import call
 from vmcp.config import ServerConfig
 from vmcp.config.models import LimitsConfig
 from vmcp.errors import ReplicaBusy, TooManySessions
@@ -69,25 +69,9 @@ async def initialize(manager: Refusing) -> tuple[int, dict[bytes, bytes], dict[s
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-11-25", "capabilities": {},
         "clientInfo": {"name": "t", "version": "1"}}}).encode()
-    scope = {"type": "http", "method": "POST", "path": "/mcp", "headers": [
+    return await call(endpoint, [
         (b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
-        (b"accept", b"application/json, text/event-stream")]}
-    sent: list[dict[str, Any]] = []
-    messages = [{"type": "http.request", "body": body, "more_body": False}]
-
-    async def receive() -> dict[str, Any]:
-        if messages:
-            return messages.pop(0)
-        await anyio.sleep_forever()
-        raise AssertionError("unreachable")
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    await endpoint(scope, receive, send)
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    payload = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return start["status"], dict(start["headers"]), json.loads(payload)
+        (b"accept", b"application/json, text/event-stream")], body)
 
 
 @pytest.mark.parametrize(("error", "status", "retry_after"), [
