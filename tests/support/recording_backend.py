@@ -64,11 +64,12 @@ def build_server(*, stress: bool = False) -> MCPServer:
 def _add_stress_tools(server: MCPServer) -> None:
     @server.tool()
     async def flood(count: int, size: int, ctx: Context) -> str:
-        """Send ``count`` log notifications of ``size`` characters, then answer (a tool
-        that outpaces a slow reader)."""
+        """Send ``count`` progress notifications with ``size``-character messages (the
+        call must carry a progress token), then answer: a tool that outpaces a slow
+        reader."""
         text = "x" * size
-        for _ in range(count):
-            await ctx.info(text)
+        for step in range(count):
+            await ctx.report_progress(step, count, text)
         return f"sent {count}"
 
     @server.tool()

@@ -34,9 +34,11 @@ async def write_events(receive: Receive, send: Send, session: MultiSession,
     Pauses at positions up to ``stale_pauses`` were meant for an earlier connection
     (the one the client is resuming from) and are skipped. A client that disconnects
     only stops the writing; the events stay for a resume. So does a client that takes
-    no bytes for ``stall_seconds`` (the connection is ended; it may resume).
+    nothing for twice ``stall_seconds`` (the connection is ended; it may resume): twice,
+    so that a stream full for ``stall_seconds`` first gets its ``SlowReader`` end, which
+    the client then receives as soon as it reads what was already sent.
     """
-    stall = stream.bounds.stall_seconds
+    stall = 2 * stream.bounds.stall_seconds
     wrote_final = False
     with anyio.move_on_after(math.inf) as stalled:
         async with anyio.create_task_group() as tg:

@@ -11,13 +11,14 @@ connection, or copied to the event log) are dropped from the front once the boun
 reached, and an event that finds the stream full of untaken ones waits (``put``), which
 stops the gateway reading the backend's response: a slow client slows its backend, it
 does not grow the gateway. A stream still full after ``stall_seconds`` is ended with a
-``SlowReader`` error as its final answer (a final event is always admitted: it is one
-more message, and it is what frees everything else).
+``SlowReader`` error as its final answer, which replaces the backlog (a final event is
+always admitted: it is one more message, and it is what frees everything else).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -28,6 +29,8 @@ import anyio
 
 from vmcp.errors import SlowReader
 from vmcp.lru import LRU
+
+logger = logging.getLogger(__name__)
 
 KEEP_FINISHED_SECONDS = 300.0
 MAX_STREAMS_PER_SESSION = 256
@@ -134,8 +137,17 @@ class ResponseStream:
         return True
 
     def overflow(self) -> None:
-        """End the stream with a ``SlowReader`` error as the request's final answer."""
+        """End the stream with a ``SlowReader`` error as the request's final answer, next
+        after what readers have taken: the backlog the client could not keep up with is
+        dropped (its memory freed now), so the end reaches the client as soon as it reads
+        what is already on its way."""
         self.overflowed = True
+        logger.warning("response stream %s ended: its client read it too slowly (%d events "
+                       "waiting for %gs)", self.id, len(self._events),
+                       self.bounds.stall_seconds)
+        self._first = len(self) + 1
+        self._events.clear()
+        self._bytes = 0
         self.append(Outbound({"jsonrpc": "2.0", "id": self.request_id, "error": {
             "code": SlowReader.jsonrpc_code, "message": SlowReader.public_message}},
             final=True))
