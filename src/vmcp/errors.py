@@ -23,6 +23,8 @@ The tree::
     │   ├── BackendSessionExpired  the backend forgot our session (its 404)
     │   └── OutgoingAuthError      no credentials for the backend (token exchange failed)
     ├── TooManySessions            the identity holds its maximum of live sessions → 429
+    ├── ReplicaBusy                this replica has its maximum of initializes under way → 503
+    ├── SlowReader                 the client read a response stream too slowly → -32000 on it
     ├── NotPermitted               not permitted, or no such name (authorization on) → 403, -32602
     ├── SessionClosed              we closed the live session ourselves (not a failure)
     ├── RequestError               a request the gateway answers with a JSON-RPC error
@@ -51,6 +53,7 @@ INVALID_REQUEST_CODE = -32600
 INVALID_PARAMS_CODE = -32602
 METHOD_NOT_FOUND_CODE = -32601
 PARSE_ERROR_CODE = -32700
+SLOW_READER_CODE = -32000  # the implementation-defined server error range
 
 
 class VmcpError(Exception):
@@ -214,6 +217,31 @@ class TooManySessions(VmcpError):
     http_status = 429
     jsonrpc_code = INVALID_REQUEST_CODE
     public_message = "Too many sessions"
+
+
+class ReplicaBusy(VmcpError):
+    """An ``initialize`` while this replica already opens its maximum of sessions at once.
+
+    Refused at once (503 with ``Retry-After``) rather than queued: each initialize holds
+    backend connections while it waits, so a queue would only move the pile-up, and the
+    balancer can send the retry to a replica with room.
+    """
+
+    http_status = 503
+    jsonrpc_code = INTERNAL_ERROR_CODE
+    public_message = "Too many sessions being opened on this replica; retry shortly"
+
+
+class SlowReader(VmcpError):
+    """A request's response stream stayed past its buffer bound for too long: the client
+    reads more slowly than the backend writes. The request is ended with this error as
+    its final answer (the one message a stream may still take beyond its bound), and the
+    backend's call is cancelled, so a slow client costs a bounded buffer, never more."""
+
+    http_status = 200
+    jsonrpc_code = SLOW_READER_CODE
+    public_message = ("Response stream ended: the client read it more slowly than the "
+                      "backend wrote it, past the gateway's buffer bound")
 
 
 class NotPermitted(VmcpError):

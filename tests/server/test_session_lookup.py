@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import anyio
 import pytest
 from starlette.datastructures import Headers
 
+from tests.server.asgi_call import call
 from tests.session.test_session_close_answers import session_without_backends
 from vmcp.config import ServerConfig
 from vmcp.errors import SessionNotFound
@@ -54,26 +54,12 @@ async def ping(manager: Copies) -> tuple[int, dict[str, Any]]:
     endpoint = McpEndpoint(manager, SessionMethods(), RequestGuard(ServerConfig()),  # type: ignore[arg-type]
                            anonymous, max_body_bytes=65536)
     body = json.dumps({"jsonrpc": "2.0", "id": 7, "method": "ping"}).encode()
-    scope = {"type": "http", "method": "POST", "path": "/mcp", "headers": [
+    status, _, payload = await call(endpoint, [
         (b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
         (b"accept", b"application/json, text/event-stream"),
-        (b"mcp-session-id", SESSION_ID.encode()), (b"mcp-protocol-version", b"2025-11-25")]}
-    sent: list[dict[str, Any]] = []
-    messages = [{"type": "http.request", "body": body, "more_body": False}]
-
-    async def receive() -> dict[str, Any]:
-        if messages:
-            return messages.pop(0)
-        await anyio.sleep_forever()
-        raise AssertionError("unreachable")
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    await endpoint(scope, receive, send)
-    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
-    payload = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return status, json.loads(payload)
+        (b"mcp-session-id", SESSION_ID.encode()), (b"mcp-protocol-version", b"2025-11-25")],
+        body)
+    return status, payload
 
 
 async def test_a_copy_closed_before_the_call_started_is_looked_up_again() -> None:

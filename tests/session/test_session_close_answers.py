@@ -104,7 +104,8 @@ async def test_a_resumable_stream_records_the_session_end_for_other_replicas(
         stream.append(Outbound(progress))
         running.work.persist(stream)  # its client went away: resumable anywhere
 
-        await running.aclose()  # e.g. this replica is draining, or evicted the session
+        # This replica is draining, or evicted the session: it lives on elsewhere.
+        await running.aclose(end_upstream=False)
 
         # Another replica resumes the stream from the log.
         read: list[tuple[int, dict[str, Any]]] = []
@@ -130,7 +131,7 @@ async def test_a_resumed_stream_whose_writer_is_gone_ends_when_its_log_expires(
     log = RedisEventLog(store.client, prefix + "events:", ttl_seconds=0.2, max_events=100,
                         timeout_seconds=2.0)
     try:
-        await log.append(SESSION_ID, "r1-1", 1, {"m": None, "final": False})
+        await log.append(SESSION_ID, "r1-1", [(1, {"m": None, "final": False})])
         read = []
         with anyio.fail_after(10):
             async for position, _ in log.read(SESSION_ID, "r1-1", 0):

@@ -214,7 +214,7 @@ async def test_the_event_log_keeps_a_streams_events_in_order_and_says_which_stre
                         timeout_seconds=2.0)
     assert await log.exists(SID, "r1-1") is False
     for seq in (1, 2, 3):
-        await log.append(SID, "r1-1", seq, {"m": {"n": seq}, "final": seq == 3})
+        await log.append(SID, "r1-1", [(seq, {"m": {"n": seq}, "final": seq == 3})])
     assert await log.exists(SID, "r1-1") is True
     assert await log.exists(SID, "r1-2") is False
     assert await log.exists(OTHER, "r1-1") is False
@@ -231,7 +231,7 @@ async def test_the_event_log_keeps_a_streams_events_in_order_and_says_which_stre
     bounded = RedisEventLog(client, key_prefix, ttl_seconds=30, max_events=10,
                             timeout_seconds=2.0)
     for seq in range(1, 501):
-        await bounded.append(OTHER, "r1-1", seq, {"n": seq})
+        await bounded.append(OTHER, "r1-1", [(seq, {"n": seq})])
     assert await client.xlen(f"{key_prefix}{OTHER}:r1-1") < 250      # trimmed as it grows
     with pytest.raises(InvalidSessionId):
         await log.exists("bad id", "r1-1")
@@ -273,7 +273,7 @@ async def test_every_store_call_names_its_operation_in_its_error(key_prefix: str
         async for _ in log.read(SID, "r1-1", 0):
             break
 
-    for operation, call in (("xadd", lambda: log.append(SID, "r1-1", 1, {})),
+    for operation, call in (("xadd", lambda: log.append(SID, "r1-1", [(1, {})])),
                             ("exists", lambda: log.exists(SID, "r1-1")),
                             ("xread", read_one),
                             ("publish", lambda: bus.publish(SID)),
@@ -307,7 +307,7 @@ async def test_each_call_on_a_stalled_redis_ends_at_its_own_deadline(
             async for _ in log.read(SID, "r1-1", 0):
                 break
 
-        for call in (lambda: log.append(SID, "r1-1", 1, {}), lambda: log.exists(SID, "r1-1"),
+        for call in (lambda: log.append(SID, "r1-1", [(1, {})]), lambda: log.exists(SID, "r1-1"),
                      lambda: bus.publish(SID), lambda: relay.publish(SID, {}), store.ping,
                      lambda: store.delete(SID),
                      lambda: index.admit("b", SID, 1), lambda: index.remove("b", SID),
@@ -326,7 +326,7 @@ async def test_a_read_waiting_for_new_events_blocks_on_the_server_instead_of_pol
     client = clients()
     log = RedisEventLog(client, key_prefix, ttl_seconds=30, max_events=100,
                         timeout_seconds=2.0)
-    await log.append(SID, "r1-1", 1, {"m": None, "final": False})
+    await log.append(SID, "r1-1", [(1, {"m": None, "final": False})])
 
     async def reads() -> int:
         stats = await client.info("commandstats")

@@ -14,6 +14,7 @@ import threading
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 
@@ -382,3 +383,20 @@ def waiting_at_question(http: httpx2.Client, url: str, tool: str = "ask_then_sav
                                   if m.get("method") == "elicitation/create")
         assert asked_at is not None
         yield session, call, events, asked_at, question
+def raw_post(url: str, headers: Mapping[str, str], message: Mapping[str, Any], *,
+             receive_buffer: int = 4096) -> socket.socket:
+    """POST ``message`` on a plain socket whose receive buffer is small, and return the
+    socket unread: the caller reads the answer as slowly as it likes (or never), which an
+    HTTP client library would not let it do. HTTP/1.0, so the body comes unchunked and
+    ends when the server closes the connection."""
+    parts = urlsplit(url)
+    body = json.dumps(message).encode()
+    lines = [f"POST {parts.path} HTTP/1.0", f"Host: {parts.netloc}",
+             "Content-Type: application/json", f"Content-Length: {len(body)}",
+             *(f"{name}: {value}" for name, value in headers.items()
+               if name.lower() not in ("content-type", "content-length", "host"))]
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.connect((parts.hostname or "127.0.0.1", parts.port or 80))
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+    return sock

@@ -69,6 +69,14 @@ class ManagedProcess:
     def returncode(self) -> int | None:
         return self.process.poll()
 
+    @property
+    def rss_bytes(self) -> int:
+        """Resident set size now, from ``/proc/<pid>/status``."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError(f"{self.name} has no VmRSS")
+
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         try:
             text = self.log_path.read_text(encoding="utf-8", errors="replace")

@@ -40,7 +40,9 @@ class SeenRequest:
         return self.headers.get(name.lower())
 
 
-def build_server() -> MCPServer:
+def build_server(*, stress: bool = False) -> MCPServer:
+    """The recorder's tools; with ``stress``, also ``flood`` and ``big`` (for tests of
+    what slow clients cost)."""
     server = MCPServer("recorder", version="0.0.1", log_level="WARNING")
 
     @server.tool()
@@ -61,7 +63,26 @@ def build_server() -> MCPServer:
         await anyio.sleep(seconds)
         return f"slept {seconds}"
 
+    if stress:
+        _add_stress_tools(server)
     return server
+
+
+def _add_stress_tools(server: MCPServer) -> None:
+    @server.tool()
+    async def flood(count: int, size: int, ctx: Context) -> str:
+        """Send ``count`` progress notifications with ``size``-character messages (the
+        call must carry a progress token), then answer: a tool that outpaces a slow
+        reader."""
+        text = "x" * size
+        for step in range(count):
+            await ctx.report_progress(step, count, text)
+        return f"sent {count}"
+
+    @server.tool()
+    async def big(size: int) -> str:
+        """A result of ``size`` characters."""
+        return "y" * size
 
 
 class _Recorder:
@@ -118,9 +139,11 @@ class RecordingBackend:
     as a context manager."""
 
     def __init__(self, require: Callable[[Mapping[str, str]], bool] | None = None, *,
-                 transport: Literal["streamable-http", "sse"] = "streamable-http") -> None:
+                 transport: Literal["streamable-http", "sse"] = "streamable-http",
+                 stress: bool = False) -> None:
         self.require = require
         self.transport = transport
+        self.stress = stress
         self.port = 0
         self._recorder: _Recorder | None = None
         self._server: uvicorn.Server | None = None
@@ -171,7 +194,7 @@ class RecordingBackend:
         sock.bind(("127.0.0.1", 0))
         sock.listen(128)
         self.port = sock.getsockname()[1]
-        server = build_server()
+        server = build_server(stress=self.stress)
         app = (server.sse_app() if self.transport == "sse"
                else server.streamable_http_app(streamable_http_path=MCP_PATH, host="127.0.0.1"))
         self._recorder = _Recorder(app, self.require)

@@ -154,7 +154,8 @@ class SessionConfig(_Frozen):
     store_timeout_seconds: float = Field(default=2.0, gt=0, allow_inf_nan=False)
     """Deadline of each store call; past it the request is answered 503 with Retry-After."""
     sweep_interval_seconds: float = Field(default=30.0, gt=0, allow_inf_nan=False)
-    """How often the memory store drops expired sessions."""
+    """How often expired sessions are looked for: the memory store drops them, and their
+    upstream sessions are ended (by one replica, whichever claims each first)."""
     catalog_ttl_seconds: float = Field(default=30.0, ge=0, allow_inf_nan=False)
     """How long a backend's listed tools/resources/prompts are reused by new sessions and
     restores on this replica (0: list on every one). ``list_changed`` refreshes at once."""
@@ -240,18 +241,27 @@ class AuditConfig(_Frozen):
 class LimitsConfig(_Frozen):
     """Resource limits.
 
-    ``max_sessions_per_identity`` (0: unlimited) caps the live sessions one identity
+    ``max_sessions_per_identity`` caps the live sessions one authenticated identity
     (issuer and subject) may hold across all replicas; an ``initialize`` beyond it is
-    refused with 429. ``call_timeout_seconds`` caps every backend call (a backend's own
+    refused with 429. ``max_initializes_in_flight`` caps the ``initialize`` requests one
+    replica serves at once; beyond it they get 503 with ``Retry-After``.
+    ``call_timeout_seconds`` caps every backend call (a backend's own
     ``call_timeout_seconds`` can only lower it): a call still running then is cancelled
-    at the backend and answered with an error naming it.
+    at the backend and answered with an error naming it. Each request's response stream
+    holds at most ``response_buffer_events`` / ``response_buffer_bytes`` that the client
+    has not read; beyond that the gateway stops reading the backend's response, and a
+    stream still full after ``slow_client_seconds`` is ended with a JSON-RPC error
+    (-32000) as the request's answer.
     """
 
     max_concurrent_backend_connects: int = Field(default=8, ge=1)
     """Backend sessions this replica opens at once (the others wait)."""
-    max_sessions_per_identity: int = Field(default=0, ge=0)
-    """Live sessions one identity may hold across replicas (0: no cap); an initialize beyond it
-    gets 429."""
+    max_sessions_per_identity: int = Field(default=100, ge=0)
+    """Live sessions one authenticated identity may hold across replicas (0: no cap); an
+    initialize beyond it gets 429. Anonymous callers all share one identity, so the cap does
+    not apply to them (max_initializes_in_flight and session.cache_capacity bound them)."""
+    max_initializes_in_flight: int = Field(default=64, ge=1)
+    """Initialize requests this replica serves at once; more get 503 with Retry-After."""
     call_timeout_seconds: float = Field(default=300.0, gt=0, allow_inf_nan=False)
     """Bound on every backend call; a call still running is cancelled at the backend and answered
     with an error."""
@@ -266,6 +276,15 @@ class LimitsConfig(_Frozen):
     max_streams: int = Field(default=500, ge=1)
     """GET streams a replica holds open in all (each also holds a stream from every backend of
     its session); one more gets 503 with Retry-After."""
+    response_buffer_events: int = Field(default=1000, ge=1)
+    """Events a request's response stream holds for a client that reads slowly; beyond it the
+    backend's response is no longer read until the client catches up."""
+    response_buffer_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    """Bytes a request's response stream holds for a client that reads slowly (as
+    response_buffer_events)."""
+    slow_client_seconds: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    """How long a response stream may stay full, or a write wait for the client, before the
+    request is ended with a -32000 error (or the connection closed; the client may resume)."""
 
 
 class HealthConfig(_Frozen):

@@ -37,6 +37,7 @@ from vmcp.backend.health import HealthMonitor
 from vmcp.backend.http_client import backend_http_client, follow_backends
 from vmcp.composite import CompositeRegistry
 from vmcp.config import VmcpConfig, load_config, stdio_warnings
+from vmcp.config.models import SessionConfig
 from vmcp.errors import AuthenticationError, ConfigError, StoreError
 from vmcp.server.overview import OperatorView, open_view
 from vmcp.server.security import RequestGuard
@@ -48,13 +49,15 @@ from vmcp.server.stream_limits import StreamLimits
 from vmcp.server.transport import McpEndpoint
 from vmcp.session import SessionManager
 from vmcp.session.connector import BackendConnector
+from vmcp.session.expiry import TrackedStore, sweep_expired
 from vmcp.session.metadata import record_backend_state
 from vmcp.stateless.backends import StatelessBackends
 from vmcp.stateless.subscriptions import ChangeHub
 from vmcp.stateless.watch import BackendWatch
-from vmcp.store import RedisStore, open_store
+from vmcp.store import MemoryStore, RedisStore, open_store
 from vmcp.store.base import SessionStore
 from vmcp.store.event_log import RedisEventLog
+from vmcp.store.expiry_index import ExpiryIndex, MemoryExpiryIndex, RedisExpiryIndex
 from vmcp.store.identity_index import IdentityIndex, MemoryIdentityIndex, RedisIdentityIndex
 from vmcp.store.pubsub import RedisChangeChannel, RedisEndedSessionBus, RedisSessionRelay
 from vmcp.store.workflow_states import (
@@ -69,6 +72,20 @@ logger = logging.getLogger(__name__)
 
 # How long an interrupted response stream can be resumed on another replica.
 STREAM_EVENTS_TTL = 300.0
+
+def _indexes(store: MemoryStore | RedisStore, session: SessionConfig
+             ) -> tuple[IdentityIndex, ExpiryIndex]:
+    """The per-identity index (for the session cap) and the expiry index, beside ``store``."""
+    if isinstance(store, RedisStore):
+        prefix, ttl = session.key_prefix, session.ttl_seconds
+        timeout = session.store_timeout_seconds
+        return (RedisIdentityIndex(store, key_prefix=prefix, ttl_seconds=ttl,
+                                   timeout_seconds=timeout),
+                RedisExpiryIndex(store, key_prefix=prefix, ttl_seconds=ttl,
+                                 timeout_seconds=timeout))
+    return (MemoryIdentityIndex(store.exists, ttl_seconds=session.ttl_seconds),
+            MemoryExpiryIndex(store.expires_at, ttl_seconds=session.ttl_seconds))
+
 
 @dataclass
 class Runtime:
@@ -143,7 +160,8 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                 logger.warning("%s", warning)
             stdio.reconcile(_targets(config, outgoing))
             monitor = _health_monitor(config, probe_http, outgoing, stdio)
-            recorded = InstrumentedStore(store, metrics)
+            identities, expiry = _indexes(store, session)
+            recorded = InstrumentedStore(TrackedStore(store, expiry), metrics)
             connector = BackendConnector(
                 config, http, relay=relay, event_log=event_log,
                 record_state=functools.partial(record_backend_state, recorded),
@@ -151,17 +169,14 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                 outgoing=outgoing, stdio=stdio)
             if monitor is not None:
                 background.start_soon(monitor.run)
-            identities: IdentityIndex = (
-                RedisIdentityIndex(store, key_prefix=session.key_prefix,
-                                   ttl_seconds=session.ttl_seconds,
-                                   timeout_seconds=session.store_timeout_seconds)
-                if isinstance(store, RedisStore)
-                else MemoryIdentityIndex(store.exists, ttl_seconds=session.ttl_seconds))
             manager = SessionManager(recorded, connector,
                                      cache_capacity=session.cache_capacity,
                                      ended_sessions=ended, identities=identities,
                                      max_sessions_per_identity=(
                                          config.limits.max_sessions_per_identity),
+                                     max_initializes_in_flight=(
+                                         config.limits.max_initializes_in_flight),
+                                     expiry=expiry,
                                      liveness_interval=session.liveness_interval_seconds)
             metrics.watch(manager, connector.ledger, relay, monitor)
             if monitor is not None:
@@ -170,6 +185,9 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
 
                 monitor.on_recovered = rejoin
             background.start_soon(manager.follow_ended_sessions)
+            background.start_soon(functools.partial(
+                sweep_expired, expiry, manager.end_expired,
+                interval_seconds=session.sweep_interval_seconds))
             if relay is not None:
                 background.start_soon(relay.run)
             composites = CompositeRegistry(config.composite_tools)

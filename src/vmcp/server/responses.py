@@ -19,8 +19,13 @@ SSE_HEADERS: Final = [
 
 def sse_event(message: Mapping[str, Any], event_id: str | None = None) -> bytes:
     """One server-sent event carrying a JSON-RPC message."""
+    return sse_frame(dumps(message), event_id)
+
+
+def sse_frame(data: bytes, event_id: str | None = None) -> bytes:
+    """One server-sent event carrying an encoded JSON-RPC message (one line of JSON)."""
     head = f"event: message\nid: {event_id}\n".encode() if event_id else b"event: message\n"
-    return head + b"data: " + dumps(message) + b"\n\n"
+    return head + b"data: " + data + b"\n\n"
 
 
 async def send_json(send: Send, status: int, body: Mapping[str, Any],

@@ -8,16 +8,22 @@ from the live stream or, when another replica runs the call, from the event log.
 from __future__ import annotations
 
 import logging
+import math
 
 import anyio
 from starlette.types import Receive, Send
 
 from vmcp.errors import StoreError
-from vmcp.server.responses import cancel_on_disconnect, cancel_on_event, sse_event
+from vmcp.server.responses import cancel_on_disconnect, cancel_on_event, sse_event, sse_frame
 from vmcp.session.multisession import MultiSession
 from vmcp.session.streams import Outbound, ResponseStream
 
 logger = logging.getLogger(__name__)
+
+
+WRITE_CHUNK_BYTES = 64 * 1024
+"""Events are written in chunks of about this size: one ``send`` per chunk rather than
+per event, and a chance to notice a hang-up between chunks."""
 
 
 async def write_events(receive: Receive, send: Send, session: MultiSession,
@@ -28,43 +34,75 @@ async def write_events(receive: Receive, send: Send, session: MultiSession,
     Pauses at positions up to ``stale_pauses`` were meant for an earlier connection
     (the one the client is resuming from) and are skipped. A client that disconnects
     only stops the writing; the events stay for a resume, and the work is cancelled if
-    none comes within ``abandon_after`` seconds (None: it runs on).
+    none comes within ``abandon_after`` seconds (None: it runs on). So does a client that
+    takes nothing for twice ``stall_seconds`` (the connection is ended; it may resume):
+    twice, so that a stream full for ``stall_seconds`` first gets its ``SlowReader`` end,
+    which the client then receives as soon as it reads what was already sent.
     """
-    paused = False
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(cancel_on_disconnect, receive, tg.cancel_scope)
-        position = after
-        done = wrote_final = False
-        while not done:
-            events = await stream.after(position)
-            for position, item in events:
-                if item.pause_ms is not None:
-                    if position <= stale_pauses:
-                        continue
-                    # The client resumes as soon as this connection ends, maybe on
-                    # another replica: the stream must be in the event log by then.
-                    # If the log cannot take it, this connection carries on instead.
-                    if not await session.work.persist(stream).wait():
-                        continue
-                    body = f"retry: {item.pause_ms}\n\n".encode()
-                    done = paused = True
-                elif item.message is None:  # cancelled by the client: nothing to say
-                    body = b""
-                    done = wrote_final = True
-                else:
-                    body = sse_event(item.message, stream.event_id(position))
-                    done = wrote_final = item.final
-                await send({"type": "http.response.body", "body": body, "more_body": True})
-                if done:
-                    break
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-        tg.cancel_scope.cancel()
+    stall = 2 * stream.bounds.stall_seconds
+    wrote_final = paused = False
+    with anyio.move_on_after(math.inf) as stalled:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(cancel_on_disconnect, receive, tg.cancel_scope)
+            wrote_final, paused = await _write_until_end(send, session, stream, after,
+                                                         stale_pauses, stall, stalled)
+            tg.cancel_scope.cancel()
     if wrote_final:
         session.streams.drop(stream.id)
     else:  # paused, or the client went away: make it resumable on any replica
         session.work.persist(stream)
         if not paused and abandon_after is not None:
             session.work.abandon(stream, abandon_after)
+
+
+async def _write_until_end(send: Send, session: MultiSession, stream: ResponseStream,
+                           position: int, stale_pauses: int, stall: float,
+                           stalled: anyio.CancelScope) -> tuple[bool, bool]:
+    """The writing loop of ``write_events``: whether it wrote the final event, and whether
+    it ended at a pause."""
+
+    async def write(body: bytes, more: bool = True) -> None:
+        # A send that waits this long for the client to take bytes ends the connection.
+        stalled.deadline = anyio.current_time() + stall
+        await send({"type": "http.response.body", "body": body, "more_body": more})
+        stalled.deadline = math.inf
+        # uvicorn's send returns at once, without yielding, once the client is gone:
+        # without this, a backlog would be "written" to a dead socket in one stall of
+        # the event loop before the hang-up is noticed.
+        await anyio.lowlevel.checkpoint()
+
+    done = wrote_final = paused = False
+    while not done:
+        chunk = bytearray()
+        events = await stream.after(position)
+        for position, item in events:
+            if item.pause_ms is not None:
+                if position <= stale_pauses:
+                    continue
+                # The client resumes as soon as this connection ends, maybe on
+                # another replica: the stream must be in the event log by then.
+                # If the log cannot take it, this connection carries on instead.
+                if chunk:
+                    await write(bytes(chunk))
+                    chunk.clear()
+                if not await session.work.persist(stream).wait():
+                    continue
+                chunk += f"retry: {item.pause_ms}\n\n".encode()
+                done = paused = True
+            elif item.message is None:  # cancelled by the client: nothing to say
+                done = wrote_final = True
+            else:
+                chunk += sse_frame(item.data, stream.event_id(position))
+                done = wrote_final = item.final
+            if done:
+                break
+            if len(chunk) >= WRITE_CHUNK_BYTES:
+                await write(bytes(chunk))
+                chunk.clear()
+        if chunk:
+            await write(bytes(chunk))
+    await write(b"", more=False)
+    return wrote_final, paused
 
 async def write_logged_events(receive: Receive, send: Send, session: MultiSession,
                                stream_id: str, *, after: int,

@@ -39,6 +39,7 @@ from vmcp.errors import (
     InvalidSessionId,
     MessageError,
     NotPermitted,
+    ReplicaBusy,
     SessionClosed,
     SessionError,
     SessionNotFound,
@@ -453,9 +454,14 @@ class McpEndpoint:
         session = await self._session(headers, principal, None)
         last_event_id = parse_event_id(headers.get("last-event-id") or "")
         local = session.streams.get(last_event_id[0]) if last_event_id else None
-        logged = (last_event_id is not None and local is None
+        # Events dropped here for the stream's bound may still be in the event log.
+        replayable = (local is not None and last_event_id is not None
+                      and local.can_replay(last_event_id[1]))
+        logged = (last_event_id is not None and not replayable
                   and session.event_log is not None
                   and await is_logged(session, last_event_id[0]))
+        if logged:
+            local = None
         try:
             self._streams.acquire(session.session_id)
         except StreamRefused as refused:
@@ -527,8 +533,11 @@ class _Reply(Exception):
 
 
 def _error_reply(exc: VmcpError, request_id: Any) -> _Reply:
-    headers = [(b"retry-after", b"1")] if isinstance(exc, StoreError) else []
-    if isinstance(exc, StoreError):
+    headers = [(b"retry-after", b"1")] if isinstance(exc, StoreError | ReplicaBusy) else []
+    if isinstance(exc, ReplicaBusy):
+        logger.warning("initialize refused: %s", exc)
+        message = exc.public_message
+    elif isinstance(exc, StoreError):
         # The detail (which store, which address) is for the log, not for clients.
         logger.warning("session store unavailable: %s", exc)
         message = exc.public_message

@@ -69,12 +69,14 @@ class ClientChannel:
         request_id: Any,
         answers_elsewhere: Callable[[], AbstractAsyncContextManager[None]] | None = None,
         persist: Callable[[ResponseStream], StreamCopy] | None = None,
+        stop: Callable[[], None] | None = None,
     ) -> None:
         self._pending = pending
         self._stream = stream
         self.request_id = request_id
         self._answers_elsewhere = answers_elsewhere
         self._persist = persist
+        self._stop = stop
 
     @property
     def stream_id(self) -> str:
@@ -86,7 +88,15 @@ class ClientChannel:
         return len(self._stream) + 1
 
     async def notify(self, message: dict[str, Any]) -> None:
-        self._stream.append(Outbound(message))
+        """Queue a message on the request's stream; waits while the client is behind
+        (which stops the backend's response being read: backpressure)."""
+        await self._put(Outbound(message))
+
+    async def _put(self, item: Outbound) -> None:
+        if not await self._stream.put(item) and self._stop is not None:
+            # The stream is over (the client fell too far behind, or it was answered):
+            # the request stops, and the backend is told it was cancelled.
+            self._stop()
 
     def pause(self, retry_ms: int) -> None:
         """Ask the client to drop this stream now and resume it after ``retry_ms``."""
@@ -112,7 +122,7 @@ class ClientChannel:
                                  else nullcontext())
         try:
             async with answers_elsewhere:
-                self._stream.append(Outbound(message))
+                await self._put(Outbound(message))
                 with anyio.fail_after(wait_seconds):
                     if resumable and self._persist is not None:
                         await self._persist(self._stream).wait()

@@ -17,6 +17,7 @@ from vmcp.errors import BackendError, InvalidIdentity
 from vmcp.identity import Principal, binding_for
 from vmcp.session.live import LiveSession
 from vmcp.session.multisession import Discover, MultiSession
+from vmcp.session.streams import StreamBounds
 from vmcp.store.event_log import EventLog
 from vmcp.store.pubsub import SessionRelay
 from vmcp.tracing import tracer
@@ -76,6 +77,14 @@ class BackendConnector:
     @property
     def config(self) -> VmcpConfig:
         return self._config
+
+    @property
+    def stream_bounds(self) -> StreamBounds:
+        """The bounds of each request's response stream, from ``limits``."""
+        limits = self._config.limits
+        return StreamBounds(max_events=limits.response_buffer_events,
+                            max_bytes=limits.response_buffer_bytes,
+                            stall_seconds=limits.slow_client_seconds)
 
     def reconfigure(self, config: VmcpConfig) -> None:
         """Use ``config``'s backends and aggregation for everything from now on."""
@@ -224,7 +233,8 @@ class BackendConnector:
                                 discover=fresh, relay=self._relay,
                                 event_log=self._event_log, ledger=self.ledger,
                                 breaker=self.breaker,
-                                replica_id=self._config.server.replica_id)
+                                replica_id=self._config.server.replica_id,
+                                stream_bounds=self.stream_bounds)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 for name, connection in connections.items():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Coroutine
 from typing import Any
 
@@ -27,6 +28,18 @@ logger = logging.getLogger(__name__)
 FINAL_COPY_SECONDS = 5.0
 """How long a closing session waits for its event-log copies to record their streams'
 final events (each append has the store's own deadline; this bounds them together)."""
+STOP_COPY_SECONDS = 1.0
+"""How long an ended session waits for its copies to stop (they are cancelled at once)."""
+COPY_BATCH_EVENTS = 256
+COPY_BATCH_BYTES = 1024 * 1024
+"""One round trip to the log carries at most this many events / bytes."""
+COPY_MAX_EVENTS = 10_000
+COPY_MAX_BYTES = 16 * 1024 * 1024
+"""What one copy writes at most before it only waits for the stream's final answer: a
+client that never comes back must not turn a chatty call into an endless stream of
+writes. Past this, nothing takes the stream's events, so the stream's own bound stops the
+backend and, after ``stall_seconds``, ends the request; that end is still recorded.
+10,000 events is also the log's own length bound (older entries are trimmed)."""
 
 
 class StreamCopy:
@@ -60,6 +73,7 @@ class DetachedWork:
         self._by_stream: dict[str, asyncio.Task[None]] = {}
         self._grace: dict[str, asyncio.TimerHandle] = {}
         self._closed = False
+        self._stopping = False
 
     def spawn(self, work: Awaitable[None], stream_id: str | None = None) -> None:
         """Run a request's work; it ends with the session at the latest. Raises
@@ -137,25 +151,38 @@ class DetachedWork:
 
     async def _copy(self, log: EventLog, stream: ResponseStream, copied: StreamCopy) -> None:
         position = 0
+        copied_events = copied_bytes = 0
         try:
-            while True:
-                events = await stream.after(position)
-                for position, item in events:
-                    record: dict[str, Any] = {"m": item.message, "final": item.final}
-                    if item.pause_ms is not None:
-                        record["pause"] = item.pause_ms
-                    try:
-                        await log.append(self._session_id, stream.id, position, record)
-                    except StoreError as exc:
-                        logger.warning("could not persist stream events: %s", exc,
-                                       extra={"session_id": self._session_id})
-                        copied.settle(False)
-                        return
-                    if item.final:
-                        return
-                copied.settle(True)
+            while not self._stopping:
+                if copied_events >= COPY_MAX_EVENTS or copied_bytes >= COPY_MAX_BYTES:
+                    position = await self._copy_final(stream, position)
+                batch = _batch(await stream.after(position))
+                if self._stopping:
+                    return
+                try:
+                    await log.append(self._session_id, stream.id,
+                                     [(seq, record) for seq, record, _ in batch])
+                except StoreError as exc:
+                    logger.warning("could not persist stream events: %s", exc,
+                                   extra={"session_id": self._session_id})
+                    copied.settle(False)
+                    return
+                position = batch[-1][0]
+                copied_events += len(batch)
+                copied_bytes += sum(size for _, _, size in batch)
+                if batch[-1][1]["final"]:
+                    return
+                if position >= len(stream):  # everything so far is in the log
+                    copied.settle(True)
         finally:
             copied.settle(True)
+
+    @staticmethod
+    async def _copy_final(stream: ResponseStream, position: int) -> int:
+        """Past the copy's bound: skip to the stream's final event (returns the position
+        just before it), taking nothing else from the stream."""
+        await stream.wait_finished()
+        return max(position, len(stream) - 1)
 
     async def wait_requests(self) -> None:
         """Return once no request's work is running (later ones may start)."""
@@ -175,5 +202,49 @@ class DetachedWork:
         """Let the stream copies record their final events, within a bound."""
         if self._copies:
             _, late = await asyncio.wait(list(self._copies), timeout=FINAL_COPY_SECONDS)
-            for task in late:
+            await self._cancel(late)
+
+    async def stop_copies(self) -> None:
+        """Stop every stream copy now (the session ended: nobody can resume it)."""
+        self._stopping = True
+        await self._cancel(set(self._copies))
+
+    @staticmethod
+    async def _cancel(tasks: set[asyncio.Task[None]]) -> None:
+        """Cancel ``tasks`` and wait (bounded) until they have ended.
+
+        Checked against redis-py 8.1 (tests/session/test_stream_copy.py): a copy whose
+        pipeline is held in flight at Redis ends on one cancel, every time. The cancel is
+        still repeated until the task is done, and the copy checks ``_stopping`` before
+        every round trip, because a cancel can meet the copy where it is absorbed: inside
+        our own per-call deadline scope as it expires (anyio then raises its timeout, a
+        ``StoreError`` the copy would log and stop on, or not, depending on timing), or
+        while redis-py awaits its own clean-up of the connection (pipeline reset,
+        disconnect). Either way the task ends at its next round trip at the latest; one
+        still running after ``STOP_COPY_SECONDS`` is logged.
+        """
+        deadline = time.monotonic() + STOP_COPY_SECONDS
+        pending = {task for task in tasks if not task.done()}
+        while pending and time.monotonic() < deadline:
+            for task in pending:
                 task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.05)
+        if pending:
+            logger.warning("%d stream copies did not stop when cancelled", len(pending))
+
+
+def _batch(events: list[tuple[int, Outbound]]) -> list[tuple[int, dict[str, Any], int]]:
+    """The log records of the first of ``events`` (seq, record, bytes), at most
+    ``COPY_BATCH_EVENTS`` and about ``COPY_BATCH_BYTES``, ending at the final one if
+    there is one."""
+    batch: list[tuple[int, dict[str, Any], int]] = []
+    size = 0
+    for seq, item in events[:COPY_BATCH_EVENTS]:
+        record: dict[str, Any] = {"m": item.message, "final": item.final}
+        if item.pause_ms is not None:
+            record["pause"] = item.pause_ms
+        batch.append((seq, record, len(item.data)))
+        size += len(item.data)
+        if item.final or size >= COPY_BATCH_BYTES:
+            break
+    return batch

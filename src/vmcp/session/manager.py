@@ -32,12 +32,19 @@ from vmcp.errors import (
     SessionNotYours,
     SessionTerminated,
     StoreError,
-    TooManySessions,
 )
-from vmcp.identity import Principal, acting_for, binding_for, check_binding, current_caller
+from vmcp.identity import (
+    Principal,
+    acting_for,
+    binding_for,
+    check_binding,
+    current_caller,
+)
 from vmcp.session import metadata as md
+from vmcp.session.admission import Admission
 from vmcp.session.live import LiveSession, SessionFactory
 from vmcp.store.base import SessionStore, validate_session_id
+from vmcp.store.expiry_index import ExpiryIndex
 from vmcp.store.identity_index import IdentityIndex
 from vmcp.store.pubsub import EndedSessionBus
 
@@ -88,13 +95,17 @@ class SessionManager:
         liveness_interval: float = 0.0,
         identities: IdentityIndex | None = None,
         max_sessions_per_identity: int = 0,
+        max_initializes_in_flight: int = 0,
+        expiry: ExpiryIndex | None = None,
     ) -> None:
         self._store = store
         self._factory = factory
         self._ended = ended_sessions
         self._liveness_interval = liveness_interval
-        self._identities = identities if max_sessions_per_identity > 0 else None
-        self._max_per_identity = max_sessions_per_identity
+        self._admission = Admission(identities, max_per_identity=max_sessions_per_identity,
+                                    max_in_flight=max_initializes_in_flight)
+        self._expiry = expiry
+        self._claimed: set[str] = set()  # sessions whose end this replica has claimed
         self._cache: ValidatingCache[str, _Entry] = ValidatingCache(
             capacity=cache_capacity, load=self._restore, check=self._is_alive,
             on_evict=self._close, on_displace=self._displace,
@@ -109,45 +120,25 @@ class SessionManager:
                          client_capabilities: Iterable[str] = ()) -> LiveSession:
         """Serve an ``initialize``: a new id, then a full session bound to ``principal``.
 
-        The binding is computed first, so an unusable identity stores nothing (B40). With
-        a per-identity cap, the new id must be admitted by the identity index before any
-        backend is contacted; beyond the cap ``TooManySessions`` (429) is raised and the
-        placeholder ended. The identity's existing sessions are never ended to make room
-        (see ``TooManySessions``).
+        The binding is computed first, so an unusable identity stores nothing (B40). Then
+        the caps (``Admission``): beyond the replica's initializes under way,
+        ``ReplicaBusy`` (503) before anything is stored; beyond the identity's cap,
+        ``TooManySessions`` (429) before any backend is contacted, the placeholder ended.
         """
         binding = binding_for(principal)
-        session_id = await self.generate()
-        if self._identities is None:
-            return await self.create_session(session_id, principal, client_capabilities)
-        try:
-            admitted = await self._identities.admit(binding, session_id,
-                                                    self._max_per_identity)
-        except BaseException:
-            # The reservation may have landed before the error: release it too.
-            await _shielded(self._mark_terminated(session_id))
-            await _shielded(self._forget_identity(binding, session_id))
-            raise
-        if not admitted:
-            await _shielded(self._mark_terminated(session_id))
-            raise TooManySessions(
-                f"Too many sessions: at most {self._max_per_identity} live sessions per "
-                "identity; end one (HTTP DELETE) or let one expire, then initialize again")
-        try:
-            return await self.create_session(session_id, principal, client_capabilities)
-        except BaseException:
-            # Its placeholder, marked terminated, still exists: it must not count.
-            await _shielded(self._forget_identity(binding, session_id))
-            raise
-
-    async def _forget_identity(self, binding: str, session_id: str) -> None:
-        """Release ``session_id``'s slot in the identity index (a no-op without a cap)."""
-        if self._identities is None:
-            return
-        try:
-            await self._identities.remove(binding, session_id)
-        except StoreError:
-            logger.warning("could not release a session's slot in the identity index",
-                           extra={"session_id": session_id}, exc_info=True)
+        with self._admission.initializing():
+            session_id = await self.generate()
+            if not self._admission.counts(binding):
+                return await self.create_session(session_id, principal, client_capabilities)
+            try:
+                await self._admission.reserve(binding, session_id)
+                return await self.create_session(session_id, principal, client_capabilities)
+            except BaseException:
+                # A reservation may have landed before an error; a placeholder left
+                # (marked terminated) must not count either.
+                await _shielded(self._mark_terminated(session_id))
+                await _shielded(self._admission.release(binding, session_id))
+                raise
 
     async def generate(self) -> str:
         """Reserve a fresh random id with a ``{}`` placeholder (create-if-absent)."""
@@ -262,16 +253,20 @@ class SessionManager:
             self._cache.evict(session_id)
             return False
         ended = md.IDENTITY in record
+        claimed = False
         if ended:
             self._check_caller(session_id, record[md.IDENTITY], principal)
+            # Claimed before the record goes, so an expiry sweep cannot take it too.
+            claimed = await self._claim(session_id)
             await self._store.delete(session_id)
-            await self._forget_identity(record[md.IDENTITY], session_id)
+            await self._admission.release(record[md.IDENTITY], session_id)
         elif not md.is_terminated(record):
             await self._store.update(session_id, {**record, md.TERMINATED: "true"})
-        if not self._cache.evict(session_id) and ended:
-            # No copy here to end its upstream sessions: the ones dropped for capacity
-            # left them open (B38), so end them from the stored states.
-            await self._end_upstream(session_id, record)
+        await self._end_here(session_id, record, claimed)
+        await self._announce_end(session_id)
+        return ended
+
+    async def _announce_end(self, session_id: str) -> None:
         if self._ended is not None:
             try:
                 await self._ended.publish(session_id)
@@ -279,7 +274,35 @@ class SessionManager:
                 # The others still find out at their next request for it (liveness check).
                 logger.warning("could not announce ended session: %s", exc,
                                extra={"session_id": session_id})
-        return ended
+
+    async def _end_here(self, session_id: str, record: dict[str, str], claimed: bool) -> None:
+        """Close this replica's copy; with ``claimed``, end the upstream sessions too, from
+        the copy or, with none here (dropped for capacity, B38), from ``record``."""
+        if claimed:
+            self._claimed.add(session_id)
+        if not self._cache.evict(session_id):
+            self._claimed.discard(session_id)
+            if claimed:
+                await self._end_upstream(session_id, record)
+
+    async def end_expired(self, session_id: str, record: dict[str, str]) -> None:
+        """A session whose record expired, claimed by this replica's sweep: end its
+        upstream sessions (once, here) and tell the others to drop their copies."""
+        await self._end_here(session_id, record, claimed=True)
+        await self._announce_end(session_id)
+
+    async def _claim(self, session_id: str) -> bool:
+        """Whether this replica ends ``session_id``'s upstream sessions (see
+        ``vmcp.store.expiry_index``); always, without an index. A store that cannot
+        answer leaves the claim to a later sweep."""
+        if self._expiry is None:
+            return True
+        try:
+            return await self._expiry.claim(session_id) is not None
+        except StoreError as exc:
+            logger.warning("could not claim the end of a session: %s", exc,
+                           extra={"session_id": session_id})
+            return False
 
     async def _end_upstream(self, session_id: str, record: dict[str, str]) -> None:
         try:
@@ -476,7 +499,13 @@ class SessionManager:
 
                     tg.start_soon(calls_done)
                     tg.start_soon(shutting_down)
-        await entry.live.aclose()
+            await entry.live.aclose()
+            return
+        # The session ended (or this replica stops): its upstream sessions are ended by
+        # whoever claims that end, here or elsewhere, exactly once.
+        end = session_id in self._claimed or await self._claim(session_id)
+        self._claimed.discard(session_id)
+        await entry.live.aclose(end_upstream=end)
 
     async def _displace(self, session_id: str, entry: _Entry) -> None:
         """LRU pressure drops a copy of a session that is still valid (B38): its

@@ -27,7 +27,7 @@ from vmcp.session.channel import ClientChannel, PendingClientRequests
 from vmcp.session.detached import DetachedWork
 from vmcp.session.routes import Discover, Rebuild, SessionRoutes
 from vmcp.session.server_messages import LIST_CHANGED, UNSOLICITED, ServerMessages
-from vmcp.session.streams import ResponseStream, ResponseStreams
+from vmcp.session.streams import ResponseStream, ResponseStreams, StreamBounds
 from vmcp.store.event_log import EventLog
 from vmcp.store.pubsub import SessionRelay
 from vmcp.tracing import outgoing_headers, tracer
@@ -61,6 +61,7 @@ class MultiSession:
         ledger: UpstreamLedger | None = None,
         breaker: CircuitBreaker | None = None,
         replica_id: str = "",
+        stream_bounds: StreamBounds | None = None,
     ) -> None:
         self._session_id = session_id
         self._connections = dict(connections)
@@ -71,7 +72,7 @@ class MultiSession:
                                     connection_of=self._connections.get)
         self.pending = PendingClientRequests(prefix=f"vmcp-{session_id[:8]}")
         # Stream ids carry the replica id: a client may resume a stream on another replica.
-        self.streams = ResponseStreams(prefix=replica_id or "r")
+        self.streams = ResponseStreams(prefix=replica_id or "r", bounds=stream_bounds)
         self.work = DetachedWork(session_id, event_log)
         self.messages = ServerMessages(
             session_id, replica_id=replica_id, relay=relay, connections=self._connections,
@@ -162,7 +163,8 @@ class MultiSession:
         """The way back to the client for one request on ``stream``."""
         return ClientChannel(self.pending, stream, request_id=request_id,
                              answers_elsewhere=self.answers_from_other_replicas,
-                             persist=self.work.persist)
+                             persist=self.work.persist,
+                             stop=lambda: self.cancel_request(request_id))
 
     def answers_from_other_replicas(self) -> contextlib.AbstractAsyncContextManager[None]:
         """While open, client answers POSTed to other replicas reach ``pending`` here."""
@@ -281,7 +283,11 @@ class MultiSession:
         # at all): the session's own end answers every request still open.
         self.streams.end_all(_ended_answer)
         self._ended.set()
-        await self.work.finish_copies()
+        if end_upstream:
+            # The session itself ended: nobody can resume its streams, stop copying.
+            await self.work.stop_copies()
+        else:
+            await self.work.finish_copies()
         async with anyio.create_task_group() as tg:
             for name, connection in self._connections.items():
                 tg.start_soon(self._close_connection, name, connection, end_upstream)

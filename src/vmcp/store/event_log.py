@@ -13,7 +13,7 @@ own sequence number), so "after event n" is simply ``XREAD`` from ``0-n``.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
 import anyio
@@ -29,9 +29,10 @@ BLOCK_MS = 1000
 class EventLog(Protocol):
     """Where interrupted response streams wait for their client to come back."""
 
-    async def append(self, session_id: str, stream_id: str, seq: int,
-                     event: dict[str, Any]) -> None:
-        """Record event ``seq`` (1, 2, ...) of a stream; raises ``StoreError``."""
+    async def append(self, session_id: str, stream_id: str,
+                     events: Sequence[tuple[int, dict[str, Any]]]) -> None:
+        """Record events ``(seq, event)`` (seq 1, 2, ...) of a stream, in order, in one
+        round trip; raises ``StoreError`` (some of them may have landed)."""
         ...
 
     async def exists(self, session_id: str, stream_id: str) -> bool: ...
@@ -62,14 +63,18 @@ class RedisEventLog:
     def _key(self, session_id: str, stream_id: str) -> str:
         return f"{self._prefix}{validate_session_id(session_id)}:{stream_id}"
 
-    async def append(self, session_id: str, stream_id: str, seq: int,
-                     event: dict[str, Any]) -> None:
+    async def append(self, session_id: str, stream_id: str,
+                     events: Sequence[tuple[int, dict[str, Any]]]) -> None:
+        """One pipeline: an ``XADD`` per event, then one ``PEXPIRE`` (a batch of events
+        costs one round trip, not one per event)."""
+        if not events:
+            return
         key = self._key(session_id, stream_id)
-        data = json.dumps(event, separators=(",", ":"))
         with translated_store_errors("xadd"), anyio.fail_after(self._timeout):
             async with self._client.pipeline(transaction=False) as pipe:
-                pipe.xadd(key, {"e": data}, id=f"0-{seq}", maxlen=self._max_events,
-                          approximate=True)
+                for seq, event in events:
+                    pipe.xadd(key, {"e": json.dumps(event, separators=(",", ":"))},
+                              id=f"0-{seq}", maxlen=self._max_events, approximate=True)
                 pipe.pexpire(key, self._ttl_ms)
                 await pipe.execute()
 

@@ -91,6 +91,14 @@ class MemoryStore(ClosedOnExit):
         sessions must not keep them alive)."""
         return self._live(session_id) is not None
 
+    def expires_at(self, session_id: str) -> float | None:
+        """When a held record expires (on the store's clock), without restarting its TTL
+        window; None if none is held."""
+        record = self._records.get(session_id)
+        if record is None or record[1] <= self._clock():
+            return None
+        return record[1]
+
     def live_records(self) -> list[tuple[str, dict[str, str]]]:
         """Every live record with its id, without restarting TTL windows (for counts of
         sessions); the dicts are the store's own: read them, never change them."""
