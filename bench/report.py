@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from bench.run import Report
 
-SCENARIO_ORDER = "abcdefghijkl"
+SCENARIO_ORDER = "abcdefghijklm"
 OTHER_CPU = ("redis", "nginx")
 
 
@@ -81,7 +81,7 @@ def _table(report: Report, tool: str) -> list[str]:
 def _headline(report: Report) -> list[str]:
     out = []
     a, e = report.best("a", "echo"), report.best("e", "echo")
-    for key in "bcdij":
+    for key in "bcdijm":
         run = report.best(key, "echo")
         if run is None:
             continue
@@ -417,6 +417,9 @@ def markdown(report: Report) -> str:
         "stateless revision), so vmcp holds an upstream session for the callers. (k) is "
         "(h) forwarding those calls; (l) the floor holding one upstream session per backend "
         "connection (`--upstream-session`), forwarding each call's bytes on it.",
+        "* (m) `vmcp serve --workers 2` on the Redis store: two replica processes accepting "
+        "on one port (gateway CPU = both workers and their supervisor); compare with (c), "
+        "the same with one process.",
         "",
         "## Headline (echo)",
         "",
@@ -475,8 +478,9 @@ SHORT_LABELS = {"a": "(a) direct", "b": "(b) vmcp\nmemory", "c": "(c) vmcp\nRedi
                 "d": "(d) 3 vmcp\n+ nginx", "e": "(e) FastMCP\nproxy",
                 "f": "(f) Context-\nForge", "g": "(g) floor\nRedis", "h": "(h) floor\nno store",
                 "i": "(i) vmcp\n07-28", "j": "(j) vmcp 07-28\nsession bk",
-                "k": "(k) floor\n07-28", "l": "(l) floor 07-28\nsession bk"}
-FLOOR_OF = {"b": "h", "c": "g", "d": "g", "i": "k", "j": "l"}
+                "k": "(k) floor\n07-28", "l": "(l) floor 07-28\nsession bk",
+                "m": "(m) vmcp Redis\n2 workers"}
+FLOOR_OF = {"b": "h", "c": "g", "d": "g", "i": "k", "j": "l", "m": "g"}
 """Which floor each vmcp scenario is compared with: the memory store does no store round
 trip, so its floor is the proxy without one; a 2026-07-28 client has no session, so its
 floor has no store either (and holds an upstream session for a session-based backend)."""

@@ -20,6 +20,7 @@ Scenarios (each: an echo run, then a blob run):
   j  vmcp, 2026-07-28 clients, a backend speaking only the session-based revisions
   k  the floor of (i): (h) forwarding the 2026-07-28 calls
   l  the floor of (j): the floor holding one upstream session per backend connection
+  m  vmcp, Redis store, ``vmcp serve --workers 2`` (two replica processes on one port)
 """
 
 from __future__ import annotations
@@ -212,10 +213,23 @@ def write_vmcp_config(workdir: Path, name: str, port: int, store: str,
 
 
 def start_vmcp(procs: Processes, workdir: Path, name: str, port: int, store: str,
-               backends: Sequence[tuple[str, str]], **kwargs: Any) -> Proc:
+               backends: Sequence[tuple[str, str]], *args: str, **kwargs: Any) -> Proc:
     config = write_vmcp_config(workdir, name, port, store, backends, **kwargs)
     return procs.start(name, [vmcp_binary(), "serve", "--config", str(config),
-                              "--log-level", "warning"], env=vmcp_env())
+                              "--log-level", "warning", *args], env=vmcp_env())
+
+
+def wait_workers(port: int, count: int, timeout: float = START_TIMEOUT) -> None:
+    """Until ``count`` different workers have answered ``/status`` (each on a connection
+    of its own: the kernel hands new connections to whichever worker accepts first)."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while len(seen) < count:
+        if time.monotonic() > deadline:
+            raise StartError(f"only {len(seen)} of {count} workers answered on port {port}")
+        with contextlib.suppress(httpx2.HTTPError, KeyError, ValueError):
+            seen.add(httpx2.get(f"http://127.0.0.1:{port}/status", timeout=5
+                                ).json()["replica_id"])
 
 
 NGINX_CONF = """\
@@ -1047,7 +1061,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run_all(procs: Processes, workdir: Path, plan: Plan, report: Report,
              args: argparse.Namespace) -> None:
     (p_backend, p_mem, p_redis, p_r1, p_r2, p_r3, p_nginx, p_fast, p_cf, p_floor,
-     p_floor_bare, p_backend_hs, p_vmcp_hs, p_floor_hs) = free_ports(14)
+     p_floor_bare, p_backend_hs, p_vmcp_hs, p_floor_hs, p_workers) = free_ports(15)
     backend_url = f"http://127.0.0.1:{p_backend}/mcp"
     print("starting processes ...", flush=True)
     redis_server = RedisServer(workdir / "redis")
@@ -1069,6 +1083,8 @@ def _run_all(procs: Processes, workdir: Path, plan: Plan, report: Report,
                          [("bench", hs_url)])
     floor_hs = start_floor(procs, "floor-upstream-session", p_floor_hs, hs_url, None,
                            "--upstream-session")
+    vmcp_workers = start_vmcp(procs, workdir, "vmcp-2-workers", p_workers, redis_server.url,
+                              one, "--workers", "2")
     commands = CommandStats(redis_server.port)
     try:
         wait_http(backend, p_backend, "/mcp", timeout=START_TIMEOUT)
@@ -1078,6 +1094,8 @@ def _run_all(procs: Processes, workdir: Path, plan: Plan, report: Report,
                            *zip(replicas, (p_r1, p_r2, p_r3), strict=True)):
             wait_http(proc, port, "/healthz", timeout=START_TIMEOUT, ok=(200,))
         wait_http(nginx, p_nginx, "/healthz", timeout=START_TIMEOUT, ok=(200,))
+        wait_http(vmcp_workers, p_workers, "/healthz", timeout=START_TIMEOUT, ok=(200,))
+        wait_workers(p_workers, 2)
         wait_http(fast, p_fast, "/mcp", timeout=START_TIMEOUT)
         wait_http(floor, p_floor, "/mcp", timeout=START_TIMEOUT)
         wait_http(floor_bare, p_floor_bare, "/mcp", timeout=START_TIMEOUT)
@@ -1114,8 +1132,11 @@ def _run_all(procs: Processes, workdir: Path, plan: Plan, report: Report,
             Scenario("l", "floor of (j): one upstream session per backend connection",
                      url(p_floor_hs), {"gateway": [floor_hs.pid], "backend": [backend_hs.pid]},
                      modern=True),
+            Scenario("m", "vmcp, Redis store, --workers 2", url(p_workers),
+                     {"gateway": [vmcp_workers.pid, *children(vmcp_workers.pid)],
+                      "backend": [backend.pid], "redis": [redis_pid]}),
         ]
-        floors = [s for s in scenarios if s.key in "ghijkl"]
+        floors = [s for s in scenarios if s.key in "ghijklm"]
         for s in scenarios:
             report.titles[s.key] = s.title
         report.titles["f"] = "ContextForge gateway"
