@@ -31,6 +31,8 @@ from mcp.server.mcpserver import MCPServer
 from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp_types import ToolAnnotations
 
+from examples.backends import handshake_only
+
 BLOB_BYTES = 5 * 1024
 # Printable, and not one repeated character, so nothing on the way can shortcut it.
 BLOB = ("0123456789abcdef" * (BLOB_BYTES // 16 + 1))[:BLOB_BYTES]
@@ -101,6 +103,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="no sessions: every request is served by a fresh transport")
     parser.add_argument("--hang", action="store_true",
                         help="add the tools hang() and hanging() (for bench/attacks.py)")
+    parser.add_argument("--handshake-only", action="store_true",
+                        help="refuse the stateless revision (2026-07-28), as a backend built "
+                             "before it: a gateway must hold a session with it")
     args = parser.parse_args(argv)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _exit_quietly)
@@ -115,7 +120,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         stateless_http=args.stateless,
         host=args.host,
     )
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+    served = handshake_only(app) if args.handshake_only else app
+    config = uvicorn.Config(served, host=args.host, port=args.port, log_level="warning",
                             access_log=False, timeout_graceful_shutdown=2)
     # ``Server.run`` (not ``anyio.run(serve)``) so that uvicorn installs uvloop.
     uvicorn.Server(config).run()

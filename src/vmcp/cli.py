@@ -298,6 +298,9 @@ def serve(
     ] = None,
     log_level: LogLevelOption = LogLevel.info,
     log_format: LogFormatOption = "auto",
+    workers: Annotated[int, typer.Option(
+        min=1, help="Replica processes on the same port (a shared store when more than "
+                    "one); SIGHUP restarts them one at a time.")] = 1,
 ) -> None:
     """Serve the gateway described by the configuration file until interrupted."""
     config = _load_or_exit(config_file)
@@ -310,12 +313,12 @@ def serve(
     if log_format not in ("json", "console", "auto"):
         typer.echo("vmcp: --log-format must be json, console or auto", err=True)
         raise typer.Exit(EXIT_CONFIG_ERROR)
-    _run_gateway(_load_server(), config, log_level, log_format, config_file)
+    _run_gateway(_load_server(), config, log_level, log_format, config_file, workers)
 
 
 class _Serve(Protocol):
     def __call__(self, config: VmcpConfig, *, log_level: str = ..., log_format: str = ...,
-                 config_path: Path | None = ...) -> None: ...
+                 config_path: Path | None = ..., workers: int = ...) -> None: ...
 
 
 def _load_server() -> _Serve:
@@ -330,10 +333,11 @@ def _load_server() -> _Serve:
 
 
 def _run_gateway(run: _Serve, config: VmcpConfig, log_level: LogLevel,
-                 log_format: str = "auto", config_path: Path | None = None) -> None:
+                 log_format: str = "auto", config_path: Path | None = None,
+                 workers: int = 1) -> None:
     try:
         run(config, log_level=log_level.value, log_format=log_format,
-            config_path=config_path)
+            config_path=config_path, workers=workers)
     except ConfigError as exc:  # what only start-up can check, e.g. a token_env variable
         _exit_with_problems(exc)
     except KeyboardInterrupt:

@@ -321,15 +321,16 @@ def _with_port(config: Mapping[str, Any], port: int) -> dict[str, Any]:
 
 
 def start_gateways(configs: Mapping[str, Mapping[str, Any]], workdir: Path,
-                   timeout: float = STARTUP_TIMEOUT_SECONDS) -> dict[str, ManagedProcess]:
+                   timeout: float = STARTUP_TIMEOUT_SECONDS,
+                   args: Sequence[str] = ()) -> dict[str, ManagedProcess]:
     """Start ``vmcp serve`` once per ``{name: config}``, all at once, and wait for ``/healthz``.
 
     Each configuration is written to ``workdir/<name>.yaml`` with a free port filled in;
-    output goes to ``workdir/<name>.log``.
+    output goes to ``workdir/<name>.log``; ``args`` are added to each command line.
     """
     def launch(name: str, port: int) -> ManagedProcess:
         path = write_config(workdir / f"{name}.yaml", _with_port(configs[name], port))
-        command = [str(VMCP_EXECUTABLE), "serve", "--config", str(path)]
+        command = [str(VMCP_EXECUTABLE), "serve", "--config", str(path), *args]
         return _launch(name, command, port, workdir / f"{name}.log", "/healthz")
 
     return _start_all(configs, launch, timeout)
@@ -354,10 +355,11 @@ def restart_gateway(managed: ManagedProcess, config: Mapping[str, Any], workdir:
 
 
 @contextlib.contextmanager
-def running_gateways(configs: Mapping[str, Mapping[str, Any]],
-                     workdir: Path) -> Iterator[dict[str, ManagedProcess]]:
+def running_gateways(configs: Mapping[str, Mapping[str, Any]], workdir: Path,
+                     args: Sequence[str] = (), timeout: float = STARTUP_TIMEOUT_SECONDS
+                     ) -> Iterator[dict[str, ManagedProcess]]:
     """The gateways for the duration of the block, stopped on the way out."""
-    gateways = start_gateways(configs, workdir)
+    gateways = start_gateways(configs, workdir, timeout, args)
     try:
         yield gateways
     finally:
@@ -366,9 +368,10 @@ def running_gateways(configs: Mapping[str, Mapping[str, Any]],
 
 
 @contextlib.contextmanager
-def running_gateway(config: Mapping[str, Any], workdir: Path,
-                    name: str = "gateway") -> Iterator[ManagedProcess]:
-    with running_gateways({name: config}, workdir) as gateways:
+def running_gateway(config: Mapping[str, Any], workdir: Path, name: str = "gateway",
+                    args: Sequence[str] = (), timeout: float = STARTUP_TIMEOUT_SECONDS
+                    ) -> Iterator[ManagedProcess]:
+    with running_gateways({name: config}, workdir, args, timeout) as gateways:
         yield gateways[name]
 
 

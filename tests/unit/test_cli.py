@@ -75,7 +75,8 @@ def fake_server(monkeypatch: pytest.MonkeyPatch) -> Callable[..., ServeCalls]:
         module.levels = levels = []  # type: ignore[attr-defined]
 
         def serve(config: VmcpConfig, *, log_level: str = "info",
-                  log_format: str = "auto", config_path: Path | None = None) -> None:
+                  log_format: str = "auto", config_path: Path | None = None,
+                  workers: int = 1) -> None:
             calls.append(config)
             levels.append(log_level)
             if action is not None:

@@ -1,5 +1,5 @@
 """The HTTP clients vmcp uses for its backends: one connection pool per backend and kind
-of request (bulkheads), each without one cost of httpcore2.
+of request (bulkheads), each without two costs of httpcore2.
 
 One pool shared by all backends let a backend that hangs, or a flood of streams, take every
 connection: calls to healthy backends and the health probes then waited for a connection
@@ -10,14 +10,20 @@ for a connection, and fails as ``httpx2.PoolTimeout`` (``BackendBusy``) after it
 backend of a request is found from its URL (the longest configured URL it falls under,
 else the configured backend on the same origin), so no caller has to say.
 
-
 Before each request, httpcore2's connection pool asks every idle connection whether its
 socket became readable (the server may have closed it). Its AnyIO stream answers by
 looking the raw socket up through anyio's typed-attribute table, which anyio rebuilds on
 every lookup; with a few dozen pooled connections that lookup alone was about a tenth of
 the gateway's CPU per call (bench profile). The stream below looks the socket up once.
-Everything else is httpx2's own transport; ``tests/backend/test_http_client.py`` pins the
-private attributes (``AsyncHTTPTransport._pool``, ``AsyncClient._transport``) this relies on.
+
+httpcore2 also writes a request's head and its body in two socket writes: two system
+calls, and on loopback two wake-ups of the backend for one request. The stream below
+holds a request head back until the body follows (or until it reads), so a call leaves
+in one write, as every other HTTP client sends it.
+
+Everything else is httpx2's own transport; ``tests/integration/backend/test_http_client.py``
+pins the private attributes (``AsyncHTTPTransport._pool``, ``AsyncClient._transport``) this
+relies on.
 """
 
 from __future__ import annotations
@@ -39,10 +45,29 @@ DEFAULT_BUDGET = BackendConnectionsConfig()
 Kind = Literal["calls", "streams", "health"]
 
 
+_HEAD_END = b"\r\n\r\n"
+_METHODS = (b"POST ", b"GET ", b"DELETE ", b"PUT ", b"PATCH ", b"HEAD ", b"OPTIONS ")
+
+
 class _CachedSocketStream(AnyIOStream):
     def __init__(self, stream: anyio.abc.ByteStream) -> None:
         super().__init__(stream)
         self._socket = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+        self._head = b""
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109 - httpcore2 signature
+        # h11 hands over a request's head as one buffer: keep it until the body comes.
+        if not self._head and buffer.startswith(_METHODS) and buffer.endswith(_HEAD_END):
+            self._head = buffer
+            return
+        if self._head:
+            buffer, self._head = self._head + buffer, b""
+        await super().write(buffer, timeout)
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109 - httpcore2 signature
+        if self._head:  # a request without a body: its head alone is the request
+            await self.write(b"", timeout)
+        return await super().read(max_bytes, timeout)
 
     def get_extra_info(self, info: str) -> Any:
         if info == "is_readable":

@@ -9,6 +9,7 @@ a :data:`~vmcp.backend.MessageHandler`. Nothing here holds state.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -229,7 +230,7 @@ async def posted(backend: str, http: httpx2.AsyncClient, url: str, body: bytes,
     raised as the vmcp error that names its cause (:func:`transport_error`).
     """
     try:
-        request = http.build_request("POST", url, content=body, headers=headers,
+        request = http.build_request("POST", parsed_url(url), content=body, headers=headers,
                                      timeout=http_timeout)
         response = await http.send(request, stream=True)
         try:
@@ -238,6 +239,13 @@ async def posted(backend: str, http: httpx2.AsyncClient, url: str, body: bytes,
             await response.aclose()
     except httpx2.HTTPError as exc:
         raise transport_error(backend, exc) from exc
+
+
+@functools.lru_cache(maxsize=1024)
+def parsed_url(url: str) -> httpx2.URL:
+    """A backend's URL, parsed once: httpx2 parses a string URL again on every request
+    (with regular expressions), a measurable share of a relayed call's CPU."""
+    return httpx2.URL(url)
 
 
 async def response_in(

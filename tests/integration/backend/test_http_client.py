@@ -36,3 +36,36 @@ async def test_pooled_connections_use_the_cached_socket_stream(
         assert streams
         assert all(isinstance(s, _CachedSocketStream) for s in streams)
         assert all(s.get_extra_info("is_readable") is False for s in streams)
+
+
+async def test_a_request_leaves_in_one_write_head_and_body_together(
+    demo_backends: dict[str, ManagedProcess],
+) -> None:
+    url = demo_backends["notes"].url
+    body = b'{"jsonrpc":"2.0","id":1,"method":"ping"}'
+    headers = {"Accept": "application/json, text/event-stream",
+               "Content-Type": "application/json"}
+    async with backend_http_client() as http:
+        await http.post(url, content=body, headers=headers)
+        pool = http._transport._pool  # type: ignore[attr-defined]
+        (stream,) = [c._connection._network_stream for c in pool.connections
+                     if c._connection is not None]
+        sent: list[bytes] = []
+        inner = stream._stream
+        original = inner.send
+
+        async def counting(item: bytes) -> None:
+            sent.append(item)
+            await original(item)
+
+        inner.send = counting
+        response = await http.post(url, content=body, headers=headers)
+        assert response.status_code < 500
+        assert len(sent) == 1
+        assert sent[0].startswith(b"POST ")
+        assert sent[0].endswith(body)
+        sent.clear()
+        response = await http.get(url, headers={"Accept": "text/event-stream"})
+        assert response.status_code < 500
+        assert len(sent) == 1
+        assert sent[0].startswith(b"GET ")
