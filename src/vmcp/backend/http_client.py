@@ -98,6 +98,10 @@ class _Transport(httpx2.AsyncHTTPTransport):
         )
 
 
+def _origin(url: httpx2.URL) -> tuple[str, bytes]:
+    return url.scheme, url.netloc
+
+
 class BulkheadTransport(httpx2.AsyncBaseTransport):
     """Sends each request through the pool of its backend and kind (created on first use).
 
@@ -109,22 +113,24 @@ class BulkheadTransport(httpx2.AsyncBaseTransport):
     def __init__(self, backends: Sequence[BackendConfig] = (), kind: Kind | None = None) -> None:
         self._kind = kind
         self._pools: dict[tuple[str, Kind, int], _Transport] = {}
-        self._backends: tuple[BackendConfig, ...] = ()
+        self._origins: tuple[tuple[BackendConfig, tuple[str, bytes]], ...] = ()
         self.use_backends(backends)
 
     def use_backends(self, backends: Sequence[BackendConfig]) -> None:
-        # Longest URL first: a request falls under the most specific backend.
-        self._backends = tuple(sorted(backends, key=lambda b: len(b.url), reverse=True))
+        # Longest URL first: a request falls under the most specific backend. Origins are
+        # parsed here, once, not on every request.
+        ordered = sorted(backends, key=lambda b: len(b.url), reverse=True)
+        self._origins = tuple((backend, _origin(httpx2.URL(backend.url))) for backend in ordered)
 
     def budget_of(self, url: httpx2.URL) -> tuple[str, BackendConnectionsConfig]:
         """The backend a request to ``url`` is for (``""`` for none) and its budgets."""
         text = str(url)
+        origin = _origin(url)
         same_origin: BackendConfig | None = None
-        for backend in self._backends:
+        for backend, backend_origin in self._origins:
             if text.startswith(backend.url):
                 return backend.name, backend.connections
-            if same_origin is None and httpx2.URL(backend.url).netloc == url.netloc \
-                    and httpx2.URL(backend.url).scheme == url.scheme:
+            if same_origin is None and backend_origin == origin:
                 same_origin = backend
         if same_origin is not None:
             return same_origin.name, same_origin.connections

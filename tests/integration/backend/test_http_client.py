@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpcore2
 import pytest
 
@@ -46,19 +48,17 @@ async def test_a_request_leaves_in_one_write_head_and_body_together(
     headers = {"Accept": "application/json, text/event-stream",
                "Content-Type": "application/json"}
     async with backend_http_client() as http:
+        # One connection in the calls' pool and one in the streams' pool, then every
+        # socket write they make is recorded.
         await http.post(url, content=body, headers=headers)
-        pool = http._transport._pool  # type: ignore[attr-defined]
-        (stream,) = [c._connection._network_stream for c in pool.connections
-                     if c._connection is not None]
+        await http.get(url, headers={"Accept": "text/event-stream"})
         sent: list[bytes] = []
-        inner = stream._stream
-        original = inner.send
+        pools = http._transport._pools.values()  # type: ignore[attr-defined]
+        for pool in pools:
+            for connection in pool._pool.connections:
+                inner = connection._connection._network_stream._stream
+                inner.send = _recording(inner.send, sent)
 
-        async def counting(item: bytes) -> None:
-            sent.append(item)
-            await original(item)
-
-        inner.send = counting
         response = await http.post(url, content=body, headers=headers)
         assert response.status_code < 500
         assert len(sent) == 1
@@ -69,3 +69,11 @@ async def test_a_request_leaves_in_one_write_head_and_body_together(
         assert response.status_code < 500
         assert len(sent) == 1
         assert sent[0].startswith(b"GET ")
+
+
+def _recording(send: Any, sent: list[bytes]) -> Any:
+    async def recording(item: bytes) -> None:
+        sent.append(item)
+        await send(item)
+    return recording
+
