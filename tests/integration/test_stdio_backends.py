@@ -319,3 +319,21 @@ async def test_a_server_dying_mid_call_fails_the_call_naming_the_backend(
     wait_for(lambda: "'py': the stdio server stopped" in gateway.log_tail(400),
              "the failure in the log")
 
+
+async def test_a_session_opened_while_the_process_was_down_takes_it_in_when_it_is_back(
+        gateway: ManagedProcess) -> None:
+    """Runs right after py died: it is restarting (0.5 s, then its start)."""
+    changed = anyio.Event()
+
+    async def handle(message: Any) -> None:
+        if isinstance(getattr(message, "root", message), ToolListChangedNotification):
+            changed.set()
+
+    with anyio.fail_after(WAIT_SECONDS):
+        async with client(gateway, message_handler=handle) as session:
+            before = {tool.name for tool in (await session.list_tools()).tools}
+            await changed.wait()
+            after = {tool.name for tool in (await session.list_tools()).tools}
+    assert "py_echo" not in before, before
+    assert "py_echo" in after, after
+
