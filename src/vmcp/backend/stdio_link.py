@@ -108,10 +108,6 @@ class StdioLink:
         self._tg.cancel_scope.cancel()
         await self._tg.__aexit__(exc_type, exc, tb)
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._pending)
-
     # -- what the supervisor uses ----------------------------------------------
 
     async def initialize(self) -> InitializeResult:
