@@ -277,6 +277,15 @@ def test_the_stateless_revision_reaches_a_stdio_backend(gateway: ManagedProcess)
     assert called["result"]["content"][0]["text"] == "modern", called
 
 
+async def test_a_stateless_client_answers_the_stdio_servers_sampling_request(
+        gateway: ManagedProcess) -> None:
+    with anyio.fail_after(WAIT_SECONDS):
+        async with Client(gateway.url, mode="2026-07-28", read_timeout_seconds=20,
+                          sampling_callback=answering("modern")) as session:
+            result = await session.call_tool("py_ask", {"question": "who?"})
+    assert text(result) == "modern"
+
+
 def test_broken_servers_are_unhealthy_with_the_reason_and_the_rest_is_served(
         gateway: ManagedProcess) -> None:
     reasons = {
