@@ -70,6 +70,8 @@ class HealthMonitor:
         ``enabled`` and breaker settings are for the caller)."""
         self._targets = {t.name: t for t in targets}
         self._stdio = stdio
+        if stdio is not None:
+            stdio.on_change = self._stdio_changed
         self._needs_caller = needs_caller
         self._http = http
         self._policy = policy
@@ -92,6 +94,14 @@ class HealthMonitor:
 
     def snapshot(self) -> Mapping[str, BackendHealth]:
         return {name: self._current(name) for name in self._health}
+
+    def _stdio_changed(self, name: str, running: bool) -> None:
+        """A stdio process started or stopped: its health changed at that moment (no
+        probe sees it), so say so as a probe would."""
+        if running and self.on_recovered is not None:
+            self.on_recovered(name)
+        if self.on_usability_change is not None:
+            self.on_usability_change(name)
 
     def _current(self, name: str) -> BackendHealth:
         recorded = self._health.get(name, BackendHealth())

@@ -21,10 +21,11 @@ deployment of its own.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from types import TracebackType
 from typing import Any, Final
 
@@ -162,6 +163,9 @@ class StdioProcesses:
         self._hello = {"capabilities": dict(capabilities), "clientInfo": dict(client_info)}
         self._processes: dict[str, tuple[StdioProcess, anyio.CancelScope]] = {}
         self._tg: anyio.abc.TaskGroup | None = None
+        self.on_change: Callable[[str, bool], None] | None = None
+        """Told a backend's name and whether its process now runs, each time that changes
+        (health follows it: sessions take the backend in when it comes up)."""
 
     async def __aenter__(self) -> StdioProcesses:
         self._tg = await anyio.create_task_group().__aenter__()
@@ -194,6 +198,7 @@ class StdioProcesses:
         if self._tg is None:
             raise BackendUnavailable(target.name, "stdio processes are not running")
         process = StdioProcess(target.name, target.stdio, hello=self._hello)
+        process.supervisor.on_state_change = functools.partial(self._changed, process)
         scope = anyio.CancelScope()
 
         async def run() -> None:
@@ -203,6 +208,10 @@ class StdioProcesses:
         self._processes[target.name] = (process, scope)
         self._tg.start_soon(run)
         return process
+
+    def _changed(self, process: StdioProcess) -> None:
+        if self.on_change is not None and self.get(process.name) is process:
+            self.on_change(process.name, process.running)
 
     def get(self, name: str) -> StdioProcess | None:
         entry = self._processes.get(name)

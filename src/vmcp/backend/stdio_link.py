@@ -108,10 +108,6 @@ class StdioLink:
         self._tg.cancel_scope.cancel()
         await self._tg.__aexit__(exc_type, exc, tb)
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._pending)
-
     # -- what the supervisor uses ----------------------------------------------
 
     async def initialize(self) -> InitializeResult:
@@ -236,7 +232,10 @@ class StdioLink:
     async def _dispatch(self, message: dict[str, Any]) -> None:
         method = message.get("method")
         if method is None:
-            pending = self._pending.get(message.get("id"))  # type: ignore[arg-type]
+            answer_id = message.get("id")
+            if isinstance(answer_id, str) and answer_id.isdigit():
+                answer_id = int(answer_id)  # a server that echoes the id as a string
+            pending = self._pending.get(answer_id) if isinstance(answer_id, int) else None
             if pending is None or pending.done.is_set():
                 logger.debug("stdio backend %r: answer to an unknown id %r", self._backend,
                              message.get("id"))
