@@ -128,6 +128,12 @@ class SessionQuestions:
         seq = record.get("seq")
         start = max(int(seq) if isinstance(seq, int) else 0,
                     await _logged_until(session, stream_id))
+        if session.event_log is not None:
+            # A mark (no message) right away: the client's resume, which may come before
+            # the run's first event, must find the stream in the log, not a GET stream.
+            start += 1
+            await session.event_log.append(session.session_id, stream_id, start,
+                                           {"m": None, "final": False})
         stream = session.streams.adopt(stream_id, request_id, start=start)
         # The client resumes this stream from the event log, on whichever replica.
         session.work.persist(stream)
