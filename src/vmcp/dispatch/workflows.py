@@ -24,7 +24,7 @@ from typing import Any, Final, Protocol, TypeVar, runtime_checkable
 
 from vmcp.backend import BackendRpcError
 from vmcp.composite import Asked, StepFailed, WorkflowRun
-from vmcp.composite.engine import Observer, StepObserver
+from vmcp.composite.contract import Observer, StepObserver
 from vmcp.config import CompositeToolConfig
 from vmcp.dispatch.seam import Upstream
 from vmcp.errors import BackendError, NotPermitted, RequestError
