@@ -115,8 +115,9 @@ class DetachedWork:
                                        extra={"session_id": self._session_id})
                         copied.settle(False)
                         return
-                    if item.final:
-                        return
+                    if item.final or (item.pause_ms is not None and self._closed
+                                      and stream.continued_elsewhere):
+                        return  # ended, or the rest comes from the replica that goes on
                 copied.settle(True)
         finally:
             copied.settle(True)
