@@ -46,13 +46,13 @@ def _configs(backends: dict[str, ManagedProcess], redis: RedisServer,
                                  audit={"enabled": True,
                                         "sink": f"file:{workdir / f'{name}-audit.jsonl'}"},
                                  composite_tools=[ASK, ASK_BRIEFLY])
-            for name in ("doomed", "replica-1", "replica-2")}
+            for name in ("doomed", "survivor")}
 
 
 @pytest.fixture(scope="module")
 def gateways(demo_backends: dict[str, ManagedProcess], redis_server: RedisServer,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ManagedProcess]]:
-    """Three replicas; ``doomed`` is killed by the failover test, and used by no other."""
+    """Two replicas; ``doomed`` is killed by the failover test, and used by no other."""
     workdir = tmp_path_factory.mktemp("composite-failover")
     with running_gateways(_configs(demo_backends, redis_server, workdir),
                           workdir) as started:
@@ -60,8 +60,8 @@ def gateways(demo_backends: dict[str, ManagedProcess], redis_server: RedisServer
 
 
 @pytest.fixture
-def replicas(gateways: dict[str, ManagedProcess]) -> tuple[ManagedProcess, ManagedProcess]:
-    return gateways["replica-1"], gateways["replica-2"]
+def survivor(gateways: dict[str, ManagedProcess]) -> ManagedProcess:
+    return gateways["survivor"]
 
 
 @pytest.fixture
@@ -79,7 +79,15 @@ def _kill(replica: ManagedProcess) -> None:
 
 def test_waiting_workflows_complete_on_another_replica_after_theirs_is_killed(
         http: httpx2.Client, gateways: dict[str, ManagedProcess]) -> None:
-    doomed, other = gateways["doomed"], gateways["replica-2"]
+    doomed, other = gateways["doomed"], gateways["survivor"]
+    # The client capabilities are in the session's record: another replica knows them.
+    plain = RawSession.open(http, doomed.url)  # declares no capabilities
+    request_id, response = plain.rpc("tools/call", {"name": "ask_then_save",
+                                                    "arguments": {}}, url=other.url)
+    refused = reply_to(response, request_id)["result"]
+    assert refused["isError"] is True
+    assert "did not declare the elicitation capability" in refused["content"][0]["text"]
+
     # A 2026-07-28 client's run, and a session client's, both waiting on the same replica.
     started = _ask(http, doomed.url)
     assert started["requestState"].startswith("vmcp-wf.")
@@ -125,38 +133,24 @@ def _retry(started: dict[str, Any], title: str, tool: str = "ask_then_save"
 
 
 def test_a_handle_is_refused_to_another_identity_and_stays_the_owners(
-        http: httpx2.Client, replicas: tuple[ManagedProcess, ManagedProcess]) -> None:
-    first, second = replicas
-    started = _ask(http, first.url)
+        http: httpx2.Client, survivor: ManagedProcess) -> None:
+    started = _ask(http, survivor.url)
     retry = _retry(started, "mine")
     with httpx2.Client(timeout=15.0, headers={"Authorization": "Bearer bob-token"}) as bob:
-        _, refused = StatelessClient(bob, second.url).rpc("tools/call", retry)
+        _, refused = StatelessClient(bob, survivor.url).rpc("tools/call", retry)
     assert refused["error"]["message"].startswith("Invalid or expired requestState"), refused
-    done = StatelessClient(http, second.url).result("tools/call", retry)
+    done = StatelessClient(http, survivor.url).result("tools/call", retry)
     assert done["structuredContent"] == {"title": "mine"}, done
 
 
 def test_an_answer_after_the_ttl_is_refused(
-        http: httpx2.Client, replicas: tuple[ManagedProcess, ManagedProcess]) -> None:
-    first, second = replicas
-    started = _ask(http, first.url, "ask_briefly")
+        http: httpx2.Client, survivor: ManagedProcess) -> None:
+    started = _ask(http, survivor.url, "ask_briefly")
     time.sleep(BRIEF_TTL + 0.3)  # the time-to-live itself is what this test is about
-    response, late = StatelessClient(http, second.url).rpc(
+    response, late = StatelessClient(http, survivor.url).rpc(
         "tools/call", _retry(started, "too late", "ask_briefly"))
     assert response.status_code == 400, response.text
     assert late["error"]["message"].startswith("Invalid or expired requestState"), late
-
-
-def test_a_session_client_without_elicitation_gets_a_named_error(
-        http: httpx2.Client, replicas: tuple[ManagedProcess, ManagedProcess]) -> None:
-    first, second = replicas
-    session = RawSession.open(http, first.url)  # declares no capabilities
-    # Served by the other replica: the capability comes from the session's record.
-    request_id, response = session.rpc("tools/call", {"name": "ask_then_save",
-                                                      "arguments": {}}, url=second.url)
-    result = reply_to(response, request_id)["result"]
-    assert result["isError"] is True
-    assert "did not declare the elicitation capability" in result["content"][0]["text"]
 
 
 def _audit_events(gateway: ManagedProcess, run_ended: int) -> list[dict[str, Any]]:
@@ -176,7 +170,7 @@ def _audit_events(gateway: ManagedProcess, run_ended: int) -> list[dict[str, Any
 
 def test_a_runs_steps_and_questions_are_audited_with_the_caller(
         http: httpx2.Client, gateways: dict[str, ManagedProcess]) -> None:
-    gateway = gateways["replica-1"]
+    gateway = gateways["survivor"]
     path = gateway.log_path.with_name(f"{gateway.name}-audit.jsonl")
     ended_before = sum(json.loads(line)["type"] == "mcp_composite_end"
                        for line in path.read_text().splitlines() if line)

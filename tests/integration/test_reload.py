@@ -12,7 +12,7 @@ from typing import Any
 import httpx2
 import yaml
 
-from tests.integration.test_composite_tools import TEST_TOOLS
+from tests.integration.test_composite_tools import TEST_TOOLS, StatelessClient
 from tests.support.mcp_http import RawSession, waiting_at_question
 from tests.support.processes import ManagedProcess, running_gateway
 
@@ -110,6 +110,10 @@ def test_sighup_adds_and_removes_composite_tools_and_a_run_under_way_keeps_its_o
         with waiting_at_question(http, gateway.url) as (session, call, events, _, question):
             received: list[str] = []
             stop, listener = listening(session, gateway.url, received)
+            stateless = StatelessClient(http, gateway.url)
+            meta = {"io.modelcontextprotocol/clientCapabilities": {"elicitation": {}}}
+            waiting = stateless.result("tools/call", {"name": "ask_then_save",
+                                                      "arguments": {}, "_meta": meta})
             config = yaml.safe_load(config_file.read_text())
             config["composite_tools"] = [added]
             config_file.write_text(yaml.safe_dump(config))
@@ -127,6 +131,12 @@ def test_sighup_adds_and_removes_composite_tools_and_a_run_under_way_keeps_its_o
                              ).status_code == 202
             final = next(m for _, m in list(events) if m.get("id") == call["id"])
             assert final["result"]["structuredContent"] == {"title": "defined before"}
+            [key] = waiting["inputRequests"]
+            resumed = stateless.result("tools/call", {
+                "name": "ask_then_save", "arguments": {}, "_meta": meta,
+                "requestState": waiting["requestState"], "inputResponses": {key: {
+                    "action": "accept", "content": {"title": "also before"}}}})
+            assert resumed["structuredContent"] == {"title": "also before"}, resumed
         _, gone = session.rpc("tools/call", {"name": "ask_then_save", "arguments": {}})
         assert "Unknown tool: ask_then_save" in gone.text, gone.text
         stop.set()

@@ -9,8 +9,9 @@ must finish the request's stream with ``-32001``, and a stream copied to the eve
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import anyio
@@ -139,3 +140,49 @@ async def test_a_resumed_stream_whose_writer_is_gone_ends_when_its_log_expires(
     finally:
         await store.aclose()
     assert read == [1]
+
+
+@pytest.fixture
+async def log(redis_server: RedisServer) -> AsyncIterator[RedisEventLog]:
+    """An event log on the test Redis, under a prefix of its own."""
+    prefix = f"close:{uuid.uuid4().hex[:12]}:"
+    store = RedisStore.from_url(redis_server.url, key_prefix=prefix, ttl_seconds=60,
+                                timeout_seconds=2.0)
+    yield RedisEventLog(store.client, prefix + "events:", ttl_seconds=60, max_events=100,
+                        timeout_seconds=2.0)
+    await store.aclose()
+
+
+@pytest.mark.redis
+async def test_a_stream_whose_run_goes_on_elsewhere_is_paused_not_ended(
+        log: RedisEventLog) -> None:
+    """A composite run waiting for the user is kept in the store: when this replica
+    closes the session (draining, eviction), the answer lets another replica go on, so
+    the stream must tell its client to come back, not that the session is gone."""
+    running = session_without_backends(log, replica_id="r1")
+    stream = running.streams.open(5)
+    channel = running.channel(stream, 5)
+
+    async def work() -> None:
+        await channel.request("elicitation/create", {"message": "?"},
+                              request_id="vmcp-wf.test", resumable=True,
+                              answers_elsewhere=contextlib.nullcontext())
+
+    running.work.spawn(work())
+    with anyio.fail_after(5):
+        [(_, question)] = await stream.after(0)
+        async for _ in log.read(SESSION_ID, stream.id, 0):  # the question is copied
+            break
+    await running.aclose()
+    with anyio.fail_after(5):
+        [(_, paused)] = await stream.after(1)
+    recorded = []
+    with anyio.fail_after(5):
+        async for position, record in log.read(SESSION_ID, stream.id, 0):
+            recorded.append((position, record))
+            if position == await log.last_seq(SESSION_ID, stream.id):
+                break
+    assert question.message is not None
+    assert question.message["id"] == "vmcp-wf.test"
+    assert (paused.final, paused.message, paused.pause_ms) == (False, None, 1000)
+    assert [r.get("final") for _, r in recorded] == [False, False], recorded

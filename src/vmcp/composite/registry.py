@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from vmcp.composite.engine import Observer, StepObserver, output_schema
+from vmcp.composite.contract import Observer, StepObserver
+from vmcp.composite.engine import output_schema
 from vmcp.config import CompositeToolConfig
 from vmcp.identity import Principal
 

@@ -14,8 +14,8 @@ Layout of the file (every key optional except each backend's ``name`` and ``url`
                   tools: {<backend>: {include, exclude, overrides: {<tool>: {name, description}}}}}
     limits:      {max_concurrent_backend_connects, max_sessions_per_identity,
                   call_timeout_seconds}
-    composite_tools: [{name, description, parameters, timeout_seconds, max_parallel,
-                      hide_tools, output: {<field>: {type, value, description}},
+    composite_tools: [{name, description, parameters, timeout_seconds, answer_ttl_seconds,
+                      max_parallel, hide_tools, output: {<field>: {type, value, description}},
                       steps: [{id, type: tool | elicitation | for_each, depends_on, when,
                                timeout_seconds, default,
                                on_error: {action: abort | continue | retry, retries,

@@ -14,7 +14,7 @@ from vmcp.composite import CompositeRegistry
 from vmcp.config import CompositeToolConfig
 from vmcp.dispatch.authorization import arguments_of, listed_subject, routed_subject
 from vmcp.dispatch.seam import Target, Upstream
-from vmcp.dispatch.workflows import WorkflowCall, WorkflowUpstream
+from vmcp.dispatch.workflows import WorkflowCall, WorkflowUpstream, is_handle
 from vmcp.errors import INVALID_PARAMS_CODE, NotPermitted, RequestError
 from vmcp.identity import ANONYMOUS, Principal
 
@@ -137,23 +137,24 @@ class Dispatcher(Generic[ResultT]):
             raise RequestError(INVALID_PARAMS_CODE, "arguments must be an object")
         meta = params.get("_meta")
         token = meta.get("progressToken") if isinstance(meta, Mapping) else None
+        # None: a reload removed the tool, and this retry continues a run that began
+        # before (it goes on with its own definition, from the stored snapshot).
         tool = self._composites.get(name)
-        assert tool is not None
-        work = self.workflow_call(upstream, tool, arguments, token, principal)
-        asks = any(step.type == "elicitation" for step in tool.steps)
+        work = self.workflow_call(upstream, name, tool, arguments, token, principal)
+        asks = tool is None or any(step.type == "elicitation" for step in tool.steps)
         done: ResultT = await upstream.run_workflow(name, params, work, asks=asks)
         return done
 
-    def workflow_call(self, upstream: WorkflowUpstream[ResultT], tool: CompositeToolConfig,
-                      arguments: Mapping[str, Any], progress_token: Any,
-                      principal: Principal) -> WorkflowCall:
-        """A call of ``tool`` whose steps take ``principal``'s own path over ``upstream``
-        (also for a run continued from a snapshot: ``tool`` is then the definition the run
-        started with)."""
+    def workflow_call(self, upstream: WorkflowUpstream[ResultT], name: str,
+                      tool: CompositeToolConfig | None, arguments: Mapping[str, Any],
+                      progress_token: Any, principal: Principal) -> WorkflowCall:
+        """A call of the composite tool ``name`` (defined by ``tool``; a run continued
+        from a snapshot uses the definition it started with) whose steps take
+        ``principal``'s own path over ``upstream``."""
         return WorkflowCall(tool, arguments, upstream.for_steps(),
                             partial(self._step_call, principal), progress_token,
                             self._composites.observer,
-                            self._composites.step_observer(tool.name, principal))
+                            self._composites.step_observer(name, principal))
 
     async def authorize(self, upstream: Upstream[ResultT], method: str,
                         params: Mapping[str, Any], principal: Principal, *,
@@ -204,7 +205,8 @@ class Dispatcher(Generic[ResultT]):
         backend tool."""
         name = params.get("name")
         if (method == "tools/call" and not from_step and isinstance(name, str)
-                and self._composites.get(name) is not None):
+                and (self._composites.get(name) is not None
+                     or is_handle(params.get("requestState")))):
             return (Target("", method, name, dict(params), composite=True),
                     await upstream.routing())
         for refresh in (False, True):

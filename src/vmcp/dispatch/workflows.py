@@ -24,7 +24,7 @@ from typing import Any, Final, Protocol, TypeVar, runtime_checkable
 
 from vmcp.backend import BackendRpcError
 from vmcp.composite import Asked, StepFailed, WorkflowRun
-from vmcp.composite.engine import Observer, StepObserver
+from vmcp.composite.contract import Observer, StepObserver
 from vmcp.config import CompositeToolConfig
 from vmcp.dispatch.seam import Upstream
 from vmcp.errors import BackendError, NotPermitted, RequestError
@@ -105,7 +105,7 @@ class WorkflowCall:
     :meth:`run` lets the revision choose how the user is asked and where the run starts.
     """
 
-    def __init__(self, tool: CompositeToolConfig, arguments: Mapping[str, Any],
+    def __init__(self, tool: CompositeToolConfig | None, arguments: Mapping[str, Any],
                  steps: WorkflowUpstream[Any], routed: RoutedCall[Any], progress_token: Any,
                  observer: Observer | None = None,
                  step_observer: StepObserver | None = None) -> None:
@@ -125,9 +125,12 @@ class WorkflowCall:
                   answers: Mapping[str, dict[str, Any]] | None = None) -> dict[str, Any]:
         """The call's ``CallToolResult``, from the start or from ``snapshot`` with
         ``answers``; raises ``WorkflowSuspended`` (see ``AwaitingAnswer``), and
-        ``ValueError`` for a snapshot this code cannot read."""
+        ``ValueError`` for a snapshot this code cannot read (or none, for a tool a
+        reload removed)."""
         host = WorkflowHost(self._steps, self._routed, elicit, notify, self.progress_token)
         if snapshot is None:
+            if self.tool is None:
+                raise ValueError("the composite tool is no longer configured")
             run = WorkflowRun(self.tool, self.arguments, host, self._observer,
                               step_observer=self._step_observer)
         else:

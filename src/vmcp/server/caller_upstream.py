@@ -11,6 +11,7 @@ from mcp.shared.inbound import (
     validate_mcp_param_headers,
 )
 from mcp_types import (
+    INTERNAL_ERROR,
     INVALID_PARAMS,
 )
 from starlette.datastructures import Headers
@@ -22,6 +23,7 @@ from vmcp.dispatch import NO_ELICITATION, Target, WorkflowCall, is_handle, new_h
 from vmcp.errors import (
     InvalidRound,
     RequestError,
+    StoreError,
 )
 from vmcp.stateless.backends import Caller, StatelessBackends, View
 from vmcp.stateless.input_rounds import Outcome
@@ -99,8 +101,11 @@ class CallerUpstream:
         answers: dict[str, dict[str, Any]] = {}
         if state is not None:
             responses = _responses(params)
-            record = await self._states.take(state_key(state, *bound)) if is_handle(
-                state) else None
+            try:
+                record = await self._states.take(state_key(state, *bound)) if is_handle(
+                    state) else None
+            except StoreError as exc:
+                raise _store_down(exc) from exc
             if record is None or not isinstance(record.get("snapshot"), dict):
                 raise InvalidRound("Invalid or expired requestState: no run of this tool "
                                    "waits for it (expired, already answered, or not yours)")
@@ -118,8 +123,11 @@ class CallerUpstream:
             handle = new_handle()
             ttl = CompositeToolConfig.model_validate(suspended.snapshot["tool"]
                                                      ).answer_ttl_seconds
-            await self._states.create(state_key(handle, *bound), {
-                "snapshot": suspended.snapshot, "step": suspended.step}, ttl)
+            try:
+                await self._states.create(state_key(handle, *bound), {
+                    "snapshot": suspended.snapshot, "step": suspended.step}, ttl)
+            except StoreError as exc:
+                raise _store_down(exc) from exc
             return BackendKind.MODERN, Outcome(
                 input_requests={suspended.step: {"method": "elicitation/create",
                                                  "params": suspended.question}},
@@ -134,6 +142,12 @@ class CallerUpstream:
         if "elicitation" not in self._caller.capabilities:
             raise StepFailed(NO_ELICITATION)
         raise AwaitingAnswer
+
+
+def _store_down(exc: StoreError) -> RequestError:
+    logger.warning("composite run state: %s", exc)
+    return RequestError(INTERNAL_ERROR, "The store that keeps composite runs waiting for "
+                        "the user is unavailable; retry")
 
 
 def _checked_param_headers(view: View, tool: str, params: Mapping[str, Any],

@@ -177,7 +177,8 @@ class SessionMethods:
             upstream = SessionUpstream(session, channel, self._questions)
             snapshot = record["snapshot"]
             tool = CompositeToolConfig.model_validate(snapshot["tool"])
-            work = self._dispatcher.workflow_call(upstream, tool, snapshot.get("params") or {},
+            work = self._dispatcher.workflow_call(upstream, tool.name, tool,
+                                                  snapshot.get("params") or {},
                                                   record.get("progress"), principal)
             return await upstream.run_workflow(tool.name, {}, work, asks=True,
                                                snapshot=snapshot, answers=answers)

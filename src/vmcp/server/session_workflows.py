@@ -20,6 +20,7 @@ Whoever continues the run takes the record first (one use), so exactly one repli
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
@@ -90,19 +91,25 @@ class SessionQuestions:
                     "progress": work.progress_token}, ttl)
             except StoreError as exc:
                 raise StepFailed(f"the run could not be kept while it waits: {exc}") from None
+            # Listen until the record is taken: an answer that comes twice meanwhile must
+            # reach this replica (which ignores it), not start the run a second time.
             listening = (self._relay.listen(key, _delivering(session))
-                         if self._relay is not None else None)
+                         if self._relay is not None else contextlib.nullcontext())
             try:
-                answer = await channel.request("elicitation/create", params,
-                                               request_id=handle, wait_seconds=ttl,
-                                               answers_elsewhere=listening, resumable=True)
-            except TimeoutError:
-                await _forget(self._states, key)
-                raise StepFailed("the user did not answer in time") from None
-            try:
-                taken = await self._states.take(key)
-            except StoreError as exc:
-                raise StepFailed(f"the answer could not be claimed: {exc}") from None
+                async with listening:
+                    try:
+                        answer = await channel.request(
+                            "elicitation/create", params, request_id=handle, wait_seconds=ttl,
+                            answers_elsewhere=contextlib.nullcontext(), resumable=True)
+                    except TimeoutError:
+                        await _forget(self._states, key)
+                        raise StepFailed("the user did not answer in time") from None
+                    try:
+                        taken = await self._states.take(key)
+                    except StoreError as exc:
+                        raise StepFailed(f"the answer could not be claimed: {exc}") from None
+            except (StoreError, TimeoutError) as exc:  # the relay could not listen
+                raise StepFailed(f"the answer cannot be awaited: {exc}") from None
             if taken is None:
                 raise StepFailed("the answer came after the run's state expired")
             return elicit_result(answer)
@@ -128,6 +135,12 @@ class SessionQuestions:
         seq = record.get("seq")
         start = max(int(seq) if isinstance(seq, int) else 0,
                     await _logged_until(session, stream_id))
+        if session.event_log is not None:
+            # A mark (no message) right away: the client's resume, which may come before
+            # the run's first event, must find the stream in the log, not a GET stream.
+            start += 1
+            await session.event_log.append(session.session_id, stream_id,
+                                           [(start, {"m": None, "final": False})])
         stream = session.streams.adopt(stream_id, request_id, start=start)
         # The client resumes this stream from the event log, on whichever replica.
         session.work.persist(stream)

@@ -267,7 +267,7 @@ class McpEndpoint:
                         await self._methods.workflow_answer(session, message.raw, principal)
                     else:
                         await session.forward_client_response(message.raw)
-                except StoreError as exc:
+                except (StoreError, SessionClosed) as exc:
                     raise _error_reply(exc, None) from exc
                 except WorkflowGone:
                     # Not 404: clients take that for an ended session and start over.

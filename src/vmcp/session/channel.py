@@ -111,7 +111,8 @@ class ClientChannel:
         ``request_id``, ``answers_elsewhere`` (where answers POSTed to other replicas come
         from) and ``wait_seconds`` replace the defaults; ``resumable`` copies the stream to the
         event log once the question is on it, so that the client can follow the request
-        on another replica even if this one goes away."""
+        on another replica even if this one goes away (the request's run is kept in the
+        store: if the session closes here meanwhile, the stream pauses rather than ends)."""
         request_id, answer = self._pending.open(request_id)
         message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
         if params is not None:
@@ -125,7 +126,9 @@ class ClientChannel:
                 await self._put(Outbound(message))
                 with anyio.fail_after(wait_seconds):
                     if resumable and self._persist is not None:
+                        self._stream.continued_elsewhere = True
                         await self._persist(self._stream).wait()
                     return await answer
         finally:
+            self._stream.continued_elsewhere = False
             self._pending.discard(request_id)

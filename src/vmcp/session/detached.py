@@ -172,6 +172,9 @@ class DetachedWork:
                 copied_bytes += sum(size for _, _, size in batch)
                 if batch[-1][1]["final"]:
                     return
+                if self._closed and stream.continued_elsewhere and any(
+                        "pause" in record for _, record, _ in batch):
+                    return  # the rest comes from the replica that goes on
                 if position >= len(stream):  # everything so far is in the log
                     copied.settle(True)
         finally:

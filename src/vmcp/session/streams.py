@@ -33,6 +33,8 @@ from vmcp.lru import LRU
 logger = logging.getLogger(__name__)
 
 KEEP_FINISHED_SECONDS = 300.0
+PAUSE_FOR_ELSEWHERE_MS = 1000
+"""How soon the client of a stream whose run goes on elsewhere should resume it."""
 MAX_STREAMS_PER_SESSION = 256
 
 
@@ -105,6 +107,10 @@ class ResponseStream:
         self._room = anyio.Event()
         self.finished_at: float | None = None
         self.overflowed = False
+        self.continued_elsewhere = False
+        """Its request waits for an answer with which any replica can go on (the run is
+        kept in the store): a closing session pauses the stream instead of ending it, so
+        the client resumes it wherever the run goes on."""
 
     def append(self, item: Outbound) -> None:
         """Add one event now, past any bound (a final answer, a pause); nothing follows a
@@ -244,10 +250,14 @@ class ResponseStreams:
     def end_all(self, answer: Callable[[Any], dict[str, Any]]) -> None:
         """Finish every open stream with ``answer(request_id)``: the session closed, and
         whoever waits on a stream (the request's handler, a resumed GET) gets an end,
-        whether or not the work behind it ever ran."""
+        whether or not the work behind it ever ran. A stream ``continued_elsewhere`` is
+        paused instead: its end will come from the replica that goes on."""
         for stream in self._streams.values():
-            stream.append(Outbound(answer(stream.request_id), final=True,
-                                   session_ended=True))
+            if stream.continued_elsewhere:
+                stream.append(Outbound(None, pause_ms=PAUSE_FOR_ELSEWHERE_MS))
+            else:
+                stream.append(Outbound(answer(stream.request_id), final=True,
+                                       session_ended=True))
 
     def _prune(self) -> None:
         now = time.monotonic()
