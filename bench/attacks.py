@@ -33,7 +33,7 @@ import anyio.abc
 import httpx2
 import yaml
 
-from bench.procs import Processes, free_ports, wait_http
+from bench.procs import ROOT, Processes, free_ports, wait_http
 
 PROTOCOL = "2025-11-25"
 HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
@@ -82,29 +82,33 @@ async def call(http: httpx2.AsyncClient, url: str, headers: dict[str, str], tool
 
 
 class Probe:
-    """Calls alpha_echo every PROBE_INTERVAL; latencies of the answers, count of failures."""
+    """Calls alpha_echo every PROBE_INTERVAL; latencies of the answers, count of failures.
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    It runs in a process of its own (``--probe URL``), so that the attackers' own load on
+    the runner does not count as the gateway's delay; it stops when its stdin closes."""
+
+    def __init__(self) -> None:
         self.seconds: list[float] = []
         self.failures: list[str] = []
-        self.most_fds = 0
 
-    async def run(self, http: httpx2.AsyncClient, headers: dict[str, str]) -> None:
-        while True:
-            started = time.perf_counter()
-            try:
-                with anyio.fail_after(30):
-                    reply = await call(http, self.gateway.url, headers, "alpha_echo",
-                                       {"text": "probe"})
-                if "result" in reply:
-                    self.seconds.append(time.perf_counter() - started)
-                else:
-                    self.failures.append(str(reply["error"]["message"])[:120])
-            except (TimeoutError, httpx2.HTTPError) as exc:
-                self.failures.append(type(exc).__name__)
-            self.most_fds = max(self.most_fds, self.gateway.fds())
-            await anyio.sleep(max(0.0, PROBE_INTERVAL - (time.perf_counter() - started)))
+    async def run(self, url: str, stop: anyio.Event) -> None:
+        async with httpx2.AsyncClient(timeout=60, limits=httpx2.Limits(max_connections=2)
+                                      ) as http:
+            headers = await open_session(http, url)
+            while not stop.is_set():
+                started = time.perf_counter()
+                try:
+                    with anyio.fail_after(30):
+                        reply = await call(http, url, headers, "alpha_echo", {"text": "probe"})
+                    if "result" in reply:
+                        self.seconds.append(time.perf_counter() - started)
+                    else:
+                        self.failures.append(str(reply["error"]["message"])[:120])
+                except (TimeoutError, httpx2.HTTPError) as exc:
+                    self.failures.append(type(exc).__name__)
+                with anyio.move_on_after(max(0.0, PROBE_INTERVAL
+                                             - (time.perf_counter() - started))):
+                    await stop.wait()
 
     def figures(self) -> Figures:
         ordered = sorted(self.seconds)
@@ -112,38 +116,71 @@ class Probe:
         return {"probe_answers": len(ordered), "probe_failures": Counter(self.failures),
                 "probe_p50_ms": round(1000 * statistics.median(ordered), 1) if ordered else None,
                 "probe_p99_ms": round(1000 * p99, 1) if p99 is not None else None,
-                "probe_max_ms": round(1000 * ordered[-1], 1) if ordered else None,
-                "gateway_fds_max": self.most_fds}
+                "probe_max_ms": round(1000 * ordered[-1], 1) if ordered else None}
 
 
-async def under_probe(gateway: Gateway, attack: Callable[[Probe], Awaitable[Figures]]
-                      ) -> Figures:
-    limits = httpx2.Limits(max_connections=4)
-    async with httpx2.AsyncClient(timeout=60, limits=limits) as http:
-        headers = await open_session(http, gateway.url)
-        probe = Probe(gateway)
+async def probe_main(url: str) -> None:
+    probe = Probe()
+    stop = anyio.Event()
+
+    async def wait_for_eof() -> None:
+        await anyio.to_thread.run_sync(sys.stdin.read)
+        stop.set()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(wait_for_eof)
+        await probe.run(url, stop)
+        group.cancel_scope.cancel()
+    print(json.dumps(probe.figures(), default=str), flush=True)
+
+
+async def under_probe(gateway: Gateway, attack: Callable[[], Awaitable[Figures]]) -> Figures:
+    """Run ``attack`` while a probe process calls alpha; both figures, and the gateway's
+    most open descriptors meanwhile."""
+    most_fds = gateway.fds()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    async with await anyio.open_process(
+            [sys.executable, "-m", "bench.attacks", "--probe", gateway.url], env=env) as probe:
+        assert probe.stdin is not None
+        assert probe.stdout is not None
+        await anyio.sleep(1)  # the probe's session is open and calling before the attack
+
+        async def watch_fds() -> None:
+            nonlocal most_fds
+            while True:
+                most_fds = max(most_fds, gateway.fds())
+                await anyio.sleep(0.1)
+
         async with anyio.create_task_group() as group:
-            group.start_soon(probe.run, http, headers)
-            figures = await attack(probe)
+            group.start_soon(watch_fds)
+            figures = await attack()
             group.cancel_scope.cancel()
-    return {**probe.figures(), **figures}
+        await probe.stdin.aclose()
+        output = b""
+        async for chunk in probe.stdout:
+            output += chunk
+    return {**json.loads(output), "gateway_fds_max": most_fds, **figures}
 
 
 async def stream_flood(gateway: Gateway, streams: int, seconds: float) -> Figures:
-    async def attack(probe: Probe) -> Figures:
+    async def attack() -> Figures:
         limits = httpx2.Limits(max_connections=streams * 2 + 10)
         statuses: Counter[int] = Counter()
         health: Counter[str] = Counter()
         async with httpx2.AsyncClient(timeout=30, limits=limits) as http:
             sessions = [await open_session(http, gateway.url) for _ in range(streams)]
             opened: list[httpx2.Response] = []
-            with anyio.move_on_after(seconds):
+            tools = -1
+            started = time.perf_counter()
+            with anyio.move_on_after(60):
                 for headers in sessions:
                     request = http.build_request(
                         "GET", gateway.url, headers={**headers, "Accept": "text/event-stream"})
                     response = await http.send(request, stream=True)
                     statuses[response.status_code] += 1
                     opened.append(response)
+            opening = time.perf_counter() - started
+            with anyio.move_on_after(seconds):
                 joined = await open_session(http, gateway.url)
                 listed = await http.post(gateway.url, headers=joined, json={
                     "jsonrpc": "2.0", "id": 3, "method": "tools/list"})
@@ -153,13 +190,14 @@ async def stream_flood(gateway: Gateway, streams: int, seconds: float) -> Figure
             health.update(b["name"] + ":" + b["health"] for b in status["backends"])
             for response in opened:
                 await response.aclose()
-        return {"get_statuses": dict(statuses), "tools_of_session_opened_during": tools,
+        return {"get_statuses": dict(statuses), "streams_opened_in_s": round(opening, 1),
+                "tools_of_session_opened_during": tools,
                 "health_after": dict(health)}
     return await under_probe(gateway, attack)
 
 
 async def hanging_flood(gateway: Gateway, calls: int, seconds: float) -> Figures:
-    async def attack(probe: Probe) -> Figures:
+    async def attack() -> Figures:
         answers: Counter[str] = Counter()
         slowest = [0.0]
         limits = httpx2.Limits(max_connections=calls + 10)
@@ -186,7 +224,7 @@ async def hanging_flood(gateway: Gateway, calls: int, seconds: float) -> Figures
 
 
 async def dribble(gateway: Gateway, heads: int, bodies: int, seconds: float) -> Figures:
-    async def attack(probe: Probe) -> Figures:
+    async def attack() -> Figures:
         outcomes: Counter[str] = Counter()
 
         async def one(data: bytes) -> None:
@@ -230,7 +268,7 @@ async def dribble(gateway: Gateway, heads: int, bodies: int, seconds: float) -> 
 
 
 async def huge_header(gateway: Gateway, megabytes: int) -> Figures:
-    async def attack(probe: Probe) -> Figures:
+    async def attack() -> Figures:
         started = time.perf_counter()
         sent = 0
         answer = b""
@@ -253,7 +291,7 @@ async def huge_header(gateway: Gateway, megabytes: int) -> Figures:
 
 
 async def abandoned(gateway: Gateway, calls: int, wait: float) -> Figures:
-    async def attack(probe: Probe) -> Figures:
+    async def attack() -> Figures:
         async with httpx2.AsyncClient(timeout=60) as http:
             headers = await open_session(http, gateway.url)
             with anyio.move_on_after(2):  # the clients hang up after 2 s
@@ -285,7 +323,7 @@ def gateway_config(ports: Sequence[int]) -> dict[str, Any]:
     return config
 
 
-async def run_all(gateway: Gateway, scale: float) -> dict[str, Figures]:
+async def run_all(gateway: Gateway, scale: float, only: Sequence[str]) -> dict[str, Figures]:
     def n(count: int) -> int:
         return max(1, int(count * scale))
 
@@ -298,6 +336,8 @@ async def run_all(gateway: Gateway, scale: float) -> dict[str, Figures]:
         ("abandoned_calls", lambda: abandoned(gateway, n(50), 20)),
     ]
     for name, attack in attacks:
+        if only and name not in only:
+            continue
         print(f"-- {name}", file=sys.stderr, flush=True)
         before = gateway.fds()
         results[name] = {"gateway_fds_before": before, **await attack()}
@@ -312,7 +352,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="run the gateway from this checkout's src/ (default: this one)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies every count")
     parser.add_argument("--output", type=Path, default=None, help="write the figures here")
+    parser.add_argument("--only", nargs="*", default=(), help="run only these attacks")
+    parser.add_argument("--probe", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.probe is not None:
+        anyio.run(probe_main, args.probe)
+        return 0
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     workdir = Path(tempfile.mkdtemp(prefix="vmcp-attacks-"))
@@ -334,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "from vmcp.cli import main; sys.argv[0] = 'vmcp'; main()",
             "serve", "--config", str(config)], env=env)
         wait_http(served, ports[0], "/readyz", timeout=60, ok=[200])
-        results = anyio.run(run_all, Gateway(served.pid, ports[0]), args.scale)
+        results = anyio.run(run_all, Gateway(served.pid, ports[0]), args.scale, args.only)
     text = json.dumps(results, indent=2, default=str)
     print(text)
     if args.output is not None:

@@ -38,7 +38,8 @@ def gateway(tmp_path: Path) -> Iterator[tuple[ManagedProcess, RecordingBackend]]
             {"name": "beta", "url": beta.url, "call_timeout_seconds": BETA_CALL_TIMEOUT,
              "connections": {"calls": CALL_BUDGET,
                              "acquire_timeout_seconds": ACQUIRE_TIMEOUT}}],
-            "health": {"interval_seconds": 0.5, "timeout_seconds": 1.0}}
+            "health": {"interval_seconds": 0.3, "timeout_seconds": 1.0,
+                       "unhealthy_threshold": 1}}
         with running_gateway(config, tmp_path) as managed:
             yield managed, beta
 
@@ -74,10 +75,17 @@ def test_a_hanging_backend_delays_only_its_own_callers(
         while len(beta.calls("tools/call")) < CALL_BUDGET and time.monotonic() < deadline:
             time.sleep(0.02)
         during = probe_p99(http, session)
+        healths = []
+        for _ in range(4):  # several probe rounds while beta's call budget is full
+            status = http.get(f"{managed.base_url}/status").json()
+            healths.append({b["name"]: b["health"] for b in status["backends"]})
+            time.sleep(0.5)
         joined = RawSession.open(http, managed.url)
         tools = joined.tool_names()
         answers = [future.result() for future in flood]
 
+    # Health probes have a budget of their own: beta answers them, so it stays healthy.
+    assert healths == [{"alpha": "healthy", "beta": "healthy"}] * 4
     assert during <= max(3 * baseline, 0.25), (baseline, during)
     assert "alpha_echo" in tools
     busy = [seconds for reply, seconds in answers if reply["error"]["message"] == (

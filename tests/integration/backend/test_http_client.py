@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpcore2
+import httpx2
 import pytest
 
 from tests.support.processes import ManagedProcess
@@ -14,12 +15,13 @@ from vmcp.backend.http_client import (
     _Transport,
     backend_http_client,
 )
+from vmcp.config import BackendConfig, BackendConnectionsConfig
 
 pytestmark = pytest.mark.anyio
 
 
 def test_the_private_attributes_it_relies_on_still_exist() -> None:
-    transport = _Transport(limits=__import__("httpx2").Limits(max_connections=4))
+    transport = _Transport(limits=httpx2.Limits(max_connections=4))
     assert isinstance(transport._pool, httpcore2.AsyncConnectionPool)
     assert isinstance(backend_http_client()._transport, BulkheadTransport)
 
@@ -77,3 +79,16 @@ def _recording(send: Any, sent: list[bytes]) -> Any:
         await send(item)
     return recording
 
+def test_a_request_is_budgeted_to_the_backend_its_url_falls_under() -> None:
+    a = BackendConfig(name="a", url="http://127.0.0.1:9000/mcp",
+                      connections=BackendConnectionsConfig(calls=3))
+    b = BackendConfig(name="b", url="http://127.0.0.1:9000/mcp/b")
+    c = BackendConfig(name="c", url="http://127.0.0.1:9001/sse", transport="sse")
+    transport = BulkheadTransport([a, b, c])
+    url = httpx2.URL
+    assert transport.budget_of(url("http://127.0.0.1:9000/mcp"))[0] == "a"
+    assert transport.budget_of(url("http://127.0.0.1:9000/mcp/b?x=1"))[0] == "b"
+    # The SSE transport posts to an endpoint the server names: same origin, same backend.
+    assert transport.budget_of(url("http://127.0.0.1:9001/messages?session=1"))[0] == "c"
+    assert transport.budget_of(url("http://127.0.0.1:9002/mcp"))[0] == ""
+    assert transport.budget_of(url("http://127.0.0.1:9000/mcp"))[1].calls == 3
