@@ -8,9 +8,9 @@
 Each attack starts a real ``vmcp serve`` (and Redis where it matters) on loopback, with
 the default limits, and prints its figures as JSON lines:
 
-* ``slow_reader``: a tool floods progress notifications (100-character messages, as
-  fast as the backend can) while the client reads 4 KB/s; the gateway's RSS, and how the
-  stream ended once the client reads at full speed.
+* ``slow_reader``: a tool floods a million progress notifications (100-character
+  messages, as fast as ``bench.flood_backend`` sends them) while the client reads 4 KB/s;
+  the gateway's RSS, and how the stream ended once the client reads at full speed.
 * ``never_read``: a 30 MB result the client never reads; the gateway's RSS after 10 s.
 * ``hang_up``: with Redis, the client hangs up mid-flood, then DELETEs the session;
   ``XADD`` calls (``INFO commandstats``) during the call and in the 10 s after DELETE.
@@ -33,6 +33,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ import redis
 
 from tests.support import processes
 from tests.support.mcp_http import BASE_HEADERS, RawSession, initialize_body, raw_post
-from tests.support.processes import ManagedProcess, running_gateway
+from tests.support.processes import ManagedProcess, running_backends, running_gateway
 from tests.support.recording_backend import RecordingBackend
 from tests.support.redis_server import RedisServer
 
@@ -60,12 +61,22 @@ def main() -> None:
     attacks = {"slow_reader": slow_reader, "never_read": never_read, "hang_up": hang_up,
                "expiry": expiry, "caps": caps}
     workdir = Path(tempfile.mkdtemp(prefix="vmcp-attack-"))
-    with RecordingBackend(stress=True) as backend, running_redis(workdir) as store:
+    with RecordingBackend() as recorder, running_redis(workdir) as store, \
+            running_backends({"flood": "bench.flood_backend"}, workdir) as flooding:
+        backends = Backends(recorder, flooding["flood"].url)
         for name, attack in attacks.items():
             if args.only and name not in args.only:
                 continue
-            figures = attack(backend, store, workdir / name, args.before)
+            figures = attack(backends, store, workdir / name, args.before)
             print(json.dumps({"attack": name, **figures}), flush=True)
+
+
+@dataclass(frozen=True)
+class Backends:
+    """The recording backend (it counts upstream sessions) and the flooding one."""
+
+    recorder: RecordingBackend
+    flood_url: str
 
 
 @contextlib.contextmanager
@@ -78,14 +89,14 @@ def running_redis(workdir: Path) -> Iterator[RedisServer]:
         server.stop()
 
 
-def config(backend: RecordingBackend, **sections: Any) -> dict[str, Any]:
-    return {"backends": [{"name": "rec", "url": backend.url}], "health": {"enabled": False},
+def config(url: str, **sections: Any) -> dict[str, Any]:
+    return {"backends": [{"name": "up", "url": url}], "health": {"enabled": False},
             **sections}
 
 
 def flood(session: RawSession, count: int, size: int) -> dict[str, Any]:
     return session.message("tools/call", {
-        "name": "rec_flood", "arguments": {"count": count, "size": size},
+        "name": "up_flood", "arguments": {"count": count, "size": size},
         "_meta": {"progressToken": 1}})
 
 
@@ -93,14 +104,14 @@ def mib(n: int) -> float:
     return round(n / 2**20, 1)
 
 
-def slow_reader(backend: RecordingBackend, store: RedisServer, workdir: Path,
+def slow_reader(backends: Backends, store: RedisServer, workdir: Path,
                 before: bool) -> dict[str, Any]:
     seconds = 15.0 if before else 45.0
-    with running_gateway(config(backend), workdir) as gateway, \
+    with running_gateway(config(backends.flood_url), workdir) as gateway, \
             httpx2.Client(timeout=30) as http:
         session = RawSession.open(http, gateway.url)
         baseline = peak = gateway.rss_bytes
-        message = flood(session, 2_000_000, 100)
+        message = flood(session, 1_000_000, 100)
         sock = raw_post(gateway.url, session.headers(), message)
         received = 0
         began = time.monotonic()
@@ -138,13 +149,13 @@ def read_until_end(sock: socket.socket, *, seconds: float) -> dict[str, Any]:
             "drain_s": round(time.monotonic() - began, 1)}
 
 
-def never_read(backend: RecordingBackend, store: RedisServer, workdir: Path,
+def never_read(backends: Backends, store: RedisServer, workdir: Path,
                before: bool) -> dict[str, Any]:
-    with running_gateway(config(backend), workdir) as gateway, \
+    with running_gateway(config(backends.flood_url), workdir) as gateway, \
             httpx2.Client(timeout=30) as http:
         session = RawSession.open(http, gateway.url)
         baseline = gateway.rss_bytes
-        message = session.message("tools/call", {"name": "rec_big",
+        message = session.message("tools/call", {"name": "up_big",
                                                  "arguments": {"size": 30_000_000}})
         sock = raw_post(gateway.url, session.headers(), message)
         peak = baseline
@@ -162,16 +173,16 @@ def xadds(client: redis.Redis) -> int:
     return int(stats.get("cmdstat_xadd", {}).get("calls", 0))
 
 
-def hang_up(backend: RecordingBackend, store: RedisServer, workdir: Path,
+def hang_up(backends: Backends, store: RedisServer, workdir: Path,
             before: bool) -> dict[str, Any]:
     client = redis.Redis.from_url(store.url)
     session_config = {"store": store.url, "key_prefix": "attack:hangup:"}
-    with running_gateway(config(backend, session=session_config), workdir) as gateway, \
-            httpx2.Client(timeout=30) as http:
+    with running_gateway(config(backends.flood_url, session=session_config),
+                         workdir) as gateway, httpx2.Client(timeout=30) as http:
         session = RawSession.open(http, gateway.url)
         start = xadds(client)
         cpu_before = cpu_seconds(gateway)
-        sock = raw_post(gateway.url, session.headers(), flood(session, 2_000_000, 100))
+        sock = raw_post(gateway.url, session.headers(), flood(session, 1_000_000, 100))
         sock.recv(4096)
         sock.close()
         time.sleep(5.0)  # the call runs on, its stream copied for a resume
@@ -195,13 +206,14 @@ def cpu_seconds(gateway: ManagedProcess) -> float:
     return (int(fields[11]) + int(fields[12])) / 100
 
 
-def expiry(backend: RecordingBackend, store: RedisServer, workdir: Path,
+def expiry(backends: Backends, store: RedisServer, workdir: Path,
            before: bool) -> dict[str, Any]:
     sessions = 20
     session_config = {"store": store.url, "key_prefix": "attack:expiry:", "ttl_seconds": 2.0,
                       "sweep_interval_seconds": 0.5}
+    backend = backends.recorder
     backend.clear()
-    with running_gateway(config(backend, session=session_config), workdir) as gateway, \
+    with running_gateway(config(backend.url, session=session_config), workdir) as gateway, \
             httpx2.Client(timeout=30) as http:
         for _ in range(sessions):
             RawSession.open(http, gateway.url).tool_names()
@@ -212,13 +224,13 @@ def expiry(backend: RecordingBackend, store: RedisServer, workdir: Path,
             "upstream_deletes_after_expiry": len(deletes)}
 
 
-def caps(backend: RecordingBackend, store: RedisServer, workdir: Path,
+def caps(backends: Backends, store: RedisServer, workdir: Path,
          before: bool) -> dict[str, Any]:
     auth = {"incoming": {"type": "static", "tokens": [{
         "token_sha256": hashlib.sha256(TOKEN.encode()).hexdigest(), "issuer": "static",
         "subject": "mallory"}]}}
     statuses: collections.Counter[int] = collections.Counter()
-    with running_gateway(config(backend, auth=auth), workdir) as gateway, \
+    with running_gateway(config(backends.recorder.url, auth=auth), workdir) as gateway, \
             httpx2.Client(timeout=30) as http:
         for _ in range(1000):
             response = http.post(gateway.url, json=initialize_body(1), headers={
