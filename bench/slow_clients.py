@@ -31,6 +31,7 @@ import hashlib
 import json
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -183,9 +184,11 @@ def hang_up(backends: Backends, store: RedisServer, workdir: Path,
         start = xadds(client)
         cpu_before = cpu_seconds(gateway)
         sock = raw_post(gateway.url, session.headers(), flood(session, 1_000_000, 100))
+        time.sleep(2.0)  # a backlog builds up behind the slow start
         sock.recv(4096)
-        sock.close()
-        time.sleep(5.0)  # the call runs on, its stream copied for a resume
+        with probing(gateway) as stalls:
+            sock.close()
+            time.sleep(5.0)  # the call runs on, its stream copied for a resume
         during = xadds(client) - start
         deleted_at = xadds(client)
         assert session.delete().status_code == 200
@@ -197,8 +200,33 @@ def hang_up(backends: Backends, store: RedisServer, workdir: Path,
     client.close()
     last_write = next((i + 1 for i in range(len(samples) - 1, 0, -1)
                        if samples[i] != samples[i - 1]), 0)
-    return {"xadds_in_5s_after_hang_up": during, "xadds_10s_after_delete": samples[-1],
+    return {"slowest_healthz_ms_after_hang_up": round(max(stalls, default=0) * 1000),
+            "xadds_in_5s_after_hang_up": during, "xadds_10s_after_delete": samples[-1],
             "writes_went_on_for_s": last_write, "gateway_cpu_s": round(cpu, 1)}
+
+
+@contextlib.contextmanager
+def probing(gateway: ManagedProcess) -> Iterator[list[float]]:
+    """``/healthz`` latencies every 20 ms while the block runs: how long the gateway's
+    event loop could not answer (a stall shows as one slow probe)."""
+    latencies: list[float] = []
+    stop = threading.Event()
+
+    def probe() -> None:
+        with httpx2.Client(timeout=10) as http:
+            while not stop.is_set():
+                began = time.monotonic()
+                http.get(f"{gateway.base_url}/healthz")
+                latencies.append(time.monotonic() - began)
+                stop.wait(0.02)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    try:
+        yield latencies
+    finally:
+        stop.set()
+        thread.join(timeout=15)
 
 
 def cpu_seconds(gateway: ManagedProcess) -> float:
