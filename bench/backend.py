@@ -25,10 +25,13 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import NoReturn
 
+import anyio
 import uvicorn
 from mcp.server.mcpserver import MCPServer
 from mcp.shared.exceptions import MCPDeprecationWarning
 from mcp_types import ToolAnnotations
+
+from examples.backends import handshake_only
 
 BLOB_BYTES = 5 * 1024
 # Printable, and not one repeated character, so nothing on the way can shortcut it.
@@ -62,6 +65,28 @@ def create_server(extra_tools: int = 0) -> MCPServer:
     return server
 
 
+def add_hanging_tools(server: MCPServer) -> None:
+    """``hang()`` never answers (it sleeps an hour), ``hanging()`` says how many ``hang``
+    calls are still running: what the attack runner's hanging-backend and abandoned-call
+    attacks need to see whether the gateway cancelled them."""
+    running = [0]
+
+    @server.tool(structured_output=False)
+    async def hang() -> str:
+        """Sleep an hour (a tool that never answers)."""
+        running[0] += 1
+        try:
+            await anyio.sleep(3600)
+        finally:
+            running[0] -= 1
+        return "woke"
+
+    @server.tool(structured_output=False)
+    def hanging() -> str:
+        """How many ``hang`` calls are running."""
+        return str(running[0])
+
+
 def _exit_quietly(signum: int, frame: FrameType | None) -> NoReturn:
     raise SystemExit(0)
 
@@ -76,18 +101,27 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="this many more (filler) tools, for listing figures")
     parser.add_argument("--stateless", action="store_true",
                         help="no sessions: every request is served by a fresh transport")
+    parser.add_argument("--hang", action="store_true",
+                        help="add the tools hang() and hanging() (for bench/attacks.py)")
+    parser.add_argument("--handshake-only", action="store_true",
+                        help="refuse the stateless revision (2026-07-28), as a backend built "
+                             "before it: a gateway must hold a session with it")
     args = parser.parse_args(argv)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _exit_quietly)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     warnings.simplefilter("ignore", MCPDeprecationWarning)
-    app = create_server(args.tools).streamable_http_app(
+    server = create_server(args.tools)
+    if args.hang:
+        add_hanging_tools(server)
+    app = server.streamable_http_app(
         streamable_http_path=MCP_PATH,
         json_response=not args.sse,
         stateless_http=args.stateless,
         host=args.host,
     )
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+    served = handshake_only(app) if args.handshake_only else app
+    config = uvicorn.Config(served, host=args.host, port=args.port, log_level="warning",
                             access_log=False, timeout_graceful_shutdown=2)
     # ``Server.run`` (not ``anyio.run(serve)``) so that uvicorn installs uvloop.
     uvicorn.Server(config).run()

@@ -37,6 +37,12 @@ import anyio
 import httpx2
 
 PROTOCOL_VERSION = "2025-11-25"
+MODERN_VERSION = "2026-07-28"
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": MODERN_VERSION,
+    "io.modelcontextprotocol/clientInfo": {"name": "vmcp-bench", "version": "1"},
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
 ACCEPT = "application/json, text/event-stream"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SETUP_TIMEOUT = 60.0
@@ -151,21 +157,28 @@ class LoadResult:
 
 
 class McpHttpSession:
-    """One MCP session over raw HTTP: initialize, call tools, delete."""
+    """One MCP session over raw HTTP: initialize, call tools, delete.
+
+    ``modern``: a client of the stateless revision (2026-07-28) instead - no
+    ``initialize``, no session, no ``DELETE``; every request carries the revision's
+    routing headers and its ``_meta`` envelope.
+    """
 
     def __init__(self, client: httpx2.AsyncClient, url: str,
-                 headers: Mapping[str, str] | None = None) -> None:
+                 headers: Mapping[str, str] | None = None, *, modern: bool = False) -> None:
         self._client = client
         self.url = url
         self._extra_headers = dict(headers or {})
         self._next_id = 0
         self.session_id: str | None = None
-        self.protocol_version = PROTOCOL_VERSION
+        self.protocol_version = MODERN_VERSION if modern else PROTOCOL_VERSION
+        self.modern = modern
 
     def _headers(self) -> dict[str, str]:
         headers = {"accept": ACCEPT, "content-type": "application/json", **self._extra_headers}
-        if self.session_id is not None:
-            headers["mcp-session-id"] = self.session_id
+        if self.session_id is not None or self.modern:
+            if self.session_id is not None:
+                headers["mcp-session-id"] = self.session_id
             headers["mcp-protocol-version"] = self.protocol_version
         return headers
 
@@ -173,9 +186,15 @@ class McpHttpSession:
         """One JSON-RPC request; its result, or ``LoadError`` for any kind of failure."""
         self._next_id += 1
         request_id = self._next_id
+        headers = self._headers()
+        if self.modern:
+            params = {**params, "_meta": MODERN_META}
+            headers["mcp-method"] = method
+            if "name" in params:
+                headers["mcp-name"] = params["name"]
         body = json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method,
                            "params": params}).encode()
-        response = await self._client.post(self.url, content=body, headers=self._headers())
+        response = await self._client.post(self.url, content=body, headers=headers)
         if response.status_code != 200:
             raise LoadError(f"{method}: HTTP {response.status_code}: {response.text[:200]}")
         message = _response_message(response, request_id)
@@ -194,6 +213,8 @@ class McpHttpSession:
             raise LoadError(f"{method}: HTTP {response.status_code}")
 
     async def initialize(self) -> None:
+        if self.modern:
+            return
         await self.request("initialize", {
             "protocolVersion": PROTOCOL_VERSION,
             "capabilities": {},
@@ -272,12 +293,14 @@ async def run_load(
     headers: Mapping[str, str] | None = None,
     on_calls_start: Callable[[], None] | None = None,
     on_calls_end: Callable[[], None] | None = None,
+    modern: bool = False,
 ) -> LoadResult:
     """Run C=``sessions`` sessions of up to N=``calls`` calls each against ``url``.
 
     ``watch`` maps a label to the pids whose CPU the calls phase is charged to;
     ``headers`` are added to every request (an ``Authorization``, for example);
-    ``on_calls_start`` / ``on_calls_end`` run at the phase's edges (for other counters).
+    ``on_calls_start`` / ``on_calls_end`` run at the phase's edges (for other counters);
+    ``modern``: 2026-07-28 clients (no session; "initialize" is then only the first call).
     """
     make_args = arguments or (lambda i: {"text": f"ping {i}"} if tool.endswith("echo") else {})
     watch = dict(watch or {})
@@ -294,7 +317,7 @@ async def run_load(
 
     async def one_session(index: int, client: httpx2.AsyncClient) -> None:
         nonlocal ok_sessions, timed_out
-        session = McpHttpSession(client, url, headers)
+        session = McpHttpSession(client, url, headers, modern=modern)
         in_setup = True
         try:
             started = time.perf_counter()
@@ -415,6 +438,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--time-limit", type=float, default=60.0)
     parser.add_argument("--watch", action="append", default=[],
                         help="LABEL=PID[,PID...]: charge these processes' CPU to LABEL")
+    parser.add_argument("--modern", action="store_true",
+                        help="2026-07-28 clients: no session, the revision's headers")
     args = parser.parse_args(argv)
     host = httpx2.URL(args.url).host
     if host not in ("127.0.0.1", "localhost", "::1"):
@@ -422,7 +447,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     result = run(lambda: run_load(args.url, sessions=args.sessions, calls=args.calls,
                                   tool=args.tool, warmup=args.warmup,
                                   time_limit=args.time_limit,
-                                  watch=_parse_watch(args.watch)))
+                                  watch=_parse_watch(args.watch), modern=args.modern))
     print(json.dumps(result.as_dict(), indent=2))
 
 

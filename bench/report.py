@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from bench.run import Report
 
-SCENARIO_ORDER = "abcdefgh"
+SCENARIO_ORDER = "abcdefghijklm"
 OTHER_CPU = ("redis", "nginx")
 
 
@@ -81,7 +81,7 @@ def _table(report: Report, tool: str) -> list[str]:
 def _headline(report: Report) -> list[str]:
     out = []
     a, e = report.best("a", "echo"), report.best("e", "echo")
-    for key in "bcd":
+    for key in "bcdijm":
         run = report.best(key, "echo")
         if run is None:
             continue
@@ -380,7 +380,8 @@ def markdown(report: Report) -> str:
         f"official SDK, `echo` and a 5 KiB `blob`). Load: {plan.sessions} concurrent "
         f"sessions, each `initialize`, {plan.warmup} warm-up calls, then up to "
         f"{plan.echo_calls} `echo` calls (or {plan.blob_calls} `blob` calls) back to back, "
-        f"then `DELETE`; figures cover the calls phase only. Scenarios (a)-(d) ran "
+        f"then `DELETE`; figures cover the calls phase only. Scenarios (a)-(d) and the "
+        "floors and 2026-07-28 scenarios (g)-(l) ran "
         f"{plan.rounds}x interleaved; the round with the best throughput is shown (all "
         "rounds below). (e) and (f) are bounded by time "
         f"({plan.slow_time_limit:g} s per run) rather than by count.",
@@ -407,6 +408,18 @@ def markdown(report: Report) -> str:
         "(`POST /servers`), clients on `/servers/<id>/mcp` with a bearer token; changed from "
         "its defaults only to allow a loopback backend and to switch its rate limiter off "
         "(100 tool requests per minute by default).",
+        "* (g), (h) the floor, `bench/floor.py`: parse HTTP, one Redis `GETEX` (g) or none "
+        "(h), forward and relay bytes over a kept-alive backend connection.",
+        "* (i), (j) 2026-07-28 clients (no `initialize`, no session, the revision's routing "
+        "headers and `_meta` envelope on every call): (i) the memory-store vmcp of (b) in "
+        "front of the bench backend, which serves that revision itself; (j) another vmcp in "
+        "front of a second bench backend started with `--handshake-only` (it refuses the "
+        "stateless revision), so vmcp holds an upstream session for the callers. (k) is "
+        "(h) forwarding those calls; (l) the floor holding one upstream session per backend "
+        "connection (`--upstream-session`), forwarding each call's bytes on it.",
+        "* (m) `vmcp serve --workers 2` on the Redis store: two replica processes accepting "
+        "on one port (gateway CPU = both workers and their supervisor); compare with (c), "
+        "the same with one process.",
         "",
         "## Headline (echo)",
         "",
@@ -463,10 +476,14 @@ def markdown(report: Report) -> str:
 
 SHORT_LABELS = {"a": "(a) direct", "b": "(b) vmcp\nmemory", "c": "(c) vmcp\nRedis",
                 "d": "(d) 3 vmcp\n+ nginx", "e": "(e) FastMCP\nproxy",
-                "f": "(f) Context-\nForge", "g": "(g) floor\nRedis", "h": "(h) floor\nno store"}
-FLOOR_OF = {"b": "h", "c": "g", "d": "g"}
+                "f": "(f) Context-\nForge", "g": "(g) floor\nRedis", "h": "(h) floor\nno store",
+                "i": "(i) vmcp\n07-28", "j": "(j) vmcp 07-28\nsession bk",
+                "k": "(k) floor\n07-28", "l": "(l) floor 07-28\nsession bk",
+                "m": "(m) vmcp Redis\n2 workers"}
+FLOOR_OF = {"b": "h", "c": "g", "d": "g", "i": "k", "j": "l", "m": "g"}
 """Which floor each vmcp scenario is compared with: the memory store does no store round
-trip, so its floor is the proxy without one."""
+trip, so its floor is the proxy without one; a 2026-07-28 client has no session, so its
+floor has no store either (and holds an upstream session for a session-based backend)."""
 
 
 def plot(report: Report, path: Path) -> str | None:

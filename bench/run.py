@@ -15,6 +15,12 @@ Scenarios (each: an echo run, then a blob run):
   d  vmcp, Redis store, 3 replicas behind nginx (round robin)
   e  FastMCP's proxy (``create_proxy``) in front of the backend
   f  ContextForge in front of the backend (``--setup-contextforge`` installs it)
+  g  the floor (``bench/floor.py``) with one Redis ``GETEX`` per call; h  without it
+  i  vmcp, 2026-07-28 clients, the backend speaking that revision too
+  j  vmcp, 2026-07-28 clients, a backend speaking only the session-based revisions
+  k  the floor of (i): (h) forwarding the 2026-07-28 calls
+  l  the floor of (j): the floor holding one upstream session per backend connection
+  m  vmcp, Redis store, ``vmcp serve --workers 2`` (two replica processes on one port)
 """
 
 from __future__ import annotations
@@ -120,6 +126,7 @@ class Scenario:
     tool_prefix: str = ""
     headers: dict[str, str] = field(default_factory=dict)
     slow: bool = False
+    modern: bool = False                 # 2026-07-28 clients (no session)
 
 
 @dataclass
@@ -206,10 +213,23 @@ def write_vmcp_config(workdir: Path, name: str, port: int, store: str,
 
 
 def start_vmcp(procs: Processes, workdir: Path, name: str, port: int, store: str,
-               backends: Sequence[tuple[str, str]], **kwargs: Any) -> Proc:
+               backends: Sequence[tuple[str, str]], *args: str, **kwargs: Any) -> Proc:
     config = write_vmcp_config(workdir, name, port, store, backends, **kwargs)
     return procs.start(name, [vmcp_binary(), "serve", "--config", str(config),
-                              "--log-level", "warning"], env=vmcp_env())
+                              "--log-level", "warning", *args], env=vmcp_env())
+
+
+def wait_workers(port: int, count: int, timeout: float = START_TIMEOUT) -> None:
+    """Until ``count`` different workers have answered ``/status`` (each on a connection
+    of its own: the kernel hands new connections to whichever worker accepts first)."""
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while len(seen) < count:
+        if time.monotonic() > deadline:
+            raise StartError(f"only {len(seen)} of {count} workers answered on port {port}")
+        with contextlib.suppress(httpx2.HTTPError, KeyError, ValueError):
+            seen.add(httpx2.get(f"http://127.0.0.1:{port}/status", timeout=5
+                                ).json()["replica_id"])
 
 
 NGINX_CONF = """\
@@ -256,10 +276,10 @@ def start_nginx(procs: Processes, workdir: Path, port: int, upstreams: Sequence[
 
 
 def start_floor(procs: Processes, name: str, port: int, backend_url: str,
-                redis_url: str | None) -> Proc:
+                redis_url: str | None, *extra: str) -> Proc:
     store = ["--redis", redis_url] if redis_url else []
     return procs.start(name, [sys.executable, "-m", "bench.floor", "--port", str(port),
-                              "--backend", backend_url, *store], env=clean_env())
+                              "--backend", backend_url, *store, *extra], env=clean_env())
 
 
 def start_fastmcp(procs: Processes, port: int, backend_url: str) -> Proc:
@@ -278,11 +298,11 @@ def load(url: str, plan: Plan, tool: str, *, calls: int, time_limit: float,
          watch: Mapping[str, Sequence[int]] | None = None,
          headers: Mapping[str, str] | None = None,
          on_calls_start: Callable[[], None] | None = None,
-         on_calls_end: Callable[[], None] | None = None) -> LoadResult:
+         on_calls_end: Callable[[], None] | None = None, modern: bool = False) -> LoadResult:
     result: LoadResult = run(lambda: run_load(
         url, sessions=plan.sessions, calls=calls, tool=tool, warmup=plan.warmup,
         time_limit=time_limit, watch=watch, headers=headers,
-        on_calls_start=on_calls_start, on_calls_end=on_calls_end))
+        on_calls_start=on_calls_start, on_calls_end=on_calls_end, modern=modern))
     if result.errors:
         print(f"    {result.errors} errors, first: {result.first_errors[:1]}", flush=True)
     return result
@@ -306,7 +326,8 @@ def run_scenario(report: Report, plan: Plan, scenario: Scenario,
         try:
             result = load(scenario.url, plan, scenario.tool_prefix + tool, calls=calls,
                           time_limit=limit, watch=scenario.watch, headers=scenario.headers,
-                          on_calls_start=start_hook, on_calls_end=end_hook)
+                          on_calls_start=start_hook, on_calls_end=end_hook,
+                          modern=scenario.modern)
         except (LoadError, httpx2.HTTPError, OSError) as exc:
             report.failures.append(f"({scenario.key}) {tool}: {exc}")
             print(f"    failed: {exc}", flush=True)
@@ -1040,7 +1061,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run_all(procs: Processes, workdir: Path, plan: Plan, report: Report,
              args: argparse.Namespace) -> None:
     (p_backend, p_mem, p_redis, p_r1, p_r2, p_r3, p_nginx, p_fast, p_cf, p_floor,
-     p_floor_bare) = free_ports(11)
+     p_floor_bare, p_backend_hs, p_vmcp_hs, p_floor_hs, p_workers) = free_ports(15)
     backend_url = f"http://127.0.0.1:{p_backend}/mcp"
     print("starting processes ...", flush=True)
     redis_server = RedisServer(workdir / "redis")
@@ -1055,13 +1076,26 @@ def _run_all(procs: Processes, workdir: Path, plan: Plan, report: Report,
     fast = start_fastmcp(procs, p_fast, backend_url)
     floor = start_floor(procs, "floor-redis", p_floor, backend_url, redis_server.url)
     floor_bare = start_floor(procs, "floor-no-store", p_floor_bare, backend_url, None)
+    # 2026-07-28 clients in front of a backend that speaks only the session-based revisions.
+    hs_url = f"http://127.0.0.1:{p_backend_hs}/mcp"
+    backend_hs = start_backend(procs, "backend-handshake-only", p_backend_hs, "--handshake-only")
+    vmcp_hs = start_vmcp(procs, workdir, "vmcp-session-backend", p_vmcp_hs, "memory",
+                         [("bench", hs_url)])
+    floor_hs = start_floor(procs, "floor-upstream-session", p_floor_hs, hs_url, None,
+                           "--upstream-session")
+    vmcp_workers = start_vmcp(procs, workdir, "vmcp-2-workers", p_workers, redis_server.url,
+                              one, "--workers", "2")
     commands = CommandStats(redis_server.port)
     try:
         wait_http(backend, p_backend, "/mcp", timeout=START_TIMEOUT)
-        for proc, port in ((vmcp_mem, p_mem), (vmcp_redis, p_redis),
+        wait_http(backend_hs, p_backend_hs, "/mcp", timeout=START_TIMEOUT)
+        wait_http(floor_hs, p_floor_hs, "/mcp", timeout=START_TIMEOUT)
+        for proc, port in ((vmcp_mem, p_mem), (vmcp_redis, p_redis), (vmcp_hs, p_vmcp_hs),
                            *zip(replicas, (p_r1, p_r2, p_r3), strict=True)):
             wait_http(proc, port, "/healthz", timeout=START_TIMEOUT, ok=(200,))
         wait_http(nginx, p_nginx, "/healthz", timeout=START_TIMEOUT, ok=(200,))
+        wait_http(vmcp_workers, p_workers, "/healthz", timeout=START_TIMEOUT, ok=(200,))
+        wait_workers(p_workers, 2)
         wait_http(fast, p_fast, "/mcp", timeout=START_TIMEOUT)
         wait_http(floor, p_floor, "/mcp", timeout=START_TIMEOUT)
         wait_http(floor_bare, p_floor_bare, "/mcp", timeout=START_TIMEOUT)
@@ -1087,8 +1121,22 @@ def _run_all(procs: Processes, workdir: Path, plan: Plan, report: Report,
                      {"gateway": [floor.pid], "backend": [backend.pid], "redis": [redis_pid]}),
             Scenario("h", "floor: minimal proxy, no store", url(p_floor_bare),
                      {"gateway": [floor_bare.pid], "backend": [backend.pid]}),
+            Scenario("i", "vmcp, 2026-07-28 clients, backend speaks 2026-07-28", url(p_mem),
+                     {"gateway": [vmcp_mem.pid], "backend": [backend.pid]}, modern=True),
+            Scenario("j", "vmcp, 2026-07-28 clients, session-based backend",
+                     url(p_vmcp_hs), {"gateway": [vmcp_hs.pid], "backend": [backend_hs.pid]},
+                     modern=True),
+            Scenario("k", "floor of (i): no store, 2026-07-28 calls forwarded",
+                     url(p_floor_bare), {"gateway": [floor_bare.pid], "backend": [backend.pid]},
+                     modern=True),
+            Scenario("l", "floor of (j): one upstream session per backend connection",
+                     url(p_floor_hs), {"gateway": [floor_hs.pid], "backend": [backend_hs.pid]},
+                     modern=True),
+            Scenario("m", "vmcp, Redis store, --workers 2", url(p_workers),
+                     {"gateway": [vmcp_workers.pid, *children(vmcp_workers.pid)],
+                      "backend": [backend.pid], "redis": [redis_pid]}),
         ]
-        floors = [s for s in scenarios if s.key in "gh"]
+        floors = [s for s in scenarios if s.key in "ghijklm"]
         for s in scenarios:
             report.titles[s.key] = s.title
         report.titles["f"] = "ContextForge gateway"

@@ -7,6 +7,7 @@ vmcp.
 
 from __future__ import annotations
 
+import shlex
 import signal
 from enum import StrEnum
 from pathlib import Path
@@ -24,6 +25,7 @@ from vmcp.config import (
     VmcpConfig,
     load_config,
     redact_url,
+    stdio_warnings,
     unmatched_env_warnings,
     with_overrides,
 )
@@ -160,7 +162,7 @@ def _startup_problems(config: VmcpConfig) -> list[str]:
 
 def _warnings(file: Path, config: VmcpConfig) -> list[str]:
     """Valid, but probably not what was meant."""
-    warnings = unmatched_env_warnings()
+    warnings = unmatched_env_warnings() + stdio_warnings(config)
     if not _has_content(file):
         warnings.append(f"{file} is empty: every key takes its default")
     if not config.backends:
@@ -273,7 +275,9 @@ def _summary(config: VmcpConfig) -> list[str]:
     ]
     width = max((len(b.name) for b in config.backends), default=0)
     lines += [
-        f"  {b.name:<{width}}  {b.transport:<15}  {redact_url(b.url)}" for b in config.backends
+        f"  {b.name:<{width}}  {b.transport:<15}  "
+        f"{redact_url(b.url) if b.url else shlex.join([b.command or '', *b.args])}"
+        for b in config.backends
     ]
     lines += [f"composite:   {t.name} ({len(t.steps)} steps, timeout {t.timeout_seconds:g}s)"
               for t in config.composite_tools]
@@ -294,6 +298,9 @@ def serve(
     ] = None,
     log_level: LogLevelOption = LogLevel.info,
     log_format: LogFormatOption = "auto",
+    workers: Annotated[int, typer.Option(
+        min=1, help="Replica processes on the same port (a shared store when more than "
+                    "one); SIGHUP restarts them one at a time.")] = 1,
 ) -> None:
     """Serve the gateway described by the configuration file until interrupted."""
     config = _load_or_exit(config_file)
@@ -306,12 +313,12 @@ def serve(
     if log_format not in ("json", "console", "auto"):
         typer.echo("vmcp: --log-format must be json, console or auto", err=True)
         raise typer.Exit(EXIT_CONFIG_ERROR)
-    _run_gateway(_load_server(), config, log_level, log_format, config_file)
+    _run_gateway(_load_server(), config, log_level, log_format, config_file, workers)
 
 
 class _Serve(Protocol):
     def __call__(self, config: VmcpConfig, *, log_level: str = ..., log_format: str = ...,
-                 config_path: Path | None = ...) -> None: ...
+                 config_path: Path | None = ..., workers: int = ...) -> None: ...
 
 
 def _load_server() -> _Serve:
@@ -326,10 +333,11 @@ def _load_server() -> _Serve:
 
 
 def _run_gateway(run: _Serve, config: VmcpConfig, log_level: LogLevel,
-                 log_format: str = "auto", config_path: Path | None = None) -> None:
+                 log_format: str = "auto", config_path: Path | None = None,
+                 workers: int = 1) -> None:
     try:
         run(config, log_level=log_level.value, log_format=log_format,
-            config_path=config_path)
+            config_path=config_path, workers=workers)
     except ConfigError as exc:  # what only start-up can check, e.g. a token_env variable
         _exit_with_problems(exc)
     except KeyboardInterrupt:
@@ -353,6 +361,11 @@ def bridge(
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8765,
     initialize_timeout: Annotated[float, typer.Option(
         min=0.1, help="Seconds the stdio server has to answer initialize.")] = 30.0,
+    env: Annotated[list[str] | None, typer.Option(
+        "--env", metavar="KEY=VALUE",
+        help="Set an environment variable for the stdio server (repeatable).")] = None,
+    cwd: Annotated[Path | None, typer.Option(
+        file_okay=False, exists=True, help="The stdio server's working directory.")] = None,
     log_level: LogLevelOption = LogLevel.info,
     log_format: LogFormatOption = "auto",
 ) -> None:
@@ -361,10 +374,18 @@ def bridge(
     if log_format not in ("json", "console", "auto"):
         typer.echo("vmcp: --log-format must be json, console or auto", err=True)
         raise typer.Exit(EXIT_CONFIG_ERROR)
+    variables: dict[str, str] = {}
+    for item in env or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            typer.echo(f"vmcp: --env needs KEY=VALUE, got {item!r}", err=True)
+            raise typer.Exit(EXIT_CONFIG_ERROR)
+        variables[key] = value
     from vmcp.bridge.serve import serve_bridge
 
     serve_bridge(command, host=host, port=port, log_level=log_level.value,
-                 log_format=log_format, initialize_seconds=initialize_timeout)
+                 log_format=log_format, initialize_seconds=initialize_timeout,
+                 env=variables or None, cwd=str(cwd) if cwd is not None else None)
 
 
 @app.command()

@@ -17,6 +17,7 @@ The tree::
     │   └── StoreTimeout           the call's own deadline passed
     ├── BackendError               a backend MCP server failed a call      → 200 + JSON-RPC error
     │   ├── BackendUnavailable     cannot connect
+    │   ├── BackendBusy            every connection of its budget in use (bulkhead)
     │   ├── BackendTimeout         no answer within the per-backend timeout
     │   ├── BackendProtocolError   an answer that is not MCP
     │   ├── BackendSessionExpired  the backend forgot our session (its 404)
@@ -177,6 +178,11 @@ class BackendError(VmcpError):
 
 class BackendUnavailable(BackendError):
     """The backend could not be reached."""
+
+
+class BackendBusy(BackendError):
+    """Every connection this replica may open to the backend for this kind of request was in
+    use for longer than the acquire timeout: the backend is saturated or hangs."""
 
 
 class BackendTimeout(BackendError):

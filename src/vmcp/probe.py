@@ -10,7 +10,7 @@ import anyio
 import httpx2
 
 from vmcp.aggregate import BackendCatalog, build_routing_table
-from vmcp.backend import BackendTarget, connect
+from vmcp.backend import StdioProcesses, connect, target_of
 from vmcp.composite.catalog_checks import catalog_problems
 from vmcp.config import BackendConfig, VmcpConfig
 from vmcp.errors import BackendError
@@ -34,9 +34,11 @@ async def probe_backends(config: VmcpConfig,
                          on_result: Callable[[ProbeResult], None]) -> list[ProbeResult]:
     """Open a session on every backend at once, list what it offers, end the session."""
     results: list[ProbeResult] = []
-    async with httpx2.AsyncClient() as http, anyio.create_task_group() as tg:
+    async with httpx2.AsyncClient() as http, StdioProcesses(
+            client_info=CLIENT_INFO, capabilities=CLIENT_CAPABILITIES) as stdio, \
+            anyio.create_task_group() as tg:
         async def one(backend: BackendConfig) -> None:
-            result = await _probe(backend, http)
+            result = await _probe(backend, http, stdio)
             results.append(result)
             on_result(result)
 
@@ -45,14 +47,15 @@ async def probe_backends(config: VmcpConfig,
     return sorted(results, key=lambda r: r.backend)
 
 
-async def _probe(backend: BackendConfig, http: httpx2.AsyncClient) -> ProbeResult:
+async def _probe(backend: BackendConfig, http: httpx2.AsyncClient,
+                 stdio: StdioProcesses) -> ProbeResult:
     started = time.perf_counter()
-    target = BackendTarget(backend.name, backend.url, backend.transport, backend.headers)
+    target = target_of(backend)
     try:
         with anyio.fail_after(backend.connect_timeout_seconds):
             connection = await connect(target, http, client_info=CLIENT_INFO,
                                        capabilities=CLIENT_CAPABILITIES,
-                                       timeout=backend.connect_timeout_seconds)
+                                       timeout=backend.connect_timeout_seconds, stdio=stdio)
             try:
                 catalog = await discover(connection)
             finally:

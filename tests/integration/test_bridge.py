@@ -9,9 +9,8 @@ answer. After each, no process started for it is left (nor a zombie meanwhile).
 from __future__ import annotations
 
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,10 @@ from tests.support.processes import (
     PROJECT_ROOT,
     ManagedProcess,
     gateway_config,
+    processes_with,
     running_bridge,
     running_gateway,
+    wait_for,
 )
 
 pytestmark = pytest.mark.slow
@@ -48,32 +49,6 @@ def http() -> Iterator[httpx2.Client]:
 def marker() -> str:
     """An argument only this test's stdio server carries, to find its processes by."""
     return f"bridge-test-{uuid.uuid4().hex}"
-
-
-def processes_with(marker: str, bridge: ManagedProcess | None = None
-                   ) -> list[tuple[int, str]]:
-    """(pid, state) of every process whose command line names ``marker`` (but the
-    bridge's own, which names it too)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
-            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker.encode() in cmdline and (bridge is None or int(proc.name) != bridge.process.pid):
-            found.append((int(proc.name), state))
-    return found
-
-
-def wait_for(condition: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + WAIT_SECONDS
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"not within {WAIT_SECONDS}s: {what}"
-        time.sleep(0.05)
-    return value
 
 
 def ready(http: httpx2.Client, bridge: ManagedProcess) -> bool:
@@ -209,4 +184,20 @@ def test_a_server_flooding_stderr_still_serves_and_its_log_stays_bounded(
                  "the flood to be cut")
         logged = bridge.log_path.read_text().count("noise")
         assert logged < 20_000, logged
+    assert_no_leak(marker)
+
+
+def test_env_and_cwd_options_reach_the_stdio_server(
+        http: httpx2.Client, marker: str, tmp_path: Path) -> None:
+    server = str(PROJECT_ROOT / "tests" / "integration" / "stdio_server.py")
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    with running_bridge([sys.executable, server, marker], tmp_path,
+                        "--env", "GREETING=hello=world", "--env", "OTHER=1",
+                        "--cwd", str(workdir)) as bridge:
+        wait_for(lambda: ready(http, bridge), "the stdio server to start")
+        session = RawSession.open(http, bridge.url)
+        answer = session.result("tools/call", {"name": "environment",
+                                               "arguments": {"name": "GREETING"}})
+    assert answer["structuredContent"] == {"value": "hello=world", "cwd": str(workdir)}, answer
     assert_no_leak(marker)

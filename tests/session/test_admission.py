@@ -55,7 +55,7 @@ class Refusing:
     def __init__(self, error: Exception) -> None:
         self.error = error
 
-    async def initialize(self, principal: Principal) -> None:
+    async def initialize(self, principal: Principal, client_capabilities: object = ()) -> None:
         raise self.error
 
 

@@ -110,7 +110,8 @@ async def test_b35_a_session_with_a_backend_down_is_created_with_the_rest_and_sa
         assert left_out(caplog) == ["down"]     # the log names the missing backend
         assert live.backend_names() == ["up"]   # ... and so does the stored record
         assert (await store.load(live.session_id))[md.BACKENDS] == "up"
-        assert sorted(tool["name"] for tool in live.routing.tools) == ["up_echo", "up_sleep"]
+        assert sorted(tool["name"] for tool in live.routing.tools) == [
+            "up_echo", "up_report_then_sleep", "up_sleep"]
         with pytest.raises(KeyError):
             live.connection("down")
         await live.aclose()

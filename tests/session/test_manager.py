@@ -48,11 +48,12 @@ async def test_b16_generate_with_store_down_fails_clearly(factory: RecordingFact
 async def test_create_session_stores_the_full_record(
     manager: SessionManager, store: SessionStore
 ) -> None:
-    live = await manager.initialize(ALICE)
+    live = await manager.initialize(ALICE, ["sampling", "elicitation"])
     record = await store.load(live.session_id)
     assert record == {
         md.IDENTITY: "https://idp.example\x00alice",
         md.BACKENDS: "alpha,beta",
+        md.CLIENT_CAPABILITIES: "elicitation,sampling",
         "backend:alpha": "alpha-upstream-1",
         "backend:beta": "beta-upstream-1",
     }
@@ -482,6 +483,7 @@ async def test_a_reload_stores_the_changed_sessions_lists_and_states_and_keeps_t
 
     assert await manager.reconcile_live_sessions(drop_beta) == 1
     assert await store.load(sid) == {md.IDENTITY: record[md.IDENTITY], md.BACKENDS: "alpha",
+                                     md.CLIENT_CAPABILITIES: "",
                                      "backend:alpha": "alpha-after-reload", "note": "kept"}
     assert await store.load(unchanged.session_id) == untouched
     # The cached copy took the new list: the next request is a plain hit, not a rebuild,

@@ -351,6 +351,38 @@ class ListenStream:
         return [str(m.get("method")) for m in self.messages if "method" in m]
 
 
+def sse_event_lines(lines: Iterable[str]) -> Iterator[tuple[str | None, dict[str, Any]]]:
+    """(event id, message) of each SSE event that carries a message, as they arrive."""
+    event_id: str | None = None
+    data: list[str] = []
+    for raw in lines:
+        line = raw.rstrip("\r\n")
+        if line.startswith("id:"):
+            event_id = line[3:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+        elif not line:
+            if "".join(data):
+                yield event_id, json.loads("".join(data))
+            event_id, data = None, []
+
+
+@contextlib.contextmanager
+def waiting_at_question(http: httpx2.Client, url: str, tool: str = "ask_then_save"
+                        ) -> Iterator[tuple[RawSession, dict[str, Any],
+                                            Iterator[tuple[str | None, dict[str, Any]]],
+                                            str, dict[str, Any]]]:
+    """A session client's call of ``tool``, its stream open at the tool's first question
+    (``elicitation/create``): (session, call, the stream's further events, the question's
+    event id, the question)."""
+    session = RawSession.open(http, url, capabilities={"elicitation": {}})
+    call = session.message("tools/call", {"name": tool, "arguments": {}})
+    with http.stream("POST", url, json=call, headers=session.headers()) as stream:
+        events = sse_event_lines(stream.iter_lines())
+        asked_at, question = next((i, m) for i, m in events
+                                  if m.get("method") == "elicitation/create")
+        assert asked_at is not None
+        yield session, call, events, asked_at, question
 def raw_post(url: str, headers: Mapping[str, str], message: Mapping[str, Any], *,
              receive_buffer: int = 4096) -> socket.socket:
     """POST ``message`` on a plain socket whose receive buffer is small, and return the

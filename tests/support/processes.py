@@ -106,6 +106,36 @@ class ManagedProcess:
 RUNNING: list[ManagedProcess] = []
 """Processes started here and not yet stopped, in start order."""
 
+
+def wait_for(condition: Callable[[], Any], what: str,
+             timeout: float = STARTUP_TIMEOUT_SECONDS) -> Any:
+    """Poll ``condition`` (something another process changes) until it is true, within
+    ``timeout``; its value."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        time.sleep(_POLL_SECONDS)
+    return value
+
+
+def processes_with(marker: str, exclude: ManagedProcess | None = None
+                   ) -> list[tuple[int, str]]:
+    """(pid, state) of every process whose command line names ``marker`` (a stdio
+    server's argument), but ``exclude``'s own (a bridge names it too)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker.encode() in cmdline and (
+                exclude is None or int(proc.name) != exclude.process.pid):
+            found.append((int(proc.name), state))
+    return found
+
 STARTED: list[ManagedProcess] = []
 """Every process started here, in start order (for the logs of a failed test)."""
 
@@ -291,15 +321,16 @@ def _with_port(config: Mapping[str, Any], port: int) -> dict[str, Any]:
 
 
 def start_gateways(configs: Mapping[str, Mapping[str, Any]], workdir: Path,
-                   timeout: float = STARTUP_TIMEOUT_SECONDS) -> dict[str, ManagedProcess]:
+                   timeout: float = STARTUP_TIMEOUT_SECONDS,
+                   args: Sequence[str] = ()) -> dict[str, ManagedProcess]:
     """Start ``vmcp serve`` once per ``{name: config}``, all at once, and wait for ``/healthz``.
 
     Each configuration is written to ``workdir/<name>.yaml`` with a free port filled in;
-    output goes to ``workdir/<name>.log``.
+    output goes to ``workdir/<name>.log``; ``args`` are added to each command line.
     """
     def launch(name: str, port: int) -> ManagedProcess:
         path = write_config(workdir / f"{name}.yaml", _with_port(configs[name], port))
-        command = [str(VMCP_EXECUTABLE), "serve", "--config", str(path)]
+        command = [str(VMCP_EXECUTABLE), "serve", "--config", str(path), *args]
         return _launch(name, command, port, workdir / f"{name}.log", "/healthz")
 
     return _start_all(configs, launch, timeout)
@@ -324,10 +355,11 @@ def restart_gateway(managed: ManagedProcess, config: Mapping[str, Any], workdir:
 
 
 @contextlib.contextmanager
-def running_gateways(configs: Mapping[str, Mapping[str, Any]],
-                     workdir: Path) -> Iterator[dict[str, ManagedProcess]]:
+def running_gateways(configs: Mapping[str, Mapping[str, Any]], workdir: Path,
+                     args: Sequence[str] = (), timeout: float = STARTUP_TIMEOUT_SECONDS
+                     ) -> Iterator[dict[str, ManagedProcess]]:
     """The gateways for the duration of the block, stopped on the way out."""
-    gateways = start_gateways(configs, workdir)
+    gateways = start_gateways(configs, workdir, timeout, args)
     try:
         yield gateways
     finally:
@@ -336,9 +368,10 @@ def running_gateways(configs: Mapping[str, Mapping[str, Any]],
 
 
 @contextlib.contextmanager
-def running_gateway(config: Mapping[str, Any], workdir: Path,
-                    name: str = "gateway") -> Iterator[ManagedProcess]:
-    with running_gateways({name: config}, workdir) as gateways:
+def running_gateway(config: Mapping[str, Any], workdir: Path, name: str = "gateway",
+                    args: Sequence[str] = (), timeout: float = STARTUP_TIMEOUT_SECONDS
+                    ) -> Iterator[ManagedProcess]:
+    with running_gateways({name: config}, workdir, args, timeout) as gateways:
         yield gateways[name]
 
 
@@ -353,6 +386,7 @@ __all__ = [
     "ManagedProcess",
     "ProcessStartError",
     "gateway_config",
+    "processes_with",
     "restart_backend",
     "restart_gateway",
     "running_backends",
@@ -361,6 +395,7 @@ __all__ = [
     "running_gateways",
     "start_backends",
     "start_gateways",
+    "wait_for",
     "wait_until_ready",
     "write_config",
 ]

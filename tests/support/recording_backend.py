@@ -56,6 +56,13 @@ def build_server(*, stress: bool = False) -> MCPServer:
         await anyio.sleep(seconds)
         return f"slept {seconds}"
 
+    @server.tool()
+    async def report_then_sleep(seconds: float, ctx: Context) -> str:
+        """Report progress at once, then sleep (a call whose answer streams)."""
+        await ctx.report_progress(0, 1, "started")
+        await anyio.sleep(seconds)
+        return f"slept {seconds}"
+
     if stress:
         _add_stress_tools(server)
     return server

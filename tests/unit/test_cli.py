@@ -75,7 +75,8 @@ def fake_server(monkeypatch: pytest.MonkeyPatch) -> Callable[..., ServeCalls]:
         module.levels = levels = []  # type: ignore[attr-defined]
 
         def serve(config: VmcpConfig, *, log_level: str = "info",
-                  log_format: str = "auto", config_path: Path | None = None) -> None:
+                  log_format: str = "auto", config_path: Path | None = None,
+                  workers: int = 1) -> None:
             calls.append(config)
             levels.append(log_level)
             if action is not None:
@@ -468,3 +469,41 @@ def test_check_config_lists_the_example_composite_tool(runner: CliRunner) -> Non
     result = runner.invoke(cli.app, ["check-config", str(example)])
     assert result.exit_code == 0, result.output
     assert "composite:   city_brief (3 steps, timeout 30s)" in result.stdout
+
+
+STDIO_BACKEND = """\
+    backends:
+      - name: files
+        transport: stdio
+        command: npx
+        args: [-y, some-mcp-server]
+        env: {API_KEY: {value_env: VMCP_TEST_UNSET_KEY}, MODE: fast}
+    """
+
+
+def test_check_config_warns_that_a_stdio_backend_cannot_follow_sessions_across_replicas(
+        runner: CliRunner, tmp_path: Path) -> None:
+    shared = write(tmp_path, STDIO_BACKEND + "session: {store: 'redis://127.0.0.1:6379/0'}\n")
+
+    result = runner.invoke(cli.app, ["check-config", str(shared)])
+
+    assert result.exit_code == 0, result.output
+    assert "stdio backends (files) with a shared store" in result.stderr
+    assert "npx -y some-mcp-server" in result.stdout
+    assert "VMCP_TEST_UNSET_KEY is not set" in result.stderr
+
+
+def test_a_stdio_backend_with_the_memory_store_is_not_warned_about(
+        runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VMCP_TEST_UNSET_KEY", "x")
+    result = runner.invoke(cli.app, ["check-config", str(write(tmp_path, STDIO_BACKEND))])
+
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.stderr, result.stderr
+
+
+def test_bridge_refuses_an_env_option_without_a_value(runner: CliRunner) -> None:
+    result = runner.invoke(cli.app, ["bridge", "--env", "NOVALUE", "--", "true"])
+
+    assert result.exit_code == cli.EXIT_CONFIG_ERROR, result.output
+    assert "--env needs KEY=VALUE, got 'NOVALUE'" in result.stderr

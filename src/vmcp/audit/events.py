@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from vmcp.audit.record import OperationRecord
+from vmcp.identity import Principal
 
 COMPONENT = "vmcp"
 REDACTED = "[REDACTED]"
@@ -74,18 +75,7 @@ def build_event(record: OperationRecord, *, status: int, duration_ms: float,
                 include_arguments: bool = False, redact_keys: frozenset[str] = frozenset(),
                 max_data_bytes: int = 4096) -> dict[str, Any]:
     """The audit event of one finished request."""
-    principal = record.principal
-    claims = principal.claims if principal is not None else {}
-    subjects: dict[str, str] = {}
-    if principal is None or principal.is_anonymous:
-        subjects["user"] = "anonymous"
-    else:
-        user_id = str(claims.get("sub") or principal.subject or "")
-        display = next((claims[k] for k in ("name", "preferred_username", "email")
-                        if isinstance(claims.get(k), str) and claims[k]), user_id)
-        subjects.update(user=str(display), user_id=user_id)
-        if principal.issuer:
-            subjects["issuer"] = principal.issuer
+    subjects = subjects_of(record.principal)
     if record.client_name:
         subjects["client_name"] = record.client_name
     if record.client_version:
@@ -116,6 +106,20 @@ def build_event(record: OperationRecord, *, status: int, duration_ms: float,
     if include_arguments and record.arguments is not None:
         event["data"] = arguments_data(record.arguments, redact_keys, max_data_bytes)
     return event
+
+
+def subjects_of(principal: Principal | None) -> dict[str, str]:
+    """Who acted, as an event's ``subjects`` name them (never a credential)."""
+    if principal is None or principal.is_anonymous:
+        return {"user": "anonymous"}
+    claims = principal.claims
+    user_id = str(claims.get("sub") or principal.subject or "")
+    display = next((claims[k] for k in ("name", "preferred_username", "email")
+                    if isinstance(claims.get(k), str) and claims[k]), user_id)
+    subjects = {"user": str(display), "user_id": user_id}
+    if principal.issuer:
+        subjects["issuer"] = principal.issuer
+    return subjects
 
 
 def redact(value: Any, keys: frozenset[str]) -> Any:

@@ -9,6 +9,7 @@ what both session transports say in their handshake (:meth:`BaseBackend._initial
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
@@ -125,6 +126,7 @@ class BaseBackend:
         self._closed = False
         self._close_done: anyio.Event | None = None
         self._inflight: set[anyio.CancelScope] = set()
+        self._notices: set[asyncio.Future[None]] = set()
         self._drained: anyio.Event | None = None
         self._interruptible_scopes: set[anyio.CancelScope] = set()
         self._latest_headers: Mapping[str, str] = NO_HEADERS
@@ -259,6 +261,8 @@ class BaseBackend:
                 for scope in list(self._inflight):
                     scope.cancel()
         finally:
+            if self._notices:  # each bounded by CANCEL_NOTICE_TIMEOUT
+                await asyncio.wait(list(self._notices))
             with anyio.move_on_after(TERMINATE_TIMEOUT if end_session else 0, shield=True):
                 try:
                     if end_session:
@@ -337,11 +341,11 @@ class BaseBackend:
                 return await operation()
         except TimeoutError:
             if cancel_id is not None:
-                await self._cancel_upstream(cancel_id, "timed out", headers)
+                self._notify_cancelled(cancel_id, "timed out", headers)
             raise BackendTimeout(self.target.name, f"no answer within {seconds:g}s") from None
         except anyio.get_cancelled_exc_class():
             if cancel_id is not None and not scope.cancel_called:
-                await self._cancel_upstream(cancel_id, "cancelled", headers)
+                self._notify_cancelled(cancel_id, "cancelled", headers)
             raise
         finally:
             self._inflight.discard(scope)
@@ -349,6 +353,16 @@ class BaseBackend:
                 self._drained.set()
         # Only reached when aclose cancelled the scope.
         raise self._closed_error()
+
+    def _notify_cancelled(self, request_id: int, reason: str,
+                          headers: Mapping[str, str]) -> None:
+        """Send ``notifications/cancelled`` in the background: the caller's answer (the
+        timeout error, or its own cancellation) must not wait for it, and under load the
+        notice itself may wait for a connection (up to ``CANCEL_NOTICE_TIMEOUT``). A plain
+        task, since the call's scope is ending; ``aclose`` waits for the notices left."""
+        task = asyncio.ensure_future(self._cancel_upstream(request_id, reason, headers))
+        self._notices.add(task)
+        task.add_done_callback(self._notices.discard)
 
     async def _cancel_upstream(self, request_id: int, reason: str,
                                headers: Mapping[str, str] = NO_HEADERS) -> None:

@@ -46,18 +46,40 @@ It never comes from the wire (``/`` -namespaced methods there are MCP's own)."""
 
 
 @dataclass(frozen=True, slots=True)
+class StdioCommand:
+    """How to start a stdio backend: the program, its arguments, the environment variables
+    it is given (on top of the SDK's minimal default set) and its working directory.
+
+    ``missing_env`` names the gateway's environment variables the configuration said to
+    pass but that are unset: such a command is not started (its health says why).
+    """
+
+    command: str
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    cwd: str | None = None
+    missing_env: tuple[str, ...] = ()
+    initialize_seconds: float = 30.0
+    """Bound on the process's ``initialize`` (the backend's connect timeout)."""
+
+    def argv(self) -> list[str]:
+        return [self.command, *self.args]
+
+
+@dataclass(frozen=True, slots=True)
 class BackendTarget:
     """What the configuration says about one backend.
 
     ``headers`` are sent on every HTTP request to the backend (for example a static
     ``Authorization``). The MCP headers the client sets itself take precedence over
-    them.
+    them. A ``stdio`` target has no ``url`` but its ``stdio`` command.
     """
 
     name: str
     url: str
-    transport: Literal["streamable-http", "sse"] = "streamable-http"
+    transport: Literal["streamable-http", "sse", "stdio"] = "streamable-http"
     headers: Mapping[str, str] = field(default_factory=dict, hash=False)
+    stdio: StdioCommand | None = None
 
     def __post_init__(self) -> None:
         # A read-only copy, so a frozen target cannot change under a live connection.

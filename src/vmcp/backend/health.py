@@ -10,6 +10,10 @@ never filtered: a session keeps the backends it was promised.
 A backend that is sent each caller's own credentials (outgoing auth ``forward`` or
 ``token_exchange``) refuses a probe, which has no caller: for it a 401/403 only shows
 that it answers, and counts as healthy.
+
+A ``stdio`` backend is not probed over the wire: its health is its process's state,
+read live (``unhealthy`` with the supervisor's last error while it is down, ``healthy``
+while it runs), so it turns unhealthy the moment its process stops.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import httpx2
 
 from vmcp import __version__
 from vmcp.backend.contract import BackendTarget
+from vmcp.backend.stdio import StdioProcesses
 from vmcp.config import HealthConfig
 
 logger = logging.getLogger(__name__)
@@ -59,10 +64,14 @@ class HealthMonitor:
         policy: HealthConfig,
         *,
         needs_caller: Callable[[str], bool] | None = None,
+        stdio: StdioProcesses | None = None,
     ) -> None:
         """``policy`` gives the interval, the probe's bound and the thresholds (its
         ``enabled`` and breaker settings are for the caller)."""
         self._targets = {t.name: t for t in targets}
+        self._stdio = stdio
+        if stdio is not None:
+            stdio.on_change = self._stdio_changed
         self._needs_caller = needs_caller
         self._http = http
         self._policy = policy
@@ -81,10 +90,35 @@ class HealthMonitor:
         self._health = {name: self._health.get(name, BackendHealth()) for name in self._targets}
 
     def usable_for_new_sessions(self, backend: str) -> bool:
-        return _usable(self._health.get(backend, BackendHealth()).status)
+        return _usable(self._current(backend).status)
 
     def snapshot(self) -> Mapping[str, BackendHealth]:
-        return dict(self._health)
+        return {name: self._current(name) for name in self._health}
+
+    def _stdio_changed(self, name: str, running: bool) -> None:
+        """A stdio process started or stopped: its health changed at that moment (no
+        probe sees it), so say so as a probe would."""
+        if running and self.on_recovered is not None:
+            self.on_recovered(name)
+        if self.on_usability_change is not None:
+            self.on_usability_change(name)
+
+    def _current(self, name: str) -> BackendHealth:
+        recorded = self._health.get(name, BackendHealth())
+        target = self._targets.get(name)
+        if target is None or target.transport != "stdio":
+            return recorded
+        process = self._stdio.get(name) if self._stdio is not None else None
+        if process is None:
+            return recorded
+        if process.running:
+            return BackendHealth(HealthStatus.HEALTHY, recorded.latency_seconds, 0, None,
+                                 time.time())
+        if process.supervisor.last_error is None:  # still starting for the first time
+            return BackendHealth()
+        return BackendHealth(HealthStatus.UNHEALTHY, None,
+                             max(recorded.consecutive_failures, 1),
+                             process.supervisor.last_error, time.time())
 
     async def first_round(self) -> None:
         """Wait until every backend has been probed once."""
@@ -164,6 +198,12 @@ class HealthMonitor:
         Raises ``ValueError`` for an answer that shows the backend is broken (5xx, or a
         success without a session it can end).
         """
+        if target.transport == "stdio":
+            process = self._stdio.get(target.name) if self._stdio is not None else None
+            last = process.supervisor.last_error if process is not None else "not started"
+            if last is not None and not (process is not None and process.running):
+                raise ValueError(f"stdio process not running: {last}")
+            return 200  # running, or starting for the first time (not a failure yet)
         if target.transport == "sse":
             async with self._http.stream("GET", target.url, headers={
                     "Accept": "text/event-stream", **target.headers}) as stream:

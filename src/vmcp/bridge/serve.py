@@ -18,6 +18,7 @@ from typing import Any, Final, TypeVar
 import anyio
 import mcp_types as types
 import uvicorn
+from mcp.client.session import ClientSession
 from mcp.server import Server
 from mcp.server.context import ServerRequestContext
 from mcp.server.subscriptions import (
@@ -35,7 +36,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from vmcp import __version__, logs
-from vmcp.bridge.supervisor import ServerDown, StdioSupervisor
+from vmcp.backend.stdio_supervisor import ServerDown, StdioSupervisor, client_session_link
 from vmcp.stateless.caller import without_envelope
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ Ctx = ServerRequestContext[Any]
 class _Forward:
     """Request handlers that send each request on to the stdio server as it came."""
 
-    def __init__(self, supervisor: StdioSupervisor) -> None:
+    def __init__(self, supervisor: StdioSupervisor[ClientSession]) -> None:
         self._supervisor = supervisor
 
     async def send(self, request: Any, result_type: type[ResultT]) -> ResultT:
@@ -95,7 +96,7 @@ def _handshake_params(params: BaseModel | None) -> BaseModel | None:
     return type(params).model_validate(data)
 
 
-def bridge_server(supervisor: StdioSupervisor) -> Server[Any]:
+def bridge_server(supervisor: StdioSupervisor[ClientSession]) -> Server[Any]:
     """The SDK server whose every request goes to the supervised stdio server.
 
     The stdio server's list changes reach 2026-07-28 clients on their
@@ -127,7 +128,7 @@ def bridge_server(supervisor: StdioSupervisor) -> Server[Any]:
     )
 
 
-def bridge_app(supervisor: StdioSupervisor, *, host: str) -> Any:
+def bridge_app(supervisor: StdioSupervisor[ClientSession], *, host: str) -> Any:
     """The ASGI app: the MCP endpoint, ``/healthz`` (the supervisor's state) and
     ``/readyz`` (503 while the stdio server is not running)."""
 
@@ -147,10 +148,16 @@ def bridge_app(supervisor: StdioSupervisor, *, host: str) -> Any:
 
 def serve_bridge(command: Sequence[str], *, host: str, port: int,
                  log_level: str = "info", log_format: str = "auto",
-                 initialize_seconds: float = 30.0) -> None:
-    """Serve ``command`` until SIGINT/SIGTERM; the process is stopped on the way out."""
+                 initialize_seconds: float = 30.0, env: dict[str, str] | None = None,
+                 cwd: str | None = None) -> None:
+    """Serve ``command`` until SIGINT/SIGTERM; the process is stopped on the way out.
+
+    ``env`` is added to the environment the SDK's stdio client gives the server (a
+    minimal one: ``PATH``, ``HOME`` and the like, not the bridge's whole environment);
+    ``cwd`` is its working directory."""
     logs.configure(log_level, log_format)
-    supervisor = StdioSupervisor(command, initialize_seconds=initialize_seconds)
+    supervisor = StdioSupervisor(command, link=client_session_link, env=env, cwd=cwd,
+                                 initialize_seconds=initialize_seconds)
     config = uvicorn.Config(bridge_app(supervisor, host=host), host=host, port=port,
                             log_level=log_level, log_config=None, lifespan="on",
                             timeout_graceful_shutdown=5)

@@ -7,15 +7,26 @@ applies to a client's call) applies to each step.
 """
 
 from vmcp.composite.coerce import coerce_arguments, coerce_value
-from vmcp.composite.engine import StepFailed, StepHost, WorkflowFailed, WorkflowRun
+from vmcp.composite.engine import (
+    Asked,
+    AwaitingAnswer,
+    StepFailed,
+    StepHost,
+    WorkflowFailed,
+    WorkflowRun,
+    WorkflowSuspended,
+)
 from vmcp.composite.registry import CompositeRegistry
 
 __all__ = [
+    "Asked",
+    "AwaitingAnswer",
     "CompositeRegistry",
     "StepFailed",
     "StepHost",
     "WorkflowFailed",
     "WorkflowRun",
+    "WorkflowSuspended",
     "coerce_arguments",
     "coerce_value",
 ]

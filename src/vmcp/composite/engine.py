@@ -13,6 +13,13 @@ them, through the one task group.
 
 A failed call is answered as a tool result with ``isError`` (the model reads why), naming
 the workflow, the step and, for a template, the field.
+
+A run can stop and go on elsewhere: :meth:`WorkflowRun.snapshot` is what a later run needs
+(the definition it started with, its parameters, every finished step's outcome), and a
+run built ``from_snapshot`` with the user's answers continues from there, on any replica.
+The user is asked one question at a time. A host that cannot wait for the answer raises
+:class:`AwaitingAnswer`: the run lets every step that can still make progress finish,
+then ends with :class:`WorkflowSuspended` carrying the snapshot and the question.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import anyio
@@ -32,11 +39,13 @@ from vmcp.config import CompositeToolConfig, InnerStep, OutputField, StepConfig
 from vmcp.templating import TemplateError, render
 from vmcp.tracing import tracer
 
-__all__ = ["StepFailed", "StepHost", "WorkflowFailed", "WorkflowRun"]
+__all__ = ["Asked", "AwaitingAnswer", "StepFailed", "StepHost", "StepObserver",
+           "WorkflowFailed", "WorkflowRun", "WorkflowSuspended"]
 
 logger = logging.getLogger(__name__)
 
 Status = Literal["pending", "running", "completed", "failed", "skipped"]
+FINISHED: tuple[Status, ...] = ("completed", "failed", "skipped")
 
 RENDER_ERRORS: tuple[type[Exception], ...] = (
     TemplateError, TypeError, ValueError, ArithmeticError, LookupError, AttributeError)
@@ -56,9 +65,10 @@ class StepHost(Protocol):
         """The exposed tool's ``inputSchema``, if it is known."""
         ...
 
-    async def elicit(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def elicit(self, params: dict[str, Any], asked: Asked) -> dict[str, Any]:
         """Ask the user (``elicitation/create``); the ``ElicitResult``. Raises
-        :class:`StepFailed` when the client cannot be asked."""
+        :class:`StepFailed` when the client cannot be asked, :class:`AwaitingAnswer` when
+        the answer will come to a later run (see :class:`WorkflowSuspended`)."""
         ...
 
     async def progress(self, done: int, total: int, message: str) -> None:
@@ -71,8 +81,41 @@ Observer = Callable[[str, str, float, Mapping[str, int]], None]
 steps ended completed / failed / skipped)."""
 
 
+StepObserver = Callable[[str, str, Mapping[str, Any]], None]
+"""Told of a run's start and end and of each step's end and question to the user: (step
+id, event, facts), for the audit trail. Events: ``workflow_started`` (facts: resumed) and
+``workflow_ended`` (outcome, seconds) with an empty step id; ``completed`` / ``failed`` /
+``skipped`` (seconds, attempts, type, tool, error); ``elicitation_asked``;
+``elicitation_answered`` (action)."""
+
+
+@dataclass(frozen=True)
+class Asked:
+    """Which step asks, and how to read the run's state at that moment (what a host keeps
+    so that another run can continue once the answer comes)."""
+
+    step: str
+    snapshot: Callable[[], dict[str, Any]]
+
+
 class StepFailed(Exception):
     """One attempt of a step failed; the message says why."""
+
+
+class AwaitingAnswer(Exception):
+    """Raised by a host's ``elicit``: the answer will come to another run."""
+
+
+class WorkflowSuspended(Exception):
+    """The run stopped to wait for the user: ``snapshot`` continues it, once ``step``'s
+    ``question`` (``elicitation/create`` params) is answered."""
+
+    def __init__(self, snapshot: dict[str, Any], step: str,
+                 question: dict[str, Any]) -> None:
+        super().__init__(step)
+        self.snapshot = snapshot
+        self.step = step
+        self.question = question
 
 
 class WorkflowFailed(Exception):
@@ -102,28 +145,81 @@ class _Run:
     skip_rest: bool = False
     failure: str | None = None
     finished: int = 0
+    waiting: tuple[str, dict[str, Any]] | None = None
+    """The step waiting for an answer another run will get, and its question."""
+    parked: set[str] = field(default_factory=set)
+    """Steps left for the run that gets the answer (the waiting one, and any other that
+    wanted to ask meanwhile)."""
+    suspended: bool = False
 
 
 class WorkflowRun:
     """One call of a composite tool; :meth:`run` returns the ``CallToolResult``."""
 
     def __init__(self, tool: CompositeToolConfig, params: Mapping[str, Any],
-                 host: StepHost, observer: Observer | None = None) -> None:
+                 host: StepHost, observer: Observer | None = None, *,
+                 step_observer: StepObserver | None = None) -> None:
         self.tool = tool
         self.params = dict(params)
         self.host = host
         self._observer = observer
+        self._step_observer = step_observer
         self._run = _Run({s.id: StepState() for s in tool.steps},
                          {s.id: anyio.Event() for s in tool.steps})
         self._slots = anyio.Semaphore(tool.max_parallel)
+        self._asking = anyio.Lock()
+        self._answers: dict[str, dict[str, Any]] = {}
+        self._resumed = False
+
+    @classmethod
+    def from_snapshot(cls, snapshot: Mapping[str, Any], answers: Mapping[str, dict[str, Any]],
+                      host: StepHost, observer: Observer | None = None, *,
+                      step_observer: StepObserver | None = None) -> WorkflowRun:
+        """The run a :meth:`snapshot` describes, going on with ``answers`` (``ElicitResult``
+        by step id): finished steps keep their outcome, the others run (again).
+
+        Raises ``ValueError`` if the snapshot is not one this code wrote."""
+        try:
+            tool = CompositeToolConfig.model_validate(snapshot["tool"])
+            params = snapshot["params"]
+            states = snapshot["states"]
+            if not isinstance(params, dict) or not isinstance(states, dict):
+                raise TypeError("params and states must be objects")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a workflow snapshot: {exc}") from None
+        run = cls(tool, params, host, observer, step_observer=step_observer)
+        run._resumed = True
+        run._answers = dict(answers)
+        run._run.skip_rest = bool(snapshot.get("skip_rest"))
+        for step_id, saved in states.items():
+            state = run.states.get(step_id)
+            if state is None or not isinstance(saved, dict) or saved.get("status") not in FINISHED:
+                continue
+            state.status = saved["status"]
+            state.output, state.error = saved.get("output"), saved.get("error")
+            state.text = str(saved.get("text") or "")
+            run._run.done[step_id].set()
+            run._run.finished += 1
+        return run
+
+    def snapshot(self) -> dict[str, Any]:
+        """What a run on any replica needs to go on from here (JSON): the definition this
+        run started with, its parameters and every finished step's outcome."""
+        return {"tool": self.tool.model_dump(mode="json", by_alias=True, exclude_unset=True),
+                "params": self.params, "skip_rest": self._run.skip_rest,
+                "states": {sid: st.view() for sid, st in self.states.items()
+                           if st.status in FINISHED}}
 
     @property
     def states(self) -> dict[str, StepState]:
         return self._run.states
 
     async def run(self) -> dict[str, Any]:
+        """The ``CallToolResult``; raises :class:`WorkflowSuspended` when the run stops to
+        wait for the user."""
         try:
-            self._check_params()
+            if not self._resumed:  # a resumed run's parameters were checked when it began
+                self._check_params()
             structured = await self.structured()
         except WorkflowFailed as exc:
             return {"content": [{"type": "text", "text": str(exc)}], "isError": True}
@@ -147,6 +243,7 @@ class WorkflowRun:
         """The workflow's structured output; raises :class:`WorkflowFailed`."""
         started = time.monotonic()
         outcome = "cancelled"
+        self._observe("", "workflow_started", {"resumed": self._resumed})
         try:
             with tracer.start_as_current_span(f"composite {self.tool.name}", attributes={
                     "mcp.tool.name": self.tool.name}):
@@ -156,11 +253,16 @@ class WorkflowRun:
         except WorkflowFailed:
             outcome = "failed"
             raise
+        except WorkflowSuspended:
+            outcome = "suspended"
+            raise
         finally:
             seconds = time.monotonic() - started
             logger.info("composite tool %s: %s", self.tool.name, outcome, extra={
                 "composite": self.tool.name, "outcome": outcome, "seconds": round(seconds, 4),
                 "steps": {sid: st.status for sid, st in self.states.items()}})
+            self._observe("", "workflow_ended", {"outcome": outcome,
+                                                 "seconds": round(seconds, 4)})
             if self._observer is not None:
                 ended: Counter[str] = Counter(
                     str(st.status) for st in self.states.values()
@@ -172,7 +274,11 @@ class WorkflowRun:
         with anyio.move_on_after(timeout) as scope:
             async with anyio.create_task_group() as tg:
                 for step in self.tool.steps:
-                    tg.start_soon(self._step, step, tg.cancel_scope)
+                    if not self._run.done[step.id].is_set():
+                        tg.start_soon(self._step, step, tg.cancel_scope)
+        if self._run.suspended and self._run.waiting is not None and self._run.failure is None:
+            step_id, question = self._run.waiting
+            raise WorkflowSuspended(self.snapshot(), step_id, question)
         if scope.cancelled_caught:
             running = [s for s, st in self.states.items() if st.status == "running"]
             raise WorkflowFailed(
@@ -186,6 +292,7 @@ class WorkflowRun:
 
     async def _step(self, step: StepConfig, workflow: anyio.CancelScope) -> None:
         state = self.states[step.id]
+        waits = False
         try:
             for dep in step.depends_on:
                 await self._run.done[dep].wait()
@@ -214,10 +321,34 @@ class WorkflowRun:
                 workflow.cancel()
             else:
                 self._run.skip_rest = True
+        except AwaitingAnswer:
+            waits = True
+            state.status = "pending"
+            self._run.parked.add(step.id)
         finally:
-            self._run.done[step.id].set()
+            if not waits:
+                self._run.done[step.id].set()
+            self._suspend_when_quiet(workflow)
+        if waits:
+            return
         await self.host.progress(self._run.finished, len(self.tool.steps),
                                  self.progress_message(step.id))
+
+    def _suspend_when_quiet(self, workflow: anyio.CancelScope) -> None:
+        """Once a step waits for an answer another run will get, stop the run as soon as
+        nothing else can make progress: no step running, none whose dependencies are done.
+        Checked at every step's end (synchronously, so no step can start in between)."""
+        if self._run.waiting is None or self._run.suspended:
+            return
+        for step in self.tool.steps:
+            state = self.states[step.id]
+            if state.status in FINISHED or step.id in self._run.parked:
+                continue
+            if state.status == "running" or all(
+                    self._run.done[dep].is_set() for dep in step.depends_on):
+                return
+        self._run.suspended = True
+        workflow.cancel()
 
     def _wanted(self, step: StepConfig) -> bool:
         if step.when is None:
@@ -235,6 +366,12 @@ class WorkflowRun:
             state.error = error
         self._run.finished += 1
         now = time.monotonic()
+        if self._step_observer is not None:
+            self._step_observer(step.id, status, {
+                "seconds": round(now - state.started, 4) if state.started else 0.0,
+                "attempts": state.attempts, "tool": step.tool or (
+                    step.step.tool if step.step is not None else None),
+                "type": step.type, "error": state.error})
         logger.debug("composite step %s.%s: %s", self.tool.name, step.id, status, extra={
             "composite": self.tool.name, "step": step.id, "outcome": status,
             "attempts": state.attempts, "error": state.error,
@@ -283,10 +420,23 @@ class WorkflowRun:
         return _output_of(result, text)
 
     async def _elicit(self, step: StepConfig) -> Any:
-        message = self._render(step, "message", step.message, {})
-        answer = await self.host.elicit({"message": str(message),
-                                         "requestedSchema": step.schema_ or {}})
+        answer = self._answers.pop(step.id, None)
+        if answer is None:
+            message = self._render(step, "message", step.message, {})
+            question = {"message": str(message), "requestedSchema": step.schema_ or {}}
+            # One question at a time: a person answers one form after another, and a run
+            # that waits for one answer can be continued anywhere from one snapshot.
+            async with self._asking:
+                if self._run.waiting is not None:
+                    raise AwaitingAnswer  # asked by the run that gets the first answer
+                self._observe(step.id, "elicitation_asked", {})
+                try:
+                    answer = await self.host.elicit(question, Asked(step.id, self.snapshot))
+                except AwaitingAnswer:
+                    self._run.waiting = (step.id, question)
+                    raise
         action = answer.get("action")
+        self._observe(step.id, "elicitation_answered", {"action": str(action)})
         content = answer.get("content")
         if action != "accept" and step.on_decline != "continue":
             raise _Declined(f"the user answered {action!r}")
@@ -333,6 +483,10 @@ class WorkflowRun:
                 return outputs
             raise StepFailed(f"{len(errors)} of {len(items)} items failed: {failed}")
         return outputs
+
+    def _observe(self, step_id: str, event: str, facts: Mapping[str, Any]) -> None:
+        if self._step_observer is not None:
+            self._step_observer(step_id, event, facts)
 
     # -- templates and output -------------------------------------------------------
 

@@ -75,6 +75,7 @@ from vmcp.config._checks import (
     Transport,
     redact_url,
 )
+from vmcp.config.advice import stdio_warnings
 from vmcp.config.auth import (
     AuthConfig,
     AuthzConfig,
@@ -86,7 +87,9 @@ from vmcp.config.auth import (
 from vmcp.config.backends import (
     AggregationConfig,
     BackendConfig,
+    BackendConnectionsConfig,
     BackendToolsConfig,
+    EnvFrom,
     ToolOverride,
 )
 from vmcp.config.composite import (
@@ -127,9 +130,11 @@ __all__ = [
     "AuthConfig",
     "AuthzConfig",
     "BackendConfig",
+    "BackendConnectionsConfig",
     "BackendToolsConfig",
     "CompositeToolConfig",
     "ConflictMode",
+    "EnvFrom",
     "HealthConfig",
     "IncomingAuthConfig",
     "IncomingAuthType",
@@ -153,6 +158,7 @@ __all__ = [
     "VmcpConfig",
     "load_config",
     "redact_url",
+    "stdio_warnings",
     "unmatched_env_warnings",
     "with_overrides",
 ]

@@ -74,15 +74,17 @@ AUDIT_EVENT_TYPES = (
     "mcp_initialize", "mcp_tool_call", "mcp_tools_list", "mcp_prompt_get", "mcp_prompts_list",
     "mcp_resource_read", "mcp_resources_list", "mcp_resource_templates_list",
     "mcp_completion", "mcp_ping", "mcp_logging", "mcp_notification", "mcp_discover",
-    "mcp_session_end", "mcp_request",
+    "mcp_session_end", "mcp_request", "mcp_composite_start", "mcp_composite_step",
+    "mcp_composite_elicitation", "mcp_composite_end",
 )
 """The audit event types, named as ToolHive names them (plus ``mcp_discover``,
-``mcp_resource_templates_list`` and ``mcp_session_end``, which it has no name for)."""
+``mcp_resource_templates_list``, ``mcp_session_end`` and the ``mcp_composite_*`` events
+of composite tool runs, which it has no name for)."""
 
 ConflictMode: TypeAlias = Literal["prefix", "priority", "manual"]
 IncomingAuthType: TypeAlias = Literal["anonymous", "oidc", "static"]
 OutgoingAuthType: TypeAlias = Literal["none", "header", "forward", "token_exchange"]
-Transport: TypeAlias = Literal["streamable-http", "sse"]
+Transport: TypeAlias = Literal["streamable-http", "sse", "stdio"]
 StoreKind: TypeAlias = Literal[
     "memory", "redis", "rediss", "unix", "redis+sentinel", "redis+cluster"
 ]

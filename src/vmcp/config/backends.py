@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import string
 from typing import Annotated, Self
 
@@ -29,9 +30,52 @@ from vmcp.config.auth import (
     OutgoingAuthConfig,
 )
 
+_ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class EnvFrom(_Frozen):
+    """A stdio server's environment variable taken from the gateway's own environment."""
+
+    value_env: str
+    """The gateway's environment variable whose value is passed (read when the process
+    starts; unset is an error the backend's health shows)."""
+
+    @field_validator("value_env")
+    @classmethod
+    def _env_name(cls, value: str) -> str:
+        if not _ENV_NAME_PATTERN.match(value):
+            raise ValueError(f"{value!r} is not an environment variable name")
+        return value
+
+
+class BackendConnectionsConfig(_Frozen):
+    """The connections one replica may hold to one backend, in budgets of their own.
+
+    Every backend has its own pools, so a backend that is saturated or hangs delays only
+    its own callers: calls (POST, DELETE), long-lived streams (GET streams and the SSE
+    transport's event stream) and health probes each draw on a separate budget, and probes
+    never wait behind traffic. A request that finds its budget in use waits at most
+    ``acquire_timeout_seconds`` for a connection, then fails with an error naming the backend
+    as busy. Descriptors per replica: the sum over backends of ``calls + streams + health``.
+    """
+
+    calls: int = Field(default=100, ge=1)
+    """Connections for calls (requests waiting for an answer) to this backend."""
+    streams: int = Field(default=500, ge=1)
+    """Connections for long-lived streams from this backend (one per listening session)."""
+    health: int = Field(default=2, ge=1)
+    """Connections for this backend's health probes."""
+    acquire_timeout_seconds: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    """How long a request waits for a free connection of its budget before it fails as busy."""
+
 
 class BackendConfig(_Frozen):
     """One backend MCP server.
+
+    An HTTP backend (``streamable-http``, ``sse``) has a ``url``. A ``stdio`` backend has
+    a ``command`` instead (with ``args``, ``env`` and ``cwd``): each replica runs ONE
+    process of it, shared by all its client sessions, so it suits servers without
+    per-session state or a single replica (see docs/stdio.md).
 
     ``name`` (``[a-z0-9_-]``, unique) is what the gateway's prefixes, routes and logs use.
     ``headers`` are sent with every request to the backend (for example an API key); headers
@@ -42,10 +86,20 @@ class BackendConfig(_Frozen):
 
     name: str
     """The backend's name ([a-z0-9_-], unique): prefixes, routes, logs and metrics use it."""
-    url: str
-    """The backend's MCP endpoint (http:// or https://)."""
     transport: Transport = "streamable-http"
-    """streamable-http or sse (the older HTTP+SSE transport)."""
+    """streamable-http, sse (the older HTTP+SSE transport) or stdio (a command vmcp runs)."""
+    url: str = Field(default="", validate_default=True)
+    """The backend's MCP endpoint (http:// or https://); not for stdio."""
+    command: str | None = None
+    """stdio: the program to run (looked up on PATH), e.g. npx or uvx."""
+    args: tuple[str, ...] = ()
+    """stdio: the program's arguments."""
+    env: dict[str, str | EnvFrom] = Field(default_factory=dict)
+    """stdio: environment variables for the process, a literal value or {value_env: NAME}
+    to pass one of the gateway's (the process gets only these and a minimal PATH/HOME
+    set, not the gateway's whole environment)."""
+    cwd: str | None = None
+    """stdio: the process's working directory (default: the gateway's)."""
     headers: dict[str, str] = Field(default_factory=dict)
     """Headers sent with every request to the backend (not those the transport or auth set)."""
     connect_timeout_seconds: float = Field(default=10.0, gt=0, allow_inf_nan=False)
@@ -54,6 +108,19 @@ class BackendConfig(_Frozen):
     """Bound on each call to this backend (limits.call_timeout_seconds caps it)."""
     auth: OutgoingAuthConfig = Field(default_factory=OutgoingAuthConfig)
     """How the gateway authenticates to this backend."""
+    connections: BackendConnectionsConfig = Field(default_factory=BackendConnectionsConfig)
+    """This backend's own connection budgets (calls, streams, health probes)."""
+
+    @model_validator(mode="after")
+    def _address(self) -> Self:
+        if self.transport == "stdio":
+            if not self.command:
+                raise ValueError("transport stdio needs a command")
+            if self.headers or self.auth.type != "none":
+                raise ValueError("a stdio backend takes no headers or auth (use env)")
+        elif self.command or self.args or self.env or self.cwd:
+            raise ValueError("command, args, env and cwd are for transport: stdio only")
+        return self
 
     @model_validator(mode="after")
     def _auth_headers_not_static(self) -> Self:
@@ -71,8 +138,22 @@ class BackendConfig(_Frozen):
 
     @field_validator("url")
     @classmethod
-    def _url(cls, value: str) -> str:
+    def _url(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("transport") == "stdio":
+            if value:
+                raise ValueError("a stdio backend has a command, not a url")
+            return value
+        if not value:
+            raise ValueError("Field required (or transport: stdio with a command)")
         return _check_backend_url(value)
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str | EnvFrom]) -> dict[str, str | EnvFrom]:
+        bad = sorted(key for key in value if not _ENV_NAME_PATTERN.match(key))
+        if bad:
+            raise ValueError(f"not environment variable names: {', '.join(bad)}")
+        return value
 
     @field_validator("headers")
     @classmethod

@@ -161,6 +161,9 @@ class CompositeToolConfig(_Frozen):
     """The tool's inputSchema (a JSON schema of type object); templates read it as params."""
     timeout_seconds: float = Field(default=300.0, gt=0, le=86400)
     """The longest the whole workflow may take."""
+    answer_ttl_seconds: float = Field(default=300.0, gt=0, le=86400)
+    """How long an elicitation step waits for the user; the run's stored state (what lets
+    any replica continue it) expires then."""
     max_parallel: int = Field(default=8, ge=1, le=MAX_PARALLEL)
     """Steps running at once."""
     hide_tools: tuple[str, ...] = ()

@@ -82,6 +82,21 @@ class ServerConfig(_Frozen):
     check is on (always on when host is a loopback address or this list is not empty)."""
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     """Largest request body accepted (413 beyond)."""
+    max_connections: int = Field(default=1000, ge=1)
+    """Open client connections this replica keeps (both listeners); one more is answered 503
+    with Retry-After and closed at once. Keep it below the process's file-descriptor limit
+    less the backend connections (the gateway raises its soft limit to the hard one)."""
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    """Largest request head (request line and headers) accepted; 431 beyond."""
+    header_timeout_seconds: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+    """A request head must arrive whole within this time of its first byte (or of the
+    connection's opening); 408 and the connection closed otherwise."""
+    body_timeout_seconds: float = Field(default=30.0, gt=0, allow_inf_nan=False)
+    """A request body must arrive whole within this time after its head; 408 otherwise."""
+    keep_alive_seconds: int = Field(default=75, ge=1)
+    """How long an idle client connection stays open: longer than a balancer keeps idle
+    connections to the replicas (60 s for nginx and cloud balancers), else a balancer may
+    send a request on a connection just as the replica closes it, and answer 502."""
     replica_id: str = Field(default="", validate_default=True)
     """This replica's name in logs, /status and metrics; empty: a random 8-hex-digit id."""
     admin: AdminConfig = Field(default_factory=AdminConfig)
@@ -250,6 +265,17 @@ class LimitsConfig(_Frozen):
     call_timeout_seconds: float = Field(default=300.0, gt=0, allow_inf_nan=False)
     """Bound on every backend call; a call still running is cancelled at the backend and answered
     with an error."""
+    abandoned_call_grace_seconds: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    """A call whose client closed its connection before the answer, and did not resume the
+    stream (Last-Event-ID) within this time, is cancelled at the backend. Only with the
+    memory store: with Redis the client may resume on another replica, and the call runs
+    to its end or its timeout."""
+    max_streams_per_session: int = Field(default=4, ge=1)
+    """GET streams one session may hold open on a replica at once; one more gets 429 with
+    Retry-After."""
+    max_streams: int = Field(default=500, ge=1)
+    """GET streams a replica holds open in all (each also holds a stream from every backend of
+    its session); one more gets 503 with Retry-After."""
     response_buffer_events: int = Field(default=1000, ge=1)
     """Events a request's response stream holds for a client that reads slowly; beyond it the
     backend's response is no longer read until the client catches up."""
@@ -370,7 +396,8 @@ class VmcpConfig(_Frozen):
     session: SessionConfig = Field(default_factory=SessionConfig)
     """Where session metadata lives, and for how long."""
     backends: tuple[BackendConfig, ...] = ()
-    """The backend MCP servers (name and url required)."""
+    """The backend MCP servers (name and url required; a stdio backend has a command instead
+    of a url)."""
     aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
     """How the backends' names are merged into one namespace."""
     limits: LimitsConfig = Field(default_factory=LimitsConfig)

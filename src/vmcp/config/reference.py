@@ -30,7 +30,8 @@ Generated from the configuration models by `vmcp config-reference` (do not edit 
 `vmcp config-reference --output docs/configuration.md` rewrites it; a test fails when it
 is out of date).
 
-The file is YAML; every key is optional except each backend's `name` and `url`.
+The file is YAML; every key is optional except each backend's `name` and `url` (for a
+`transport: stdio` backend, `command` instead of `url`: see docs/stdio.md).
 `vmcp check-config FILE` validates a file and reports every problem with its location.
 Any key can be set from the environment as `VMCP_<SECTION>__<KEY>` (segments separated by
 two underscores, e.g. `VMCP_SERVER__PORT=8080`); the column "environment" gives the name
@@ -121,6 +122,10 @@ def _type_name(annotation: Any) -> str:
     if origin is dict:
         key, value = typing.get_args(annotation)
         return f"mapping of {_type_name(key)} to {_type_name(value)}"
+    if isinstance(annotation, _UnionType):
+        return " or ".join(_type_name(arg) for arg in typing.get_args(annotation))
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "`{" + ", ".join(annotation.model_fields) + "}`"
     names = {str: "string", int: "integer", float: "number", bool: "boolean"}
     if annotation in names:
         return names[annotation]

@@ -12,16 +12,29 @@ sees them, and frames what the dispatcher returns.
 from vmcp.dispatch.capabilities import aggregate_capabilities
 from vmcp.dispatch.core import LISTINGS, ROUTED_METHODS, Dispatcher, items_of
 from vmcp.dispatch.seam import Target, Upstream
-from vmcp.dispatch.workflows import Work, WorkflowUpstream
+from vmcp.dispatch.workflows import (
+    NO_ELICITATION,
+    WorkflowCall,
+    WorkflowUpstream,
+    elicit_result,
+    is_handle,
+    new_handle,
+    state_key,
+)
 
 __all__ = [
     "LISTINGS",
+    "NO_ELICITATION",
     "ROUTED_METHODS",
     "Dispatcher",
     "Target",
     "Upstream",
-    "Work",
+    "WorkflowCall",
     "WorkflowUpstream",
     "aggregate_capabilities",
+    "elicit_result",
+    "is_handle",
     "items_of",
+    "new_handle",
+    "state_key",
 ]

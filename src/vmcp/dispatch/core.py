@@ -11,9 +11,10 @@ from vmcp.audit import record as audit_record
 from vmcp.authz import AllowAll, Authorizer
 from vmcp.authz import Target as Subject
 from vmcp.composite import CompositeRegistry
+from vmcp.config import CompositeToolConfig
 from vmcp.dispatch.authorization import arguments_of, listed_subject, routed_subject
 from vmcp.dispatch.seam import Target, Upstream
-from vmcp.dispatch.workflows import Ask, Notify, WorkflowHost, WorkflowUpstream
+from vmcp.dispatch.workflows import WorkflowCall, WorkflowUpstream
 from vmcp.errors import INVALID_PARAMS_CODE, NotPermitted, RequestError
 from vmcp.identity import ANONYMOUS, Principal
 
@@ -96,7 +97,7 @@ class Dispatcher(Generic[ResultT]):
             return items
         return self._authorizer.filter_listing(
             principal, items, lambda item: self._listed_subject(routing, method, item),
-            catalog=routing, listing=method)
+            catalog=routing, listing=f"{method}#{self._composites.generation}")
 
     def _listed_subject(self, routing: RoutingTable, method: str,
                         item: Mapping[str, Any]) -> Subject | None:
@@ -136,18 +137,23 @@ class Dispatcher(Generic[ResultT]):
             raise RequestError(INVALID_PARAMS_CODE, "arguments must be an object")
         meta = params.get("_meta")
         token = meta.get("progressToken") if isinstance(meta, Mapping) else None
-        steps = upstream.for_steps()
         tool = self._composites.get(name)
         assert tool is not None
-        step_call = partial(self._step_call, principal)
-
-        async def work(ask: Ask, notify: Notify) -> dict[str, Any]:
-            host = WorkflowHost(steps, step_call, ask, notify, token)
-            return await self._composites.start(name, arguments, host).run()
-
+        work = self.workflow_call(upstream, tool, arguments, token, principal)
         asks = any(step.type == "elicitation" for step in tool.steps)
         done: ResultT = await upstream.run_workflow(name, params, work, asks=asks)
         return done
+
+    def workflow_call(self, upstream: WorkflowUpstream[ResultT], tool: CompositeToolConfig,
+                      arguments: Mapping[str, Any], progress_token: Any,
+                      principal: Principal) -> WorkflowCall:
+        """A call of ``tool`` whose steps take ``principal``'s own path over ``upstream``
+        (also for a run continued from a snapshot: ``tool`` is then the definition the run
+        started with)."""
+        return WorkflowCall(tool, arguments, upstream.for_steps(),
+                            partial(self._step_call, principal), progress_token,
+                            self._composites.observer,
+                            self._composites.step_observer(tool.name, principal))
 
     async def authorize(self, upstream: Upstream[ResultT], method: str,
                         params: Mapping[str, Any], principal: Principal, *,
@@ -158,7 +164,8 @@ class Dispatcher(Generic[ResultT]):
         (authorization off: unknown). The audit record learns the target and the
         policies that decided.
         """
-        record = audit_record.current()
+        # A step's call is the composite call's, audited as its step (not as the call).
+        record = None if from_step else audit_record.current()
         try:
             target, routing = await self._resolve(upstream, method, params,
                                                   from_step=from_step)

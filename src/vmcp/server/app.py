@@ -13,7 +13,7 @@ import functools
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,22 +27,25 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from vmcp import __version__, logs, tracing
+from vmcp.audit import workflows as audit_workflows
 from vmcp.audit.trail import AuditTrail
 from vmcp.auth.incoming import Authenticator, build_authenticator, metadata_paths
 from vmcp.auth.outgoing import OutgoingAuth, build_outgoing_auth
 from vmcp.authz import AllowAll, CedarAuthorizer, PolicyBundle, build_authorizer, load_bundle
-from vmcp.backend import BackendTarget
+from vmcp.backend import BackendTarget, StdioProcesses, target_of
 from vmcp.backend.health import HealthMonitor
-from vmcp.backend.http_client import backend_http_client
+from vmcp.backend.http_client import backend_http_client, follow_backends
 from vmcp.composite import CompositeRegistry
-from vmcp.config import VmcpConfig, load_config
+from vmcp.config import VmcpConfig, load_config, stdio_warnings
 from vmcp.config.models import SessionConfig
 from vmcp.errors import AuthenticationError, ConfigError, StoreError
 from vmcp.server.overview import OperatorView, open_view
 from vmcp.server.security import RequestGuard
 from vmcp.server.session_methods import SessionMethods
+from vmcp.server.session_workflows import SessionQuestions
 from vmcp.server.stateless import StatelessEndpoint
 from vmcp.server.status import build_status, render_page
+from vmcp.server.stream_limits import StreamLimits
 from vmcp.server.transport import McpEndpoint
 from vmcp.session import SessionManager
 from vmcp.session.connector import BackendConnector
@@ -57,7 +60,13 @@ from vmcp.store.event_log import RedisEventLog
 from vmcp.store.expiry_index import ExpiryIndex, MemoryExpiryIndex, RedisExpiryIndex
 from vmcp.store.identity_index import IdentityIndex, MemoryIdentityIndex, RedisIdentityIndex
 from vmcp.store.pubsub import RedisChangeChannel, RedisEndedSessionBus, RedisSessionRelay
+from vmcp.store.workflow_states import (
+    MemoryWorkflowStates,
+    RedisWorkflowStates,
+    WorkflowStates,
+)
 from vmcp.telemetry import InstrumentedStore, Metrics
+from vmcp.upstream.discovery import CLIENT_CAPABILITIES, CLIENT_INFO
 
 logger = logging.getLogger(__name__)
 
@@ -143,16 +152,21 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                                          timeout_seconds=session.store_timeout_seconds)
             relay = RedisSessionRelay(store.client, session.key_prefix + "relay:",
                                       timeout_seconds=session.store_timeout_seconds)
-        async with store, backend_http_client() as http, \
+        stdio = StdioProcesses(client_info=CLIENT_INFO, capabilities=CLIENT_CAPABILITIES)
+        async with store, backend_http_client(config.backends) as http, \
+                backend_http_client(config.backends, kind="health") as probe_http, stdio, \
                 anyio.create_task_group() as background:
-            monitor = _health_monitor(config, http, outgoing)
+            for warning in stdio_warnings(config):
+                logger.warning("%s", warning)
+            stdio.reconcile(_targets(config, outgoing))
+            monitor = _health_monitor(config, probe_http, outgoing, stdio)
             identities, expiry = _indexes(store, session)
             recorded = InstrumentedStore(TrackedStore(store, expiry), metrics)
             connector = BackendConnector(
                 config, http, relay=relay, event_log=event_log,
                 record_state=functools.partial(record_backend_state, recorded),
                 is_healthy=monitor.usable_for_new_sessions if monitor else None,
-                outgoing=outgoing)
+                outgoing=outgoing, stdio=stdio)
             if monitor is not None:
                 background.start_soon(monitor.run)
             manager = SessionManager(recorded, connector,
@@ -178,9 +192,17 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                 background.start_soon(relay.run)
             composites = CompositeRegistry(config.composite_tools)
             composites.observer = metrics.observe_composite
+            if audit is not None:
+                composites.step_events = audit_workflows.observer_for(
+                    audit, replica_id=config.server.replica_id)
+            workflow_states: WorkflowStates = (
+                RedisWorkflowStates(store.client, session.key_prefix,
+                                    timeout_seconds=session.store_timeout_seconds)
+                if isinstance(store, RedisStore) else MemoryWorkflowStates())
             stateless = StatelessBackends(
                 lambda: connector.config, http, outgoing=outgoing, ledger=connector.ledger,
-                is_healthy=monitor.usable_for_new_sessions if monitor else None, relay=relay)
+                is_healthy=monitor.usable_for_new_sessions if monitor else None, relay=relay,
+                stdio=stdio)
             background.start_soon(stateless.run)
             changes, watch = _change_delivery(config, store, stateless)
             metrics.watch_changes(changes)
@@ -189,12 +211,17 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
             if monitor is not None:
                 monitor.on_usability_change = lambda name: changes.changed(backend=name)
             endpoint.app = McpEndpoint(
-                manager, SessionMethods(authorizer=authorizer, composites=composites),
+                manager, SessionMethods(authorizer=authorizer, composites=composites,
+                                        questions=SessionQuestions(workflow_states, relay)),
                 RequestGuard(config.server), authenticator,
                 max_body_bytes=config.server.max_body_bytes, metrics=metrics,
                 stateless=StatelessEndpoint(stateless, authorizer=authorizer,
-                                            composites=composites, subscriptions=changes),
+                                            composites=composites, subscriptions=changes,
+                                            workflow_states=workflow_states),
                 audit=audit, replica_id=config.server.replica_id,
+                streams=StreamLimits(per_session=config.limits.max_streams_per_session,
+                                     per_replica=config.limits.max_streams),
+                abandon_grace=config.limits.abandoned_call_grace_seconds,
             )
             view = open_view(config, store, metrics, manager=manager, monitor=monitor,
                              connector=connector)
@@ -203,7 +230,8 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                 store, manager, connector, monitor, view)
             if config_path is not None:
                 background.start_soon(_reload_on_sighup, config_path, connector, manager,
-                                      monitor, outgoing, authorizer, changes, watch)
+                                      monitor, outgoing, authorizer, changes, watch, stdio,
+                                      composites, (http, probe_http))
             state.listening = anyio.Event()
             background.start_soon(_log_when_ready, config, state.listening, monitor)
             try:
@@ -396,12 +424,12 @@ async def _log_when_ready(config: VmcpConfig, listening: anyio.Event,
 
 
 def _health_monitor(config: VmcpConfig, http: httpx2.AsyncClient,
-                    outgoing: OutgoingAuth) -> HealthMonitor | None:
+                    outgoing: OutgoingAuth, stdio: StdioProcesses) -> HealthMonitor | None:
     health = config.health
     if not health.enabled or not config.backends:
         return None
     return HealthMonitor(_targets(config, outgoing), http, health,
-                         needs_caller=outgoing.per_caller)
+                         needs_caller=outgoing.per_caller, stdio=stdio)
 
 
 def _change_delivery(config: VmcpConfig, store: SessionStore,
@@ -422,12 +450,16 @@ def _change_delivery(config: VmcpConfig, store: SessionStore,
 async def _reload_on_sighup(path: Path, connector: BackendConnector, manager: SessionManager,
                             monitor: HealthMonitor | None, outgoing: OutgoingAuth,
                             authorizer: AllowAll | CedarAuthorizer, changes: ChangeHub,
-                            watch: BackendWatch) -> None:
-    """SIGHUP re-reads the configuration file and applies its backends and aggregation to
-    this replica without a restart (other sections need one), and re-reads the policy
-    files. Live sessions gain the added backends, end their sessions on the removed ones,
-    and are sent ``list_changed``. A configuration or policy set that is invalid changes
-    nothing: the running one stays, and the log says why."""
+                            watch: BackendWatch, stdio: StdioProcesses,
+                            composites: CompositeRegistry,
+                            clients: Sequence[httpx2.AsyncClient]) -> None:
+    """SIGHUP re-reads the configuration file and applies its backends, aggregation and
+    composite tools to this replica without a restart (other sections need one), and
+    re-reads the policy files. Live sessions gain the added backends, end their sessions
+    on the removed ones, and are sent ``list_changed``, as they are when the composite
+    tools change (a run under way finishes with the definition it started with). A
+    configuration or policy set that is invalid changes nothing: the running one stays,
+    and the log says why."""
     with anyio.open_signal_receiver(signal.SIGHUP) as signals:
         async for _ in signals:
             try:
@@ -439,26 +471,35 @@ async def _reload_on_sighup(path: Path, connector: BackendConnector, manager: Se
                 continue
             current = connector.config
             if any(getattr(loaded, part) != getattr(current, part)
-                   for part in ("server", "session", "limits", "composite_tools")) or (
+                   for part in ("server", "session", "limits")) or (
                     loaded.auth.model_copy(update={"authz": None})
                     != current.auth.model_copy(update={"authz": None})):
-                logger.warning("reload applies backends, aggregation, health and policies "
-                               "only; restart to change the other sections")
+                logger.warning("reload applies backends, aggregation, composite tools, "
+                               "health and policies only; restart to change the other "
+                               "sections")
             if policies is not None and isinstance(authorizer, CedarAuthorizer):
                 authorizer.adopt(policies)
                 logger.info("authorization policies loaded: %d policies, sha256 %s",
                             policies.count, policies.sha256)
             updated = current.model_copy(update={"backends": loaded.backends,
-                                                 "aggregation": loaded.aggregation})
+                                                 "aggregation": loaded.aggregation,
+                                                 "composite_tools": loaded.composite_tools})
+            composites_changed = composites.replace(loaded.composite_tools)
             outgoing.adopt(reloaded_auth)
+            for client in clients:
+                follow_backends(client, updated.backends)
             connector.reconfigure(updated)
+            stdio.reconcile(_targets(updated, outgoing))
             if monitor is not None:
                 monitor.set_targets(_targets(updated, outgoing))
             watch.reconcile(restart=True)
             changes.changed()
             changed = await manager.reconcile_live_sessions(connector.reconcile)
-            logger.info("configuration reloaded: %d backends; %d live sessions updated",
-                        len(updated.backends), changed)
+            if composites_changed:
+                manager.announce_to_live_sessions("notifications/tools/list_changed")
+            logger.info("configuration reloaded: %d backends, %d composite tools; %d live "
+                        "sessions updated", len(updated.backends),
+                        len(updated.composite_tools), changed)
 
 
 def _reload_policies(authorizer: AllowAll | CedarAuthorizer, loaded: VmcpConfig
@@ -490,6 +531,5 @@ def policy_status(authorizer: AllowAll | CedarAuthorizer) -> dict[str, object] |
 
 
 def _targets(config: VmcpConfig, outgoing: OutgoingAuth) -> list[BackendTarget]:
-    return [BackendTarget(b.name, b.url, b.transport,
-                          {**b.headers, **outgoing.static_headers(b.name)})
+    return [target_of(b, {**b.headers, **outgoing.static_headers(b.name)})
             for b in config.backends]

@@ -16,14 +16,17 @@ from mcp_types import (
 from starlette.datastructures import Headers
 
 from vmcp.aggregate import RoutingTable
-from vmcp.dispatch import Target, Work
+from vmcp.composite import Asked, AwaitingAnswer, StepFailed, WorkflowSuspended
+from vmcp.config import CompositeToolConfig
+from vmcp.dispatch import NO_ELICITATION, Target, WorkflowCall, is_handle, new_handle, state_key
 from vmcp.errors import (
     InvalidRound,
     RequestError,
 )
 from vmcp.stateless.backends import Caller, StatelessBackends, View
-from vmcp.stateless.input_rounds import Ask, Outcome, is_round_token
+from vmcp.stateless.input_rounds import Outcome
 from vmcp.stateless.pool import BackendKind
+from vmcp.store.workflow_states import WorkflowStates
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +38,11 @@ class CallerUpstream:
     """One stateless request's view of the backends (the dispatcher's ``Upstream``)."""
 
     def __init__(self, backends: StatelessBackends, caller: Caller, *,
-                 headers: Headers | None = None, notify: Notify | None = None) -> None:
+                 headers: Headers | None = None, notify: Notify | None = None,
+                 states: WorkflowStates | None = None) -> None:
         self._backends = backends
         self._caller = caller
+        self._states = states
         self._headers = headers if headers is not None else Headers()
         self._notify = notify if notify is not None else _drop
         self._view: View | None = None
@@ -65,7 +70,8 @@ class CallerUpstream:
 
     def for_steps(self) -> CallerUpstream:
         """Steps carry none of the composite call's ``Mcp-Param-*`` headers."""
-        return CallerUpstream(self._backends, self._caller, notify=self._notify)
+        return CallerUpstream(self._backends, self._caller, notify=self._notify,
+                              states=self._states)
 
     def tool_result(self, result: tuple[BackendKind, Outcome]) -> dict[str, Any]:
         _, outcome = result
@@ -77,34 +83,57 @@ class CallerUpstream:
     def step_meta(self) -> dict[str, Any]:
         return {k: v for k, v in self._caller.meta.items() if k != "progressToken"}
 
-    async def run_workflow(self, exposed: str, params: Mapping[str, Any], work: Work, *,
-                           asks: bool) -> tuple[BackendKind, Outcome]:
-        """A workflow that asks the user runs as an ``input_required`` round: the call is
-        parked on this replica while the client answers, and its retry (``requestState``,
-        one use, bound to the identity and this tool) resumes it, here or - forwarded over
-        the relay - from any replica."""
-        rounds = self._backends.rounds
-        binding, target = self._caller.binding, ("tools/call", exposed)
+    async def run_workflow(self, exposed: str, params: Mapping[str, Any],
+                           work: WorkflowCall, *, asks: bool) -> tuple[BackendKind, Outcome]:
+        """A workflow that asks the user answers ``input_required``: once nothing else can
+        go on without the answer, the run's snapshot is kept in the store under a fresh
+        handle (the ``requestState``: one use, bound to the identity and this tool, gone
+        after the tool's ``answer_ttl_seconds``), and the retry that carries it continues
+        the run on whichever replica it reaches."""
         state = params.get("requestState")
-        if state is not None:
-            if not is_round_token(state):
-                raise InvalidRound("Invalid or expired requestState")
-            return BackendKind.MODERN, await rounds.resume(
-                state, binding, target, _responses(params), self._notify)
-        if not asks:
+        if state is None and not asks:
             return BackendKind.MODERN, Outcome(result=await work(_cannot_ask, self._notify))
-        capabilities = self._caller.capabilities
+        assert self._states is not None, "a composite call that asks needs the state store"
+        bound = (self._caller.binding, exposed)
+        snapshot: Mapping[str, Any] | None = None
+        answers: dict[str, dict[str, Any]] = {}
+        if state is not None:
+            responses = _responses(params)
+            record = await self._states.take(state_key(state, *bound)) if is_handle(
+                state) else None
+            if record is None or not isinstance(record.get("snapshot"), dict):
+                raise InvalidRound("Invalid or expired requestState: no run of this tool "
+                                   "waits for it (expired, already answered, or not yours)")
+            snapshot = record["snapshot"]
+            step = str(record.get("step"))
+            answer = (responses or {}).get(step)
+            if answer is not None and not isinstance(answer, dict):
+                raise InvalidRound(f"inputResponses[{step!r}] must be an object")
+            if answer is not None:
+                answers[step] = answer
+        try:
+            result = await work.run(self._notify, self._suspending, snapshot=snapshot,
+                                    answers=answers)
+        except WorkflowSuspended as suspended:
+            handle = new_handle()
+            ttl = CompositeToolConfig.model_validate(suspended.snapshot["tool"]
+                                                     ).answer_ttl_seconds
+            await self._states.create(state_key(handle, *bound), {
+                "snapshot": suspended.snapshot, "step": suspended.step}, ttl)
+            return BackendKind.MODERN, Outcome(
+                input_requests={suspended.step: {"method": "elicitation/create",
+                                                 "params": suspended.question}},
+                request_state=handle)
+        except ValueError:
+            raise InvalidRound("Invalid or expired requestState: the stored run cannot "
+                               "be continued by this version") from None
+        return BackendKind.MODERN, Outcome(result=result)
 
-        async def parked(ask: Ask, notify: Notify) -> dict[str, Any]:
-            async def elicit(method: str, question: dict[str, Any] | None
-                             ) -> dict[str, Any]:
-                if "elicitation" not in capabilities:
-                    return {"error": {"code": INVALID_PARAMS, "message": "the client did "
-                                      "not declare the elicitation capability"}}
-                return await ask(method, question)
-            return await work(elicit, notify)
-
-        return BackendKind.MODERN, await rounds.start(binding, target, parked, self._notify)
+    async def _suspending(self, params: dict[str, Any], asked: Asked) -> dict[str, Any]:
+        """A 2026-07-28 client is asked by the answer to its request, not in the middle."""
+        if "elicitation" not in self._caller.capabilities:
+            raise StepFailed(NO_ELICITATION)
+        raise AwaitingAnswer
 
 
 def _checked_param_headers(view: View, tool: str, params: Mapping[str, Any],

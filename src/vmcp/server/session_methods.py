@@ -18,12 +18,13 @@ from vmcp.audit import record as audit_record
 from vmcp.authz import Authorizer
 from vmcp.backend import BackendRpcError
 from vmcp.composite import CompositeRegistry
+from vmcp.config import CompositeToolConfig
 from vmcp.dispatch import (
     LISTINGS,
     ROUTED_METHODS,
     Dispatcher,
     Target,
-    Work,
+    WorkflowCall,
     aggregate_capabilities,
 )
 from vmcp.errors import (
@@ -39,8 +40,10 @@ from vmcp.identity import ANONYMOUS, Principal
 from vmcp.server import jsonrpc
 from vmcp.server.jsonrpc import Incoming
 from vmcp.server.request_log import current_record
+from vmcp.server.session_workflows import SessionQuestions
 from vmcp.session.channel import ClientChannel
 from vmcp.session.multisession import MultiSession, RequestCancelled
+from vmcp.store.workflow_states import MemoryWorkflowStates
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +54,11 @@ RESOURCE_NOT_FOUND_CODE: Final = -32002
 class SessionUpstream:
     """One request's view of its session's backends (the dispatcher's ``Upstream``)."""
 
-    def __init__(self, session: MultiSession, channel: ClientChannel | None) -> None:
+    def __init__(self, session: MultiSession, channel: ClientChannel | None,
+                 questions: SessionQuestions | None = None) -> None:
         self._session = session
         self._channel = channel
+        self._questions = questions
 
     async def routing(self, *, refresh: bool = False) -> RoutingTable:
         if refresh:
@@ -76,20 +81,28 @@ class SessionUpstream:
     def step_meta(self) -> dict[str, Any]:
         return {}
 
-    async def run_workflow(self, exposed: str, params: Mapping[str, Any], work: Work, *,
-                           asks: bool) -> dict[str, Any]:
-        """The workflow waits here for the user; the client's answer may be POSTed to any
-        replica, and the session's relay brings it back (see ``ClientChannel.request``)."""
+    async def run_workflow(self, exposed: str, params: Mapping[str, Any],
+                           work: WorkflowCall, *, asks: bool,
+                           snapshot: Mapping[str, Any] | None = None,
+                           answers: Mapping[str, dict[str, Any]] | None = None
+                           ) -> dict[str, Any]:
+        """The workflow waits here for the user, its state in the store; the client's
+        answer may be POSTed to any replica (see ``session_workflows``)."""
         assert self._channel is not None, "an upstream for calls needs the request's channel"
-        return await work(self._channel.request, self._channel.notify)
+        questions = self._questions or SessionQuestions(MemoryWorkflowStates(), None)
+        return await work.run(self._channel.notify,
+                              questions.elicitor(self._session, self._channel, work),
+                              snapshot=snapshot, answers=answers)
 
 
 class SessionMethods:
     """Serves the session-based MCP methods over a ``MultiSession``."""
 
     def __init__(self, *, server_name: str = "vmcp", authorizer: Authorizer | None = None,
-                 composites: CompositeRegistry | None = None) -> None:
+                 composites: CompositeRegistry | None = None,
+                 questions: SessionQuestions | None = None) -> None:
         self._server_info = {"name": server_name, "version": __version__}
+        self._questions = questions or SessionQuestions(MemoryWorkflowStates(), None)
         self._dispatcher: Dispatcher[dict[str, Any]] = Dispatcher(
             resource_not_found_code=RESOURCE_NOT_FOUND_CODE, authorizer=authorizer,
             composites=composites)
@@ -136,7 +149,7 @@ class SessionMethods:
         (the backend's own errors included). ``target`` is what :meth:`authorize` gave for
         a routed request, if it was asked."""
         method, params = message.method, message.params
-        upstream = SessionUpstream(session, channel)
+        upstream = SessionUpstream(session, channel, self._questions)
         try:
             if method in LISTINGS:
                 return await self._dispatcher.listing(upstream, method, params, principal)
@@ -153,6 +166,23 @@ class SessionMethods:
         except BackendRpcError as exc:
             raise RequestError(exc.code, exc.message, exc.data) from exc
         raise RequestError(METHOD_NOT_FOUND_CODE, f"Method not found: {method}")
+
+    async def workflow_answer(self, session: MultiSession, message: dict[str, Any],
+                              principal: Principal) -> None:
+        """A client's answer to a composite tool's question asked on another replica
+        (see ``session_workflows``); raises ``WorkflowGone`` or ``StoreError``."""
+
+        async def resume(channel: ClientChannel, record: dict[str, Any],
+                         answers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+            upstream = SessionUpstream(session, channel, self._questions)
+            snapshot = record["snapshot"]
+            tool = CompositeToolConfig.model_validate(snapshot["tool"])
+            work = self._dispatcher.workflow_call(upstream, tool, snapshot.get("params") or {},
+                                                  record.get("progress"), principal)
+            return await upstream.run_workflow(tool.name, {}, work, asks=True,
+                                               snapshot=snapshot, answers=answers)
+
+        await self._questions.answer(session, message, resume)
 
     async def answer(self, session: MultiSession, message: Incoming, channel: ClientChannel,
                       principal: Principal, target: Target | None = None

@@ -28,34 +28,38 @@ per event, and a chance to notice a hang-up between chunks."""
 
 async def write_events(receive: Receive, send: Send, session: MultiSession,
                         stream: ResponseStream, *, after: int,
-                        stale_pauses: int = 0) -> None:
+                        stale_pauses: int = 0, abandon_after: float | None = None) -> None:
     """Write ``stream``'s events past ``after`` until its final one or a pause.
 
     Pauses at positions up to ``stale_pauses`` were meant for an earlier connection
     (the one the client is resuming from) and are skipped. A client that disconnects
-    only stops the writing; the events stay for a resume. So does a client that takes
-    nothing for twice ``stall_seconds`` (the connection is ended; it may resume): twice,
-    so that a stream full for ``stall_seconds`` first gets its ``SlowReader`` end, which
-    the client then receives as soon as it reads what was already sent.
+    only stops the writing; the events stay for a resume, and the work is cancelled if
+    none comes within ``abandon_after`` seconds (None: it runs on). So does a client that
+    takes nothing for twice ``stall_seconds`` (the connection is ended; it may resume):
+    twice, so that a stream full for ``stall_seconds`` first gets its ``SlowReader`` end,
+    which the client then receives as soon as it reads what was already sent.
     """
     stall = 2 * stream.bounds.stall_seconds
-    wrote_final = False
+    wrote_final = paused = False
     with anyio.move_on_after(math.inf) as stalled:
         async with anyio.create_task_group() as tg:
             tg.start_soon(cancel_on_disconnect, receive, tg.cancel_scope)
-            wrote_final = await _write_until_end(send, session, stream, after, stale_pauses,
-                                                 stall, stalled)
+            wrote_final, paused = await _write_until_end(send, session, stream, after,
+                                                         stale_pauses, stall, stalled)
             tg.cancel_scope.cancel()
     if wrote_final:
         session.streams.drop(stream.id)
     else:  # paused, or the client went away: make it resumable on any replica
         session.work.persist(stream)
+        if not paused and abandon_after is not None:
+            session.work.abandon(stream, abandon_after)
 
 
 async def _write_until_end(send: Send, session: MultiSession, stream: ResponseStream,
                            position: int, stale_pauses: int, stall: float,
-                           stalled: anyio.CancelScope) -> bool:
-    """The writing loop of ``write_events``; True once the final event is written."""
+                           stalled: anyio.CancelScope) -> tuple[bool, bool]:
+    """The writing loop of ``write_events``: whether it wrote the final event, and whether
+    it ended at a pause."""
 
     async def write(body: bytes, more: bool = True) -> None:
         # A send that waits this long for the client to take bytes ends the connection.
@@ -67,7 +71,7 @@ async def _write_until_end(send: Send, session: MultiSession, stream: ResponseSt
         # the event loop before the hang-up is noticed.
         await anyio.lowlevel.checkpoint()
 
-    done = wrote_final = False
+    done = wrote_final = paused = False
     while not done:
         chunk = bytearray()
         events = await stream.after(position)
@@ -84,7 +88,7 @@ async def _write_until_end(send: Send, session: MultiSession, stream: ResponseSt
                 if not await session.work.persist(stream).wait():
                     continue
                 chunk += f"retry: {item.pause_ms}\n\n".encode()
-                done = True
+                done = paused = True
             elif item.message is None:  # cancelled by the client: nothing to say
                 done = wrote_final = True
             else:
@@ -98,7 +102,7 @@ async def _write_until_end(send: Send, session: MultiSession, stream: ResponseSt
         if chunk:
             await write(bytes(chunk))
     await write(b"", more=False)
-    return wrote_final
+    return wrote_final, paused
 
 async def write_logged_events(receive: Receive, send: Send, session: MultiSession,
                                stream_id: str, *, after: int,

@@ -87,6 +87,7 @@ from vmcp.stateless.backends import Caller, StatelessBackends, View
 from vmcp.stateless.input_rounds import Outcome
 from vmcp.stateless.pool import BackendKind
 from vmcp.stateless.subscriptions import ChangeHub
+from vmcp.store.workflow_states import MemoryWorkflowStates, WorkflowStates
 
 logger = logging.getLogger(__name__)
 
@@ -136,8 +137,11 @@ class StatelessEndpoint:
     def __init__(self, backends: StatelessBackends, *, server_name: str = "vmcp",
                  authorizer: Authorizer | None = None,
                  composites: CompositeRegistry | None = None,
-                 subscriptions: ChangeHub | None = None) -> None:
+                 subscriptions: ChangeHub | None = None,
+                 workflow_states: WorkflowStates | None = None) -> None:
         self._backends = backends
+        self._states = (workflow_states if workflow_states is not None
+                        else MemoryWorkflowStates())
         self._subscriptions = subscriptions
         self._listening = Listening(subscriptions) if subscriptions is not None else None
         self._server_info = {"name": server_name, "version": __version__}
@@ -333,7 +337,8 @@ class StatelessEndpoint:
     async def _call(self, caller: Caller, method: str, params: dict[str, Any],
                     headers: Headers, notify: Notify, principal: Principal,
                     target: Target | None) -> dict[str, Any]:
-        upstream = CallerUpstream(self._backends, caller, headers=headers, notify=notify)
+        upstream = CallerUpstream(self._backends, caller, headers=headers, notify=notify,
+                                  states=self._states)
         if target is not None:
             await upstream.routing()  # the view the call's header checks read
         kind, outcome = await self._dispatcher.call(upstream, method, params, principal,

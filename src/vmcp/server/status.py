@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import shlex
 from dataclasses import asdict
 from typing import Any
 
@@ -36,7 +37,9 @@ def build_status(config: VmcpConfig, manager: SessionManager | None,
 
 
 def _backend(backend: BackendConfig, monitor: HealthMonitor | None) -> dict[str, Any]:
-    status: dict[str, Any] = {"name": backend.name, "url": redact_url(backend.url),
+    where = (redact_url(backend.url) if backend.transport != "stdio"
+             else "stdio: " + shlex.join([backend.command or "", *backend.args]))
+    status: dict[str, Any] = {"name": backend.name, "url": where,
                               "transport": backend.transport, "health": "unmonitored"}
     health = monitor.snapshot().get(backend.name) if monitor is not None else None
     if health is not None:

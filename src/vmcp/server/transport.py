@@ -30,7 +30,7 @@ from vmcp import logs, tracing
 from vmcp.audit import record as audit_record
 from vmcp.audit.trail import AuditTrail
 from vmcp.auth import outgoing
-from vmcp.dispatch import ROUTED_METHODS
+from vmcp.dispatch import ROUTED_METHODS, is_handle
 from vmcp.errors import (
     INTERNAL_ERROR_CODE,
     INVALID_REQUEST_CODE,
@@ -76,10 +76,17 @@ from vmcp.server.session_streams import (
     write_events,
     write_logged_events,
 )
+from vmcp.server.session_workflows import WorkflowGone
 from vmcp.server.stateless import StatelessEndpoint, is_stateless
+from vmcp.server.stream_limits import StreamLimits, StreamRefused
 from vmcp.session import SessionManager
 from vmcp.session.multisession import MultiSession
-from vmcp.session.streams import DuplicateRequestId, Outbound, parse_event_id
+from vmcp.session.streams import (
+    DuplicateRequestId,
+    Outbound,
+    ResponseStream,
+    parse_event_id,
+)
 from vmcp.telemetry import Metrics
 
 logger = logging.getLogger(__name__)
@@ -110,7 +117,11 @@ class McpEndpoint:
         stateless: StatelessEndpoint | None = None,
         audit: AuditTrail | None = None,
         replica_id: str = "",
+        streams: StreamLimits | None = None,
+        abandon_grace: float = 5.0,
     ) -> None:
+        self._abandon_grace = abandon_grace
+        self._streams = streams or StreamLimits(per_session=4, per_replica=500)
         self._stateless = stateless
         self._audit = audit
         self._replica_id = replica_id
@@ -253,9 +264,18 @@ class McpEndpoint:
         if message.kind == "response":
             if not session.deliver_client_response(message.raw):
                 try:
-                    await session.forward_client_response(message.raw)
+                    if is_handle(message.raw.get("id")):
+                        await self._methods.workflow_answer(session, message.raw, principal)
+                    else:
+                        await session.forward_client_response(message.raw)
                 except StoreError as exc:
                     raise _error_reply(exc, None) from exc
+                except WorkflowGone:
+                    # Not 404: clients take that for an ended session and start over.
+                    raise _Reply(400, jsonrpc.error(
+                        None, INVALID_REQUEST_CODE, "No workflow waits for this answer: "
+                        "it expired, was answered already, or is not this session's")
+                        ) from None
             await send_empty(send, 202)
         elif message.kind == "notification":
             await self._methods.notification(session, message)
@@ -325,7 +345,9 @@ class McpEndpoint:
                 message.id, INVALID_REQUEST_CODE,
                 "initialize must not carry Mcp-Session-Id; the session is already initialized"))
         try:
-            live = await self._manager.initialize(principal)
+            declared = message.params.get("capabilities")
+            live = await self._manager.initialize(
+                principal, [str(k) for k in declared] if isinstance(declared, dict) else [])
         except VmcpError as exc:
             raise _error_reply(exc, message.id) from exc
         assert isinstance(live, MultiSession)
@@ -387,14 +409,17 @@ class McpEndpoint:
 
         work = run()
         try:
-            session.work.spawn(work)
+            session.work.spawn(work, stream.id)
         except SessionClosed:
             # Closed between lookup and use: the caller looks the session up again.
             work.close()
             session.streams.drop(stream.id)
             raise
         first = await first_event(receive, stream)
+        abandon_after = self._abandon_after(session)
         if first is None:  # the client went away first; the work runs on, resumable
+            if abandon_after is not None:
+                session.work.abandon(stream, abandon_after)
             return
         if first.final:
             session.streams.drop(stream.id)
@@ -410,7 +435,14 @@ class McpEndpoint:
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         priming = f"id: {stream.event_id(0)}\nretry: {RECONNECT_MS}\ndata: \n\n".encode()
         await send({"type": "http.response.body", "body": priming, "more_body": True})
-        await write_events(receive, send, session, stream, after=0)
+        await write_events(receive, send, session, stream, after=0,
+                           abandon_after=abandon_after)
+
+    def _abandon_after(self, session: MultiSession) -> float | None:
+        """How long a call's work outlives a client that left its stream. Not bounded
+        when the session has an event log: the client may resume on another replica,
+        which this one would not hear of."""
+        return self._abandon_grace if session.event_log is None else None
 
     # -- GET ------------------------------------------------------------------------
 
@@ -431,10 +463,26 @@ class McpEndpoint:
                   and await is_logged(session, last_event_id[0]))
         if logged:
             local = None
+        try:
+            self._streams.acquire(session.session_id)
+        except StreamRefused as refused:
+            raise _Reply(refused.status, jsonrpc.error(None, INVALID_REQUEST_CODE,
+                                                       refused.message),
+                         [(b"retry-after", str(refused.retry_after).encode())]) from None
+        try:
+            await self._stream(receive, send, session, last_event_id, local, logged)
+        finally:
+            self._streams.release(session.session_id)
+
+    async def _stream(self, receive: Receive, send: Send, session: MultiSession,
+                      last_event_id: tuple[str, int] | None, local: ResponseStream | None,
+                      logged: bool) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         if last_event_id is not None and local is not None:
+            session.work.resume(local.id)
             await write_events(receive, send, session, local, after=last_event_id[1],
-                                     stale_pauses=len(local))
+                               stale_pauses=len(local),
+                               abandon_after=self._abandon_after(session))
             return
         if last_event_id is not None and logged:
             await write_logged_events(receive, send, session, last_event_id[0],

@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 
+from vmcp.session.detached import StreamCopy
 from vmcp.session.streams import Outbound, ResponseStream
 
 CLIENT_ANSWER_TIMEOUT = 300.0
@@ -29,8 +30,12 @@ class PendingClientRequests:
         self._ids = itertools.count(1)
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
 
-    def open(self) -> tuple[str, asyncio.Future[dict[str, Any]]]:
-        request_id = f"{self._prefix}-{next(self._ids)}"
+    def open(self, request_id: str | None = None
+             ) -> tuple[str, asyncio.Future[dict[str, Any]]]:
+        """A new awaited answer, under a fresh id unless ``request_id`` (unguessable,
+        unique) is given."""
+        if request_id is None:
+            request_id = f"{self._prefix}-{next(self._ids)}"
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = future
         return request_id, future
@@ -63,13 +68,24 @@ class ClientChannel:
         *,
         request_id: Any,
         answers_elsewhere: Callable[[], AbstractAsyncContextManager[None]] | None = None,
+        persist: Callable[[ResponseStream], StreamCopy] | None = None,
         stop: Callable[[], None] | None = None,
     ) -> None:
         self._pending = pending
         self._stream = stream
         self.request_id = request_id
         self._answers_elsewhere = answers_elsewhere
+        self._persist = persist
         self._stop = stop
+
+    @property
+    def stream_id(self) -> str:
+        return self._stream.id
+
+    @property
+    def next_seq(self) -> int:
+        """The sequence number the stream's next event gets."""
+        return len(self._stream) + 1
 
     async def notify(self, message: dict[str, Any]) -> None:
         """Queue a message on the request's stream; waits while the client is behind
@@ -86,18 +102,30 @@ class ClientChannel:
         """Ask the client to drop this stream now and resume it after ``retry_ms``."""
         self._stream.append(Outbound(None, pause_ms=retry_ms))
 
-    async def request(self, method: str, params: dict[str, Any] | None) -> dict[str, Any]:
-        """Ask the client and return its JSON-RPC answer (a ``result`` or an ``error``)."""
-        request_id, answer = self._pending.open()
+    async def request(self, method: str, params: dict[str, Any] | None, *,
+                      request_id: str | None = None, wait_seconds: float = CLIENT_ANSWER_TIMEOUT,
+                      answers_elsewhere: AbstractAsyncContextManager[None] | None = None,
+                      resumable: bool = False) -> dict[str, Any]:
+        """Ask the client and return its JSON-RPC answer (a ``result`` or an ``error``).
+
+        ``request_id``, ``answers_elsewhere`` (where answers POSTed to other replicas come
+        from) and ``wait_seconds`` replace the defaults; ``resumable`` copies the stream to the
+        event log once the question is on it, so that the client can follow the request
+        on another replica even if this one goes away."""
+        request_id, answer = self._pending.open(request_id)
         message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
         if params is not None:
             message["params"] = params
         # The client may POST its answer to any replica: listen before asking.
-        elsewhere = self._answers_elsewhere() if self._answers_elsewhere else nullcontext()
+        if answers_elsewhere is None:
+            answers_elsewhere = (self._answers_elsewhere() if self._answers_elsewhere
+                                 else nullcontext())
         try:
-            async with elsewhere:
+            async with answers_elsewhere:
                 await self._put(Outbound(message))
-                with anyio.fail_after(CLIENT_ANSWER_TIMEOUT):
+                with anyio.fail_after(wait_seconds):
+                    if resumable and self._persist is not None:
+                        await self._persist(self._stream).wait()
                     return await answer
         finally:
             self._pending.discard(request_id)

@@ -10,7 +10,7 @@ import httpx2
 
 from vmcp.aggregate import BackendCatalog, RoutingTable
 from vmcp.auth.outgoing import OutgoingAuth, current_caller
-from vmcp.backend import BackendConnection, BackendState
+from vmcp.backend import BackendConnection, BackendState, StdioProcesses
 from vmcp.backend.breaker import CircuitBreaker
 from vmcp.config import BackendConfig, VmcpConfig
 from vmcp.errors import BackendError, InvalidIdentity
@@ -53,6 +53,7 @@ class BackendConnector:
         relay: SessionRelay | None = None,
         event_log: EventLog | None = None,
         outgoing: OutgoingAuth | None = None,
+        stdio: StdioProcesses | None = None,
     ) -> None:
         self._config = config
         self._outgoing = outgoing if outgoing is not None else OutgoingAuth({})
@@ -64,7 +65,7 @@ class BackendConnector:
         self.breaker = (CircuitBreaker(failure_threshold=health.breaker_failure_threshold,
                                        open_seconds=health.breaker_open_seconds)
                         if health.breaker_failure_threshold else None)
-        self._dialer = BackendDialer(lambda: self._config, http, self._outgoing)
+        self._dialer = BackendDialer(lambda: self._config, http, self._outgoing, stdio)
         self._record_state = record_state
         self._is_healthy = is_healthy
         self._connect_slots = anyio.Semaphore(config.limits.max_concurrent_backend_connects)

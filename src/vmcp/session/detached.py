@@ -4,8 +4,9 @@ A call's work outlives its POST (the client may drop the connection and resume t
 stream), and an interrupted stream is copied to the event log until its end. Neither
 has an enclosing scope to run in: the session's lifetime is not a block of code but an
 entry in a cache, ended by eviction, DELETE, expiry or shutdown. So these are plain
-``asyncio`` tasks (the one place vmcp starts tasks outside a task group), owned and ended
-by the session's close.
+``asyncio`` tasks (with the backends' cancellation notices, the only tasks vmcp starts
+outside a task group), owned and ended by the session's close. A call whose client left
+its stream and did not come back within a grace period is cancelled (``abandon``).
 """
 
 from __future__ import annotations
@@ -69,12 +70,15 @@ class DetachedWork:
         self._tasks: set[asyncio.Task[None]] = set()
         self._copies: set[asyncio.Task[None]] = set()
         self._persisted: set[str] = set()
+        self._by_stream: dict[str, asyncio.Task[None]] = {}
+        self._grace: dict[str, asyncio.TimerHandle] = {}
         self._closed = False
         self._stopping = False
 
-    def spawn(self, work: Awaitable[None]) -> None:
+    def spawn(self, work: Awaitable[None], stream_id: str | None = None) -> None:
         """Run a request's work; it ends with the session at the latest. Raises
-        ``SessionClosed`` once the session is closing (the work is not started)."""
+        ``SessionClosed`` once the session is closing (the work is not started).
+        ``stream_id`` names the response stream the work writes, for ``abandon``."""
         if self._closed:
             raise SessionClosed(self._session_id)
 
@@ -83,13 +87,45 @@ class DetachedWork:
 
         task = asyncio.create_task(run(), name=f"vmcp-request-{self._session_id[:8]}")
         self._tasks.add(task)
+        if stream_id is not None:
+            self._by_stream[stream_id] = task
 
         def done(finished: asyncio.Task[None]) -> None:
             self._tasks.discard(finished)
+            if stream_id is not None and self._by_stream.get(stream_id) is finished:
+                del self._by_stream[stream_id]
+                self.resume(stream_id)
             if isinstance(work, Coroutine):
                 work.close()  # cancelled before it started: never awaited, close quietly
 
         task.add_done_callback(done)
+
+    def abandon(self, stream: ResponseStream, grace_seconds: float) -> None:
+        """The client left ``stream`` before its answer: unless it comes back for it
+        (``resume``) within ``grace_seconds``, cancel the work, which cancels the backend
+        call (``notifications/cancelled`` and the upstream request closed), and end the
+        stream without an answer, as for a call the client cancelled itself."""
+        task = self._by_stream.get(stream.id)
+        if task is None or task.done() or stream.finished_at is not None:
+            return
+        self.resume(stream.id)
+        self._grace[stream.id] = asyncio.get_running_loop().call_later(
+            grace_seconds, self._give_up, stream)
+
+    def resume(self, stream_id: str) -> None:
+        """A client reads ``stream_id`` again: its work is no longer abandoned."""
+        timer = self._grace.pop(stream_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _give_up(self, stream: ResponseStream) -> None:
+        self._grace.pop(stream.id, None)
+        task = self._by_stream.pop(stream.id, None)
+        if task is not None and not task.done():
+            logger.info("client left a call's stream and did not resume it: cancelling the "
+                        "call", extra={"session_id": self._session_id})
+            task.cancel()
+            stream.append(Outbound(None, final=True))
 
     def persist(self, stream: ResponseStream) -> StreamCopy:
         """Copy an interrupted stream's events to the event log, so that the client can
@@ -156,6 +192,9 @@ class DetachedWork:
     def cancel_requests(self) -> None:
         """Stop every request's work (the session is closing); no new work starts."""
         self._closed = True
+        for timer in self._grace.values():
+            timer.cancel()
+        self._grace.clear()
         for task in list(self._tasks):
             task.cancel()
 

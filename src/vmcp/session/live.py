@@ -19,12 +19,20 @@ class LiveSession(Protocol):
     @property
     def session_id(self) -> str: ...
 
+    client_capabilities: frozenset[str] | None
+    """What the client declared at ``initialize`` (kept in the session's record); None
+    when unknown (a record from before they were kept)."""
+
     def backend_names(self) -> list[str]:
         """The backends this session is connected to (stored as the backend-id list)."""
         ...
 
     def backend_states(self) -> dict[str, str]:
         """Per-backend state to store so another replica can re-attach (by backend name)."""
+        ...
+
+    def announce(self, method: str) -> None:
+        """Send the client the notification ``method`` (no params) on its GET stream."""
         ...
 
     async def wait_calls(self) -> None:

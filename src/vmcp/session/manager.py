@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import anyio
@@ -116,7 +116,8 @@ class SessionManager:
 
     # -- creation -------------------------------------------------------------------
 
-    async def initialize(self, principal: Principal) -> LiveSession:
+    async def initialize(self, principal: Principal,
+                         client_capabilities: Iterable[str] = ()) -> LiveSession:
         """Serve an ``initialize``: a new id, then a full session bound to ``principal``.
 
         The binding is computed first, so an unusable identity stores nothing (B40). Then
@@ -128,10 +129,10 @@ class SessionManager:
         with self._admission.initializing():
             session_id = await self.generate()
             if not self._admission.counts(binding):
-                return await self.create_session(session_id, principal)
+                return await self.create_session(session_id, principal, client_capabilities)
             try:
                 await self._admission.reserve(binding, session_id)
-                return await self.create_session(session_id, principal)
+                return await self.create_session(session_id, principal, client_capabilities)
             except BaseException:
                 # A reservation may have landed before an error; a placeholder left
                 # (marked terminated) must not count either.
@@ -147,7 +148,8 @@ class SessionManager:
                 return session_id
         raise SessionTerminated("could not reserve a unique session id")
 
-    async def create_session(self, session_id: str, principal: Principal) -> LiveSession:
+    async def create_session(self, session_id: str, principal: Principal,
+                             client_capabilities: Iterable[str] = ()) -> LiveSession:
         """Turn the placeholder ``session_id`` into a full, cached session.
 
         Backends are contacted only if the placeholder is still there and not ended
@@ -165,9 +167,11 @@ class SessionManager:
             raise
         try:
             await self._require_open_placeholder(session_id)
+            live.client_capabilities = frozenset(client_capabilities)
             record = {
                 md.IDENTITY: binding,
                 md.BACKENDS: md.backend_list(live.backend_names()),
+                md.CLIENT_CAPABILITIES: md.backend_list(live.client_capabilities),
                 **{md.backend_state_key(k): v for k, v in live.backend_states().items()},
             }
             if not await self._store.update(session_id, record):
@@ -381,6 +385,17 @@ class SessionManager:
             raise
         return decorated
 
+    def announce_to_live_sessions(self, method: str) -> int:
+        """Send the notification ``method`` to the client of every session live here (on
+        its GET stream); how many. Each replica tells its own sessions' clients."""
+        told = 0
+        for session_id in self._cache.cached_keys():
+            entry = self._cache.peek(session_id)
+            if entry is not None:
+                entry.live.announce(method)
+                told += 1
+        return told
+
     async def reconcile_live_sessions(
         self, reconcile: Callable[[LiveSession], Awaitable[bool]]
     ) -> int:
@@ -439,6 +454,7 @@ class SessionManager:
             session_id, principal, md.parse_backend_list(record[md.BACKENDS]),
             md.backend_states(record),
         )
+        live.client_capabilities = md.client_capabilities(record)
         try:
             # Keep the stored backend list (the session's promise) and refresh the states
             # of what re-attached; a changed list would make every replica rebuild.

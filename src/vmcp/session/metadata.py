@@ -14,6 +14,9 @@ from vmcp.store.base import SessionStore
 IDENTITY = "identity"
 BACKENDS = "backends"
 TERMINATED = "terminated"
+CLIENT_CAPABILITIES = "client_capabilities"
+"""The capabilities the client declared at ``initialize`` (names, comma-separated), so
+that every replica knows what it may ask the client (an ``elicitation``)."""
 BACKEND_STATE_PREFIX = "backend:"
 
 
@@ -33,6 +36,13 @@ def is_full_session(metadata: Mapping[str, str]) -> bool:
 def backend_list(names: Iterable[str]) -> str:
     """The canonical form of a backend-id list: sorted, comma-separated."""
     return ",".join(sorted(names))
+
+
+def client_capabilities(metadata: Mapping[str, str]) -> frozenset[str] | None:
+    """The client's declared capabilities; None for a record written before they were
+    kept (such a client is not refused anything it may have declared)."""
+    value = metadata.get(CLIENT_CAPABILITIES)
+    return None if value is None else frozenset(parse_backend_list(value))
 
 
 def parse_backend_list(value: str) -> list[str]:

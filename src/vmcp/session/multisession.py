@@ -79,6 +79,7 @@ class MultiSession:
             routes=self.routes, pending=self.pending,
             answers_elsewhere=self.answers_from_other_replicas, spawn=self.work.spawn)
         self._requests: dict[Any, anyio.CancelScope] = {}
+        self.client_capabilities: frozenset[str] | None = None
         self._closed = False
         self._ended = anyio.Event()
 
@@ -162,6 +163,7 @@ class MultiSession:
         """The way back to the client for one request on ``stream``."""
         return ClientChannel(self.pending, stream, request_id=request_id,
                              answers_elsewhere=self.answers_from_other_replicas,
+                             persist=self.work.persist,
                              stop=lambda: self.cancel_request(request_id))
 
     def answers_from_other_replicas(self) -> contextlib.AbstractAsyncContextManager[None]:
@@ -184,6 +186,10 @@ class MultiSession:
 
     def deliver_client_response(self, message: dict[str, Any]) -> bool:
         return self.pending.deliver(message)
+
+    def announce(self, method: str) -> None:
+        """Send the client a notification about the session as a whole (``list_changed``)."""
+        self.messages.publish({"jsonrpc": "2.0", "method": method})
 
     async def notify_all(self, method: str, params: dict[str, Any] | None) -> None:
         """Send a notification to every backend; one failing does not stop the others."""

@@ -86,20 +86,21 @@ class DuplicateRequestId(Exception):
 
 
 class ResponseStream:
-    """The ordered events of one request; sequence numbers start at 1.
+    """The ordered events of one request; sequence numbers start at ``start + 1`` (a
+    stream continued here after events another replica wrote starts after them).
 
     Readers (the connection's writer, the event-log copy) ask for the events after what
     they have handled (``after``); that tells the stream what may be dropped."""
 
     def __init__(self, stream_id: str, request_id: Any = None,
-                 bounds: StreamBounds | None = None) -> None:
+                 bounds: StreamBounds | None = None, *, start: int = 0) -> None:
         self.id = stream_id
         self.request_id = request_id
         self.bounds = bounds or StreamBounds()
         self._events: deque[Outbound] = deque()
-        self._first = 1  # the sequence number of ``_events[0]``
+        self._first = start + 1  # the sequence number of ``_events[0]``
         self._bytes = 0
-        self._taken = 0  # every event up to here reached a reader
+        self._taken = start  # every event up to here reached a reader
         self._changed = anyio.Event()
         self._room = anyio.Event()
         self.finished_at: float | None = None
@@ -186,9 +187,10 @@ class ResponseStream:
             self._taken = seq
             self._room.set()
             self._room = anyio.Event()
-        while len(self) <= seq:
+        # A stream continued after another replica's events has none up to its start:
+        # wait for new ones rather than answer "none" at once (the reader would spin).
+        while len(self) < (start := max(seq + 1, self._first)):
             await self._changed.wait()
-        start = max(seq + 1, self._first)
         return [(n, self._events[n - self._first]) for n in range(start, len(self) + 1)]
 
 
@@ -213,10 +215,18 @@ class ResponseStreams:
         self._prune()
         stream = ResponseStream(f"{self._prefix}-{self._next}", request_id, self._bounds)
         self._next += 1
+        return self._register(stream)
+
+    def adopt(self, stream_id: str, request_id: Any, *, start: int) -> ResponseStream:
+        """A stream that continues, here, one another replica began (its id, its request,
+        numbered after its last event ``start``)."""
+        return self._register(ResponseStream(stream_id, request_id, self._bounds, start=start))
+
+    def _register(self, stream: ResponseStream) -> ResponseStream:
         for _, evicted in self._streams.put(stream.id, stream):
             self._forget(evicted)
-        if request_id is not None:
-            self._by_request[request_id] = stream
+        if stream.request_id is not None:
+            self._by_request[stream.request_id] = stream
         return stream
 
     def get(self, stream_id: str) -> ResponseStream | None:

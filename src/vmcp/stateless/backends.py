@@ -37,7 +37,13 @@ from mcp_types.version import LATEST_MODERN_VERSION
 
 from vmcp.aggregate import BackendCatalog, RoutingTable
 from vmcp.auth.outgoing import OutgoingAuth, current_caller
-from vmcp.backend import STREAM_PAUSED, BackendConnection, BackendRpcError, MessageHandler
+from vmcp.backend import (
+    STREAM_PAUSED,
+    BackendConnection,
+    BackendRpcError,
+    MessageHandler,
+    StdioProcesses,
+)
 from vmcp.backend.modern import ModernBackend, NotModern
 from vmcp.config import VmcpConfig
 from vmcp.errors import (
@@ -95,11 +101,11 @@ class StatelessBackends:
     def __init__(self, config: Callable[[], VmcpConfig], http: httpx2.AsyncClient, *,
                  outgoing: OutgoingAuth | None = None, ledger: UpstreamLedger | None = None,
                  is_healthy: HealthFilter | None = None, relay: SessionRelay | None = None,
-                 clock: Clock = time.monotonic) -> None:
+                 clock: Clock = time.monotonic, stdio: StdioProcesses | None = None) -> None:
         self._config = config
         self._http = http
         self._outgoing = outgoing if outgoing is not None else OutgoingAuth({})
-        self._dialer = BackendDialer(config, http, self._outgoing)
+        self._dialer = BackendDialer(config, http, self._outgoing, stdio)
         self._is_healthy = is_healthy
         self._clock = clock
         settings = config().stateless
@@ -164,8 +170,10 @@ class StatelessBackends:
                 logger.exception("ending idle upstream sessions failed")
 
     async def aclose(self) -> None:
+        # Only the sending end: the follower then ends at the end of the stream. Closing
+        # its receiving end too would fail it with ClosedResourceError whenever it wakes
+        # during the awaits below (it closes that end itself on the way out).
         self._to_follow.close()
-        self._following.close()
         self.rounds.aclose()
         await self.pool.aclose()
 
@@ -382,8 +390,9 @@ class StatelessBackends:
 
     def _modern_backend(self, name: str) -> ModernBackend:
         backend = self._modern_of(name)
-        if backend is None:  # an SSE backend: never modern
-            raise NotModern(name, "an SSE backend speaks the handshake revisions only")
+        if backend is None:  # an SSE or stdio backend: never modern
+            raise NotModern(name, "an SSE or stdio backend speaks the handshake revisions "
+                                  "only")
         return backend
 
     def _modern_of(self, name: str) -> ModernBackend | None:
@@ -396,7 +405,7 @@ class StatelessBackends:
         if cached is not None:  # changed by a reload: classify it again
             self.kinds.forget(name)
         client = None
-        if config.transport != "sse":
+        if config.transport not in ("sse", "stdio"):
             client = ModernBackend(self._dialer.target(config), self._http,
                                    timeout=self._dialer.call_timeout(config))
         self._modern[name] = (key, client)
@@ -406,7 +415,8 @@ class StatelessBackends:
         return await self._outgoing.headers_for(name, current_caller())
 
     async def _probe(self, name: str) -> Mapping[str, Any] | None:
-        """``server/discover`` as the gateway itself; None for an SSE backend."""
+        """``server/discover`` as the gateway itself; None for an SSE or stdio backend
+        (reached through a pooled upstream session, the handshake way)."""
         backend = self._modern_of(name)
         if backend is None:
             return None

@@ -37,6 +37,10 @@ class EventLog(Protocol):
 
     async def exists(self, session_id: str, stream_id: str) -> bool: ...
 
+    async def last_seq(self, session_id: str, stream_id: str) -> int:
+        """The sequence number of the stream's last recorded event (0 if none)."""
+        ...
+
     def read(self, session_id: str, stream_id: str, after: int) -> AsyncIterator[
             tuple[int, dict[str, Any]]]:
         """Events after ``after``, waiting for new ones, until the stream's record is
@@ -82,6 +86,20 @@ class RedisEventLog:
 
         with translated_store_errors("exists"), anyio.fail_after(self._timeout):
             return await once_more_if_dropped(attempt)
+
+    async def last_seq(self, session_id: str, stream_id: str) -> int:
+        key = self._key(session_id, stream_id)
+
+        async def attempt(retried: bool) -> Any:  # a read: safe to repeat
+            return await self._client.xrevrange(key, "+", "-", count=1)
+
+        with translated_store_errors("xrevrange"), anyio.fail_after(self._timeout):
+            entries = await once_more_if_dropped(attempt)
+        if not entries:
+            return 0
+        entry_id = entries[0][0]
+        text = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        return int(text.split("-", 1)[1])
 
     async def read(self, session_id: str, stream_id: str, after: int) -> AsyncIterator[
             tuple[int, dict[str, Any]]]:

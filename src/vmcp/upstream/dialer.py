@@ -20,8 +20,10 @@ from vmcp.backend import (
     BackendState,
     BackendTarget,
     ReinitializedHook,
+    StdioProcesses,
     attach,
     connect,
+    target_of,
 )
 from vmcp.config import BackendConfig, VmcpConfig
 from vmcp.errors import BackendError, BackendTimeout
@@ -33,10 +35,11 @@ class BackendDialer:
     reload reaches new connections)."""
 
     def __init__(self, config: Callable[[], VmcpConfig], http: httpx2.AsyncClient,
-                 outgoing: OutgoingAuth) -> None:
+                 outgoing: OutgoingAuth, stdio: StdioProcesses | None = None) -> None:
         self._config = config
         self._http = http
         self.outgoing = outgoing
+        self._stdio = stdio
 
     def backend(self, name: str) -> BackendConfig:
         """The backend's configuration; ``BackendError`` once a reload removed it."""
@@ -47,8 +50,8 @@ class BackendDialer:
 
     def target(self, backend: BackendConfig) -> BackendTarget:
         """Where and how to reach ``backend``, with its static headers."""
-        return BackendTarget(backend.name, backend.url, backend.transport,
-                             {**backend.headers, **self.outgoing.static_headers(backend.name)})
+        return target_of(backend, {**backend.headers,
+                                   **self.outgoing.static_headers(backend.name)})
 
     def call_timeout(self, backend: BackendConfig) -> float:
         return min(backend.call_timeout_seconds, self._config().limits.call_timeout_seconds)
@@ -71,12 +74,12 @@ class BackendDialer:
                     connection = await attach(
                         target, self._http, state, client_info=CLIENT_INFO,
                         capabilities=CLIENT_CAPABILITIES, timeout=timeout,
-                        on_reinitialized=on_reinitialized, headers=headers)
+                        on_reinitialized=on_reinitialized, headers=headers, stdio=self._stdio)
                 else:
                     connection = await connect(
                         target, self._http, client_info=CLIENT_INFO,
                         capabilities=CLIENT_CAPABILITIES, timeout=timeout,
-                        on_reinitialized=on_reinitialized, headers=headers)
+                        on_reinitialized=on_reinitialized, headers=headers, stdio=self._stdio)
         except TimeoutError:
             raise BackendTimeout(backend.name, "initialize not answered in time") from None
         return self.outgoing.wrap(connection)

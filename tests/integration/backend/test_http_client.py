@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpcore2
 import pytest
 
 from tests.support.processes import ManagedProcess
-from vmcp.backend.http_client import _CachedSocketStream, _Transport, backend_http_client
+from vmcp.backend.http_client import (
+    BulkheadTransport,
+    _CachedSocketStream,
+    _Transport,
+    backend_http_client,
+)
 
 pytestmark = pytest.mark.anyio
 
 
-def test_the_private_pool_attribute_it_replaces_still_exists() -> None:
+def test_the_private_attributes_it_relies_on_still_exist() -> None:
     transport = _Transport(limits=__import__("httpx2").Limits(max_connections=4))
     assert isinstance(transport._pool, httpcore2.AsyncConnectionPool)
+    assert isinstance(backend_http_client()._transport, BulkheadTransport)
 
 
 async def test_pooled_connections_use_the_cached_socket_stream(
@@ -24,9 +32,48 @@ async def test_pooled_connections_use_the_cached_socket_stream(
             response = await http.get(demo_backends["notes"].url,
                                       headers={"Accept": "text/event-stream"})
             assert response.status_code < 500
-        pool = http._transport._pool  # type: ignore[attr-defined]
-        streams = [c._connection._network_stream for c in pool.connections
-                   if c._connection is not None]
+        pools = http._transport._pools.values()  # type: ignore[attr-defined]
+        streams = [c._connection._network_stream for pool in pools
+                   for c in pool._pool.connections if c._connection is not None]
         assert streams
         assert all(isinstance(s, _CachedSocketStream) for s in streams)
         assert all(s.get_extra_info("is_readable") is False for s in streams)
+
+
+async def test_a_request_leaves_in_one_write_head_and_body_together(
+    demo_backends: dict[str, ManagedProcess],
+) -> None:
+    url = demo_backends["notes"].url
+    body = b'{"jsonrpc":"2.0","id":1,"method":"ping"}'
+    headers = {"Accept": "application/json, text/event-stream",
+               "Content-Type": "application/json"}
+    async with backend_http_client() as http:
+        # One connection in the calls' pool and one in the streams' pool, then every
+        # socket write they make is recorded.
+        await http.post(url, content=body, headers=headers)
+        await http.get(url, headers={"Accept": "text/event-stream"})
+        sent: list[bytes] = []
+        pools = http._transport._pools.values()  # type: ignore[attr-defined]
+        for pool in pools:
+            for connection in pool._pool.connections:
+                inner = connection._connection._network_stream._stream
+                inner.send = _recording(inner.send, sent)
+
+        response = await http.post(url, content=body, headers=headers)
+        assert response.status_code < 500
+        assert len(sent) == 1
+        assert sent[0].startswith(b"POST ")
+        assert sent[0].endswith(body)
+        sent.clear()
+        response = await http.get(url, headers={"Accept": "text/event-stream"})
+        assert response.status_code < 500
+        assert len(sent) == 1
+        assert sent[0].startswith(b"GET ")
+
+
+def _recording(send: Any, sent: list[bytes]) -> Any:
+    async def recording(item: bytes) -> None:
+        sent.append(item)
+        await send(item)
+    return recording
+

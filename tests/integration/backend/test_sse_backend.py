@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from contextlib import aclosing
 from typing import Any
 
 import anyio
 import httpx2
 import pytest
 
+from tests.integration.backend.listening import first_heard
 from vmcp.backend import BackendState, BackendTarget, SseBackend, attach
 from vmcp.errors import BackendUnavailable, SessionClosed
 
@@ -136,23 +136,12 @@ async def test_listen_receives_session_wide_notifications(
     start_backend: Any, open_connection: Any
 ) -> None:
     backend = start_backend("sse")
-    received: list[dict[str, Any]] = []
-    got_one = anyio.Event()
     with anyio.fail_after(WAIT):
         connection = await open_connection(backend)
-
-        async def consume() -> None:
-            async with aclosing(connection.listen()) as messages:
-                async for message in messages:
-                    received.append(message)
-                    got_one.set()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(consume)
-            await anyio.wait_all_tasks_blocked()  # the listener is registered and waiting
-            await connection.request("tools/call", {"name": "announce", "arguments": {}})
-            await got_one.wait()
-            await connection.aclose()
+        received = await first_heard(
+            connection,
+            anyio.wait_all_tasks_blocked,  # the listener is registered and waiting
+            lambda: connection.request("tools/call", {"name": "announce", "arguments": {}}))
 
     assert [message["method"] for message in received] == ["notifications/tools/list_changed"]
 
@@ -161,31 +150,23 @@ async def test_listen_reopens_the_session_after_backend_restart(
     start_backend: Any, open_connection: Any
 ) -> None:
     backend = start_backend("sse")
-    received: list[dict[str, Any]] = []
-    got_one = anyio.Event()
     reinitialized = anyio.Event()
 
     async def on_reinitialized(state: BackendState) -> None:
         reinitialized.set()
 
+    async def no_call_was_made() -> None:
+        assert backend.seen.count("initialize") == 1
+
     with anyio.fail_after(WAIT):
         connection = await open_connection(backend, on_reinitialized=on_reinitialized)
-
-        async def consume() -> None:
-            async with aclosing(connection.listen()) as messages:
-                async for message in messages:
-                    received.append(message)
-                    got_one.set()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(consume)
-            await anyio.wait_all_tasks_blocked()
-            await backend.restart()
-            await reinitialized.wait()  # the listener did it; no call was made
-            assert backend.seen.count("initialize") == 1
-            await connection.request("tools/call", {"name": "announce", "arguments": {}})
-            await got_one.wait()
-            await connection.aclose()
+        received = await first_heard(
+            connection,
+            anyio.wait_all_tasks_blocked,
+            backend.restart,
+            reinitialized.wait,  # the listener did it; no call was made
+            no_call_was_made,
+            lambda: connection.request("tools/call", {"name": "announce", "arguments": {}}))
 
     assert [message["method"] for message in received] == ["notifications/tools/list_changed"]
     assert connection.statistics().reinitializations == 1

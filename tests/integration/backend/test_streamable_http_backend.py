@@ -9,6 +9,7 @@ import anyio
 import httpx2
 import pytest
 
+from tests.integration.backend.listening import first_heard
 from vmcp.backend import (
     STREAM_PAUSED,
     BackendConnection,
@@ -395,23 +396,12 @@ async def test_listen_yields_server_notifications_until_closed(
     start_backend: Any, open_connection: Any
 ) -> None:
     backend = start_backend()
-    received: list[dict[str, Any]] = []
-    got_one = anyio.Event()
     with anyio.fail_after(WAIT):
         connection = await open_connection(backend)
-
-        async def consume() -> None:
-            async with aclosing(connection.listen()) as messages:
-                async for message in messages:
-                    received.append(message)
-                    got_one.set()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(consume)
-            await wait_for(backend.probe.get_stream_opened)
-            await connection.request("tools/call", {"name": "announce", "arguments": {}})
-            await got_one.wait()
-            await connection.aclose()  # ends the iterator, so the task group can exit
+        received = await first_heard(
+            connection,
+            lambda: wait_for(backend.probe.get_stream_opened),
+            lambda: connection.request("tools/call", {"name": "announce", "arguments": {}}))
 
     assert [message["method"] for message in received] == ["notifications/tools/list_changed"]
 
@@ -420,8 +410,6 @@ async def test_listen_reinitializes_after_backend_restart(
     start_backend: Any, open_connection: Any
 ) -> None:
     backend = start_backend()
-    received: list[dict[str, Any]] = []
-    got_one = anyio.Event()
     hook_calls: list[BackendState] = []
 
     async def on_reinitialized(state: BackendState) -> None:
@@ -429,23 +417,14 @@ async def test_listen_reinitializes_after_backend_restart(
 
     with anyio.fail_after(WAIT):
         connection = await open_connection(backend, on_reinitialized=on_reinitialized)
-
-        async def consume() -> None:
-            async with aclosing(connection.listen()) as messages:
-                async for message in messages:
-                    received.append(message)
-                    got_one.set()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(consume)
-            await wait_for(backend.probe.get_stream_opened)
-            await backend.restart()
+        received = await first_heard(
+            connection,
+            lambda: wait_for(backend.probe.get_stream_opened),
+            backend.restart,
             # The listener finds the stream gone, meets the 404, re-initializes and
             # opens the new session's stream.
-            await wait_for(backend.probe.get_stream_opened)
-            await connection.request("tools/call", {"name": "announce", "arguments": {}})
-            await got_one.wait()
-            await connection.aclose()
+            lambda: wait_for(backend.probe.get_stream_opened),
+            lambda: connection.request("tools/call", {"name": "announce", "arguments": {}}))
 
     assert [message["method"] for message in received] == ["notifications/tools/list_changed"]
     assert len(hook_calls) == 1

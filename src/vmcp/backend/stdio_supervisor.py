@@ -1,5 +1,10 @@
 """One MCP server started as a command and spoken to over stdio, kept running.
 
+Shared by ``vmcp bridge`` (which drives the process with the SDK's ``ClientSession``) and
+the gateway's ``transport: stdio`` backends (which multiplex many client sessions over it
+with :class:`~vmcp.backend.stdio_link.StdioLink`): the supervisor only needs a *link* that
+can ``initialize`` and ``send_ping``, made from the process's message streams.
+
 Most MCP servers in the wild are a command (``npx …``, ``uvx …``) that speaks JSON-RPC
 on its stdin and stdout. :class:`StdioSupervisor` starts it with the SDK's stdio
 client (which puts it in a process group of its own and, on the way out, closes its
@@ -24,14 +29,17 @@ import shlex
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from typing import Any, Final, TextIO
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Final, Generic, Protocol, TextIO, TypeVar
 
 import anyio
 import anyio.to_thread
 import pydantic
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.shared import _stream_protocols as _streams  # the stdio client's stream types
 from mcp.shared.exceptions import MCPError
+from mcp.shared.message import SessionMessage
 from mcp_types import (
     Implementation,
     InitializeResult,
@@ -44,7 +52,7 @@ from vmcp import __version__
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ServerDown", "StdioSupervisor"]
+__all__ = ["Link", "LinkFactory", "ServerDown", "StdioSupervisor", "client_session_link"]
 
 RESTART_DELAYS: Final = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 """Delays before the 1st, 2nd, … restart in a row; a run that stayed up a minute resets them."""
@@ -54,27 +62,60 @@ STDERR_LINES_PER_SECOND: Final = 50
 """stderr lines logged per second at most; the rest are counted and reported once."""
 CLIENT_INFO: Final = Implementation(name="vmcp-bridge", version=__version__)
 
+ReadStream = _streams.ReadStream[SessionMessage | Exception]
+WriteStream = _streams.WriteStream[SessionMessage]
+
+
+class MessageCallback(Protocol):
+    """Given what the link cannot place itself: a parse error (an ``Exception``: the server
+    wrote something that is not JSON-RPC) or a notification outside any request."""
+
+    async def __call__(self, message: Any) -> None: ...
+
+
+class Link(Protocol):
+    """What the supervisor needs of the client end it drives the process through."""
+
+    async def initialize(self) -> InitializeResult: ...
+
+    async def send_ping(self) -> Any: ...
+
+
+L = TypeVar("L", bound=Link)
+LinkFactory = Callable[[ReadStream, WriteStream, MessageCallback],
+                       AbstractAsyncContextManager[L]]
+
+
+def client_session_link(read: ReadStream, write: WriteStream,
+                        on_message: MessageCallback) -> ClientSession:
+    """The SDK's own client session, one request at a time per caller (the bridge's link)."""
+    return ClientSession(read, write, message_handler=on_message, client_info=CLIENT_INFO)
+
 
 class ServerDown(Exception):
     """The stdio server is not running now; the message says why."""
 
 
-class StdioSupervisor:
+class StdioSupervisor(Generic[L]):
     """Runs one stdio MCP server, restarting it with backoff, until cancelled."""
 
-    def __init__(self, command: Sequence[str], *, env: dict[str, str] | None = None,
+    def __init__(self, command: Sequence[str], *, link: LinkFactory[L],
+                 env: dict[str, str] | None = None,
                  cwd: str | None = None, initialize_seconds: float = 30.0,
                  ping_seconds: float = 5.0, restart_delays: Sequence[float] = RESTART_DELAYS
                  ) -> None:
         if not command:
             raise ValueError("a command is needed")
         self.command = list(command)
+        self._link = link
         self._params = StdioServerParameters(command=command[0], args=list(command[1:]),
                                              env=env, cwd=cwd)
         self._initialize_seconds = initialize_seconds
         self._ping_seconds = ping_seconds
         self._delays = tuple(restart_delays)
-        self._session: ClientSession | None = None
+        self._session: L | None = None
+        self.on_state_change: Callable[[], None] | None = None
+        """Told when the server starts running or stops (for health)."""
         self._up = anyio.Event()
         self._fault: str | None = None
         self._faulted = anyio.Event()
@@ -97,7 +138,7 @@ class StdioSupervisor:
         return {"command": self.name, "running": self.running, "starts": self.starts,
                 "last_error": self.last_error}
 
-    async def session(self, wait_seconds: float = 0.0) -> ClientSession:
+    async def session(self, wait_seconds: float = 0.0) -> L:
         """The running server's session (waiting up to ``wait_seconds`` for its first
         start); raises :class:`ServerDown` naming the last failure otherwise (a server
         that failed is not waited for: its restart may be far off)."""
@@ -126,8 +167,10 @@ class StdioSupervisor:
             except Exception as exc:
                 self.last_error = _describe(exc)
             finally:
-                self._session = None
+                was_up, self._session = self._session is not None, None
                 self._up = anyio.Event()
+                if was_up and self.on_state_change is not None:
+                    self.on_state_change()
             if time.monotonic() - began >= STABLE_SECONDS:
                 failures = 0
             delay = self._delays[min(failures, len(self._delays) - 1)]
@@ -151,8 +194,7 @@ class StdioSupervisor:
 
         async with _stderr_to_log(self.name) as errlog, \
                 stdio_client(self._params, errlog=errlog) as (read, write), \
-                ClientSession(read, write, message_handler=on_message,
-                              client_info=CLIENT_INFO) as session:
+                self._link(read, write, on_message) as session:
             try:
                 with anyio.fail_after(self._initialize_seconds):
                     self.initialize_result = await session.initialize()
@@ -167,6 +209,8 @@ class StdioSupervisor:
             self.last_error = None
             self._session = session
             self._up.set()
+            if self.on_state_change is not None:
+                self.on_state_change()
             if self.starts > 1 and self.on_notification is not None:
                 # Restarted: whatever it lists now may differ from before.
                 for changed in (ToolListChangedNotification(), PromptListChangedNotification(),
@@ -176,7 +220,7 @@ class StdioSupervisor:
             logger.info("stdio server (%s) running: %s %s", self.name, info.name, info.version)
             await self._watch(session)
 
-    async def _watch(self, session: ClientSession) -> None:
+    async def _watch(self, session: L) -> None:
         """Return (with :attr:`last_error` set) once the server stops being usable."""
         while self._fault is None:
             with anyio.move_on_after(self._ping_seconds):
