@@ -30,7 +30,12 @@ def sse_frame(data: bytes, event_id: str | None = None) -> bytes:
 
 async def send_json(send: Send, status: int, body: Mapping[str, Any],
                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    payload = dumps(body)
+    await send_encoded(send, status, dumps(body), extra)
+
+
+async def send_encoded(send: Send, status: int, payload: bytes,
+                       extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    """A JSON body already encoded (a stream's event: a large result is not encoded twice)."""
     headers = [(b"content-type", b"application/json"),
                (b"content-length", str(len(payload)).encode()), *(extra or [])]
     await send({"type": "http.response.start", "status": status, "headers": headers})

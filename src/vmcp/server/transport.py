@@ -63,6 +63,7 @@ from vmcp.server.responses import (
     cancel_on_disconnect,
     cancel_on_event,
     send_empty,
+    send_encoded,
     send_json,
     sse_event,
 )
@@ -425,7 +426,7 @@ class McpEndpoint:
             if first.session_ended and first.message is not None:
                 await send_json(send, SessionClosed.http_status, first.message)
             elif first.message is not None:
-                await send_json(send, 200, first.message)
+                await send_encoded(send, 200, first.data)
             else:  # cancelled by the client: no response, just the end of an empty stream
                 await send({"type": "http.response.start", "status": 200,
                             "headers": SSE_HEADERS})
