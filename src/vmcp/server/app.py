@@ -9,7 +9,6 @@ restore them).
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import signal
 import time
@@ -45,7 +44,6 @@ from vmcp.server.status import build_status, render_page
 from vmcp.server.transport import McpEndpoint
 from vmcp.session import SessionManager
 from vmcp.session.connector import BackendConnector
-from vmcp.session.metadata import record_backend_state
 from vmcp.stateless.backends import StatelessBackends
 from vmcp.stateless.subscriptions import ChangeHub
 from vmcp.stateless.watch import BackendWatch
@@ -132,7 +130,7 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
             recorded = InstrumentedStore(store, metrics)
             connector = BackendConnector(
                 config, http, relay=relay, event_log=event_log,
-                record_state=functools.partial(record_backend_state, recorded),
+                store=recorded,
                 is_healthy=monitor.usable_for_new_sessions if monitor else None,
                 outgoing=outgoing)
             if monitor is not None:

@@ -61,6 +61,7 @@ class _Entry:
     outdated: bool = False
     """Replaced because another replica changed the session's backend list: the session
     lives on, so the calls running on this copy are let finish before it closes."""
+    ended_elsewhere: bool = False
 
 
 @dataclass(frozen=True)
@@ -260,14 +261,22 @@ class SessionManager:
         ended = md.IDENTITY in record
         if ended:
             self._check_caller(session_id, record[md.IDENTITY], principal)
+            record = await md.seal(self._store, session_id, record)
             await self._store.delete(session_id)
             await self._forget_identity(record[md.IDENTITY], session_id)
         elif not md.is_terminated(record):
             await self._store.update(session_id, {**record, md.TERMINATED: "true"})
-        if not self._cache.evict(session_id) and ended:
-            # No copy here to end its upstream sessions: the ones dropped for capacity
-            # left them open (B38), so end them from the stored states.
-            await self._end_upstream(session_id, record)
+        copy = self._cache.peek(session_id)
+        held = copy.live.backend_states() if copy is not None else {}
+        self._cache.evict(session_id)
+        if ended:
+            # This replica ends every recorded upstream session (B38): its copy's through
+            # its connections, the rest (opened on other replicas, or by a copy dropped
+            # for capacity) re-attached from the sealed record. Copies elsewhere then
+            # close without ending them again (``follow_ended_sessions``).
+            await self._end_upstream(session_id, {
+                name: state for name, state in md.backend_states(record).items()
+                if held.get(name) != state})
         if self._ended is not None:
             try:
                 await self._ended.publish(session_id)
@@ -277,10 +286,11 @@ class SessionManager:
                                extra={"session_id": session_id})
         return ended
 
-    async def _end_upstream(self, session_id: str, record: dict[str, str]) -> None:
+    async def _end_upstream(self, session_id: str, states: dict[str, str]) -> None:
+        if not states:
+            return
         try:
-            await self._factory.end(session_id, md.parse_backend_list(record.get(md.BACKENDS, "")),
-                                    md.backend_states(record))
+            await self._factory.end(session_id, sorted(states), states)
         except Exception:
             logger.warning("could not end the upstream sessions of an ended session",
                            extra={"session_id": session_id}, exc_info=True)
@@ -293,6 +303,9 @@ class SessionManager:
         if self._ended is None:
             return
         async for session_id in self._ended.subscribe():
+            copy = self._cache.peek(session_id)
+            if copy is not None:
+                copy.ended_elsewhere = True    # the ending replica ends its upstream sessions
             if self.evict_local(session_id):
                 logger.info("closed a session ended elsewhere", extra={"session_id": session_id})
 
@@ -308,19 +321,7 @@ class SessionManager:
         Never creates a record and ignores placeholders and ended sessions. Other replicas
         see the changed backend list at their next check and rebuild their copies.
         """
-        try:
-            record = await self._store.load(session_id)
-        except SessionNotFound:
-            return
-        if md.is_terminated(record) or md.BACKENDS not in record:
-            return
-        names = md.parse_backend_list(record[md.BACKENDS])
-        if backend not in names:
-            return
-        changed = dict(record)
-        changed[md.BACKENDS] = md.backend_list(n for n in names if n != backend)
-        changed.pop(md.backend_state_key(backend), None)
-        await self._store.update(session_id, changed)
+        await md.drop_backend(self._store, session_id, backend)
 
     async def record_backend_state(self, session_id: str, backend: str, state: str) -> bool:
         """Store a backend's new state (see :func:`~vmcp.session.metadata.record_backend_state`)."""
@@ -349,9 +350,8 @@ class SessionManager:
         try:
             record = await self._store.load(session_id)
             states = {md.backend_state_key(k): v for k, v in decorated.backend_states().items()}
-            if not md.is_full_session(record) or not await self._store.update(
-                session_id, {**record, **states}
-            ):
+            if not md.is_full_session(record) or not (await self._store.merge(
+                session_id, states, expect=md.still_session(record))).applied:
                 raise SessionNotFound(session_id)
         except SessionNotFound:
             self._cache.evict(session_id)
@@ -383,15 +383,18 @@ class SessionManager:
                 # copy is closed, and the newer one already has what the store says.
                 continue
             changed += 1
-            backends = md.backend_list(entry.live.backend_names())
+            names = entry.live.backend_names()
+            backends = md.backend_list(names)
             try:
                 record = await self._store.load(session_id)
                 states = {md.backend_state_key(k): v
                           for k, v in entry.live.backend_states().items()}
-                kept = {k: v for k, v in record.items()
-                        if not k.startswith(md.BACKEND_STATE_PREFIX)}
-                if md.is_full_session(record) and await self._store.update(
-                        session_id, {**kept, **states, md.BACKENDS: backends}):
+                # Only the removed backends' entries go; others' upstream sessions stay.
+                gone = [k for k in record if k.startswith(md.BACKEND_STATE_PREFIX)
+                        and k[len(md.BACKEND_STATE_PREFIX):] not in names]
+                if md.is_full_session(record) and (await self._store.merge(
+                        session_id, {**states, md.BACKENDS: backends}, remove=gone,
+                        expect=md.still_session(record))).applied:
                     self._cache.set(session_id, _Entry(entry.live, entry.binding, backends),
                                     release_previous=False)
             except (SessionNotFound, StoreError) as exc:
@@ -417,10 +420,12 @@ class SessionManager:
             md.backend_states(record),
         )
         try:
-            # Keep the stored backend list (the session's promise) and refresh the states
-            # of what re-attached; a changed list would make every replica rebuild.
-            states = {md.backend_state_key(k): v for k, v in live.backend_states().items()}
-            if not await self._store.update(session_id, {**record, **states}):
+            # Only the states that changed while re-attaching, merged (others' entries stay);
+            # an empty merge still tells whether the session ended meanwhile (B25).
+            states = {md.backend_state_key(k): v for k, v in live.backend_states().items()
+                      if record.get(md.backend_state_key(k)) != v}
+            if not (await self._store.merge(session_id, states,
+                                            expect=md.still_session(record))).applied:
                 raise SessionNotFound(session_id)
         except BaseException:
             await _shielded(live.aclose())
@@ -460,7 +465,7 @@ class SessionManager:
 
                     tg.start_soon(calls_done)
                     tg.start_soon(shutting_down)
-        await entry.live.aclose()
+        await entry.live.aclose(end_upstream=not entry.ended_elsewhere)
 
     async def _displace(self, session_id: str, entry: _Entry) -> None:
         """LRU pressure drops a copy of a session that is still valid (B38): its
