@@ -94,6 +94,7 @@ async def test_a_claim_whose_reply_was_lost_counts_as_applied(
     place (the expectation "absent" now fails) and reports the claim as won."""
     async with proxied_store(redis_server, key_prefix, deadline=2.0) as (proxy, store):
         await store.create("s", {})
+        assert (await store.merge("s", {})).applied    # the script is loaded: one EVALSHA
         proxy.lose_next_reply()
         merged = await store.merge("s", {"slot": "mine"}, expect={"slot": None})
         assert proxy.replies_lost == 1

@@ -161,9 +161,13 @@ class MultiSession:
             if profile is not None and self.routes.catalog(name) is not profile.catalog:
                 changed[name] = profile
 
-        async with anyio.create_task_group() as tg:
+        if fetch:
+            async with anyio.create_task_group() as tg:
+                for name in self.upstreams.unopened():
+                    tg.start_soon(one, name)
+        else:  # the cache only: answers at once, no tasks on a call's path
             for name in self.upstreams.unopened():
-                tg.start_soon(one, name)
+                await one(name)
         if changed:
             for name, profile in changed.items():
                 self._known_results[name] = profile.initialize_result
