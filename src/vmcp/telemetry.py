@@ -9,7 +9,7 @@ registry (``uvicorn --workers`` gives one per worker, each scraped on its own po
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
 from opentelemetry.trace import SpanKind
@@ -30,7 +30,7 @@ from vmcp.backend.health import HealthMonitor
 from vmcp.errors import SessionNotFound, StoreError, StoreTimeout
 from vmcp.session.manager import SessionManager
 from vmcp.stateless.subscriptions import ChangeHub
-from vmcp.store.base import SessionStore
+from vmcp.store.base import Merged, SessionStore
 from vmcp.store.pubsub import RedisSessionRelay
 from vmcp.tracing import tracer
 from vmcp.upstream.ledger import UpstreamLedger
@@ -235,6 +235,13 @@ class InstrumentedStore:
     async def update(self, session_id: str, metadata: Mapping[str, str]) -> bool:
         result: bool = await self._timed("update", lambda: self._store.update(session_id,
                                                                              metadata))
+        return result
+
+    async def merge(self, session_id: str, fields: Mapping[str, str], *,
+                    remove: Collection[str] = (),
+                    expect: Mapping[str, str | None] | None = None) -> Merged:
+        result: Merged = await self._timed("merge", lambda: self._store.merge(
+            session_id, fields, remove=remove, expect=expect))
         return result
 
     async def load(self, session_id: str) -> dict[str, str]:

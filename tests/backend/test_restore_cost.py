@@ -23,9 +23,13 @@ async def requests_of_restore(backends: dict[str, ManagedProcess], ttl: float) -
     async with httpx2.AsyncClient() as http:
         creating = BackendConnector(config_for(backends, ttl), http)
         live = await creating.open("s", ANONYMOUS)
+        for name in live.backend_names():          # every upstream session opened
+            await live.connection(name)
+        assert sorted(live.backend_states()) == sorted(backends)
         restoring = creating                       # same replica-wide catalog cache
         restored = await restoring.restore("s", ANONYMOUS, live.backend_names(),
                                            live.backend_states())
+        assert sorted(restored.connections()) == sorted(backends)   # all re-attached
         total = sum(c.statistics().requests for c in restored.connections().values())
         assert restored.routing.tools == live.routing.tools
         await restored.aclose()

@@ -60,6 +60,9 @@ def test_sighup_adds_and_removes_backends_in_live_sessions(
         config_file = tmp_path / "gateway.yaml"     # what running_gateway wrote and serves
         session = RawSession.open(http, gateway.url)
         assert "notes_add_note" in session.tool_names()
+        # Upstream sessions open on first use: one on notes, for the reload to end.
+        assert session.result("tools/call", {"name": "notes_list_notes", "arguments": {}}
+                              ).get("isError") is not True
         received: list[str] = []
         stop, listener = listening(session, gateway.url, received)
 
@@ -74,6 +77,9 @@ def test_sighup_adds_and_removes_backends_in_live_sessions(
         names = session.tool_names()
         assert any(n.startswith("weather_") for n in names), names
         assert any(n.startswith("notes_") for n in names), names
+        assert session.result("tools/call", {"name": "weather_forecast",
+                                             "arguments": {"city": "Paris"}}
+                              ).get("isError") is not True
 
         received.clear()
         reload([weather])

@@ -104,6 +104,12 @@ async def test_a_pause_the_event_log_cannot_hold_is_skipped_and_the_reply_comes_
     async with _two_replicas(redis_server, tmp_path, store_timeout_a=0.5) as (proxy, a, _), \
             httpx2.AsyncClient(timeout=30) as http:
         session_id = await _open(http, a)
+        # The backend's upstream session is opened (and recorded) while the store answers:
+        # a first use needs the store, and is answered with its error while it is out.
+        warm = {"jsonrpc": "2.0", "id": 6, "method": "tools/call",
+                "params": {"name": "test_simple_text", "arguments": {}}}
+        opened = await http.post(a, json=warm, headers=_headers(session_id))
+        assert opened.status_code == 200, opened.text
         proxy.stall()
         try:
             with anyio.move_on_after(ANSWER_BOUND_SECONDS):

@@ -34,8 +34,16 @@ def test_delete_on_one_replica_closes_every_replicas_copy_at_once(any_cluster: C
         session = RawSession.open(http, first.url)
         for replica in any_cluster.replicas:
             assert session.tool_names(url=replica.url) >= {"notes_search", "weather_search"}
+        listed = [any_cluster.open_upstream(r) for r in any_cluster.replicas]
+        assert listed == before             # listings open no upstream session
+        for replica in any_cluster.replicas:
+            result = session.result("tools/call", {"name": "notes_list_notes",
+                                                   "arguments": {}}, url=replica.url)
+            assert result.get("isError") is not True, result
         held = [any_cluster.open_upstream(r) for r in any_cluster.replicas]
-        assert [h - b for h, b in zip(held, before, strict=True)] == [2, 2, 2]
+        # One upstream session (notes), opened on the first replica and re-attached by
+        # the others: each holds a connection to it.
+        assert [h - b for h, b in zip(held, before, strict=True)] == [1, 1, 1]
 
         assert session.delete(url=third.url).status_code == 200
         wait_until(lambda: [any_cluster.open_upstream(r) for r in any_cluster.replicas] == before,

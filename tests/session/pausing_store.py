@@ -1,6 +1,7 @@
 """A store wrapper that stops a chosen write at its start, after the caller's load.
 
-Every later write of the session manager is "load, compute, write with set-if-present".
+Every later write of the session manager is "load, compute, write with set-if-present"
+(a whole-record ``update`` or a ``merge`` of some fields).
 Holding the write lets a test put a terminate (or an expiry) exactly between the load and
 the write, the interleaving where an upsert would bring an ended session back.
 """
@@ -8,10 +9,11 @@ the write, the interleaving where an upsert would bring an ended session back.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from vmcp.store import SessionStore
+from vmcp.store.base import Merged
 
 
 @dataclass
@@ -24,7 +26,7 @@ class HeldWrite:
 
 class PausingStore:
     """Delegates everything to ``inner``; ``hold_next_update(id)`` holds that id's next
-    ``update`` before it reaches the store."""
+    ``update`` or ``merge`` before it reaches the store."""
 
     def __init__(self, inner: SessionStore) -> None:
         self.inner = inner
@@ -37,9 +39,18 @@ class PausingStore:
         held = self._held[session_id] = HeldWrite()
         return held
 
-    async def update(self, session_id: str, metadata: Mapping[str, str]) -> bool:
+    async def _wait_if_held(self, session_id: str) -> None:
         held = self._held.pop(session_id, None)
         if held is not None:
             held.reached.set()
             await held.release.wait()
+
+    async def update(self, session_id: str, metadata: Mapping[str, str]) -> bool:
+        await self._wait_if_held(session_id)
         return await self.inner.update(session_id, metadata)
+
+    async def merge(self, session_id: str, fields: Mapping[str, str], *,
+                    remove: Collection[str] = (),
+                    expect: Mapping[str, str | None] | None = None) -> Merged:
+        await self._wait_if_held(session_id)
+        return await self.inner.merge(session_id, fields, remove=remove, expect=expect)

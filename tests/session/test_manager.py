@@ -618,7 +618,7 @@ async def test_terminate_of_a_bound_record_without_a_backend_list_ends_nothing_u
 ) -> None:
     assert await store.create("odd", {md.IDENTITY: "unauthenticated"})
     assert await manager.terminate("odd", ANONYMOUS) is True
-    assert factory.ended == [("odd", [], {})]
+    assert factory.ended == []          # no upstream session recorded: nothing to end
 
 
 async def test_a_restore_needs_the_caller_it_runs_for(manager: SessionManager) -> None:

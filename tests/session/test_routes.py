@@ -20,10 +20,13 @@ async def test_a_backend_closed_under_a_re_listing_keeps_the_routes() -> None:
     async def closed(name: str, connection: Any) -> BackendCatalog:
         raise SessionClosed("closing")
 
+    async def connection_of(name: str) -> Any:
+        return object()
+
     catalog = BackendCatalog(tools=[{"name": "t", "inputSchema": {}}])
     routes = SessionRoutes("s", {"b": catalog},
                            rebuild=lambda c: build_routing_table(c, AggregationConfig()),
-                           discover=closed, connection_of=lambda name: object())  # type: ignore[arg-type,return-value]
+                           discover=closed, connection_of=connection_of)
     before = routes.table
     await routes.refresh_all(["b"])
     assert routes.table is before

@@ -10,7 +10,6 @@ error, not hang the call.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import time
@@ -30,7 +29,6 @@ from vmcp.identity import ANONYMOUS
 from vmcp.session import SessionManager
 from vmcp.session import metadata as md
 from vmcp.session.connector import BackendConnector
-from vmcp.session.metadata import record_backend_state
 from vmcp.session.multisession import MultiSession
 from vmcp.store import RedisStore
 
@@ -51,8 +49,10 @@ class Rig:
     http: httpx2.AsyncClient
 
     async def open_session(self) -> MultiSession:
+        """A session with its upstream session on the backend opened (by a first call)."""
         live = await self.manager.initialize(ANONYMOUS)
         assert isinstance(live, MultiSession)
+        await live.call(BACKEND, "tools/call", ECHO, None)
         return live
 
     async def backend_forgets(self, live: MultiSession) -> str:
@@ -76,7 +76,7 @@ async def rig(redis_server: RedisServer, key_prefix: str) -> AsyncIterator[Rig]:
             config = VmcpConfig.model_validate(
                 {"backends": [{"name": BACKEND, "url": backend.url}]})
             connector = BackendConnector(
-                config, http, record_state=functools.partial(record_backend_state, store))
+                config, http, store=store)
             manager = SessionManager(store, connector)
             try:
                 yield Rig(proxy, store, manager, backend, http)
@@ -97,7 +97,7 @@ async def test_a_slow_load_leaves_the_write_its_own_deadline_after_a_reinitializ
         result = await live.call(BACKEND, "tools/call", ECHO, None)
     assert result["content"][0]["text"] == "still here"
     assert rig.proxy.pending_delays == 0
-    connection = live.connection(BACKEND)
+    connection = await live.connection(BACKEND)
     assert connection.statistics().reinitializations == 1
     stored = (await rig.store.load(live.session_id))[md.backend_state_key(BACKEND)]
     assert stored == connection.state.to_json()

@@ -157,8 +157,10 @@ class SessionConfig(_Frozen):
     """How often expired sessions are looked for: the memory store drops them, and their
     upstream sessions are ended (by one replica, whichever claims each first)."""
     catalog_ttl_seconds: float = Field(default=30.0, ge=0, allow_inf_nan=False)
-    """How long a backend's listed tools/resources/prompts are reused by new sessions and
-    restores on this replica (0: list on every one). ``list_changed`` refreshes at once."""
+    """How long what a backend offers (its capabilities and listed tools/resources/prompts)
+    is reused on this replica by new sessions, listings of backends a session has not used
+    yet, and restores (0: fetched again every time, over a short-lived upstream session).
+    ``list_changed`` refreshes at once."""
     liveness_interval_seconds: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     """0: every request checks its session in the store (the guarantee). A value lets a
     cached session skip that check for so long after the last one: fewer store round

@@ -50,7 +50,6 @@ from vmcp.server.transport import McpEndpoint
 from vmcp.session import SessionManager
 from vmcp.session.connector import BackendConnector
 from vmcp.session.expiry import TrackedStore, sweep_expired
-from vmcp.session.metadata import record_backend_state
 from vmcp.stateless.backends import StatelessBackends
 from vmcp.stateless.subscriptions import ChangeHub
 from vmcp.stateless.watch import BackendWatch
@@ -164,7 +163,7 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
             recorded = InstrumentedStore(TrackedStore(store, expiry), metrics)
             connector = BackendConnector(
                 config, http, relay=relay, event_log=event_log,
-                record_state=functools.partial(record_backend_state, recorded),
+                store=recorded,
                 is_healthy=monitor.usable_for_new_sessions if monitor else None,
                 outgoing=outgoing, stdio=stdio)
             if monitor is not None:

@@ -52,17 +52,25 @@ RESOURCE_NOT_FOUND_CODE: Final = -32002
 
 
 class SessionUpstream:
-    """One request's view of its session's backends (the dispatcher's ``Upstream``)."""
+    """One request's view of its session's backends (the dispatcher's ``Upstream``).
+
+    A listing (``listing``) is served from the replica's profiles of the backends the
+    session has not opened, fetched again once stale; a call routes on what is held, and
+    re-lists only for a name it does not know. Neither opens an upstream session: the
+    call's target backend is opened by the call itself."""
 
     def __init__(self, session: MultiSession, channel: ClientChannel | None,
-                 questions: SessionQuestions | None = None) -> None:
+                 questions: SessionQuestions | None = None, *, listing: bool = False) -> None:
         self._session = session
         self._channel = channel
         self._questions = questions
+        self._listing = listing
 
     async def routing(self, *, refresh: bool = False) -> RoutingTable:
         if refresh:
             await self._session.refresh_all()
+        else:
+            await self._session.sync_unopened(fetch=self._listing)
         return self._session.routing
 
     async def call(self, target: Target) -> dict[str, Any]:
@@ -149,7 +157,8 @@ class SessionMethods:
         (the backend's own errors included). ``target`` is what :meth:`authorize` gave for
         a routed request, if it was asked."""
         method, params = message.method, message.params
-        upstream = SessionUpstream(session, channel, self._questions)
+        upstream = SessionUpstream(session, channel, self._questions,
+                                   listing=method in LISTINGS)
         try:
             if method in LISTINGS:
                 return await self._dispatcher.listing(upstream, method, params, principal)
@@ -159,9 +168,7 @@ class SessionMethods:
             if method == "ping":
                 return {}
             if method == "logging/setLevel":
-                for name, init in session.initialize_results().items():
-                    if "logging" in (init.get("capabilities") or {}):
-                        await session.call(name, method, params, channel)
+                await session.set_log_level(params, channel)
                 return {}
         except BackendRpcError as exc:
             raise RequestError(exc.code, exc.message, exc.data) from exc

@@ -10,13 +10,13 @@ claims it first.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 
 import anyio
 
 from vmcp.errors import StoreError
 from vmcp.session import metadata as md
-from vmcp.store.base import SessionStore
+from vmcp.store.base import Merged, SessionStore
 from vmcp.store.expiry_index import ExpiryIndex
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,14 @@ class TrackedStore:
         if updated and md.is_full_session(metadata):
             await self.index.track(session_id, metadata)
         return updated
+
+    async def merge(self, session_id: str, fields: Mapping[str, str], *,
+                    remove: Collection[str] = (),
+                    expect: Mapping[str, str | None] | None = None) -> Merged:
+        merged = await self._store.merge(session_id, fields, remove=remove, expect=expect)
+        if merged.applied and merged.record is not None and md.is_full_session(merged.record):
+            await self.index.track(session_id, merged.record)
+        return merged
 
     async def load(self, session_id: str) -> dict[str, str]:
         return await self._store.load(session_id)

@@ -258,6 +258,7 @@ class SessionManager:
             self._check_caller(session_id, record[md.IDENTITY], principal)
             # Claimed before the record goes, so an expiry sweep cannot take it too.
             claimed = await self._claim(session_id)
+            record = await md.seal(self._store, session_id, record)
             await self._store.delete(session_id)
             await self._admission.release(record[md.IDENTITY], session_id)
         elif not md.is_terminated(record):
@@ -276,14 +277,21 @@ class SessionManager:
                                extra={"session_id": session_id})
 
     async def _end_here(self, session_id: str, record: dict[str, str], claimed: bool) -> None:
-        """Close this replica's copy; with ``claimed``, end the upstream sessions too, from
-        the copy or, with none here (dropped for capacity, B38), from ``record``."""
+        """Close this replica's copy; with ``claimed``, end every recorded upstream session
+        (B38): the copy's through its connections as it closes, the rest (opened on other
+        replicas, or by a copy dropped for capacity) re-attached from ``record``. Copies
+        elsewhere then close without ending them again (``follow_ended_sessions``)."""
+        copy = self._cache.peek(session_id)
+        held = copy.live.backend_states() if copy is not None else {}
         if claimed:
             self._claimed.add(session_id)
         if not self._cache.evict(session_id):
             self._claimed.discard(session_id)
-            if claimed:
-                await self._end_upstream(session_id, record)
+            held = {}
+        if claimed:
+            await self._end_upstream(session_id, {
+                name: state for name, state in md.backend_states(record).items()
+                if held.get(name) != state})
 
     async def end_expired(self, session_id: str, record: dict[str, str]) -> None:
         """A session whose record expired, claimed by this replica's sweep: end its
@@ -304,10 +312,11 @@ class SessionManager:
                            extra={"session_id": session_id})
             return False
 
-    async def _end_upstream(self, session_id: str, record: dict[str, str]) -> None:
+    async def _end_upstream(self, session_id: str, states: dict[str, str]) -> None:
+        if not states:
+            return
         try:
-            await self._factory.end(session_id, md.parse_backend_list(record.get(md.BACKENDS, "")),
-                                    md.backend_states(record))
+            await self._factory.end(session_id, sorted(states), states)
         except Exception:
             logger.warning("could not end the upstream sessions of an ended session",
                            extra={"session_id": session_id}, exc_info=True)
@@ -320,6 +329,8 @@ class SessionManager:
         if self._ended is None:
             return
         async for session_id in self._ended.subscribe():
+            # The replica that claimed the end ends the upstream sessions; this copy's
+            # close finds the claim taken and only closes its connections.
             if self.evict_local(session_id):
                 logger.info("closed a session ended elsewhere", extra={"session_id": session_id})
 
@@ -335,19 +346,7 @@ class SessionManager:
         Never creates a record and ignores placeholders and ended sessions. Other replicas
         see the changed backend list at their next check and rebuild their copies.
         """
-        try:
-            record = await self._store.load(session_id)
-        except SessionNotFound:
-            return
-        if md.is_terminated(record) or md.BACKENDS not in record:
-            return
-        names = md.parse_backend_list(record[md.BACKENDS])
-        if backend not in names:
-            return
-        changed = dict(record)
-        changed[md.BACKENDS] = md.backend_list(n for n in names if n != backend)
-        changed.pop(md.backend_state_key(backend), None)
-        await self._store.update(session_id, changed)
+        await md.drop_backend(self._store, session_id, backend)
 
     async def record_backend_state(self, session_id: str, backend: str, state: str) -> bool:
         """Store a backend's new state (see :func:`~vmcp.session.metadata.record_backend_state`)."""
@@ -376,9 +375,8 @@ class SessionManager:
         try:
             record = await self._store.load(session_id)
             states = {md.backend_state_key(k): v for k, v in decorated.backend_states().items()}
-            if not md.is_full_session(record) or not await self._store.update(
-                session_id, {**record, **states}
-            ):
+            if not md.is_full_session(record) or not (await self._store.merge(
+                session_id, states, expect=md.still_session(record))).applied:
                 raise SessionNotFound(session_id)
         except SessionNotFound:
             self._cache.evict(session_id)
@@ -421,15 +419,18 @@ class SessionManager:
                 # copy is closed, and the newer one already has what the store says.
                 continue
             changed += 1
-            backends = md.backend_list(entry.live.backend_names())
+            names = entry.live.backend_names()
+            backends = md.backend_list(names)
             try:
                 record = await self._store.load(session_id)
                 states = {md.backend_state_key(k): v
                           for k, v in entry.live.backend_states().items()}
-                kept = {k: v for k, v in record.items()
-                        if not k.startswith(md.BACKEND_STATE_PREFIX)}
-                if md.is_full_session(record) and await self._store.update(
-                        session_id, {**kept, **states, md.BACKENDS: backends}):
+                # Only the removed backends' entries go; others' upstream sessions stay.
+                gone = [k for k in record if k.startswith(md.BACKEND_STATE_PREFIX)
+                        and k[len(md.BACKEND_STATE_PREFIX):] not in names]
+                if md.is_full_session(record) and (await self._store.merge(
+                        session_id, {**states, md.BACKENDS: backends}, remove=gone,
+                        expect=md.still_session(record))).applied:
                     self._cache.set(session_id, _Entry(entry.live, entry.binding, backends),
                                     release_previous=False)
             except (SessionNotFound, StoreError) as exc:
@@ -456,10 +457,12 @@ class SessionManager:
         )
         live.client_capabilities = md.client_capabilities(record)
         try:
-            # Keep the stored backend list (the session's promise) and refresh the states
-            # of what re-attached; a changed list would make every replica rebuild.
-            states = {md.backend_state_key(k): v for k, v in live.backend_states().items()}
-            if not await self._store.update(session_id, {**record, **states}):
+            # Only the states that changed while re-attaching, merged (others' entries stay);
+            # an empty merge still tells whether the session ended meanwhile (B25).
+            states = {md.backend_state_key(k): v for k, v in live.backend_states().items()
+                      if record.get(md.backend_state_key(k)) != v}
+            if not (await self._store.merge(session_id, states,
+                                            expect=md.still_session(record))).applied:
                 raise SessionNotFound(session_id)
         except BaseException:
             await _shielded(live.aclose())
@@ -501,8 +504,16 @@ class SessionManager:
                     tg.start_soon(shutting_down)
             await entry.live.aclose()
             return
-        # The session ended (or this replica stops): its upstream sessions are ended by
-        # whoever claims that end, here or elsewhere, exactly once.
+        if (self._closing.is_set() and self._ended is not None
+                and session_id not in self._claimed):
+            # This replica stops (a rolling upgrade), the session does not: with a shared
+            # store another replica restores it and re-attaches to its upstream sessions,
+            # which must keep their state (B38). With a store of this process alone
+            # nobody can, and they are ended below.
+            await entry.live.aclose(end_upstream=False)
+            return
+        # The session ended (or this replica stops and takes it along): its upstream
+        # sessions are ended by whoever claims that end, here or elsewhere, exactly once.
         end = session_id in self._claimed or await self._claim(session_id)
         self._claimed.discard(session_id)
         await entry.live.aclose(end_upstream=end)

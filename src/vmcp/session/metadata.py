@@ -1,7 +1,21 @@
 """The keys of a stored session record, and how to read them.
 
 A record is a flat dict of strings (the store contract). ``{}`` is a placeholder written
-at ``initialize`` time; the ``identity`` key marks a full session.
+at ``initialize`` time; the ``identity`` key marks a full session. A full session holds:
+
+- ``identity``: the caller's binding (see ``vmcp.identity.binding_for``);
+- ``backends``: every backend the session may use, sorted and comma-separated (fixed at
+  ``initialize``; changed only by a reload, a recovery or a backend's expiry);
+- ``backend:<name>``: present exactly for the backends that have an upstream session for
+  this client session, holding its state as JSON (``BackendState.to_json``: the upstream
+  ``Mcp-Session-Id``, the negotiated protocol version and the backend's initialize
+  result). Upstream sessions are opened on first use, so a backend of ``backends``
+  without this key has none: nothing to re-attach to, nothing to end.
+
+Whatever ends a session's upstream sessions (a terminate, an expiry sweep) ends exactly
+the ``backend:<name>`` entries. Each is written with :func:`claim_backend_state` or
+:func:`record_backend_state`, which change that one field atomically (``merge``) so that
+replicas opening different backends of one session concurrently keep each other's entry.
 """
 
 from __future__ import annotations
@@ -9,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from vmcp.errors import SessionNotFound
-from vmcp.store.base import SessionStore
+from vmcp.store.base import Merged, SessionStore
 
 IDENTITY = "identity"
 BACKENDS = "backends"
@@ -58,21 +72,105 @@ def backend_states(metadata: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+async def claim_backend_state(store: SessionStore, session_id: str, backend: str,
+                              state: str) -> str:
+    """Record a backend's new upstream session, unless another one is recorded already.
+
+    Returns the state that holds now: ``state`` if this call recorded it, else the state
+    another replica recorded first (the caller then ends its own upstream session and
+    re-attaches to that one, so one client session never holds two upstream sessions on
+    one backend). Raises ``SessionNotFound`` if the session ended, is not a full session
+    or no longer has ``backend``: the caller ends its upstream session.
+    """
+    record = await store.load(session_id)
+    _require_backend(session_id, record, backend)
+    key = backend_state_key(backend)
+    if key in record:
+        return record[key]
+    merged = await store.merge(session_id, {key: state},
+                               expect={key: None, **_unchanged(record)})
+    if merged.applied:
+        return state
+    current = _current(session_id, merged)
+    _require_backend(session_id, current, backend)
+    if key in current:
+        return current[key]
+    # The backend list changed meanwhile (a reload) but still has the backend: once more.
+    return await claim_backend_state(store, session_id, backend, state)
+
+
+async def stored_backend_state(store: SessionStore, session_id: str, backend: str
+                               ) -> str | None:
+    """The recorded upstream session of ``backend`` (None: it has none yet); raises
+    ``SessionNotFound`` like :func:`claim_backend_state`."""
+    record = await store.load(session_id)
+    _require_backend(session_id, record, backend)
+    return record.get(backend_state_key(backend))
+
+
 async def record_backend_state(store: SessionStore, session_id: str, backend: str,
                                state: str) -> bool:
     """Store a backend's new state (its new session id after a re-initialize, B37).
 
     Set-if-present: returns False, writing nothing, if the session ended meanwhile or
-    no longer has ``backend``. Needs nothing but the store, so that whatever connects
-    backends can record it without knowing the session manager.
+    no longer has ``backend``. Only that backend's field changes (``merge``), so a
+    concurrent change to another field is never lost. Needs nothing but the store, so
+    that whatever connects backends can record it without knowing the session manager.
     """
     try:
         record = await store.load(session_id)
+        _require_backend(session_id, record, backend)
     except SessionNotFound:
         return False
-    if not is_full_session(record):
-        return False
-    if backend not in parse_backend_list(record[BACKENDS]):
-        return False
-    record[backend_state_key(backend)] = state
-    return await store.update(session_id, record)
+    merged = await store.merge(session_id, {backend_state_key(backend): state},
+                               expect=_unchanged(record))
+    return merged.applied
+
+
+async def drop_backend(store: SessionStore, session_id: str, backend: str) -> None:
+    """Take ``backend`` out of a session's list and forget its upstream session (B29):
+    two fields, only if the list is still the one read (others' entries stay)."""
+    try:
+        record = await store.load(session_id)
+    except SessionNotFound:
+        return
+    if is_terminated(record) or BACKENDS not in record:
+        return
+    names = parse_backend_list(record[BACKENDS])
+    if backend not in names:
+        return
+    await store.merge(session_id, {BACKENDS: backend_list(n for n in names if n != backend)},
+                      remove=[backend_state_key(backend)],
+                      expect={BACKENDS: record[BACKENDS], TERMINATED: None})
+
+
+async def seal(store: SessionStore, session_id: str, record: dict[str, str]
+               ) -> dict[str, str]:
+    """Mark a full session terminated and return its final record: no upstream session
+    can be recorded after this (claims expect it not terminated), so whoever ends the
+    session knows every one to end. ``record`` is what was read, for a session gone
+    meanwhile."""
+    merged = await store.merge(session_id, {TERMINATED: "true"},
+                               expect={IDENTITY: record[IDENTITY]})
+    return merged.record if merged.record is not None else record
+
+
+def still_session(record: Mapping[str, str]) -> dict[str, str | None]:
+    """Merge expectations: the record is still the full session that was read."""
+    return {IDENTITY: record[IDENTITY], TERMINATED: None}
+
+
+def _unchanged(record: Mapping[str, str]) -> dict[str, str | None]:
+    """Expectations that the record is still the same full session with the same list."""
+    return {IDENTITY: record[IDENTITY], BACKENDS: record[BACKENDS], TERMINATED: None}
+
+
+def _require_backend(session_id: str, record: Mapping[str, str], backend: str) -> None:
+    if not is_full_session(record) or backend not in parse_backend_list(record[BACKENDS]):
+        raise SessionNotFound(session_id)
+
+
+def _current(session_id: str, merged: Merged) -> dict[str, str]:
+    if merged.record is None:
+        raise SessionNotFound(session_id)
+    return merged.record

@@ -19,7 +19,8 @@ REFRESH_INTERVAL = 5.0
 
 Rebuild = Callable[[Mapping[str, BackendCatalog]], RoutingTable]
 Discover = Callable[[str, BackendConnection], Awaitable[BackendCatalog]]
-ConnectionOf = Callable[[str], BackendConnection | None]
+ConnectionOf = Callable[[str], Awaitable[BackendConnection | None]]
+"""The session's connection to a backend for re-listing it (None: there is none)."""
 
 
 class SessionRoutes:
@@ -52,7 +53,7 @@ class SessionRoutes:
 
     async def refresh(self, name: str) -> None:
         """Re-discover one backend's catalog (after its ``list_changed``) and re-route."""
-        connection = self._connection_of(name)
+        connection = await self._connection_of(name)
         if connection is None:
             return
         try:
@@ -65,11 +66,13 @@ class SessionRoutes:
             return
         self.table = self._rebuild(self._catalogs)
 
-    async def replace(self, added: Sequence[str], removed: Sequence[str]) -> None:
-        """Forget the ``removed`` backends, discover the ``added`` ones, re-route."""
+    def catalog(self, name: str) -> BackendCatalog | None:
+        return self._catalogs.get(name)
+
+    def update(self, catalogs: Mapping[str, BackendCatalog],
+               removed: Sequence[str] = ()) -> None:
+        """Take in these backends' catalogs, forget the ``removed`` ones, re-route."""
         for name in removed:
             self._catalogs.pop(name, None)
-        async with anyio.create_task_group() as tg:
-            for name in added:
-                tg.start_soon(self.refresh, name)
+        self._catalogs.update(catalogs)
         self.table = self._rebuild(self._catalogs)

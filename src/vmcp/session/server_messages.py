@@ -6,6 +6,14 @@ messages. They reach the client on its GET stream, wherever it is: the replica t
 a message publishes it to the session's channel too, so a stream held by another replica
 delivers it. A ``list_changed`` re-routes the session first, so a client that lists again
 on it sees the change.
+
+A GET stream listens to every backend that holds an upstream session for this client
+session, wherever it was opened: the ones recorded when the stream starts are
+re-attached here (no wire traffic), and one opened later on any replica is announced on
+the session's relay (``upstream-opened``) and re-attached too. It opens none: a backend
+without an upstream session for this client session has nothing of this session to
+announce (no subscription, no request of its own, no log level); its list changes reach
+the client through the replica's catalogs (listed again once stale) instead.
 """
 
 from __future__ import annotations
@@ -13,10 +21,11 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final
 
 import anyio
+from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from vmcp.backend import BackendConnection
@@ -48,6 +57,10 @@ BACKEND_REQUEST_SECONDS: Final = 300.0
 """How long a backend's own request (sampling, elicitation) waits for the client."""
 
 Spawn = Callable[[Any], None]
+Attach = Callable[[str], Awaitable[object]]
+Recorded = Callable[[], Awaitable[Sequence[str]]]
+UPSTREAM_OPENED: Final = "upstream-opened"
+"""Relay message type: a replica opened (and recorded) an upstream session."""
 AnswersElsewhere = Callable[[], contextlib.AbstractAsyncContextManager[None]]
 
 
@@ -57,7 +70,8 @@ class ServerMessages:
     def __init__(self, session_id: str, *, replica_id: str, relay: SessionRelay | None,
                  connections: Mapping[str, BackendConnection], routes: SessionRoutes,
                  pending: PendingClientRequests, answers_elsewhere: AnswersElsewhere,
-                 spawn: Spawn) -> None:
+                 spawn: Spawn, attach: Attach | None = None,
+                 recorded: Recorded | None = None) -> None:
         self._session_id = session_id
         self._replica_id = replica_id
         self._relay = relay
@@ -66,8 +80,11 @@ class ServerMessages:
         self._pending = pending
         self._answers_elsewhere = answers_elsewhere
         self._spawn = spawn
+        self._attach = attach
+        self._recorded = recorded
         self._subscriber: MemoryObjectSendStream[dict[str, Any]] | None = None
         self._listeners: anyio.CancelScope | None = None
+        self._listening: TaskGroup | None = None
         self._backlog: deque[dict[str, Any]] = deque()
         self.dropped = 0
 
@@ -87,7 +104,10 @@ class ServerMessages:
 
         def from_elsewhere(payload: dict[str, Any]) -> None:
             message = payload.get("message")
-            if (payload.get("type") == "server-message" and isinstance(message, dict)
+            if payload.get("type") == UPSTREAM_OPENED and isinstance(
+                    backend := payload.get("backend"), str):
+                self._spawn(self._attach_one(backend))
+            elif (payload.get("type") == "server-message" and isinstance(message, dict)
                     and payload.get("origin") != self._replica_id):
                 backend = payload.get("backend")
                 if message.get("method") in LIST_CHANGED and isinstance(backend, str):
@@ -101,19 +121,52 @@ class ServerMessages:
             async with relayed, anyio.create_task_group() as tg:
                 if self._listeners is None:
                     self._listeners = tg.cancel_scope
+                    self._listening = tg
                     for name, connection in self._connections.items():
                         tg.start_soon(self._listen, name, connection)
+                    tg.start_soon(self._attach_recorded)
                     tg.start_soon(self._catch_up)
                 try:
                     yield receive
                 finally:
                     if self._listeners is tg.cancel_scope:
                         self._listeners = None
+                        self._listening = None
                     tg.cancel_scope.cancel()
         finally:
             if self._subscriber is send:
                 self._subscriber = None
             send.close()
+
+    async def _attach_recorded(self) -> None:
+        """Re-attach the upstream sessions other replicas opened for this session, so
+        this stream hears them too (each is listened to as it attaches)."""
+        if self._recorded is None:
+            return
+        try:
+            names = await self._recorded()
+        except Exception as exc:
+            logger.warning("could not read the session's upstream sessions: %s", exc,
+                           extra={"session_id": self._session_id})
+            return
+        async with anyio.create_task_group() as tg:
+            for name in names:
+                if name not in self._connections:
+                    tg.start_soon(self._attach_one, name)
+
+    async def _attach_one(self, name: str) -> None:
+        if self._attach is None or self._listening is None:
+            return
+        try:
+            await self._attach(name)
+        except Exception as exc:
+            logger.warning("could not re-attach backend %s for the stream: %s", name, exc,
+                           extra={"session_id": self._session_id, "backend": name})
+
+    def listen_to(self, name: str, connection: BackendConnection) -> None:
+        """A backend opened while the client's stream is up: listen to it too."""
+        if self._listening is not None:
+            self._listening.start_soon(self._listen, name, connection)
 
     async def _catch_up(self) -> None:
         """Re-list the backends once the stream listens, and announce what changed.

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
 
@@ -36,6 +37,19 @@ class SessionStore(Protocol):
         """Replace the record only if present; False (and nothing written) if absent."""
         ...
 
+    async def merge(self, session_id: str, fields: Mapping[str, str], *,
+                    remove: Collection[str] = (),
+                    expect: Mapping[str, str | None] | None = None) -> Merged:
+        """Change some fields of a present record in one atomic step, keeping the others.
+
+        Sets ``fields`` and drops the keys in ``remove``, but only if the record exists
+        and every key of ``expect`` currently holds the given value (None: the key must
+        be absent); restarts the TTL window when it writes. Unlike ``load`` then
+        ``update``, two replicas changing different fields of one record concurrently
+        both keep their change. A retry after a lost reply recognises its own write.
+        """
+        ...
+
     async def load(self, session_id: str) -> dict[str, str]:
         """Return a copy of the record and restart its TTL window."""
         ...
@@ -51,6 +65,36 @@ class SessionStore(Protocol):
     async def aclose(self) -> None:
         """Release connections and background work; idempotent."""
         ...
+
+
+@dataclass(frozen=True)
+class Merged:
+    """What a ``merge`` did: ``applied`` (written), or not because the record is absent
+    (``record`` None) or an expectation failed (``record``: the record as it is)."""
+
+    applied: bool
+    record: dict[str, str] | None
+
+
+def merged_fields(record: Mapping[str, str], fields: Mapping[str, str],
+                  remove: Collection[str]) -> dict[str, str]:
+    """``record`` with ``fields`` set and ``remove`` dropped (what a merge writes)."""
+    changed = {k: v for k, v in record.items() if k not in remove}
+    changed.update(fields)
+    return changed
+
+
+def expectations_hold(record: Mapping[str, str],
+                      expect: Mapping[str, str | None] | None) -> bool:
+    return all(record.get(key) == value for key, value in (expect or {}).items())
+
+
+def shows_own_write(record: Mapping[str, str], fields: Mapping[str, str],
+                    remove: Collection[str]) -> bool:
+    """Whether ``record`` already holds what a merge of ``fields``/``remove`` writes: a
+    retried merge whose first try landed (its reply lost) must report it applied."""
+    return (all(record.get(k) == v for k, v in fields.items())
+            and not any(k in record for k in remove))
 
 
 def validate_session_id(session_id: object) -> str:

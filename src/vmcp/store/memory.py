@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Self
 
 from vmcp.errors import SessionNotFound
 from vmcp.store.base import (
     ClosedOnExit,
+    Merged,
+    expectations_hold,
+    merged_fields,
     validate_metadata,
     validate_session_id,
     validate_ttl,
@@ -73,6 +76,20 @@ class MemoryStore(ClosedOnExit):
             return False
         self._put(session_id, copy)
         return True
+
+    async def merge(self, session_id: str, fields: Mapping[str, str], *,
+                    remove: Collection[str] = (),
+                    expect: Mapping[str, str | None] | None = None) -> Merged:
+        validate_session_id(session_id)
+        changes = validate_metadata(fields)
+        record = self._live(session_id)
+        if record is None:
+            return Merged(applied=False, record=None)
+        if not expectations_hold(record, expect):
+            return Merged(applied=False, record=dict(record))
+        written = merged_fields(record, changes, remove)
+        self._put(session_id, written)
+        return Merged(applied=True, record=dict(written))
 
     async def load(self, session_id: str) -> dict[str, str]:
         validate_session_id(session_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -20,6 +20,8 @@ from vmcp.store._redis_errors import (
 )
 from vmcp.store.base import (
     ClosedOnExit,
+    Merged,
+    shows_own_write,
     validate_metadata,
     validate_session_id,
     validate_timeout,
@@ -27,6 +29,29 @@ from vmcp.store.base import (
 )
 
 SENTINEL_SCHEME = "redis+sentinel"
+
+# KEYS[1]: the record's key. ARGV[1]: JSON object of fields to set; ARGV[2]: JSON array
+# of keys to drop; ARGV[3]: JSON object of expectations (a value, or false: absent);
+# ARGV[4]: the TTL in ms. Returns {0} (absent), {1, new record} (written) or
+# {2, record as it is} (an expectation failed).
+_MERGE = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return {0} end
+local record = cjson.decode(raw)
+for key, value in pairs(cjson.decode(ARGV[3])) do
+  local current = record[key]
+  if value == false then
+    if current ~= nil then return {2, raw} end
+  elseif current ~= value then
+    return {2, raw}
+  end
+end
+for _, key in ipairs(cjson.decode(ARGV[2])) do record[key] = nil end
+for key, value in pairs(cjson.decode(ARGV[1])) do record[key] = value end
+local written = cjson.encode(record)
+redis.call('SET', KEYS[1], written, 'PX', ARGV[4])
+return {1, written}
+"""
 CLUSTER_SCHEME = "redis+cluster"
 
 
@@ -60,6 +85,7 @@ class RedisStore(ClosedOnExit):
         self._ttl_ms = max(1, round(validate_ttl(ttl_seconds) * 1000))
         self._timeout = validate_timeout(timeout_seconds)
         self._closed = False
+        self._merge = client.register_script(_MERGE)
 
     @classmethod
     def from_url(
@@ -117,6 +143,33 @@ class RedisStore(ClosedOnExit):
             return bool(await self._client.set(key, payload, px=self._ttl_ms, xx=True))
 
         with translated_store_errors("update"):
+            async with asyncio.timeout(self._timeout):
+                return await once_more_if_dropped(attempt)
+
+    async def merge(self, session_id: str, fields: Mapping[str, str], *,
+                    remove: Collection[str] = (),
+                    expect: Mapping[str, str | None] | None = None) -> Merged:
+        """One Lua script (``_MERGE``): the read, the checks and the write are one step
+        on the server, so no other replica's change lands between them."""
+        key = self.key(validate_session_id(session_id))
+        changes = validate_metadata(fields)
+        dropped = sorted(remove)
+        expected = {k: (False if v is None else v) for k, v in (expect or {}).items()}
+        args: list[str | int] = [json.dumps(changes), json.dumps(dropped),
+                                 json.dumps(expected), self._ttl_ms]
+
+        async def attempt(retried: bool) -> Merged:
+            reply = await self._merge(keys=[key], args=args)
+            if int(reply[0]) == 0:
+                return Merged(applied=False, record=None)
+            record = _decode_record(session_id, reply[1])
+            if int(reply[0]) == 1:
+                return Merged(applied=True, record=record)
+            # A retry whose first try landed (reply lost) finds its own write in place.
+            return Merged(applied=retried and shows_own_write(record, changes, dropped),
+                          record=record)
+
+        with translated_store_errors("merge"):
             async with asyncio.timeout(self._timeout):
                 return await once_more_if_dropped(attempt)
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from vmcp.aggregate import BackendCatalog, RoutingTable, build_routing_table
 from vmcp.config import AggregationConfig
@@ -37,36 +39,46 @@ def routing_table(catalogs: Mapping[str, BackendCatalog],
         raise
 
 
+@dataclass(frozen=True)
+class BackendProfile:
+    """What a backend offers and said of itself: its catalog and its initialize result
+    (capabilities, instructions), enough to answer a client's ``initialize`` and its
+    listings without an upstream session of its own."""
+
+    catalog: BackendCatalog
+    initialize_result: Mapping[str, Any] = field(default_factory=dict)
+
+
 class CatalogCache:
-    """Catalogs by (backend, scope), each kept for ``ttl_seconds`` (0: not at all)."""
+    """Profiles by (backend, scope), each kept for ``ttl_seconds`` (0: not at all)."""
 
     def __init__(self, ttl_seconds: float, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._ttl = ttl_seconds
         self._clock = clock
-        self._entries: LRU[tuple[str, str], tuple[float, BackendCatalog]] = LRU(MAX_ENTRIES)
+        self._entries: LRU[tuple[str, str], tuple[float, BackendProfile]] = LRU(MAX_ENTRIES)
         self._latest: dict[str, BackendCatalog] = {}
 
     @property
     def enabled(self) -> bool:
         return self._ttl > 0
 
-    def get(self, backend: str, scope: str) -> BackendCatalog | None:
+    def get(self, backend: str, scope: str) -> BackendProfile | None:
         entry = self._entries.peek((backend, scope))
         if entry is None:
             return None
-        stored_at, catalog = entry
+        stored_at, profile = entry
         if self._clock() - stored_at >= self._ttl:
             self._entries.pop((backend, scope))
             return None
-        return catalog
+        return profile
 
-    def put(self, backend: str, scope: str, catalog: BackendCatalog) -> None:
+    def put(self, backend: str, scope: str, profile: BackendProfile) -> None:
         if scope == SHARED:
-            self._latest[backend] = catalog
+            self._latest[backend] = profile.catalog
         if not self.enabled:
             return
-        self._entries.put((backend, scope), (self._clock(), catalog))
+        self._entries.put((backend, scope), (self._clock(), profile))
 
     def latest(self) -> dict[str, BackendCatalog]:
         """Each backend's most recently listed catalog shared by everybody, however old
