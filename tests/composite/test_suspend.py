@@ -33,6 +33,7 @@ class Host:
         self.release = anyio.Event()
         self.asked: list[Asked] = []
         self.events: list[tuple[str, str]] = []
+        self.run_ids: set[str] = set()
 
     async def call_tool(self, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
         self.calls.append(arguments["n"])
@@ -55,6 +56,7 @@ class Host:
 
     def observe(self, step: str, event: str, facts: Mapping[str, Any]) -> None:
         self.events.append((step, event))
+        self.run_ids.add(facts["run_id"])
 
 
 async def test_a_run_waits_for_parallel_steps_then_stops_with_a_snapshot() -> None:
@@ -73,13 +75,16 @@ async def test_a_run_waits_for_parallel_steps_then_stops_with_a_snapshot() -> No
 async def test_a_run_continued_from_the_snapshot_runs_only_what_is_left() -> None:
     host = Host()
     with anyio.fail_after(5), pytest.raises(WorkflowSuspended) as suspended:
-        await WorkflowRun(TOOL, {}, host).run()
+        await WorkflowRun(TOOL, {}, host, step_observer=host.observe).run()
     snapshot = json.loads(json.dumps(suspended.value.snapshot))  # as the store keeps it
     later = Host()
     with anyio.fail_after(5):
         result = await WorkflowRun.from_snapshot(
-            snapshot, {"ask": {"action": "accept", "content": {}}}, later).run()
+            snapshot, {"ask": {"action": "accept", "content": {}}}, later,
+            step_observer=later.observe).run()
     assert later.calls == ["c accept b"]
+    assert len(host.run_ids) == 1
+    assert later.run_ids == host.run_ids  # observers see one run across the two
     assert later.asked == []
     assert result["structuredContent"]["c"] == "c accept b"
 

@@ -2,8 +2,8 @@
 each question to the user.
 
 The composite call itself is audited like any ``tools/call``; these events tell what
-happened inside it, in the same shape, joined by the run's ``run_id``. A run continued on
-another replica (after the user's answer) gets a new ``run_id`` there and says
+happened inside it, in the same shape, joined by the run's ``run_id``, which a run
+continued on another replica (after the user's answer) keeps; its start there says
 ``resumed``. Step arguments and error texts (which may quote them), and the user's
 answers, are recorded only with ``audit.include_arguments`` (redacted and capped like a
 call's arguments); the step's tool, type, status, attempts and duration always are.
@@ -41,13 +41,11 @@ def observer_for(trail: AuditTrail, *, replica_id: str) -> Callable[[str, Princi
     """What the composite registry asks for each call: an observer writing its events."""
 
     def for_call(tool: str, principal: Principal) -> StepObserver:
-        run_id = str(uuid.uuid4())
-
         def observe(step: str, event: str, facts: Mapping[str, Any]) -> None:
             kind = EVENT_TYPES.get(event, STEP_EVENT)
             if trail.wants(kind):
                 trail.emit(build(trail, kind, tool, step, event, facts, principal,
-                                 run_id=run_id, replica_id=replica_id))
+                                 run_id=str(facts.get("run_id")), replica_id=replica_id))
 
         return observe
 

@@ -48,7 +48,8 @@ StepObserver = Callable[[str, str, Mapping[str, Any]], None]
 id, event, facts), for the audit trail. Events: ``workflow_started`` (facts: resumed) and
 ``workflow_ended`` (outcome, seconds) with an empty step id; ``completed`` / ``failed`` /
 ``skipped`` (seconds, attempts, type, tool, error); ``elicitation_asked``;
-``elicitation_answered`` (action)."""
+``elicitation_answered`` (action). Every event's facts carry the ``run_id``, the same for
+a run continued from its snapshot."""
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -95,6 +96,8 @@ class WorkflowRun:
         self._asking = anyio.Lock()
         self._answers: dict[str, dict[str, Any]] = {}
         self._resumed = False
+        self.run_id = uuid.uuid4().hex
+        """Names the run in what observers are told, also once continued elsewhere."""
 
     @classmethod
     def from_snapshot(cls, snapshot: Mapping[str, Any], answers: Mapping[str, dict[str, Any]],
@@ -114,6 +117,8 @@ class WorkflowRun:
             raise ValueError(f"not a workflow snapshot: {exc}") from None
         run = cls(tool, params, host, observer, step_observer=step_observer)
         run._resumed = True
+        if isinstance(snapshot.get("run_id"), str):
+            run.run_id = snapshot["run_id"]
         run._answers = dict(answers)
         run._run.skip_rest = bool(snapshot.get("skip_rest"))
         for step_id, saved in states.items():
@@ -131,7 +136,7 @@ class WorkflowRun:
         """What a run on any replica needs to go on from here (JSON): the definition this
         run started with, its parameters and every finished step's outcome."""
         return {"tool": self.tool.model_dump(mode="json", by_alias=True, exclude_unset=True),
-                "params": self.params, "skip_rest": self._run.skip_rest,
+                "params": self.params, "skip_rest": self._run.skip_rest, "run_id": self.run_id,
                 "states": {sid: st.view() for sid, st in self.states.items()
                            if st.status in FINISHED}}
 
@@ -291,12 +296,11 @@ class WorkflowRun:
             state.error = error
         self._run.finished += 1
         now = time.monotonic()
-        if self._step_observer is not None:
-            self._step_observer(step.id, status, {
-                "seconds": round(now - state.started, 4) if state.started else 0.0,
-                "attempts": state.attempts, "tool": step.tool or (
-                    step.step.tool if step.step is not None else None),
-                "type": step.type, "error": state.error})
+        self._observe(step.id, status, {
+            "seconds": round(now - state.started, 4) if state.started else 0.0,
+            "attempts": state.attempts, "tool": step.tool or (
+                step.step.tool if step.step is not None else None),
+            "type": step.type, "error": state.error})
         logger.debug("composite step %s.%s: %s", self.tool.name, step.id, status, extra={
             "composite": self.tool.name, "step": step.id, "outcome": status,
             "attempts": state.attempts, "error": state.error,
@@ -411,7 +415,7 @@ class WorkflowRun:
 
     def _observe(self, step_id: str, event: str, facts: Mapping[str, Any]) -> None:
         if self._step_observer is not None:
-            self._step_observer(step_id, event, facts)
+            self._step_observer(step_id, event, {**facts, "run_id": self.run_id})
 
     # -- templates and output -------------------------------------------------------
 
