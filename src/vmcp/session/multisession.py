@@ -31,6 +31,7 @@ from vmcp.session.streams import ResponseStream, ResponseStreams, StreamBounds
 from vmcp.store.event_log import EventLog
 from vmcp.store.pubsub import SessionRelay
 from vmcp.tracing import outgoing_headers, tracer
+from vmcp.upstream.client_requests import undeclared
 from vmcp.upstream.ledger import UpstreamLedger
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,8 @@ class MultiSession:
         self.messages = ServerMessages(
             session_id, replica_id=replica_id, relay=relay, connections=self._connections,
             routes=self.routes, pending=self.pending,
-            answers_elsewhere=self.answers_from_other_replicas, spawn=self.work.spawn)
+            answers_elsewhere=self.answers_from_other_replicas, spawn=self.work.spawn,
+            client_capabilities=lambda: self.client_capabilities)
         self._requests: dict[Any, anyio.CancelScope] = {}
         self.client_capabilities: frozenset[str] | None = None
         self._closed = False
@@ -124,6 +126,10 @@ class MultiSession:
         connection = self.connection(backend)
 
         async def relay(message: dict[str, Any]) -> dict[str, Any] | None:
+            if "method" in message and "id" in message:
+                refused = undeclared(str(message["method"]), self.client_capabilities)
+                if refused is not None:  # the client could not answer: refused here
+                    return {"jsonrpc": "2.0", "id": message["id"], **refused}
             if channel is None:
                 return None
             if "method" in message and "id" in message:
