@@ -422,6 +422,7 @@ class ConformanceFixture:
     _tools: dict[str, _ToolEntry] = field(default_factory=dict)
     _log_levels: dict[str, LoggingLevel] = field(default_factory=dict)
     _subscriptions: dict[str, set[str]] = field(default_factory=dict)
+    _subscribed_sessions: dict[str, Any] = field(default_factory=dict)
     _changes: InMemorySubscriptionBus = field(default_factory=InMemorySubscriptionBus)
     _dynamic_prompt: bool = False
     _listen: _CountingListen = field(init=False)
@@ -568,14 +569,14 @@ class ConformanceFixture:
         )
         self._add_tool(
             "test_trigger_resource_update",
-            "Announces that the resource at `uri` changed, to the listen streams "
-            "subscribed to it; answers how many listen streams are subscribed to it",
+            "Announces that the resource at `uri` changed, to the listen streams and "
+            "sessions subscribed to it; answers how many are subscribed to it",
             self._trigger_resource_update,
             URI_ARGUMENT,
         )
         self._add_tool(
             "test_resource_listeners",
-            "How many open listen streams are subscribed to the resource at `uri`",
+            "How many open listen streams and sessions are subscribed to the resource at `uri`",
             self._resource_listeners,
             URI_ARGUMENT,
         )
@@ -640,11 +641,20 @@ class ConformanceFixture:
     async def _trigger_resource_update(
         self, ctx: Ctx, args: Mapping[str, Any]
     ) -> CallToolResult:
-        await self._changes.publish(ResourceUpdated(uri=str(args.get("uri"))))
+        uri = str(args.get("uri"))
+        await self._changes.publish(ResourceUpdated(uri=uri))
+        for key in self._sessions_subscribed(uri):
+            # Outside the subscribing request: on that session's GET stream.
+            await self._subscribed_sessions[key].send_resource_updated(uri)
         return await self._resource_listeners(ctx, args)
 
     async def _resource_listeners(self, ctx: Ctx, args: Mapping[str, Any]) -> CallToolResult:
-        return _text(str(self._listen.subscribers(str(args.get("uri")))))
+        uri = str(args.get("uri"))
+        return _text(str(self._listen.subscribers(uri) + len(self._sessions_subscribed(uri))))
+
+    def _sessions_subscribed(self, uri: str) -> list[str]:
+        return [key for key, uris in self._subscriptions.items()
+                if uri in uris and key in self._subscribed_sessions]
 
     async def _simple_text(self, ctx: Ctx, args: Mapping[str, Any]) -> CallToolResult:
         return _text("This is a simple text response for testing.")
@@ -952,6 +962,7 @@ class ConformanceFixture:
     async def subscribe(self, ctx: Ctx, params: SubscribeRequestParams) -> EmptyResult:
         key = self._session_key(ctx)
         _remember(self._subscriptions, key, self._subscriptions.get(key, set()) | {params.uri})
+        _remember(self._subscribed_sessions, key, ctx.session)
         return EmptyResult()
 
     async def unsubscribe(self, ctx: Ctx, params: UnsubscribeRequestParams) -> EmptyResult:

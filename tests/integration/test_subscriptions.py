@@ -241,3 +241,26 @@ def test_a_session_based_backends_change_made_by_a_call_reaches_the_listener(
         stream.wait_for(lambda s: "notifications/tools/list_changed" in s.methods(),
                         "tools list_changed")
         assert "notes_delete_note" in tool_names(http, gateway.url)
+
+
+def test_a_session_based_backends_resource_update_reaches_its_listener(
+        http: httpx2.Client, tmp_path: Path) -> None:
+    """The gateway subscribes with resources/subscribe on the session whose GET stream it
+    holds, hears the update there, and unsubscribes when its listener goes."""
+    watched = "test://watched-resource"
+    with running_backends({"fx": f"{CONFORMANCE_MODULE} --handshake-only"},
+                          tmp_path / "backends") as backends, \
+            running_gateway(gateway_config(backends, session={"store": "memory"}),
+                            tmp_path / "gateway") as gateway:
+        with ListenStream(gateway.url, {"resourceSubscriptions": [watched]}) as stream:
+            stream.wait_for(lambda s: s.messages, "the acknowledgement")
+            ack = stream.messages[0]["params"]["notifications"]
+            assert ack == {"resourceSubscriptions": [watched]}, ack
+            assert upstream_listeners(http, gateway.url, watched, update=True) == 1
+            stream.wait_for(lambda s: "notifications/resources/updated" in s.methods(),
+                            "the resource's update")
+            assert stream.messages[-1]["params"]["uri"] == watched
+        deadline = time.monotonic() + 10
+        while upstream_listeners(http, gateway.url, watched):
+            assert time.monotonic() < deadline, "still subscribed upstream"
+            time.sleep(0.05)
