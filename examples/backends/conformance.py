@@ -50,6 +50,7 @@ from mcp.server.subscriptions import (
     InMemorySubscriptionBus,
     ListenHandler,
     PromptsListChanged,
+    ResourceUpdated,
     ToolsListChanged,
 )
 from mcp.shared.exceptions import MCPError
@@ -98,6 +99,8 @@ from mcp_types import (
     SamplingMessage,
     SetLevelRequestParams,
     SubscribeRequestParams,
+    SubscriptionsListenRequestParams,
+    SubscriptionsListenResult,
     TextContent,
     TextResourceContents,
     Tool,
@@ -167,6 +170,11 @@ WAV_B64 = base64.b64encode(_wav_silence()).decode()
 
 STATIC_TEXT = "This is the content of the static text resource."
 WATCHED_URI = "test://watched-resource"
+URI_ARGUMENT: dict[str, Any] = {
+    "type": "object",
+    "properties": {"uri": {"type": "string"}},
+    "required": ["uri"],
+}
 TEMPLATE_URI = "test://template/{id}/data"
 TEMPLATE_PREFIX, TEMPLATE_SUFFIX = "test://template/", "/data"
 
@@ -325,6 +333,28 @@ class BoundedEventStore(EventStore):
         return stream
 
 
+class _CountingListen(ListenHandler):
+    """Serves listen streams and counts, per resource URI, the open streams subscribed to
+    it (what a test reads to see that a gateway unsubscribed when its last listener went)."""
+
+    def __init__(self, bus: InMemorySubscriptionBus) -> None:
+        super().__init__(bus)
+        self._open: list[frozenset[str]] = []
+
+    def subscribers(self, uri: str) -> int:
+        return sum(uri in uris for uris in self._open)
+
+    async def __call__(
+        self, ctx: ServerRequestContext[Any, Any], params: SubscriptionsListenRequestParams
+    ) -> SubscriptionsListenResult:
+        uris = frozenset(params.notifications.resource_subscriptions or ())
+        self._open.append(uris)
+        try:
+            return await super().__call__(ctx, params)
+        finally:
+            self._open.remove(uris)
+
+
 def _text(text: str) -> CallToolResult:
     return CallToolResult(content=[TextContent(text=text)])
 
@@ -392,10 +422,13 @@ class ConformanceFixture:
     _tools: dict[str, _ToolEntry] = field(default_factory=dict)
     _log_levels: dict[str, LoggingLevel] = field(default_factory=dict)
     _subscriptions: dict[str, set[str]] = field(default_factory=dict)
+    _subscribed_sessions: dict[str, Any] = field(default_factory=dict)
     _changes: InMemorySubscriptionBus = field(default_factory=InMemorySubscriptionBus)
     _dynamic_prompt: bool = False
+    _listen: _CountingListen = field(init=False)
 
     def __post_init__(self) -> None:
+        self._listen = _CountingListen(self._changes)
         self._add_tool("test_simple_text", "Returns a simple text response", self._simple_text)
         self._add_tool("test_image_content", "Returns a 1x1 PNG image", self._image_content)
         self._add_tool("test_audio_content", "Returns a short silent WAV clip", self._audio_content)
@@ -534,6 +567,19 @@ class ConformanceFixture:
             "Adds or removes test_dynamic_prompt and announces the change",
             self._trigger_prompt_change,
         )
+        self._add_tool(
+            "test_trigger_resource_update",
+            "Announces that the resource at `uri` changed, to the listen streams and "
+            "sessions subscribed to it; answers how many are subscribed to it",
+            self._trigger_resource_update,
+            URI_ARGUMENT,
+        )
+        self._add_tool(
+            "test_resource_listeners",
+            "How many open listen streams and sessions are subscribed to the resource at `uri`",
+            self._resource_listeners,
+            URI_ARGUMENT,
+        )
 
     def _add_tool(
         self,
@@ -591,6 +637,24 @@ class ConformanceFixture:
         self._dynamic_prompt = not self._dynamic_prompt
         await self._changes.publish(PromptsListChanged())
         return CallToolResult(content=[TextContent(text="prompt list changed")])
+
+    async def _trigger_resource_update(
+        self, ctx: Ctx, args: Mapping[str, Any]
+    ) -> CallToolResult:
+        uri = str(args.get("uri"))
+        await self._changes.publish(ResourceUpdated(uri=uri))
+        for key in self._sessions_subscribed(uri):
+            # Outside the subscribing request: on that session's GET stream.
+            await self._subscribed_sessions[key].send_resource_updated(uri)
+        return await self._resource_listeners(ctx, args)
+
+    async def _resource_listeners(self, ctx: Ctx, args: Mapping[str, Any]) -> CallToolResult:
+        uri = str(args.get("uri"))
+        return _text(str(self._listen.subscribers(uri) + len(self._sessions_subscribed(uri))))
+
+    def _sessions_subscribed(self, uri: str) -> list[str]:
+        return [key for key, uris in self._subscriptions.items()
+                if uri in uris and key in self._subscribed_sessions]
 
     async def _simple_text(self, ctx: Ctx, args: Mapping[str, Any]) -> CallToolResult:
         return _text("This is a simple text response for testing.")
@@ -898,6 +962,7 @@ class ConformanceFixture:
     async def subscribe(self, ctx: Ctx, params: SubscribeRequestParams) -> EmptyResult:
         key = self._session_key(ctx)
         _remember(self._subscriptions, key, self._subscriptions.get(key, set()) | {params.uri})
+        _remember(self._subscribed_sessions, key, ctx.session)
         return EmptyResult()
 
     async def unsubscribe(self, ctx: Ctx, params: UnsubscribeRequestParams) -> EmptyResult:
@@ -1039,7 +1104,7 @@ class ConformanceFixture:
             on_get_prompt=self.get_prompt,
             on_completion=self.complete,
             on_set_logging_level=self.set_logging_level,
-            on_subscriptions_listen=ListenHandler(self._changes),
+            on_subscriptions_listen=self._listen,
         )
         # Seals every requestState the tools mint and refuses an echo that was altered (the
         # input-required-result-tampered-state scenario). The key lives in this process only.

@@ -12,6 +12,7 @@ import json
 import uuid
 from typing import Any
 
+import anyio
 import pytest
 from mcp import Client
 from mcp.client.session import ClientRequestContext
@@ -223,3 +224,19 @@ async def test_unknown_tool_is_a_json_rpc_error_and_the_session_goes_on(
     assert caught.value.code == INVALID_PARAMS
     assert "no_such_tool" in caught.value.message
     assert {tool.name for tool in tools.tools} >= NOTES_TOOLS
+
+
+async def test_a_sampling_request_to_a_client_without_sampling_is_refused_by_the_gateway(
+        gateway: ManagedProcess) -> None:
+    """The backend sees the gateway's capabilities, not the client's: the gateway answers
+    its sampling request for a client that did not declare ``sampling``."""
+    async with _client(gateway.url, sampling_callback=None) as client:
+        with anyio.fail_after(15):
+            try:
+                result = await client.call_tool("weather_ask_llm", {"question": "Rain?"})
+            except MCPError as exc:
+                text = exc.error.message
+            else:
+                assert result.is_error, result
+                text = _text_of(result.content[0])
+    assert "did not declare the sampling capability" in text, text

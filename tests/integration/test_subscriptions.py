@@ -39,7 +39,7 @@ def fixture_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Manage
 def gateway(fixture_backend: ManagedProcess,
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedProcess]:
     config = gateway_config({"fx": fixture_backend}, session={"store": "memory"},
-                            stateless={"max_listeners": 2})
+                            stateless={"max_listeners": 2, "max_resource_subscriptions": 3})
     with running_gateway(config, tmp_path_factory.mktemp("listen-gateway")) as process:
         yield process
 
@@ -75,17 +75,81 @@ def trigger(http: httpx2.Client, url: str, tool: str) -> None:
     assert "result" in answer, answer
 
 
-def test_the_acknowledgement_comes_first_and_honours_only_list_changes(
+def test_the_acknowledgement_comes_first_and_honours_only_routable_resources(
         idle_gateway: ManagedProcess) -> None:
     gateway = idle_gateway
-    requested = {"toolsListChanged": True, "resourceSubscriptions": ["test://static-text"]}
+    requested = {"toolsListChanged": True,
+                 "resourceSubscriptions": ["test://nowhere", "test://static-text"]}
     with ListenStream(gateway.url, requested, request_id=41) as stream:
         assert stream.status == 200
         stream.wait_for(lambda s: s.messages, "the acknowledgement")
         (ack,) = stream.messages
         assert ack["method"] == "notifications/subscriptions/acknowledged", ack
-        assert ack["params"]["notifications"] == {"toolsListChanged": True}, ack
+        assert ack["params"]["notifications"] == {
+            "toolsListChanged": True, "resourceSubscriptions": ["test://static-text"]}, ack
         assert ack["params"]["_meta"][SUBSCRIPTION_ID] == 41, ack
+
+
+def test_the_gateway_announces_resource_subscriptions(
+        http: httpx2.Client, gateway: ManagedProcess) -> None:
+    answer = modern_call(http, gateway.url, "server/discover")
+    assert answer["result"]["capabilities"]["resources"].get("subscribe") is True, answer
+
+
+def upstream_listeners(http: httpx2.Client, url: str, uri: str, *, update: bool = False) -> int:
+    """How many of the backend's listen streams subscribe to ``uri`` (``update``: and
+    announce first that it changed)."""
+    tool = "fx_test_trigger_resource_update" if update else "fx_test_resource_listeners"
+    answer = modern_call(http, url, "tools/call", {"name": tool, "arguments": {"uri": uri}},
+                         name=tool)
+    return int(answer["result"]["content"][0]["text"])
+
+
+def test_a_resource_update_reaches_only_the_listeners_of_that_uri(
+        http: httpx2.Client, idle_gateway: ManagedProcess) -> None:
+    gateway = idle_gateway
+    watched, other = "test://watched-resource", "test://static-text"
+    with ListenStream(gateway.url, {"resourceSubscriptions": [watched]},
+                      request_id="w") as one, \
+            ListenStream(gateway.url, {"toolsListChanged": True,
+                                       "resourceSubscriptions": [other]},
+                         request_id="o") as two:
+        for stream in (one, two):
+            stream.wait_for(lambda s: s.messages, "the acknowledgement")
+        # One upstream stream serves both listeners, subscribed to both URIs.
+        assert upstream_listeners(http, gateway.url, other, update=True) == 1
+        assert upstream_listeners(http, gateway.url, watched, update=True) == 1
+        one.wait_for(lambda s: "notifications/resources/updated" in s.methods(),
+                     "the watched resource's update")
+        updates = [m for m in one.messages if m["method"] == "notifications/resources/updated"]
+        assert [u["params"]["uri"] for u in updates] == [watched], one.messages
+        assert updates[0]["params"]["_meta"][SUBSCRIPTION_ID] == "w", updates
+        # The other listener heard its own URI's update and nothing of the watched one,
+        # up to a change it asked for that came after both.
+        trigger(http, gateway.url, "fx_test_trigger_tool_change")
+        two.wait_for(lambda s: "notifications/tools/list_changed" in s.methods(),
+                     "tools list_changed")
+        heard = [m["params"]["uri"] for m in two.messages
+                 if m["method"] == "notifications/resources/updated"]
+        assert heard == [other], two.messages
+    # The last listener of each URI gone, the gateway no longer subscribes upstream.
+    deadline = time.monotonic() + 10
+    while upstream_listeners(http, gateway.url, watched) + upstream_listeners(
+            http, gateway.url, other):
+        assert time.monotonic() < deadline, "still subscribed upstream"
+        time.sleep(0.05)
+
+
+def test_too_many_resource_subscriptions_are_refused_with_invalid_params(
+        idle_gateway: ManagedProcess) -> None:
+    uris = [f"test://template/{n}/data" for n in range(4)]
+    with ListenStream(idle_gateway.url, {"resourceSubscriptions": uris},
+                      request_id=7) as stream:
+        assert stream.status == 400
+        (refusal,) = stream.messages
+        assert refusal["id"] == 7
+        assert refusal["error"]["code"] == -32602
+        assert "3" in refusal["error"]["message"]
 
 
 def test_a_backend_change_reaches_the_listener_and_the_next_listing_shows_it(
@@ -177,3 +241,26 @@ def test_a_session_based_backends_change_made_by_a_call_reaches_the_listener(
         stream.wait_for(lambda s: "notifications/tools/list_changed" in s.methods(),
                         "tools list_changed")
         assert "notes_delete_note" in tool_names(http, gateway.url)
+
+
+def test_a_session_based_backends_resource_update_reaches_its_listener(
+        http: httpx2.Client, tmp_path: Path) -> None:
+    """The gateway subscribes with resources/subscribe on the session whose GET stream it
+    holds, hears the update there, and unsubscribes when its listener goes."""
+    watched = "test://watched-resource"
+    with running_backends({"fx": f"{CONFORMANCE_MODULE} --handshake-only"},
+                          tmp_path / "backends") as backends, \
+            running_gateway(gateway_config(backends, session={"store": "memory"}),
+                            tmp_path / "gateway") as gateway:
+        with ListenStream(gateway.url, {"resourceSubscriptions": [watched]}) as stream:
+            stream.wait_for(lambda s: s.messages, "the acknowledgement")
+            ack = stream.messages[0]["params"]["notifications"]
+            assert ack == {"resourceSubscriptions": [watched]}, ack
+            assert upstream_listeners(http, gateway.url, watched, update=True) == 1
+            stream.wait_for(lambda s: "notifications/resources/updated" in s.methods(),
+                            "the resource's update")
+            assert stream.messages[-1]["params"]["uri"] == watched
+        deadline = time.monotonic() + 10
+        while upstream_listeners(http, gateway.url, watched):
+            assert time.monotonic() < deadline, "still subscribed upstream"
+            time.sleep(0.05)

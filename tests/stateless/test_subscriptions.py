@@ -7,7 +7,7 @@ from typing import Any
 
 import anyio
 import pytest
-from mcp.shared.subscriptions import PromptsListChanged, ToolsListChanged
+from mcp.shared.subscriptions import PromptsListChanged, ResourceUpdated, ToolsListChanged
 from mcp_types import SubscriptionFilter
 from starlette.types import Message
 
@@ -72,6 +72,31 @@ async def test_a_listener_gets_only_the_kinds_it_asked_for() -> None:
         with pytest.raises(anyio.WouldBlock):
             listener.events.receive_nowait()
         hub.close(listener)
+
+
+async def test_resource_subscriptions_are_counted_per_uri_and_updates_go_to_their_listeners(
+        ) -> None:
+    hub = hub_with(Clock())
+    told: list[str] = []
+    hub.on_resources = told.append
+    a = hub.open(SubscriptionFilter(), {"x://a": "one", "x://b": "two"})
+    b = hub.open(SubscriptionFilter(), {"x://a": "one"})
+    # The upstream follows only the first listener of a URI in, and the last one out.
+    assert told == ["one", "two"]
+    assert hub.subscribed("one") == {"x://a"}
+    assert hub.subscribed("two") == {"x://b"}
+    hub.resource_updated("two", "x://b")
+    hub.resource_updated("two", "x://a")  # not the backend x://a was subscribed at
+    assert a.events.receive_nowait() == ResourceUpdated(uri="x://b")
+    with pytest.raises(anyio.WouldBlock):
+        b.events.receive_nowait()
+    hub.close(a)
+    assert told == ["one", "two", "two"]
+    assert hub.subscribed("one") == {"x://a"}
+    assert hub.subscribed("two") == frozenset()
+    hub.close(b)
+    assert told[-1] == "one"
+    assert hub.subscribed("one") == frozenset()
 
 
 async def test_a_listener_that_stops_reading_is_ended_at_its_buffer() -> None:

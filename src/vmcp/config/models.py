@@ -352,6 +352,8 @@ class StatelessConfig(_Frozen):
     """Changes buffered for one listen stream; a client that lets more pile up is ended."""
     coalesce_seconds: float = Field(default=0.1, ge=0, allow_inf_nan=False)
     """Changes of one kind within this window reach listen streams as one notification."""
+    max_resource_subscriptions: int = Field(default=64, ge=1)
+    """Resource URIs one listen request may subscribe to; more is refused (-32602)."""
 
 
 class StatusConfig(_Frozen):

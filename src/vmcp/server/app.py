@@ -216,7 +216,9 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                 max_body_bytes=config.server.max_body_bytes, metrics=metrics,
                 stateless=StatelessEndpoint(stateless, authorizer=authorizer,
                                             composites=composites, subscriptions=changes,
-                                            workflow_states=workflow_states),
+                                            workflow_states=workflow_states,
+                                            max_resource_subscriptions=(
+                                                config.stateless.max_resource_subscriptions)),
                 audit=audit, replica_id=config.server.replica_id,
                 streams=StreamLimits(per_session=config.limits.max_streams_per_session,
                                      per_replica=config.limits.max_streams),

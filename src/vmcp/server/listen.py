@@ -12,18 +12,21 @@ with keep-alive comments while nothing changes. It ends:
   when the client hangs up.
 
 A listen beyond the replica's limit, or on a draining replica, is answered 503 with a
-JSON-RPC error before any stream opens.
+JSON-RPC error before any stream opens; one asking for more than ``max_resources``
+resource subscriptions, 400 with -32602.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 import anyio
 from mcp.shared.subscriptions import SUBSCRIPTION_ID_META_KEY, event_to_notification
 from mcp_types import (
     INTERNAL_ERROR,
+    INVALID_PARAMS,
     SubscriptionFilter,
     SubscriptionsAcknowledgedNotification,
     SubscriptionsAcknowledgedNotificationParams,
@@ -48,22 +51,36 @@ PING_SECONDS: Final = 15.0
 """Silence after which a keep-alive comment is written, so that a proxy's idle timeout
 does not cut a stream that has nothing to say."""
 PING: Final = b": ping\n\n"
+MAX_RESOURCES: Final = 64
+
+Resolve = Callable[[list[str]], Awaitable[dict[str, str]]]
+"""Of the requested resource URIs, those the gateway can subscribe to: URI -> backend."""
 
 
 class Listening:
     """Serves listen streams from this replica's :class:`ChangeHub`."""
 
-    def __init__(self, hub: ChangeHub, *, ping_seconds: float = PING_SECONDS) -> None:
+    def __init__(self, hub: ChangeHub, *, ping_seconds: float = PING_SECONDS,
+                 max_resources: int = MAX_RESOURCES) -> None:
         self._hub = hub
         self._ping = ping_seconds
+        self._max_resources = max_resources
 
     async def serve(self, receive: Receive, send: Send, request_id: Any,
-                    params: dict[str, Any]) -> None:
+                    params: dict[str, Any], resolve: Resolve | None = None) -> None:
         """Answer one admitted listen request (its params already validated)."""
         requested = SubscriptionFilter.model_validate(params.get("notifications") or {})
-        honored = honored_filter(requested)
+        uris = list(dict.fromkeys(requested.resource_subscriptions or ()))
+        if len(uris) > self._max_resources:
+            await send_json(send, 400, {"jsonrpc": "2.0", "id": request_id, "error": {
+                "code": INVALID_PARAMS,
+                "message": f"At most {self._max_resources} resource subscriptions per "
+                           f"listen request ({len(uris)} asked)"}})
+            return
+        resources = await resolve(uris) if uris and resolve is not None else {}
+        honored = honored_filter(requested, resources)
         try:
-            listener = self._hub.open(honored)
+            listener = self._hub.open(honored, resources)
         except SubscriptionLimit:
             await self._refuse(send, request_id, "Subscription limit reached")
             return

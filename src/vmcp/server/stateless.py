@@ -81,7 +81,7 @@ from vmcp.identity import Principal, binding_for
 from vmcp.server import auditing
 from vmcp.server.caller_upstream import CallerUpstream, Notify
 from vmcp.server.jsonrpc import first_error
-from vmcp.server.listen import Listening
+from vmcp.server.listen import MAX_RESOURCES, Listening
 from vmcp.server.responses import SSE_HEADERS, cancel_on_disconnect, send_json, sse_event
 from vmcp.stateless.backends import Caller, StatelessBackends, View
 from vmcp.stateless.input_rounds import Outcome
@@ -138,12 +138,14 @@ class StatelessEndpoint:
                  authorizer: Authorizer | None = None,
                  composites: CompositeRegistry | None = None,
                  subscriptions: ChangeHub | None = None,
-                 workflow_states: WorkflowStates | None = None) -> None:
+                 workflow_states: WorkflowStates | None = None,
+                 max_resource_subscriptions: int = MAX_RESOURCES) -> None:
         self._backends = backends
         self._states = (workflow_states if workflow_states is not None
                         else MemoryWorkflowStates())
         self._subscriptions = subscriptions
-        self._listening = Listening(subscriptions) if subscriptions is not None else None
+        self._listening = (Listening(subscriptions, max_resources=max_resource_subscriptions)
+                           if subscriptions is not None else None)
         self._server_info = {"name": server_name, "version": __version__}
         self._dispatcher: Dispatcher[tuple[BackendKind, Outcome]] = Dispatcher(
             resource_not_found_code=INVALID_PARAMS, authorizer=authorizer,
@@ -214,7 +216,9 @@ class StatelessEndpoint:
             await send_json(send, _message_status(message), message)
             return
         if request.method == LISTEN and self._listening is not None:
-            await self._listening.serve(receive, send, request_id, params)
+            await self._listening.serve(
+                receive, send, request_id, params,
+                lambda uris: self._subscribable(caller, principal, uris))
             return
         target = None
         if self._dispatcher.authorizing:
@@ -317,6 +321,33 @@ class StatelessEndpoint:
                       "cacheScope": "private"}
         return shaped
 
+    async def _subscribable(self, caller: Caller, principal: Principal,
+                            uris: list[str]) -> dict[str, str]:
+        """Of ``uris``, those this caller may subscribe to: routed to a backend that
+        offers resource subscriptions (and, with policies, that the caller may read)."""
+        upstream = CallerUpstream(self._backends, caller)
+        try:
+            routing = await upstream.routing()
+        except Exception:  # nothing can be routed: nothing is acknowledged
+            logger.warning("could not route resource subscriptions", exc_info=True)
+            return {}
+        entries = upstream.view.entries
+        honoured: dict[str, str] = {}
+        for uri in uris:
+            backend = routing.route_resource(uri)
+            entry = entries.get(backend) if backend is not None else None
+            if backend is None or entry is None or not (
+                    entry.capabilities.get("resources") or {}).get("subscribe"):
+                continue
+            if self._dispatcher.authorizing:
+                try:
+                    await self._dispatcher.authorize(upstream, "resources/read",
+                                                     {"uri": uri}, principal)
+                except (NotPermitted, RequestError):
+                    continue
+            honoured[uri] = backend
+        return honoured
+
     def _shape_listing(self, view: View, method: str) -> dict[str, Any]:
         hints = {"ttlMs": view.ttl_ms, "cacheScope": "private" if view.private else "public",
                  "resultType": "complete"}
@@ -325,7 +356,7 @@ class StatelessEndpoint:
                                        "capabilities": aggregate_capabilities(
                            (e.capabilities for e in view.entries.values()),
                            list_changed=self._listening is not None,
-                           logging_always=False, resource_subscriptions=False), **hints}
+                           logging_always=False), **hints}
             instructions = [e.instructions for e in view.entries.values() if e.instructions]
             if instructions:
                 payload["instructions"] = "\n\n".join(instructions)

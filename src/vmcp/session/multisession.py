@@ -39,6 +39,7 @@ from vmcp.store.event_log import EventLog
 from vmcp.store.pubsub import SessionRelay
 from vmcp.tracing import outgoing_headers, tracer
 from vmcp.upstream.catalogs import BackendProfile
+from vmcp.upstream.client_requests import undeclared
 from vmcp.upstream.ledger import UpstreamLedger
 
 logger = logging.getLogger(__name__)
@@ -100,7 +101,8 @@ class MultiSession:
             session_id, replica_id=replica_id, relay=relay, connections=self._connections,
             routes=self.routes, pending=self.pending,
             answers_elsewhere=self.answers_from_other_replicas, spawn=self.work.spawn,
-            attach=self.upstreams.ensure, recorded=recorded)
+            attach=self.upstreams.ensure, recorded=recorded,
+            client_capabilities=lambda: self.client_capabilities)
         self._requests: dict[Any, anyio.CancelScope] = {}
         self.client_capabilities: frozenset[str] | None = None
         self._closed = False
@@ -222,6 +224,10 @@ class MultiSession:
             raise SessionClosed(self._session_id)
 
         async def relay(message: dict[str, Any]) -> dict[str, Any] | None:
+            if "method" in message and "id" in message:
+                refused = undeclared(str(message["method"]), self.client_capabilities)
+                if refused is not None:  # the client could not answer: refused here
+                    return {"jsonrpc": "2.0", "id": message["id"], **refused}
             if channel is None:
                 return None
             if "method" in message and "id" in message:

@@ -33,6 +33,7 @@ from vmcp.errors import SessionClosed, StoreError
 from vmcp.session.channel import PendingClientRequests
 from vmcp.session.routes import SessionRoutes
 from vmcp.store.pubsub import SessionRelay
+from vmcp.upstream.client_requests import undeclared
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,9 @@ class ServerMessages:
                  connections: Mapping[str, BackendConnection], routes: SessionRoutes,
                  pending: PendingClientRequests, answers_elsewhere: AnswersElsewhere,
                  spawn: Spawn, attach: Attach | None = None,
-                 recorded: Recorded | None = None) -> None:
+                 recorded: Recorded | None = None,
+                 client_capabilities: Callable[[], frozenset[str] | None] = lambda: None
+                 ) -> None:
         self._session_id = session_id
         self._replica_id = replica_id
         self._relay = relay
@@ -82,6 +85,7 @@ class ServerMessages:
         self._spawn = spawn
         self._attach = attach
         self._recorded = recorded
+        self._client_capabilities = client_capabilities
         self._subscriber: MemoryObjectSendStream[dict[str, Any]] | None = None
         self._listeners: anyio.CancelScope | None = None
         self._listening: TaskGroup | None = None
@@ -257,6 +261,10 @@ class ServerMessages:
 
     async def _relay_backend_request(self, connection: BackendConnection,
                                      message: dict[str, Any]) -> None:
+        refused = undeclared(str(message["method"]), self._client_capabilities())
+        if refused is not None:
+            await connection.respond({"jsonrpc": "2.0", "id": message["id"], **refused})
+            return
         request_id, answer = self._pending.open()
         try:
             async with self._answers_elsewhere():

@@ -47,7 +47,6 @@ from vmcp.backend import (
 from vmcp.backend.modern import ModernBackend, NotModern
 from vmcp.config import VmcpConfig
 from vmcp.errors import (
-    METHOD_NOT_FOUND_CODE,
     BackendError,
     BackendSessionExpired,
     InvalidRound,
@@ -63,6 +62,7 @@ from vmcp.stateless.input_rounds import Ask, InputRounds, Notify, Outcome, is_ro
 from vmcp.stateless.pool import BackendKind, BackendKinds, UpstreamPool
 from vmcp.store.pubsub import SessionRelay
 from vmcp.upstream.catalogs import routing_table
+from vmcp.upstream.client_requests import CLIENT_CAPABILITY_OF, refusal, undeclared
 from vmcp.upstream.dialer import BackendDialer
 from vmcp.upstream.discovery import CLIENT_INFO, discover, discover_catalog
 from vmcp.upstream.ledger import UpstreamLedger
@@ -76,13 +76,6 @@ LIST_CHANGED = frozenset({
     "notifications/prompts/list_changed",
     "notifications/resources/list_changed",
 })
-# What a backend may ask its client for, and the client capability that allows it.
-INPUT_CAPABILITIES = {
-    "sampling/createMessage": "sampling",
-    "elicitation/create": "elicitation",
-    "roots/list": "roots",
-}
-
 
 Clock = Callable[[], float]
 HealthFilter = Callable[[str], bool]
@@ -150,7 +143,7 @@ class StatelessBackends:
                     if "id" in message and isinstance(method, str):
                         await connection.respond(
                             {"jsonrpc": "2.0", "id": message["id"],
-                             **_refusal(f"{method} cannot be answered outside a request")})
+                             **refusal(f"{method} cannot be answered outside a request")})
                     elif isinstance(method, str) and method in LIST_CHANGED:
                         self.catalogs.forget(name)
                         if self.on_list_changed is not None:
@@ -355,13 +348,13 @@ class StatelessBackends:
     @staticmethod
     async def _client_request(caller: Caller, method: str, params: Any,
                               ask: Ask | None) -> dict[str, Any]:
-        capability = INPUT_CAPABILITIES.get(method)
-        if capability is None:
-            return _refusal(f"Method not found: {method}")
-        if capability not in caller.capabilities:
-            return _refusal(f"The client did not declare the {capability} capability")
+        if method not in CLIENT_CAPABILITY_OF:
+            return refusal(f"Method not found: {method}")
+        refused = undeclared(method, caller.capabilities)
+        if refused is not None:
+            return refused
         if ask is None:
-            return _refusal(f"{method} cannot be answered during this request")
+            return refusal(f"{method} cannot be answered during this request")
         return await ask(method, params if isinstance(params, dict) else None)
 
     # -- what the upstream watch needs -----------------------------------------------
@@ -456,10 +449,6 @@ def _log_wanted(caller: Caller, message: Mapping[str, Any]) -> bool:
     if threshold is None or level not in LOG_LEVELS:
         return False
     return LOG_LEVELS.index(level) >= LOG_LEVELS.index(threshold)
-
-
-def _refusal(message: str) -> dict[str, Any]:
-    return {"error": {"code": METHOD_NOT_FOUND_CODE, "message": message}}
 
 
 def _ttl_ms(result: Mapping[str, Any]) -> int:

@@ -18,6 +18,13 @@ Redis pub/sub) and every change they see is delivered here.
   rather than allowed to grow this process's memory.
 * Draining ends every stream gracefully (the client gets the ``subscriptions/listen``
   result and re-listens elsewhere) and refuses new ones.
+
+Resource subscriptions (``resourceSubscriptions``) are counted here per (backend, URI):
+the upstream watch subscribes a URI at its backend when the first listener of this replica
+asks for it and unsubscribes when the last one goes. An update is delivered only to the
+listeners that asked for that URI, and is not sent to the other replicas: each replica
+subscribes upstream for its own listeners, so the replica that holds a listener is the
+one whose upstream subscription hears the update.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Final
 
 import anyio
@@ -33,6 +40,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from mcp.shared.subscriptions import (
     PromptsListChanged,
     ResourcesListChanged,
+    ResourceUpdated,
     ServerEvent,
     ToolsListChanged,
     event_matches,
@@ -64,6 +72,9 @@ ALL_KINDS: Final = tuple(KINDS)
 PUBLISH_QUEUE: Final = 256
 """Changes waiting to be sent to the other replicas; beyond it they are dropped (logged)."""
 
+OnResources = Callable[[str], None]
+"""Told the backend whose set of subscribed resource URIs (:meth:`ChangeHub.subscribed`)
+changed, so that the upstream subscriptions follow."""
 OnChange = Callable[[str | None], None]
 """Told the backend whose listings changed (None: any may have) before listeners hear it,
 so that a client's re-listing does not get a cached answer."""
@@ -84,32 +95,37 @@ class ListenerEnd(enum.Enum):
     SLOW = "slow"  # its buffer overflowed: end abruptly
 
 
-def honored_filter(requested: SubscriptionFilter) -> SubscriptionFilter:
-    """What the gateway delivers of ``requested``: the three ``list_changed`` kinds.
-
-    Resource subscriptions are not honoured (left out of the acknowledgement, as the
-    revision allows): a resource's URI and backend would have to follow every listener
-    to every backend's upstream stream.
-    """
+def honored_filter(requested: SubscriptionFilter,
+                   resources: Iterable[str] = ()) -> SubscriptionFilter:
+    """What the gateway delivers of ``requested``: the three ``list_changed`` kinds, and
+    of its resource subscriptions the ``resources`` it can honour (a URI it cannot route,
+    or whose backend offers no subscriptions, is left out, as the revision allows)."""
+    uris = [u for u in dict.fromkeys(requested.resource_subscriptions or ()) if u in
+            set(resources)]
     return SubscriptionFilter(
         tools_list_changed=True if requested.tools_list_changed else None,
         prompts_list_changed=True if requested.prompts_list_changed else None,
         resources_list_changed=True if requested.resources_list_changed else None,
+        resource_subscriptions=uris or None,
     )
 
 
 class Listener:
     """One open listen stream's side of the hub: a bounded buffer of matching events."""
 
-    def __init__(self, honored: SubscriptionFilter, buffer: int) -> None:
+    def __init__(self, honored: SubscriptionFilter, buffer: int,
+                 resources: Mapping[str, str] | None = None) -> None:
         self.honored = honored
+        self.resources: dict[str, str] = dict(resources or {})
+        """The honoured resource subscriptions: URI -> the backend serving it."""
+        self._uris = frozenset(self.resources)
         self.end: ListenerEnd | None = None
         self._send: MemoryObjectSendStream[ServerEvent]
         self.events: MemoryObjectReceiveStream[ServerEvent]
         self._send, self.events = anyio.create_memory_object_stream[ServerEvent](buffer)
 
     def offer(self, event: ServerEvent) -> None:
-        if self.end is not None or not event_matches(self.honored, frozenset(), event):
+        if self.end is not None or not event_matches(self.honored, self._uris, event):
             return
         try:
             self._send.send_nowait(event)
@@ -159,6 +175,9 @@ class ChangeHub:
         self.ready: Callable[[], Awaitable[None]] | None = None
         """Set by the upstream watch: waits (bounded) until every backend's stream is open,
         so that a change made right after the acknowledgement is heard."""
+        self.on_resources: OnResources | None = None
+        """Set by the upstream watch: follows :meth:`subscribed` upstream."""
+        self._resource_refs: dict[str, dict[str, int]] = {}
         self.delivered = 0
         self.ended_slow = 0
 
@@ -168,21 +187,56 @@ class ChangeHub:
 
     # -- listeners -------------------------------------------------------------------
 
-    def open(self, honored: SubscriptionFilter) -> Listener:
-        """A new listener; raises :class:`SubscriptionLimit` or :class:`SubscriptionsClosed`."""
+    def open(self, honored: SubscriptionFilter,
+             resources: Mapping[str, str] | None = None) -> Listener:
+        """A new listener of ``honored`` kinds and ``resources`` (URI -> its backend);
+        raises :class:`SubscriptionLimit` or :class:`SubscriptionsClosed`."""
         if self._draining:
             raise SubscriptionsClosed
         if len(self._listeners) >= self._max:
             raise SubscriptionLimit
-        listener = Listener(honored, self._buffer)
+        listener = Listener(honored, self._buffer, resources)
         self._listeners.add(listener)
+        self._count(listener, +1)
         return listener
 
     def close(self, listener: Listener) -> None:
-        if listener in self._listeners and listener.end is ListenerEnd.SLOW:
-            self.ended_slow += 1
+        if listener in self._listeners:
+            if listener.end is ListenerEnd.SLOW:
+                self.ended_slow += 1
+            self._count(listener, -1)
         self._listeners.discard(listener)
         listener.close()
+
+    def subscribed(self, backend: str) -> frozenset[str]:
+        """The URIs of ``backend`` some listener here subscribes to."""
+        return frozenset(self._resource_refs.get(backend, {}))
+
+    def _count(self, listener: Listener, step: int) -> None:
+        changed: set[str] = set()
+        for uri, backend in listener.resources.items():
+            refs = self._resource_refs.setdefault(backend, {})
+            count = refs.get(uri, 0) + step
+            if count > 0:
+                refs[uri] = count
+            else:
+                refs.pop(uri, None)
+            if (step > 0 and count == 1) or (step < 0 and count <= 0):
+                changed.add(backend)
+            if not refs:
+                self._resource_refs.pop(backend, None)
+        for backend in sorted(changed):
+            if self.on_resources is not None:
+                self.on_resources(backend)
+
+    def resource_updated(self, backend: str, uri: str) -> None:
+        """``backend`` says the resource at ``uri`` changed: tell the listeners that
+        subscribed to it there (not coalesced: each is about one URI)."""
+        event = ResourceUpdated(uri=uri)
+        for listener in list(self._listeners):
+            if listener.resources.get(uri) == backend:
+                listener.offer(event)
+        self.delivered += 1
 
     def drain(self) -> None:
         """End every stream gracefully and open no more (the replica is stopping)."""

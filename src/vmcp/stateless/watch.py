@@ -9,6 +9,13 @@ the :class:`~vmcp.stateless.subscriptions.ChangeHub` (which also tells the other
 replicas). The streams open when the first listener arrives and stay until shutdown;
 one that drops is opened again with backoff, and since changes may have been missed
 meanwhile, the reopening itself counts as a change of every kind.
+
+The same streams carry the resource updates this replica's listeners subscribed to
+(:meth:`ChangeHub.subscribed`): a modern backend's listen names them in its
+``resourceSubscriptions`` (a listen's filter is fixed, so when the set changes the
+stream is opened again with the new one), and on a session-based backend's session they
+are subscribed with ``resources/subscribe`` as the set grows (and unsubscribed when
+the last listener of a URI goes).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import anyio
@@ -28,7 +35,7 @@ from mcp_types import (
 )
 from mcp_types.version import LATEST_MODERN_VERSION
 
-from vmcp.backend import BackendRpcError
+from vmcp.backend import BackendConnection, BackendRpcError
 from vmcp.backend.modern import NotModern
 from vmcp.errors import METHOD_NOT_FOUND_CODE, BackendError
 from vmcp.stateless.backends import StatelessBackends
@@ -49,6 +56,8 @@ CHANGE_KINDS: Final = {
     "notifications/resources/list_changed": "resources",
 }
 ACKNOWLEDGED: Final = "notifications/subscriptions/acknowledged"
+UPDATED: Final = "notifications/resources/updated"
+SUBSCRIBE_SECONDS: Final = 10.0
 EVERYTHING: Final = {"toolsListChanged": True, "promptsListChanged": True,
                      "resourcesListChanged": True}
 
@@ -61,8 +70,17 @@ class BackendWatch:
         self._hub = hub
         self._starts: MemoryObjectSendStream[str] | None = None
         self._watching: dict[str, tuple[anyio.CancelScope, anyio.Event]] = {}
+        self._resubscribe: dict[str, anyio.Event] = {}
+        self._upstream: dict[str, frozenset[str]] = {}
+        self._progress = anyio.Event()
         hub.ready = self.ready
+        hub.on_resources = self._resources_changed
         backends.on_list_changed = self._heard_in_call
+
+    def _resources_changed(self, backend: str) -> None:
+        event = self._resubscribe.get(backend)
+        if event is not None:
+            event.set()
 
     def _heard_in_call(self, backend: str, method: str) -> None:
         kind = CHANGE_KINDS.get(method)
@@ -86,11 +104,16 @@ class BackendWatch:
             starts.close()
 
     async def ready(self) -> None:
-        """Open the streams not open yet and wait (bounded) until each is listening."""
+        """Open the streams not open yet and wait (bounded) until each is listening, with
+        the resource subscriptions of every listener here."""
         self.reconcile(start=True)
         with anyio.move_on_after(READY_SECONDS):
             for _, opened in list(self._watching.values()):
                 await opened.wait()
+            # And until the resource URIs listeners here want are subscribed upstream.
+            while any(not self._hub.subscribed(name) <= self._upstream.get(name, frozenset())
+                      for name in self._watching):
+                await self._progress.wait()
 
     def reconcile(self, *, start: bool = False, restart: bool = False) -> None:
         """Follow the configured backends: stop watching removed ones, and watch new ones
@@ -160,31 +183,108 @@ class BackendWatch:
                     self._hub.changed(ALL_KINDS, backend=name)
             elif isinstance(method, str) and method in CHANGE_KINDS:
                 self._hub.changed([CHANGE_KINDS[method]], backend=name)
+            elif method == UPDATED:
+                uri = (message.get("params") or {}).get("uri")
+                if isinstance(uri, str):
+                    self._hub.resource_updated(name, uri)
 
         if kind is BackendKind.MODERN:
-            async def on_message(message: dict[str, Any]) -> dict[str, Any] | None:
-                heard(message)
-                return None
-
-            meta = {PROTOCOL_VERSION_META_KEY: LATEST_MODERN_VERSION,
-                    CLIENT_INFO_META_KEY: CLIENT_INFO, CLIENT_CAPABILITIES_META_KEY: {}}
-            await self._backends.modern_client(name).listen(
-                {"_meta": meta, "notifications": EVERYTHING}, headers=headers,
-                on_message=on_message)
+            await self._listen_modern(name, headers, heard)
             return
+        changed = anyio.Event()
+        self._resubscribe[name] = changed
         connection = await self._backends.dial(name)
         try:
             # The session is open: its GET stream follows at once, and what the backend
             # changes from now on is announced on it.
             heard({"method": ACKNOWLEDGED})
-            async with contextlib.aclosing(connection.listen(headers=headers)) as messages:
-                async for message in messages:
-                    if "id" in message and "method" in message:
-                        await connection.respond({"jsonrpc": "2.0", "id": message["id"],
-                                                  "error": {"code": -32601,
-                                                            "message": "Method not found"}})
-                    else:
-                        heard(message)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._follow_subscriptions, name, connection, headers, changed)
+                async with contextlib.aclosing(connection.listen(headers=headers)) as messages:
+                    async for message in messages:
+                        if "id" in message and "method" in message:
+                            await connection.respond({"jsonrpc": "2.0", "id": message["id"],
+                                                      "error": {"code": -32601,
+                                                                "message": "Method not found"}})
+                        else:
+                            heard(message)
+                tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
                 await connection.aclose(timeout=2.0)
+
+    async def _listen_modern(self, name: str, headers: Mapping[str, str],
+                             heard: Callable[[Mapping[str, Any]], None]) -> None:
+        """The backend's listen stream, opened again whenever the resource URIs wanted
+        change: the new stream is acknowledged before the old one is closed, so no
+        update falls between them (one may come twice: every update is a level trigger).
+        Returns when the current stream ends."""
+        async with anyio.create_task_group() as tg:
+            previous: anyio.CancelScope | None = None
+            while True:
+                changed = anyio.Event()
+                self._resubscribe[name] = changed
+                wanted = self._hub.subscribed(name)
+                scope, acked = anyio.CancelScope(), anyio.Event()
+                tg.start_soon(self._one_listen, name, headers, wanted, heard, scope, acked,
+                              tg.cancel_scope)
+                await acked.wait()
+                if previous is None:
+                    heard({"method": ACKNOWLEDGED})
+                else:
+                    previous.cancel()
+                previous = scope
+                self._subscribed_upstream(name, wanted)
+                await changed.wait()
+
+    async def _one_listen(self, name: str, headers: Mapping[str, str], wanted: frozenset[str],
+                          heard: Callable[[Mapping[str, Any]], None],
+                          scope: anyio.CancelScope, acked: anyio.Event,
+                          whole: anyio.CancelScope) -> None:
+        async def on_message(message: dict[str, Any]) -> dict[str, Any] | None:
+            if message.get("method") == ACKNOWLEDGED:
+                acked.set()
+            else:
+                heard(message)
+            return None
+
+        meta = {PROTOCOL_VERSION_META_KEY: LATEST_MODERN_VERSION,
+                CLIENT_INFO_META_KEY: CLIENT_INFO, CLIENT_CAPABILITIES_META_KEY: {}}
+        notifications: dict[str, Any] = dict(EVERYTHING)
+        if wanted:
+            notifications["resourceSubscriptions"] = sorted(wanted)
+        with scope:
+            await self._backends.modern_client(name).listen(
+                {"_meta": meta, "notifications": notifications}, headers=headers,
+                on_message=on_message)
+            whole.cancel()  # the backend ended the current stream: open it all again
+
+    def _subscribed_upstream(self, name: str, uris: frozenset[str]) -> None:
+        """``uris`` are now subscribed at ``name``: wake whoever waits for them."""
+        self._upstream[name] = uris
+        self._progress.set()
+        self._progress = anyio.Event()
+
+    async def _follow_subscriptions(self, name: str, connection: BackendConnection,
+                                    headers: Mapping[str, str], changed: anyio.Event) -> None:
+        """Keep the session's resource subscriptions equal to what listeners here want
+        (a new session starts with none). Runs as long as the session's stream."""
+        subscribed: set[str] = set()
+        while True:
+            wanted = set(self._hub.subscribed(name))
+            for method, uris in (("resources/subscribe", wanted - subscribed),
+                                 ("resources/unsubscribe", subscribed - wanted)):
+                for uri in sorted(uris):
+                    try:
+                        await connection.request(method, {"uri": uri}, headers=headers,
+                                                 timeout=SUBSCRIBE_SECONDS)
+                    except (BackendError, TimeoutError) as exc:
+                        logger.info("%s %s at backend %s: %s", method, uri, name, exc,
+                                    extra={"backend": name})
+                        continue
+                    subscribed.symmetric_difference_update({uri})
+            self._subscribed_upstream(name, frozenset(subscribed))
+            await changed.wait()
+            changed = anyio.Event()
+            self._resubscribe[name] = changed
+
