@@ -114,7 +114,7 @@ async def test_a_client_session_opens_upstream_sessions_only_on_the_backends_it_
         replica = Replica(stores[0], config({n: b.url for n, b in backends.items()}), http)
         warm = await replica.initialize()          # learns the profiles
         assert sorted(t["name"] for t in warm.routing.tools) == sorted(
-            f"{n}_{tool}" for n in NAMES for tool in ("echo", "sleep"))
+            f"{n}_{tool}" for n in NAMES for tool in ("echo", "report_then_sleep", "sleep"))
         await replica.manager.terminate(warm.session_id, ANONYMOUS)
         before = counts(backends)
 
