@@ -132,6 +132,27 @@ async def write_logged_events(receive: Receive, send: Send, session: MultiSessio
         tg.cancel_scope.cancel()
 
 
+async def write_server_messages(receive: Receive, send: Send, session: MultiSession, *,
+                                draining: anyio.Event) -> None:
+    """The session's GET stream of server messages, until the client leaves, the session
+    closes or the replica drains."""
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(cancel_on_disconnect, receive, tg.cancel_scope)
+        # Closed before it subscribed, its stream would never be closed by the session.
+        tg.start_soon(cancel_on_close, session, tg.cancel_scope)
+        tg.start_soon(cancel_on_event, draining, tg.cancel_scope)
+        async with session.messages.subscribe() as messages:
+            # Only now, with the stream subscribed everywhere, tell the client it is
+            # open: what happens after this point cannot be missed.
+            await send({"type": "http.response.body", "body": b": stream open\n\n",
+                        "more_body": True})
+            async for message in messages:
+                await send({"type": "http.response.body", "body": sse_event(message),
+                            "more_body": True})
+        tg.cancel_scope.cancel()
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 async def is_logged(session: MultiSession, stream_id: str) -> bool:
     """True if another replica keeps this stream's events in the event log."""
     assert session.event_log is not None

@@ -60,21 +60,18 @@ from vmcp.server.request_log import (
 from vmcp.server.responses import (
     SSE_HEADERS,
     accepts,
-    cancel_on_disconnect,
-    cancel_on_event,
     send_empty,
     send_encoded,
     send_json,
-    sse_event,
 )
 from vmcp.server.security import RequestGuard
 from vmcp.server.session_methods import HANDSHAKE_VERSIONS, SessionMethods
 from vmcp.server.session_streams import (
-    cancel_on_close,
     first_event,
     is_logged,
     write_events,
     write_logged_events,
+    write_server_messages,
 )
 from vmcp.server.session_workflows import WorkflowGone
 from vmcp.server.stateless import StatelessEndpoint, is_stateless
@@ -488,21 +485,7 @@ class McpEndpoint:
             await write_logged_events(receive, send, session, last_event_id[0],
                                       after=last_event_id[1], draining=self._draining)
             return
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(cancel_on_disconnect, receive, tg.cancel_scope)
-            # Closed before it subscribed, its stream would never be closed by the session.
-            tg.start_soon(cancel_on_close, session, tg.cancel_scope)
-            tg.start_soon(cancel_on_event, self._draining, tg.cancel_scope)
-            async with session.messages.subscribe() as messages:
-                # Only now, with the stream subscribed everywhere, tell the client it is
-                # open: what happens after this point cannot be missed.
-                await send({"type": "http.response.body", "body": b": stream open\n\n",
-                            "more_body": True})
-                async for message in messages:
-                    await send({"type": "http.response.body", "body": sse_event(message),
-                                "more_body": True})
-            tg.cancel_scope.cancel()
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await write_server_messages(receive, send, session, draining=self._draining)
 
     # -- DELETE ---------------------------------------------------------------------
 
