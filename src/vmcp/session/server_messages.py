@@ -88,7 +88,9 @@ class ServerMessages:
         self._client_capabilities = client_capabilities
         self._subscriber: MemoryObjectSendStream[dict[str, Any]] | None = None
         self._listeners: anyio.CancelScope | None = None
+        self._listeners_released = anyio.Event()
         self._listening: TaskGroup | None = None
+        self._closed = False
         self._backlog: deque[dict[str, Any]] = deque()
         self.dropped = 0
 
@@ -123,24 +125,43 @@ class ServerMessages:
                    if self._relay is not None else contextlib.nullcontext())
         try:
             async with relayed, anyio.create_task_group() as tg:
-                if self._listeners is None:
-                    self._listeners = tg.cancel_scope
-                    self._listening = tg
-                    for name, connection in self._connections.items():
-                        tg.start_soon(self._listen, name, connection)
-                    tg.start_soon(self._attach_recorded)
-                    tg.start_soon(self._catch_up)
+                tg.start_soon(self._run_listeners, send)
                 try:
                     yield receive
                 finally:
-                    if self._listeners is tg.cancel_scope:
-                        self._listeners = None
-                        self._listening = None
                     tg.cancel_scope.cancel()
         finally:
             if self._subscriber is send:
                 self._subscriber = None
             send.close()
+            receive.close()
+
+    async def _run_listeners(self, subscriber: MemoryObjectSendStream[dict[str, Any]]) -> None:
+        """Listen to the backends for the client stream ``subscriber``, once no other
+        stream does; they stop with it.
+
+        The first stream starts them. A newer stream replaces it as the receiver at once,
+        and takes the listeners over when the older one ends: otherwise a client that
+        reopens its GET stream before the old one is noticed gone would hear nothing more
+        from its backends. (The catch-up re-list covers what the handover misses.)"""
+        while self._listeners is not None:
+            await self._listeners_released.wait()
+        if self._subscriber is not subscriber or self._closed:
+            return  # a newer stream took over meanwhile, or the session is closing
+        released = self._listeners_released = anyio.Event()
+        try:
+            with anyio.CancelScope() as self._listeners:
+                async with anyio.create_task_group() as tg:
+                    self._listening = tg
+                    for name, connection in self._connections.items():
+                        tg.start_soon(self._listen, name, connection)
+                    tg.start_soon(self._attach_recorded)
+                    tg.start_soon(self._catch_up)
+                    await anyio.sleep_forever()  # backends opened later join (listen_to)
+        finally:
+            self._listeners = None
+            self._listening = None
+            released.set()
 
     async def _attach_recorded(self) -> None:
         """Re-attach the upstream sessions other replicas opened for this session, so
@@ -228,6 +249,7 @@ class ServerMessages:
 
     def close(self) -> None:
         """The session is closing: stop listening to backends, end the GET stream."""
+        self._closed = True
         if self._listeners is not None:
             self._listeners.cancel()
         if self._subscriber is not None:
