@@ -302,6 +302,8 @@ async def test_a_reinitialization_and_a_cancellation_notice_carry_the_calls_head
         with anyio.fail_after(5), pytest.raises(BackendTimeout):
             await backend.request("tools/call", None, timeout=0.05,
                                   headers={"authorization": "Bearer b"})
+        with anyio.fail_after(5):  # the notice follows the answer, in the background
+            await backend.something_sent.wait()
 
     assert backend.handshake_headers == [{"authorization": "Bearer a"}]
     assert backend.send_headers == [{"authorization": "Bearer b"}]

@@ -84,13 +84,15 @@ def test_listings_carry_caching_hints_and_name_the_gateway(
     assert {"notes_add_note", "weather_forecast"} <= tools
 
 
-def test_discover_announces_list_changes_but_not_resource_subscriptions(
+def test_discover_announces_list_changes_and_the_resource_subscriptions_a_backend_offers(
         http: httpx2.Client, mixed_gateway: ManagedProcess) -> None:
     result = result_of(post(http, mixed_gateway.url, "server/discover"))
     assert result["supportedVersions"] == [MODERN]
     capabilities = result["capabilities"]
-    for kind in ("tools", "resources", "prompts"):
+    for kind in ("tools", "prompts"):
         assert capabilities[kind] == {"listChanged": True}, capabilities
+    # A backend behind it offers resources/subscribe, which listen streams deliver.
+    assert capabilities["resources"] == {"listChanged": True, "subscribe": True}, capabilities
     assert "Deterministic fake forecasts" in result["instructions"]
 
 
