@@ -208,7 +208,7 @@ async def test_a_server_request_the_client_cannot_take_is_refused_clearly(
         gateway: ManagedProcess) -> None:
     with anyio.fail_after(WAIT_SECONDS):
         async with client(gateway) as session:  # no sampling callback
-            with pytest.raises(MCPError, match="Sampling not supported"):
+            with pytest.raises(MCPError, match="did not declare the sampling capability"):
                 await session.call_tool("py_ask", {"question": "who?"})
             assert text(await session.call_tool("py_echo", {"tag": "after"})) == "after"
 

@@ -133,7 +133,8 @@ class BackendConnector:
         names = [b.name for b in self._config.backends
                  if self._is_healthy is None or self._is_healthy(b.name)]
         profiles = await self._profiles_of(names, principal)
-        return await self._assemble(session_id, principal, names, {}, profiles)
+        connections = await self._gather(session_id, self._attached_at_once(names, {}), {})
+        return await self._assemble(session_id, principal, names, connections, profiles)
 
     async def restore(self, session_id: str, principal: Principal, backends: Sequence[str],
                       states: Mapping[str, str]) -> MultiSession:
@@ -146,12 +147,23 @@ class BackendConnector:
             names.append(name)
         opened = [backend for name in names if name in states
                   and (backend := self._config.backend(name)) is not None]
+        opened += self._attached_at_once(names, states)
         with tracer.start_as_current_span("session restore",
                                           attributes={"vmcp.backends": len(names)}):
             connections = await self._gather(session_id, opened, states)
             profiles = {name: profile for name in names
                         if (profile := self.profiles.cached(name, principal)) is not None}
             return await self._assemble(session_id, principal, names, connections, profiles)
+
+    def _attached_at_once(self, names: Sequence[str], states: Mapping[str, str]
+                          ) -> list[BackendConfig]:
+        """The stdio backends among ``names`` with no stored upstream session: attached
+        when the session is built, not on first use. Their upstream session is a virtual
+        one on this replica's one process, which costs no traffic, and only an attached
+        session hears that process's list changes, which concern every session."""
+        return [backend for name in names if name not in states
+                and (backend := self._config.backend(name)) is not None
+                and backend.transport == "stdio"]
 
     async def end(self, session_id: str, backends: Sequence[str],
                   states: Mapping[str, str]) -> None:
