@@ -148,9 +148,14 @@ def test_each_backend_gets_exactly_the_credentials_configured_for_it(
                    for seen in keyed.seen)
     # The caller's own token, the live request's one on each call.
     assert handshakes(forwarded)[0].header("authorization") == f"Bearer {alice}"
-    assert forwarded.wait_for_http("DELETE").header("authorization") == f"Bearer {refreshed}"
-    assert [seen.header("authorization") for seen in forwarded.calls("tools/call")] == [
+    calls = forwarded.calls("tools/call")
+    assert [seen.header("authorization") for seen in calls] == [
         f"Bearer {alice}", f"Bearer {refreshed}"]
+    upstream = calls[0].header("mcp-session-id")   # the one the session opened on first use
+    assert {seen.header("mcp-session-id") for seen in calls} == {upstream}
+    ending = forwarded.wait_for_http("DELETE", where=lambda seen: seen.header(
+        "mcp-session-id") == upstream)
+    assert ending.header("authorization") == f"Bearer {refreshed}"
     assert not any(seen.header("x-api-key") for seen in forwarded.seen)
     # Nothing for the backend without auth.
     assert not any(seen.header("authorization") or seen.header("x-api-key")
@@ -258,8 +263,14 @@ def test_a_restored_session_forwards_the_new_requests_token(
     assert echoed(on_second) == echoed(on_first) == "hi"
     assert [seen.header("authorization") for seen in backend.calls("tools/call")] == [
         f"Bearer {restored_with}", f"Bearer {back_on_first}"]
-    assert [seen.header("authorization") for seen in handshakes(backend)] == [
-        f"Bearer {created_with}"]
+    # The initialize lists the backend under its own token; the upstream session is
+    # opened by the first call (on the second replica, with that call's token) and
+    # re-attached, not opened again, by the first replica.
+    tokens = [seen.header("authorization") for seen in handshakes(backend)]
+    assert tokens[0] == f"Bearer {created_with}"
+    assert f"Bearer {restored_with}" in tokens
+    assert set(tokens) <= {f"Bearer {created_with}", f"Bearer {restored_with}"}, tokens
+    assert len({seen.header("mcp-session-id") for seen in backend.calls("tools/call")}) == 1
     assert records, "the session is stored in Redis"
     for token in (created_with, restored_with, back_on_first):
         assert token not in records

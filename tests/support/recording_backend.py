@@ -178,11 +178,15 @@ class RecordingBackend:
             time.sleep(0.02)
         raise AssertionError(f"the backend never saw {rpc_method}: {self.seen}")
 
-    def wait_for_http(self, http_method: str, timeout: float = 10.0) -> SeenRequest:
-        """The first request with ``http_method`` (a DELETE arrives after the client's)."""
+    def wait_for_http(self, http_method: str, timeout: float = 10.0,
+                      where: Callable[[SeenRequest], bool] = lambda seen: True
+                      ) -> SeenRequest:
+        """The first request with ``http_method`` (a DELETE arrives after the client's)
+        that matches ``where``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            found = [seen for seen in self.seen if seen.http_method == http_method]
+            found = [seen for seen in self.seen
+                     if seen.http_method == http_method and where(seen)]
             if found:
                 return found[0]
             time.sleep(0.02)
