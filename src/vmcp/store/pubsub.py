@@ -187,8 +187,9 @@ class SessionRelay(Protocol):
     stream, or the call waiting for the client's answer, receives what another replica
     was sent for that session."""
 
-    async def publish(self, session_id: str, payload: dict[str, Any]) -> None:
-        """Send ``payload`` (JSON) to every replica listening to ``session_id``."""
+    async def publish(self, session_id: str, payload: dict[str, Any]) -> int:
+        """Send ``payload`` (JSON) to every replica listening to ``session_id``; returns
+        how many listen (this replica included, if it does)."""
         ...
 
     def listen(self, session_id: str,
@@ -227,11 +228,12 @@ class RedisSessionRelay:
     def _channel(self, session_id: str) -> str:
         return self._prefix + validate_session_id(session_id)
 
-    async def publish(self, session_id: str, payload: dict[str, Any]) -> None:
+    async def publish(self, session_id: str, payload: dict[str, Any]) -> int:
         data = json.dumps(payload, separators=(",", ":"))
         with translated_store_errors("publish"), anyio.fail_after(self._timeout):
-            await self._client.publish(self._channel(session_id), data)
+            receivers = await self._client.publish(self._channel(session_id), data)
         self.published += 1
+        return int(receivers)
 
     @contextlib.asynccontextmanager
     async def listen(self, session_id: str, handler: RelayHandler) -> AsyncIterator[None]:
