@@ -222,9 +222,11 @@ class FakeRelay:
     def __init__(self) -> None:
         self.handlers: dict[str, list[Callable[[dict[str, Any]], None]]] = {}
 
-    async def publish(self, session_id: str, payload: dict[str, Any]) -> None:
-        for handler in list(self.handlers.get(session_id, [])):
+    async def publish(self, session_id: str, payload: dict[str, Any]) -> int:
+        handlers = list(self.handlers.get(session_id, []))
+        for handler in handlers:
             handler(json.loads(json.dumps(payload)))
+        return len(handlers)
 
     @contextlib.asynccontextmanager
     async def listen(self, session_id: str,

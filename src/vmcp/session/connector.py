@@ -10,7 +10,9 @@ recorded ones without any handshake and leaves the others to be opened on first 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 import anyio
 import httpx2
@@ -25,7 +27,7 @@ from vmcp.identity import ANONYMOUS, Principal
 from vmcp.session import metadata as md
 from vmcp.session.live import LiveSession
 from vmcp.session.multisession import Discover, MultiSession, Profiles
-from vmcp.session.server_messages import UPSTREAM_OPENED, Recorded
+from vmcp.session.server_messages import UPSTREAM_LISTENING, UPSTREAM_OPENED, Recorded
 from vmcp.session.streams import StreamBounds
 from vmcp.session.upstreams import Opener
 from vmcp.store.base import SessionStore
@@ -42,6 +44,10 @@ logger = logging.getLogger(__name__)
 
 
 HealthFilter = Callable[[str], bool]
+LISTENER_WAIT_SECONDS = 1.0
+"""How long a first use waits for the replica holding the client's stream to listen to
+the new upstream session (a replica that listens to the session for another reason
+never answers: the wait ends at this bound)."""
 
 
 class BackendConnector:
@@ -267,11 +273,26 @@ class BackendConnector:
 
     async def _announce_opened(self, session_id: str, name: str) -> None:
         """Tell the replica holding the client's GET stream, if another, to listen to the
-        new upstream session (see ``server_messages``)."""
-        if self._relay is None:
+        new upstream session (see ``server_messages``), and wait (bounded) until it says
+        it listens: what the backend announces on that session's own stream during the
+        call that opened it (a tool that changes the list) must find a listener."""
+        relay = self._relay
+        if relay is None:
             return
+        listening = anyio.Event()
+        nonce = uuid.uuid4().hex
+
+        def heard(payload: dict[str, Any]) -> None:
+            if payload.get("type") == UPSTREAM_LISTENING and payload.get("nonce") == nonce:
+                listening.set()
+
         try:
-            await self._relay.publish(session_id, {"type": UPSTREAM_OPENED, "backend": name})
+            async with relay.listen(session_id, heard):
+                receivers = await relay.publish(session_id, {
+                    "type": UPSTREAM_OPENED, "backend": name, "nonce": nonce})
+                if receivers > 1:       # another replica listens to the session
+                    with anyio.move_on_after(LISTENER_WAIT_SECONDS):
+                        await listening.wait()
         except StoreError as exc:
             logger.warning("could not announce a new upstream session: %s", exc,
                            extra={"session_id": session_id, "backend": name})

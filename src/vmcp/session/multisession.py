@@ -222,6 +222,7 @@ class MultiSession:
         upstream session is opened first if this is the session's first use of it."""
         if self._closed:
             raise SessionClosed(self._session_id)
+        first_use = backend not in self._connections
 
         async def relay(message: dict[str, Any]) -> dict[str, Any] | None:
             if "method" in message and "id" in message:
@@ -263,6 +264,8 @@ class MultiSession:
                 self._breaker.after_call(backend, failed=outcome == "error")
             if self._ledger is not None:
                 self._ledger.record_call(backend, outcome, time.perf_counter() - started)
+            if first_use and outcome != "error":
+                await self.messages.first_call_done(backend)
 
     def channel(self, stream: ResponseStream, request_id: Any) -> ClientChannel:
         """The way back to the client for one request on ``stream``."""

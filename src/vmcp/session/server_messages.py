@@ -28,6 +28,7 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from vmcp.aggregate import RoutingTable
 from vmcp.backend import BackendConnection
 from vmcp.errors import SessionClosed, StoreError
 from vmcp.session.channel import PendingClientRequests
@@ -62,6 +63,13 @@ Attach = Callable[[str], Awaitable[object]]
 Recorded = Callable[[], Awaitable[Sequence[str]]]
 UPSTREAM_OPENED: Final = "upstream-opened"
 """Relay message type: a replica opened (and recorded) an upstream session."""
+UPSTREAM_LISTENING: Final = "upstream-listening"
+"""Relay message type: the stream's holder listens to the upstream session just opened
+(the answer to ``UPSTREAM_OPENED``, carrying its ``nonce``)."""
+FIRST_CALL_DONE: Final = "first-call-done"
+"""Relay message type: the first call over a new upstream session ended. A change that
+call announced may have reached the backend's stream before anyone listened to it, so
+the stream's holder re-lists that backend and announces what changed."""
 AnswersElsewhere = Callable[[], contextlib.AbstractAsyncContextManager[None]]
 
 
@@ -110,9 +118,12 @@ class ServerMessages:
 
         def from_elsewhere(payload: dict[str, Any]) -> None:
             message = payload.get("message")
-            if payload.get("type") == UPSTREAM_OPENED and isinstance(
+            kind = payload.get("type")
+            if kind == UPSTREAM_OPENED and isinstance(backend := payload.get("backend"), str):
+                self._spawn(self._attach_one(backend, payload.get("nonce")))
+            elif kind == FIRST_CALL_DONE and isinstance(
                     backend := payload.get("backend"), str):
-                self._spawn(self._attach_one(backend))
+                self._spawn(self._relist(backend))
             elif (payload.get("type") == "server-message" and isinstance(message, dict)
                     and payload.get("origin") != self._replica_id):
                 backend = payload.get("backend")
@@ -179,7 +190,10 @@ class ServerMessages:
                 if name not in self._connections:
                     tg.start_soon(self._attach_one, name)
 
-    async def _attach_one(self, name: str) -> None:
+    async def _attach_one(self, name: str, nonce: object = None) -> None:
+        """Re-attach ``name`` and listen to it; then re-list it and announce what changed,
+        since a change it announced before this stream listened to it went unheard (a
+        tool whose first call, on another replica, changes the list)."""
         if self._attach is None or self._listening is None:
             return
         try:
@@ -187,6 +201,36 @@ class ServerMessages:
         except Exception as exc:
             logger.warning("could not re-attach backend %s for the stream: %s", name, exc,
                            extra={"session_id": self._session_id, "backend": name})
+            return
+        if nonce is not None and self._relay is not None:
+            try:
+                await self._relay.publish(self._session_id, {
+                    "type": UPSTREAM_LISTENING, "backend": name, "nonce": nonce})
+            except StoreError as exc:
+                logger.warning("could not say the stream listens to %s: %s", name, exc,
+                               extra={"session_id": self._session_id, "backend": name})
+        await self._relist(name)
+
+    async def _relist(self, name: str) -> None:
+        if self._listening is None:
+            return
+        before = self._routes.table
+        await self._routes.refresh(name)
+        self._announce_changes(before)
+
+    async def first_call_done(self, backend: str) -> None:
+        """The session's first call over ``backend``'s new upstream session ended: catch
+        up on what it may have changed unheard (see ``FIRST_CALL_DONE``), here and on
+        the replica holding the client's stream."""
+        if self._listening is not None:
+            self._spawn(self._relist(backend))
+        if self._relay is not None:
+            try:
+                await self._relay.publish(self._session_id, {
+                    "type": FIRST_CALL_DONE, "origin": self._replica_id, "backend": backend})
+            except StoreError as exc:
+                logger.warning("could not relay a first call's end: %s", exc,
+                               extra={"session_id": self._session_id, "backend": backend})
 
     def listen_to(self, name: str, connection: BackendConnection) -> None:
         """A backend opened while the client's stream is up: listen to it too."""
@@ -207,6 +251,9 @@ class ServerMessages:
             logger.warning("re-listing for a new stream failed", exc_info=True,
                            extra={"session_id": self._session_id})
             return
+        self._announce_changes(before)
+
+    def _announce_changes(self, before: RoutingTable) -> None:
         after = self._routes.table
         for method, kind in _LISTS:
             if getattr(before, kind) != getattr(after, kind):

@@ -188,8 +188,8 @@ class SessionRelay(Protocol):
     was sent for that session."""
 
     async def publish(self, session_id: str, payload: dict[str, Any]) -> int:
-        """Send ``payload`` (JSON) to every replica listening to ``session_id``; how many
-        replicas received it."""
+        """Send ``payload`` (JSON) to every replica listening to ``session_id``; returns
+        how many listen (this replica included, if it does)."""
         ...
 
     def listen(self, session_id: str,
@@ -231,9 +231,9 @@ class RedisSessionRelay:
     async def publish(self, session_id: str, payload: dict[str, Any]) -> int:
         data = json.dumps(payload, separators=(",", ":"))
         with translated_store_errors("publish"), anyio.fail_after(self._timeout):
-            received = await self._client.publish(self._channel(session_id), data)
+            receivers = await self._client.publish(self._channel(session_id), data)
         self.published += 1
-        return int(received)
+        return int(receivers)
 
     @contextlib.asynccontextmanager
     async def listen(self, session_id: str, handler: RelayHandler) -> AsyncIterator[None]:
