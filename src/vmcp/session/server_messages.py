@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from typing import Any, Final
 
 import anyio
-from anyio.abc import TaskGroup
+from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from vmcp.aggregate import RoutingTable
@@ -136,7 +136,7 @@ class ServerMessages:
                    if self._relay is not None else contextlib.nullcontext())
         try:
             async with relayed, anyio.create_task_group() as tg:
-                tg.start_soon(self._run_listeners, send)
+                await tg.start(self._run_listeners, send)
                 try:
                     yield receive
                 finally:
@@ -147,17 +147,28 @@ class ServerMessages:
             send.close()
             receive.close()
 
-    async def _run_listeners(self, subscriber: MemoryObjectSendStream[dict[str, Any]]) -> None:
+    async def _run_listeners(self, subscriber: MemoryObjectSendStream[dict[str, Any]], *,
+                             task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                             ) -> None:
         """Listen to the backends for the client stream ``subscriber``, once no other
         stream does; they stop with it.
 
         The first stream starts them. A newer stream replaces it as the receiver at once,
         and takes the listeners over when the older one ends: otherwise a client that
         reopens its GET stream before the old one is noticed gone would hear nothing more
-        from its backends. (The catch-up re-list covers what the handover misses.)"""
+        from its backends. (The catch-up re-list covers what the handover misses.)
+
+        Started (``task_status``) once the listeners run, so that a backend opened right
+        after the client is told its stream is open is listened to; at once if they
+        still belong to the stream being replaced."""
+        waited = self._listeners is not None
+        if waited:
+            task_status.started()
         while self._listeners is not None:
             await self._listeners_released.wait()
         if self._subscriber is not subscriber or self._closed:
+            if not waited:
+                task_status.started()
             return  # a newer stream took over meanwhile, or the session is closing
         released = self._listeners_released = anyio.Event()
         try:
@@ -168,6 +179,8 @@ class ServerMessages:
                         tg.start_soon(self._listen, name, connection)
                     tg.start_soon(self._attach_recorded)
                     tg.start_soon(self._catch_up)
+                    if not waited:
+                        task_status.started()
                     await anyio.sleep_forever()  # backends opened later join (listen_to)
         finally:
             self._listeners = None
