@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import pytest
 
 from tests.scaleout.conftest import running_cluster
 from tests.support.mcp_http import RawSession, reply_to
-from tests.support.processes import ManagedProcess
+from tests.support.processes import ManagedProcess, running_gateways
+from tests.support.recording_backend import RecordingBackend
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
@@ -71,3 +73,41 @@ def test_sigterm_drains_in_flight_calls_and_loses_no_session(
             result = session.result("tools/call", {"name": "notes_list_notes",
                                                    "arguments": {}}, url=staying.url)
             assert result.get("isError") is not True, result
+
+
+@pytest.mark.redis
+def test_a_replica_stopped_for_a_rolling_upgrade_leaves_its_sessions_upstream_state(
+        redis_server: RedisServer, tmp_path: Path) -> None:
+    """SIGTERM ends a replica, not its sessions: their upstream sessions (and whatever
+    state the backend keeps in them) stay for the replica that carries them on, and end
+    only when the client session does."""
+    prefix = f"rolling:{uuid.uuid4().hex[:8]}:"
+    echo = {"name": "rec_echo", "arguments": {"text": "hi"}}
+    with RecordingBackend() as backend:
+        config = {"backends": [{"name": "rec", "url": backend.url}],
+                  "health": {"enabled": False},
+                  "session": {"store": redis_server.url, "key_prefix": prefix}}
+        with running_gateways({"old": config, "new": config}, tmp_path) as gateways, \
+                httpx2.Client(timeout=10) as http:
+            old, new = gateways["old"], gateways["new"]
+            session = RawSession.open(http, old.url)
+            session.result("tools/call", echo, url=old.url)
+            (upstream,) = {seen.header("mcp-session-id") for seen in backend.calls("tools/call")}
+
+            old.process.send_signal(signal.SIGTERM)
+            old.process.wait(timeout=30)
+            assert upstream not in ended(backend), "the drain ended a live session upstream"
+
+            session.result("tools/call", echo, url=new.url)     # carried on, re-attached
+            assert {seen.header("mcp-session-id")
+                    for seen in backend.calls("tools/call")} == {upstream}
+            assert session.delete(url=new.url).status_code == 200
+        # The client's DELETE ends it upstream, once.
+        backend.wait_for_http("DELETE", where=lambda seen: seen.header(
+            "mcp-session-id") == upstream)
+    assert ended(backend).count(upstream) == 1
+
+
+def ended(backend: RecordingBackend) -> list[str | None]:
+    return [seen.header("mcp-session-id") for seen in backend.seen
+            if seen.http_method == "DELETE"]
