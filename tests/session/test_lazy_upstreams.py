@@ -114,7 +114,7 @@ async def test_a_client_session_opens_upstream_sessions_only_on_the_backends_it_
         replica = Replica(stores[0], config({n: b.url for n, b in backends.items()}), http)
         warm = await replica.initialize()          # learns the profiles
         assert sorted(t["name"] for t in warm.routing.tools) == sorted(
-            f"{n}_{tool}" for n in NAMES for tool in ("echo", "sleep"))
+            f"{n}_{tool}" for n in NAMES for tool in ("echo", "report_then_sleep", "sleep"))
         await replica.manager.terminate(warm.session_id, ANONYMOUS)
         before = counts(backends)
 
@@ -122,7 +122,7 @@ async def test_a_client_session_opens_upstream_sessions_only_on_the_backends_it_
         sessions = [await replica.initialize() for _ in used]
         assert since(before, backends) == {n: (0, 0) for n in NAMES}   # initialize: none
         for live, name in zip(sessions, used, strict=True):
-            assert len(live.routing.tools) == 6     # every backend listed all the same
+            assert len(live.routing.tools) == 9     # every backend listed all the same
             result = await live.call(name, "tools/call", ECHO, None)
             assert result["content"][0]["text"] == "hi"
             record = await replica.store.load(live.session_id)

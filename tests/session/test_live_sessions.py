@@ -98,7 +98,8 @@ async def test_b35_backends_are_listed_in_parallel_under_the_bound_each_with_its
         assert not_listed(caplog) == HUNG
         assert live.backend_names() == sorted([*HUNG, "up"])
         assert (await store.load(live.session_id))[md.BACKENDS] == ",".join(sorted([*HUNG, "up"]))
-        assert sorted(tool["name"] for tool in live.routing.tools) == ["up_echo", "up_sleep"]
+        assert sorted(tool["name"] for tool in live.routing.tools) == [
+            "up_echo", "up_report_then_sleep", "up_sleep"]
         result = await live.call("up", "tools/call", ECHO, None)
         assert result["content"][0]["text"] == "hi"
         await live.aclose()

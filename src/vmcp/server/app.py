@@ -11,9 +11,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,15 +30,16 @@ from vmcp.audit import workflows as audit_workflows
 from vmcp.audit.trail import AuditTrail
 from vmcp.auth.incoming import Authenticator, build_authenticator, metadata_paths
 from vmcp.auth.outgoing import OutgoingAuth, build_outgoing_auth
-from vmcp.authz import AllowAll, CedarAuthorizer, PolicyBundle, build_authorizer, load_bundle
-from vmcp.backend import BackendTarget, StdioProcesses, target_of
+from vmcp.authz import AllowAll, CedarAuthorizer, build_authorizer
+from vmcp.backend import StdioProcesses
 from vmcp.backend.health import HealthMonitor
-from vmcp.backend.http_client import backend_http_client, follow_backends
+from vmcp.backend.http_client import backend_http_client
 from vmcp.composite import CompositeRegistry
-from vmcp.config import VmcpConfig, load_config, stdio_warnings
+from vmcp.config import VmcpConfig, stdio_warnings
 from vmcp.config.models import SessionConfig
-from vmcp.errors import AuthenticationError, ConfigError, StoreError
+from vmcp.errors import AuthenticationError, StoreError
 from vmcp.server.overview import OperatorView, open_view
+from vmcp.server.reload import Reloadable, backend_targets, reload_on_sighup
 from vmcp.server.security import RequestGuard
 from vmcp.server.session_methods import SessionMethods
 from vmcp.server.session_workflows import SessionQuestions
@@ -157,7 +157,7 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                 anyio.create_task_group() as background:
             for warning in stdio_warnings(config):
                 logger.warning("%s", warning)
-            stdio.reconcile(_targets(config, outgoing))
+            stdio.reconcile(backend_targets(config, outgoing))
             monitor = _health_monitor(config, probe_http, outgoing, stdio)
             identities, expiry = _indexes(store, session)
             recorded = InstrumentedStore(TrackedStore(store, expiry), metrics)
@@ -230,9 +230,9 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
             state.store, state.manager, state.connector, state.monitor, state.view = (
                 store, manager, connector, monitor, view)
             if config_path is not None:
-                background.start_soon(_reload_on_sighup, config_path, connector, manager,
-                                      monitor, outgoing, authorizer, changes, watch, stdio,
-                                      composites, (http, probe_http))
+                background.start_soon(reload_on_sighup, config_path, Reloadable(
+                    connector, manager, monitor, outgoing, authorizer, changes, watch, stdio,
+                    composites, (http, probe_http)))
             state.listening = anyio.Event()
             background.start_soon(_log_when_ready, config, state.listening, monitor)
             try:
@@ -429,7 +429,7 @@ def _health_monitor(config: VmcpConfig, http: httpx2.AsyncClient,
     health = config.health
     if not health.enabled or not config.backends:
         return None
-    return HealthMonitor(_targets(config, outgoing), http, health,
+    return HealthMonitor(backend_targets(config, outgoing), http, health,
                          needs_caller=outgoing.per_caller, stdio=stdio)
 
 
@@ -448,80 +448,6 @@ def _change_delivery(config: VmcpConfig, store: SessionStore,
     return hub, BackendWatch(backends, hub)
 
 
-async def _reload_on_sighup(path: Path, connector: BackendConnector, manager: SessionManager,
-                            monitor: HealthMonitor | None, outgoing: OutgoingAuth,
-                            authorizer: AllowAll | CedarAuthorizer, changes: ChangeHub,
-                            watch: BackendWatch, stdio: StdioProcesses,
-                            composites: CompositeRegistry,
-                            clients: Sequence[httpx2.AsyncClient]) -> None:
-    """SIGHUP re-reads the configuration file and applies its backends, aggregation and
-    composite tools to this replica without a restart (other sections need one), and
-    re-reads the policy files. Live sessions gain the added backends, end their sessions
-    on the removed ones, and are sent ``list_changed``, as they are when the composite
-    tools change (a run under way finishes with the definition it started with). A
-    configuration or policy set that is invalid changes nothing: the running one stays,
-    and the log says why."""
-    with anyio.open_signal_receiver(signal.SIGHUP) as signals:
-        async for _ in signals:
-            try:
-                loaded = load_config(path)
-                reloaded_auth = build_outgoing_auth(loaded)
-                policies = _reload_policies(authorizer, loaded)
-            except ConfigError as exc:
-                logger.error("configuration reload refused, keeping the running one:\n%s", exc)
-                continue
-            current = connector.config
-            if any(getattr(loaded, part) != getattr(current, part)
-                   for part in ("server", "session", "limits")) or (
-                    loaded.auth.model_copy(update={"authz": None})
-                    != current.auth.model_copy(update={"authz": None})):
-                logger.warning("reload applies backends, aggregation, composite tools, "
-                               "health and policies only; restart to change the other "
-                               "sections")
-            if policies is not None and isinstance(authorizer, CedarAuthorizer):
-                authorizer.adopt(policies)
-                logger.info("authorization policies loaded: %d policies, sha256 %s",
-                            policies.count, policies.sha256)
-            updated = current.model_copy(update={"backends": loaded.backends,
-                                                 "aggregation": loaded.aggregation,
-                                                 "composite_tools": loaded.composite_tools})
-            composites_changed = composites.replace(loaded.composite_tools)
-            outgoing.adopt(reloaded_auth)
-            for client in clients:
-                follow_backends(client, updated.backends)
-            connector.reconfigure(updated)
-            stdio.reconcile(_targets(updated, outgoing))
-            if monitor is not None:
-                monitor.set_targets(_targets(updated, outgoing))
-            watch.reconcile(restart=True)
-            changes.changed()
-            changed = await manager.reconcile_live_sessions(connector.reconcile)
-            if composites_changed:
-                manager.announce_to_live_sessions("notifications/tools/list_changed")
-            logger.info("configuration reloaded: %d backends, %d composite tools; %d live "
-                        "sessions updated", len(updated.backends),
-                        len(updated.composite_tools), changed)
-
-
-def _reload_policies(authorizer: AllowAll | CedarAuthorizer, loaded: VmcpConfig
-                     ) -> PolicyBundle | None:
-    """The policy set the reloaded configuration names, read and checked (not yet in
-    force); None without authorization. Raises ``ConfigError`` if it is invalid."""
-    authz = loaded.auth.authz
-    if not isinstance(authorizer, CedarAuthorizer):
-        if authz is not None:
-            logger.warning("auth.authz was added: restart to turn authorization on")
-        return None
-    if authz is None:
-        logger.warning("auth.authz was removed: authorization stays on until a restart")
-        return None
-    try:
-        return load_bundle(authz)
-    except ConfigError as exc:
-        raise ConfigError(f"policies not reloaded, still in force: sha256 "
-                          f"{authorizer.bundle.sha256}\n{exc}") from None
-
-
 def policy_status(authorizer: AllowAll | CedarAuthorizer) -> dict[str, object] | None:
     """What ``/status`` shows of the policy set in force (None without authorization)."""
     status = authorizer.status()
@@ -529,8 +455,3 @@ def policy_status(authorizer: AllowAll | CedarAuthorizer) -> dict[str, object] |
         return None
     return {"sha256": status.sha256, "policies": status.policies, "files": list(status.files),
             "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(status.loaded_at))}
-
-
-def _targets(config: VmcpConfig, outgoing: OutgoingAuth) -> list[BackendTarget]:
-    return [target_of(b, {**b.headers, **outgoing.static_headers(b.name)})
-            for b in config.backends]

@@ -62,6 +62,7 @@ class Probe:
 
     slow_started: threading.Event = field(default_factory=threading.Event)
     get_stream_opened: threading.Event = field(default_factory=threading.Event)
+    cancel_received: threading.Event = field(default_factory=threading.Event)
 
 
 class MemoryEventStore(EventStore):
@@ -207,6 +208,8 @@ class Recorder:
         parsed = json.loads(body) if body else {}
         rpc_method = parsed.get("method") if isinstance(parsed, dict) else None
         self.seen.append(Seen(method, rpc_method, session_id, scope["client"][1]))
+        if rpc_method == "notifications/cancelled":
+            self.probe.cancel_received.set()
         if session_id is not None and rpc_method in self.forget:
             await _respond(send, 404)
             return

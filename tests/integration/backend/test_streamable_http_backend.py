@@ -367,6 +367,7 @@ async def test_slow_tool_beyond_timeout_raises_timeout_and_cancels_upstream(
             await connection.request(
                 "tools/call", {"name": "slow", "arguments": {"seconds": 60}}, timeout=0.3
             )
+        await wait_for(backend.probe.cancel_received)  # sent after the answer, not before
         assert backend.seen.count("notifications/cancelled") == 1
         # The connection is still good for the next call.
         assert (await connection.request("tools/call", add(1, 1)))["structuredContent"] == {
@@ -387,7 +388,8 @@ async def test_cancelled_caller_sends_notifications_cancelled(
             )
             await wait_for(backend.probe.slow_started)
             tg.cancel_scope.cancel()
-    # The notice was sent, shielded, before the cancellation finished unwinding.
+    # The notice follows in the background, shielded.
+    await wait_for(backend.probe.cancel_received)
     assert backend.seen.count("notifications/cancelled") == 1
     assert connection.statistics().errors == 0
 

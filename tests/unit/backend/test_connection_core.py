@@ -45,6 +45,7 @@ class MemoryBackend(BaseBackend):
         self.handshake_error: Exception | None = None
         self.call_gate: anyio.Event | None = None
         self.sent: list[bytes] = []
+        self.something_sent = anyio.Event()
         self.terminated = 0
 
     async def _call(self, call: Call) -> dict[str, Any]:
@@ -58,6 +59,7 @@ class MemoryBackend(BaseBackend):
 
     async def _send(self, body: bytes, headers: Mapping[str, str]) -> None:
         self.sent.append(body)
+        self.something_sent.set()
 
     async def _handshake(self, protocol_version: str, headers: Mapping[str, str]) -> BackendState:
         self.handshakes += 1
@@ -177,6 +179,8 @@ async def test_deadline_sends_a_cancellation_notice(backend: MemoryBackend) -> N
     backend.call_gate = anyio.Event()  # never set: the call hangs
     with anyio.fail_after(5), pytest.raises(BackendTimeout):
         await backend.request("tools/call", {"name": "x"}, timeout=0.05)
+    with anyio.fail_after(5):  # the notice follows the answer, in the background
+        await backend.something_sent.wait()
     assert len(backend.sent) == 1
     assert b'"notifications/cancelled"' in backend.sent[0]
     assert backend.statistics().errors == 1
