@@ -1,18 +1,18 @@
 """A lean HTTP/1.1 connection pool for plain-``http`` backend calls, as an httpx2 transport.
 
 Why by hand: a relayed call spent about a fifth of the gateway's CPU in httpcore2 and h11
-(bench profile), more than in vmcp's own code. httpcore2 wraps every read and write in
-AnyIO streams and timeouts and runs h11's pure-Python state machine over each event;
-aiohttp, the other well-kept asyncio client, measured little cheaper (``bench/HTTP_CLIENTS.md``)
-and would replace httpx2's response objects every caller reads. What a backend call needs
-is small: write one request on a kept-alive socket, parse the answer with httptools (the
-C parser uvicorn already uses) and hand the body on as it arrives. So this transport does
-only that, under httpx2's client (callers keep ``httpx2.Response``, its event-stream
-reader and its errors).
+(bench profile), more than in vmcp's own code: httpcore2 wraps every read and write in
+AnyIO streams and timeouts and runs h11's pure-Python state machine over each event.
+aiohttp is cheaper too, but its responses are not httpx2's, and every backend client reads
+``httpx2.Response`` (its event-stream reader and errors included); no library plugs in
+under httpx2's client without httpcore2 (``bench/HTTP_CLIENTS.md``). What a backend call
+needs is small: write one request on a kept-alive socket, parse the answer with httptools
+(the C parser uvicorn already uses) and hand the body on as it arrives; that is all this
+transport does.
 
 Guarantees kept from the pool it replaces: at most ``size`` connections (a request waits
 at most the request's ``pool`` timeout for one, then ``httpx2.PoolTimeout``); the
-``connect`` timeout; a connection goes back to the pool only after a complete response
+``connect`` and ``read`` timeouts; a connection goes back to the pool only after a complete response
 whose server did not ask to close it, so a cancelled or half-read request closes its
 connection. No TLS (``https`` backends stay on httpcore2), no HTTP/2, no proxies.
 """
