@@ -21,6 +21,12 @@ calls, and on loopback two wake-ups of the backend for one request. The stream b
 holds a request head back until the body follows (or until it reads), so a call leaves
 in one write, as every other HTTP client sends it.
 
+Calls (POSTs) to plain-``http`` backends take a cheaper road: ``vmcp.backend.http11``, a
+lean HTTP/1.1 pool under the same httpx2 client, with the same budgets, acquire timeout and
+``PoolTimeout`` (it cost a third to a fifth of httpcore2's CPU per call; see
+``bench/HTTP_CLIENTS.md``). Streams, health probes and ``https`` backends stay on
+httpcore2, which does TLS.
+
 Everything else is httpx2's own transport; ``tests/integration/backend/test_http_client.py``
 pins the private attributes (``AsyncHTTPTransport._pool``, ``AsyncClient._transport``) this
 relies on.
@@ -37,6 +43,7 @@ import httpx2
 from httpcore2._backends.anyio import AnyIOBackend, AnyIOStream
 from httpcore2._utils import is_socket_readable
 
+from vmcp.backend.http11 import LeanHttpTransport
 from vmcp.config import BackendConfig, BackendConnectionsConfig
 
 DEFAULT_BUDGET = BackendConnectionsConfig()
@@ -110,9 +117,11 @@ class BulkheadTransport(httpx2.AsyncBaseTransport):
     a backend whose budget changed gets new pools, the old ones close with the transport.
     """
 
-    def __init__(self, backends: Sequence[BackendConfig] = (), kind: Kind | None = None) -> None:
+    def __init__(self, backends: Sequence[BackendConfig] = (), kind: Kind | None = None,
+                 lean_calls: bool = True) -> None:
         self._kind = kind
-        self._pools: dict[tuple[str, Kind, int], _Transport] = {}
+        self._lean_calls = lean_calls  # False: calls on httpcore2 too (bench comparison)
+        self._pools: dict[tuple[str, Kind, int, bool], httpx2.AsyncBaseTransport] = {}
         self._origins: tuple[tuple[BackendConfig, tuple[str, bytes]], ...] = ()
         self.use_backends(backends)
 
@@ -140,11 +149,12 @@ class BulkheadTransport(httpx2.AsyncBaseTransport):
         name, budget = self.budget_of(request.url)
         kind: Kind = self._kind or ("streams" if request.method == "GET" else "calls")
         size: int = getattr(budget, kind)
-        pool = self._pools.get((name, kind, size))
+        lean = self._lean_calls and kind == "calls" and request.url.scheme == "http"
+        pool = self._pools.get((name, kind, size, lean))
         if pool is None:
             keep = size if kind != "streams" else min(size, 16)
-            pool = self._pools[(name, kind, size)] = _Transport(
-                httpx2.Limits(max_connections=size, max_keepalive_connections=keep))
+            pool = self._pools[(name, kind, size, lean)] = LeanHttpTransport(size) if lean \
+                else _Transport(httpx2.Limits(max_connections=size, max_keepalive_connections=keep))
         timeouts = dict(request.extensions.get("timeout") or {})
         pool_timeout = timeouts.get("pool")
         if pool_timeout is None or pool_timeout > budget.acquire_timeout_seconds:

@@ -1,0 +1,152 @@
+"""The lean HTTP/1.1 transport of backend calls: connections are reused only after a complete
+answer, budgets hold with the busy error naming the backend, and a cancelled read closes
+its connection instead of handing a half-read one to the next call."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+import anyio.abc
+import httpx2
+import pytest
+
+from tests.support.processes import ManagedProcess
+from vmcp.backend import wire
+from vmcp.backend.http11 import LeanHttpTransport, connection_count
+from vmcp.backend.http_client import BulkheadTransport, backend_http_client
+from vmcp.config import BackendConfig, BackendConnectionsConfig
+from vmcp.errors import BackendBusy
+
+pytestmark = pytest.mark.anyio
+
+PING = b'{"jsonrpc":"2.0","id":1,"method":"ping"}'
+HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+TIMEOUT = httpx2.Timeout(None, connect=5.0)
+
+Handler = Callable[[anyio.abc.SocketStream], Awaitable[None]]
+
+
+@asynccontextmanager
+async def raw_server(handler: Handler) -> AsyncIterator[str]:
+    """A loopback server that runs ``handler`` on each accepted connection."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+
+    async def serve(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            await handler(stream)
+
+    async with listener, anyio.create_task_group() as group:
+        group.start_soon(listener.serve, serve)
+        yield f"http://127.0.0.1:{port}/mcp"
+        group.cancel_scope.cancel()
+
+
+async def read_request(stream: anyio.abc.SocketStream) -> bytes:
+    data = b""
+    while not data.endswith(PING):
+        data += await stream.receive()
+    return data
+
+
+async def test_calls_reuse_one_kept_alive_connection(
+    demo_backends: dict[str, ManagedProcess],
+) -> None:
+    transport = BulkheadTransport()
+    async with httpx2.AsyncClient(transport=transport) as http:
+        for _ in range(3):
+            async with wire.posted("notes", http, demo_backends["notes"].url, PING, HEADERS,
+                                   TIMEOUT) as response:
+                assert response.status_code < 500
+                await wire.read_body("notes", response)
+        (pool,) = transport._pools.values()
+        assert isinstance(pool, LeanHttpTransport)
+        assert connection_count(pool) == 1
+
+
+async def test_https_calls_stay_on_httpcore2() -> None:
+    transport = BulkheadTransport()
+    with pytest.raises(httpx2.ConnectError):  # nothing listens there; the pool kind counts
+        await transport.handle_async_request(httpx2.Request("POST", "https://127.0.0.1:1/mcp"))
+    (pool,) = transport._pools.values()
+    assert not isinstance(pool, LeanHttpTransport)
+
+
+async def test_a_full_budget_is_busy_naming_the_backend() -> None:
+    answered = anyio.Event()
+
+    async def slow(stream: anyio.abc.SocketStream) -> None:
+        await read_request(stream)
+        await stream.send(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                          b"transfer-encoding: chunked\r\n\r\n")
+        answered.set()
+        await anyio.sleep_forever()
+
+    async with raw_server(slow) as url:
+        backend = BackendConfig(name="slowpoke", url=url, connections=BackendConnectionsConfig(
+            calls=1, acquire_timeout_seconds=0.2))
+        async with backend_http_client([backend]) as http, \
+                wire.posted("slowpoke", http, url, PING, HEADERS, TIMEOUT):
+            await answered.wait()
+            with pytest.raises(BackendBusy, match=r"slowpoke.*busy.*1 connections"):
+                async with wire.posted("slowpoke", http, url, PING, HEADERS, TIMEOUT):
+                    pass
+
+
+async def test_a_cancelled_read_closes_its_connection() -> None:
+    closed = anyio.Event()
+    connections = 0
+
+    async def half(stream: anyio.abc.SocketStream) -> None:
+        nonlocal connections
+        connections += 1
+        await read_request(stream)
+        await stream.send(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                          b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        try:
+            while await stream.receive():
+                pass
+        except anyio.EndOfStream:
+            closed.set()
+
+    transport = LeanHttpTransport(4)
+    async with raw_server(half) as url, httpx2.AsyncClient(transport=transport) as http:
+        with anyio.move_on_after(0.3):
+            async with wire.posted("half", http, url, PING, HEADERS, TIMEOUT) as response:
+                async for chunk in response.aiter_bytes():
+                    assert chunk == b"hello"
+        with anyio.fail_after(5):
+            await closed.wait()
+        assert connection_count(transport) == 0
+        with anyio.move_on_after(0.3):  # the next call opens a fresh connection
+            async with wire.posted("half", http, url, PING, HEADERS, TIMEOUT):
+                pass
+        assert connections == 2
+
+
+@pytest.mark.parametrize("answer", [
+    # the server says it closes: not reused
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n"
+    b"connection: close\r\n\r\n{}",
+    # no length: the body ends where the connection does
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{}",
+])
+async def test_an_answer_that_ends_the_connection_is_not_reused(answer: bytes) -> None:
+    connections = 0
+
+    async def once(stream: anyio.abc.SocketStream) -> None:
+        nonlocal connections
+        connections += 1
+        await read_request(stream)
+        await stream.send(answer)
+        await stream.aclose()
+
+    transport = LeanHttpTransport(4)
+    async with raw_server(once) as url, httpx2.AsyncClient(transport=transport) as http:
+        for _ in range(2):
+            async with wire.posted("once", http, url, PING, HEADERS, TIMEOUT) as response:
+                assert await wire.read_body("once", response) == b"{}"
+        assert connections == 2
+        assert connection_count(transport) == 0
