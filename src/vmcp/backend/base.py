@@ -127,6 +127,7 @@ class BaseBackend:
         self._close_done: anyio.Event | None = None
         self._inflight: set[anyio.CancelScope] = set()
         self._notices: set[asyncio.Future[None]] = set()
+        self._unrecorded = False  # an upstream session the store never heard of
         self._drained: anyio.Event | None = None
         self._interruptible_scopes: set[anyio.CancelScope] = set()
         self._latest_headers: Mapping[str, str] = NO_HEADERS
@@ -251,6 +252,7 @@ class BaseBackend:
             return
         self._closed = True
         self._close_done = anyio.Event()
+        end_session = end_session or self._unrecorded
         try:
             for scope in list(self._interruptible_scopes):
                 scope.cancel()
@@ -435,7 +437,10 @@ class BaseBackend:
                 await self._on_reinitialized(state)
             except Exception:
                 # The live connection works either way. Another replica holding the old
-                # state will meet the same 404 and recover by itself.
+                # state will meet the same 404 and recover by itself. But nobody else
+                # knows this upstream session: this connection ends it when it closes,
+                # even when it closes only for this replica (``end_session=False``).
+                self._unrecorded = True
                 logger.exception("backend %r: on_reinitialized hook failed", self.target.name)
 
     async def _recover_quietly(self, generation: int,

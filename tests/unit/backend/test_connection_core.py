@@ -16,7 +16,13 @@ import pytest
 
 from vmcp.backend import BackendState, BackendTarget
 from vmcp.backend.base import BaseBackend, Call, _SessionGone
-from vmcp.errors import BackendSessionExpired, BackendTimeout, BackendUnavailable, SessionClosed
+from vmcp.errors import (
+    BackendSessionExpired,
+    BackendTimeout,
+    BackendUnavailable,
+    SessionClosed,
+    StoreUnavailable,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -223,3 +229,29 @@ async def test_concurrent_aclose_waits_for_the_first(backend: MemoryBackend) -> 
     assert order[0] == "call"
     assert sorted(order[1:]) == ["first", "second"]
     assert backend.terminated == 1
+
+
+async def test_an_upstream_session_the_store_never_recorded_is_ended_by_its_connection(
+        backend: MemoryBackend) -> None:
+    """A re-initialize whose new state could not be recorded (the store was down): no
+    other replica can end that upstream session, so this connection does, even when it
+    closes only for this replica."""
+    async def store_down(state: BackendState) -> None:
+        raise StoreUnavailable("redis: down")
+
+    backend._on_reinitialized = store_down
+    backend.sessions.clear()  # the backend restarted: the call re-initializes
+    with anyio.fail_after(5):
+        await backend.request("tools/list", None)
+        await backend.aclose(end_session=False)
+    assert backend.terminated == 1
+
+
+async def test_a_recorded_upstream_session_outlives_a_copy_closed_for_this_replica(
+        backend: MemoryBackend) -> None:
+    backend.sessions.clear()
+    with anyio.fail_after(5):
+        await backend.request("tools/list", None)
+        await backend.aclose(end_session=False)
+    assert backend.hook_calls
+    assert backend.terminated == 0
