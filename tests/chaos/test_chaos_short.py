@@ -17,7 +17,7 @@ from chaos.history import CALL, INITIALIZE, STATELESS, STRANGER, STREAM
 from chaos.report import render
 from chaos.run import Settings, run
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(180), pytest.mark.timing]
 
 SEED = 7
 LOAD_SECONDS = 25.0

@@ -22,6 +22,8 @@ from tests.support.mcp_http import RawSession, reply_to
 from tests.support.processes import ManagedProcess, running_gateway
 from tests.support.recording_backend import RecordingBackend
 
+pytestmark = pytest.mark.timing
+
 CALL_BUDGET = 8
 FLOOD = 40
 ACQUIRE_TIMEOUT = 1.0

@@ -23,6 +23,8 @@ from tests.support.mcp_http import EVENT_STREAM, RawSession, reply_to
 from tests.support.processes import HOST, ManagedProcess, running_gateway
 from tests.support.recording_backend import RecordingBackend
 
+pytestmark = pytest.mark.timing
+
 CALL_TIMEOUT = 1.0
 CALLS = 30
 CALL_SPACING = 0.05

@@ -25,7 +25,7 @@ from tests.support.recording_backend import RecordingBackend
 from tests.support.redis_server import RedisServer
 from vmcp.session import detached
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.redis, pytest.mark.timing]
 
 BUFFER_BYTES = 256 * 1024
 STALL_SECONDS = 2.0

@@ -29,7 +29,7 @@ from tests.support.mcp_http import (
 from tests.support.processes import ManagedProcess, running_gateway
 from tests.support.recording_backend import RecordingBackend
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.timing]
 
 MAX_STREAMS = 16
 SESSIONS = 24

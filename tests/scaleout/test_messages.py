@@ -13,7 +13,7 @@ import pytest
 from tests.scaleout.conftest import Cluster
 from tests.support.mcp_http import EVENT_STREAM, RawSession, reply_to, sse_messages
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.timing]
 
 
 async def test_list_changed_heard_before_the_client_opens_its_stream_is_delivered_on_it(

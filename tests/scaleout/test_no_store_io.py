@@ -9,10 +9,13 @@ from __future__ import annotations
 import re
 
 import httpx2
+import pytest
 
 from tests.scaleout.conftest import Cluster
 from tests.support.mcp_http import RawSession, error_of
 from tests.support.redis_server import RedisServer
+
+pytestmark = pytest.mark.timing
 
 BAD_IDS = [b"", b"a b", b"a" * 129, "s\u00e9ance".encode(), b"tab\there"]
 

@@ -24,7 +24,7 @@ from tests.support.mcp_http import BASE_HEADERS, RawSession, initialize_body
 from tests.support.processes import ManagedProcess
 from tests.support.redis_ha import ClusterSetup, SentinelSetup, running
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timing]
 
 SESSIONS = 8
 BACK_WITHIN = 10.0

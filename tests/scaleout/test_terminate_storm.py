@@ -20,7 +20,7 @@ import pytest
 from tests.scaleout.conftest import Cluster
 from tests.support.mcp_http import BASE_HEADERS, PROTOCOL_VERSION, initialize_body
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.timing]
 
 SESSIONS = 24
 CALLERS_PER_SESSION = 2

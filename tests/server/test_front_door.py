@@ -17,7 +17,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 
 from tests.support.processes import HOST, ManagedProcess, running_gateway
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.timing]
 
 MAX_CONNECTIONS = 40
 HEADER_TIMEOUT = 1.0

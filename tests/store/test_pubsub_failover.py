@@ -20,7 +20,7 @@ from vmcp.errors import StoreError
 from vmcp.store import RedisStore
 from vmcp.store.pubsub import RedisEndedSessionBus, RedisSessionRelay
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timing]
 
 DELIVERY_BOUND = 20.0
 
