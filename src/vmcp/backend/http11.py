@@ -20,6 +20,7 @@ connection. No TLS (``https`` backends stay on httpcore2), no HTTP/2, no proxies
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -27,6 +28,7 @@ from typing import cast
 
 import httptools
 import httpx2
+from httpcore2._utils import is_socket_readable
 
 _FRAMING = frozenset((b"content-length", b"transfer-encoding"))
 
@@ -39,6 +41,7 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
+        self.socket: socket.socket | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.headers: list[tuple[bytes, bytes]] = []
         self.head: asyncio.Future[None] | None = None
@@ -54,6 +57,7 @@ class _Connection(asyncio.Protocol):
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.socket = transport.get_extra_info("socket")
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -222,8 +226,13 @@ class LeanHttpTransport(httpx2.AsyncBaseTransport):
         now = time.monotonic()
         while idle:
             conn = idle.pop()
+            # A backend may close a kept-alive connection right after its answer (uvicorn
+            # does after an application error); the loop may not have read that end yet.
+            # An idle socket with anything to read is such an end: never reused, as
+            # httpcore2 does it.
             if not conn.closed and now - conn.idle_since < self._expiry \
-                    and conn.transport is not None and not conn.transport.is_closing():
+                    and conn.transport is not None and not conn.transport.is_closing() \
+                    and not is_socket_readable(conn.socket):
                 return conn
             conn.close()
             self._open.discard(conn)
