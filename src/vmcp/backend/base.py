@@ -130,6 +130,9 @@ class BaseBackend:
         self._unrecorded = False  # an upstream session the store never heard of
         self._drained: anyio.Event | None = None
         self._interruptible_scopes: set[anyio.CancelScope] = set()
+        self.stream_opened = anyio.Event()
+        """Set once the backend accepted a ``listen`` stream of this session: from then
+        on, what it announces on that stream reaches this connection."""
         self._latest_headers: Mapping[str, str] = NO_HEADERS
         self._requests = 0
         self._errors = 0

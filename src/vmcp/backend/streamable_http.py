@@ -385,6 +385,7 @@ class StreamableHttpBackend(BaseBackend):
                         continue
                 elif response is not None and status == 200 and kind.startswith(wire.EVENT_STREAM):
                     recovered = False
+                    self.stream_opened.set()
                     events = wire.event_stream(response)
                     stack.push_async_callback(events.aclose)
                     while True:

@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 
 HealthFilter = Callable[[str], bool]
-LISTENER_WAIT_SECONDS = 1.0
+LISTENER_WAIT_SECONDS = 2.0
 """How long a first use waits for the replica holding the client's stream to listen to
 the new upstream session (a replica that listens to the session for another reason
 never answers: the wait ends at this bound)."""

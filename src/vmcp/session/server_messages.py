@@ -61,6 +61,10 @@ BACKEND_REQUEST_SECONDS: Final = 300.0
 Spawn = Callable[[Any], None]
 Attach = Callable[[str], Awaitable[object]]
 Recorded = Callable[[], Awaitable[Sequence[str]]]
+STREAM_OPEN_WAIT_SECONDS: Final = 1.0
+"""How long a re-attached backend's stream may take to open before the replica that opened
+the upstream session is told to go on anyway (it waits for that word a little longer:
+``connector.LISTENER_WAIT_SECONDS``)."""
 UPSTREAM_OPENED: Final = "upstream-opened"
 """Relay message type: a replica opened (and recorded) an upstream session."""
 UPSTREAM_LISTENING: Final = "upstream-listening"
@@ -210,11 +214,18 @@ class ServerMessages:
         if self._attach is None or self._listening is None:
             return
         try:
-            await self._attach(name)
+            connection = await self._attach(name)
         except Exception as exc:
             logger.warning("could not re-attach backend %s for the stream: %s", name, exc,
                            extra={"session_id": self._session_id, "backend": name})
             return
+        # Confirm only once the backend holds the stream: what it announces during the
+        # call that opened the session (on the other replica) must not go unheard.
+        # Transports whose stream is the session itself have no such event.
+        opened = getattr(connection, "stream_opened", None)
+        if isinstance(opened, anyio.Event):
+            with anyio.move_on_after(STREAM_OPEN_WAIT_SECONDS):
+                await opened.wait()
         if nonce is not None and self._relay is not None:
             try:
                 await self._relay.publish(self._session_id, {
