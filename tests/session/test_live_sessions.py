@@ -33,7 +33,7 @@ from vmcp.session.connector import BackendConnector
 from vmcp.session.multisession import MultiSession
 from vmcp.store import MemoryStore
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.timing]
 
 CONNECT_TIMEOUT = 0.5
 BOUND = 2
