@@ -140,6 +140,32 @@ async def test_a_malformed_relay_message_is_dropped_and_the_next_one_delivered(
     await relay.aclose()
 
 
+async def test_a_handler_that_fails_does_not_end_the_relay(
+    clients: Callable[[], aioredis.Redis], key_prefix: str, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One session's handler raising (its session closing meanwhile) must not end the relay
+    every session of the replica shares: the next message is still delivered."""
+    relay = RedisSessionRelay(clients(), key_prefix, timeout_seconds=2.0)
+    inbox = Inbox()
+
+    def failing(payload: dict[str, Any]) -> None:
+        if payload.get("fail"):
+            raise RuntimeError("the session is closing")
+        inbox(payload)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(relay.run)
+            async with relay.listen(SID, failing):
+                with caplog.at_level(logging.ERROR, logger="vmcp.store.pubsub"):
+                    await relay.publish(SID, {"fail": True})
+                    await relay.publish(SID, {"ok": True})
+                    assert await inbox.next() == {"ok": True}
+            tg.cancel_scope.cancel()
+    assert [r.getMessage() for r in caplog.records] == ["a relay message's handler failed"]
+    await relay.aclose()
+
+
 async def test_relay_refuses_a_bad_session_id_and_reports_an_unreachable_store(
     key_prefix: str,
 ) -> None:

@@ -121,6 +121,12 @@ class ServerMessages:
             self.publish(self._backlog.popleft())
 
         def from_elsewhere(payload: dict[str, Any]) -> None:
+            # A session closing here has nothing more to deliver (its work refuses to
+            # start: ``SessionClosed``).
+            with contextlib.suppress(SessionClosed):
+                heard_elsewhere(payload)
+
+        def heard_elsewhere(payload: dict[str, Any]) -> None:
             message = payload.get("message")
             kind = payload.get("type")
             if kind == UPSTREAM_OPENED and isinstance(backend := payload.get("backend"), str):

@@ -325,7 +325,12 @@ class RedisSessionRelay:
             return
         for handler in list(self._handlers.get(channel or "", ())):
             self.delivered += 1
-            handler(payload)
+            try:
+                handler(payload)
+            except Exception:
+                # One session's handler must never end the relay every session shares
+                # (and with it the replica's lifespan).
+                logger.exception("a relay message's handler failed")
 
     async def aclose(self) -> None:
         if self._pubsub is not None:
