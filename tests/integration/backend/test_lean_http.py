@@ -54,7 +54,7 @@ async def read_request(stream: anyio.abc.SocketStream) -> bytes:
 async def test_calls_reuse_one_kept_alive_connection(
     demo_backends: dict[str, ManagedProcess],
 ) -> None:
-    transport = BulkheadTransport()
+    transport = BulkheadTransport(lean_calls=True)
     async with httpx2.AsyncClient(transport=transport) as http:
         for _ in range(3):
             async with wire.posted("notes", http, demo_backends["notes"].url, PING, HEADERS,
@@ -67,7 +67,7 @@ async def test_calls_reuse_one_kept_alive_connection(
 
 
 async def test_https_calls_stay_on_httpcore2() -> None:
-    transport = BulkheadTransport()
+    transport = BulkheadTransport(lean_calls=True)
     with pytest.raises(httpx2.ConnectError):  # nothing listens there; the pool kind counts
         await transport.handle_async_request(httpx2.Request("POST", "https://127.0.0.1:1/mcp"))
     (pool,) = transport._pools.values()
