@@ -17,7 +17,7 @@ from tests.support.processes import ManagedProcess, running_gateways
 from tests.support.recording_backend import RecordingBackend
 from tests.support.redis_server import RedisServer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timing]
 
 
 def test_sigterm_drains_in_flight_calls_and_loses_no_session(
