@@ -8,6 +8,7 @@ isolate themselves by key prefix, and a test that kills a store's master starts 
 
 from __future__ import annotations
 
+import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -29,6 +30,22 @@ from vmcp.store import RedisStore
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def signal_handlers_restored() -> Iterator[None]:
+    """Put back SIGTERM/SIGINT handlers a test left installed.
+
+    uvicorn serving on the main thread installs its own handlers and restores the ones it
+    found; two servers stopped out of order leave the first one's bound ``handle_exit``
+    in place. sse-starlette (under the SDK's servers) finds that server through the
+    handler, sees it exiting, and ends every later event stream in the process at once.
+    """
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for signum, handler in saved.items():
+        if signal.getsignal(signum) is not handler:
+            signal.signal(signum, handler)
 
 
 @pytest.fixture(scope="session")
