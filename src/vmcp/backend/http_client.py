@@ -37,6 +37,7 @@ relies on.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any, Literal
 
 import anyio.abc
@@ -177,8 +178,16 @@ class BulkheadTransport(httpx2.AsyncBaseTransport):
 def backend_http_client(backends: Sequence[BackendConfig] = (),
                         kind: Kind | None = None) -> httpx2.AsyncClient:
     """A client whose requests go through per-backend pools (``BulkheadTransport``); its
-    transport's ``use_backends`` follows configuration reloads."""
-    return httpx2.AsyncClient(transport=BulkheadTransport(backends, kind), timeout=None)
+    transport's ``use_backends`` follows configuration reloads.
+
+    It keeps no cookies. One client carries every client session's backend requests, and
+    httpx2 would store a cookie a backend set in one session's answer and send it with
+    every other session's requests (a login or an affinity cookie leaking across
+    sessions and identities).
+    """
+    http = httpx2.AsyncClient(transport=BulkheadTransport(backends, kind), timeout=None)
+    http.cookies = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
+    return http
 
 
 def follow_backends(http: httpx2.AsyncClient, backends: Sequence[BackendConfig]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpcore2
@@ -94,3 +95,52 @@ def test_a_request_is_budgeted_to_the_backend_its_url_falls_under() -> None:
     assert transport.budget_of(url("http://127.0.0.1:9001/messages?session=1"))[0] == "c"
     assert transport.budget_of(url("http://127.0.0.1:9002/mcp"))[0] == ""
     assert transport.budget_of(url("http://127.0.0.1:9000/mcp"))[1].calls == 3
+
+
+class _CookieSettingServer:
+    """A loopback HTTP/1.1 server that answers every request with a ``Set-Cookie`` and
+    notes the ``cookie`` header each request carried."""
+
+    def __init__(self) -> None:
+        self.cookies_seen: list[str | None] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> _CookieSettingServer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                lines = head.decode("latin-1").split("\r\n")[1:]
+                headers = dict(line.lower().split(": ", 1) for line in lines if ": " in line)
+                await reader.readexactly(int(headers.get("content-length", "0")))
+                self.cookies_seen.append(headers.get("cookie"))
+                writer.write(b"HTTP/1.1 200 OK\r\nset-cookie: sid=first-session; Path=/\r\n"
+                             b"content-type: application/json\r\ncontent-length: 2\r\n\r\n{}")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.mark.parametrize("lean_calls", [False, True], ids=["httpcore2", "lean"])
+async def test_a_cookie_one_session_got_is_never_sent_for_another(lean_calls: bool) -> None:
+    # Every client session's backend requests share this client: a cookie kept from one
+    # answer would go out with everybody's next request.
+    async with _CookieSettingServer() as server:
+        http = backend_http_client()
+        http._transport = BulkheadTransport(lean_calls=lean_calls)
+        async with http:
+            url = f"http://127.0.0.1:{server.port}/mcp"
+            for _ in range(3):
+                response = await http.post(url, content=b"{}")
+                assert response.headers["set-cookie"].startswith("sid=")
+    assert server.cookies_seen == [None, None, None]
