@@ -28,7 +28,7 @@ from vmcp.backend.contract import (
     MessageHandler,
     ReinitializedHook,
 )
-from vmcp.backend.wire import encode, request_ids
+from vmcp.backend.wire import encode, replayable, request_ids
 from vmcp.errors import (
     BackendError,
     BackendSessionExpired,
@@ -85,6 +85,8 @@ class Call:
     on_message: MessageHandler | None
     headers: Mapping[str, str]
     """The call's own headers (its caller's credentials), below the transport's."""
+    replayable: bool = False
+    """Sending it twice changes nothing (:func:`vmcp.backend.wire.replayable`)."""
 
 
 class BaseBackend:
@@ -198,7 +200,8 @@ class BaseBackend:
         message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
         if params is not None:
             message["params"] = params
-        call = Call(request_id, encode(message), params, on_message, extra)
+        call = Call(request_id, encode(message), params, on_message, extra,
+                    replayable(method))
 
         async def attempt() -> dict[str, Any]:
             return await self._call(call)

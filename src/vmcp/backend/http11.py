@@ -15,6 +15,16 @@ at most the request's ``pool`` timeout for one, then ``httpx2.PoolTimeout``); th
 ``connect`` and ``read`` timeouts; a connection goes back to the pool only after a complete response
 whose server did not ask to close it, so a cancelled or half-read request closes its
 connection. No TLS (``https`` backends stay on httpcore2), no HTTP/2, no proxies.
+
+A kept-alive connection can be closed by the backend just as a request goes out on it: at
+the end of the backend's idle timeout, or right after an answer (uvicorn closes after an
+application error). The request then dies with nothing answered. Three things keep that
+rare and harmless: an idle socket with anything to read (an end already arrived) is never
+reused; the connection idle the longest is reused first (the most time to have seen an
+end) and none past ``keepalive_expiry`` (4 s, under the common 5 s server idle timeout);
+and a request its sender marked replayable (``vmcp.replayable``: reads, notifications,
+responses) is sent once more on a new connection. Any other request (a tool call) is
+never sent twice: the backend may have run it.
 """
 
 from __future__ import annotations
@@ -32,8 +42,15 @@ from httpcore2._utils import is_socket_readable
 
 _FRAMING = frozenset((b"content-length", b"transfer-encoding"))
 
+REPLAYABLE = "vmcp.replayable"
+"""The request extension that allows one resend (``vmcp.backend.wire.REPLAYABLE``)."""
+
 _HIGH_WATER = 256 * 1024
 """Body bytes buffered unread before the socket stops being read (back-pressure)."""
+
+
+class _ClosedUnanswered(httpx2.ReadError):
+    """The backend closed the connection before sending any byte of the answer."""
 
 
 class _Connection(asyncio.Protocol):
@@ -53,6 +70,7 @@ class _Connection(asyncio.Protocol):
         self.wakeup: asyncio.Future[None] | None = None
         self.error: Exception | None = None
         self.idle_since = 0.0
+        self.answered = False  # any byte of the current answer arrived
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -60,6 +78,7 @@ class _Connection(asyncio.Protocol):
         self.socket = transport.get_extra_info("socket")
 
     def data_received(self, data: bytes) -> None:
+        self.answered = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -73,7 +92,8 @@ class _Connection(asyncio.Protocol):
             self.complete = True
             self._wake()
         if not self.complete:
-            self._fail(httpx2.ReadError("backend closed the connection"))
+            self._fail(httpx2.ReadError("backend closed the connection") if self.answered
+                       else _ClosedUnanswered("backend closed the connection unanswered"))
 
     def pause_writing(self) -> None:  # request bodies are small: never paused for long
         pass
@@ -125,6 +145,7 @@ class _Connection(asyncio.Protocol):
         self.complete = False
         self.keep_alive = False
         self.error = None
+        self.answered = False
         self.head = asyncio.get_running_loop().create_future()
         self.transport.write(request)
         return self.head
@@ -178,11 +199,11 @@ class _Body(httpx2.AsyncByteStream):
 class LeanHttpTransport(httpx2.AsyncBaseTransport):
     """Up to ``size`` kept-alive HTTP/1.1 connections per origin of plain-``http`` URLs."""
 
-    def __init__(self, size: int, keepalive_expiry: float = 5.0) -> None:
+    def __init__(self, size: int, keepalive_expiry: float = 4.0) -> None:
         self._size = size
         self._expiry = keepalive_expiry
         self._slots = asyncio.Semaphore(size)
-        self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._idle: dict[tuple[str, int], deque[_Connection]] = {}
         self._open: set[_Connection] = set()
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
@@ -193,14 +214,15 @@ class LeanHttpTransport(httpx2.AsyncBaseTransport):
         key = (url.host, url.port or 80)
         await self._acquire(timeouts.get("pool"))
         try:
-            conn = await self._connection(key, timeouts.get("connect"))
+            wire = _request_bytes(request, await request.aread())
+            conn, reused = await self._connection(key, timeouts.get("connect"))
             try:
-                head = conn.start(_request_bytes(request, await request.aread()))
-                await _within(head, timeouts.get("read"))
-            except BaseException:
-                conn.close()
-                self._open.discard(conn)
-                raise
+                await self._exchange(conn, wire, timeouts.get("read"))
+            except _ClosedUnanswered:
+                if not (reused and request.extensions.get(REPLAYABLE)):
+                    raise
+                conn = await self._connect(key, timeouts.get("connect"))
+                await self._exchange(conn, wire, timeouts.get("read"))
         except BaseException:
             self._slots.release()
             raise
@@ -221,11 +243,27 @@ class LeanHttpTransport(httpx2.AsyncBaseTransport):
         except TimeoutError:
             raise httpx2.PoolTimeout(f"no connection free within {timeout:g}s") from None
 
-    async def _connection(self, key: tuple[str, int], timeout: float | None) -> _Connection:  # noqa: ASYNC109
+    async def _exchange(self, conn: _Connection, wire: bytes, timeout: float | None) -> None:  # noqa: ASYNC109
+        """Send a request on ``conn`` and wait for the head of its answer; ``conn`` is
+        closed if that fails."""
+        try:
+            await _within(conn.start(wire), timeout)
+        except BaseException:
+            self._discard(conn)
+            raise
+
+    def _discard(self, conn: _Connection) -> None:
+        conn.close()
+        self._open.discard(conn)
+
+    async def _connection(self, key: tuple[str, int], timeout: float | None  # noqa: ASYNC109
+                          ) -> tuple[_Connection, bool]:
+        """An idle connection to ``key`` that looks alive, else a new one; and whether it
+        was reused."""
         idle = self._idle.get(key)
         now = time.monotonic()
         while idle:
-            conn = idle.pop()
+            conn = idle.popleft()  # idle the longest: the most time to have seen an end
             # A backend may close a kept-alive connection right after its answer (uvicorn
             # does after an application error); the loop may not have read that end yet.
             # An idle socket with anything to read is such an end: never reused, as
@@ -233,9 +271,11 @@ class LeanHttpTransport(httpx2.AsyncBaseTransport):
             if not conn.closed and now - conn.idle_since < self._expiry \
                     and conn.transport is not None and not conn.transport.is_closing() \
                     and not is_socket_readable(conn.socket):
-                return conn
-            conn.close()
-            self._open.discard(conn)
+                return conn, True
+            self._discard(conn)
+        return await self._connect(key, timeout), False
+
+    async def _connect(self, key: tuple[str, int], timeout: float | None) -> _Connection:  # noqa: ASYNC109
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
@@ -250,7 +290,7 @@ class LeanHttpTransport(httpx2.AsyncBaseTransport):
     def _release(self, key: tuple[str, int], conn: _Connection) -> None:
         if conn.reusable():
             conn.idle_since = time.monotonic()
-            self._idle.setdefault(key, []).append(conn)
+            self._idle.setdefault(key, deque()).append(conn)
         else:
             conn.close()
             self._open.discard(conn)

@@ -21,13 +21,12 @@ calls, and on loopback two wake-ups of the backend for one request. The stream b
 holds a request head back until the body follows (or until it reads), so a call leaves
 in one write, as every other HTTP client sends it.
 
-Calls (POSTs) to plain-``http`` backends can take a cheaper road (``lean_calls``):
-``vmcp.backend.http11``, a lean HTTP/1.1 pool under the same httpx2 client, with the same
-budgets, acquire timeout and ``PoolTimeout`` (it cost a third to a fifth of httpcore2's CPU
-per call; see ``bench/HTTP_CLIENTS.md``). It is off by default: a backend that closes a
-kept-alive connection just as a call is sent on it (the SDK's server does after some
-application errors) still fails that call, where httpcore2's pool did not under the same
-load. Streams, health probes and ``https`` backends stay on httpcore2, which does TLS.
+Calls (POSTs) to plain-``http`` backends take a cheaper road: ``vmcp.backend.http11``, a
+lean HTTP/1.1 pool under the same httpx2 client, with the same budgets, acquire timeout and
+``PoolTimeout`` (it costs a third to a fifth of httpcore2's CPU per call; see
+``bench/HTTP_CLIENTS.md``), and which sends a read again when a backend closed a
+kept-alive connection just as it went out. Streams, health probes and ``https`` backends
+stay on httpcore2, which does TLS; ``lean_calls=False`` puts calls there too.
 
 Everything else is httpx2's own transport; ``tests/integration/backend/test_http_client.py``
 pins the private attributes (``AsyncHTTPTransport._pool``, ``AsyncClient._transport``) this
@@ -121,9 +120,9 @@ class BulkheadTransport(httpx2.AsyncBaseTransport):
     """
 
     def __init__(self, backends: Sequence[BackendConfig] = (), kind: Kind | None = None,
-                 lean_calls: bool = False) -> None:
+                 lean_calls: bool = True) -> None:
         self._kind = kind
-        self._lean_calls = lean_calls  # True: calls over the lean pool (see the module)
+        self._lean_calls = lean_calls  # calls over the lean pool (see the module)
         self._pools: dict[tuple[str, Kind, int, bool], httpx2.AsyncBaseTransport] = {}
         self._origins: tuple[tuple[BackendConfig, tuple[str, bytes]], ...] = ()
         self.use_backends(backends)

@@ -114,7 +114,7 @@ class ModernBackend:
             return await self._pump(response, request_id, on_message)
 
         async with wire.posted(name, self._http, self.target.url, body, headers,
-                               self._http_timeout) as response:
+                               self._http_timeout, replay=wire.replayable(method)) as response:
             if response.status_code >= 300 or response.status_code == 202:
                 await self._refuse(response, request_id)
             return _result(name, await wire.response_in(name, response, request_id, read_stream))

@@ -94,7 +94,8 @@ class StreamableHttpBackend(BaseBackend):
 
     async def _call(self, call: Call) -> dict[str, Any]:
         headers = {**call.headers, **self._post_headers}
-        result, _ = await self._post_request(call.id, call.body, headers, call.on_message)
+        result, _ = await self._post_request(call.id, call.body, headers, call.on_message,
+                                             replay=call.replayable)
         return result
 
     async def _post_request(
@@ -104,6 +105,8 @@ class StreamableHttpBackend(BaseBackend):
         headers: dict[str, str],
         on_message: MessageHandler | None,
         answered: list[str] | None = None,
+        *,
+        replay: bool = False,
     ) -> tuple[dict[str, Any], str | None]:
         """POST one request; returns its result and the ``Mcp-Session-Id`` answered.
 
@@ -115,7 +118,7 @@ class StreamableHttpBackend(BaseBackend):
             return await self._read_stream(response, request_id, headers, on_message)
 
         async with wire.posted(name, self._http, self.target.url, body, headers,
-                               self._call_timeout) as response:
+                               self._call_timeout, replay=replay) as response:
             if answered is not None and (session_id := response.headers.get(SESSION_HEADER)):
                 answered.append(session_id)
             if response.status_code >= 300 or response.status_code == 202:
@@ -283,8 +286,11 @@ class StreamableHttpBackend(BaseBackend):
 
     async def _post(self, body: bytes, headers: dict[str, str]) -> None:
         """POST a notification or response; the backend should accept it with 202."""
+        # A notification or a response: the backend takes a second copy as it took the
+        # first (a response to a request it no longer waits for is dropped).
         request = self._http.build_request(
-            "POST", self.target.url, content=body, headers=headers, timeout=self._call_timeout
+            "POST", self.target.url, content=body, headers=headers, timeout=self._call_timeout,
+            extensions={wire.REPLAYABLE: True},
         )
         response = await self._http.send(request, stream=True)
         try:
@@ -303,7 +309,7 @@ class StreamableHttpBackend(BaseBackend):
         answered: list[str] = []
         try:
             result, session_id = await self._post_request(request_id, body, post_headers, None,
-                                                          answered)
+                                                          answered, replay=True)
         except BaseException:
             # The backend opened the session and named it before the answer broke: the
             # session exists there, and only this client knows its id.

@@ -220,18 +220,39 @@ def content_type(response: httpx2.Response) -> str:
     return response.headers.get("content-type", "").lower()
 
 
+REPLAYABLE: Final = "vmcp.replayable"
+"""Request extension: the request may be sent again on a fresh connection when a reused
+one was closed before any byte of the answer came (``vmcp.backend.http11``)."""
+
+_SAFE_TO_REPEAT: Final = frozenset({
+    "initialize", "ping", "tools/list", "prompts/list", "prompts/get", "resources/list",
+    "resources/templates/list", "resources/read", "resources/subscribe",
+    "resources/unsubscribe", "completion/complete", "logging/setLevel",
+})
+"""Methods the specification defines as reads or as idempotent settings. Running one twice
+changes nothing a client can see (a repeated ``initialize`` leaves at most one unused
+backend session, which the backend expires). ``tools/call`` is absent: a tool may act."""
+
+
+def replayable(method: str) -> bool:
+    """Whether a request for ``method`` may be sent twice."""
+    return method in _SAFE_TO_REPEAT
+
+
 @asynccontextmanager
 async def posted(backend: str, http: httpx2.AsyncClient, url: str, body: bytes,
-                 headers: Mapping[str, str], http_timeout: httpx2.Timeout
-                 ) -> AsyncIterator[httpx2.Response]:
-    """POST ``body``; the streamed response, closed on exit.
+                 headers: Mapping[str, str], http_timeout: httpx2.Timeout,
+                 *, replay: bool = False) -> AsyncIterator[httpx2.Response]:
+    """POST ``body``; the streamed response, closed on exit. ``replay``: the request may
+    be sent again if the connection it went out on turns out to have been closed.
 
     An ``httpx2`` failure, while sending or while the block reads the response, is
     raised as the vmcp error that names its cause (:func:`transport_error`).
     """
     try:
         request = http.build_request("POST", parsed_url(url), content=body, headers=headers,
-                                     timeout=http_timeout)
+                                     timeout=http_timeout,
+                                     extensions={REPLAYABLE: True} if replay else None)
         response = await http.send(request, stream=True)
         try:
             yield response

@@ -52,7 +52,7 @@ async def test_a_request_leaves_in_one_write_head_and_body_together(
                "Content-Type": "application/json"}
     # Calls to plain-http backends take the lean transport (tests/.../test_lean_http.py);
     # httpcore2's pools (https calls, streams, probes) are the ones under test here.
-    async with httpx2.AsyncClient(transport=BulkheadTransport()) as http:
+    async with httpx2.AsyncClient(transport=BulkheadTransport(lean_calls=False)) as http:
         # One connection in the calls' pool and one in the streams' pool, then every
         # socket write they make is recorded.
         await http.post(url, content=body, headers=headers)

@@ -17,7 +17,7 @@ from vmcp.backend import wire
 from vmcp.backend.http11 import LeanHttpTransport, connection_count
 from vmcp.backend.http_client import BulkheadTransport, backend_http_client
 from vmcp.config import BackendConfig, BackendConnectionsConfig
-from vmcp.errors import BackendBusy
+from vmcp.errors import BackendBusy, BackendUnavailable
 
 pytestmark = pytest.mark.anyio
 
@@ -150,3 +150,63 @@ async def test_an_answer_that_ends_the_connection_is_not_reused(answer: bytes) -
                 assert await wire.read_body("once", response) == b"{}"
         assert connections == 2
         assert connection_count(transport) == 0
+
+
+OK = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+
+
+@pytest.mark.parametrize("replay", [True, False], ids=["replayable", "tool-call"])
+async def test_a_request_on_a_connection_closed_under_it_is_resent_only_if_replayable(
+    replay: bool,
+) -> None:
+    # The first connection answers one request, then takes the next and closes unanswered,
+    # as a backend does when its idle timeout or an application error ends a connection
+    # just as a request goes out on it.
+    requests = 0
+    connections = 0
+
+    async def closes_under_the_second(stream: anyio.abc.SocketStream) -> None:
+        nonlocal requests, connections
+        connections += 1
+        first_connection = connections == 1
+        while True:
+            await read_request(stream)
+            requests += 1
+            if first_connection and requests == 2:
+                return
+            await stream.send(OK)
+
+    transport = LeanHttpTransport(4)
+    async with raw_server(closes_under_the_second) as url, \
+            httpx2.AsyncClient(transport=transport) as http:
+        async with wire.posted("edge", http, url, PING, HEADERS, TIMEOUT) as response:
+            assert await wire.read_body("edge", response) == b"{}"
+        if replay:
+            async with wire.posted("edge", http, url, PING, HEADERS, TIMEOUT,
+                                   replay=True) as response:
+                assert await wire.read_body("edge", response) == b"{}"
+            assert (requests, connections) == (3, 2)  # sent again, on a new connection
+        else:
+            with pytest.raises(BackendUnavailable, match=r"edge.*closed"):
+                async with wire.posted("edge", http, url, PING, HEADERS, TIMEOUT):
+                    pass
+            assert (requests, connections) == (2, 1)  # never sent twice: it may have run
+        assert connection_count(transport) == (1 if replay else 0)
+
+
+async def test_a_new_connection_closed_unanswered_is_not_resent() -> None:
+    # Only a reused connection can have been closed by the backend before the request
+    # reached it; a new one closed unanswered is the backend failing on the request.
+    requests = 0
+
+    async def hangs_up(stream: anyio.abc.SocketStream) -> None:
+        nonlocal requests
+        await read_request(stream)
+        requests += 1
+
+    async with raw_server(hangs_up) as url, \
+            httpx2.AsyncClient(transport=LeanHttpTransport(4)) as http:
+        with pytest.raises(BackendUnavailable, match="closed"):
+            async with wire.posted("edge", http, url, PING, HEADERS, TIMEOUT, replay=True):
+                pass
+    assert requests == 1

@@ -53,8 +53,10 @@ class MemoryBackend(BaseBackend):
         self.sent: list[bytes] = []
         self.something_sent = anyio.Event()
         self.terminated = 0
+        self.calls: list[Call] = []
 
     async def _call(self, call: Call) -> dict[str, Any]:
+        self.calls.append(call)
         session = self._state.session_id
         await anyio.lowlevel.checkpoint()
         if session not in self.sessions:
@@ -255,3 +257,17 @@ async def test_a_recorded_upstream_session_outlives_a_copy_closed_for_this_repli
         await backend.aclose(end_session=False)
     assert backend.hook_calls
     assert backend.terminated == 0
+
+
+@pytest.mark.parametrize(("method", "replayable"), [
+    ("tools/list", True), ("resources/read", True), ("prompts/get", True), ("ping", True),
+    ("tools/call", False), ("tasks/cancel", False), ("sampling/whatever", False),
+])
+async def test_only_reads_may_be_sent_twice(
+    backend: MemoryBackend, method: str, replayable: bool
+) -> None:
+    # A transport may resend a replayable call when its connection died under it; a tool
+    # call never, whatever its name says: the backend may already have run it.
+    await backend.request(method, {})
+    (call,) = backend.calls
+    assert call.replayable is replayable
