@@ -42,6 +42,7 @@ from vmcp.identity import (
 )
 from vmcp.session import metadata as md
 from vmcp.session.admission import Admission
+from vmcp.session.endings import UpstreamEndings, let_calls_finish
 from vmcp.session.live import LiveSession, SessionFactory
 from vmcp.store.base import SessionStore, validate_session_id
 from vmcp.store.expiry_index import ExpiryIndex
@@ -100,12 +101,10 @@ class SessionManager:
     ) -> None:
         self._store = store
         self._factory = factory
-        self._ended = ended_sessions
+        self._endings = UpstreamEndings(factory, ended_sessions, expiry)
         self._liveness_interval = liveness_interval
         self._admission = Admission(identities, max_per_identity=max_sessions_per_identity,
                                     max_in_flight=max_initializes_in_flight)
-        self._expiry = expiry
-        self._claimed: set[str] = set()  # sessions whose end this replica has claimed
         self._cache: ValidatingCache[str, _Entry] = ValidatingCache(
             capacity=cache_capacity, load=self._restore, check=self._is_alive,
             on_evict=self._close, on_displace=self._displace,
@@ -257,24 +256,15 @@ class SessionManager:
         if ended:
             self._check_caller(session_id, record[md.IDENTITY], principal)
             # Claimed before the record goes, so an expiry sweep cannot take it too.
-            claimed = await self._claim(session_id)
+            claimed = await self._endings.claim(session_id)
             record = await md.seal(self._store, session_id, record)
             await self._store.delete(session_id)
             await self._admission.release(record[md.IDENTITY], session_id)
         elif not md.is_terminated(record):
             await self._store.update(session_id, {**record, md.TERMINATED: "true"})
         await self._end_here(session_id, record, claimed)
-        await self._announce_end(session_id)
+        await self._endings.announce(session_id)
         return ended
-
-    async def _announce_end(self, session_id: str) -> None:
-        if self._ended is not None:
-            try:
-                await self._ended.publish(session_id)
-            except StoreError as exc:
-                # The others still find out at their next request for it (liveness check).
-                logger.warning("could not announce ended session: %s", exc,
-                               extra={"session_id": session_id})
 
     async def _end_here(self, session_id: str, record: dict[str, str], claimed: bool) -> None:
         """Close this replica's copy; with ``claimed``, end every recorded upstream session
@@ -284,12 +274,12 @@ class SessionManager:
         copy = self._cache.peek(session_id)
         held = copy.live.backend_states() if copy is not None else {}
         if claimed:
-            self._claimed.add(session_id)
+            self._endings.hold(session_id)
         if not self._cache.evict(session_id):
-            self._claimed.discard(session_id)
+            self._endings.release(session_id)
             held = {}
         if claimed:
-            await self._end_upstream(session_id, {
+            await self._endings.end_upstream(session_id, {
                 name: state for name, state in md.backend_states(record).items()
                 if held.get(name) != state})
 
@@ -297,42 +287,12 @@ class SessionManager:
         """A session whose record expired, claimed by this replica's sweep: end its
         upstream sessions (once, here) and tell the others to drop their copies."""
         await self._end_here(session_id, record, claimed=True)
-        await self._announce_end(session_id)
-
-    async def _claim(self, session_id: str) -> bool:
-        """Whether this replica ends ``session_id``'s upstream sessions (see
-        ``vmcp.store.expiry_index``); always, without an index. A store that cannot
-        answer leaves the claim to a later sweep."""
-        if self._expiry is None:
-            return True
-        try:
-            return await self._expiry.claim(session_id) is not None
-        except StoreError as exc:
-            logger.warning("could not claim the end of a session: %s", exc,
-                           extra={"session_id": session_id})
-            return False
-
-    async def _end_upstream(self, session_id: str, states: dict[str, str]) -> None:
-        if not states:
-            return
-        try:
-            await self._factory.end(session_id, sorted(states), states)
-        except Exception:
-            logger.warning("could not end the upstream sessions of an ended session",
-                           extra={"session_id": session_id}, exc_info=True)
+        await self._endings.announce(session_id)
 
     async def follow_ended_sessions(self) -> None:
-        """Close this replica's copies of sessions ended on any replica, as announced.
-
-        Runs until cancelled (a lifespan task). Without a bus there is nothing to follow.
-        """
-        if self._ended is None:
-            return
-        async for session_id in self._ended.subscribe():
-            # The replica that claimed the end ends the upstream sessions; this copy's
-            # close finds the claim taken and only closes its connections.
-            if self.evict_local(session_id):
-                logger.info("closed a session ended elsewhere", extra={"session_id": session_id})
+        """Close this replica's copies of sessions ended on any replica, as announced
+        (a lifespan task: runs until cancelled)."""
+        await self._endings.follow(self.evict_local)
 
     def evict_local(self, session_id: str) -> bool:
         """Close this replica's copy now (the session ended elsewhere); True if held."""
@@ -490,22 +450,11 @@ class SessionManager:
         if entry.outdated:
             # The rebuilt copy serves new requests; the calls already running here would
             # otherwise be answered "session not found" for a session that lives on.
-            with anyio.move_on_after(OUTDATED_CALLS_SECONDS):
-                async with anyio.create_task_group() as tg:
-                    async def calls_done() -> None:
-                        await entry.live.wait_calls()
-                        tg.cancel_scope.cancel()
-
-                    async def shutting_down() -> None:
-                        await self._closing.wait()
-                        tg.cancel_scope.cancel()
-
-                    tg.start_soon(calls_done)
-                    tg.start_soon(shutting_down)
+            await let_calls_finish(entry.live, self._closing, OUTDATED_CALLS_SECONDS)
             await entry.live.aclose()
             return
-        if (self._closing.is_set() and self._ended is not None
-                and session_id not in self._claimed):
+        if (self._closing.is_set() and self._endings.shared
+                and not self._endings.holds(session_id)):
             # This replica stops (a rolling upgrade), the session does not: with a shared
             # store another replica restores it and re-attaches to its upstream sessions,
             # which must keep their state (B38). With a store of this process alone
@@ -514,9 +463,7 @@ class SessionManager:
             return
         # The session ended (or this replica stops and takes it along): its upstream
         # sessions are ended by whoever claims that end, here or elsewhere, exactly once.
-        end = session_id in self._claimed or await self._claim(session_id)
-        self._claimed.discard(session_id)
-        await entry.live.aclose(end_upstream=end)
+        await entry.live.aclose(end_upstream=await self._endings.take(session_id))
 
     async def _displace(self, session_id: str, entry: _Entry) -> None:
         """LRU pressure drops a copy of a session that is still valid (B38): its
