@@ -13,7 +13,7 @@ from tests.integration.test_operations import metric
 from tests.support.mcp_http import RawSession
 from tests.support.processes import ManagedProcess, gateway_config, running_gateway
 from vmcp.errors import StoreUnavailable
-from vmcp.server.transport import _error_reply
+from vmcp.server.replies import error_reply
 from vmcp.tracing import session_tag
 
 
@@ -63,7 +63,7 @@ def test_each_request_has_one_log_line_and_an_outcome_label(
 
 def test_a_store_failure_tells_the_client_to_retry_and_the_log_where() -> None:
     detail = "redis load: ConnectionError: Error 111 connecting to 10.1.2.3:6379"
-    reply = _error_reply(StoreUnavailable(detail), 7)
+    reply = error_reply(StoreUnavailable(detail), 7)
     assert reply.status == 503
     assert reply.body["error"]["message"] == "Session store unavailable, retry"
     assert "10.1.2.3" not in json.dumps(reply.body)

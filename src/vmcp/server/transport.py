@@ -36,10 +36,7 @@ from vmcp.errors import (
     INVALID_REQUEST_CODE,
     AuthenticationError,
     InvalidIdentity,
-    InvalidSessionId,
     MessageError,
-    NotPermitted,
-    ReplicaBusy,
     SessionClosed,
     SessionError,
     SessionNotFound,
@@ -50,6 +47,7 @@ from vmcp.errors import (
 from vmcp.identity import Principal
 from vmcp.server import auditing, jsonrpc
 from vmcp.server.jsonrpc import Incoming
+from vmcp.server.replies import Reply, error_reply, read_body
 from vmcp.server.request_log import (
     VERB_LABELS,
     RequestRecord,
@@ -163,7 +161,7 @@ class McpEndpoint:
         try:
             with outgoing.request_scope():
                 await self._dispatch(verb, scope, receive, tracking_send, headers)
-        except _Reply as reply:
+        except Reply as reply:
             error = reply.body.get("error")
             if isinstance(error, dict):
                 operation.error_code = error.get("code")
@@ -211,14 +209,14 @@ class McpEndpoint:
     async def _post(self, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
         accept = headers.get("accept", "")
         if not (accepts(accept, JSON) and accepts(accept, EVENT_STREAM)):
-            raise _Reply(406, jsonrpc.error(
+            raise Reply(406, jsonrpc.error(
                 None, INVALID_REQUEST_CODE,
                 "Not Acceptable: Accept must include application/json and text/event-stream"))
         content_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if content_type != JSON:
-            raise _Reply(415, jsonrpc.error(
+            raise Reply(415, jsonrpc.error(
                 None, INVALID_REQUEST_CODE, "Unsupported Media Type: use application/json"))
-        body = await self._read_body(receive, headers)
+        body = await read_body(receive, headers, self._max_body)
         if self._stateless is not None and is_stateless(headers):
             # No session, no store: see vmcp.server.stateless.
             principal = await self._principal(headers, None)
@@ -227,7 +225,7 @@ class McpEndpoint:
         try:
             message = jsonrpc.parse_message(body)
         except MessageError as exc:
-            raise _Reply(exc.status, jsonrpc.error(exc.request_id, exc.code, exc.message)
+            raise Reply(exc.status, jsonrpc.error(exc.request_id, exc.code, exc.message)
                          ) from exc
         scope[METHOD_KEY] = method_label(message)
         attributes: dict[str, str] = {"mcp.method.name": scope[METHOD_KEY]}
@@ -266,10 +264,10 @@ class McpEndpoint:
                     else:
                         await session.forward_client_response(message.raw)
                 except (StoreError, SessionClosed) as exc:
-                    raise _error_reply(exc, None) from exc
+                    raise error_reply(exc, None) from exc
                 except WorkflowGone:
                     # Not 404: clients take that for an ended session and start over.
-                    raise _Reply(400, jsonrpc.error(
+                    raise Reply(400, jsonrpc.error(
                         None, INVALID_REQUEST_CODE, "No workflow waits for this answer: "
                         "it expired, was answered already, or is not this session's")
                         ) from None
@@ -288,33 +286,14 @@ class McpEndpoint:
                 try:
                     await self._request(receive, send, session, message, principal)
                 except SessionClosed as exc:
-                    raise _error_reply(exc, message.id) from exc
-
-    async def _read_body(self, receive: Receive, headers: Headers) -> bytes:
-        declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self._max_body:
-            raise _Reply(413, jsonrpc.error(None, INVALID_REQUEST_CODE, "Request body too large"))
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Reply(400, jsonrpc.error(None, INVALID_REQUEST_CODE, "Client went away"))
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self._max_body:
-                raise _Reply(413, jsonrpc.error(
-                    None, INVALID_REQUEST_CODE, "Request body too large"))
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+                    raise error_reply(exc, message.id) from exc
 
     def _check_version(self, headers: Headers, message: Incoming) -> None:
         version = headers.get(VERSION_HEADER)
         if version is None or message.method == "initialize":
             return
         if version not in HANDSHAKE_VERSIONS:
-            raise _Reply(400, jsonrpc.error(
+            raise Reply(400, jsonrpc.error(
                 message.id, INVALID_REQUEST_CODE,
                 f"Unsupported MCP-Protocol-Version {version!r}; "
                 f"supported: {', '.join(HANDSHAKE_VERSIONS)}"))
@@ -330,15 +309,15 @@ class McpEndpoint:
             return principal
         except AuthenticationError as exc:
             # Before any session lookup, so the answer is the same for every session id.
-            raise _Reply(exc.http_status, jsonrpc.error(request_id, exc.jsonrpc_code, str(exc)),
+            raise Reply(exc.http_status, jsonrpc.error(request_id, exc.jsonrpc_code, str(exc)),
                          [(k.encode(), v.encode()) for k, v in exc.response_headers()]) from exc
         except InvalidIdentity as exc:
-            raise _Reply(401, jsonrpc.error(request_id, INVALID_REQUEST_CODE, str(exc))) from exc
+            raise Reply(401, jsonrpc.error(request_id, INVALID_REQUEST_CODE, str(exc))) from exc
 
     async def _initialize(self, send: Send, headers: Headers, message: Incoming,
                           principal: Principal) -> None:
         if headers.get(SESSION_HEADER):
-            raise _Reply(400, jsonrpc.error(
+            raise Reply(400, jsonrpc.error(
                 message.id, INVALID_REQUEST_CODE,
                 "initialize must not carry Mcp-Session-Id; the session is already initialized"))
         try:
@@ -346,7 +325,7 @@ class McpEndpoint:
             live = await self._manager.initialize(
                 principal, [str(k) for k in declared] if isinstance(declared, dict) else [])
         except VmcpError as exc:
-            raise _error_reply(exc, message.id) from exc
+            raise error_reply(exc, message.id) from exc
         assert isinstance(live, MultiSession)
         payload = self._methods.initialize_result(live, message.params)
         current_record.get().session_id = live.session_id
@@ -357,20 +336,20 @@ class McpEndpoint:
                        request_id: Any) -> MultiSession:
         session_id = headers.get(SESSION_HEADER)
         if not session_id:
-            raise _Reply(400, jsonrpc.error(
+            raise Reply(400, jsonrpc.error(
                 request_id, INVALID_REQUEST_CODE, "Bad Request: Mcp-Session-Id header required"))
         try:
             live = await self._manager.get(session_id, principal)
         except SessionNotYours as exc:
             # Alive, and someone else's: its live copy stays, or any holder of a leaked id
             # could keep closing the owner's backend sessions.
-            raise _error_reply(exc, request_id) from exc
+            raise error_reply(exc, request_id) from exc
         except SessionError as exc:
             # This replica's copy (if any) is stale: drop it now, not at LRU pressure.
             self._manager.evict_local(session_id)
-            raise _error_reply(exc, request_id) from exc
+            raise error_reply(exc, request_id) from exc
         except VmcpError as exc:
-            raise _error_reply(exc, request_id) from exc
+            raise error_reply(exc, request_id) from exc
         assert isinstance(live, MultiSession)
         return live
 
@@ -390,11 +369,11 @@ class McpEndpoint:
             try:
                 target = await self._methods.authorize(session, message, principal)
             except VmcpError as exc:
-                raise _error_reply(exc, message.id) from exc
+                raise error_reply(exc, message.id) from exc
         try:
             stream = session.streams.open(message.id)
         except DuplicateRequestId:
-            raise _Reply(400, jsonrpc.error(
+            raise Reply(400, jsonrpc.error(
                 message.id, INVALID_REQUEST_CODE,
                 "Invalid Request: this request id is already in use in the session")
                 ) from None
@@ -445,7 +424,7 @@ class McpEndpoint:
 
     async def _get(self, receive: Receive, send: Send, headers: Headers) -> None:
         if not accepts(headers.get("accept", ""), EVENT_STREAM):
-            raise _Reply(406, jsonrpc.error(
+            raise Reply(406, jsonrpc.error(
                 None, INVALID_REQUEST_CODE,
                 "Not Acceptable: Accept must include text/event-stream"))
         principal = await self._principal(headers, None)
@@ -463,7 +442,7 @@ class McpEndpoint:
         try:
             self._streams.acquire(session.session_id)
         except StreamRefused as refused:
-            raise _Reply(refused.status, jsonrpc.error(None, INVALID_REQUEST_CODE,
+            raise Reply(refused.status, jsonrpc.error(None, INVALID_REQUEST_CODE,
                                                        refused.message),
                          [(b"retry-after", str(refused.retry_after).encode())]) from None
         try:
@@ -492,7 +471,7 @@ class McpEndpoint:
     async def _delete(self, send: Send, headers: Headers) -> None:
         session_id = headers.get(SESSION_HEADER)
         if not session_id:
-            raise _Reply(400, jsonrpc.error(
+            raise Reply(400, jsonrpc.error(
                 None, INVALID_REQUEST_CODE, "Bad Request: Mcp-Session-Id header required"))
         principal = await self._principal(headers, None)
         try:
@@ -501,34 +480,5 @@ class McpEndpoint:
                 # a live session, byte for byte, or DELETE would tell live ids apart.
                 raise SessionNotFound(session_id)
         except VmcpError as exc:
-            raise _error_reply(exc, None) from exc
+            raise error_reply(exc, None) from exc
         await send_empty(send, 200)
-
-
-class _Reply(Exception):
-    """An early answer (an error status) raised from deep in a request's handling."""
-
-    def __init__(self, status: int, body: dict[str, Any],
-                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
-        super().__init__(status)
-        self.status = status
-        self.body = body
-        self.headers = headers or []
-
-
-def _error_reply(exc: VmcpError, request_id: Any) -> _Reply:
-    headers = [(b"retry-after", b"1")] if isinstance(exc, StoreError | ReplicaBusy) else []
-    if isinstance(exc, ReplicaBusy):
-        logger.warning("initialize refused: %s", exc)
-        message = exc.public_message
-    elif isinstance(exc, StoreError):
-        # The detail (which store, which address) is for the log, not for clients.
-        logger.warning("session store unavailable: %s", exc)
-        message = exc.public_message
-    elif isinstance(exc, SessionError | SessionClosed | InvalidSessionId | NotPermitted):
-        message = exc.public_message
-    else:
-        message = str(exc) or exc.public_message
-    return _Reply(exc.http_status, jsonrpc.error(request_id, exc.jsonrpc_code, message), headers)
-
-
