@@ -85,8 +85,7 @@ class Call:
     on_message: MessageHandler | None
     headers: Mapping[str, str]
     """The call's own headers (its caller's credentials), below the transport's."""
-    replayable: bool = False
-    """Sending it twice changes nothing (:func:`vmcp.backend.wire.replayable`)."""
+    replayable: bool = False  # sending it twice changes nothing (``wire.replayable``)
 
 
 class BaseBackend:
@@ -200,8 +199,7 @@ class BaseBackend:
         message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
         if params is not None:
             message["params"] = params
-        call = Call(request_id, encode(message), params, on_message, extra,
-                    replayable(method))
+        call = Call(request_id, encode(message), params, on_message, extra, replayable(method))
 
         async def attempt() -> dict[str, Any]:
             return await self._call(call)
