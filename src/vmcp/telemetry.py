@@ -32,7 +32,7 @@ from vmcp.session.manager import SessionManager
 from vmcp.stateless.subscriptions import ChangeHub
 from vmcp.store.base import Merged, SessionStore
 from vmcp.store.pubsub import RedisSessionRelay
-from vmcp.tracing import tracer
+from vmcp.tracing import span
 from vmcp.upstream.ledger import UpstreamLedger
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -213,7 +213,7 @@ class InstrumentedStore:
         started = time.perf_counter()
         outcome = "ok"
         try:
-            with tracer.start_as_current_span(f"store {op}", kind=SpanKind.CLIENT):
+            with span(f"store {op}", kind=SpanKind.CLIENT):
                 return await call()
         except SessionNotFound:
             outcome = "not_found"

@@ -51,7 +51,7 @@ from vmcp.composite.contract import (
 )
 from vmcp.config import CompositeToolConfig, InnerStep, OutputField, StepConfig
 from vmcp.templating import TemplateError, render
-from vmcp.tracing import tracer
+from vmcp.tracing import span
 
 __all__ = ["Asked", "AwaitingAnswer", "StepFailed", "StepHost", "StepObserver",
            "WorkflowFailed", "WorkflowRun", "WorkflowSuspended"]
@@ -175,7 +175,7 @@ class WorkflowRun:
         outcome = "cancelled"
         self._observe("", "workflow_started", {"resumed": self._resumed})
         try:
-            with tracer.start_as_current_span(f"composite {self.tool.name}", attributes={
+            with span(f"composite {self.tool.name}", attributes={
                     "mcp.tool.name": self.tool.name}):
                 result = await self._scheduled()
             outcome = "ok"
@@ -231,7 +231,7 @@ class WorkflowRun:
                 return
             async with self._slots:
                 state.status, state.started = "running", time.monotonic()
-                with tracer.start_as_current_span(f"composite step {step.id}", attributes={
+                with span(f"composite step {step.id}", attributes={
                         "mcp.tool.name": self.tool.name, "vmcp.step": step.id}):
                     output = await self._attempts(step)
             self._finish(step, "completed", output)

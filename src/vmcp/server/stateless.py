@@ -60,7 +60,6 @@ from mcp_types import (
 from mcp_types.jsonrpc import JSONRPCNotification, JSONRPCRequest
 from mcp_types.methods import CACHEABLE_METHODS, serialize_server_result, validate_client_request
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
-from opentelemetry.trace import SpanKind
 from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
@@ -191,9 +190,7 @@ class StatelessEndpoint:
             meta = (request.params or {}).get("_meta")
             if isinstance(meta, dict):
                 auditing.note_client(operation, meta.get(CLIENT_INFO_META_KEY))
-        with tracing.tracer.start_as_current_span(
-                f"mcp {label}", context=tracing.incoming_context(headers),
-                kind=SpanKind.SERVER, attributes=attributes):
+        with tracing.server_span(f"mcp {label}", headers, attributes):
             if operation is not None:
                 auditing.note_trace(operation)
             await self._serve_request(receive, send, decoded, request, raw_headers, headers,

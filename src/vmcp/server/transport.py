@@ -22,7 +22,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-from opentelemetry.trace import SpanKind
 from starlette.datastructures import Headers
 from starlette.types import Message, Receive, Scope, Send
 
@@ -241,9 +240,7 @@ class McpEndpoint:
             if message.method == "initialize":
                 auditing.note_client(operation, message.params.get("clientInfo"))
                 operation.protocol_version = str(message.params.get("protocolVersion"))[:32]
-        with tracing.tracer.start_as_current_span(
-                f"mcp {scope[METHOD_KEY]}", context=tracing.incoming_context(headers),
-                kind=SpanKind.SERVER, attributes=attributes):
+        with tracing.server_span(f"mcp {scope[METHOD_KEY]}", headers, attributes):
             if operation is not None:
                 auditing.note_trace(operation)
             await self._serve_message(scope, receive, send, headers, message)

@@ -33,7 +33,7 @@ from vmcp.session.upstreams import Opener
 from vmcp.store.base import SessionStore
 from vmcp.store.event_log import EventLog
 from vmcp.store.pubsub import SessionRelay
-from vmcp.tracing import tracer
+from vmcp.tracing import span
 from vmcp.upstream.catalogs import BackendProfile, routing_table
 from vmcp.upstream.dialer import BackendDialer
 from vmcp.upstream.discovery import discover
@@ -154,8 +154,7 @@ class BackendConnector:
         opened = [backend for name in names if name in states
                   and (backend := self._config.backend(name)) is not None]
         opened += self._attached_at_once(names, states)
-        with tracer.start_as_current_span("session restore",
-                                          attributes={"vmcp.backends": len(names)}):
+        with span("session restore", attributes={"vmcp.backends": len(names)}):
             connections = await self._gather(session_id, opened, states)
             profiles = {name: profile for name in names
                         if (profile := self.profiles.cached(name, principal)) is not None}

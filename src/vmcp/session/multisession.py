@@ -37,7 +37,7 @@ from vmcp.session.streams import ResponseStream, ResponseStreams, StreamBounds
 from vmcp.session.upstreams import Opener, SessionUpstreams
 from vmcp.store.event_log import EventLog
 from vmcp.store.pubsub import SessionRelay
-from vmcp.tracing import outgoing_headers, tracer
+from vmcp.tracing import outgoing_headers, span
 from vmcp.upstream.catalogs import BackendProfile
 from vmcp.upstream.client_requests import undeclared
 from vmcp.upstream.ledger import UpstreamLedger
@@ -248,9 +248,8 @@ class MultiSession:
         started = time.perf_counter()
         outcome = "error"
         try:
-            with tracer.start_as_current_span(
-                    f"backend {method}", kind=SpanKind.CLIENT,
-                    attributes={"mcp.backend": backend, "mcp.method.name": method}):
+            with span(f"backend {method}", kind=SpanKind.CLIENT,
+                      attributes={"mcp.backend": backend, "mcp.method.name": method}):
                 connection = await self.upstreams.ensure(backend)
                 result = await connection.request(method, params, on_message=relay,
                                                   headers=outgoing_headers() or None)
