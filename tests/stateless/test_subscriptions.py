@@ -213,3 +213,37 @@ async def test_a_change_on_one_hub_reaches_the_listeners_of_another_over_redis(
         first.close_all()
         second.close_all()
         await store.aclose()
+
+
+class _SlowChannel:
+    """A change channel whose publish waits until released (a slow store)."""
+
+    def __init__(self) -> None:
+        self.publishing = anyio.Event()
+        self.release = anyio.Event()
+
+    async def publish(self, payload: dict[str, Any]) -> None:
+        self.publishing.set()
+        await self.release.wait()
+
+    async def subscribe(self) -> Any:
+        await anyio.sleep_forever()
+        yield {}  # pragma: no cover - never reached
+
+
+async def test_closing_while_a_change_is_being_published_ends_the_hub_quietly() -> None:
+    # Shutdown closes the outbox while the publisher is inside a publish: the publisher
+    # then finds its stream closed, which must end it, not fail the replica's lifespan.
+    channel = _SlowChannel()
+    hub = ChangeHub(max_listeners=2, buffer=4, coalesce_seconds=0.0, replica="r1",
+                    channel=channel)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(hub.run)
+            hub.changed(["tools"])
+            hub.changed(["prompts"])  # a second change waits behind the first
+            await channel.publishing.wait()
+            hub.close_all()
+            channel.release.set()
+            await anyio.wait_all_tasks_blocked()
+            tg.cancel_scope.cancel()

@@ -321,13 +321,16 @@ class ChangeHub:
     @staticmethod
     async def _publish(channel: ChangeChannel,
                        outgoing: MemoryObjectReceiveStream[dict[str, Any]]) -> None:
-        async for payload in outgoing:
-            try:
-                await channel.publish(payload)
-            except StoreError as exc:
-                logger.warning("could not tell the other replicas of a change: %s", exc)
-            except Exception:  # a hint only: never let it take the replica down
-                logger.exception("could not tell the other replicas of a change")
+        try:
+            async for payload in outgoing:
+                try:
+                    await channel.publish(payload)
+                except StoreError as exc:
+                    logger.warning("could not tell the other replicas of a change: %s", exc)
+                except Exception:  # a hint only: never let it take the replica down
+                    logger.exception("could not tell the other replicas of a change")
+        except anyio.ClosedResourceError:
+            pass  # shutdown (close_all) closed the outbox while a publish was under way
 
     async def _receive(self, channel: ChangeChannel) -> None:
         async for payload in channel.subscribe():
