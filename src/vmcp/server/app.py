@@ -37,9 +37,11 @@ from vmcp.backend.http_client import backend_http_client
 from vmcp.composite import CompositeRegistry
 from vmcp.config import VmcpConfig, stdio_warnings
 from vmcp.config.models import SessionConfig
-from vmcp.errors import AuthenticationError, StoreError
+from vmcp.errors import INTERNAL_ERROR_CODE, AuthenticationError, StoreError
+from vmcp.server import jsonrpc
 from vmcp.server.overview import OperatorView, open_view
 from vmcp.server.reload import Reloadable, backend_targets, reload_on_sighup
+from vmcp.server.responses import send_json
 from vmcp.server.security import RequestGuard
 from vmcp.server.session_methods import SessionMethods
 from vmcp.server.session_workflows import SessionQuestions
@@ -100,14 +102,23 @@ class Runtime:
 
 
 class _Endpoint:
-    """Holds the MCP endpoint once the lifespan has built it."""
+    """Holds the MCP endpoint while the lifespan runs.
+
+    Without one (a request racing start-up or shutdown, or a lifespan ended by a failed
+    background task) the answer is 503 with ``Retry-After``: the client retries, through
+    the balancer, on a replica that serves. ``/healthz`` fails too, so that an
+    orchestrator restarts a replica left in that state.
+    """
 
     def __init__(self) -> None:
         self.app: McpEndpoint | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.app is None:
-            raise RuntimeError("the MCP endpoint is used before start-up finished")
+            await send_json(send, 503, jsonrpc.error(None, INTERNAL_ERROR_CODE,
+                                                     "This replica is not serving; retry"),
+                            extra=[(b"retry-after", b"1")])
+            return
         await self.app(scope, receive, send)
 
 
@@ -249,6 +260,8 @@ def create_app(config: VmcpConfig, *, config_path: Path | None = None) -> Gatewa
                     await relay.aclose()
 
     async def healthz(request: Request) -> Response:
+        if endpoint.app is None:
+            return JSONResponse({"status": "not serving"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
