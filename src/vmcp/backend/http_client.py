@@ -46,6 +46,7 @@ from httpcore2._backends.anyio import AnyIOBackend, AnyIOStream
 from httpcore2._utils import is_socket_readable
 
 from vmcp.backend.http11 import LeanHttpTransport
+from vmcp.backend.wire import USER_AGENT
 from vmcp.config import BackendConfig, BackendConnectionsConfig
 
 DEFAULT_BUDGET = BackendConnectionsConfig()
@@ -184,7 +185,8 @@ def backend_http_client(backends: Sequence[BackendConfig] = (),
     every other session's requests (a login or an affinity cookie leaking across
     sessions and identities).
     """
-    http = httpx2.AsyncClient(transport=BulkheadTransport(backends, kind), timeout=None)
+    http = httpx2.AsyncClient(transport=BulkheadTransport(backends, kind), timeout=None,
+                              headers={"user-agent": USER_AGENT})
     http.cookies = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
     return http
 

@@ -30,6 +30,7 @@ from mcp_types import InitializeResult
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
+from vmcp import __version__
 from vmcp.backend.contract import BackendRpcError, MessageHandler
 from vmcp.errors import (
     INTERNAL_ERROR_CODE,
@@ -220,6 +221,9 @@ def content_type(response: httpx2.Response) -> str:
     return response.headers.get("content-type", "").lower()
 
 
+USER_AGENT: Final = f"vmcp/{__version__}"
+"""How vmcp names itself to backends."""
+
 REPLAYABLE: Final = "vmcp.replayable"
 """Request extension: the request may be sent again on a fresh connection when a reused
 one was closed before any byte of the answer came (``vmcp.backend.http11``)."""
@@ -249,10 +253,16 @@ async def posted(backend: str, http: httpx2.AsyncClient, url: str, body: bytes,
     An ``httpx2`` failure, while sending or while the block reads the response, is
     raised as the vmcp error that names its cause (:func:`transport_error`).
     """
+    extensions: dict[str, Any] = {"timeout": http_timeout.as_dict()}
+    if replay:
+        extensions[REPLAYABLE] = True
     try:
-        request = http.build_request("POST", parsed_url(url), content=body, headers=headers,
-                                     timeout=http_timeout,
-                                     extensions={REPLAYABLE: True} if replay else None)
+        # Built here rather than by ``build_request``, which merges the client's defaults
+        # (headers, cookies, parameters) into every call for half its CPU; the backend
+        # client has nothing to merge but its user agent.
+        request = httpx2.Request("POST", parsed_url(url), content=body,
+                                 headers={**headers, "user-agent": USER_AGENT},
+                                 extensions=extensions)
         response = await http.send(request, stream=True)
         try:
             yield response
