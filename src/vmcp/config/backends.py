@@ -101,7 +101,9 @@ class BackendConfig(_Frozen):
     cwd: str | None = None
     """stdio: the process's working directory (default: the gateway's)."""
     headers: dict[str, str] = Field(default_factory=dict)
-    """Headers sent with every request to the backend (not those the transport or auth set)."""
+    """Headers sent with every request to the backend (not those the transport or auth set).
+    vmcp names itself `vmcp/<version>` in `User-Agent`, and keeps no cookie a backend sets:
+    one client carries every session's requests."""
     connect_timeout_seconds: float = Field(default=10.0, gt=0, allow_inf_nan=False)
     """Bound on opening (or re-attaching) a session on this backend."""
     call_timeout_seconds: float = Field(default=60.0, gt=0, allow_inf_nan=False)
