@@ -165,11 +165,12 @@ class McpHttpSession:
     """
 
     def __init__(self, client: httpx2.AsyncClient, url: str,
-                 headers: Mapping[str, str] | None = None, *, modern: bool = False) -> None:
+                 headers: Mapping[str, str] | None = None, *, modern: bool = False,
+                 first_id: int = 1) -> None:
         self._client = client
         self.url = url
         self._extra_headers = dict(headers or {})
-        self._next_id = 0
+        self._next_id = first_id - 1
         self.session_id: str | None = None
         self.protocol_version = MODERN_VERSION if modern else PROTOCOL_VERSION
         self.modern = modern

@@ -283,10 +283,11 @@ def _stored(m: dict[str, Any]) -> list[str]:
                 f"{rates[-1]:.0f}/s the remaining {written:,} would have taken "
                 f"≈ {written / rates[-1]:.0f} s more, so they were written into Redis "
                 "directly instead: byte-for-byte copies of a real session's record "
-                "(identity `unauthenticated`, backend list, backend state) under new ids, "
+                "(identity `unauthenticated`, backend list; no upstream session yet, as "
+                "they open on first use) under new ids, "
                 f"with that process's key prefix (`{figure.get('key_prefix', '?')}`) and the "
-                "record's TTL. They are restorable like sessions another replica created, "
-                "and share that one backend session."]
+                "record's TTL. They are restorable like sessions another replica created; "
+                "each opens its upstream session at its first call."]
     return out
 
 

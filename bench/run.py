@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import itertools
 import json
 import math
 import os
@@ -598,9 +599,10 @@ def _write_records(client: redis.Redis, template_id: str, count: int) -> list[st
     """Store ``count`` new sessions as byte-for-byte copies of ``template_id``'s record.
 
     The record is what the gateway itself wrote for a full session: identity
-    ``unauthenticated``, the backend list and the backend's state (its session id and
-    ``InitializeResult``), so each copy is restorable like a session another replica
-    created. The copies share that backend session; the TTL is the template's.
+    ``unauthenticated`` and the backend list, plus the backend's state (its session id
+    and ``InitializeResult``) once the session used the backend (upstream sessions open
+    on first use), so each copy is restorable like a session another replica created.
+    Copies share that backend session, if any; the TTL is the template's.
     """
     key = STORED_PREFIX + template_id
     raw = client.get(key)
@@ -608,8 +610,7 @@ def _write_records(client: redis.Redis, template_id: str, count: int) -> list[st
     if not isinstance(raw, bytes) or not isinstance(ttl_ms, int) or ttl_ms <= 0:
         raise LoadError(f"no live record under {key}")
     record = json.loads(raw)
-    if not (md.is_full_session(record) and record[md.IDENTITY] == UNAUTHENTICATED
-            and md.backend_states(record)):
+    if not (md.is_full_session(record) and record[md.IDENTITY] == UNAUTHENTICATED):
         raise LoadError(f"not a restorable unauthenticated record: {sorted(record)}")
     ids = [uuid.uuid4().hex for _ in range(count)]  # the gateway's id format
     for batch in _batched(ids, 1000):
@@ -691,8 +692,12 @@ async def _stored_sessions(base: str, watch: dict[str, list[int]], client: redis
                                                    plan.stored_clients))
     async with httpx2.AsyncClient(timeout=30, limits=limits) as http:
 
+        picks = itertools.count()
+
         def random_session(index: int, i: int) -> McpHttpSession:
-            session = McpHttpSession(http, url)
+            # Two clients may draw one session at once: their request ids must differ
+            # (a session refuses an id it is still answering).
+            session = McpHttpSession(http, url, first_id=1 + 1000 * next(picks))
             session.session_id = rng.choice(ids)
             session.protocol_version = hot[0].protocol_version
             return session
