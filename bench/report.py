@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from bench.run import Report
 
-SCENARIO_ORDER = "abcdefghijklm"
+SCENARIO_ORDER = "abcdefghijklmn"
 OTHER_CPU = ("redis", "nginx")
 
 
@@ -99,6 +99,10 @@ def _headline(report: Report) -> list[str]:
         if gateway and floor_cpu:
             parts.append(f"{gateway / floor_cpu:.2f}x the floor's gateway CPU per call "
                          f"(({FLOOR_OF[key]}) {floor_cpu:.2f} ms)")
+        asgi = report.best("n", "echo")
+        asgi_cpu = _cpu_ms(asgi, "gateway") if asgi else None
+        if gateway and asgi_cpu and FLOOR_OF[key] in "hk":  # both without a store
+            parts.append(f"{gateway / asgi_cpu:.2f}x the ASGI floor's ((n) {asgi_cpu:.2f} ms)")
         if gateway:
             parts.append(f"{gateway:.2f} ms of gateway CPU per call (≈ {1000 / gateway:.0f} "
                          "calls/s per gateway core"
@@ -382,7 +386,7 @@ def markdown(report: Report) -> str:
         f"sessions, each `initialize`, {plan.warmup} warm-up calls, then up to "
         f"{plan.echo_calls} `echo` calls (or {plan.blob_calls} `blob` calls) back to back, "
         f"then `DELETE`; figures cover the calls phase only. Scenarios (a)-(d) and the "
-        "floors and 2026-07-28 scenarios (g)-(l) ran "
+        "floors and 2026-07-28 scenarios (g)-(n) ran "
         f"{plan.rounds}x interleaved; the round with the best throughput is shown (all "
         "rounds below). (e) and (f) are bounded by time "
         f"({plan.slow_time_limit:g} s per run) rather than by count.",
@@ -421,6 +425,10 @@ def markdown(report: Report) -> str:
         "* (m) `vmcp serve --workers 2` on the Redis store: two replica processes accepting "
         "on one port (gateway CPU = both workers and their supervisor); compare with (c), "
         "the same with one process.",
+        "* (n) the ASGI floor, `bench/asgi_floor.py`: uvicorn (uvloop, httptools) running one "
+        "raw ASGI app that forwards each request's bytes through vmcp's lean HTTP/1.1 pool "
+        "and relays the answer's, no store: what vmcp's own stack costs before any of "
+        "vmcp's work. vmcp ÷ (n) is vmcp's own share; (n) ÷ (h) is the stack's.",
         "",
         "## Headline (echo)",
         "",
@@ -480,7 +488,7 @@ SHORT_LABELS = {"a": "(a) direct", "b": "(b) vmcp\nmemory", "c": "(c) vmcp\nRedi
                 "f": "(f) Context-\nForge", "g": "(g) floor\nRedis", "h": "(h) floor\nno store",
                 "i": "(i) vmcp\n07-28", "j": "(j) vmcp 07-28\nsession bk",
                 "k": "(k) floor\n07-28", "l": "(l) floor 07-28\nsession bk",
-                "m": "(m) vmcp Redis\n2 workers"}
+                "m": "(m) vmcp Redis\n2 workers", "n": "(n) ASGI\nfloor"}
 FLOOR_OF = {"b": "h", "c": "g", "d": "g", "i": "k", "j": "l", "m": "g"}
 """Which floor each vmcp scenario is compared with: the memory store does no store round
 trip, so its floor is the proxy without one; a 2026-07-28 client has no session, so its

@@ -21,6 +21,8 @@ Scenarios (each: an echo run, then a blob run):
   k  the floor of (i): (h) forwarding the 2026-07-28 calls
   l  the floor of (j): the floor holding one upstream session per backend connection
   m  vmcp, Redis store, ``vmcp serve --workers 2`` (two replica processes on one port)
+  n  the ASGI floor (``bench/asgi_floor.py``): uvicorn and vmcp's lean pool forwarding bytes,
+     no store - what vmcp's stack costs before any of vmcp's own work
 """
 
 from __future__ import annotations
@@ -281,6 +283,11 @@ def start_floor(procs: Processes, name: str, port: int, backend_url: str,
     store = ["--redis", redis_url] if redis_url else []
     return procs.start(name, [sys.executable, "-m", "bench.floor", "--port", str(port),
                               "--backend", backend_url, *store, *extra], env=clean_env())
+
+
+def start_asgi_floor(procs: Processes, port: int, backend_url: str) -> Proc:
+    return procs.start("asgi-floor", [sys.executable, "-m", "bench.asgi_floor", "--port",
+                                      str(port), "--backend", backend_url], env=clean_env())
 
 
 def start_fastmcp(procs: Processes, port: int, backend_url: str) -> Proc:
@@ -1066,7 +1073,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run_all(procs: Processes, workdir: Path, plan: Plan, report: Report,
              args: argparse.Namespace) -> None:
     (p_backend, p_mem, p_redis, p_r1, p_r2, p_r3, p_nginx, p_fast, p_cf, p_floor,
-     p_floor_bare, p_backend_hs, p_vmcp_hs, p_floor_hs, p_workers) = free_ports(15)
+     p_floor_bare, p_backend_hs, p_vmcp_hs, p_floor_hs, p_workers, p_asgi) = free_ports(16)
     backend_url = f"http://127.0.0.1:{p_backend}/mcp"
     print("starting processes ...", flush=True)
     redis_server = RedisServer(workdir / "redis")
@@ -1081,6 +1088,7 @@ def _run_all(procs: Processes, workdir: Path, plan: Plan, report: Report,
     fast = start_fastmcp(procs, p_fast, backend_url)
     floor = start_floor(procs, "floor-redis", p_floor, backend_url, redis_server.url)
     floor_bare = start_floor(procs, "floor-no-store", p_floor_bare, backend_url, None)
+    asgi_floor = start_asgi_floor(procs, p_asgi, backend_url)
     # 2026-07-28 clients in front of a backend that speaks only the session-based revisions.
     hs_url = f"http://127.0.0.1:{p_backend_hs}/mcp"
     backend_hs = start_backend(procs, "backend-handshake-only", p_backend_hs, "--handshake-only")
@@ -1104,6 +1112,7 @@ def _run_all(procs: Processes, workdir: Path, plan: Plan, report: Report,
         wait_http(fast, p_fast, "/mcp", timeout=START_TIMEOUT)
         wait_http(floor, p_floor, "/mcp", timeout=START_TIMEOUT)
         wait_http(floor_bare, p_floor_bare, "/mcp", timeout=START_TIMEOUT)
+        wait_http(asgi_floor, p_asgi, "/mcp", timeout=START_TIMEOUT)
         nginx_workers = children(nginx.pid)
         redis_pid = redis_server.process.pid if redis_server.process else 0
 
@@ -1140,8 +1149,10 @@ def _run_all(procs: Processes, workdir: Path, plan: Plan, report: Report,
             Scenario("m", "vmcp, Redis store, --workers 2", url(p_workers),
                      {"gateway": [vmcp_workers.pid, *children(vmcp_workers.pid)],
                       "backend": [backend.pid], "redis": [redis_pid]}),
+            Scenario("n", "ASGI floor: uvicorn + vmcp's lean pool, no store", url(p_asgi),
+                     {"gateway": [asgi_floor.pid], "backend": [backend.pid]}),
         ]
-        floors = [s for s in scenarios if s.key in "ghijklm"]
+        floors = [s for s in scenarios if s.key in "ghijklmn"]
         for s in scenarios:
             report.titles[s.key] = s.title
         report.titles["f"] = "ContextForge gateway"
