@@ -148,7 +148,8 @@ def _micro(report: Report) -> list[str]:
     if restore:
         out.append(
             f"* **Restore on a cold replica vs a cache hit** (two replicas on one Redis, "
-            f"{restore['trials']} sessions, sequential): first call on the other replica "
+            f"{restore['trials']} sessions, sequential, each called once where it was "
+            "created, so its upstream session is open): first call on the other replica "
             f"p50 **{restore['cold_p50_ms']:.1f} ms** (p90 {restore['cold_p90_ms']:.1f}); "
             f"later calls there p50 **{restore['hit_p50_ms']:.1f} ms** (p90 "
             f"{restore['hit_p90_ms']:.1f}); back on the creating replica p50 "
@@ -160,8 +161,11 @@ def _micro(report: Report) -> list[str]:
             f"(RSS of a fresh vmcp process, memory store, {mem['gateway_rss_before_mib']:.1f}"
             f" → {mem['gateway_rss_after_mib']:.1f} MiB over {mem['sessions']} idle "
             f"sessions; {mem['gateway_rss_after_delete_mib']:.1f} MiB after deleting them). "
-            f"The backend's own cost per session, for scale: "
-            f"{mem['backend_kib_per_session']:.1f} KiB.")
+            + (f"The backend's own cost per session, for scale: "
+               f"{mem['backend_kib_per_session']:.1f} KiB."
+               if mem["backend_kib_per_session"] > 0.5 else
+               "Idle sessions cost the backend nothing: upstream sessions open on first "
+               "use."))
     creation = m.get("session_creation")
     if creation:
         out.append("* **Session creation** (initialize + notifications/initialized, "

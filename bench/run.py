@@ -400,6 +400,9 @@ async def _restore_latency(create_url: str, other_url: str, trials: int,
         for trial in range(trials):
             session = McpHttpSession(client, create_url)
             await session.initialize()
+            # One call where it was created: upstream sessions open on first use, and the
+            # first call elsewhere is to measure a restore (re-attach), not that opening.
+            await session.call_tool("echo", echo_args(trial))
             session.url = other_url
             try:
                 for i in range(hits + 1):
