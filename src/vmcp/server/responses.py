@@ -57,6 +57,12 @@ def accepts(accept: str, media_type: str) -> bool:
     return False
 
 
+async def until_disconnected(receive: Receive) -> None:
+    """Return when the client hangs up (the request's body already read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 async def cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
     """Cancel ``scope`` when the client hangs up (its work, or the writing of its stream)."""
     while True:

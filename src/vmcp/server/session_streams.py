@@ -15,7 +15,13 @@ import anyio
 from starlette.types import Receive, Send
 
 from vmcp.errors import StoreError
-from vmcp.server.responses import cancel_on_disconnect, cancel_on_event, sse_event, sse_frame
+from vmcp.server.responses import (
+    cancel_on_disconnect,
+    cancel_on_event,
+    sse_event,
+    sse_frame,
+    until_disconnected,
+)
 from vmcp.session.multisession import MultiSession
 from vmcp.session.streams import Outbound, ResponseStream
 
@@ -180,7 +186,7 @@ async def first_event(receive: Receive, stream: ResponseStream) -> Outbound | No
     measurable share of a relayed call's CPU.
     """
     events = asyncio.ensure_future(stream.after(0))
-    hangup = asyncio.ensure_future(_disconnected(receive))
+    hangup = asyncio.ensure_future(until_disconnected(receive))
     try:
         await asyncio.wait((events, hangup), return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -188,10 +194,3 @@ async def first_event(receive: Receive, stream: ResponseStream) -> Outbound | No
         if not events.done():
             events.cancel()
     return events.result()[0][1] if events.done() and not events.cancelled() else None
-
-
-async def _disconnected(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-

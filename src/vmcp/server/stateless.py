@@ -32,6 +32,7 @@ is silent. A client that closes the stream cancels the call.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -81,7 +82,7 @@ from vmcp.server import auditing
 from vmcp.server.caller_upstream import CallerUpstream, Notify
 from vmcp.server.jsonrpc import first_error
 from vmcp.server.listen import MAX_RESOURCES, Listening
-from vmcp.server.responses import SSE_HEADERS, cancel_on_disconnect, send_json, sse_event
+from vmcp.server.responses import SSE_HEADERS, send_json, sse_event, until_disconnected
 from vmcp.stateless.backends import Caller, StatelessBackends, View
 from vmcp.stateless.input_rounds import Outcome
 from vmcp.stateless.pool import BackendKind
@@ -415,22 +416,41 @@ class StatelessEndpoint:
             async with sender:
                 answer.append(await self._answer(request_id, work(notify)))
 
-        async with receiver, anyio.create_task_group() as tg:
-            tg.start_soon(run)
-            tg.start_soon(cancel_on_disconnect, receive, tg.cancel_scope)
-            done, event = await _next_event(receiver)
-            if done:
-                await send_json(send, _message_status(answer[0]), answer[0])
-            else:
+        # Plain tasks rather than a task group, on every request: anyio's cancel formats
+        # the cancelling task's repr, a measurable share of a call's CPU. A hang-up
+        # cancels the work; the work's end (or failure) ends the stream.
+        working = asyncio.ensure_future(run())
+        hangup = asyncio.ensure_future(until_disconnected(receive))
+        hangup.add_done_callback(lambda _: working.cancel())
+        try:
+            async with receiver:
+                done, event = await _next_event(receiver)
+                if done:
+                    if await _settled(working):
+                        await send_json(send, _message_status(answer[0]), answer[0])
+                    return
                 await send({"type": "http.response.start", "status": 200,
                             "headers": SSE_HEADERS})
                 while not done:
                     chunk = sse_event(event) if event is not None else b": ping\n\n"
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     done, event = await _next_event(receiver)
-                await send({"type": "http.response.body", "body": sse_event(answer[0]),
-                            "more_body": False})
-            tg.cancel_scope.cancel()
+                if await _settled(working):
+                    await send({"type": "http.response.body", "body": sse_event(answer[0]),
+                                "more_body": False})
+        finally:
+            hangup.cancel()
+            working.cancel()
+
+
+async def _settled(working: asyncio.Future[None]) -> bool:
+    """Wait for the work whose stream has ended. True once it finished (its failure is
+    raised); False if the client's hang-up cancelled it: nobody to answer."""
+    await asyncio.wait((working,))
+    if working.cancelled():
+        return False
+    working.result()
+    return True
 
 
 async def _next_event(receiver: MemoryObjectReceiveStream[dict[str, Any]]
