@@ -1,4 +1,4 @@
-"""How a 2026-07-28 request's answer is written (``StatelessEndpoint._stream``): JSON when
+"""How a 2026-07-28 request's answer is written (``answer_stream``): JSON when
 the work only answers, SSE once it notifies, and nothing, with the work cancelled, when the
 client hangs up first."""
 
@@ -11,19 +11,15 @@ from typing import Any
 import anyio
 import pytest
 
-from vmcp.server.stateless import StatelessEndpoint
+from vmcp.server.stateless_answer import answer_stream
 
 pytestmark = pytest.mark.anyio
 
 Work = Callable[[Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[dict[str, Any]]]
 
 
-class _Endpoint:
-    """Just what ``_stream`` uses of the endpoint: turning the work into a message."""
-
-    async def _answer(self, request_id: Any, work: Awaitable[dict[str, Any]]
-                      ) -> dict[str, Any]:
-        return {"jsonrpc": "2.0", "id": request_id, "result": await work}
+async def _answer(request_id: Any, work: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "result": await work}
 
 
 async def stream(work: Work, hang_up: anyio.Event | None = None) -> list[dict[str, Any]]:
@@ -41,7 +37,7 @@ async def stream(work: Work, hang_up: anyio.Event | None = None) -> list[dict[st
         sent.append(message)
 
     with anyio.fail_after(5):
-        await StatelessEndpoint._stream(_Endpoint(), receive, send, 7, work)  # type: ignore[arg-type]
+        await answer_stream(receive, send, 7, _answer, lambda message: 200, work)
     return sent
 
 

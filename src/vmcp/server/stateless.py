@@ -32,15 +32,12 @@ is silent. A client that closes the stream cancels the call.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any, Final
 
-import anyio
 import pydantic
-from anyio.streams.memory import MemoryObjectReceiveStream
 from mcp.shared.inbound import (
     ERROR_CODE_HTTP_STATUS,
     InboundLadderRejection,
@@ -82,7 +79,8 @@ from vmcp.server import auditing
 from vmcp.server.caller_upstream import CallerUpstream, Notify
 from vmcp.server.jsonrpc import first_error
 from vmcp.server.listen import MAX_RESOURCES, Listening
-from vmcp.server.responses import SSE_HEADERS, send_json, sse_event, until_disconnected
+from vmcp.server.responses import send_json
+from vmcp.server.stateless_answer import answer_stream
 from vmcp.stateless.backends import Caller, StatelessBackends, View
 from vmcp.stateless.input_rounds import Outcome
 from vmcp.stateless.pool import BackendKind
@@ -106,9 +104,6 @@ SERVED_METHODS: Final = frozenset({
 change delivery is set up: without it, no capability announces list changes)."""
 LISTEN: Final = "subscriptions/listen"
 
-SSE_PING_SECONDS = 15.0
-"""Silence after which a call's answer becomes an event stream kept open by comments,
-so that a proxy's idle timeout does not cut a long call."""
 OWS = " \t"
 
 
@@ -231,9 +226,9 @@ class StatelessEndpoint:
                 return
             except Exception:  # answered below, where the call meets it again
                 logger.debug("authorizing before the call failed", exc_info=True)
-        await self._stream(receive, send, request_id,
-                           lambda notify: self._call(caller, request.method, params, headers,
-                                                     notify, principal, target))
+        await answer_stream(receive, send, request_id, self._answer, _message_status,
+                            lambda notify: self._call(caller, request.method, params, headers,
+                                                      notify, principal, target))
 
     # -- admission ----------------------------------------------------------------
 
@@ -399,70 +394,6 @@ class StatelessEndpoint:
         return {**result, "_meta": meta}
 
     # -- the response ---------------------------------------------------------------
-
-    async def _stream(self, receive: Receive, send: Send, request_id: Any,
-                      work: Callable[[Notify], Awaitable[dict[str, Any]]]) -> None:
-        """Run ``work`` and answer with its outcome: JSON, or SSE once it notifies."""
-        sender, receiver = anyio.create_memory_object_stream[dict[str, Any]](0)
-        answer: list[dict[str, Any]] = []
-
-        async def notify(message: dict[str, Any]) -> None:
-            try:
-                await sender.send({**message, "jsonrpc": "2.0"})
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                logger.debug("dropped %s: the response stream is closed", message.get("method"))
-
-        async def run() -> None:
-            async with sender:
-                answer.append(await self._answer(request_id, work(notify)))
-
-        # Plain tasks rather than a task group, on every request: anyio's cancel formats
-        # the cancelling task's repr, a measurable share of a call's CPU. A hang-up
-        # cancels the work; the work's end (or failure) ends the stream.
-        working = asyncio.ensure_future(run())
-        hangup = asyncio.ensure_future(until_disconnected(receive))
-        hangup.add_done_callback(lambda _: working.cancel())
-        try:
-            async with receiver:
-                done, event = await _next_event(receiver)
-                if done:
-                    if await _settled(working):
-                        await send_json(send, _message_status(answer[0]), answer[0])
-                    return
-                await send({"type": "http.response.start", "status": 200,
-                            "headers": SSE_HEADERS})
-                while not done:
-                    chunk = sse_event(event) if event is not None else b": ping\n\n"
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                    done, event = await _next_event(receiver)
-                if await _settled(working):
-                    await send({"type": "http.response.body", "body": sse_event(answer[0]),
-                                "more_body": False})
-        finally:
-            hangup.cancel()
-            working.cancel()
-
-
-async def _settled(working: asyncio.Future[None]) -> bool:
-    """Wait for the work whose stream has ended. True once it finished (its failure is
-    raised); False if the client's hang-up cancelled it: nobody to answer."""
-    await asyncio.wait((working,))
-    if working.cancelled():
-        return False
-    working.result()
-    return True
-
-
-async def _next_event(receiver: MemoryObjectReceiveStream[dict[str, Any]]
-                      ) -> tuple[bool, dict[str, Any] | None]:
-    """(the work is done, its next notification); neither after ``SSE_PING_SECONDS``
-    of silence, when a keep-alive comment is due."""
-    with anyio.move_on_after(SSE_PING_SECONDS):
-        try:
-            return False, await receiver.receive()
-        except anyio.EndOfStream:
-            return True, None
-    return False, None
 
 
 def _sieve(method: str, payload: dict[str, Any]) -> dict[str, Any]:
