@@ -309,7 +309,7 @@ class StreamableHttpBackend(BaseBackend):
         answered: list[str] = []
         try:
             result, session_id = await self._post_request(request_id, body, post_headers, None,
-                                                          answered, replay=True)
+                                                          answered)
         except BaseException:
             # The backend opened the session and named it before the answer broke: the
             # session exists there, and only this client knows its id.

@@ -229,13 +229,14 @@ REPLAYABLE: Final = "vmcp.replayable"
 one was closed before any byte of the answer came (``vmcp.backend.http11``)."""
 
 _SAFE_TO_REPEAT: Final = frozenset({
-    "initialize", "ping", "tools/list", "prompts/list", "prompts/get", "resources/list",
+    "ping", "tools/list", "prompts/list", "prompts/get", "resources/list",
     "resources/templates/list", "resources/read", "resources/subscribe",
     "resources/unsubscribe", "completion/complete", "logging/setLevel",
 })
-"""Methods the specification defines as reads or as idempotent settings. Running one twice
-changes nothing a client can see (a repeated ``initialize`` leaves at most one unused
-backend session, which the backend expires). ``tools/call`` is absent: a tool may act."""
+"""Methods the specification defines as reads or as idempotent settings: running one twice
+changes nothing. ``tools/call`` is absent (a tool may act), and so is ``initialize``: a
+first one the backend ran, answered on a connection reset on the way (a proxy between),
+would leave a backend session nobody knows the id of, never ended."""
 
 
 def replayable(method: str) -> bool:

@@ -261,7 +261,8 @@ async def test_a_recorded_upstream_session_outlives_a_copy_closed_for_this_repli
 
 @pytest.mark.parametrize(("method", "replayable"), [
     ("tools/list", True), ("resources/read", True), ("prompts/get", True), ("ping", True),
-    ("tools/call", False), ("tasks/cancel", False), ("sampling/whatever", False),
+    ("tools/call", False), ("initialize", False), ("tasks/cancel", False),
+    ("sampling/whatever", False),
 ])
 async def test_only_reads_may_be_sent_twice(
     backend: MemoryBackend, method: str, replayable: bool
