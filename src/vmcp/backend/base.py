@@ -433,14 +433,14 @@ class BaseBackend:
             flight.done.set()
         logger.info("backend %r: session re-initialized", self.target.name)
         if self._on_reinitialized is not None:
+            # Until the hook says the store has it (not if it fails, is cancelled, or finds
+            # the session ended or changed), nobody else knows this upstream session: this
+            # connection ends it when it closes, even when it closes only for this replica
+            # (``end_session=False``). The live connection works either way.
+            self._unrecorded = True
             try:
-                await self._on_reinitialized(state)
+                self._unrecorded = not await self._on_reinitialized(state)
             except Exception:
-                # The live connection works either way. Another replica holding the old
-                # state will meet the same 404 and recover by itself. But nobody else
-                # knows this upstream session: this connection ends it when it closes,
-                # even when it closes only for this replica (``end_session=False``).
-                self._unrecorded = True
                 logger.exception("backend %r: on_reinitialized hook failed", self.target.name)
 
     async def _recover_quietly(self, generation: int,

@@ -198,8 +198,9 @@ error. If it returns None for a request, the backend gets method-not-found.
 checks the link between vmcp and the backend, not the end client.
 """
 
-ReinitializedHook = Callable[[BackendState], Awaitable[None]]
-"""Called once after each successful re-initialization, with the new state to store."""
+ReinitializedHook = Callable[[BackendState], Awaitable[bool]]
+"""Called once after each successful re-initialization, with the new state to store;
+returns whether it was recorded (False: the session ended or changed meanwhile)."""
 
 
 class BackendConnection(Protocol):

@@ -109,8 +109,9 @@ async def test_backend_restart_reinitializes_on_the_next_call(
     backend = start_backend("sse")
     hook_calls: list[BackendState] = []
 
-    async def on_reinitialized(state: BackendState) -> None:
+    async def on_reinitialized(state: BackendState) -> bool:
         hook_calls.append(state)
+        return True
 
     with anyio.fail_after(WAIT):
         connection = await open_connection(backend, on_reinitialized=on_reinitialized)
@@ -152,8 +153,9 @@ async def test_listen_reopens_the_session_after_backend_restart(
     backend = start_backend("sse")
     reinitialized = anyio.Event()
 
-    async def on_reinitialized(state: BackendState) -> None:
+    async def on_reinitialized(state: BackendState) -> bool:
         reinitialized.set()
+        return True
 
     async def no_call_was_made() -> None:
         assert backend.seen.count("initialize") == 1

@@ -223,8 +223,9 @@ async def test_backend_restart_reinitializes_once_for_concurrent_calls(
     backend = start_backend()
     hook_calls: list[BackendState] = []
 
-    async def on_reinitialized(state: BackendState) -> None:
+    async def on_reinitialized(state: BackendState) -> bool:
         hook_calls.append(state)
+        return True
 
     with anyio.fail_after(WAIT):
         connection = await open_connection(backend, on_reinitialized=on_reinitialized)
@@ -414,8 +415,9 @@ async def test_listen_reinitializes_after_backend_restart(
     backend = start_backend()
     hook_calls: list[BackendState] = []
 
-    async def on_reinitialized(state: BackendState) -> None:
+    async def on_reinitialized(state: BackendState) -> bool:
         hook_calls.append(state)
+        return True
 
     with anyio.fail_after(WAIT):
         connection = await open_connection(backend, on_reinitialized=on_reinitialized)

@@ -33,8 +33,9 @@ class MemoryBackend(BaseBackend):
     def __init__(self, http: httpx2.AsyncClient) -> None:
         self.hook_calls: list[BackendState] = []
 
-        async def on_reinitialized(state: BackendState) -> None:
+        async def on_reinitialized(state: BackendState) -> bool:
             self.hook_calls.append(state)
+            return True
 
         super().__init__(
             BackendTarget("memory", "http://memory.invalid/mcp"),
@@ -238,13 +239,44 @@ async def test_an_upstream_session_the_store_never_recorded_is_ended_by_its_conn
     """A re-initialize whose new state could not be recorded (the store was down): no
     other replica can end that upstream session, so this connection does, even when it
     closes only for this replica."""
-    async def store_down(state: BackendState) -> None:
+    async def store_down(state: BackendState) -> bool:
         raise StoreUnavailable("redis: down")
 
     backend._on_reinitialized = store_down
     backend.sessions.clear()  # the backend restarted: the call re-initializes
     with anyio.fail_after(5):
         await backend.request("tools/list", None)
+        await backend.aclose(end_session=False)
+    assert backend.terminated == 1
+
+
+@pytest.mark.parametrize("outcome", ["session ended", "cancelled"])
+async def test_an_upstream_session_the_store_did_not_take_is_ended_by_its_connection(
+        backend: MemoryBackend, outcome: str) -> None:
+    """The re-initialized state was not recorded: the session ended (or changed) before
+    the write, or the write was cancelled with its request. The replica that ends the
+    session ends only what the store knows, so this connection ends the new one."""
+    writing = anyio.Event()
+
+    async def not_recorded(state: BackendState) -> bool:
+        if outcome == "cancelled":
+            writing.set()
+            await anyio.sleep_forever()  # a store that does not answer
+        return False
+
+    backend._on_reinitialized = not_recorded
+    backend.sessions.clear()  # the backend restarted: the call re-initializes
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            with anyio.CancelScope() as request:
+                async def cancel_while_writing() -> None:
+                    await writing.wait()
+                    request.cancel()
+
+                tg.start_soon(cancel_while_writing)
+                await backend.request("tools/list", None)
+            tg.cancel_scope.cancel()
+        assert request.cancelled_caught is (outcome == "cancelled")
         await backend.aclose(end_session=False)
     assert backend.terminated == 1
 
