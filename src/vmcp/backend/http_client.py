@@ -29,8 +29,7 @@ closed a kept-alive connection just as it went out. It is off by default: a tool
 cannot be sent again, and through the conformance suite under load (its elicitation
 scenario) the SDK's server closed a kept-alive connection right after an answer, just as
 the pool reused it for a tool call, which failed; httpcore2's slower reuse did not meet
-it. Streams, health probes and ``https`` backends stay on httpcore2,
-which does TLS.
+it. Streams, health probes and ``https`` backends stay on httpcore2, which does TLS.
 
 Everything else is httpx2's own transport; ``tests/integration/backend/test_http_client.py``
 pins the private attributes (``AsyncHTTPTransport._pool``, ``AsyncClient._transport``) this

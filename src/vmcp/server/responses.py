@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 import anyio
-from starlette.types import Message, Receive, Send
+from starlette.types import Receive, Send
 
 from vmcp.server.jsonrpc import dumps
 
@@ -65,11 +65,8 @@ async def until_disconnected(receive: Receive) -> None:
 
 async def cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
     """Cancel ``scope`` when the client hangs up (its work, or the writing of its stream)."""
-    while True:
-        message: Message = await receive()
-        if message["type"] == "http.disconnect":
-            scope.cancel()
-            return
+    await until_disconnected(receive)
+    scope.cancel()
 
 
 async def cancel_on_event(event: anyio.Event, scope: anyio.CancelScope) -> None:

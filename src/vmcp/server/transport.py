@@ -46,7 +46,7 @@ from vmcp.errors import (
 from vmcp.identity import Principal
 from vmcp.server import auditing, jsonrpc
 from vmcp.server.jsonrpc import Incoming
-from vmcp.server.replies import Reply, error_reply, read_body
+from vmcp.server.replies import Reply, error_reply, invalid, read_body
 from vmcp.server.request_log import (
     VERB_LABELS,
     RequestRecord,
@@ -208,13 +208,11 @@ class McpEndpoint:
     async def _post(self, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
         accept = headers.get("accept", "")
         if not (accepts(accept, JSON) and accepts(accept, EVENT_STREAM)):
-            raise Reply(406, jsonrpc.error(
-                None, INVALID_REQUEST_CODE,
-                "Not Acceptable: Accept must include application/json and text/event-stream"))
+            raise invalid(
+                406, "Not Acceptable: Accept must include application/json and text/event-stream")
         content_type = headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if content_type != JSON:
-            raise Reply(415, jsonrpc.error(
-                None, INVALID_REQUEST_CODE, "Unsupported Media Type: use application/json"))
+            raise invalid(415, "Unsupported Media Type: use application/json")
         body = await read_body(receive, headers, self._max_body)
         if self._stateless is not None and is_stateless(headers):
             # No session, no store: see vmcp.server.stateless.
@@ -225,7 +223,7 @@ class McpEndpoint:
             message = jsonrpc.parse_message(body)
         except MessageError as exc:
             raise Reply(exc.status, jsonrpc.error(exc.request_id, exc.code, exc.message)
-                         ) from exc
+                        ) from exc
         scope[METHOD_KEY] = method_label(message)
         attributes: dict[str, str] = {"mcp.method.name": scope[METHOD_KEY]}
         if message.method == "tools/call" and isinstance(message.params.get("name"), str):
@@ -264,10 +262,8 @@ class McpEndpoint:
                     raise error_reply(exc, None) from exc
                 except WorkflowGone:
                     # Not 404: clients take that for an ended session and start over.
-                    raise Reply(400, jsonrpc.error(
-                        None, INVALID_REQUEST_CODE, "No workflow waits for this answer: "
-                        "it expired, was answered already, or is not this session's")
-                        ) from None
+                    raise invalid(400, "No workflow waits for this answer: it expired, "
+                                  "was answered already, or is not this session's") from None
             await send_empty(send, 202)
         elif message.kind == "notification":
             await self._methods.notification(session, message)
@@ -290,10 +286,8 @@ class McpEndpoint:
         if version is None or message.method == "initialize":
             return
         if version not in HANDSHAKE_VERSIONS:
-            raise Reply(400, jsonrpc.error(
-                message.id, INVALID_REQUEST_CODE,
-                f"Unsupported MCP-Protocol-Version {version!r}; "
-                f"supported: {', '.join(HANDSHAKE_VERSIONS)}"))
+            raise invalid(400, f"Unsupported MCP-Protocol-Version {version!r}; "
+                          f"supported: {', '.join(HANDSHAKE_VERSIONS)}", message.id)
 
     async def _principal(self, headers: Headers, request_id: Any) -> Principal:
         """The request's caller; from here on, backend calls carry its credentials."""
@@ -307,16 +301,15 @@ class McpEndpoint:
         except AuthenticationError as exc:
             # Before any session lookup, so the answer is the same for every session id.
             raise Reply(exc.http_status, jsonrpc.error(request_id, exc.jsonrpc_code, str(exc)),
-                         [(k.encode(), v.encode()) for k, v in exc.response_headers()]) from exc
+                        [(k.encode(), v.encode()) for k, v in exc.response_headers()]) from exc
         except InvalidIdentity as exc:
-            raise Reply(401, jsonrpc.error(request_id, INVALID_REQUEST_CODE, str(exc))) from exc
+            raise invalid(401, str(exc), request_id) from exc
 
     async def _initialize(self, send: Send, headers: Headers, message: Incoming,
                           principal: Principal) -> None:
         if headers.get(SESSION_HEADER):
-            raise Reply(400, jsonrpc.error(
-                message.id, INVALID_REQUEST_CODE,
-                "initialize must not carry Mcp-Session-Id; the session is already initialized"))
+            raise invalid(400, "initialize must not carry Mcp-Session-Id; the session is "
+                          "already initialized", message.id)
         try:
             declared = message.params.get("capabilities")
             live = await self._manager.initialize(
@@ -333,8 +326,7 @@ class McpEndpoint:
                        request_id: Any) -> MultiSession:
         session_id = headers.get(SESSION_HEADER)
         if not session_id:
-            raise Reply(400, jsonrpc.error(
-                request_id, INVALID_REQUEST_CODE, "Bad Request: Mcp-Session-Id header required"))
+            raise invalid(400, "Bad Request: Mcp-Session-Id header required", request_id)
         try:
             live = await self._manager.get(session_id, principal)
         except SessionNotYours as exc:
@@ -370,10 +362,8 @@ class McpEndpoint:
         try:
             stream = session.streams.open(message.id)
         except DuplicateRequestId:
-            raise Reply(400, jsonrpc.error(
-                message.id, INVALID_REQUEST_CODE,
-                "Invalid Request: this request id is already in use in the session")
-                ) from None
+            raise invalid(400, "Invalid Request: this request id is already in use in the "
+                          "session", message.id) from None
         channel = session.channel(stream, message.id)
 
         async def run() -> None:
@@ -421,9 +411,7 @@ class McpEndpoint:
 
     async def _get(self, receive: Receive, send: Send, headers: Headers) -> None:
         if not accepts(headers.get("accept", ""), EVENT_STREAM):
-            raise Reply(406, jsonrpc.error(
-                None, INVALID_REQUEST_CODE,
-                "Not Acceptable: Accept must include text/event-stream"))
+            raise invalid(406, "Not Acceptable: Accept must include text/event-stream")
         principal = await self._principal(headers, None)
         session = await self._session(headers, principal, None)
         last_event_id = parse_event_id(headers.get("last-event-id") or "")
@@ -439,9 +427,8 @@ class McpEndpoint:
         try:
             self._streams.acquire(session.session_id)
         except StreamRefused as refused:
-            raise Reply(refused.status, jsonrpc.error(None, INVALID_REQUEST_CODE,
-                                                       refused.message),
-                         [(b"retry-after", str(refused.retry_after).encode())]) from None
+            raise invalid(refused.status, refused.message, None,
+                          [(b"retry-after", str(refused.retry_after).encode())]) from None
         try:
             await self._stream(receive, send, session, last_event_id, local, logged)
         finally:
@@ -468,8 +455,7 @@ class McpEndpoint:
     async def _delete(self, send: Send, headers: Headers) -> None:
         session_id = headers.get(SESSION_HEADER)
         if not session_id:
-            raise Reply(400, jsonrpc.error(
-                None, INVALID_REQUEST_CODE, "Bad Request: Mcp-Session-Id header required"))
+            raise invalid(400, "Bad Request: Mcp-Session-Id header required")
         principal = await self._principal(headers, None)
         try:
             if not await self._manager.terminate(session_id, principal):
