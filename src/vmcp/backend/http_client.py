@@ -21,15 +21,14 @@ calls, and on loopback two wake-ups of the backend for one request. The stream b
 holds a request head back until the body follows (or until it reads), so a call leaves
 in one write, as every other HTTP client sends it.
 
-Calls (POSTs) to plain-``http`` backends can take a cheaper road (``lean_calls``):
-``vmcp.backend.http11``, a lean HTTP/1.1 pool under the same httpx2 client, with the same
-budgets, acquire timeout and ``PoolTimeout`` (it costs a third to a fifth of httpcore2's
-CPU per call; see ``bench/HTTP_CLIENTS.md``), and which sends a read again when a backend
-closed a kept-alive connection just as it went out. It is off by default: a tool call
-cannot be sent again, and through the conformance suite under load (its elicitation
-scenario) the SDK's server closed a kept-alive connection right after an answer, just as
-the pool reused it for a tool call, which failed; httpcore2's slower reuse did not meet
-it. Streams, health probes and ``https`` backends stay on httpcore2, which does TLS.
+Calls (POSTs) to plain-``http`` backends take a cheaper road (``lean_calls``, on by
+default): ``vmcp.backend.http11``, a lean HTTP/1.1 pool under the same httpx2 client, with
+the same budgets, acquire timeout and ``PoolTimeout`` (it costs a third to a fifth of
+httpcore2's CPU per call; see ``bench/HTTP_CLIENTS.md``). It sends a read again when a
+backend closed a kept-alive connection just as it went out, and keeps tool calls off
+connections whose last answer was ``202 Accepted``: the MCP SDK's server closes such a
+connection when the message it accepted fails behind the answer (see that module).
+Streams, health probes and ``https`` backends stay on httpcore2, which does TLS.
 
 Everything else is httpx2's own transport; ``tests/integration/backend/test_http_client.py``
 pins the private attributes (``AsyncHTTPTransport._pool``, ``AsyncClient._transport``) this
@@ -124,7 +123,7 @@ class BulkheadTransport(httpx2.AsyncBaseTransport):
     """
 
     def __init__(self, backends: Sequence[BackendConfig] = (), kind: Kind | None = None,
-                 lean_calls: bool = False) -> None:
+                 lean_calls: bool = True) -> None:
         self._kind = kind
         self._lean_calls = lean_calls  # True: calls over the lean pool (see the module)
         self._pools: dict[tuple[str, Kind, int, bool], httpx2.AsyncBaseTransport] = {}

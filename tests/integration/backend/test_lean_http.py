@@ -4,6 +4,7 @@ its connection instead of handing a half-read one to the next call."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -14,7 +15,7 @@ import pytest
 
 from tests.support.processes import ManagedProcess
 from vmcp.backend import wire
-from vmcp.backend.http11 import LeanHttpTransport, connection_count
+from vmcp.backend.http11 import LeanHttpTransport, _Slots, connection_count
 from vmcp.backend.http_client import BulkheadTransport, backend_http_client
 from vmcp.config import BackendConfig, BackendConnectionsConfig
 from vmcp.errors import BackendBusy, BackendUnavailable
@@ -210,3 +211,81 @@ async def test_a_new_connection_closed_unanswered_is_not_resent() -> None:
             async with wire.posted("edge", http, url, PING, HEADERS, TIMEOUT, replay=True):
                 pass
     assert requests == 1
+
+
+ACCEPTED = b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n"
+
+
+@pytest.mark.parametrize("replay", [True, False], ids=["replayable", "tool-call"])
+async def test_after_a_202_a_connection_carries_only_replayable_requests(replay: bool) -> None:
+    # A backend answering 202 is still at work behind the answer; when that work fails,
+    # uvicorn closes the connection under the next request (the MCP SDK's server does
+    # this for a notification to a closing session). This one closes under whatever
+    # comes after its 202, so a tool call sent on it would be lost.
+    connections = 0
+
+    async def accepts_then_fails(stream: anyio.abc.SocketStream) -> None:
+        nonlocal connections
+        connections += 1
+        if connections == 1:  # the first request gets 202, the next one a hang-up
+            await read_request(stream)
+            await stream.send(ACCEPTED)
+            await read_request(stream)
+            return
+        while True:  # a fresh connection answers everything
+            await read_request(stream)
+            await stream.send(OK)
+
+    transport = LeanHttpTransport(4)
+    async with raw_server(accepts_then_fails) as url, \
+            httpx2.AsyncClient(transport=transport) as http:
+        async with wire.posted("edge", http, url, PING, HEADERS, TIMEOUT,
+                               replay=True) as response:
+            assert response.status_code == 202
+            await wire.read_body("edge", response)
+        async with wire.posted("edge", http, url, PING, HEADERS, TIMEOUT,
+                               replay=replay) as response:
+            assert await wire.read_body("edge", response) == b"{}"
+    # replayable: sent on the 202's connection, lost there, sent again on a new one;
+    # a tool call: straight to a new connection, the 202's left alone
+    assert connections == 2
+
+
+async def test_idle_connections_past_the_expiry_are_closed_not_kept() -> None:
+    closed = anyio.Event()
+
+    async def answers_once(stream: anyio.abc.SocketStream) -> None:
+        await read_request(stream)
+        await stream.send(OK)
+        with pytest.raises(anyio.EndOfStream):
+            await stream.receive()
+        closed.set()
+
+    transport = LeanHttpTransport(4, keepalive_expiry=0.0)
+    async with raw_server(answers_once) as url, httpx2.AsyncClient(transport=transport) as http:
+        async with wire.posted("edge", http, url, PING, HEADERS, TIMEOUT) as response:
+            assert await wire.read_body("edge", response) == b"{}"
+        assert connection_count(transport) == 0
+        with anyio.fail_after(5):
+            await closed.wait()
+
+
+async def test_connection_slots_go_to_waiters_in_order_and_survive_a_waiter_giving_up() -> None:
+    slots = _Slots(1)
+    assert slots.take()
+    assert not slots.take()
+    with anyio.CancelScope() as gives_up_at_once:
+        gives_up_at_once.cancel()
+        await slots.wait()  # leaves nothing behind in the queue
+    first = asyncio.create_task(slots.wait())
+    second = asyncio.create_task(slots.wait())
+    await anyio.wait_all_tasks_blocked()
+    slots.release()  # handed to the first waiter...
+    first.cancel()  # ...which gives up before it runs: passed on to the second
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    with anyio.fail_after(5):
+        await second
+    assert not slots.take()  # the second holds it
+    slots.release()
+    assert slots.take()  # and gave it back
