@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+
+from tests.support.redis_server import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = PROJECT_ROOT / ".cache" / "conformance"
@@ -369,14 +370,6 @@ class RunningBackend:
         # The log is a temporary file that closes with the block; callers may
         # still want to read what the backend printed after that.
         self._final_output = self.output()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now; another process may still take it first."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _answers(host: str, port: int, path: str) -> bool:

@@ -88,7 +88,10 @@ def test_a_hanging_backend_delays_only_its_own_callers(
 
     # Health probes have a budget of their own: beta answers them, so it stays healthy.
     assert healths == [{"alpha": "healthy", "beta": "healthy"}] * 4
-    assert during <= max(3 * baseline, 0.25), (baseline, during)
+    # Sharing beta's budget, a probe would wait out the acquire timeout (1 s) and fail.
+    # Below half of that, what remains is the gateway answering beta's 32 refused
+    # callers at once, slow under coverage: one probe met that at 0.28 s.
+    assert during <= max(3 * baseline, ACQUIRE_TIMEOUT / 2), (baseline, during)
     assert "alpha_echo" in tools
     busy = [seconds for reply, seconds in answers if reply["error"]["message"] == (
         f"backend 'beta': busy: all {CALL_BUDGET} connections for calls in use for "

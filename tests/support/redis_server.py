@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -12,10 +13,32 @@ from pathlib import Path
 STARTUP_TIMEOUT = 10.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now, below the kernel's ephemeral range.
+
+    Not the kernel's own pick (binding port 0): that comes from the ephemeral range, which
+    every outgoing connection draws its local port from too, and a port handed out here is
+    bound only later, by the process it is for. Meanwhile a connection (between Redis
+    cluster nodes, say) could take it, and the server then fails with "Address already in
+    use". Ports below the range are taken only by listeners."""
+    low = _ephemeral_low()
+    for _ in range(100):
+        port = random.randrange(10_000, low)
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port found below {low}")
+
+
+def _ephemeral_low() -> int:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return max(low, 12_000)
 
 
 def redis_binary() -> str:
