@@ -22,9 +22,10 @@ holds a request head back until the body follows (or until it reads), so a call 
 in one write, as every other HTTP client sends it.
 
 Calls (POSTs) to plain-``http`` backends take a cheaper road (``lean_calls``, on by
-default): ``vmcp.backend.http11``, a lean HTTP/1.1 pool under the same httpx2 client, with
-the same budgets, acquire timeout and ``PoolTimeout`` (it costs a third to a fifth of
-httpcore2's CPU per call; see ``bench/HTTP_CLIENTS.md``). It sends a read again when a
+default, off for a backend whose ``connections.lean_calls`` is false):
+``vmcp.backend.http11``, a lean HTTP/1.1 pool under the same httpx2 client, with the same
+budgets, acquire timeout and ``PoolTimeout`` (it costs a third to a fifth of httpcore2's
+CPU per call; see ``bench/HTTP_CLIENTS.md``). It sends a read again when a
 backend closed a kept-alive connection just as it went out, and keeps tool calls off
 connections whose last answer was ``202 Accepted``: the MCP SDK's server closes such a
 connection when the message it accepted fails behind the answer (see that module).
@@ -154,7 +155,8 @@ class BulkheadTransport(httpx2.AsyncBaseTransport):
         name, budget = self.budget_of(request.url)
         kind: Kind = self._kind or ("streams" if request.method == "GET" else "calls")
         size: int = getattr(budget, kind)
-        lean = self._lean_calls and kind == "calls" and request.url.scheme == "http"
+        lean = (self._lean_calls and budget.lean_calls and kind == "calls"
+                and request.url.scheme == "http")
         pool = self._pools.get((name, kind, size, lean))
         if pool is None:
             keep = size if kind != "streams" else min(size, 16)

@@ -67,6 +67,21 @@ async def test_calls_reuse_one_kept_alive_connection(
         assert connection_count(pool) == 1
 
 
+async def test_a_backend_can_be_kept_off_the_lean_pool(
+    demo_backends: dict[str, ManagedProcess],
+) -> None:
+    url = demo_backends["notes"].url
+    backends = [BackendConfig(name="notes", url=url, connections=BackendConnectionsConfig(
+        lean_calls=False))]
+    transport = BulkheadTransport(backends)
+    async with httpx2.AsyncClient(transport=transport) as http:
+        async with wire.posted("notes", http, url, PING, HEADERS, TIMEOUT) as response:
+            assert response.status_code < 500
+            await wire.read_body("notes", response)
+        (pool,) = transport._pools.values()
+        assert not isinstance(pool, LeanHttpTransport)
+
+
 async def test_https_calls_stay_on_httpcore2() -> None:
     transport = BulkheadTransport(lean_calls=True)
     with pytest.raises(httpx2.ConnectError):  # nothing listens there; the pool kind counts
