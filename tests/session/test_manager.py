@@ -10,6 +10,7 @@ import anyio
 import pytest
 
 from tests.session.conftest import ALICE, MALLORY, FakeLiveSession, RecordingFactory
+from vmcp.backend.contract import BackendState
 from vmcp.errors import (
     DecorationError,
     InvalidSessionId,
@@ -736,3 +737,27 @@ async def test_an_outdated_copy_does_not_hold_shutdown_up(
     with anyio.fail_after(5):
         await manager.aclose()
     assert live.close_count == 1
+
+
+async def test_a_re_initialization_is_recorded_only_over_the_upstream_session_it_replaced(
+    manager: SessionManager, store: SessionStore
+) -> None:
+    # A backend came back, and two replicas holding the session re-initialized it, each
+    # opening an upstream session of its own in place of "dead". The first records; the
+    # second must not write over it (that upstream session would be known to nobody,
+    # never ended) and hears False, so that its connection ends its own.
+    live = await manager.initialize(ALICE)
+    key = md.backend_state_key("alpha")
+
+    def state(upstream: str) -> str:
+        return BackendState(upstream, "2025-11-25", {}).to_json()
+
+    assert await manager.record_backend_state(live.session_id, "alpha", state("dead"))
+    assert await manager.record_backend_state(live.session_id, "alpha", state("first"),
+                                              replaces="dead")
+    assert not await manager.record_backend_state(live.session_id, "alpha",
+                                                  state("second"), replaces="dead")
+    assert (await store.load(live.session_id))[key] == state("first")
+    # The winner's next re-initialization replaces its own, and is recorded.
+    assert await manager.record_backend_state(live.session_id, "alpha", state("third"),
+                                              replaces="first")

@@ -421,6 +421,7 @@ class BaseBackend:
     async def _lead_recovery(self, headers: Mapping[str, str]) -> None:
         flight = _Flight(anyio.Event())
         self._flight = flight
+        replaced = self._state
         try:
             state = await self._handshake(self._state.protocol_version, headers)
             self._install(state)
@@ -439,7 +440,7 @@ class BaseBackend:
             # (``end_session=False``). The live connection works either way.
             self._unrecorded = True
             try:
-                self._unrecorded = not await self._on_reinitialized(state)
+                self._unrecorded = not await self._on_reinitialized(replaced, state)
             except Exception:
                 logger.exception("backend %r: on_reinitialized hook failed", self.target.name)
 

@@ -198,9 +198,10 @@ error. If it returns None for a request, the backend gets method-not-found.
 checks the link between vmcp and the backend, not the end client.
 """
 
-ReinitializedHook = Callable[[BackendState], Awaitable[bool]]
-"""Called once after each successful re-initialization, with the new state to store;
-returns whether it was recorded (False: the session ended or changed meanwhile)."""
+ReinitializedHook = Callable[[BackendState, BackendState], Awaitable[bool]]
+"""Called once after each successful re-initialization, with the state it replaced and the
+new state to store; returns whether it was recorded (False: the session ended or changed
+meanwhile, or another replica recorded its own re-initialization first)."""
 
 
 class BackendConnection(Protocol):

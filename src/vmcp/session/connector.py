@@ -234,12 +234,12 @@ class BackendConnector:
             on_reinitialized=self._reinitialized_hook(session_id, backend.name))
 
     def _reinitialized_hook(self, session_id: str, backend: str
-                            ) -> Callable[[BackendState], Awaitable[bool]]:
-        async def record(state: BackendState) -> bool:
+                            ) -> Callable[[BackendState, BackendState], Awaitable[bool]]:
+        async def record(replaced: BackendState, state: BackendState) -> bool:
             if self._store is None:
                 return True  # nobody but this connection could end it anyway
             return await md.record_backend_state(self._store, session_id, backend,
-                                                 state.to_json())
+                                                 state.to_json(), replaces=replaced.session_id)
 
         return record
 

@@ -308,9 +308,11 @@ class SessionManager:
         """
         await md.drop_backend(self._store, session_id, backend)
 
-    async def record_backend_state(self, session_id: str, backend: str, state: str) -> bool:
+    async def record_backend_state(self, session_id: str, backend: str, state: str, *,
+                                   replaces: str | None = None) -> bool:
         """Store a backend's new state (see :func:`~vmcp.session.metadata.record_backend_state`)."""
-        return await md.record_backend_state(self._store, session_id, backend, state)
+        return await md.record_backend_state(self._store, session_id, backend, state,
+                                             replaces=replaces)
 
     async def decorate_session(
         self,

@@ -20,6 +20,7 @@ replicas opening different backends of one session concurrently keep each other'
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 
 from vmcp.errors import SessionNotFound
@@ -109,22 +110,42 @@ async def stored_backend_state(store: SessionStore, session_id: str, backend: st
 
 
 async def record_backend_state(store: SessionStore, session_id: str, backend: str,
-                               state: str) -> bool:
+                               state: str, *, replaces: str | None = None) -> bool:
     """Store a backend's new state (its new session id after a re-initialize, B37).
 
     Set-if-present: returns False, writing nothing, if the session ended meanwhile or
     no longer has ``backend``. Only that backend's field changes (``merge``), so a
     concurrent change to another field is never lost. Needs nothing but the store, so
     that whatever connects backends can record it without knowing the session manager.
+
+    And only over the upstream session it replaces (``replaces``, that session's id):
+    when a backend comes back, every replica holding a copy of the session may
+    re-initialize it, each opening an upstream session of its own. The first to record
+    wins; writing over it would leave its upstream session known to nobody, never ended
+    (a chaos run found them). The others get False and end their own when they close.
     """
     try:
         record = await store.load(session_id)
         _require_backend(session_id, record, backend)
     except SessionNotFound:
         return False
-    merged = await store.merge(session_id, {backend_state_key(backend): state},
-                               expect=_unchanged(record))
+    key = backend_state_key(backend)
+    current = record.get(key)
+    if current is not None and replaces is not None and _upstream_id(current) != replaces:
+        return False
+    merged = await store.merge(session_id, {key: state},
+                               expect={key: current, **_unchanged(record)})
     return merged.applied
+
+
+def _upstream_id(state: str) -> str | None:
+    """The upstream session id in a recorded backend state (None if it has none or is
+    unreadable)."""
+    try:
+        value = json.loads(state).get("session_id")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 async def drop_backend(store: SessionStore, session_id: str, backend: str) -> None:

@@ -109,7 +109,7 @@ async def test_backend_restart_reinitializes_on_the_next_call(
     backend = start_backend("sse")
     hook_calls: list[BackendState] = []
 
-    async def on_reinitialized(state: BackendState) -> bool:
+    async def on_reinitialized(replaced: BackendState, state: BackendState) -> bool:
         hook_calls.append(state)
         return True
 
@@ -153,7 +153,7 @@ async def test_listen_reopens_the_session_after_backend_restart(
     backend = start_backend("sse")
     reinitialized = anyio.Event()
 
-    async def on_reinitialized(state: BackendState) -> bool:
+    async def on_reinitialized(replaced: BackendState, state: BackendState) -> bool:
         reinitialized.set()
         return True
 

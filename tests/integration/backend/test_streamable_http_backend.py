@@ -223,7 +223,7 @@ async def test_backend_restart_reinitializes_once_for_concurrent_calls(
     backend = start_backend()
     hook_calls: list[BackendState] = []
 
-    async def on_reinitialized(state: BackendState) -> bool:
+    async def on_reinitialized(replaced: BackendState, state: BackendState) -> bool:
         hook_calls.append(state)
         return True
 
@@ -415,7 +415,7 @@ async def test_listen_reinitializes_after_backend_restart(
     backend = start_backend()
     hook_calls: list[BackendState] = []
 
-    async def on_reinitialized(state: BackendState) -> bool:
+    async def on_reinitialized(replaced: BackendState, state: BackendState) -> bool:
         hook_calls.append(state)
         return True
 

@@ -33,7 +33,7 @@ class MemoryBackend(BaseBackend):
     def __init__(self, http: httpx2.AsyncClient) -> None:
         self.hook_calls: list[BackendState] = []
 
-        async def on_reinitialized(state: BackendState) -> bool:
+        async def on_reinitialized(replaced: BackendState, state: BackendState) -> bool:
             self.hook_calls.append(state)
             return True
 
@@ -239,7 +239,7 @@ async def test_an_upstream_session_the_store_never_recorded_is_ended_by_its_conn
     """A re-initialize whose new state could not be recorded (the store was down): no
     other replica can end that upstream session, so this connection does, even when it
     closes only for this replica."""
-    async def store_down(state: BackendState) -> bool:
+    async def store_down(replaced: BackendState, state: BackendState) -> bool:
         raise StoreUnavailable("redis: down")
 
     backend._on_reinitialized = store_down
@@ -258,7 +258,7 @@ async def test_an_upstream_session_the_store_did_not_take_is_ended_by_its_connec
     session ends only what the store knows, so this connection ends the new one."""
     writing = anyio.Event()
 
-    async def not_recorded(state: BackendState) -> bool:
+    async def not_recorded(replaced: BackendState, state: BackendState) -> bool:
         if outcome == "cancelled":
             writing.set()
             await anyio.sleep_forever()  # a store that does not answer
