@@ -645,13 +645,13 @@ async def test_decorating_an_ended_session_names_it(manager: SessionManager,
 async def test_record_backend_state_writes_nothing_where_it_has_no_business(
     manager: SessionManager, store: SessionStore
 ) -> None:
-    assert await manager.record_backend_state("missing", "alpha", "s") is False
+    assert await md.record_backend_state(store, "missing", "alpha", "s") is False
     placeholder = await manager.generate()
-    assert await manager.record_backend_state(placeholder, "alpha", "s") is False
+    assert await md.record_backend_state(store, placeholder, "alpha", "s") is False
     assert await store.load(placeholder) == {}
     live = await manager.initialize(ALICE)
     before = await store.load(live.session_id)
-    assert await manager.record_backend_state(live.session_id, "gamma", "s") is False
+    assert await md.record_backend_state(store, live.session_id, "gamma", "s") is False
     assert await store.load(live.session_id) == before
 
 
@@ -752,12 +752,36 @@ async def test_a_re_initialization_is_recorded_only_over_the_upstream_session_it
     def state(upstream: str) -> str:
         return BackendState(upstream, "2025-11-25", {}).to_json()
 
-    assert await manager.record_backend_state(live.session_id, "alpha", state("dead"))
-    assert await manager.record_backend_state(live.session_id, "alpha", state("first"),
-                                              replaces="dead")
-    assert not await manager.record_backend_state(live.session_id, "alpha",
-                                                  state("second"), replaces="dead")
-    assert (await store.load(live.session_id))[key] == state("first")
+    sid = live.session_id
+    assert await md.record_backend_state(store, sid, "alpha", state("dead"))
+    assert await md.record_backend_state(store, sid, "alpha", state("first"), replaces="dead")
+    assert not await md.record_backend_state(store, sid, "alpha", state("second"),
+                                             replaces="dead")
+    assert (await store.load(sid))[key] == state("first")
     # The winner's next re-initialization replaces its own, and is recorded.
-    assert await manager.record_backend_state(live.session_id, "alpha", state("third"),
-                                              replaces="first")
+    assert await md.record_backend_state(store, sid, "alpha", state("third"), replaces="first")
+
+
+async def test_a_delete_whose_store_fails_after_the_seal_still_ends_the_upstream_sessions(
+    store: SessionStore, factory: RecordingFactory
+) -> None:
+    # The record was marked ended and the end claimed, then the store failed before the
+    # record went: the client gets 503, and a DELETE sent again would find the end
+    # claimed already. The upstream sessions must end on this attempt.
+    class DeleteFails:
+        def __getattr__(self, name: str) -> object:
+            return getattr(store, name)
+
+        async def delete(self, session_id: str) -> None:
+            raise StoreUnavailable("redis delete: connection reset")
+
+    manager = SessionManager(DeleteFails(), factory, cache_capacity=1)  # type: ignore[arg-type]
+    first = await manager.initialize(ALICE)
+    await manager.initialize(ALICE)  # pushes the first's copy out: its states are recorded
+    await manager.wait_closed()
+    with pytest.raises(StoreError):
+        await manager.terminate(first.session_id, ALICE)
+    assert factory.ended == [(first.session_id, ["alpha", "beta"],
+                              {"alpha": "alpha-upstream-1", "beta": "beta-upstream-1"})]
+    assert md.is_terminated(await store.load(first.session_id))  # nobody serves it again
+    await manager.aclose()

@@ -102,7 +102,8 @@ async def test_a_terminate_between_record_backend_state_load_and_write_is_not_un
     live = await this.initialize(ALICE)
     sid = live.session_id
     recording = await end_during_write(
-        pausing, sid, this.record_backend_state(sid, "alpha", "reinitialized"),
+        pausing, sid, md.record_backend_state(
+            pausing, sid, "alpha", "reinitialized"),  # type: ignore[arg-type]
         terminate_on(other, sid))
     with anyio.fail_after(5):
         assert await recording is False
@@ -208,7 +209,7 @@ async def test_writes_on_a_live_session_still_land(
     """The same writes with nobody ending the session: each one is stored."""
     live = await this.initialize(ALICE)
     sid = live.session_id
-    assert await this.record_backend_state(sid, "alpha", "reinitialized") is True
+    assert await md.record_backend_state(store, sid, "alpha", "reinitialized") is True
     assert (await store.load(sid))[md.backend_state_key("alpha")] == "reinitialized"
     await this.notify_backend_expired(sid, "beta")
     assert (await store.load(sid))[md.BACKENDS] == "alpha"

@@ -125,7 +125,7 @@ async def test_a_stalled_store_under_a_reinitialize_ends_in_the_store_error_not_
 
     # Asked directly, the same stalled write answers the store's error within its bound.
     with anyio.fail_after(DEADLINE * 2 + 2), pytest.raises(StoreError) as direct:
-        await rig.manager.record_backend_state(live.session_id, BACKEND, "x")
+        await md.record_backend_state(rig.store, live.session_id, BACKEND, "x")
     assert direct.value.http_status == 503
     rig.proxy.resume()
     assert (await rig.store.load(live.session_id))[md.backend_state_key(BACKEND)] == old

@@ -258,8 +258,15 @@ class SessionManager:
             # Claimed before the record goes, so an expiry sweep cannot take it too.
             claimed = await self._endings.claim(session_id)
             record = await md.seal(self._store, session_id, record)
-            await self._store.delete(session_id)
-            await self._admission.release(record[md.IDENTITY], session_id)
+            try:
+                await self._store.delete(session_id)
+                await self._admission.release(record[md.IDENTITY], session_id)
+            except StoreError:
+                # Sealed, it is over everywhere: its upstream sessions end now (the end is
+                # claimed, so a DELETE sent again after this 503 could not end them).
+                await self._end_here(session_id, record, claimed)
+                await self._endings.announce(session_id)
+                raise
         elif not md.is_terminated(record):
             await self._store.update(session_id, {**record, md.TERMINATED: "true"})
         await self._end_here(session_id, record, claimed)
@@ -307,12 +314,6 @@ class SessionManager:
         see the changed backend list at their next check and rebuild their copies.
         """
         await md.drop_backend(self._store, session_id, backend)
-
-    async def record_backend_state(self, session_id: str, backend: str, state: str, *,
-                                   replaces: str | None = None) -> bool:
-        """Store a backend's new state (see :func:`~vmcp.session.metadata.record_backend_state`)."""
-        return await md.record_backend_state(self._store, session_id, backend, state,
-                                             replaces=replaces)
 
     async def decorate_session(
         self,
