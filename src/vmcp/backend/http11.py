@@ -215,7 +215,6 @@ class LeanHttpTransport(httpx2.AsyncBaseTransport):
     """Up to ``size`` kept-alive HTTP/1.1 connections per origin of plain-``http`` URLs."""
 
     def __init__(self, size: int, keepalive_expiry: float = 4.0) -> None:
-        self._size = size
         self._expiry = keepalive_expiry
         self._slots = _Slots(size)
         # Per origin, idle connections fit for any request, and those after a 202

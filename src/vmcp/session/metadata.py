@@ -20,10 +20,10 @@ replicas opening different backends of one session concurrently keep each other'
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 
-from vmcp.errors import SessionNotFound
+from vmcp.backend.contract import BackendState
+from vmcp.errors import BackendProtocolError, SessionNotFound
 from vmcp.store.base import Merged, SessionStore
 
 IDENTITY = "identity"
@@ -142,10 +142,9 @@ def _upstream_id(state: str) -> str | None:
     """The upstream session id in a recorded backend state (None if it has none or is
     unreadable)."""
     try:
-        value = json.loads(state).get("session_id")
-    except (ValueError, AttributeError):
+        return BackendState.from_json(state).session_id
+    except BackendProtocolError:
         return None
-    return value if isinstance(value, str) else None
 
 
 async def drop_backend(store: SessionStore, session_id: str, backend: str) -> None:
